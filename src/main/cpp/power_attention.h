@@ -1,0 +1,63 @@
+// power_attention.h: the C++ API of symmetric power attention (SPEC.md §1-5).
+//
+// Plain LibTorch C++, no JNI: the same header serves the JavaCPP bindings (the JARs) and the CMake harness.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <optional>
+
+namespace power_attention {
+
+/// Options of power_full, every field optional but `degree` (SPEC §1).
+struct PowerFullOptions {
+  /// The power p (>= 1). Even powers give positive weights; 2 is the workhorse, 4 the paper's best.
+  int64_t degree = 2;
+  /// Applied inside the power: s_ij = scale * <q_i, k_j>. Default 1/sqrt(d). Must be finite and > 0.
+  std::optional<double> scale;
+  /// Unset: the quadratic (attention) form. Set: the chunked linear-cost form with chunks of this many tokens.
+  std::optional<int64_t> chunk_size;
+};
+
+/// Symmetric power attention:
+///   Y_i = sum_{j<=i} w_ij V_j / sum_{j<=i} w_ij,  w_ij = (scale <q_i, k_j>)^p * exp(G_i - G_j),  G = cumsum_t(log_G)
+///
+///   q      [b, t, hq, d]   queries (sequence-major, like flash-attention)
+///   k      [b, t, h, d]    keys, hq % h == 0 (query head i uses key/value head i / (hq / h))
+///   v      [b, t, h, e]    values
+///   log_g  [b, t, h]       optional (undefined tensor = no gating); computed in fp32 (fp64 for fp64 inputs)
+///   returns [b, t, hq, e]  same dtype and device as q
+///
+/// Differentiable in q, k, v and log_g. Throws c10::Error whose message starts with "power_full: " on bad input.
+at::Tensor power_full(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                      const at::Tensor& log_g, const PowerFullOptions& options);
+
+/// Binding-friendly form of power_full: plain arguments only.
+///   log_g undefined: no gating; has_scale false: default scale; has_chunk_size false: quadratic form.
+at::Tensor power_full_flat(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& log_g,
+                           int64_t degree, bool has_scale, double scale, bool has_chunk_size,
+                           int64_t chunk_size);
+
+/// Dimension D of the symmetric power embedding phi: C(d + p - 1, p) (2080 for d = 64, p = 2).
+int64_t state_dim(int64_t head_dim, int64_t degree);
+
+namespace reference {
+
+/// SPEC §3 quadratic form in plain ATen ops (log space, explicit causal mask), differentiable by autograd.
+/// Materialises [b, hq, t, t]: an oracle and a fallback, not a fast path.
+at::Tensor power_full_quadratic(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                const at::Tensor& log_g, int64_t degree, double scale);
+
+/// SPEC §4 chunked form in plain ATen ops through the explicit embedding phi, differentiable by autograd.
+/// Materialises phi of every token: an oracle, not a fast path.
+at::Tensor power_full_chunked(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                              const at::Tensor& log_g, int64_t degree, double scale, int64_t chunk_size);
+
+/// The symmetric power embedding phi of the last dimension: [..., d] -> [..., D], with
+/// phi(x) . phi(y) == (x . y)^p. Layout: see sympow.h.
+at::Tensor symmetric_power_embedding(const at::Tensor& x, int64_t degree);
+
+}  // namespace reference
+
+}  // namespace power_attention

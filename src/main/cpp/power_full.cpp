@@ -1,0 +1,287 @@
+// power_full.cpp: the API file. Input checks (every binding gets them), the compute layout, the autograd
+// Function that owns forward and backward, and the dispatch between the fast CPU path and the references.
+#include "power_attention.h"
+#include "power_full_cpu.h"
+#include "sympow.h"
+
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <sstream>
+#include <string>
+#include <unistd.h>
+
+namespace power_attention {
+namespace {
+
+std::string shape_str(at::IntArrayRef s) {
+  std::ostringstream o;
+  o << "[";
+  for (size_t i = 0; i < s.size(); ++i) o << (i ? ", " : "") << s[i];
+  o << "]";
+  return o.str();
+}
+
+void check_rank(const at::Tensor& x, const char* name, const char* dims, int64_t rank) {
+  TORCH_CHECK_VALUE(x.defined(), "power_full: ", name, " must be a tensor ", dims, ", got an undefined tensor");
+  TORCH_CHECK_VALUE(x.dim() == rank, "power_full: ", name, " must have ", rank, " dimensions ", dims, ", got ",
+                    x.dim(), " dimensions ", shape_str(x.sizes()));
+}
+
+void check_shape(const at::Tensor& x, const char* name, const char* dims, std::vector<int64_t> expected) {
+  TORCH_CHECK_VALUE(x.sizes().vec() == expected, "power_full: ", name, " must have shape ", dims, " = ",
+                    shape_str(expected), ", got ", shape_str(x.sizes()));
+}
+
+bool supported_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf;
+}
+
+// Bytes the chunked form holds at once for its states: all of them when they are saved for backward, one
+// head group's running state otherwise, plus phi of one chunk of query rows.
+double chunked_bytes(const cpu::Problem& pr, bool save, int64_t elem) {
+  const double D = static_cast<double>(sympow_dim(pr.d, pr.p));
+  const double N = static_cast<double>(pr.T / pr.chunk);
+  const double states = (save ? pr.BH * N : 1.0) * D * (pr.e + 1);
+  const double phi = 2.0 * pr.chunk * pr.g * D;
+  return (states + phi) * elem;
+}
+
+double memory_limit_bytes() {
+  if (const char* env = std::getenv("POWER_ATTENTION_MEMORY_LIMIT")) {
+    char* end = nullptr;
+    const double v = std::strtod(env, &end);
+    if (end != env && v > 0) return v;
+  }
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+  if (pages > 0 && page > 0) return 0.5 * static_cast<double>(pages) * static_cast<double>(page);
+  return 8.0 * (1ull << 30);
+}
+
+std::string gib(double bytes) {
+  std::ostringstream o;
+  o.precision(3);
+  o << bytes / static_cast<double>(1ull << 30) << " GiB";
+  return o.str();
+}
+
+// The compute layout of power_full_cpu.h.
+struct Layout {
+  int64_t b, t, hq, h, g, d, e, T;
+  at::ScalarType ct;
+};
+
+at::Tensor pad_tokens(const at::Tensor& x, int64_t dim, int64_t T) {
+  const int64_t pad = T - x.size(dim);
+  if (pad == 0) return x;
+  std::vector<int64_t> shape = x.sizes().vec();
+  shape[dim] = pad;
+  return at::cat({x, at::zeros(shape, x.options())}, dim);
+}
+
+// [b, t, hq, w] -> [b*h, T, g, w]
+at::Tensor query_layout(const at::Tensor& x, const Layout& L) {
+  at::Tensor y = x.to(L.ct).view({L.b, L.t, L.h, L.g, x.size(3)}).permute({0, 2, 1, 3, 4});
+  return pad_tokens(y, 2, L.T).reshape({L.b * L.h, L.T, L.g, x.size(3)}).contiguous();
+}
+// [b, t, h, w] -> [b*h, T, w]
+at::Tensor kv_layout(const at::Tensor& x, const Layout& L) {
+  at::Tensor y = x.to(L.ct).permute({0, 2, 1, 3});
+  return pad_tokens(y, 2, L.T).reshape({L.b * L.h, L.T, x.size(3)}).contiguous();
+}
+// [b, t, h] -> [b*h, T] fp64
+at::Tensor gate_layout(const at::Tensor& x, const Layout& L) {
+  if (!x.defined()) return at::Tensor();
+  at::Tensor y = x.to(at::kDouble).permute({0, 2, 1});
+  return pad_tokens(y, 2, L.T).reshape({L.b * L.h, L.T}).contiguous();
+}
+at::Tensor query_unlayout(const at::Tensor& y, const Layout& L, at::ScalarType dtype) {
+  const int64_t w = y.size(3);
+  return y.view({L.b, L.h, L.T, L.g, w}).narrow(2, 0, L.t).permute({0, 2, 1, 3, 4}).reshape({L.b, L.t, L.hq, w}).to(dtype);
+}
+at::Tensor kv_unlayout(const at::Tensor& y, const Layout& L, at::ScalarType dtype) {
+  const int64_t w = y.size(2);
+  return y.view({L.b, L.h, L.T, w}).narrow(2, 0, L.t).permute({0, 2, 1, 3}).contiguous().to(dtype);
+}
+at::Tensor gate_unlayout(const at::Tensor& y, const Layout& L, at::ScalarType dtype) {
+  return y.view({L.b, L.h, L.T}).narrow(2, 0, L.t).permute({0, 2, 1}).contiguous().to(dtype);
+}
+
+struct Resolved {
+  Layout layout;
+  cpu::Problem problem;
+};
+
+Resolved resolve(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t p, double scale,
+                 int64_t chunk) {
+  Resolved r;
+  Layout& L = r.layout;
+  L.b = q.size(0), L.t = q.size(1), L.hq = q.size(2), L.d = q.size(3), L.h = k.size(2), L.e = v.size(3);
+  L.g = L.hq / L.h;
+  // fp64 for fp64 inputs; fp32 otherwise, except odd degrees, whose signed normaliser can cancel badly: fp64.
+  L.ct = (q.scalar_type() == at::kDouble || p % 2 == 1) ? at::kDouble : at::kFloat;
+  // t <= chunk: the quadratic form is the chunked form with a single chunk, minus the padding.
+  const int64_t c = (chunk > 0 && chunk < L.t) ? chunk : 0;
+  L.T = c > 0 ? (L.t + c - 1) / c * c : L.t;
+  cpu::Problem& pr = r.problem;
+  pr.BH = L.b * L.h, pr.T = L.T, pr.g = L.g, pr.d = L.d, pr.e = L.e, pr.p = p, pr.scale = scale, pr.chunk = c;
+  return r;
+}
+
+class PowerFullFunction : public torch::autograd::Function<PowerFullFunction> {
+ public:
+  // log_g_or_empty: the gates, or a 0-element tensor for none (autograd rejects undefined inputs here).
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k,
+                            const at::Tensor& v, const at::Tensor& log_g_or_empty, int64_t p, double scale,
+                            int64_t chunk, bool save) {
+    const at::Tensor log_g = log_g_or_empty.numel() > 0 ? log_g_or_empty : at::Tensor();
+    const Resolved r = resolve(q, k, v, p, scale, chunk);
+    cpu::Forward f = cpu::forward(r.problem, query_layout(q, r.layout), kv_layout(k, r.layout),
+                                  kv_layout(v, r.layout), gate_layout(log_g, r.layout), save);
+    if (save) {
+      ctx->save_for_backward({q, k, v, log_g_or_empty});
+      ctx->saved_data["y"] = f.y;
+      ctx->saved_data["den"] = f.den;
+      ctx->saved_data["rowmax"] = f.rowmax;
+      if (f.states.defined()) {
+        ctx->saved_data["states"] = f.states;
+        ctx->saved_data["norms"] = f.norms;
+      }
+      ctx->saved_data["p"] = p;
+      ctx->saved_data["scale"] = scale;
+      ctx->saved_data["chunk"] = chunk;
+    }
+    return query_unlayout(f.y, r.layout, q.scalar_type());
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    const at::Tensor dy = grad_outputs[0];
+    torch::autograd::variable_list saved = ctx->get_saved_variables();
+    const at::Tensor &q = saved[0], &k = saved[1], &v = saved[2];
+    const at::Tensor log_g = saved[3].numel() > 0 ? saved[3] : at::Tensor();
+    // Gradients named, then placed in the order of forward's arguments.
+    at::Tensor grad_q, grad_k, grad_v, grad_log_g;
+    cpu::Needs needs;
+    needs.q = ctx->needs_input_grad(0);
+    needs.k = ctx->needs_input_grad(1);
+    needs.v = ctx->needs_input_grad(2);
+    needs.g = log_g.defined() && ctx->needs_input_grad(3);
+    if (dy.defined() && (needs.q || needs.k || needs.v || needs.g)) {
+      const Resolved r = resolve(q, k, v, ctx->saved_data["p"].toInt(), ctx->saved_data["scale"].toDouble(),
+                                 ctx->saved_data["chunk"].toInt());
+      cpu::Forward f;
+      f.y = ctx->saved_data["y"].toTensor();
+      f.den = ctx->saved_data["den"].toTensor();
+      f.rowmax = ctx->saved_data["rowmax"].toTensor();
+      if (ctx->saved_data.count("states") > 0) {
+        f.states = ctx->saved_data["states"].toTensor();
+        f.norms = ctx->saved_data["norms"].toTensor();
+      }
+      const cpu::Grads gr =
+          cpu::backward(r.problem, query_layout(q, r.layout), kv_layout(k, r.layout), kv_layout(v, r.layout),
+                        gate_layout(log_g, r.layout), f, query_layout(dy, r.layout), needs);
+      if (needs.q) grad_q = query_unlayout(gr.q, r.layout, q.scalar_type());
+      if (needs.k) grad_k = kv_unlayout(gr.k, r.layout, k.scalar_type());
+      if (needs.v) grad_v = kv_unlayout(gr.v, r.layout, v.scalar_type());
+      if (needs.g) grad_log_g = gate_unlayout(gr.lg, r.layout, log_g.scalar_type());
+    }
+    return {grad_q, grad_k, grad_v, grad_log_g, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+int64_t state_dim(int64_t head_dim, int64_t degree) {
+  TORCH_CHECK_VALUE(head_dim >= 1, "power_full: head_dim must be >= 1, got ", head_dim);
+  TORCH_CHECK_VALUE(degree >= 1, "power_full: deg must be >= 1, got ", degree);
+  return sympow_dim(head_dim, degree);
+}
+
+at::Tensor power_full(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& log_g,
+                      const PowerFullOptions& options) {
+  // ---- checks: argument, expected, actual
+  check_rank(q, "Q", "[b, t, hq, d]", 4);
+  check_rank(k, "K", "[b, t, h, d]", 4);
+  check_rank(v, "V", "[b, t, h, e]", 4);
+  const int64_t b = q.size(0), t = q.size(1), hq = q.size(2), d = q.size(3), h = k.size(2), e = v.size(3);
+  TORCH_CHECK_VALUE(b >= 1 && t >= 1 && hq >= 1 && d >= 1, "power_full: Q must have b, t, hq, d >= 1, got ",
+                    shape_str(q.sizes()));
+  TORCH_CHECK_VALUE(h >= 1, "power_full: K must have at least one head, got ", shape_str(k.sizes()));
+  check_shape(k, "K", "[b, t, h, d]", {b, t, h, d});
+  TORCH_CHECK_VALUE(e >= 1, "power_full: V must have e >= 1, got ", shape_str(v.sizes()));
+  check_shape(v, "V", "[b, t, h, e]", {b, t, h, e});
+  TORCH_CHECK_VALUE(hq % h == 0, "power_full: the number of query heads hq = ", hq,
+                    " must be a multiple of the number of key/value heads h = ", h);
+  TORCH_CHECK_VALUE(supported_dtype(q.scalar_type()), "power_full: Q must have dtype float32, float64, bfloat16 or ",
+                    "float16, got ", q.scalar_type());
+  TORCH_CHECK_VALUE(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
+                    "power_full: Q, K and V must share one dtype, got Q ", q.scalar_type(), ", K ", k.scalar_type(),
+                    ", V ", v.scalar_type());
+  TORCH_CHECK_VALUE(k.device() == q.device() && v.device() == q.device(),
+                    "power_full: Q, K and V must be on one device, got Q on ", q.device(), ", K on ", k.device(),
+                    ", V on ", v.device());
+  if (log_g.defined()) {
+    check_rank(log_g, "log_G", "[b, t, h]", 3);
+    check_shape(log_g, "log_G", "[b, t, h]", {b, t, h});
+    TORCH_CHECK_VALUE(log_g.scalar_type() == at::kFloat || log_g.scalar_type() == at::kDouble ||
+                          log_g.scalar_type() == at::kBFloat16 || log_g.scalar_type() == at::kHalf,
+                      "power_full: log_G must have a floating dtype, got ", log_g.scalar_type());
+    TORCH_CHECK_VALUE(log_g.device() == q.device(), "power_full: log_G must be on Q's device ", q.device(),
+                      ", got ", log_g.device());
+  }
+  const int64_t p = options.degree;
+  TORCH_CHECK_VALUE(p >= 1, "power_full: deg must be >= 1, got ", p);
+  double scale = 1.0 / std::sqrt(static_cast<double>(d));
+  if (options.scale.has_value()) {
+    scale = *options.scale;
+    TORCH_CHECK_VALUE(std::isfinite(scale) && scale > 0, "power_full: scale must be finite and > 0, got ", scale);
+  }
+  int64_t chunk = 0;
+  if (options.chunk_size.has_value()) {
+    chunk = *options.chunk_size;
+    TORCH_CHECK_VALUE(chunk >= 1, "power_full: chunk_size must be >= 1, got ", chunk);
+  }
+
+  const bool grad = at::GradMode::is_enabled() &&
+                    (q.requires_grad() || k.requires_grad() || v.requires_grad() ||
+                     (log_g.defined() && log_g.requires_grad()));
+
+  // ---- the state must be affordable: say so before allocating
+  const Resolved r = resolve(q, k, v, p, scale, chunk);
+  if (r.problem.chunk > 0) {
+    const int64_t D = sympow_dim(d, p);
+    const int64_t elem = r.layout.ct == at::kDouble ? 8 : 4;
+    const double need = chunked_bytes(r.problem, grad, elem);
+    const double limit = memory_limit_bytes();
+    TORCH_CHECK_VALUE(need <= limit, "power_full: the chunked form with d = ", d, ", deg = ", p,
+                      " has state dimension D = C(d + deg - 1, deg) = ", D, " and needs about ", gib(need),
+                      " for its states (b*h = ", r.problem.BH, ", ", r.problem.T / r.problem.chunk,
+                      " chunks, D x (e + 1) numbers each", grad ? ", all kept for backward" : "",
+                      "), over the limit of ", gib(limit),
+                      " (half the physical memory, or POWER_ATTENTION_MEMORY_LIMIT in bytes). Options: the "
+                      "quadratic form (no chunk_size), a larger chunk_size, a smaller head dimension d or a "
+                      "lower degree");
+  }
+
+  if (!q.device().is_cpu()) {
+    // No device kernels in this build: the plain-ATen references run on any device, differentiable by autograd.
+    return r.problem.chunk > 0 ? reference::power_full_chunked(q, k, v, log_g, p, scale, r.problem.chunk)
+                               : reference::power_full_quadratic(q, k, v, log_g, p, scale);
+  }
+  const at::Tensor gates = log_g.defined() ? log_g : at::empty({0}, q.options().dtype(at::kFloat));
+  return PowerFullFunction::apply(q, k, v, gates, p, scale, chunk, grad);
+}
+
+at::Tensor power_full_flat(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& log_g,
+                           int64_t degree, bool has_scale, double scale, bool has_chunk_size, int64_t chunk_size) {
+  PowerFullOptions o;
+  o.degree = degree;
+  if (has_scale) o.scale = scale;
+  if (has_chunk_size) o.chunk_size = chunk_size;
+  return power_full(q, k, v, log_g, o);
+}
+
+}  // namespace power_attention

@@ -1,0 +1,200 @@
+// sympow.cpp: CPU loops for phi and its backward. The innermost multi-index runs over a contiguous range of x,
+// so the compiler vectorises the leaf loops; rows run in parallel through at::parallel_for.
+#include "sympow.h"
+
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#include <cmath>
+#include <limits>
+
+namespace power_attention {
+
+int64_t sympow_dim(int64_t d, int64_t p) {
+  TORCH_CHECK(d >= 1 && p >= 1, "power_full: sympow_dim needs d >= 1 and p >= 1, got d = ", d, ", p = ", p);
+  // C(d + p - 1, p) = prod_{k=1..p} (d - 1 + k) / k, exact at every step.
+  __int128 acc = 1;
+  for (int64_t k = 1; k <= p; ++k) {
+    acc = acc * (d - 1 + k) / k;
+    TORCH_CHECK(acc <= std::numeric_limits<int64_t>::max(), "power_full: the state dimension C(d + p - 1, p) for d = ",
+                d, ", p = ", p, " does not fit in 64 bits");
+  }
+  return static_cast<int64_t>(acc);
+}
+
+namespace {
+
+// Walks the multi-indices in layout order, calling leaf(start, level_prefix_info) for each innermost run.
+void coefficients_rec(int64_t d, int64_t p, int64_t level, int64_t start, std::vector<int64_t>& idx,
+                      std::vector<double>& out, const std::vector<double>& log_fact) {
+  for (int64_t i = start; i < d; ++i) {
+    idx[level] = i;
+    if (level + 1 == p) {
+      // multiplicities of the sorted multi-index
+      double log_denom = 0.0;
+      int64_t run = 1;
+      for (int64_t k = 1; k <= p; ++k) {
+        if (k < p && idx[k] == idx[k - 1]) {
+          ++run;
+        } else {
+          log_denom += log_fact[run];
+          run = 1;
+        }
+      }
+      out.push_back(std::exp(0.5 * (log_fact[p] - log_denom)));
+    } else {
+      coefficients_rec(d, p, level + 1, i, idx, out, log_fact);
+    }
+  }
+}
+
+template <typename T>
+struct RowForward {
+  const T* x;
+  const T* coef;
+  T* out;
+  int64_t d, p, pos;
+  void run(int64_t level, int64_t start, T prefix) {
+    if (level + 1 == p) {
+      const int64_t n = d - start;
+      const T* xs = x + start;
+      const T* cs = coef + pos;
+      T* os = out + pos;
+      for (int64_t i = 0; i < n; ++i) os[i] = cs[i] * prefix * xs[i];
+      pos += n;
+      return;
+    }
+    for (int64_t i = start; i < d; ++i) run(level + 1, i, prefix * x[i]);
+  }
+};
+
+template <typename T>
+struct RowBackward {
+  const T* x;
+  const T* coef;
+  const T* dphi;
+  T* dx;  // may be null
+  int64_t d, p, pos;
+  // Returns sum over completions of dphi_a * coef_a * prod_{levels >= level} x_{a_l}; adds prefix * (that sum
+  // without x_i) into dx_i for the index i chosen at this level.
+  T run(int64_t level, int64_t start, T prefix) {
+    T ret = 0;
+    if (level + 1 == p) {
+      const int64_t n = d - start;
+      const T* xs = x + start;
+      const T* cs = coef + pos;
+      const T* gs = dphi + pos;
+      if (dx != nullptr) {
+        T* dxs = dx + start;
+        for (int64_t i = 0; i < n; ++i) {
+          const T g = gs[i] * cs[i];
+          dxs[i] += prefix * g;
+          ret += xs[i] * g;
+        }
+      } else {
+        for (int64_t i = 0; i < n; ++i) ret += xs[i] * gs[i] * cs[i];
+      }
+      pos += n;
+      return ret;
+    }
+    for (int64_t i = start; i < d; ++i) {
+      const T sub = run(level + 1, i, prefix * x[i]);
+      if (dx != nullptr) dx[i] += prefix * sub;
+      ret += x[i] * sub;
+    }
+    return ret;
+  }
+};
+
+void check_rows(const at::Tensor& x, const at::Tensor& row_scale) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "sympow: x must be a contiguous [n, d] tensor");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "sympow: x must be float or double");
+  if (row_scale.defined()) {
+    TORCH_CHECK(row_scale.is_contiguous() && row_scale.numel() == x.size(0) &&
+                    row_scale.scalar_type() == x.scalar_type(),
+                "sympow: row_scale must be a contiguous [n] tensor of x's dtype");
+  }
+}
+
+}  // namespace
+
+std::vector<double> sympow_coefficients(int64_t d, int64_t p) {
+  const int64_t D = sympow_dim(d, p);
+  std::vector<double> log_fact(p + 1, 0.0);
+  for (int64_t k = 1; k <= p; ++k) log_fact[k] = log_fact[k - 1] + std::log(static_cast<double>(k));
+  std::vector<double> out;
+  out.reserve(D);
+  std::vector<int64_t> idx(p);
+  coefficients_rec(d, p, 0, 0, idx, out, log_fact);
+  return out;
+}
+
+namespace {
+
+at::Tensor coefficient_tensor(int64_t d, int64_t p, at::ScalarType dtype) {
+  const std::vector<double> c = sympow_coefficients(d, p);
+  return at::tensor(c, at::TensorOptions().dtype(at::kDouble)).to(dtype);
+}
+
+// Rows per parallel task: about 64K output numbers each.
+int64_t grain_rows(int64_t D) { return std::max<int64_t>(1, 65536 / std::max<int64_t>(D, 1)); }
+
+}  // namespace
+
+at::Tensor sympow_forward(const at::Tensor& x, const at::Tensor& row_scale, int64_t p) {
+  check_rows(x, row_scale);
+  const int64_t n = x.size(0), d = x.size(1), D = sympow_dim(d, p);
+  at::Tensor out = at::empty({n, D}, x.options());
+  if (n == 0) return out;
+  const at::Tensor coef = coefficient_tensor(d, p, x.scalar_type());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sympow_forward", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* sp = row_scale.defined() ? row_scale.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* cp = coef.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    at::parallel_for(0, n, grain_rows(D), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        RowForward<scalar_t> f{xp + r * d, cp, op + r * D, d, p, 0};
+        f.run(0, 0, sp != nullptr ? sp[r] : scalar_t(1));
+      }
+    });
+  });
+  return out;
+}
+
+std::pair<at::Tensor, at::Tensor> sympow_backward(const at::Tensor& x, const at::Tensor& row_scale,
+                                                  const at::Tensor& dphi, int64_t p, bool want_dx,
+                                                  bool want_dscale) {
+  check_rows(x, row_scale);
+  const int64_t n = x.size(0), d = x.size(1), D = sympow_dim(d, p);
+  TORCH_CHECK(dphi.is_contiguous() && dphi.dim() == 2 && dphi.size(0) == n && dphi.size(1) == D &&
+                  dphi.scalar_type() == x.scalar_type(),
+              "sympow_backward: dphi must be a contiguous [n, D] tensor of x's dtype");
+  at::Tensor dx = want_dx ? at::zeros({n, d}, x.options()) : at::Tensor();
+  at::Tensor dscale = want_dscale ? at::empty({n}, x.options()) : at::Tensor();
+  if (n == 0 || (!want_dx && !want_dscale)) return {dx, dscale};
+  const at::Tensor coef = coefficient_tensor(d, p, x.scalar_type());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sympow_backward", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* sp = row_scale.defined() ? row_scale.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* cp = coef.data_ptr<scalar_t>();
+    const scalar_t* gp = dphi.data_ptr<scalar_t>();
+    scalar_t* dxp = want_dx ? dx.data_ptr<scalar_t>() : nullptr;
+    scalar_t* dsp = want_dscale ? dscale.data_ptr<scalar_t>() : nullptr;
+    at::parallel_for(0, n, grain_rows(D), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        // The recursion accumulates J^T dphi into dx (with prefix 1), and returns dphi . phi(x).
+        RowBackward<scalar_t> b{xp + r * d, cp, gp + r * D, dxp != nullptr ? dxp + r * d : nullptr, d, p, 0};
+        const scalar_t dot = b.run(0, 0, scalar_t(1));
+        if (dsp != nullptr) dsp[r] = dot;
+        if (dxp != nullptr && sp != nullptr) {
+          const scalar_t s = sp[r];
+          for (int64_t i = 0; i < d; ++i) dxp[r * d + i] *= s;
+        }
+      }
+    });
+  });
+  return {dx, dscale};
+}
+
+}  // namespace power_attention

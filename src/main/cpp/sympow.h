@@ -1,0 +1,35 @@
+// sympow.h: the symmetric power embedding phi (SPEC §4) on the CPU.
+//
+// Layout (stable; states expose it, see stateDim in the Java API):
+//   the multi-indices a_1 <= a_2 <= ... <= a_p over [0, d), in lexicographic order (a_1 slowest), and
+//   phi(x)_a = sqrt(p! / prod_k mult_k!) * x_{a_1} * ... * x_{a_p}
+// so that phi(x) . phi(y) == (x . y)^p. For p = 2 that is (0,0), (0,1), ..., (0,d-1), (1,1), (1,2), ...
+// D = C(d + p - 1, p).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace power_attention {
+
+/// C(d + p - 1, p), with overflow checked (throws c10::Error when D does not fit in int64).
+int64_t sympow_dim(int64_t d, int64_t p);
+
+/// coef[a] = sqrt(p! / prod mult!) for every multi-index a in the layout above.
+std::vector<double> sympow_coefficients(int64_t d, int64_t p);
+
+/// out[r] = row_scale[r] * phi(x[r])   (torch: row_scale[:, None] * phi(x))
+///   x [n, d] contiguous, row_scale [n] contiguous or undefined (1), out [n, D]; dtype float or double.
+at::Tensor sympow_forward(const at::Tensor& x, const at::Tensor& row_scale, int64_t p);
+
+/// Backward of sympow_forward:
+///   dx[r]      = row_scale[r] * J_phi(x[r])^T dphi[r]
+///   dscale[r]  = dphi[r] . phi(x[r])          (the gradient of row_scale[r])
+/// Either output may be skipped (want_dx / want_dscale false gives an undefined tensor).
+std::pair<at::Tensor, at::Tensor> sympow_backward(const at::Tensor& x, const at::Tensor& row_scale,
+                                                  const at::Tensor& dphi, int64_t p, bool want_dx,
+                                                  bool want_dscale);
+
+}  // namespace power_attention
