@@ -1,0 +1,111 @@
+package io.github.powerattention;
+
+import java.util.Objects;
+
+import io.github.powerattention.global.power_attention;
+import org.bytedeco.pytorch.Tensor;
+
+/**
+ * Symmetric power attention ("Symmetric Power Transformers", Buckman, Gelada, Zhang, 2024) on Bytedeco LibTorch
+ * tensors, differentiable: {@code loss.backward()} flows through it into Q, K, V and the gates.
+ *
+ * <p>With {@code G = cumsum_t(logG)} (per key/value head; 0 without gates) and {@code s_ij = scale * <q_i, k_j>}:
+ * <pre>
+ *   w_ij = s_ij^p * exp(G_i - G_j)   for j &lt;= i (causal), 0 otherwise
+ *   Y_i  = sum_j w_ij V_j / sum_j w_ij
+ * </pre>
+ *
+ * Shapes (sequence-major, like flash-attention, not SDPA's {@code [b, h, t, d]}):
+ * <ul>
+ *   <li>{@code q [b, t, hq, d]}, {@code k [b, t, h, d]}, {@code v [b, t, h, e]}, with {@code hq % h == 0}: query head
+ *       {@code i} uses key/value head {@code i / (hq / h)} (grouped-query attention, K and V are not copied);</li>
+ *   <li>{@code logG [b, t, h]}, optional, any floating dtype, computed in fp32 (fp64 for fp64 inputs);</li>
+ *   <li>result {@code [b, t, hq, e]}, same dtype and device as {@code q}.</li>
+ * </ul>
+ * q, k and v share one dtype (float32, float64, bfloat16, float16) and one device; any strides are accepted.
+ *
+ * <p>Forms: without a chunk size, the quadratic form (cost {@code O(t^2 d)}); with one, the chunked form of cost
+ * {@code O(t (D e + c d))} where {@code D = stateDim(d, p)}. Both compute the same function.
+ *
+ * <p>Errors: bad arguments throw {@link IllegalArgumentException} whose message names the argument, the expected
+ * and the actual value (the checks are in C++, shared by every binding); other native failures throw
+ * {@link PowerAttentionException} with the native message.
+ */
+public final class PowerAttention {
+    private static final String BACKTRACE_MARK = "\nException raised from ";
+    private static final String ARGUMENT_PREFIX = "power_full: ";
+
+    private PowerAttention() {}
+
+    /** {@link #powerFull(Tensor, Tensor, Tensor, PowerAttentionOptions)} with degree 2, no gates, quadratic form. */
+    public static Tensor powerFull(Tensor q, Tensor k, Tensor v) {
+        return powerFull(q, k, v, PowerAttentionOptions.defaults());
+    }
+
+    /**
+     * Symmetric power attention of {@code q [b, t, hq, d]}, {@code k [b, t, h, d]}, {@code v [b, t, h, e]}.
+     *
+     * @return {@code [b, t, hq, e]} in q's dtype and on q's device, with a grad_fn when any input requires grad
+     * @throws IllegalArgumentException on bad shapes, dtypes, devices or options, or a state that cannot be afforded
+     * @throws PowerAttentionException on other native failures
+     */
+    public static Tensor powerFull(Tensor q, Tensor k, Tensor v, PowerAttentionOptions options) {
+        requireTensor(q, "Q");
+        requireTensor(k, "K");
+        requireTensor(v, "V");
+        Objects.requireNonNull(options, "options must not be null");
+        Tensor logG = options.logG();
+        if (logG != null) {
+            requireTensor(logG, "log_G");
+        }
+        Tensor gates = logG != null ? logG : new Tensor();
+        try {
+            return power_attention.power_full_flat(q, k, v, gates, options.degree(),
+                    options.scale().isPresent(), options.scale().orElse(0.0),
+                    options.chunkSize().isPresent(), options.chunkSize().orElse(0L));
+        } catch (RuntimeException e) {
+            throw translate(e);
+        } finally {
+            if (logG == null) {
+                gates.close();
+            }
+        }
+    }
+
+    /**
+     * The dimension D of the symmetric power embedding: {@code C(d + p - 1, p)} (2080 for d = 64, p = 2). A chunked
+     * state holds {@code D x e} numbers per head ({@code S}) and {@code D} more ({@code s}).
+     */
+    public static long stateDim(long headDim, int degree) {
+        try {
+            return power_attention.state_dim(headDim, degree);
+        } catch (RuntimeException e) {
+            throw translate(e);
+        }
+    }
+
+    private static void requireTensor(Tensor x, String name) {
+        if (x == null) {
+            throw new NullPointerException("power_full: " + name + " must not be null");
+        }
+        if (x.isNull()) {
+            throw new IllegalArgumentException("power_full: " + name + " is a released tensor (null native pointer)");
+        }
+    }
+
+    /** Native errors arrive as RuntimeException carrying c10::Error's message; give them their Java type. */
+    static RuntimeException translate(RuntimeException e) {
+        String message = e.getMessage() == null ? "" : e.getMessage();
+        int cut = message.indexOf(BACKTRACE_MARK);
+        if (cut >= 0) {
+            message = message.substring(0, cut);
+        }
+        message = message.strip();
+        if (message.startsWith(ARGUMENT_PREFIX)) {
+            IllegalArgumentException iae = new IllegalArgumentException(message);
+            iae.initCause(e);
+            return iae;
+        }
+        return new PowerAttentionException(message.isEmpty() ? "native failure in power attention" : message, e);
+    }
+}

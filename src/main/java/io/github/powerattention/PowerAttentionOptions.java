@@ -1,0 +1,165 @@
+package io.github.powerattention;
+
+import java.util.Objects;
+import java.util.OptionalDouble;
+import java.util.OptionalLong;
+
+import org.bytedeco.pytorch.Tensor;
+
+/**
+ * Immutable options of {@link PowerAttention#powerFull}: the gates, the degree, the scale and the chunk size.
+ *
+ * <pre>{@code
+ * PowerAttentionOptions o = PowerAttentionOptions.builder()
+ *         .logG(logG)        // [b, t, h], optional: per-token log forget gate, e.g. logsigmoid(x)
+ *         .degree(2)         // p >= 1, default 2
+ *         .chunkSize(128)    // optional: the chunked linear-cost form; absent: the quadratic form
+ *         .build();
+ * }</pre>
+ *
+ * {@link Builder#build()} checks every value; tensor shapes are checked by the op itself.
+ */
+public final class PowerAttentionOptions {
+    /** The default degree: 2, the workhorse of the paper. */
+    public static final int DEFAULT_DEGREE = 2;
+
+    private static final PowerAttentionOptions DEFAULTS = builder().build();
+
+    private final Tensor logG;
+    private final int degree;
+    private final OptionalDouble scale;
+    private final OptionalLong chunkSize;
+
+    private PowerAttentionOptions(Builder b) {
+        this.logG = b.logG;
+        this.degree = b.degree;
+        this.scale = b.scale;
+        this.chunkSize = b.chunkSize;
+    }
+
+    /** Degree 2, default scale, no gating, the quadratic form. */
+    public static PowerAttentionOptions defaults() {
+        return DEFAULTS;
+    }
+
+    public static Builder builder() {
+        return new Builder();
+    }
+
+    /** A builder holding this object's values. */
+    public Builder toBuilder() {
+        Builder b = new Builder();
+        b.logG = logG;
+        b.degree = degree;
+        b.scale = scale;
+        b.chunkSize = chunkSize;
+        return b;
+    }
+
+    /** The log forget gates {@code [b, t, h]}, or {@code null} for no gating. */
+    public Tensor logG() {
+        return logG;
+    }
+
+    /** The power p. */
+    public int degree() {
+        return degree;
+    }
+
+    /** The scale inside the power; empty means {@code 1 / sqrt(d)}. */
+    public OptionalDouble scale() {
+        return scale;
+    }
+
+    /** The chunk length of the chunked form; empty means the quadratic (attention) form. */
+    public OptionalLong chunkSize() {
+        return chunkSize;
+    }
+
+    @Override
+    public String toString() {
+        return "PowerAttentionOptions{degree=" + degree
+                + ", scale=" + (scale.isPresent() ? scale.getAsDouble() : "1/sqrt(d)")
+                + ", chunkSize=" + (chunkSize.isPresent() ? chunkSize.getAsLong() : "none (quadratic)")
+                + ", gated=" + (logG != null) + "}";
+    }
+
+    /** Builds {@link PowerAttentionOptions}; {@link #build()} validates. */
+    public static final class Builder {
+        private Tensor logG;
+        private int degree = DEFAULT_DEGREE;
+        private OptionalDouble scale = OptionalDouble.empty();
+        private OptionalLong chunkSize = OptionalLong.empty();
+
+        private Builder() {}
+
+        /** Per-token log forget gates {@code [b, t, h]} (any floating dtype, computed in fp32); null: none. */
+        public Builder logG(Tensor logG) {
+            this.logG = logG;
+            return this;
+        }
+
+        /** The power p >= 1. Even powers give positive weights; odd powers are signed (see the README). */
+        public Builder degree(int degree) {
+            this.degree = degree;
+            return this;
+        }
+
+        /** The scale inside the power, finite and > 0; default {@code 1 / sqrt(d)}. */
+        public Builder scale(double scale) {
+            this.scale = OptionalDouble.of(scale);
+            return this;
+        }
+
+        /** Back to the default scale {@code 1 / sqrt(d)}. */
+        public Builder defaultScale() {
+            this.scale = OptionalDouble.empty();
+            return this;
+        }
+
+        /** The chunked linear-cost form with chunks of {@code chunkSize >= 1} tokens. */
+        public Builder chunkSize(long chunkSize) {
+            this.chunkSize = OptionalLong.of(chunkSize);
+            return this;
+        }
+
+        /** The quadratic (attention) form: no chunking. */
+        public Builder quadratic() {
+            this.chunkSize = OptionalLong.empty();
+            return this;
+        }
+
+        /** @throws IllegalArgumentException naming the bad value */
+        public PowerAttentionOptions build() {
+            if (degree < 1) {
+                throw new IllegalArgumentException("power_full: deg must be >= 1, got " + degree);
+            }
+            if (scale.isPresent() && !(Double.isFinite(scale.getAsDouble()) && scale.getAsDouble() > 0)) {
+                throw new IllegalArgumentException(
+                        "power_full: scale must be finite and > 0, got " + scale.getAsDouble());
+            }
+            if (chunkSize.isPresent() && chunkSize.getAsLong() < 1) {
+                throw new IllegalArgumentException(
+                        "power_full: chunk_size must be >= 1, got " + chunkSize.getAsLong());
+            }
+            if (logG != null && logG.isNull()) {
+                throw new IllegalArgumentException("power_full: log_G is a released tensor (null native pointer)");
+            }
+            return new PowerAttentionOptions(this);
+        }
+    }
+
+    @Override
+    public boolean equals(Object o) {
+        if (!(o instanceof PowerAttentionOptions)) {
+            return false;
+        }
+        PowerAttentionOptions x = (PowerAttentionOptions) o;
+        return degree == x.degree && scale.equals(x.scale) && chunkSize.equals(x.chunkSize) && logG == x.logG;
+    }
+
+    @Override
+    public int hashCode() {
+        return Objects.hash(degree, scale, chunkSize, System.identityHashCode(logG));
+    }
+}

@@ -1,0 +1,40 @@
+package io.github.powerattention.presets;
+
+import java.util.List;
+
+import org.bytedeco.javacpp.ClassProperties;
+import org.bytedeco.javacpp.LoadEnabled;
+import org.bytedeco.javacpp.annotation.Platform;
+import org.bytedeco.javacpp.annotation.Properties;
+import org.bytedeco.pytorch.presets.torch;
+
+/**
+ * JavaCPP presets of the power attention native library. Internal: users call
+ * {@link io.github.powerattention.PowerAttention}.
+ *
+ * <p>Inherits Bytedeco's LibTorch presets for their link and preload lists (and their CUDA preloads in the
+ * {@code -gpu} build), but keeps only our own header in the JNI file: the inherited header list names files that no
+ * LibTorch distribution ships (gloo, {@code datasets.h}).
+ */
+@Properties(
+        inherit = torch.class,
+        value = @Platform(
+                value = "linux-x86_64",
+                compiler = "cpp20",
+                include = "power_attention.h",
+                link = "power_attention_core",
+                library = "jnipower_attention"))
+public class power_attention implements LoadEnabled {
+    static final String HEADER = "power_attention.h";
+
+    @Override
+    public void init(ClassProperties properties) {
+        List<String> include = properties.get("platform.include");
+        include.clear();
+        include.add(HEADER);
+        properties.get("platform.cinclude").clear();
+        // LibTorch's own libraries load OpenBLAS (Loader.load(torch.class) comes first); we need no -lopenblas,
+        // and the openblas jar ships only libopenblas.so.0 to link against.
+        properties.get("platform.link").removeIf(l -> l.startsWith("openblas"));
+    }
+}
