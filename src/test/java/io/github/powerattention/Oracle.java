@@ -1,0 +1,44 @@
+package io.github.powerattention;
+
+import static org.bytedeco.pytorch.global.torch.ScalarType;
+import static org.bytedeco.pytorch.global.torch.ones;
+
+import org.bytedeco.pytorch.LongOptional;
+import org.bytedeco.pytorch.Scalar;
+import org.bytedeco.pytorch.ScalarTypeOptional;
+import org.bytedeco.pytorch.Tensor;
+import org.bytedeco.pytorch.TensorOptions;
+
+/**
+ * The tests' oracle: SPEC §2 evaluated directly in fp64 with plain tensor ops, written independently of the
+ * library (no log space, no chunks): {@code w_ij = s_ij^p * exp(G_i - G_j) * [j <= i]}, {@code Y = w V / sum w}.
+ * Differentiable by autograd, so it also gives the reference gradients.
+ */
+final class Oracle {
+    private Oracle() {}
+
+    /** q [b, t, hq, d], k [b, t, h, d], v [b, t, h, e], logG [b, t, h] or null; returns [b, t, hq, e] fp64. */
+    static Tensor powerFull(Tensor q, Tensor k, Tensor v, Tensor logG, int p, double scale) {
+        long t = q.size(1), hq = q.size(2), h = k.size(2), g = hq / h;
+        Tensor qh = q.to(ScalarType.Double).permute(0, 2, 1, 3);                                   // [b, hq, t, d]
+        Tensor kh = repeatHeads(k.to(ScalarType.Double), g).permute(0, 2, 1, 3);                    // [b, hq, t, d]
+        Tensor vh = repeatHeads(v.to(ScalarType.Double), g).permute(0, 2, 1, 3);                    // [b, hq, t, e]
+        Tensor s = qh.matmul(kh.transpose(2, 3)).mul(new Scalar(scale));                            // [b, hq, t, t]
+        Tensor causal = ones(new long[] {t, t}, new TensorOptions(ScalarType.Double)).tril();
+        Tensor w = s.pow(new Scalar(p));
+        if (logG != null) {
+            Tensor G = repeatHeads(logG.to(ScalarType.Double).cumsum(1), g).permute(0, 2, 1);       // [b, hq, t]
+            // G_i - G_j, zeroed above the diagonal before exp so nothing masked can overflow
+            Tensor diff = G.unsqueeze(3).sub(G.unsqueeze(2)).mul(causal);
+            w = w.mul(diff.exp());
+        }
+        w = w.mul(causal);
+        Tensor norm = w.sum(new long[] {3}, true, new ScalarTypeOptional());
+        return w.matmul(vh).div(norm).permute(0, 2, 1, 3);
+    }
+
+    /** [b, t, h, ...] -> [b, t, h * g, ...], each head repeated g times in place (query head i uses head i / g). */
+    private static Tensor repeatHeads(Tensor x, long g) {
+        return g == 1 ? x : x.repeat_interleave(g, new LongOptional(2), new LongOptional());
+    }
+}
