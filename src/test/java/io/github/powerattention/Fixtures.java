@@ -15,16 +15,19 @@ import org.bytedeco.pytorch.TensorOptions;
 final class Fixtures {
     private Fixtures() {}
 
-    static final TensorOptions F64 = new TensorOptions(ScalarType.Double);
+    /** fp64 tensor options, new each call: a shared native object would be freed by the first PointerScope. */
+    static TensorOptions f64() {
+        return new TensorOptions(ScalarType.Double);
+    }
 
     /** N(0, 1) in fp64, rounded through {@code dtype} so that oracle and op see the same numbers. */
     static Tensor normal(ScalarType dtype, long... shape) {
-        return randn(shape, F64).to(dtype).to(ScalarType.Double);
+        return randn(shape, f64()).to(dtype).to(ScalarType.Double);
     }
 
     /** SPEC §7 gates: logsigmoid(N(0, 1) + 3). */
     static Tensor gates(long b, long t, long h) {
-        return log_sigmoid(randn(new long[] {b, t, h}, F64).add(new Scalar(3.0)));
+        return log_sigmoid(randn(new long[] {b, t, h}, f64()).add(new Scalar(3.0)));
     }
 
     /** A fresh leaf of dtype {@code dtype} holding x's values, requiring grad. */
