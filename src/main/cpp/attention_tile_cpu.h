@@ -1,0 +1,40 @@
+// attention_tile_cpu.h: the in-chunk (or in-tile) attention of SPEC §3 on the CPU, the elementwise part fused
+// into one pass per row. Matrix products stay with ATen (S = Q K^T before, P V and friends after).
+//
+// A tile is one head's query rows r in [0, R) (token tq0 + r / g, g rows per token) against keys j in [0, C)
+// (token tk0 + j); row r sees the keys with tk0 + j <= tq0 + r / g (causal).
+#pragma once
+
+#include <cstdint>
+
+namespace power_attention {
+namespace cpu {
+
+template <typename T>
+struct TileShape {
+  int64_t R = 0, C = 0, g = 1;   // rows, keys, rows per token
+  int64_t tq0 = 0, tk0 = 0;      // token of row 0, token of key 0
+  int64_t p = 2;                 // degree
+  T scale = 1;                   // s = scale * (Q K^T)
+  const double* gq = nullptr;    // [R / g] gate cumsum at each query token, or null (no gating)
+  const double* gk = nullptr;    // [C] gate cumsum at each key, or null
+
+  int64_t visible(int64_t r) const {  // keys [0, visible(r)) are causal for row r
+    const int64_t v = tq0 + r / g - tk0 + 1;
+    return v < 0 ? 0 : (v > C ? C : v);
+  }
+};
+
+/// In place: S [R, C] = Q K^T (unscaled) becomes P [R, C] (SPEC §3: P_ij = exp(z_ij - m_i) * sign(s_ij)^p, 0 where
+/// masked); writes m [R] (row max of z, 0 for a row with no visible nonzero weight) and l [R] = sum_j P_ij.
+template <typename T>
+void tile_weights_forward(const TileShape<T>& sh, T* S, T* m, T* l);
+
+/// Backward of tile_weights_forward with m held constant. In: S [R, C] = Q K^T (unscaled), dP [R, C] the gradient
+/// of P. Out, in place: S becomes P, dP becomes dS (the gradient of the unscaled Q K^T, scale folded in); when
+/// dgq/dgk are given, adds sum_j dz_ij into dgq[r / g] and -sum_i dz_ij into dgk[j] (dz = dP * P).
+template <typename T>
+void tile_weights_backward(const TileShape<T>& sh, T* S, T* dP, const T* m, T* dgq, T* dgk);
+
+}  // namespace cpu
+}  // namespace power_attention
