@@ -195,14 +195,16 @@ void quadratic_backward_head(const Problem& pr, const at::Tensor& q, const at::T
 
 template <typename T>
 void chunked_forward_head(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                          const at::Tensor& lg, Forward& f, bool save, int64_t bh) {
+                          const at::Tensor& lg, Forward& f, bool save, const State& initial, bool want_final,
+                          int64_t bh) {
   const int64_t T_ = pr.T, g = pr.g, d = pr.d, e = pr.e, c = pr.chunk, N = T_ / c, cg = c * g;
   const int64_t D = sympow_dim(d, pr.p);
   const auto o = q.options();
   const at::Tensor qr = q[bh].view({T_ * g, d}), kh = k[bh], vh = v[bh];
   const double* lp = lg.defined() ? lg[bh].data_ptr<double>() : nullptr;
   const at::Tensor yh = f.y[bh].view({T_ * g, e});
-  at::Tensor H = at::zeros({D, e}, o), hv = at::zeros({D}, o);
+  at::Tensor H = initial.S.defined() ? initial.S[bh].clone() : at::zeros({D, e}, o);
+  at::Tensor hv = initial.s.defined() ? initial.s[bh].clone() : at::zeros({D}, o);
   for (int64_t n = 0; n < N; ++n) {
     const int64_t t0 = n * c;
     const ChunkGates gt = chunk_gates(pr, lp, t0, o);
@@ -232,23 +234,29 @@ void chunked_forward_head(const Problem& pr, const at::Tensor& q, const at::Tens
     yh.narrow(0, t0 * g, cg).copy_(num.mul_(safe_reciprocal(den).unsqueeze(1)));
 
     // the state leaving the chunk: H <- exp(L) H + phi(K')^T V, h <- exp(L) h + sum phi(K')
-    if (n + 1 < N) {
+    if (n + 1 < N || want_final) {
       const at::Tensor phiK = sympow_forward(kc, gt.kf, pr.p);  // [c, D]
       H.addmm_(phiK.t(), vc, gt.decay, 1.0);
       hv.mul_(gt.decay).add_(phiK.sum(0));
     }
+  }
+  if (want_final) {
+    f.final_state[bh].copy_(H);
+    f.final_norm[bh].copy_(hv);
   }
 }
 
 template <typename T>
 void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                            const at::Tensor& lg, const Forward& f, const at::Tensor& dy, const Needs& needs,
-                           Grads& gr, int64_t bh) {
+                           const State& d_final, Grads& gr, int64_t bh) {
   const int64_t T_ = pr.T, g = pr.g, d = pr.d, e = pr.e, c = pr.chunk, N = T_ / c, cg = c * g;
   const int64_t D = sympow_dim(d, pr.p);
   const auto o = q.options();
   const bool gates = lg.defined() && needs.g;
   const bool key_side = needs.k || needs.v || gates;  // anything downstream of the states
+  const bool carry = key_side || needs.state;         // the state gradient travels backwards
+  const bool seeded = d_final.S.defined();            // the final state is used downstream
   const at::Tensor qr = q[bh].view({T_ * g, d}), kh = k[bh], vh = v[bh];
   const double* lp = lg.defined() ? lg[bh].data_ptr<double>() : nullptr;
   const at::Tensor yh = f.y[bh].view({T_ * g, e}), dyh = dy[bh].view({T_ * g, e});
@@ -257,7 +265,8 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
   at::Tensor dv = needs.v ? gr.v[bh] : at::Tensor();
   double* dlg = gates ? gr.lg[bh].data_ptr<double>() : nullptr;
   // d loss / d (state leaving the chunk being processed)
-  at::Tensor dH = at::zeros({D, e}, o), dh = at::zeros({D}, o);
+  at::Tensor dH = seeded ? d_final.S[bh].clone() : at::zeros({D, e}, o);
+  at::Tensor dh = seeded ? d_final.s[bh].clone() : at::zeros({D}, o);
   std::vector<T> dGq(gates ? c : 0), dGk(gates ? c : 0);
   for (int64_t n = N - 1; n >= 0; --n) {
     const int64_t t0 = n * c;
@@ -283,7 +292,7 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
     const at::Tensor dB = dnum * ws.unsqueeze(1), db = dden * ws;
     const at::Tensor phiQ = sympow_forward(qc, gt.qf, pr.p);
     at::Tensor dHdir, dhdir;
-    if (key_side && n > 0) {
+    if (carry && (n > 0 || needs.state)) {
       dHdir = at::mm(phiQ.t(), dB);
       dhdir = at::mv(phiQ.t(), db);
     }
@@ -303,7 +312,7 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
     // --- the state leaving the chunk: H_{n+1} = exp(L_n) H_n + phi(K')^T V (dH is its gradient)
     at::Tensor dkc = needs.k ? at::zeros({c, d}, o) : at::Tensor();
     at::Tensor dvc = needs.v ? at::zeros({c, e}, o) : at::Tensor();
-    if (key_side && n + 1 < N) {
+    if (key_side && (n + 1 < N || seeded)) {
       const at::Tensor phiK = sympow_forward(kc, gt.kf, pr.p);
       if (needs.v) dvc.add_(at::mm(phiK, dH));
       if (needs.k || gates) {
@@ -321,7 +330,7 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
       }
       if (gates) dL += gt.decay * ((Hn * dH).sum().item<double>() + (hn * dh).sum().item<double>());
     }
-    if (key_side && n > 0) {
+    if (carry && (n > 0 || needs.state)) {
       dH.mul_(gt.decay).add_(dHdir);
       dh.mul_(gt.decay).add_(dhdir);
     }
@@ -348,6 +357,10 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
       }
     }
   }
+  if (needs.state) {  // after chunk 0, dH is the gradient of the state entering the sequence
+    gr.initial.S[bh].copy_(dH);
+    gr.initial.s[bh].copy_(dh);
+  }
 }
 
 }  // namespace
@@ -358,7 +371,8 @@ int64_t saved_state_bytes(const Problem& pr) {
 }
 
 Forward forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                const at::Tensor& lg, bool save_for_backward) {
+                const at::Tensor& lg, bool save_for_backward, const State& initial, bool want_final) {
+  TORCH_CHECK(pr.chunk > 0 || (!initial.S.defined() && !want_final), "power_full: states need the chunked path");
   const auto o = q.options();
   Forward f;
   f.y = at::empty({pr.BH, pr.T, pr.g, pr.e}, o);
@@ -369,10 +383,15 @@ Forward forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, con
     f.states = at::empty({pr.BH, N, D, pr.e}, o);
     f.norms = at::empty({pr.BH, N, D}, o);
   }
+  if (want_final) {
+    const int64_t D = sympow_dim(pr.d, pr.p);
+    f.final_state = at::empty({pr.BH, D, pr.e}, o);
+    f.final_norm = at::empty({pr.BH, D}, o);
+  }
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "power_full_cpu_forward", [&] {
     for_each_head(pr.BH, [&](int64_t bh) {
       if (pr.chunk > 0) {
-        chunked_forward_head<scalar_t>(pr, q, k, v, lg, f, save_for_backward, bh);
+        chunked_forward_head<scalar_t>(pr, q, k, v, lg, f, save_for_backward, initial, want_final, bh);
       } else {
         quadratic_forward_head<scalar_t>(pr, q, k, v, lg, f, bh);
       }
@@ -382,8 +401,14 @@ Forward forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, con
 }
 
 Grads backward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-               const at::Tensor& lg, const Forward& saved, const at::Tensor& dy, const Needs& needs) {
+               const at::Tensor& lg, const Forward& saved, const at::Tensor& dy, const Needs& needs,
+               const State& d_final) {
   Grads gr;
+  if (needs.state) {
+    const int64_t D = sympow_dim(pr.d, pr.p);
+    gr.initial.S = at::empty({pr.BH, D, pr.e}, q.options());
+    gr.initial.s = at::empty({pr.BH, D}, q.options());
+  }
   if (needs.q) gr.q = at::empty_like(q);
   if (needs.k) gr.k = pr.chunk > 0 ? at::empty_like(k) : at::zeros_like(k);
   if (needs.v) gr.v = pr.chunk > 0 ? at::empty_like(v) : at::zeros_like(v);
@@ -391,7 +416,7 @@ Grads backward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, cons
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "power_full_cpu_backward", [&] {
     for_each_head(pr.BH, [&](int64_t bh) {
       if (pr.chunk > 0) {
-        chunked_backward_head<scalar_t>(pr, q, k, v, lg, saved, dy, needs, gr, bh);
+        chunked_backward_head<scalar_t>(pr, q, k, v, lg, saved, dy, needs, d_final, gr, bh);
       } else {
         quadratic_backward_head<scalar_t>(pr, q, k, v, lg, saved, dy, needs, gr, bh);
       }

@@ -34,21 +34,34 @@ struct Forward {
   at::Tensor rowmax;  // [BH, T * g]   m_i, the in-chunk log-weight maximum of each query row
   at::Tensor states;  // [BH, N, D, e] H_n, the state entering chunk n (chunked form, when saved)
   at::Tensor norms;   // [BH, N, D]    h_n, likewise for the normaliser
+  at::Tensor final_state;  // [BH, D, e]  the state after the last token (when asked for)
+  at::Tensor final_norm;   // [BH, D]
+};
+
+/// A state entering the sequence (SPEC §6), in the compute layout; undefined tensors mean zero.
+struct State {
+  at::Tensor S;  // [BH, D, e]
+  at::Tensor s;  // [BH, D]
 };
 
 struct Needs {
   bool q = true, k = true, v = true, g = true;
+  bool state = false;  // the gradient of the initial state
 };
 
 struct Grads {
   at::Tensor q, k, v, lg;  // layouts as the inputs; undefined where not needed
+  State initial;           // gradient of the initial state (when needs.state)
 };
 
+/// initial: the state entering the sequence (chunked form only); want_final: fill final_state / final_norm.
 Forward forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                const at::Tensor& lg, bool save_for_backward);
+                const at::Tensor& lg, bool save_for_backward, const State& initial = {}, bool want_final = false);
 
+/// d_final: the gradient of the final state (undefined: zero).
 Grads backward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-               const at::Tensor& lg, const Forward& saved, const at::Tensor& dy, const Needs& needs);
+               const at::Tensor& lg, const Forward& saved, const at::Tensor& dy, const Needs& needs,
+               const State& d_final = {});
 
 /// Bytes of the per-chunk states the chunked forward keeps for backward (0 for the quadratic form).
 int64_t saved_state_bytes(const Problem& pr);
