@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <vector>
 
 namespace power_attention {
 
@@ -38,6 +39,29 @@ at::Tensor power_full(const at::Tensor& q, const at::Tensor& k, const at::Tensor
 at::Tensor power_full_flat(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& log_g,
                            int64_t degree, bool has_scale, double scale, bool has_chunk_size,
                            int64_t chunk_size);
+
+/// SPEC §6: power_full starting from a state and returning the state after the last token.
+///   S0 [b, h, D, e], s0 [b, h, D]: the state entering the sequence (both undefined: zero; any floating dtype)
+///   returns {Y [b, t, hq, e] in q's dtype, S [b, h, D, e], s [b, h, D]}, the state in fp32 (fp64 for fp64 inputs)
+/// Differentiable in q, k, v, log_g, S0 and s0. Runs the chunked algorithm (a single chunk without chunk_size).
+/// Processing a sequence in pieces, carrying the state, equals processing it whole.
+std::vector<at::Tensor> power_full_with_state(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                              const at::Tensor& log_g, const PowerFullOptions& options,
+                                              const at::Tensor& S0, const at::Tensor& s0);
+
+/// Binding-friendly form of power_full_with_state (see power_full_flat).
+std::vector<at::Tensor> power_full_with_state_flat(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                   const at::Tensor& log_g, int64_t degree, bool has_scale,
+                                                   double scale, bool has_chunk_size, int64_t chunk_size,
+                                                   const at::Tensor& S0, const at::Tensor& s0);
+
+/// One recurrent step (SPEC §6) for one new token per sequence, O(D e) per head, no cache:
+///   S' = g S + phi(k) v^T,  s' = g s + phi(k),  y = phi(q) . S' / phi(q) . s'      (g = exp(log_g); scale cancels)
+///   q [b, hq, d], k [b, h, d], v [b, h, e], log_g [b, h] or undefined, S [b, h, D, e], s [b, h, D]
+///   returns {y [b, hq, e] in q's dtype, S', s'} (state in fp32, fp64 for fp64 inputs). Differentiable (autograd).
+std::vector<at::Tensor> power_decode_step(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                          const at::Tensor& log_g, const at::Tensor& S, const at::Tensor& s,
+                                          int64_t degree);
 
 /// Dimension D of the symmetric power embedding phi: C(d + p - 1, p) (2080 for d = 64, p = 2).
 int64_t state_dim(int64_t head_dim, int64_t degree);

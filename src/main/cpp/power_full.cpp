@@ -114,8 +114,9 @@ struct Resolved {
   cpu::Problem problem;
 };
 
+// stateful: states in or out need the chunked path; without a chunk size (or t <= chunk) it is one chunk of t.
 Resolved resolve(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t p, double scale,
-                 int64_t chunk) {
+                 int64_t chunk, bool stateful = false) {
   Resolved r;
   Layout& L = r.layout;
   L.b = q.size(0), L.t = q.size(1), L.hq = q.size(2), L.d = q.size(3), L.h = k.size(2), L.e = v.size(3);
@@ -123,7 +124,7 @@ Resolved resolve(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, 
   // fp64 for fp64 inputs; fp32 otherwise, except odd degrees, whose signed normaliser can cancel badly: fp64.
   L.ct = (q.scalar_type() == at::kDouble || p % 2 == 1) ? at::kDouble : at::kFloat;
   // t <= chunk: the quadratic form is the chunked form with a single chunk, minus the padding.
-  const int64_t c = (chunk > 0 && chunk < L.t) ? chunk : 0;
+  const int64_t c = (chunk > 0 && chunk < L.t) ? chunk : (stateful ? L.t : 0);
   L.T = c > 0 ? (L.t + c - 1) / c * c : L.t;
   cpu::Problem& pr = r.problem;
   pr.BH = L.b * L.h, pr.T = L.T, pr.g = L.g, pr.d = L.d, pr.e = L.e, pr.p = p, pr.scale = scale, pr.chunk = c;
@@ -192,6 +193,111 @@ class PowerFullFunction : public torch::autograd::Function<PowerFullFunction> {
   }
 };
 
+// [b, h, D, e] / [b, h, D] <-> [b*h, D, e] / [b*h, D] in the compute dtype
+cpu::State state_layout(const at::Tensor& S, const at::Tensor& s, const Layout& L) {
+  if (!S.defined()) return {};
+  return {S.to(L.ct).reshape({L.b * L.h, S.size(2), S.size(3)}).contiguous(),
+          s.to(L.ct).reshape({L.b * L.h, s.size(2)}).contiguous()};
+}
+
+// The autograd Function of power_full_with_state: outputs {Y, S, s}, inputs q, k, v, gates, S0, s0 (0-element
+// tensors stand for "none": autograd rejects undefined inputs).
+class PowerFullStateFunction : public torch::autograd::Function<PowerFullStateFunction> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q,
+                                                const at::Tensor& k, const at::Tensor& v,
+                                                const at::Tensor& log_g_or_empty, const at::Tensor& S0_or_empty,
+                                                const at::Tensor& s0_or_empty, int64_t p, double scale,
+                                                int64_t chunk, bool save) {
+    const at::Tensor log_g = log_g_or_empty.numel() > 0 ? log_g_or_empty : at::Tensor();
+    const bool has_initial = S0_or_empty.numel() > 0;
+    const Resolved r = resolve(q, k, v, p, scale, chunk, true);
+    const cpu::State initial = has_initial ? state_layout(S0_or_empty, s0_or_empty, r.layout) : cpu::State{};
+    cpu::Forward f = cpu::forward(r.problem, query_layout(q, r.layout), kv_layout(k, r.layout),
+                                  kv_layout(v, r.layout), gate_layout(log_g, r.layout), save, initial, true);
+    if (save) {
+      ctx->save_for_backward({q, k, v, log_g_or_empty, S0_or_empty, s0_or_empty});
+      ctx->saved_data["y"] = f.y;
+      ctx->saved_data["den"] = f.den;
+      ctx->saved_data["rowmax"] = f.rowmax;
+      ctx->saved_data["states"] = f.states;
+      ctx->saved_data["norms"] = f.norms;
+      ctx->saved_data["p"] = p;
+      ctx->saved_data["scale"] = scale;
+      ctx->saved_data["chunk"] = chunk;
+    }
+    const int64_t D = f.final_state.size(1);
+    return {query_unlayout(f.y, r.layout, q.scalar_type()),
+            f.final_state.view({r.layout.b, r.layout.h, D, r.layout.e}),
+            f.final_norm.view({r.layout.b, r.layout.h, D})};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    torch::autograd::variable_list saved = ctx->get_saved_variables();
+    const at::Tensor &q = saved[0], &k = saved[1], &v = saved[2], &S0 = saved[4];
+    const at::Tensor log_g = saved[3].numel() > 0 ? saved[3] : at::Tensor();
+    at::Tensor grad_q, grad_k, grad_v, grad_log_g, grad_S0, grad_s0;
+    cpu::Needs needs;
+    needs.q = ctx->needs_input_grad(0);
+    needs.k = ctx->needs_input_grad(1);
+    needs.v = ctx->needs_input_grad(2);
+    needs.g = log_g.defined() && ctx->needs_input_grad(3);
+    needs.state = S0.numel() > 0 && (ctx->needs_input_grad(4) || ctx->needs_input_grad(5));
+    const bool any = needs.q || needs.k || needs.v || needs.g || needs.state;
+    const bool seeded = grad_outputs[1].defined() || grad_outputs[2].defined();
+    if (any && (grad_outputs[0].defined() || seeded)) {
+      const Resolved r = resolve(q, k, v, ctx->saved_data["p"].toInt(), ctx->saved_data["scale"].toDouble(),
+                                 ctx->saved_data["chunk"].toInt(), true);
+      const Layout& L = r.layout;
+      const int64_t D = sympow_dim(L.d, r.problem.p);
+      cpu::Forward f;
+      f.y = ctx->saved_data["y"].toTensor();
+      f.den = ctx->saved_data["den"].toTensor();
+      f.rowmax = ctx->saved_data["rowmax"].toTensor();
+      f.states = ctx->saved_data["states"].toTensor();
+      f.norms = ctx->saved_data["norms"].toTensor();
+      const at::Tensor dy = grad_outputs[0].defined() ? query_layout(grad_outputs[0], L)
+                                                      : at::zeros({L.b * L.h, L.T, L.g, L.e}, q.options().dtype(L.ct));
+      cpu::State d_final;
+      if (seeded) {
+        const auto o = q.options().dtype(L.ct);
+        const at::Tensor dS = grad_outputs[1].defined() ? grad_outputs[1] : at::zeros({L.b, L.h, D, L.e}, o);
+        const at::Tensor ds = grad_outputs[2].defined() ? grad_outputs[2] : at::zeros({L.b, L.h, D}, o);
+        d_final = state_layout(dS, ds, L);
+      }
+      const cpu::Grads gr = cpu::backward(r.problem, query_layout(q, L), kv_layout(k, L), kv_layout(v, L),
+                                          gate_layout(log_g, L), f, dy, needs, d_final);
+      if (needs.q) grad_q = query_unlayout(gr.q, L, q.scalar_type());
+      if (needs.k) grad_k = kv_unlayout(gr.k, L, k.scalar_type());
+      if (needs.v) grad_v = kv_unlayout(gr.v, L, v.scalar_type());
+      if (needs.g) grad_log_g = gate_unlayout(gr.lg, L, log_g.scalar_type());
+      if (needs.state) {
+        grad_S0 = gr.initial.S.view({L.b, L.h, D, L.e}).to(S0.scalar_type());
+        grad_s0 = gr.initial.s.view({L.b, L.h, D}).to(saved[5].scalar_type());
+      }
+    }
+    return {grad_q, grad_k, grad_v, grad_log_g, grad_S0, grad_s0,
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+void check_state(const at::Tensor& S, const at::Tensor& s, const at::Tensor& q, int64_t b, int64_t h, int64_t D,
+                 int64_t e) {
+  TORCH_CHECK_VALUE(S.defined() == s.defined(), "power_full: the state needs both S [b, h, D, e] and s [b, h, D], got ",
+                    S.defined() ? "S only" : "s only");
+  if (!S.defined()) return;
+  check_rank(S, "state S", "[b, h, D, e]", 4);
+  check_shape(S, "state S", "[b, h, D, e]", {b, h, D, e});
+  check_rank(s, "state s", "[b, h, D]", 3);
+  check_shape(s, "state s", "[b, h, D]", {b, h, D});
+  TORCH_CHECK_VALUE(at::isFloatingType(S.scalar_type()) && at::isFloatingType(s.scalar_type()),
+                    "power_full: the state must have floating dtypes, got S ", S.scalar_type(), ", s ",
+                    s.scalar_type());
+  TORCH_CHECK_VALUE(S.device() == q.device() && s.device() == q.device(), "power_full: the state must be on Q's device ",
+                    q.device(), ", got S on ", S.device(), ", s on ", s.device());
+}
+
 }  // namespace
 
 int64_t state_dim(int64_t head_dim, int64_t degree) {
@@ -200,8 +306,17 @@ int64_t state_dim(int64_t head_dim, int64_t degree) {
   return sympow_dim(head_dim, degree);
 }
 
-at::Tensor power_full(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& log_g,
-                      const PowerFullOptions& options) {
+namespace {
+
+struct Checked {
+  int64_t p;
+  double scale;
+  int64_t chunk;  // 0: none
+  bool grad;      // autograd will need the backward
+};
+
+Checked check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& log_g,
+                     const PowerFullOptions& options) {
   // ---- checks: argument, expected, actual
   check_rank(q, "Q", "[b, t, hq, d]", 4);
   check_rank(k, "K", "[b, t, h, d]", 4);
@@ -249,9 +364,12 @@ at::Tensor power_full(const at::Tensor& q, const at::Tensor& k, const at::Tensor
                     (q.requires_grad() || k.requires_grad() || v.requires_grad() ||
                      (log_g.defined() && log_g.requires_grad()));
 
-  // ---- the state must be affordable: say so before allocating
-  const Resolved r = resolve(q, k, v, p, scale, chunk);
-  if (r.problem.chunk > 0) {
+  return {p, scale, chunk, grad};
+}
+
+void check_affordable(const Resolved& r, bool grad) {
+  if (r.problem.chunk <= 0) return;
+  const int64_t d = r.problem.d, p = r.problem.p;
     const int64_t D = sympow_dim(d, p);
     const int64_t elem = r.layout.ct == at::kDouble ? 8 : 4;
     const double need = chunked_bytes(r.problem, grad, elem);
@@ -264,8 +382,18 @@ at::Tensor power_full(const at::Tensor& q, const at::Tensor& k, const at::Tensor
                       " (half the physical memory, or POWER_ATTENTION_MEMORY_LIMIT in bytes). Options: the "
                       "quadratic form (no chunk_size), a larger chunk_size, a smaller head dimension d or a "
                       "lower degree");
-  }
+}
 
+}  // namespace
+
+at::Tensor power_full(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& log_g,
+                      const PowerFullOptions& options) {
+  const Checked ck = check_inputs(q, k, v, log_g, options);
+  const int64_t p = ck.p, chunk = ck.chunk;
+  const double scale = ck.scale;
+  const bool grad = ck.grad;
+  const Resolved r = resolve(q, k, v, p, scale, chunk);
+  check_affordable(r, grad);
   if (!q.device().is_cpu()) {
     // No device kernels in this build: the plain-ATen references run on any device, differentiable by autograd.
     return r.problem.chunk > 0 ? reference::power_full_chunked(q, k, v, log_g, p, scale, r.problem.chunk)
@@ -282,6 +410,80 @@ at::Tensor power_full_flat(const at::Tensor& q, const at::Tensor& k, const at::T
   if (has_scale) o.scale = scale;
   if (has_chunk_size) o.chunk_size = chunk_size;
   return power_full(q, k, v, log_g, o);
+}
+
+}  // namespace power_attention
+
+namespace power_attention {
+
+std::vector<at::Tensor> power_full_with_state(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                              const at::Tensor& log_g, const PowerFullOptions& options,
+                                              const at::Tensor& S0, const at::Tensor& s0) {
+  Checked ck = check_inputs(q, k, v, log_g, options);
+  const int64_t b = q.size(0), h = k.size(2), d = q.size(3), e = v.size(3);
+  check_state(S0, s0, q, b, h, sympow_dim(d, ck.p), e);
+  TORCH_CHECK_VALUE(q.device().is_cpu(), "power_full: states are implemented on the CPU only in this build, got Q on ",
+                    q.device());
+  ck.grad = ck.grad || (at::GradMode::is_enabled() && S0.defined() && (S0.requires_grad() || s0.requires_grad()));
+  const Resolved r = resolve(q, k, v, ck.p, ck.scale, ck.chunk, true);
+  check_affordable(r, ck.grad);
+  const at::Tensor none = at::empty({0}, q.options().dtype(at::kFloat));
+  const at::Tensor gates = log_g.defined() ? log_g : none;
+  const at::Tensor S = S0.defined() ? S0 : none, s = s0.defined() ? s0 : none;
+  return PowerFullStateFunction::apply(q, k, v, gates, S, s, ck.p, ck.scale, ck.chunk, ck.grad);
+}
+
+std::vector<at::Tensor> power_full_with_state_flat(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                   const at::Tensor& log_g, int64_t degree, bool has_scale,
+                                                   double scale, bool has_chunk_size, int64_t chunk_size,
+                                                   const at::Tensor& S0, const at::Tensor& s0) {
+  PowerFullOptions o;
+  o.degree = degree;
+  if (has_scale) o.scale = scale;
+  if (has_chunk_size) o.chunk_size = chunk_size;
+  return power_full_with_state(q, k, v, log_g, o, S0, s0);
+}
+
+std::vector<at::Tensor> power_decode_step(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                          const at::Tensor& log_g, const at::Tensor& S, const at::Tensor& s,
+                                          int64_t degree) {
+  check_rank(q, "Q", "[b, hq, d]", 3);
+  check_rank(k, "K", "[b, h, d]", 3);
+  check_rank(v, "V", "[b, h, e]", 3);
+  const int64_t b = q.size(0), hq = q.size(1), d = q.size(2), h = k.size(1), e = v.size(2);
+  check_shape(k, "K", "[b, h, d]", {b, h, d});
+  check_shape(v, "V", "[b, h, e]", {b, h, e});
+  TORCH_CHECK_VALUE(h >= 1 && hq % h == 0, "power_full: the number of query heads hq = ", hq,
+                    " must be a multiple of the number of key/value heads h = ", h);
+  TORCH_CHECK_VALUE(supported_dtype(q.scalar_type()) && k.scalar_type() == q.scalar_type() &&
+                        v.scalar_type() == q.scalar_type(),
+                    "power_full: Q, K and V must share one dtype of float32, float64, bfloat16, float16, got Q ",
+                    q.scalar_type(), ", K ", k.scalar_type(), ", V ", v.scalar_type());
+  TORCH_CHECK_VALUE(degree >= 1, "power_full: deg must be >= 1, got ", degree);
+  if (log_g.defined()) {
+    check_rank(log_g, "log_G", "[b, h]", 2);
+    check_shape(log_g, "log_G", "[b, h]", {b, h});
+  }
+  const int64_t D = sympow_dim(d, degree);
+  TORCH_CHECK_VALUE(S.defined() && s.defined(), "power_full: a decode step needs a state (S, s)");
+  check_state(S, s, q, b, h, D, e);
+  const auto ct = (q.scalar_type() == at::kDouble || degree % 2 == 1) ? at::kDouble : at::kFloat;
+  const int64_t g = hq / h;
+  const at::Tensor phiK = reference::symmetric_power_embedding(k.to(ct), degree);               // [b, h, D]
+  at::Tensor S1 = S.to(ct), s1 = s.to(ct);
+  if (log_g.defined()) {
+    const at::Tensor gate = at::exp(log_g.to(ct));                                              // [b, h]
+    S1 = S1 * gate.view({b, h, 1, 1});
+    s1 = s1 * gate.view({b, h, 1});
+  }
+  S1 = S1 + phiK.unsqueeze(-1) * v.to(ct).unsqueeze(-2);
+  s1 = s1 + phiK;
+  const at::Tensor phiQ = reference::symmetric_power_embedding(q.to(ct).view({b, h, g, d}), degree);  // [b, h, g, D]
+  const at::Tensor num = at::matmul(phiQ, S1);                                                  // [b, h, g, e]
+  const at::Tensor den = at::matmul(phiQ, s1.unsqueeze(-1));                                    // [b, h, g, 1]
+  const at::Tensor y = num / at::where(den == 0, at::ones_like(den), den);
+  const auto st = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  return {y.reshape({b, hq, e}).to(q.scalar_type()), S1.to(st), s1.to(st)};
 }
 
 }  // namespace power_attention
