@@ -9,6 +9,12 @@
 #include <optional>
 #include <vector>
 
+// Bindings name the tensor type torch::Tensor (Bytedeco's TensorVector is std::vector<torch::Tensor>), as LibTorch's
+// torch/types.h does with `using namespace at;`. A using-declaration is enough, and lighter than that header.
+namespace torch {
+using at::Tensor;
+}  // namespace torch
+
 namespace power_attention {
 
 /// Options of power_full, every field optional but `degree` (SPEC §1).

@@ -4,6 +4,7 @@ import java.util.Objects;
 
 import io.github.powerattention.global.power_attention;
 import org.bytedeco.pytorch.Tensor;
+import org.bytedeco.pytorch.TensorVector;
 
 /**
  * Symmetric power attention ("Symmetric Power Transformers", Buckman, Gelada, Zhang, 2024) on Bytedeco LibTorch
@@ -69,6 +70,71 @@ public final class PowerAttention {
             if (logG == null) {
                 gates.close();
             }
+        }
+    }
+
+    /**
+     * Power attention that starts from {@code initial} (null: an empty prefix) and returns the state after the last
+     * token with the output (SPEC §6). Processing a sequence in pieces, carrying the state, equals processing it
+     * whole; gradients flow through the carried state unless it is {@link PowerAttentionState#detach() detached}.
+     * Runs the chunked algorithm (one chunk of t without a chunk size). CPU only in this build.
+     */
+    public static PowerAttentionResult powerFull(Tensor q, Tensor k, Tensor v, PowerAttentionOptions options,
+            PowerAttentionState initial) {
+        requireTensor(q, "Q");
+        requireTensor(k, "K");
+        requireTensor(v, "V");
+        Objects.requireNonNull(options, "options must not be null");
+        Tensor logG = options.logG();
+        if (logG != null) {
+            requireTensor(logG, "log_G");
+        }
+        if (initial != null) {
+            requireTensor(initial.S(), "state S");
+            requireTensor(initial.s(), "state s");
+        }
+        try (Tensor none = new Tensor()) {
+            TensorVector out = power_attention.power_full_with_state_flat(q, k, v, logG != null ? logG : none,
+                    options.degree(), options.scale().isPresent(), options.scale().orElse(0.0),
+                    options.chunkSize().isPresent(), options.chunkSize().orElse(0L),
+                    initial != null ? initial.S() : none, initial != null ? initial.s() : none);
+            return result(out);
+        } catch (RuntimeException e) {
+            throw translate(e);
+        }
+    }
+
+    /** Owning copies of the three tensors (get() refers into the vector, which is released here). */
+    private static PowerAttentionResult result(TensorVector out) {
+        try (out) {
+            return new PowerAttentionResult(new Tensor(out.get(0)),
+                    PowerAttentionState.of(new Tensor(out.get(1)), new Tensor(out.get(2))));
+        }
+    }
+
+    /** The state after a prompt (and the prompt's output): {@code powerFull(q, k, v, options, null)}. */
+    public static PowerAttentionResult prefill(Tensor q, Tensor k, Tensor v, PowerAttentionOptions options) {
+        return powerFull(q, k, v, options, null);
+    }
+
+    /**
+     * One generation step: the new token's {@code q [b, hq, d]}, {@code k [b, h, d]}, {@code v [b, h, e]} and
+     * {@code logG [b, h]} (null: no gating) against {@code state}; returns {@code y [b, hq, e]} and the state that
+     * includes the token. {@code O(D e)} work per head, no cache: {@code S' = g S + phi(k) v^T}, {@code s' = g s +
+     * phi(k)}, {@code y = phi(q) S' / phi(q) s'}. Equals {@code powerFull} at that position. The scale cancels here.
+     */
+    public static PowerAttentionResult decodeStep(Tensor q, Tensor k, Tensor v, Tensor logG, PowerAttentionState state,
+            int degree) {
+        requireTensor(q, "Q");
+        requireTensor(k, "K");
+        requireTensor(v, "V");
+        Objects.requireNonNull(state, "power_full: a decode step needs a state");
+        try (Tensor none = new Tensor()) {
+            TensorVector out = power_attention.power_decode_step(q, k, v, logG != null ? logG : none, state.S(),
+                    state.s(), degree);
+            return result(out);
+        } catch (RuntimeException e) {
+            throw translate(e);
         }
     }
 

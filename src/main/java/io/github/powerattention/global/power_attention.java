@@ -8,6 +8,7 @@ import org.bytedeco.javacpp.annotation.Const;
 import org.bytedeco.javacpp.annotation.Namespace;
 import org.bytedeco.javacpp.annotation.Properties;
 import org.bytedeco.pytorch.Tensor;
+import org.bytedeco.pytorch.TensorVector;
 
 /**
  * Raw natives of {@code src/main/cpp/power_attention.h}. Internal: no argument checks happen here beyond the C++
@@ -29,6 +30,20 @@ public class power_attention {
             @Const @ByRef Tensor q, @Const @ByRef Tensor k, @Const @ByRef Tensor v, @Const @ByRef Tensor logG,
             @Cast("int64_t") long degree, @Cast("bool") boolean hasScale, double scale,
             @Cast("bool") boolean hasChunkSize, @Cast("int64_t") long chunkSize);
+
+    /** {@code power_attention::power_full_with_state_flat}: {Y, S, s}; undefined S0/s0 mean a zero state. */
+    @Namespace("power_attention")
+    public static native @ByVal TensorVector power_full_with_state_flat(
+            @Const @ByRef Tensor q, @Const @ByRef Tensor k, @Const @ByRef Tensor v, @Const @ByRef Tensor logG,
+            @Cast("int64_t") long degree, @Cast("bool") boolean hasScale, double scale,
+            @Cast("bool") boolean hasChunkSize, @Cast("int64_t") long chunkSize,
+            @Const @ByRef Tensor S0, @Const @ByRef Tensor s0);
+
+    /** {@code power_attention::power_decode_step}: {y, S', s'}. */
+    @Namespace("power_attention")
+    public static native @ByVal TensorVector power_decode_step(
+            @Const @ByRef Tensor q, @Const @ByRef Tensor k, @Const @ByRef Tensor v, @Const @ByRef Tensor logG,
+            @Const @ByRef Tensor S, @Const @ByRef Tensor s, @Cast("int64_t") long degree);
 
     /** {@code power_attention::state_dim}: C(d + p - 1, p). */
     @Namespace("power_attention")
