@@ -124,7 +124,7 @@ public final class CpuBenchmark {
         System.out.println("# wrote " + dir.resolve("cpu-benchmark.csv") + " and .json");
     }
 
-    static String cpuName() {
+    public static String cpuName() {
         try {
             return Files.readAllLines(Path.of("/proc/cpuinfo")).stream().filter(l -> l.startsWith("model name"))
                     .findFirst().map(l -> l.substring(l.indexOf(':') + 1).trim()).orElse("unknown CPU");
