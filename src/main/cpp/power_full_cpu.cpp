@@ -116,6 +116,17 @@ void for_each_head(int64_t BH, const F& fn) {
 // Quadratic form: tiles of query tokens against keys [0, tile end).
 // ---------------------------------------------------------------------------------------------------------------
 
+// G = cumsum(lg[bh]) in fp64, or empty without gating.
+std::vector<double> gate_cumsum(const at::Tensor& lg, int64_t bh, int64_t T) {
+  std::vector<double> G;
+  if (!lg.defined()) return G;
+  G.resize(T);
+  const double* lp = lg[bh].data_ptr<double>();
+  double acc = 0;
+  for (int64_t i = 0; i < T; ++i) G[i] = (acc += lp[i]);
+  return G;
+}
+
 int64_t quadratic_tile_tokens(const Problem& pr) {
   return std::clamp<int64_t>(kQuadraticTileWeights / std::max<int64_t>(1, pr.g * pr.T), 16, std::max<int64_t>(16, pr.T));
 }
@@ -125,13 +136,7 @@ void quadratic_forward_head(const Problem& pr, const at::Tensor& q, const at::Te
                             const at::Tensor& lg, Forward& f, int64_t bh) {
   const int64_t T_ = pr.T, g = pr.g, d = pr.d, e = pr.e;
   const at::Tensor qr = q[bh].view({T_ * g, d}), kh = k[bh], vh = v[bh];
-  std::vector<double> G;
-  if (lg.defined()) {
-    G.resize(T_);
-    const double* lp = lg[bh].data_ptr<double>();
-    double acc = 0;
-    for (int64_t i = 0; i < T_; ++i) G[i] = (acc += lp[i]);
-  }
+  const std::vector<double> G = gate_cumsum(lg, bh, T_);
   const at::Tensor yh = f.y[bh].view({T_ * g, e});
   const at::Tensor lh = f.den[bh], mh = f.rowmax[bh];
   const int64_t tile = quadratic_tile_tokens(pr);
@@ -152,13 +157,7 @@ void quadratic_backward_head(const Problem& pr, const at::Tensor& q, const at::T
   const int64_t T_ = pr.T, g = pr.g, d = pr.d, e = pr.e;
   const bool gates = lg.defined() && needs.g;
   const at::Tensor qr = q[bh].view({T_ * g, d}), kh = k[bh], vh = v[bh];
-  std::vector<double> G;
-  if (lg.defined()) {
-    G.resize(T_);
-    const double* lp = lg[bh].data_ptr<double>();
-    double acc = 0;
-    for (int64_t i = 0; i < T_; ++i) G[i] = (acc += lp[i]);
-  }
+  const std::vector<double> G = gate_cumsum(lg, bh, T_);
   std::vector<T> dG(gates ? T_ : 0, T(0));
   at::Tensor dq = needs.q ? gr.q[bh].view({T_ * g, d}) : at::Tensor();
   at::Tensor dk = needs.k ? gr.k[bh] : at::Tensor();

@@ -51,14 +51,8 @@ public final class PowerAttention {
      * @throws PowerAttentionException on other native failures
      */
     public static Tensor powerFull(Tensor q, Tensor k, Tensor v, PowerAttentionOptions options) {
-        requireTensor(q, "Q");
-        requireTensor(k, "K");
-        requireTensor(v, "V");
-        Objects.requireNonNull(options, "options must not be null");
+        requireInputs(q, k, v, options);
         Tensor logG = options.logG();
-        if (logG != null) {
-            requireTensor(logG, "log_G");
-        }
         Tensor gates = logG != null ? logG : new Tensor();
         try {
             return power_attention.power_full_flat(q, k, v, gates, options.degree(),
@@ -81,14 +75,8 @@ public final class PowerAttention {
      */
     public static PowerAttentionResult powerFull(Tensor q, Tensor k, Tensor v, PowerAttentionOptions options,
             PowerAttentionState initial) {
-        requireTensor(q, "Q");
-        requireTensor(k, "K");
-        requireTensor(v, "V");
-        Objects.requireNonNull(options, "options must not be null");
+        requireInputs(q, k, v, options);
         Tensor logG = options.logG();
-        if (logG != null) {
-            requireTensor(logG, "log_G");
-        }
         if (initial != null) {
             requireTensor(initial.S(), "state S");
             requireTensor(initial.s(), "state s");
@@ -147,6 +135,16 @@ public final class PowerAttention {
             return power_attention.state_dim(headDim, degree);
         } catch (RuntimeException e) {
             throw translate(e);
+        }
+    }
+
+    private static void requireInputs(Tensor q, Tensor k, Tensor v, PowerAttentionOptions options) {
+        requireTensor(q, "Q");
+        requireTensor(k, "K");
+        requireTensor(v, "V");
+        Objects.requireNonNull(options, "options must not be null");
+        if (options.logG() != null) {
+            requireTensor(options.logG(), "log_G");
         }
     }
 
