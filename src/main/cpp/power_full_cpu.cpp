@@ -364,11 +364,6 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
 
 }  // namespace
 
-int64_t saved_state_bytes(const Problem& pr) {
-  if (pr.chunk <= 0) return 0;
-  return pr.BH * (pr.T / pr.chunk) * sympow_dim(pr.d, pr.p) * (pr.e + 1) * 4;
-}
-
 Forward forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                 const at::Tensor& lg, bool save_for_backward, const State& initial, bool want_final) {
   TORCH_CHECK(pr.chunk > 0 || (!initial.S.defined() && !want_final), "power_full: states need the chunked path");

@@ -63,8 +63,5 @@ Grads backward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, cons
                const at::Tensor& lg, const Forward& saved, const at::Tensor& dy, const Needs& needs,
                const State& d_final = {});
 
-/// Bytes of the per-chunk states the chunked forward keeps for backward (0 for the quadratic form).
-int64_t saved_state_bytes(const Problem& pr);
-
 }  // namespace cpu
 }  // namespace power_attention
