@@ -2,6 +2,9 @@
 // Function that owns forward and backward, and the dispatch between the fast CPU path and the references.
 #include "power_attention.h"
 #include "power_full_cpu.h"
+#ifdef POWER_ATTENTION_WITH_CUDA
+#include "power_full_cuda.h"
+#endif
 #include "sympow.h"
 
 #include <ATen/ATen.h>
@@ -41,7 +44,7 @@ bool supported_dtype(at::ScalarType t) {
 
 // Bytes the chunked form holds at once for its states: all of them when they are saved for backward, one
 // head group's running state otherwise, plus phi of one chunk of query rows.
-double chunked_bytes(const cpu::Problem& pr, bool save, int64_t elem) {
+double chunked_bytes(const Problem& pr, bool save, int64_t elem) {
   const double D = static_cast<double>(sympow_dim(pr.d, pr.p));
   const double N = static_cast<double>(pr.T / pr.chunk);
   const double states = (save ? pr.BH * N : 1.0) * D * (pr.e + 1);
@@ -70,7 +73,9 @@ std::string gib(double bytes) {
 // The compute layout of power_full_cpu.h.
 struct Layout {
   int64_t b, t, hq, h, g, d, e, T;
-  at::ScalarType ct;
+  at::ScalarType ct;  // compute dtype of q, k, v, y
+  at::ScalarType gt;  // log gates
+  at::ScalarType st;  // states in and out
 };
 
 at::Tensor pad_tokens(const at::Tensor& x, int64_t dim, int64_t T) {
@@ -91,10 +96,10 @@ at::Tensor kv_layout(const at::Tensor& x, const Layout& L) {
   at::Tensor y = x.to(L.ct).permute({0, 2, 1, 3});
   return pad_tokens(y, 2, L.T).reshape({L.b * L.h, L.T, x.size(3)}).contiguous();
 }
-// [b, t, h] -> [b*h, T] fp64
+// [b, t, h] -> [b*h, T] in the gate dtype
 at::Tensor gate_layout(const at::Tensor& x, const Layout& L) {
   if (!x.defined()) return at::Tensor();
-  at::Tensor y = x.to(at::kDouble).permute({0, 2, 1});
+  at::Tensor y = x.to(L.gt).permute({0, 2, 1});
   return pad_tokens(y, 2, L.T).reshape({L.b * L.h, L.T}).contiguous();
 }
 at::Tensor query_unlayout(const at::Tensor& y, const Layout& L, at::ScalarType dtype) {
@@ -111,7 +116,7 @@ at::Tensor gate_unlayout(const at::Tensor& y, const Layout& L, at::ScalarType dt
 
 struct Resolved {
   Layout layout;
-  cpu::Problem problem;
+  Problem problem;
 };
 
 // stateful: states in or out need the chunked path; without a chunk size (or t <= chunk) it is one chunk of t.
@@ -121,14 +126,44 @@ Resolved resolve(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, 
   Layout& L = r.layout;
   L.b = q.size(0), L.t = q.size(1), L.hq = q.size(2), L.d = q.size(3), L.h = k.size(2), L.e = v.size(3);
   L.g = L.hq / L.h;
-  // fp64 for fp64 inputs; fp32 otherwise, except odd degrees, whose signed normaliser can cancel badly: fp64.
-  L.ct = (q.scalar_type() == at::kDouble || p % 2 == 1) ? at::kDouble : at::kFloat;
+  // fp64 for fp64 inputs and for odd degrees, whose signed normaliser can cancel badly. Otherwise the CPU computes
+  // in fp32, and CUDA keeps the input dtype for its matrix products (fp32 accumulation) with fp32 gates and states.
+  const bool fp64 = q.scalar_type() == at::kDouble || p % 2 == 1;
+  const bool cpu = q.device().is_cpu();
+  L.ct = fp64 ? at::kDouble : (cpu ? at::kFloat : q.scalar_type());
+  L.gt = fp64 || cpu ? at::kDouble : at::kFloat;
+  L.st = fp64 ? at::kDouble : at::kFloat;
   // t <= chunk: the quadratic form is the chunked form with a single chunk, minus the padding.
   const int64_t c = (chunk > 0 && chunk < L.t) ? chunk : (stateful ? L.t : 0);
   L.T = c > 0 ? (L.t + c - 1) / c * c : L.t;
-  cpu::Problem& pr = r.problem;
+  Problem& pr = r.problem;
   pr.BH = L.b * L.h, pr.T = L.T, pr.g = L.g, pr.d = L.d, pr.e = L.e, pr.p = p, pr.scale = scale, pr.chunk = c;
   return r;
+}
+
+// The device path: CUDA kernels for CUDA tensors (when built with them), the CPU path otherwise.
+bool has_device_path(const at::Tensor& q) {
+#ifdef POWER_ATTENTION_WITH_CUDA
+  if (q.is_cuda()) return true;
+#endif
+  return q.device().is_cpu();
+}
+
+Forward path_forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                     const at::Tensor& lg, bool save, const State& initial = {}, bool want_final = false) {
+#ifdef POWER_ATTENTION_WITH_CUDA
+  if (q.is_cuda()) return cuda::forward(pr, q, k, v, lg, save, initial, want_final);
+#endif
+  return cpu::forward(pr, q, k, v, lg, save, initial, want_final);
+}
+
+Grads path_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                    const at::Tensor& lg, const Forward& saved, const at::Tensor& dy, const Needs& needs,
+                    const State& d_final = {}) {
+#ifdef POWER_ATTENTION_WITH_CUDA
+  if (q.is_cuda()) return cuda::backward(pr, q, k, v, lg, saved, dy, needs, d_final);
+#endif
+  return cpu::backward(pr, q, k, v, lg, saved, dy, needs, d_final);
 }
 
 class PowerFullFunction : public torch::autograd::Function<PowerFullFunction> {
@@ -139,7 +174,7 @@ class PowerFullFunction : public torch::autograd::Function<PowerFullFunction> {
                             int64_t chunk, bool save) {
     const at::Tensor log_g = log_g_or_empty.numel() > 0 ? log_g_or_empty : at::Tensor();
     const Resolved r = resolve(q, k, v, p, scale, chunk);
-    cpu::Forward f = cpu::forward(r.problem, query_layout(q, r.layout), kv_layout(k, r.layout),
+    Forward f = path_forward(r.problem, query_layout(q, r.layout), kv_layout(k, r.layout),
                                   kv_layout(v, r.layout), gate_layout(log_g, r.layout), save);
     if (save) {
       ctx->save_for_backward({q, k, v, log_g_or_empty});
@@ -165,7 +200,7 @@ class PowerFullFunction : public torch::autograd::Function<PowerFullFunction> {
     const at::Tensor log_g = saved[3].numel() > 0 ? saved[3] : at::Tensor();
     // Gradients named, then placed in the order of forward's arguments.
     at::Tensor grad_q, grad_k, grad_v, grad_log_g;
-    cpu::Needs needs;
+    Needs needs;
     needs.q = ctx->needs_input_grad(0);
     needs.k = ctx->needs_input_grad(1);
     needs.v = ctx->needs_input_grad(2);
@@ -173,7 +208,7 @@ class PowerFullFunction : public torch::autograd::Function<PowerFullFunction> {
     if (dy.defined() && (needs.q || needs.k || needs.v || needs.g)) {
       const Resolved r = resolve(q, k, v, ctx->saved_data["p"].toInt(), ctx->saved_data["scale"].toDouble(),
                                  ctx->saved_data["chunk"].toInt());
-      cpu::Forward f;
+      Forward f;
       f.y = ctx->saved_data["y"].toTensor();
       f.den = ctx->saved_data["den"].toTensor();
       f.rowmax = ctx->saved_data["rowmax"].toTensor();
@@ -181,8 +216,8 @@ class PowerFullFunction : public torch::autograd::Function<PowerFullFunction> {
         f.states = ctx->saved_data["states"].toTensor();
         f.norms = ctx->saved_data["norms"].toTensor();
       }
-      const cpu::Grads gr =
-          cpu::backward(r.problem, query_layout(q, r.layout), kv_layout(k, r.layout), kv_layout(v, r.layout),
+      const Grads gr =
+          path_backward(r.problem, query_layout(q, r.layout), kv_layout(k, r.layout), kv_layout(v, r.layout),
                         gate_layout(log_g, r.layout), f, query_layout(dy, r.layout), needs);
       if (needs.q) grad_q = query_unlayout(gr.q, r.layout, q.scalar_type());
       if (needs.k) grad_k = kv_unlayout(gr.k, r.layout, k.scalar_type());
@@ -194,10 +229,10 @@ class PowerFullFunction : public torch::autograd::Function<PowerFullFunction> {
 };
 
 // [b, h, D, e] / [b, h, D] <-> [b*h, D, e] / [b*h, D] in the compute dtype
-cpu::State state_layout(const at::Tensor& S, const at::Tensor& s, const Layout& L) {
+State state_layout(const at::Tensor& S, const at::Tensor& s, const Layout& L) {
   if (!S.defined()) return {};
-  return {S.to(L.ct).reshape({L.b * L.h, S.size(2), S.size(3)}).contiguous(),
-          s.to(L.ct).reshape({L.b * L.h, s.size(2)}).contiguous()};
+  return {S.to(L.st).reshape({L.b * L.h, S.size(2), S.size(3)}).contiguous(),
+          s.to(L.st).reshape({L.b * L.h, s.size(2)}).contiguous()};
 }
 
 // The autograd Function of power_full_with_state: outputs {Y, S, s}, inputs q, k, v, gates, S0, s0 (0-element
@@ -212,8 +247,8 @@ class PowerFullStateFunction : public torch::autograd::Function<PowerFullStateFu
     const at::Tensor log_g = log_g_or_empty.numel() > 0 ? log_g_or_empty : at::Tensor();
     const bool has_initial = S0_or_empty.numel() > 0;
     const Resolved r = resolve(q, k, v, p, scale, chunk, true);
-    const cpu::State initial = has_initial ? state_layout(S0_or_empty, s0_or_empty, r.layout) : cpu::State{};
-    cpu::Forward f = cpu::forward(r.problem, query_layout(q, r.layout), kv_layout(k, r.layout),
+    const State initial = has_initial ? state_layout(S0_or_empty, s0_or_empty, r.layout) : State{};
+    Forward f = path_forward(r.problem, query_layout(q, r.layout), kv_layout(k, r.layout),
                                   kv_layout(v, r.layout), gate_layout(log_g, r.layout), save, initial, true);
     if (save) {
       ctx->save_for_backward({q, k, v, log_g_or_empty, S0_or_empty, s0_or_empty});
@@ -238,7 +273,7 @@ class PowerFullStateFunction : public torch::autograd::Function<PowerFullStateFu
     const at::Tensor &q = saved[0], &k = saved[1], &v = saved[2], &S0 = saved[4];
     const at::Tensor log_g = saved[3].numel() > 0 ? saved[3] : at::Tensor();
     at::Tensor grad_q, grad_k, grad_v, grad_log_g, grad_S0, grad_s0;
-    cpu::Needs needs;
+    Needs needs;
     needs.q = ctx->needs_input_grad(0);
     needs.k = ctx->needs_input_grad(1);
     needs.v = ctx->needs_input_grad(2);
@@ -251,7 +286,7 @@ class PowerFullStateFunction : public torch::autograd::Function<PowerFullStateFu
                                  ctx->saved_data["chunk"].toInt(), true);
       const Layout& L = r.layout;
       const int64_t D = sympow_dim(L.d, r.problem.p);
-      cpu::Forward f;
+      Forward f;
       f.y = ctx->saved_data["y"].toTensor();
       f.den = ctx->saved_data["den"].toTensor();
       f.rowmax = ctx->saved_data["rowmax"].toTensor();
@@ -259,14 +294,14 @@ class PowerFullStateFunction : public torch::autograd::Function<PowerFullStateFu
       f.norms = ctx->saved_data["norms"].toTensor();
       const at::Tensor dy = grad_outputs[0].defined() ? query_layout(grad_outputs[0], L)
                                                       : at::zeros({L.b * L.h, L.T, L.g, L.e}, q.options().dtype(L.ct));
-      cpu::State d_final;
+      State d_final;
       if (seeded) {
-        const auto o = q.options().dtype(L.ct);
+        const auto o = q.options().dtype(L.st);
         const at::Tensor dS = grad_outputs[1].defined() ? grad_outputs[1] : at::zeros({L.b, L.h, D, L.e}, o);
         const at::Tensor ds = grad_outputs[2].defined() ? grad_outputs[2] : at::zeros({L.b, L.h, D}, o);
         d_final = state_layout(dS, ds, L);
       }
-      const cpu::Grads gr = cpu::backward(r.problem, query_layout(q, L), kv_layout(k, L), kv_layout(v, L),
+      const Grads gr = path_backward(r.problem, query_layout(q, L), kv_layout(k, L), kv_layout(v, L),
                                           gate_layout(log_g, L), f, dy, needs, d_final);
       if (needs.q) grad_q = query_unlayout(gr.q, L, q.scalar_type());
       if (needs.k) grad_k = kv_unlayout(gr.k, L, k.scalar_type());
@@ -394,8 +429,8 @@ at::Tensor power_full(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   const bool grad = ck.grad;
   const Resolved r = resolve(q, k, v, p, scale, chunk);
   check_affordable(r, grad);
-  if (!q.device().is_cpu()) {
-    // No device kernels in this build: the plain-ATen references run on any device, differentiable by autograd.
+  if (!has_device_path(q)) {
+    // No kernels for this device in this build: the plain-ATen references run on any device, differentiable by autograd.
     return r.problem.chunk > 0 ? reference::power_full_chunked(q, k, v, log_g, p, scale, r.problem.chunk)
                                : reference::power_full_quadratic(q, k, v, log_g, p, scale);
   }
@@ -422,8 +457,11 @@ std::vector<at::Tensor> power_full_with_state(const at::Tensor& q, const at::Ten
   Checked ck = check_inputs(q, k, v, log_g, options);
   const int64_t b = q.size(0), h = k.size(2), d = q.size(3), e = v.size(3);
   check_state(S0, s0, q, b, h, sympow_dim(d, ck.p), e);
-  TORCH_CHECK_VALUE(q.device().is_cpu(), "power_full: states are implemented on the CPU only in this build, got Q on ",
-                    q.device());
+  TORCH_CHECK_VALUE(has_device_path(q), "power_full: states are implemented on the CPU",
+#ifdef POWER_ATTENTION_WITH_CUDA
+                    " and CUDA",
+#endif
+                    " only in this build, got Q on ", q.device());
   ck.grad = ck.grad || (at::GradMode::is_enabled() && S0.defined() && (S0.requires_grad() || s0.requires_grad()));
   const Resolved r = resolve(q, k, v, ck.p, ck.scale, ck.chunk, true);
   check_affordable(r, ck.grad);

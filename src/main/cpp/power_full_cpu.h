@@ -1,12 +1,9 @@
 // power_full_cpu.h: the fast CPU path of power_full (SPEC §3-5), forward and backward, in the compute layout.
 //
-// Compute layout (made by power_full.cpp): one batch index per (batch, key/value head) pair, BH = b * h;
-//   q   [BH, T, g, d]   the g = hq / h query heads that share a key/value head, token-major
-//   k   [BH, T, d]      v [BH, T, e]
-//   lg  [BH, T] fp64    log gates, or undefined (no gating)
-// all contiguous, in the compute dtype (fp64 for fp64 inputs, fp32 otherwise). For the chunked form T is padded
-// to a multiple of the chunk size with zeros (zero keys add nothing; padded query rows are cropped by the caller).
+// Compute layout: see power_full_path.h (lg fp64 here, compute dtype fp32 or fp64).
 #pragma once
+
+#include "power_full_path.h"
 
 #include <ATen/ATen.h>
 
@@ -14,45 +11,6 @@
 
 namespace power_attention {
 namespace cpu {
-
-/// Everything about the problem that is not a tensor.
-struct Problem {
-  int64_t BH = 0;     // batch * key/value heads
-  int64_t T = 0;      // tokens (padded to a multiple of chunk for the chunked form)
-  int64_t g = 1;      // query heads per key/value head
-  int64_t d = 0;      // query/key head dimension
-  int64_t e = 0;      // value head dimension
-  int64_t p = 2;      // degree
-  double scale = 1;   // inside the power
-  int64_t chunk = 0;  // 0: quadratic form; else chunk length (divides T)
-};
-
-/// What the forward returns and the backward needs.
-struct Forward {
-  at::Tensor y;       // [BH, T, g, e] compute dtype
-  at::Tensor den;     // [BH, T * g]   the rescaled normaliser of each query row
-  at::Tensor rowmax;  // [BH, T * g]   m_i, the in-chunk log-weight maximum of each query row
-  at::Tensor states;  // [BH, N, D, e] H_n, the state entering chunk n (chunked form, when saved)
-  at::Tensor norms;   // [BH, N, D]    h_n, likewise for the normaliser
-  at::Tensor final_state;  // [BH, D, e]  the state after the last token (when asked for)
-  at::Tensor final_norm;   // [BH, D]
-};
-
-/// A state entering the sequence (SPEC §6), in the compute layout; undefined tensors mean zero.
-struct State {
-  at::Tensor S;  // [BH, D, e]
-  at::Tensor s;  // [BH, D]
-};
-
-struct Needs {
-  bool q = true, k = true, v = true, g = true;
-  bool state = false;  // the gradient of the initial state
-};
-
-struct Grads {
-  at::Tensor q, k, v, lg;  // layouts as the inputs; undefined where not needed
-  State initial;           // gradient of the initial state (when needs.state)
-};
 
 /// initial: the state entering the sequence (chunked form only); want_final: fill final_state / final_norm.
 Forward forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,

@@ -1,0 +1,31 @@
+// power_full_cuda.h: the CUDA path of power_full (SPEC §3-5), forward and backward, in the compute layout of
+// power_full_path.h. Compiled only with -DPOWER_ATTENTION_CUDA=ON (power_full.cpp then sees
+// POWER_ATTENTION_WITH_CUDA and sends CUDA tensors here).
+//
+// Dtypes: q, k, v in the compute dtype (bf16, fp16, fp32 or fp64), log gates fp32 (fp64 with fp64 compute), states
+// in and out fp32 (fp64). Runs on the current CUDA stream of q's device and allocates through LibTorch's caching
+// allocator.
+#pragma once
+
+#include "power_full_path.h"
+
+#include <ATen/ATen.h>
+
+namespace power_attention {
+namespace cuda {
+
+/// initial: the state entering the sequence (chunked form only); want_final: fill final_state / final_norm.
+Forward forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                const at::Tensor& lg, bool save_for_backward, const State& initial = {}, bool want_final = false);
+
+/// d_final: the gradient of the final state (undefined: zero).
+Grads backward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+               const at::Tensor& lg, const Forward& saved, const at::Tensor& dy, const Needs& needs,
+               const State& d_final = {});
+
+/// Bytes of device memory the op may plan to hold on q's device (free memory plus what LibTorch's caching
+/// allocator holds but does not use), for the affordability check before a chunked form allocates its states.
+double device_memory_limit_bytes(const at::Tensor& q);
+
+}  // namespace cuda
+}  // namespace power_attention
