@@ -402,21 +402,37 @@ Checked check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   return {p, scale, chunk, grad};
 }
 
-void check_affordable(const Resolved& r, bool grad) {
+void check_affordable(const Resolved& r, bool grad, const at::Tensor& q) {
   if (r.problem.chunk <= 0) return;
-  const int64_t d = r.problem.d, p = r.problem.p;
-    const int64_t D = sympow_dim(d, p);
+  const Problem& pr = r.problem;
+  const int64_t d = pr.d, p = pr.p;
+  const int64_t D = sympow_dim(d, p);
+  double need = 0, limit = 0;
+  std::string where;
+#ifdef POWER_ATTENTION_WITH_CUDA
+  if (q.is_cuda()) {
+    // All chunks at once: the states entering each chunk (input dtype) and their fp32 sums, phi of every key and
+    // query row (input dtype), twice over in backward.
+    const double elem = r.layout.ct == at::kDouble ? 8 : 2, acc = r.layout.ct == at::kDouble ? 8 : 4;
+    const double X = static_cast<double>(pr.BH) * (pr.T / pr.chunk), E = static_cast<double>(pr.e + 8);
+    need = X * D * E * (elem + 2 * acc) + X * D * pr.chunk * (2.0 * pr.g + 1) * elem * (grad ? 2 : 1);
+    limit = cuda::device_memory_limit_bytes(q);
+    where = "the free memory of " + q.device().str();
+  }
+#endif
+  if (where.empty()) {
     const int64_t elem = r.layout.ct == at::kDouble ? 8 : 4;
-    const double need = chunked_bytes(r.problem, grad, elem);
-    const double limit = memory_limit_bytes();
-    TORCH_CHECK_VALUE(need <= limit, "power_full: the chunked form with d = ", d, ", deg = ", p,
-                      " has state dimension D = C(d + deg - 1, deg) = ", D, " and needs about ", gib(need),
-                      " for its states (b*h = ", r.problem.BH, ", ", r.problem.T / r.problem.chunk,
-                      " chunks, D x (e + 1) numbers each", grad ? ", all kept for backward" : "",
-                      "), over the limit of ", gib(limit),
-                      " (half the physical memory, or POWER_ATTENTION_MEMORY_LIMIT in bytes). Options: the "
-                      "quadratic form (no chunk_size), a larger chunk_size, a smaller head dimension d or a "
-                      "lower degree");
+    need = chunked_bytes(pr, grad, elem);
+    limit = memory_limit_bytes();
+    where = "half the physical memory, or POWER_ATTENTION_MEMORY_LIMIT in bytes";
+  }
+  TORCH_CHECK_VALUE(need <= limit, "power_full: the chunked form with d = ", d, ", deg = ", p,
+                    " has state dimension D = C(d + deg - 1, deg) = ", D, " and needs about ", gib(need),
+                    " for its states (b*h = ", pr.BH, ", ", pr.T / pr.chunk,
+                    " chunks, D x (e + 1) numbers each", grad ? ", all kept for backward" : "",
+                    "), over the limit of ", gib(limit), " (", where, "). Options: the "
+                    "quadratic form (no chunk_size), a larger chunk_size, a smaller head dimension d or a "
+                    "lower degree");
 }
 
 }  // namespace
@@ -428,7 +444,7 @@ at::Tensor power_full(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   const double scale = ck.scale;
   const bool grad = ck.grad;
   const Resolved r = resolve(q, k, v, p, scale, chunk);
-  check_affordable(r, grad);
+  check_affordable(r, grad, q);
   if (!has_device_path(q)) {
     // No kernels for this device in this build: the plain-ATen references run on any device, differentiable by autograd.
     return r.problem.chunk > 0 ? reference::power_full_chunked(q, k, v, log_g, p, scale, r.problem.chunk)
@@ -464,7 +480,7 @@ std::vector<at::Tensor> power_full_with_state(const at::Tensor& q, const at::Ten
                     " only in this build, got Q on ", q.device());
   ck.grad = ck.grad || (at::GradMode::is_enabled() && S0.defined() && (S0.requires_grad() || s0.requires_grad()));
   const Resolved r = resolve(q, k, v, ck.p, ck.scale, ck.chunk, true);
-  check_affordable(r, ck.grad);
+  check_affordable(r, ck.grad, q);
   const at::Tensor none = at::empty({0}, q.options().dtype(at::kFloat));
   const at::Tensor gates = log_g.defined() ? log_g : none;
   const at::Tensor S = S0.defined() ? S0 : none, s = s0.defined() ? s0 : none;

@@ -1,20 +1,916 @@
-// power_full_cuda.cu: placeholder while the kernels are written (build plumbing only).
+// power_full_cuda.cu: the CUDA path of power_full, forward and backward of both forms (SPEC §3-5).
+//
+// Every chunk of every head is processed at once. The matrix products are batched cuBLAS calls through ATen
+// (at::bmm, fp32 accumulation, bf16/fp16 inputs on the tensor cores); the kernels in this file do what is not a
+// matrix product, one per stage of the chunked algorithm:
+//
+//   stage                          forward                        backward
+//   in-chunk attention weights     attention_weights_forward      attention_weights_backward
+//   phi of keys / queries          sympow_forward                 sympow_backward
+//   gated prefix over chunks       state_scan_forward             state_scan_backward
+//   in-chunk + state combination   combine_forward                combine_backward
+//
+// States travel in an extended layout [D, E]: columns [0, e) are S, column e is the normaliser s, the rest zero
+// (E = e + 1 rounded up to 8), so one matrix product updates or reads both. The normaliser rides with the values
+// as a column of ones: S_ext = phi(K')^T [V | 1 | 0].
+//
+// Precision: scores, weights' row sums, states and every reduction in fp32 (fp64 for fp64 compute); phi, the
+// weights P and the state-side matrix operands in the input dtype (bf16 for fp16 inputs, whose range the states can
+// exceed).
 #include "power_full_cuda.h"
+#include "sympow.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <map>
+#include <mutex>
+#include <tuple>
+#include <vector>
 
 namespace power_attention {
 namespace cuda {
+namespace {
 
-Forward forward(const Problem&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, bool,
-                const State&, bool) {
-  TORCH_CHECK(false, "power_full: CUDA kernels not built yet");
+constexpr int kMaxDegree = 8;
+
+// The dtype of phi and of the state-side matrix operands: the input dtype, but bf16 for fp16 inputs.
+template <typename T>
+struct PhiType {
+  using type = T;
+};
+template <>
+struct PhiType<at::Half> {
+  using type = at::BFloat16;
+};
+
+__device__ __forceinline__ float dev_log(float x) { return logf(x); }
+__device__ __forceinline__ double dev_log(double x) { return log(x); }
+__device__ __forceinline__ float dev_exp(float x) { return expf(x); }
+__device__ __forceinline__ double dev_exp(double x) { return exp(x); }
+
+template <typename A>
+__device__ __forceinline__ A warp_sum(A v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+template <typename A>
+__device__ __forceinline__ A warp_max(A v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
 }
 
-Grads backward(const Problem&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-               const Forward&, const at::Tensor&, const Needs&, const State&) {
-  TORCH_CHECK(false, "power_full: CUDA kernels not built yet");
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the total. red: 32 slots.
+template <typename A>
+__device__ A block_sum(A v, A* red) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  A t = lane < warps ? red[lane] : A(0);
+  return warp_sum(t);
 }
 
-double device_memory_limit_bytes(const at::Tensor&) { return 1e12; }
+// log-weight of one score (SPEC §3 without epsilons): p log|scale s| + gi - gj; -inf for s == 0.
+template <typename A>
+__device__ __forceinline__ A log_weight(A s, A scale, int p, A gi, A gj) {
+  const A a = fabs(scale * s);
+  return a > A(0) ? A(p) * dev_log(a) + gi - gj : -std::numeric_limits<A>::infinity();
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// In-chunk (or in-tile) attention weights. A tile is X independent blocks of R query rows (token tq0 + r / g)
+// against C keys (token j); row r sees keys j <= tq0 + r / g. gq/gk: gate cumsums at the rows' tokens / keys,
+// with per-block strides, or null.
+// ---------------------------------------------------------------------------------------------------------------
+
+template <typename A>
+struct TileArgs {
+  int64_t X;
+  int R, C, g;
+  int64_t tq0;
+  int p;
+  A scale;
+  const A* gq;
+  int64_t gq_stride;
+  const A* gk;
+  int64_t gk_stride;
+};
+
+template <typename A>
+__device__ __forceinline__ int visible_keys(const TileArgs<A>& t, int r) {
+  const int64_t v = t.tq0 + r / t.g + 1;
+  return v < 0 ? 0 : (v > t.C ? t.C : static_cast<int>(v));
+}
+
+// torch: z = p log|scale S| + gq - gk (causal, -inf masked); m = max_j z (0 if all -inf); P = exp(z - m) sign^p;
+// l = P.sum(-1). One warp per row.
+template <typename T, typename A>
+__global__ void attention_weights_forward(TileArgs<A> t, const A* __restrict__ S, T* __restrict__ P,
+                                          A* __restrict__ m, A* __restrict__ l) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (row >= t.X * t.R) return;
+  const int64_t x = row / t.R;
+  const int r = static_cast<int>(row % t.R);
+  const int vis = visible_keys(t, r);
+  const A gi = t.gq ? t.gq[x * t.gq_stride + r / t.g] : A(0);
+  const A* gk = t.gk ? t.gk + x * t.gk_stride : nullptr;
+  const A* s = S + row * t.C;
+  A mx = -std::numeric_limits<A>::infinity();
+  for (int j = lane; j < vis; j += 32) mx = max(mx, log_weight(s[j], t.scale, t.p, gi, gk ? gk[j] : A(0)));
+  mx = warp_max(mx);
+  if (mx == -std::numeric_limits<A>::infinity()) mx = A(0);
+  A sum = 0;
+  T* pr = P + row * t.C;
+  for (int j = lane; j < t.C; j += 32) {
+    A w = 0;
+    if (j < vis) {
+      const A sj = s[j];
+      w = dev_exp(log_weight(sj, t.scale, t.p, gi, gk ? gk[j] : A(0)) - mx);
+      if ((t.p & 1) && sj < A(0)) w = -w;
+    }
+    pr[j] = static_cast<T>(w);
+    sum += w;
+  }
+  sum = warp_sum(sum);
+  if (lane == 0) {
+    m[row] = mx;
+    l[row] = sum;
+  }
+}
+
+// Backward of attention_weights_forward with m constant. dP: the gradient of P without the row term, dden: the
+// row term added to every weight's gradient (the normaliser's). Writes P (for dV = P^T dnum) and dS = dz p / S,
+// the gradient of the unscaled scores (dz = (dP + dden) P); adds sum_j dz into dgq[token of row] and -sum_i dz into
+// dgk[key]. Tiles of 16 rows x 128 keys, 4 warps of 4 rows, each lane 4 keys.
+constexpr int kBwdRows = 16, kBwdCols = 128;
+
+template <typename T, typename A>
+__global__ void attention_weights_backward(TileArgs<A> t, const A* __restrict__ S, const A* __restrict__ dP,
+                                           const A* __restrict__ dden, const A* __restrict__ m, T* __restrict__ P,
+                                           T* __restrict__ dS, A* __restrict__ dgq, A* __restrict__ dgk) {
+  __shared__ A colsum_smem[4][kBwdCols];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t x = blockIdx.z;
+  const int r0 = blockIdx.y * kBwdRows, c0 = blockIdx.x * kBwdCols;
+  const A* gk = t.gk ? t.gk + x * t.gk_stride : nullptr;
+  A colsum[4] = {0, 0, 0, 0};
+  for (int rr = 0; rr < 4; ++rr) {
+    const int r = r0 + warp * 4 + rr;
+    if (r >= t.R) break;
+    const int64_t row = x * t.R + r;
+    const int vis = visible_keys(t, r);
+    const A gi = t.gq ? t.gq[x * t.gq_stride + r / t.g] : A(0);
+    const A mr = m[row], dd = dden ? dden[row] : A(0);
+    A rowsum = 0;
+#pragma unroll
+    for (int cc = 0; cc < 4; ++cc) {
+      const int j = c0 + lane + 32 * cc;
+      if (j >= t.C) continue;
+      const int64_t at = row * t.C + j;
+      A w = 0, ds = 0;
+      const A sj = S[at];
+      if (j < vis && sj != A(0)) {
+        w = dev_exp(log_weight(sj, t.scale, t.p, gi, gk ? gk[j] : A(0)) - mr);
+        if ((t.p & 1) && sj < A(0)) w = -w;
+        const A dz = (dP[at] + dd) * w;
+        ds = dz * A(t.p) / sj;
+        rowsum += dz;
+        colsum[cc] += dz;
+      }
+      P[at] = static_cast<T>(w);
+      dS[at] = static_cast<T>(ds);
+    }
+    if (dgq) {
+      rowsum = warp_sum(rowsum);
+      if (lane == 0 && rowsum != A(0)) atomicAdd(dgq + x * t.gq_stride + r / t.g, rowsum);
+    }
+  }
+  if (!dgk) return;
+#pragma unroll
+  for (int cc = 0; cc < 4; ++cc) colsum_smem[warp][lane + 32 * cc] = colsum[cc];
+  __syncthreads();
+  const int j = c0 + threadIdx.x;
+  if (threadIdx.x < kBwdCols && j < t.C) {
+    const A total = colsum_smem[0][threadIdx.x] + colsum_smem[1][threadIdx.x] + colsum_smem[2][threadIdx.x] +
+                    colsum_smem[3][threadIdx.x];
+    if (total != A(0)) atomicAdd(dgk + x * t.gk_stride + j, -total);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// phi (sympow.h's layout) from an index table idx [D, p] and coefficients coef [D].
+// ---------------------------------------------------------------------------------------------------------------
+
+constexpr int kPhiRowsPerBlock = 8;
+
+// torch: out[r] = rs[r] * phi(x[r])      x [n, d], rs [n] or null, out [n, D]
+template <typename TI, typename TO, typename A>
+__global__ void sympow_forward(const TI* __restrict__ x, const A* __restrict__ rs, const int16_t* __restrict__ idx,
+                               const A* __restrict__ coef, TO* __restrict__ out, int64_t n, int d, int D, int p) {
+  extern __shared__ unsigned char smem_raw[];
+  A* xs = reinterpret_cast<A*>(smem_raw);  // [kPhiRowsPerBlock, d]
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kPhiRowsPerBlock;
+  const int64_t left = n - row0;
+  const int rows = static_cast<int>(left < kPhiRowsPerBlock ? left : kPhiRowsPerBlock);
+  for (int i = threadIdx.x; i < rows * d; i += blockDim.x) {
+    const int rr = i / d;
+    xs[i] = static_cast<A>(x[(row0 + rr) * d + (i - rr * d)]) ;
+  }
+  __syncthreads();
+  for (int a = threadIdx.x; a < D; a += blockDim.x) {
+    const int16_t* ia = idx + static_cast<int64_t>(a) * p;
+    int ix[kMaxDegree];
+#pragma unroll
+    for (int k = 0; k < kMaxDegree; ++k) ix[k] = k < p ? ia[k] : 0;
+    const A c = coef[a];
+    for (int rr = 0; rr < rows; ++rr) {
+      const A* xr = xs + rr * d;
+      A v = c * (rs ? rs[row0 + rr] : A(1));
+#pragma unroll
+      for (int k = 0; k < kMaxDegree; ++k)
+        if (k < p) v *= xr[ix[k]];
+      out[(row0 + rr) * D + a] = static_cast<TO>(v);
+    }
+  }
+}
+
+// Backward of sympow_forward: dx[r] = rs[r] J_phi(x[r])^T dphi[r]; u[r] = rs[r] (dphi[r] . phi(x[r])), the
+// gradient of log rs[r]. One block per row; dx or u may be null.
+template <typename TI, typename TD, typename A>
+__global__ void sympow_backward(const TI* __restrict__ x, const A* __restrict__ rs, const TD* __restrict__ dphi,
+                                const int16_t* __restrict__ idx, const A* __restrict__ coef, A* __restrict__ dx,
+                                A* __restrict__ u, int d, int D, int p) {
+  extern __shared__ unsigned char smem_raw[];
+  A* xs = reinterpret_cast<A*>(smem_raw);  // [d]
+  A* dxs = xs + d;                         // [d]
+  __shared__ A red[32];
+  const int64_t row = blockIdx.x;
+  for (int i = threadIdx.x; i < d; i += blockDim.x) {
+    xs[i] = static_cast<A>(x[row * d + i]);
+    dxs[i] = A(0);
+  }
+  __syncthreads();
+  A usum = 0;
+  const TD* dr = dphi + row * D;
+  for (int a = threadIdx.x; a < D; a += blockDim.x) {
+    const A gdc = static_cast<A>(dr[a]) * coef[a];
+    if (gdc == A(0)) continue;
+    const int16_t* ia = idx + static_cast<int64_t>(a) * p;
+    int ix[kMaxDegree];
+    A xv[kMaxDegree], pre[kMaxDegree + 1];
+    pre[0] = A(1);
+#pragma unroll
+    for (int k = 0; k < kMaxDegree; ++k) {
+      ix[k] = k < p ? ia[k] : 0;
+      xv[k] = k < p ? xs[ix[k]] : A(1);
+      pre[k + 1] = pre[k] * xv[k];
+    }
+    usum += gdc * pre[kMaxDegree];
+    if (dx) {
+      A suf = A(1);
+#pragma unroll
+      for (int k = kMaxDegree - 1; k >= 0; --k) {
+        if (k < p) {
+          atomicAdd(dxs + ix[k], gdc * pre[k] * suf);
+          suf *= xv[k];
+        }
+      }
+    }
+  }
+  const A scale = rs ? rs[row] : A(1);
+  if (u) {
+    const A total = block_sum(usum, red);
+    if (threadIdx.x == 0) u[row] = scale * total;
+  }
+  __syncthreads();
+  if (dx)
+    for (int i = threadIdx.x; i < d; i += blockDim.x) dx[row * d + i] = scale * dxs[i];
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The gated prefix over chunks (SPEC §4.4), extended layout, one thread per state element.
+// ---------------------------------------------------------------------------------------------------------------
+
+// torch: H_0 = H0 (or 0); Hs[n] = H_n; H_{n+1} = decay[n] H_n + Sc[n]; final = H_N.
+//   Sc [BH, N, DE], decay [BH, N] or null (1), H0 [BH, DE] or null, Hs [BH, N, DE], final [BH, DE] or null
+template <typename TS, typename A>
+__global__ void state_scan_forward(const A* __restrict__ Sc, const A* __restrict__ decay, const A* __restrict__ H0,
+                                   TS* __restrict__ Hs, A* __restrict__ final_state, int N, int64_t DE) {
+  const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t bh = blockIdx.y;
+  if (e >= DE) return;
+  A H = H0 ? H0[bh * DE + e] : A(0);
+  for (int n = 0; n < N; ++n) {
+    const int64_t at = (bh * N + n) * DE + e;
+    Hs[at] = static_cast<TS>(H);
+    H = H * (decay ? decay[bh * N + n] : A(1)) + Sc[at];
+  }
+  if (final_state) final_state[bh * DE + e] = H;
+}
+
+constexpr int kScanElems = 4;
+
+// Backward of state_scan_forward. With A_n the gradient of the state leaving chunk n (A_{N-1} = dfinal or 0):
+//   Aout[n] = A_n;  dL[n] += decay[n] (H_n . A_n);  A_{n-1} = dHdir[n] + decay[n] A_n;  dH0 = dHdir[0] + decay[0] A_0
+// dHdir [BH, N, DE]: the direct gradient of H_n (chunk n's queries), or null. dL: the gradient of log decay.
+template <typename TS, typename A>
+__global__ void state_scan_backward(const A* __restrict__ dHdir, const A* __restrict__ decay,
+                                    const TS* __restrict__ Hs, const A* __restrict__ dfinal, TS* __restrict__ Aout,
+                                    A* __restrict__ dL, A* __restrict__ dH0, int N, int64_t DE) {
+  __shared__ A red[32];
+  const int64_t bh = blockIdx.y;
+  const int64_t base = static_cast<int64_t>(blockIdx.x) * blockDim.x * kScanElems + threadIdx.x;
+  A a[kScanElems];
+#pragma unroll
+  for (int i = 0; i < kScanElems; ++i) {
+    const int64_t e = base + i * blockDim.x;
+    a[i] = (dfinal && e < DE) ? dfinal[bh * DE + e] : A(0);
+  }
+  for (int n = N - 1; n >= 0; --n) {
+    const A dec = decay ? decay[bh * N + n] : A(1);
+    const int64_t row = (bh * N + n) * DE;
+    A dot = 0;
+#pragma unroll
+    for (int i = 0; i < kScanElems; ++i) {
+      const int64_t e = base + i * blockDim.x;
+      if (e < DE) {
+        Aout[row + e] = static_cast<TS>(a[i]);
+        if (dL) dot += static_cast<A>(Hs[row + e]) * a[i];
+        a[i] = (dHdir ? dHdir[row + e] : A(0)) + dec * a[i];
+      }
+    }
+    if (dL) {
+      dot = block_sum(dot, red);
+      if (threadIdx.x == 0 && dot != A(0)) atomicAdd(dL + bh * N + n, dec * dot);
+    }
+  }
+  if (dH0) {
+#pragma unroll
+    for (int i = 0; i < kScanElems; ++i) {
+      const int64_t e = base + i * blockDim.x;
+      if (e < DE) dH0[bh * DE + e] = a[i];
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Combination of the in-chunk attention and the state term (SPEC §4.6), both divided by max(1, exp(m)).
+// ---------------------------------------------------------------------------------------------------------------
+
+// With B (chunked form): mu = max(m, 0), den = l e^{m-mu} + B[:, e] e^{-mu}, y = (numA e^{m-mu} + B[:, :e] e^{-mu}) / den.
+// Without B (quadratic form): den = l, y = numA / l. y = 0 where den = 0.
+template <typename T, typename A>
+__global__ void combine_forward(const A* __restrict__ numA, const A* __restrict__ l, const A* __restrict__ m,
+                                const A* __restrict__ B, T* __restrict__ y, A* __restrict__ den, int64_t rows, int e,
+                                int E) {
+  const int64_t total = rows * e;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t row = i / e;
+    const int col = static_cast<int>(i - row * e);
+    A dn, num;
+    if (B) {
+      const A mr = m[row], mu = max(mr, A(0));
+      const A wa = dev_exp(mr - mu), ws = dev_exp(-mu);
+      dn = l[row] * wa + B[row * E + e] * ws;
+      num = numA[i] * wa + B[row * E + col] * ws;
+    } else {
+      dn = l[row];
+      num = numA[i];
+    }
+    y[i] = static_cast<T>(dn != A(0) ? num / dn : A(0));
+    if (col == 0) den[row] = dn;
+  }
+}
+
+// Backward of combine_forward. dnum = dy / den, dden = -(dy . y) / den. Writes dnumA = dnum wa, ddenA = dden wa
+// (wa = 1 without state) and, with dB, dB[:, :e] = dnum ws, dB[:, e] = dden ws, zero beyond. One warp per row.
+template <typename T, typename TS, typename A>
+__global__ void combine_backward(const T* __restrict__ dy, const T* __restrict__ y, const A* __restrict__ den,
+                                 const A* __restrict__ m, bool state, TS* __restrict__ dB, T* __restrict__ dnumA,
+                                 A* __restrict__ ddenA, int64_t rows, int e, int E) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (row >= rows) return;
+  const A dn = den[row];
+  const A inv = dn != A(0) ? A(1) / dn : A(0);
+  A dot = 0;
+  for (int c = lane; c < e; c += 32) dot += static_cast<A>(dy[row * e + c]) * static_cast<A>(y[row * e + c]);
+  dot = warp_sum(dot);
+  const A dden = -dot * inv;
+  A wa = 1, ws = 1;
+  if (state) {
+    const A mr = m[row], mu = max(mr, A(0));
+    wa = dev_exp(mr - mu);
+    ws = dev_exp(-mu);
+  }
+  for (int c = lane; c < e; c += 32) {
+    const A dnum = static_cast<A>(dy[row * e + c]) * inv;
+    dnumA[row * e + c] = static_cast<T>(dnum * wa);
+    if (dB) dB[row * E + c] = static_cast<TS>(dnum * ws);
+  }
+  if (dB)
+    for (int c = e + lane; c < E; c += 32) dB[row * E + c] = static_cast<TS>(c == e ? dden * ws : A(0));
+  if (lane == 0) ddenA[row] = dden * wa;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Host side
+// ---------------------------------------------------------------------------------------------------------------
+
+void check_launch() { C10_CUDA_KERNEL_LAUNCH_CHECK(); }
+
+// ATen/cuda/CUDAContext.h would need cuBLAS/cuSPARSE headers, which a bare nvcc install lacks: c10 suffices.
+cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream(); }
+
+template <typename T>
+const T* ptr_or_null(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+template <typename T>
+T* mut_ptr_or_null(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
+// The index table and coefficients of phi on one device, built once per (device, d, p, dtype).
+struct PhiTable {
+  at::Tensor idx;   // [D, p] int16
+  at::Tensor coef;  // [D] acc dtype
+};
+
+const PhiTable& phi_table(const at::Device& dev, int64_t d, int64_t p, at::ScalarType acc) {
+  static std::mutex mu;
+  static std::map<std::tuple<int, int64_t, int64_t, int>, PhiTable> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  const auto key = std::make_tuple(static_cast<int>(dev.index()), d, p, static_cast<int>(acc));
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  const int64_t D = sympow_dim(d, p);
+  std::vector<int16_t> idx;
+  idx.reserve(D * p);
+  std::vector<int64_t> cur(p, 0);
+  // non-decreasing multi-indices in lexicographic order (sympow.h)
+  std::function<void(int64_t, int64_t)> walk = [&](int64_t level, int64_t start) {
+    for (int64_t i = start; i < d; ++i) {
+      cur[level] = i;
+      if (level + 1 == p) {
+        for (int64_t k = 0; k < p; ++k) idx.push_back(static_cast<int16_t>(cur[k]));
+      } else {
+        walk(level + 1, i);
+      }
+    }
+  };
+  walk(0, 0);
+  const std::vector<double> coef = sympow_coefficients(d, p);
+  PhiTable t;
+  t.idx = at::from_blob(idx.data(), {D, p}, at::kShort).to(dev);
+  t.coef = at::from_blob(const_cast<double*>(coef.data()), {D}, at::kDouble).to(acc).to(dev);
+  return cache.emplace(key, t).first->second;
+}
+
+// phi(x) * rs per row: x [n, d] -> [n, D] in dtype `out`.
+template <typename T, typename A>
+at::Tensor phi_forward(const at::Tensor& x, const at::Tensor& rs, int64_t p, at::ScalarType out) {
+  const int64_t n = x.size(0), d = x.size(1);
+  const PhiTable& tab = phi_table(x.device(), d, p, c10::CppTypeToScalarType<A>::value);
+  const int64_t D = tab.coef.size(0);
+  at::Tensor y = at::empty({n, D}, x.options().dtype(out));
+  if (n == 0) return y;
+  const size_t smem = sizeof(A) * kPhiRowsPerBlock * d;
+  const dim3 grid(static_cast<unsigned>((n + kPhiRowsPerBlock - 1) / kPhiRowsPerBlock));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out, "phi_forward", [&] {
+    sympow_forward<T, scalar_t, A><<<grid, 256, smem, stream()>>>(
+        x.data_ptr<T>(), ptr_or_null<A>(rs), tab.idx.data_ptr<int16_t>(), tab.coef.data_ptr<A>(),
+        y.data_ptr<scalar_t>(), n, static_cast<int>(d), static_cast<int>(D), static_cast<int>(p));
+  });
+  check_launch();
+  return y;
+}
+
+// Backward of phi_forward: {dx [n, d] acc or undefined, u [n] acc or undefined}.
+template <typename T, typename A>
+std::pair<at::Tensor, at::Tensor> phi_backward(const at::Tensor& x, const at::Tensor& rs, const at::Tensor& dphi,
+                                               int64_t p, bool want_dx, bool want_u) {
+  const int64_t n = x.size(0), d = x.size(1);
+  const PhiTable& tab = phi_table(x.device(), d, p, c10::CppTypeToScalarType<A>::value);
+  const int64_t D = tab.coef.size(0);
+  const auto acc = c10::CppTypeToScalarType<A>::value;
+  at::Tensor dx = want_dx ? at::empty({n, d}, x.options().dtype(acc)) : at::Tensor();
+  at::Tensor u = want_u ? at::empty({n}, x.options().dtype(acc)) : at::Tensor();
+  if (n == 0 || (!want_dx && !want_u)) return {dx, u};
+  const size_t smem = sizeof(A) * 2 * d;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dphi.scalar_type(), "phi_backward", [&] {
+    sympow_backward<T, scalar_t, A><<<static_cast<unsigned>(n), 128, smem, stream()>>>(
+        x.data_ptr<T>(), ptr_or_null<A>(rs), dphi.data_ptr<scalar_t>(), tab.idx.data_ptr<int16_t>(),
+        tab.coef.data_ptr<A>(), mut_ptr_or_null<A>(dx), mut_ptr_or_null<A>(u), static_cast<int>(d),
+        static_cast<int>(D), static_cast<int>(p));
+  });
+  check_launch();
+  return {dx, u};
+}
+
+// Batched a @ b with the result in the accumulation dtype (fp32 accumulation on the tensor cores for bf16/fp16).
+at::Tensor mm_acc(const at::Tensor& a, const at::Tensor& b, at::ScalarType acc) {
+  return a.scalar_type() == acc ? at::bmm(a, b) : at::bmm(a, b, acc);
+}
+
+unsigned blocks_for(int64_t work, int per_block) {
+  return static_cast<unsigned>(std::max<int64_t>(1, (work + per_block - 1) / per_block));
+}
+
+int64_t ext_cols(int64_t e) { return (e + 1 + 7) / 8 * 8; }
+
+// [X, c, e] -> [X, c, E] = [v | 1 | 0]
+at::Tensor values_ext(const at::Tensor& v, at::ScalarType dt) {
+  const int64_t E = ext_cols(v.size(2));
+  at::Tensor out = at::zeros({v.size(0), v.size(1), E}, v.options().dtype(dt));
+  out.narrow(2, 0, v.size(2)).copy_(v);
+  out.select(2, v.size(2)).fill_(1);
+  return out;
+}
+
+// State (S [BH, D, e], s [BH, D]) <-> extended [BH, D, E], in dtype dt.
+at::Tensor state_ext(const State& st, int64_t E, at::ScalarType dt) {
+  if (!st.S.defined()) return at::Tensor();
+  const int64_t e = st.S.size(2);
+  at::Tensor out = at::zeros({st.S.size(0), st.S.size(1), E}, st.S.options().dtype(dt));
+  out.narrow(2, 0, e).copy_(st.S);
+  out.select(2, e).copy_(st.s);
+  return out;
+}
+State state_split(const at::Tensor& ext, int64_t e) {
+  return {ext.narrow(2, 0, e).contiguous(), ext.select(2, e).contiguous()};
+}
+
+// Gate factors of the chunked form on [X = BH * N, c]: Gc (local inclusive cumsum), decay = exp(L) [X],
+// kf = exp(L - Gc) [X * c], qf = scale^p exp(Gc) per query row [X * c * g]. Undefined without gating (qf then
+// the constant scale^p).
+struct ChunkGates {
+  at::Tensor Gc, decay, kf, qf;
+};
+
+ChunkGates chunk_gates(const Problem& pr, const at::Tensor& lg, const at::TensorOptions& acc_opts) {
+  const int64_t N = pr.T / pr.chunk, X = pr.BH * N, c = pr.chunk, g = pr.g;
+  const double sp = std::pow(pr.scale, static_cast<double>(pr.p));
+  ChunkGates cg;
+  if (!lg.defined()) {
+    cg.qf = at::full({X * c * g}, sp, acc_opts);
+    return cg;
+  }
+  cg.Gc = at::cumsum(lg.view({X, c}), 1);
+  const at::Tensor L = cg.Gc.select(1, c - 1);
+  cg.decay = L.exp().contiguous();
+  cg.kf = (L.unsqueeze(1) - cg.Gc).exp().reshape({X * c});
+  cg.qf = (cg.Gc.exp() * sp).unsqueeze(2).expand({X, c, g}).reshape({X * c * g});
+  return cg;
+}
+
+// Query tokens per tile of the quadratic form: S and dP tiles of about 256 MiB.
+int64_t quadratic_tile(const Problem& pr, int64_t elem) {
+  const int64_t budget = int64_t(256) << 20;
+  const int64_t per_token = std::max<int64_t>(1, pr.BH * pr.g * pr.T * elem);
+  int64_t tile = std::max<int64_t>(16, budget / per_token);
+  tile = (tile + 15) / 16 * 16;
+  return std::min<int64_t>(tile, pr.T);
+}
+
+template <typename A>
+TileArgs<A> tile_args(const Problem& pr, int64_t X, int64_t R, int64_t C, int64_t tq0, const A* gq,
+                      int64_t gq_stride, const A* gk, int64_t gk_stride) {
+  TileArgs<A> t;
+  t.X = X, t.R = static_cast<int>(R), t.C = static_cast<int>(C), t.g = static_cast<int>(pr.g), t.tq0 = tq0;
+  t.p = static_cast<int>(pr.p), t.scale = static_cast<A>(pr.scale);
+  t.gq = gq, t.gq_stride = gq_stride, t.gk = gk, t.gk_stride = gk_stride;
+  return t;
+}
+
+// Forward of the weights on a tile: S [X, R, C] acc -> {P [X, R, C] T, m [X * R], l [X * R]} (m, l into the
+// given views).
+template <typename T, typename A>
+at::Tensor weights_forward(const TileArgs<A>& t, const at::Tensor& S, A* m, A* l) {
+  at::Tensor P = at::empty(S.sizes(), S.options().dtype(c10::CppTypeToScalarType<T>::value));
+  const int64_t rows = t.X * t.R;
+  attention_weights_forward<T, A><<<blocks_for(rows, 8), 256, 0, stream()>>>(t, S.data_ptr<A>(), P.data_ptr<T>(), m, l);
+  check_launch();
+  return P;
+}
+
+// Backward of the weights on a tile: {P, dS} [X, R, C] in T.
+template <typename T, typename A>
+std::pair<at::Tensor, at::Tensor> weights_backward(const TileArgs<A>& t, const at::Tensor& S, const at::Tensor& dP,
+                                                   const A* dden, const A* m, A* dgq, A* dgk) {
+  const auto dt = S.options().dtype(c10::CppTypeToScalarType<T>::value);
+  at::Tensor P = at::empty(S.sizes(), dt), dS = at::empty(S.sizes(), dt);
+  const dim3 grid(blocks_for(t.C, kBwdCols), blocks_for(t.R, kBwdRows), static_cast<unsigned>(t.X));
+  attention_weights_backward<T, A><<<grid, 128, 0, stream()>>>(t, S.data_ptr<A>(), dP.data_ptr<A>(), dden, m,
+                                                                P.data_ptr<T>(), dS.data_ptr<T>(), dgq, dgk);
+  check_launch();
+  return {P, dS};
+}
+
+template <typename T, typename A>
+void combine_fwd(const at::Tensor& numA, const A* l, const A* m, const at::Tensor& B, at::Tensor y, A* den) {
+  const int64_t rows = numA.numel() / numA.size(-1), e = numA.size(-1);
+  const int64_t E = B.defined() ? B.size(-1) : 0;
+  const unsigned grid = std::min<unsigned>(blocks_for(rows * e, 256), 65535u * 8);
+  combine_forward<T, A><<<grid, 256, 0, stream()>>>(numA.data_ptr<A>(), l, m, ptr_or_null<A>(B), y.data_ptr<T>(),
+                                                    den, rows, static_cast<int>(e), static_cast<int>(E));
+  check_launch();
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Forward
+// ---------------------------------------------------------------------------------------------------------------
+
+template <typename T>
+void quadratic_forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                       const at::Tensor& lg, Forward& f) {
+  using A = at::opmath_type<T>;
+  const auto acc = c10::CppTypeToScalarType<A>::value;
+  const int64_t BH = pr.BH, T_ = pr.T, g = pr.g, d = pr.d, e = pr.e;
+  const at::Tensor G = lg.defined() ? at::cumsum(lg, 1).contiguous() : at::Tensor();
+  const at::Tensor qr = q.view({BH, T_ * g, d});
+  const at::Tensor yr = f.y.view({BH, T_ * g, e});
+  const int64_t tile = quadratic_tile(pr, sizeof(A));
+  for (int64_t i0 = 0; i0 < T_; i0 += tile) {
+    const int64_t i1 = std::min(T_, i0 + tile), R = (i1 - i0) * g;
+    const at::Tensor qt = qr.narrow(1, i0 * g, R), kt = k.narrow(1, 0, i1), vt = v.narrow(1, 0, i1);
+    const at::Tensor S = mm_acc(qt, kt.transpose(1, 2), acc);  // [BH, R, i1]
+    const A* gp = ptr_or_null<A>(G);
+    const auto t = tile_args<A>(pr, BH, R, i1, i0, gp ? gp + i0 : nullptr, T_, gp, T_);
+    at::Tensor m = at::empty({BH, R}, S.options()), l = at::empty({BH, R}, S.options());
+    const at::Tensor P = weights_forward<T, A>(t, S, m.data_ptr<A>(), l.data_ptr<A>());
+    const at::Tensor numA = mm_acc(P, vt, acc);  // [BH, R, e]
+    at::Tensor yt = at::empty({BH, R, e}, q.options()), den = at::empty({BH, R}, S.options());
+    combine_fwd<T, A>(numA, l.data_ptr<A>(), m.data_ptr<A>(), at::Tensor(), yt, den.data_ptr<A>());
+    yr.narrow(1, i0 * g, R).copy_(yt);
+    f.den.narrow(1, i0 * g, R).copy_(den);
+    f.rowmax.narrow(1, i0 * g, R).copy_(m);
+  }
+}
+
+template <typename T>
+void chunked_forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                     const at::Tensor& lg, Forward& f, bool save, const State& initial, bool want_final) {
+  using A = at::opmath_type<T>;
+  using TS = typename PhiType<T>::type;
+  const auto acc = c10::CppTypeToScalarType<A>::value;
+  const auto phi_dt = c10::CppTypeToScalarType<TS>::value;
+  const int64_t BH = pr.BH, c = pr.chunk, N = pr.T / c, X = BH * N, g = pr.g, R = c * g, d = pr.d, e = pr.e;
+  const int64_t D = sympow_dim(d, pr.p), E = ext_cols(e);
+  const auto ao = q.options().dtype(acc);
+  const ChunkGates gt = chunk_gates(pr, lg, ao);
+  const at::Tensor q3 = q.view({X, R, d}), k3 = k.view({X, c, d}), v3 = v.view({X, c, e});
+
+  // in-chunk attention
+  const at::Tensor S = mm_acc(q3, k3.transpose(1, 2), acc);  // [X, R, c]
+  const A* Gc = ptr_or_null<A>(gt.Gc);
+  const auto t = tile_args<A>(pr, X, R, c, 0, Gc, c, Gc, c);
+  at::Tensor l = at::empty({X * R}, ao);
+  const at::Tensor P = weights_forward<T, A>(t, S, f.rowmax.data_ptr<A>(), l.data_ptr<A>());
+  const at::Tensor numA = mm_acc(P, v3, acc);  // [X, R, e]
+
+  // chunk states and the gated prefix
+  const at::Tensor phiK = phi_forward<T, A>(k.view({X * c, d}), gt.kf, pr.p, phi_dt).view({X, c, D});
+  const at::Tensor Sc = mm_acc(phiK.transpose(1, 2), values_ext(v3, phi_dt), acc);  // [X, D, E]
+  at::Tensor Hs = at::empty({BH, N, D, E}, q.options().dtype(phi_dt));
+  const at::Tensor H0 = state_ext(initial, E, acc);
+  at::Tensor fin = want_final ? at::empty({BH, D, E}, ao) : at::Tensor();
+  state_scan_forward<TS, A><<<dim3(blocks_for(D * E, 256), static_cast<unsigned>(BH)), 256, 0, stream()>>>(
+      Sc.data_ptr<A>(), ptr_or_null<A>(gt.decay), ptr_or_null<A>(H0), Hs.data_ptr<TS>(), mut_ptr_or_null<A>(fin),
+      static_cast<int>(N), D * E);
+  check_launch();
+
+  // queries against the state entering their chunk, then the combination
+  const at::Tensor phiQ = phi_forward<T, A>(q.view({X * R, d}), gt.qf, pr.p, phi_dt).view({X, R, D});
+  const at::Tensor B = mm_acc(phiQ, Hs.view({X, D, E}), acc);  // [X, R, E]
+  combine_fwd<T, A>(numA, l.data_ptr<A>(), f.rowmax.data_ptr<A>(), B, f.y.view({X, R, e}), f.den.data_ptr<A>());
+
+  if (save) f.states = Hs;
+  if (want_final) {
+    const State st = state_split(fin, e);
+    f.final_state = st.S;
+    f.final_norm = st.s;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Backward
+// ---------------------------------------------------------------------------------------------------------------
+
+template <typename T, typename A>
+void combine_bwd(const at::Tensor& dy, const at::Tensor& y, const A* den, const A* m, bool state, at::Tensor dB,
+                 at::Tensor dnumA, A* ddenA, int64_t rows, int64_t e, int64_t E) {
+  using TS = typename PhiType<T>::type;
+  combine_backward<T, TS, A><<<blocks_for(rows, 8), 256, 0, stream()>>>(
+      dy.data_ptr<T>(), y.data_ptr<T>(), den, m, state, mut_ptr_or_null<TS>(dB), dnumA.data_ptr<T>(), ddenA, rows,
+      static_cast<int>(e), static_cast<int>(E));
+  check_launch();
+}
+
+template <typename T>
+void quadratic_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                        const at::Tensor& lg, const Forward& f, const at::Tensor& dy, const Needs& needs,
+                        Grads& gr) {
+  using A = at::opmath_type<T>;
+  const auto acc = c10::CppTypeToScalarType<A>::value;
+  const int64_t BH = pr.BH, T_ = pr.T, g = pr.g, d = pr.d, e = pr.e;
+  const bool gates = lg.defined() && needs.g;
+  const auto ao = q.options().dtype(acc);
+  const at::Tensor G = lg.defined() ? at::cumsum(lg, 1).contiguous() : at::Tensor();
+  at::Tensor dG = gates ? at::zeros({BH, T_}, ao) : at::Tensor();
+  at::Tensor dq = needs.q ? at::empty({BH, T_ * g, d}, ao) : at::Tensor();
+  at::Tensor dk = needs.k ? at::zeros({BH, T_, d}, ao) : at::Tensor();
+  at::Tensor dv = needs.v ? at::zeros({BH, T_, e}, ao) : at::Tensor();
+  const at::Tensor qr = q.view({BH, T_ * g, d}), yr = f.y.view({BH, T_ * g, e}), dyr = dy.view({BH, T_ * g, e});
+  const int64_t tile = quadratic_tile(pr, 2 * sizeof(A));
+  for (int64_t i0 = 0; i0 < T_; i0 += tile) {
+    const int64_t i1 = std::min(T_, i0 + tile), R = (i1 - i0) * g;
+    const at::Tensor qt = qr.narrow(1, i0 * g, R), kt = k.narrow(1, 0, i1), vt = v.narrow(1, 0, i1);
+    const at::Tensor den = f.den.narrow(1, i0 * g, R).contiguous(), m = f.rowmax.narrow(1, i0 * g, R).contiguous();
+    at::Tensor dnumA = at::empty({BH, R, e}, q.options()), ddenA = at::empty({BH, R}, ao);
+    combine_bwd<T, A>(dyr.narrow(1, i0 * g, R).contiguous(), yr.narrow(1, i0 * g, R).contiguous(),
+                      den.data_ptr<A>(), m.data_ptr<A>(), false, at::Tensor(), dnumA, ddenA.data_ptr<A>(), BH * R, e,
+                      0);
+    const at::Tensor S = mm_acc(qt, kt.transpose(1, 2), acc);
+    const at::Tensor dP = mm_acc(dnumA, vt.transpose(1, 2), acc);
+    A* gp = mut_ptr_or_null<A>(dG);
+    const A* Gp = ptr_or_null<A>(G);
+    const auto t = tile_args<A>(pr, BH, R, i1, i0, Gp ? Gp + i0 : nullptr, T_, Gp, T_);
+    auto [P, dS] = weights_backward<T, A>(t, S, dP, ddenA.data_ptr<A>(), m.data_ptr<A>(), gp ? gp + i0 : nullptr, gp);
+    if (needs.v) dv.narrow(1, 0, i1).add_(mm_acc(P.transpose(1, 2), dnumA, acc));
+    if (needs.q) dq.narrow(1, i0 * g, R).copy_(mm_acc(dS, kt, acc));
+    if (needs.k) dk.narrow(1, 0, i1).add_(mm_acc(dS.transpose(1, 2), qt, acc));
+  }
+  if (needs.q) gr.q = dq.view({BH, T_, g, d}).to(q.scalar_type());
+  if (needs.k) gr.k = dk.to(k.scalar_type());
+  if (needs.v) gr.v = dv.to(v.scalar_type());
+  if (gates) gr.lg = dG.flip({1}).cumsum(1).flip({1}).to(lg.scalar_type());
+}
+
+template <typename T>
+void chunked_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                      const at::Tensor& lg, const Forward& f, const at::Tensor& dy, const Needs& needs,
+                      const State& d_final, Grads& gr) {
+  using A = at::opmath_type<T>;
+  using TS = typename PhiType<T>::type;
+  const auto acc = c10::CppTypeToScalarType<A>::value;
+  const auto phi_dt = c10::CppTypeToScalarType<TS>::value;
+  const int64_t BH = pr.BH, c = pr.chunk, N = pr.T / c, X = BH * N, g = pr.g, R = c * g, d = pr.d, e = pr.e;
+  const int64_t D = sympow_dim(d, pr.p), E = ext_cols(e);
+  const auto ao = q.options().dtype(acc);
+  const bool gates = lg.defined() && needs.g;
+  const bool key_side = needs.k || needs.v || gates;
+  const bool carry = key_side || needs.state;
+  const ChunkGates gt = chunk_gates(pr, lg, ao);
+  const at::Tensor q3 = q.view({X, R, d}), k3 = k.view({X, c, d}), v3 = v.view({X, c, e});
+  const at::Tensor Hs = f.states.view({X, D, E});
+
+  // y = num / den
+  at::Tensor dB = at::empty({X, R, E}, q.options().dtype(phi_dt));
+  at::Tensor dnumA = at::empty({X, R, e}, q.options()), ddenA = at::empty({X * R}, ao);
+  combine_bwd<T, A>(dy, f.y, f.den.data_ptr<A>(), f.rowmax.data_ptr<A>(), true, dB, dnumA, ddenA.data_ptr<A>(), X * R,
+                    e, E);
+  at::Tensor dGc = gates ? at::zeros({X, c}, ao) : at::Tensor();
+  at::Tensor dL = gates ? at::zeros({X}, ao) : at::Tensor();
+  at::Tensor dq, dk, dv;
+
+  // queries against the state: B = phi(Q') H_n
+  at::Tensor dHdir;
+  if (needs.q || gates || carry) {
+    const at::Tensor phiQ = phi_forward<T, A>(q.view({X * R, d}), gt.qf, pr.p, phi_dt).view({X, R, D});
+    if (carry) dHdir = mm_acc(phiQ.transpose(1, 2), dB, acc);  // [X, D, E]
+    if (needs.q || gates) {
+      const at::Tensor dphiQ = at::bmm(dB, Hs.transpose(1, 2));  // [X, R, D]
+      auto [dxq, uq] = phi_backward<T, A>(q.view({X * R, d}), gt.qf, dphiQ.view({X * R, D}), pr.p, needs.q, gates);
+      if (needs.q) dq = dxq.view({X, R, d});
+      if (gates) dGc.add_(uq.view({X, c, g}).sum(2));
+    }
+  }
+
+  // the gated prefix, backwards: A_n = d loss / d (state leaving chunk n)
+  at::Tensor dH0;
+  if (carry) {
+    at::Tensor An = at::empty({BH, N, D, E}, q.options().dtype(phi_dt));
+    const at::Tensor dfin = state_ext(d_final, E, acc);
+    if (needs.state) dH0 = at::empty({BH, D, E}, ao);
+    state_scan_backward<TS, A>
+        <<<dim3(blocks_for(D * E, 256 * kScanElems), static_cast<unsigned>(BH)), 256, 0, stream()>>>(
+            dHdir.data_ptr<A>(), ptr_or_null<A>(gt.decay), f.states.data_ptr<TS>(), ptr_or_null<A>(dfin),
+            An.data_ptr<TS>(), mut_ptr_or_null<A>(dL), mut_ptr_or_null<A>(dH0), static_cast<int>(N), D * E);
+    check_launch();
+
+    // the states' inputs: S_ext = phi(K')^T [V | 1 | 0]
+    if (key_side) {
+      const at::Tensor A3 = An.view({X, D, E});
+      const at::Tensor phiK = phi_forward<T, A>(k.view({X * c, d}), gt.kf, pr.p, phi_dt).view({X, c, D});
+      if (needs.v) dv = mm_acc(phiK, A3, acc).narrow(2, 0, e);  // [X, c, e]
+      if (needs.k || gates) {
+        const at::Tensor dphiK = at::bmm(values_ext(v3, phi_dt), A3.transpose(1, 2));  // [X, c, D]
+        auto [dxk, uk] = phi_backward<T, A>(k.view({X * c, d}), gt.kf, dphiK.view({X * c, D}), pr.p, needs.k, gates);
+        if (needs.k) dk = dxk.view({X, c, d});
+        if (gates) {  // kf = exp(L - Gc)
+          const at::Tensor u = uk.view({X, c});
+          dGc.sub_(u);
+          dL.add_(u.sum(1));
+        }
+      }
+    }
+  }
+
+  // in-chunk attention
+  {
+    const at::Tensor S = mm_acc(q3, k3.transpose(1, 2), acc);
+    const at::Tensor dP = mm_acc(dnumA, v3.transpose(1, 2), acc);
+    const A* Gc = ptr_or_null<A>(gt.Gc);
+    A* dg = mut_ptr_or_null<A>(dGc);
+    const auto t = tile_args<A>(pr, X, R, c, 0, Gc, c, Gc, c);
+    auto [P, dS] = weights_backward<T, A>(t, S, dP, ddenA.data_ptr<A>(), f.rowmax.data_ptr<A>(), dg, dg);
+    if (needs.v) {
+      const at::Tensor part = mm_acc(P.transpose(1, 2), dnumA, acc);
+      dv = dv.defined() ? dv + part : part;
+    }
+    if (needs.q) dq = dq.defined() ? dq + mm_acc(dS, k3, acc) : mm_acc(dS, k3, acc);
+    if (needs.k) {
+      const at::Tensor part = mm_acc(dS.transpose(1, 2), q3, acc);
+      dk = dk.defined() ? dk + part : part;
+    }
+  }
+
+  if (needs.q) gr.q = dq.reshape({BH, pr.T, g, d}).to(q.scalar_type());
+  if (needs.k) gr.k = dk.reshape({BH, pr.T, d}).to(k.scalar_type());
+  if (needs.v) gr.v = dv.reshape({BH, pr.T, e}).to(v.scalar_type());
+  if (gates) {  // Gc_j = sum_{l <= j} lg_l and L = Gc_{c-1}: reverse cumsum within each chunk
+    dGc.select(1, c - 1).add_(dL);
+    gr.lg = dGc.flip({1}).cumsum(1).flip({1}).reshape({BH, pr.T}).to(lg.scalar_type());
+  }
+  if (needs.state) {
+    const State st = state_split(dH0, e);
+    gr.initial.S = st.S;
+    gr.initial.s = st.s;
+  }
+}
+
+}  // namespace
+
+Forward forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                const at::Tensor& lg, bool save_for_backward, const State& initial, bool want_final) {
+  TORCH_CHECK(pr.chunk > 0 || (!initial.S.defined() && !want_final), "power_full: states need the chunked path");
+  TORCH_CHECK(pr.p <= kMaxDegree, "power_full: the CUDA path supports deg <= ", kMaxDegree, ", got ", pr.p);
+  const c10::cuda::CUDAGuard guard(q.device());
+  const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  Forward f;
+  f.y = at::empty({pr.BH, pr.T, pr.g, pr.e}, q.options());
+  f.den = at::empty({pr.BH, pr.T * pr.g}, q.options().dtype(acc));
+  f.rowmax = at::empty({pr.BH, pr.T * pr.g}, q.options().dtype(acc));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "power_full_cuda_forward", [&] {
+    if (pr.chunk > 0) {
+      chunked_forward<scalar_t>(pr, q, k, v, lg, f, save_for_backward, initial, want_final);
+    } else {
+      quadratic_forward<scalar_t>(pr, q, k, v, lg, f);
+    }
+  });
+  return f;
+}
+
+Grads backward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+               const at::Tensor& lg, const Forward& saved, const at::Tensor& dy, const Needs& needs,
+               const State& d_final) {
+  const c10::cuda::CUDAGuard guard(q.device());
+  Grads gr;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "power_full_cuda_backward", [&] {
+    if (pr.chunk > 0) {
+      chunked_backward<scalar_t>(pr, q, k, v, lg, saved, dy.contiguous(), needs, d_final, gr);
+    } else {
+      quadratic_backward<scalar_t>(pr, q, k, v, lg, saved, dy.contiguous(), needs, gr);
+    }
+  });
+  return gr;
+}
+
+double device_memory_limit_bytes(const at::Tensor& q) {
+  const c10::cuda::CUDAGuard guard(q.device());
+  size_t free_bytes = 0, total_bytes = 0;
+  C10_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(q.device().index());
+  const auto agg = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+  const double cached = static_cast<double>(stats.reserved_bytes[agg].current - stats.allocated_bytes[agg].current);
+  return static_cast<double>(free_bytes) + std::max(0.0, cached);
+}
 
 }  // namespace cuda
 }  // namespace power_attention

@@ -1,0 +1,426 @@
+// harness.cpp: the GPU harness. Built by CMake against the GPU machine's LibTorch together with the same
+// src/main/cpp sources as the JARs (run.sh beside this file does all of it).
+//
+//   power_attention_gpu test          SPEC §7/§8 cases on CUDA against an fp64 CPU evaluation of SPEC §2 (forward
+//                                      and all gradients; outputs poisoned with NaN; fresh random inputs per case)
+//   power_attention_gpu bench [json]   fwd and fwd+bwd at b*t = 65536, h = 8, d = 64, bf16, deg 2, gated, against
+//                                      at::scaled_dot_product_attention (flash) in the same run
+#include "power_attention.h"
+
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/generated/variable_factories.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace pa = power_attention;
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------------------------
+// The oracle: SPEC §2 directly, fp64 on the CPU, differentiable by autograd.
+// ---------------------------------------------------------------------------------------------------------------
+
+// q [b, t, hq, d], k [b, t, h, d], v [b, t, h, e], lg [b, t, h] or undefined -> y [b, t, hq, e] for the query rows
+// `rows` (all when empty).
+at::Tensor oracle(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& lg, int64_t p,
+                  double scale, const at::Tensor& rows = at::Tensor()) {
+  const int64_t b = q.size(0), t = q.size(1), hq = q.size(2), h = k.size(2), g = hq / h;
+  at::Tensor qh = q.permute({0, 2, 1, 3});                                    // [b, hq, t, d]
+  at::Tensor kh = k.permute({0, 2, 1, 3}).repeat_interleave(g, 1);            // [b, hq, t, d]
+  at::Tensor vh = v.permute({0, 2, 1, 3}).repeat_interleave(g, 1);            // [b, hq, t, e]
+  at::Tensor qi = rows.defined() ? qh.index_select(2, rows) : qh;
+  at::Tensor idx_i = rows.defined() ? rows : at::arange(t, at::kLong);
+  at::Tensor s = at::matmul(qi, kh.transpose(2, 3)) * scale;                  // [b, hq, r, t]
+  at::Tensor w = s.pow(static_cast<double>(p));
+  if (lg.defined()) {
+    at::Tensor G = lg.cumsum(1).permute({0, 2, 1}).repeat_interleave(g, 1);  // [b, hq, t]
+    at::Tensor Gi = G.index_select(2, idx_i);
+    w = w * at::exp(Gi.unsqueeze(3) - G.unsqueeze(2));
+  }
+  at::Tensor mask = idx_i.unsqueeze(1) >= at::arange(t, at::kLong).unsqueeze(0);  // [r, t]
+  w = w * mask.to(at::kDouble);
+  at::Tensor y = at::matmul(w, vh) / w.sum(3, true);
+  (void)b;
+  return y.permute({0, 2, 1, 3});
+}
+
+double rel(const at::Tensor& x, const at::Tensor& ref) {
+  const at::Tensor a = x.to(at::kCPU, at::kDouble), r = ref.to(at::kCPU, at::kDouble);
+  if (!at::isfinite(a).all().item<bool>()) return INFINITY;
+  return (a - r).norm().item<double>() / std::max(r.norm().item<double>(), 1e-300);
+}
+
+// Fills the caching allocator's free blocks with NaN, so that an output the op forgets to write shows up.
+void poison() {
+  c10::cuda::CUDACachingAllocator::emptyCache();
+  size_t free_b = 0, total_b = 0;
+  cudaMemGetInfo(&free_b, &total_b);
+  const int64_t n = static_cast<int64_t>(std::min<size_t>(free_b / 4, size_t(4) << 30) / 4);
+  {
+    at::Tensor t = at::empty({n}, at::TensorOptions().device(at::kCUDA).dtype(at::kFloat));
+    t.fill_(NAN);
+  }
+  cudaDeviceSynchronize();
+}
+
+struct Case {
+  int64_t b, t, hq, h, d, e, p;
+  int64_t chunk;  // 0: quadratic
+  bool gate;
+  at::ScalarType dtype;
+};
+
+std::string name(const Case& c) {
+  char buf[200];
+  std::snprintf(buf, sizeof buf, "b%ld-t%ld-hq%ld-h%ld-d%ld-e%ld-p%ld-%s%ld-%s-%s", c.b, c.t, c.hq, c.h, c.d, c.e,
+                c.p, c.chunk ? "c" : "quad", c.chunk, c.gate ? "gated" : "nogate", c10::toString(c.dtype));
+  return buf;
+}
+
+struct Tol {
+  double fwd, grad;
+};
+Tol tolerance(at::ScalarType t) {
+  if (t == at::kDouble) return {1e-10, 1e-9};
+  if (t == at::kFloat) return {1e-5, 1e-4};
+  return {5e-3, 1e-2};
+}
+
+struct Inputs {
+  at::Tensor q, k, v, lg;  // fp64 CPU, rounded to the case's dtype
+};
+
+Inputs make_inputs(const Case& c, std::mt19937_64& rng) {
+  at::manual_seed(static_cast<uint64_t>(rng()));
+  const auto o = at::TensorOptions().dtype(at::kDouble);
+  Inputs in;
+  in.q = at::randn({c.b, c.t, c.hq, c.d}, o).to(c.dtype).to(at::kDouble);
+  in.k = at::randn({c.b, c.t, c.h, c.d}, o).to(c.dtype).to(at::kDouble);
+  in.v = at::randn({c.b, c.t, c.h, c.e}, o).to(c.dtype).to(at::kDouble);
+  if (c.gate) in.lg = at::log_sigmoid(at::randn({c.b, c.t, c.h}, o) + 3.0).to(at::kFloat).to(at::kDouble);
+  return in;
+}
+
+at::Tensor leaf(const at::Tensor& x, at::ScalarType dt, at::Device dev) {
+  return x.to(dev, dt).detach().requires_grad_(true);
+}
+
+struct Outcome {
+  bool ok;
+  double y, dq, dk, dv, dg;
+};
+
+int failures = 0;
+
+void report(const std::string& id, const Outcome& o, const Tol& tol) {
+  std::printf("%-4s %-62s y %.2e  dq %.2e  dk %.2e  dv %.2e  dg %.2e  (tol %.0e / %.0e)\n", o.ok ? "ok" : "FAIL",
+              id.c_str(), o.y, o.dq, o.dk, o.dv, o.dg, tol.fwd, tol.grad);
+  std::fflush(stdout);
+  if (!o.ok) ++failures;
+}
+
+Outcome run_case(const Case& c, std::mt19937_64& rng) {
+  const Inputs in = make_inputs(c, rng);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(c.d));
+  // oracle: values and the vector-Jacobian product with a random cotangent
+  at::Tensor q0 = in.q.clone().requires_grad_(true), k0 = in.k.clone().requires_grad_(true),
+             v0 = in.v.clone().requires_grad_(true);
+  at::Tensor g0 = c.gate ? in.lg.clone().requires_grad_(true) : at::Tensor();
+  at::Tensor y0 = oracle(q0, k0, v0, g0, c.p, scale);
+  const at::Tensor dy = at::randn(y0.sizes(), at::TensorOptions().dtype(at::kDouble)).to(c.dtype).to(at::kDouble);
+  std::vector<at::Tensor> ins0 = {q0, k0, v0};
+  if (c.gate) ins0.push_back(g0);
+  const auto ref = torch::autograd::grad({y0}, ins0, {dy});
+
+  // the op on CUDA
+  const at::Device dev(at::kCUDA);
+  at::Tensor q = leaf(in.q, c.dtype, dev), k = leaf(in.k, c.dtype, dev), v = leaf(in.v, c.dtype, dev);
+  at::Tensor lg = c.gate ? leaf(in.lg, at::kFloat, dev) : at::Tensor();
+  pa::PowerFullOptions opt;
+  opt.degree = c.p;
+  if (c.chunk > 0) opt.chunk_size = c.chunk;
+  poison();
+  at::Tensor y = pa::power_full(q, k, v, lg, opt);
+  std::vector<at::Tensor> ins = {q, k, v};
+  if (c.gate) ins.push_back(lg);
+  poison();
+  const auto got = torch::autograd::grad({y}, ins, {dy.to(dev, c.dtype)});
+  cudaDeviceSynchronize();
+
+  const Tol tol = tolerance(c.dtype);
+  Outcome o{};
+  o.y = rel(y, y0.detach());
+  o.dq = rel(got[0], ref[0]);
+  o.dk = rel(got[1], ref[1]);
+  o.dv = rel(got[2], ref[2]);
+  o.dg = c.gate ? rel(got[3], ref[3]) : 0.0;
+  o.ok = o.y <= tol.fwd && o.dq <= tol.grad && o.dk <= tol.grad && o.dv <= tol.grad && o.dg <= tol.grad &&
+         y.dtype() == q.dtype() && y.device() == dev;
+  return o;
+}
+
+// Long sequences: the chunked form's forward on sampled query rows against the oracle on those rows.
+Outcome run_long(int64_t t, int64_t chunk, at::ScalarType dt, std::mt19937_64& rng) {
+  const Case c{1, t, 2, 2, 64, 64, 2, chunk, true, dt};
+  const Inputs in = make_inputs(c, rng);
+  const at::Device dev(at::kCUDA);
+  pa::PowerFullOptions opt;
+  opt.chunk_size = chunk;
+  poison();
+  at::Tensor y = pa::power_full(in.q.to(dev, dt), in.k.to(dev, dt), in.v.to(dev, dt), in.lg.to(dev, at::kFloat), opt);
+  at::Tensor rows = at::cat({at::arange(0, 64, at::kLong), at::randint(0, t, {192}, at::kLong),
+                             at::arange(t - 64, t, at::kLong)});
+  at::Tensor y0 = oracle(in.q, in.k, in.v, in.lg, 2, 1.0 / 8.0, rows);
+  Outcome o{};
+  o.y = rel(y.cpu().index_select(1, rows), y0);
+  o.ok = o.y <= tolerance(dt).fwd;
+  return o;
+}
+
+// States on CUDA: two pieces carrying the state equal the whole (values and gradients); prefill + one decode
+// step equals the forward at the last position.
+Outcome run_states(const Case& c, std::mt19937_64& rng) {
+  const Inputs in = make_inputs(c, rng);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(c.d));
+  at::Tensor q0 = in.q.clone().requires_grad_(true), k0 = in.k.clone().requires_grad_(true),
+             v0 = in.v.clone().requires_grad_(true), g0 = in.lg.clone().requires_grad_(true);
+  at::Tensor y0 = oracle(q0, k0, v0, g0, c.p, scale);
+  const at::Tensor dy = at::randn(y0.sizes(), at::TensorOptions().dtype(at::kDouble)).to(c.dtype).to(at::kDouble);
+  const auto ref = torch::autograd::grad({y0}, {q0, k0, v0, g0}, {dy});
+
+  const at::Device dev(at::kCUDA);
+  at::Tensor q = leaf(in.q, c.dtype, dev), k = leaf(in.k, c.dtype, dev), v = leaf(in.v, c.dtype, dev),
+             lg = leaf(in.lg, at::kFloat, dev);
+  const int64_t cut = 1 + static_cast<int64_t>(rng() % static_cast<uint64_t>(c.t - 2));
+  pa::PowerFullOptions opt;
+  opt.degree = c.p;
+  if (c.chunk > 0) opt.chunk_size = c.chunk;
+  poison();
+  auto first = pa::power_full_with_state(q.narrow(1, 0, cut), k.narrow(1, 0, cut), v.narrow(1, 0, cut),
+                                         lg.narrow(1, 0, cut), opt, at::Tensor(), at::Tensor());
+  auto second = pa::power_full_with_state(q.narrow(1, cut, c.t - cut), k.narrow(1, cut, c.t - cut),
+                                          v.narrow(1, cut, c.t - cut), lg.narrow(1, cut, c.t - cut), opt, first[1],
+                                          first[2]);
+  at::Tensor y = at::cat({first[0], second[0]}, 1);
+  const auto got = torch::autograd::grad({y}, {q, k, v, lg}, {dy.to(dev, c.dtype)});
+  Outcome o{};
+  o.y = rel(y, y0.detach());
+  o.dq = rel(got[0], ref[0]);
+  o.dk = rel(got[1], ref[1]);
+  o.dv = rel(got[2], ref[2]);
+  o.dg = rel(got[3], ref[3]);
+  // decode the last token from the state after t - 1 tokens
+  {
+    const at::NoGradGuard no_grad;
+    const int64_t n = c.t - 1;
+    auto pre = pa::power_full_with_state(q.narrow(1, 0, n), k.narrow(1, 0, n), v.narrow(1, 0, n), lg.narrow(1, 0, n),
+                                         opt, at::Tensor(), at::Tensor());
+    auto step = pa::power_decode_step(q.select(1, n), k.select(1, n), v.select(1, n), lg.select(1, n), pre[1], pre[2],
+                                      c.p);
+    const double dec = rel(step[0], y0.detach().select(1, n));
+    o.y = std::max(o.y, dec);
+  }
+  const Tol tol = tolerance(c.dtype);
+  o.ok = o.y <= tol.fwd && o.dq <= tol.grad && o.dk <= tol.grad && o.dv <= tol.grad && o.dg <= tol.grad;
+  return o;
+}
+
+int run_tests() {
+  std::mt19937_64 rng(std::random_device{}());
+  const at::ScalarType bf = at::kBFloat16, hf = at::kHalf, f32 = at::kFloat, f64 = at::kDouble;
+  std::vector<Case> cases;
+  // dtypes x forms at the workhorse shape, odd t
+  for (auto dt : {bf, hf, f32, f64})
+    for (int64_t chunk : {0, 64})
+      for (bool gate : {true, false}) cases.push_back({2, 97, 4, 2, 64, 64, 2, chunk, gate, dt});
+  // degrees 1-4 (odd degrees compute in fp64 internally)
+  for (int64_t p : {1, 2, 3, 4})
+    for (int64_t chunk : {0, 16}) {
+      const int64_t d = p >= 3 ? 16 : 32;
+      cases.push_back({1, 97, 2, 1, d, d, p, chunk, true, f32});
+      cases.push_back({1, 97, 2, 1, d, d, p, chunk, true, bf});
+    }
+  cases.push_back({1, 33, 1, 1, 64, 64, 4, 0, true, bf});
+  cases.push_back({1, 40, 1, 1, 64, 64, 3, 16, true, f32});
+  // head dims d, e in {16, 32, 64, 128}, e != d, and an odd size (fallback)
+  for (int64_t d : {16, 32, 64, 128})
+    for (int64_t e : {16, 128}) cases.push_back({1, 130, 2, 2, d, e, 2, 32, true, bf});
+  cases.push_back({1, 61, 3, 1, 24, 40, 2, 16, true, f32});
+  // grouped-query heads
+  for (int64_t g : {1, 2, 4, 8}) {
+    cases.push_back({2, 100, 2 * g, 2, 32, 32, 2, 32, true, bf});
+    cases.push_back({1, 100, g, 1, 32, 32, 2, 0, true, f32});
+  }
+  // lengths: 1, primes, 1025; chunk sizes around t
+  for (int64_t t : {1, 2, 17, 1025})
+    for (int64_t chunk : {0, 1, 16, 128, 2048}) cases.push_back({1, t, 2, 1, 32, 32, 2, chunk, true, f32});
+  cases.push_back({1, 1025, 4, 4, 64, 64, 2, 256, true, bf});
+  cases.push_back({1, 1025, 4, 4, 64, 64, 2, 0, true, bf});
+  cases.push_back({2, 1025, 8, 2, 64, 64, 2, 1024, false, hf});
+
+  std::printf("== correctness: %zu cases against the fp64 oracle of SPEC §2 ==\n", cases.size());
+  for (const Case& c : cases) report(name(c), run_case(c, rng), tolerance(c.dtype));
+  for (auto dt : {bf, f32}) {
+    for (int64_t t : {65536, 131072}) {
+      char id[100];
+      std::snprintf(id, sizeof id, "long-t%ld-c1024-%s (256 sampled rows)", t, c10::toString(dt));
+      report(id, run_long(t, 1024, dt, rng), tolerance(dt));
+    }
+  }
+  for (auto dt : {bf, f32}) {
+    for (int64_t chunk : {0, 32}) {
+      const Case c{2, 150, 4, 2, 32, 32, 2, chunk, true, dt};
+      report("states-" + name(c), run_states(c, rng), tolerance(dt));
+    }
+  }
+  std::printf("== %d failure(s) ==\n", failures);
+  return failures == 0 ? 0 : 1;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Benchmarks
+// ---------------------------------------------------------------------------------------------------------------
+
+template <typename F>
+double time_ms(F&& fn, int warmup = 3, int reps = 15) {
+  for (int i = 0; i < warmup; ++i) fn();
+  cudaDeviceSynchronize();
+  std::vector<double> ms;
+  cudaEvent_t a, b;
+  cudaEventCreate(&a);
+  cudaEventCreate(&b);
+  for (int i = 0; i < reps; ++i) {
+    cudaEventRecord(a, c10::cuda::getCurrentCUDAStream());
+    fn();
+    cudaEventRecord(b, c10::cuda::getCurrentCUDAStream());
+    cudaEventSynchronize(b);
+    float x = 0;
+    cudaEventElapsedTime(&x, a, b);
+    ms.push_back(x);
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+double peak_mib(const std::function<void()>& fn) {
+  cudaDeviceSynchronize();
+  c10::cuda::CUDACachingAllocator::emptyCache();
+  const int dev = 0;
+  c10::cuda::CUDACachingAllocator::resetPeakStats(dev);
+  const auto agg = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+  const int64_t before = c10::cuda::CUDACachingAllocator::getDeviceStats(dev).allocated_bytes[agg].current;
+  fn();
+  cudaDeviceSynchronize();
+  const int64_t peak = c10::cuda::CUDACachingAllocator::getDeviceStats(dev).allocated_bytes[agg].peak;
+  return static_cast<double>(peak - before) / (1 << 20);
+}
+
+struct Row {
+  std::string impl, pass;
+  int64_t t, b, chunk;
+  double ms, tflops, mib;
+};
+
+int run_bench(const char* json_path) {
+  cudaDeviceProp prop{};
+  cudaGetDeviceProperties(&prop, 0);
+  std::printf("== benchmark on %s (%d SMs): b*t = 65536, h = 8, d = e = 64, bf16, deg 2, gated ==\n", prop.name,
+              prop.multiProcessorCount);
+  const int64_t tokens = 65536, h = 8, d = 64;
+  std::vector<Row> rows;
+  const auto o = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
+  for (int64_t t : {1024, 4096, 16384, 65536}) {
+    const int64_t b = tokens / t;
+    at::Tensor q = at::randn({b, t, h, d}, o).requires_grad_(true);
+    at::Tensor k = at::randn({b, t, h, d}, o).requires_grad_(true);
+    at::Tensor v = at::randn({b, t, h, d}, o).requires_grad_(true);
+    at::Tensor lg = at::log_sigmoid(at::randn({b, t, h}, o.dtype(at::kFloat)) + 3.0).requires_grad_(true);
+    at::Tensor dy = at::randn({b, t, h, d}, o);
+    // SDPA: [b, h, t, d], causal (flash backend for bf16 on Hopper)
+    {
+      at::Tensor qs = q.detach().transpose(1, 2).contiguous().requires_grad_(true);
+      at::Tensor ks = k.detach().transpose(1, 2).contiguous().requires_grad_(true);
+      at::Tensor vs = v.detach().transpose(1, 2).contiguous().requires_grad_(true);
+      at::Tensor dys = dy.transpose(1, 2).contiguous();
+      auto fwd = [&] {
+        const at::NoGradGuard ng;
+        at::scaled_dot_product_attention(qs, ks, vs, {}, 0.0, true);
+      };
+      auto both = [&] {
+        at::Tensor y = at::scaled_dot_product_attention(qs, ks, vs, {}, 0.0, true);
+        torch::autograd::grad({y}, {qs, ks, vs}, {dys});
+      };
+      const double flops = 4.0 * b * h * t * t * d / 2;  // two causal matrix products
+      const double f_ms = time_ms(fwd), b_ms = time_ms(both);
+      rows.push_back({"sdpa-flash", "fwd", t, b, 0, f_ms, flops / f_ms / 1e9, peak_mib(fwd)});
+      rows.push_back({"sdpa-flash", "fwd+bwd", t, b, 0, b_ms, 3.5 * flops / b_ms / 1e9, peak_mib(both)});
+    }
+    for (int64_t chunk : {256, 1024}) {
+      pa::PowerFullOptions opt;
+      opt.chunk_size = chunk;
+      auto fwd = [&] {
+        const at::NoGradGuard ng;
+        pa::power_full(q, k, v, lg, opt);
+      };
+      auto both = [&] {
+        at::Tensor y = pa::power_full(q, k, v, lg, opt);
+        torch::autograd::grad({y}, {q, k, v, lg}, {dy});
+      };
+      const int64_t c = std::min(chunk, t), D = pa::state_dim(d, 2);
+      // required work of the chunked algorithm: states (2 D e per token) + queries (2 D e) + causal in-chunk c(d+e)
+      const double flops = static_cast<double>(b) * h * t * (4.0 * D * d + static_cast<double>(c) * 2 * d);
+      const double f_ms = time_ms(fwd), b_ms = time_ms(both);
+      rows.push_back({"power", "fwd", t, b, chunk, f_ms, flops / f_ms / 1e9, peak_mib(fwd)});
+      rows.push_back({"power", "fwd+bwd", t, b, chunk, b_ms, 3.0 * flops / b_ms / 1e9, peak_mib(both)});
+    }
+  }
+  std::printf("%-11s %-8s %6s %4s %6s %10s %14s %9s %10s\n", "impl", "pass", "t", "b", "chunk", "ms", "tokens/s",
+              "TFLOP/s", "peak MiB");
+  for (const Row& r : rows)
+    std::printf("%-11s %-8s %6ld %4ld %6ld %10.3f %14.0f %9.1f %10.0f\n", r.impl.c_str(), r.pass.c_str(), r.t, r.b,
+                r.chunk, r.ms, 65536.0 / (r.ms / 1e3), r.tflops, r.mib);
+  if (json_path) {
+    FILE* f = std::fopen(json_path, "w");
+    if (f) {
+      std::fprintf(f, "{\"device\": \"%s\", \"rows\": [\n", prop.name);
+      for (size_t i = 0; i < rows.size(); ++i) {
+        const Row& r = rows[i];
+        std::fprintf(f,
+                     "  {\"impl\": \"%s\", \"pass\": \"%s\", \"t\": %ld, \"b\": %ld, \"chunk\": %ld, \"ms\": %.4f, "
+                     "\"tokens_per_s\": %.0f, \"tflops\": %.2f, \"peak_mib\": %.1f}%s\n",
+                     r.impl.c_str(), r.pass.c_str(), r.t, r.b, r.chunk, r.ms, 65536.0 / (r.ms / 1e3), r.tflops, r.mib,
+                     i + 1 < rows.size() ? "," : "");
+      }
+      std::fprintf(f, "]}\n");
+      std::fclose(f);
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string mode = argc > 1 ? argv[1] : "test";
+  try {
+    if (mode == "test") return run_tests();
+    if (mode == "bench") return run_bench(argc > 2 ? argv[2] : nullptr);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 2;
+  }
+  std::fprintf(stderr, "usage: %s test | bench [json]\n", argv[0]);
+  return 2;
+}
