@@ -152,30 +152,33 @@ __global__ void attention_weights_forward(TileArgs<A> t, const A* __restrict__ S
   }
 }
 
-// Backward of attention_weights_forward with m constant. dP: the gradient of P without the row term, dden: the
-// row term added to every weight's gradient (the normaliser's). Writes P (for dV = P^T dnum) and dS = dz p / S,
+// Backward of attention_weights_forward with m constant. The gradient of P_ij is dP_ij rf_i + dden_i: dP = dy V^T
+// (unscaled), rf the row factor, dden the normaliser's row term. Writes P (for dV = P^T dnum) and dS = dz p / S,
 // the gradient of the unscaled scores (dz = (dP + dden) P); adds sum_j dz into dgq[token of row] and -sum_i dz into
 // dgk[key]. Tiles of 16 rows x 128 keys, 4 warps of 4 rows, each lane 4 keys.
 constexpr int kBwdRows = 16, kBwdCols = 128;
 
 template <typename T, typename A>
 __global__ void attention_weights_backward(TileArgs<A> t, const A* __restrict__ S, const A* __restrict__ dP,
-                                           const A* __restrict__ dden, const A* __restrict__ m, T* __restrict__ P,
-                                           T* __restrict__ dS, A* __restrict__ dgq, A* __restrict__ dgk) {
-  __shared__ A colsum_smem[4][kBwdCols];
+                                           const A* __restrict__ rf, const A* __restrict__ dden,
+                                           const A* __restrict__ m, T* __restrict__ P,
+                                           T* __restrict__ dS, double* __restrict__ dgq, double* __restrict__ dgk) {
+  // Gate gradients accumulate in fp64: sum_j dz_ij and sum_i dz_ij cancel almost exactly in the reverse cumsum
+  // (the diagonal terms enter both), and fp32 partial sums would leave their rounding behind.
+  __shared__ double colsum_smem[4][kBwdCols];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t x = blockIdx.z;
   const int r0 = blockIdx.y * kBwdRows, c0 = blockIdx.x * kBwdCols;
   const A* gk = t.gk ? t.gk + x * t.gk_stride : nullptr;
-  A colsum[4] = {0, 0, 0, 0};
+  double colsum[4] = {0, 0, 0, 0};
   for (int rr = 0; rr < 4; ++rr) {
     const int r = r0 + warp * 4 + rr;
     if (r >= t.R) break;
     const int64_t row = x * t.R + r;
     const int vis = visible_keys(t, r);
     const A gi = t.gq ? t.gq[x * t.gq_stride + r / t.g] : A(0);
-    const A mr = m[row], dd = dden ? dden[row] : A(0);
-    A rowsum = 0;
+    const A mr = m[row], dd = dden[row], f = rf[row];
+    double rowsum = 0;
 #pragma unroll
     for (int cc = 0; cc < 4; ++cc) {
       const int j = c0 + lane + 32 * cc;
@@ -186,7 +189,7 @@ __global__ void attention_weights_backward(TileArgs<A> t, const A* __restrict__ 
       if (j < vis && sj != A(0)) {
         w = dev_exp(log_weight(sj, t.scale, t.p, gi, gk ? gk[j] : A(0)) - mr);
         if ((t.p & 1) && sj < A(0)) w = -w;
-        const A dz = (dP[at] + dd) * w;
+        const A dz = (dP[at] * f + dd) * w;
         ds = dz * A(t.p) / sj;
         rowsum += dz;
         colsum[cc] += dz;
@@ -196,7 +199,7 @@ __global__ void attention_weights_backward(TileArgs<A> t, const A* __restrict__ 
     }
     if (dgq) {
       rowsum = warp_sum(rowsum);
-      if (lane == 0 && rowsum != A(0)) atomicAdd(dgq + x * t.gq_stride + r / t.g, rowsum);
+      if (lane == 0 && rowsum != 0.0) atomicAdd(dgq + x * t.gq_stride + r / t.g, rowsum);
     }
   }
   if (!dgk) return;
@@ -205,9 +208,9 @@ __global__ void attention_weights_backward(TileArgs<A> t, const A* __restrict__ 
   __syncthreads();
   const int j = c0 + threadIdx.x;
   if (threadIdx.x < kBwdCols && j < t.C) {
-    const A total = colsum_smem[0][threadIdx.x] + colsum_smem[1][threadIdx.x] + colsum_smem[2][threadIdx.x] +
-                    colsum_smem[3][threadIdx.x];
-    if (total != A(0)) atomicAdd(dgk + x * t.gk_stride + j, -total);
+    const double total = colsum_smem[0][threadIdx.x] + colsum_smem[1][threadIdx.x] + colsum_smem[2][threadIdx.x] +
+                         colsum_smem[3][threadIdx.x];
+    if (total != 0.0) atomicAdd(dgk + x * t.gk_stride + j, -total);
   }
 }
 
@@ -244,6 +247,49 @@ __global__ void sympow_forward(const TI* __restrict__ x, const A* __restrict__ r
       for (int k = 0; k < kMaxDegree; ++k)
         if (k < p) v *= xr[ix[k]];
       out[(row0 + rr) * D + a] = static_cast<TO>(v);
+    }
+  }
+}
+
+// sympow_forward for p <= 4 and D % VEC == 0, VEC = 16 / sizeof(TO): each thread makes VEC consecutive outputs of a
+// row and stores them with one 16-byte store (scalar 2-byte stores ran at a third of the memory bandwidth).
+template <typename TI, typename TO, typename A>
+__global__ void sympow_forward_vec(const TI* __restrict__ x, const A* __restrict__ rs,
+                                   const int16_t* __restrict__ idx, const A* __restrict__ coef,
+                                   TO* __restrict__ out, int64_t n, int d, int D, int p) {
+  constexpr int VEC = 16 / sizeof(TO);
+  extern __shared__ unsigned char smem_raw[];
+  A* xs = reinterpret_cast<A*>(smem_raw);  // [kPhiRowsPerBlock, d]
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kPhiRowsPerBlock;
+  const int64_t left = n - row0;
+  const int rows = static_cast<int>(left < kPhiRowsPerBlock ? left : kPhiRowsPerBlock);
+  for (int i = threadIdx.x; i < rows * d; i += blockDim.x) {
+    const int rr = i / d;
+    xs[i] = static_cast<A>(x[(row0 + rr) * d + (i - rr * d)]);
+  }
+  __syncthreads();
+  for (int a0 = threadIdx.x * VEC; a0 < D; a0 += blockDim.x * VEC) {
+    int ix[VEC][4];
+    A c[VEC];
+#pragma unroll
+    for (int u = 0; u < VEC; ++u) {
+      c[u] = coef[a0 + u];
+#pragma unroll
+      for (int k = 0; k < 4; ++k) ix[u][k] = k < p ? idx[static_cast<int64_t>(a0 + u) * p + k] : 0;
+    }
+    for (int rr = 0; rr < rows; ++rr) {
+      const A* xr = xs + rr * d;
+      const A r = rs ? rs[row0 + rr] : A(1);
+      alignas(16) TO vals[VEC];
+#pragma unroll
+      for (int u = 0; u < VEC; ++u) {
+        A v = c[u] * r;
+#pragma unroll
+        for (int k = 0; k < 4; ++k)
+          if (k < p) v *= xr[ix[u][k]];
+        vals[u] = static_cast<TO>(v);
+      }
+      *reinterpret_cast<uint4*>(out + (row0 + rr) * D + a0) = *reinterpret_cast<const uint4*>(vals);
     }
   }
 }
@@ -299,6 +345,61 @@ __global__ void sympow_backward(const TI* __restrict__ x, const A* __restrict__ 
   __syncthreads();
   if (dx)
     for (int i = threadIdx.x; i < d; i += blockDim.x) dx[row * d + i] = scale * dxs[i];
+}
+
+// sympow_backward for p = 2 without atomics: with G_a = dphi_a coef_a staged in shared memory,
+//   dx_i = rs sum_j G_{a(i,j)} x_j (1 + [i == j]),  a(i, j) = i d - i (i - 1) / 2 + (j - i) for i <= j.
+// One block per row; thread (part, i) sums over one part of j, parts combined in shared memory.
+// Shared memory: D + d + parts * d numbers.
+template <typename TI, typename TD, typename A>
+__global__ void sympow2_backward(const TI* __restrict__ x, const A* __restrict__ rs, const TD* __restrict__ dphi,
+                                 const A* __restrict__ coef, A* __restrict__ dx, A* __restrict__ u, int d, int D) {
+  extern __shared__ unsigned char smem_raw[];
+  const int parts = max(1, static_cast<int>(blockDim.x) / d);
+  A* xs = reinterpret_cast<A*>(smem_raw);  // [d]
+  A* gs = xs + d;                          // [D]
+  A* partial = gs + D;                     // [parts, d]
+  __shared__ A red[32];
+  const int64_t row = blockIdx.x;
+  for (int i = threadIdx.x; i < d; i += blockDim.x) xs[i] = static_cast<A>(x[row * d + i]);
+  const TD* dr = dphi + row * D;
+  constexpr int VEC = 16 / sizeof(TD);
+  if (D % VEC == 0) {
+    for (int a0 = threadIdx.x * VEC; a0 < D; a0 += blockDim.x * VEC) {
+      alignas(16) TD vals[VEC];
+      *reinterpret_cast<uint4*>(vals) = *reinterpret_cast<const uint4*>(dr + a0);
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) gs[a0 + k] = static_cast<A>(vals[k]) * coef[a0 + k];
+    }
+  } else {
+    for (int a = threadIdx.x; a < D; a += blockDim.x) gs[a] = static_cast<A>(dr[a]) * coef[a];
+  }
+  __syncthreads();
+  const A scale = rs ? rs[row] : A(1);
+  const int i = threadIdx.x % d, part = threadIdx.x / d;
+  A pdx = 0, pu = 0;
+  if (part < parts) {
+    const int j0 = part * d / parts, j1 = (part + 1) * d / parts;
+    for (int j = j0; j < j1; ++j) {
+      const int lo = j < i ? j : i, hi = j < i ? i : j;
+      const A gx = gs[lo * d - lo * (lo - 1) / 2 + (hi - lo)] * xs[j];
+      pdx += gx;
+      if (j >= i) pu += gx;  // each unordered pair once: sum_a G_a x_i x_j = sum_i x_i sum_{j >= i} G_a(i,j) x_j
+    }
+    if (dx) partial[part * d + i] = pdx;
+  }
+  if (u) {
+    const A total = block_sum(part < parts ? pu * xs[i] : A(0), red);
+    if (threadIdx.x == 0) u[row] = scale * total;
+  }
+  __syncthreads();
+  if (dx) {
+    for (int ii = threadIdx.x; ii < d; ii += blockDim.x) {
+      A acc = gs[ii * d - ii * (ii - 1) / 2] * xs[ii];  // the square term counts twice
+      for (int pp = 0; pp < parts; ++pp) acc += partial[pp * d + ii];
+      dx[row * d + ii] = scale * acc;
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -373,9 +474,9 @@ __global__ void state_scan_backward(const A* __restrict__ dHdir, const A* __rest
 
 // With B (chunked form): mu = max(m, 0), den = l e^{m-mu} + B[:, e] e^{-mu}, y = (numA e^{m-mu} + B[:, :e] e^{-mu}) / den.
 // Without B (quadratic form): den = l, y = numA / l. y = 0 where den = 0.
-template <typename T, typename A>
+template <typename A>
 __global__ void combine_forward(const A* __restrict__ numA, const A* __restrict__ l, const A* __restrict__ m,
-                                const A* __restrict__ B, T* __restrict__ y, A* __restrict__ den, int64_t rows, int e,
+                                const A* __restrict__ B, A* __restrict__ y, A* __restrict__ den, int64_t rows, int e,
                                 int E) {
   const int64_t total = rows * e;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
@@ -392,24 +493,26 @@ __global__ void combine_forward(const A* __restrict__ numA, const A* __restrict_
       dn = l[row];
       num = numA[i];
     }
-    y[i] = static_cast<T>(dn != A(0) ? num / dn : A(0));
+    y[i] = dn != A(0) ? num / dn : A(0);
     if (col == 0) den[row] = dn;
   }
 }
 
-// Backward of combine_forward. dnum = dy / den, dden = -(dy . y) / den. Writes dnumA = dnum wa, ddenA = dden wa
-// (wa = 1 without state) and, with dB, dB[:, :e] = dnum ws, dB[:, e] = dden ws, zero beyond. One warp per row.
+// Backward of combine_forward. dnum = dy / den, dden = -(dy . y) / den (y kept in fp32: dnum . v_j + dden cancels
+// where one weight dominates). Writes dnumA = dnum wa, its row factor rf = wa / den (the in-chunk weights take
+// dy V^T rf, with dy exact, rather than a rounded dnumA), ddenA = dden wa (wa = 1 without state) and, with dB,
+// dB[:, :e] = dnum ws, dB[:, e] = dden ws, zero beyond. One warp per row.
 template <typename T, typename TS, typename A>
-__global__ void combine_backward(const T* __restrict__ dy, const T* __restrict__ y, const A* __restrict__ den,
+__global__ void combine_backward(const T* __restrict__ dy, const A* __restrict__ y, const A* __restrict__ den,
                                  const A* __restrict__ m, bool state, TS* __restrict__ dB, T* __restrict__ dnumA,
-                                 A* __restrict__ ddenA, int64_t rows, int e, int E) {
+                                 A* __restrict__ rf, A* __restrict__ ddenA, int64_t rows, int e, int E) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
   if (row >= rows) return;
   const A dn = den[row];
   const A inv = dn != A(0) ? A(1) / dn : A(0);
   A dot = 0;
-  for (int c = lane; c < e; c += 32) dot += static_cast<A>(dy[row * e + c]) * static_cast<A>(y[row * e + c]);
+  for (int c = lane; c < e; c += 32) dot += static_cast<A>(dy[row * e + c]) * y[row * e + c];
   dot = warp_sum(dot);
   const A dden = -dot * inv;
   A wa = 1, ws = 1;
@@ -425,7 +528,10 @@ __global__ void combine_backward(const T* __restrict__ dy, const T* __restrict__
   }
   if (dB)
     for (int c = e + lane; c < E; c += 32) dB[row * E + c] = static_cast<TS>(c == e ? dden * ws : A(0));
-  if (lane == 0) ddenA[row] = dden * wa;
+  if (lane == 0) {
+    ddenA[row] = dden * wa;
+    rf[row] = inv * wa;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -493,6 +599,13 @@ at::Tensor phi_forward(const at::Tensor& x, const at::Tensor& rs, int64_t p, at:
   const size_t smem = sizeof(A) * kPhiRowsPerBlock * d;
   const dim3 grid(static_cast<unsigned>((n + kPhiRowsPerBlock - 1) / kPhiRowsPerBlock));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out, "phi_forward", [&] {
+    constexpr int VEC = 16 / sizeof(scalar_t);
+    if (p <= 4 && D % VEC == 0) {
+      sympow_forward_vec<T, scalar_t, A><<<grid, 256, smem, stream()>>>(
+          x.data_ptr<T>(), ptr_or_null<A>(rs), tab.idx.data_ptr<int16_t>(), tab.coef.data_ptr<A>(),
+          y.data_ptr<scalar_t>(), n, static_cast<int>(d), static_cast<int>(D), static_cast<int>(p));
+      return;
+    }
     sympow_forward<T, scalar_t, A><<<grid, 256, smem, stream()>>>(
         x.data_ptr<T>(), ptr_or_null<A>(rs), tab.idx.data_ptr<int16_t>(), tab.coef.data_ptr<A>(),
         y.data_ptr<scalar_t>(), n, static_cast<int>(d), static_cast<int>(D), static_cast<int>(p));
@@ -512,6 +625,17 @@ std::pair<at::Tensor, at::Tensor> phi_backward(const at::Tensor& x, const at::Te
   at::Tensor dx = want_dx ? at::empty({n, d}, x.options().dtype(acc)) : at::Tensor();
   at::Tensor u = want_u ? at::empty({n}, x.options().dtype(acc)) : at::Tensor();
   if (n == 0 || (!want_dx && !want_u)) return {dx, u};
+  const int threads = d <= 256 ? static_cast<int>(std::max<int64_t>(1, 256 / d) * d + 31) / 32 * 32 : 256;
+  const size_t smem2 = sizeof(A) * (D + d + std::max<int64_t>(1, threads / d) * d);
+  if (p == 2 && smem2 <= 44 * 1024) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dphi.scalar_type(), "phi2_backward", [&] {
+      sympow2_backward<T, scalar_t, A><<<static_cast<unsigned>(n), threads, smem2, stream()>>>(
+          x.data_ptr<T>(), ptr_or_null<A>(rs), dphi.data_ptr<scalar_t>(), tab.coef.data_ptr<A>(),
+          mut_ptr_or_null<A>(dx), mut_ptr_or_null<A>(u), static_cast<int>(d), static_cast<int>(D));
+    });
+    check_launch();
+    return {dx, u};
+  }
   const size_t smem = sizeof(A) * 2 * d;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dphi.scalar_type(), "phi_backward", [&] {
     sympow_backward<T, scalar_t, A><<<static_cast<unsigned>(n), 128, smem, stream()>>>(
@@ -612,22 +736,22 @@ at::Tensor weights_forward(const TileArgs<A>& t, const at::Tensor& S, A* m, A* l
 // Backward of the weights on a tile: {P, dS} [X, R, C] in T.
 template <typename T, typename A>
 std::pair<at::Tensor, at::Tensor> weights_backward(const TileArgs<A>& t, const at::Tensor& S, const at::Tensor& dP,
-                                                   const A* dden, const A* m, A* dgq, A* dgk) {
+                                                   const A* rf, const A* dden, const A* m, double* dgq, double* dgk) {
   const auto dt = S.options().dtype(c10::CppTypeToScalarType<T>::value);
   at::Tensor P = at::empty(S.sizes(), dt), dS = at::empty(S.sizes(), dt);
   const dim3 grid(blocks_for(t.C, kBwdCols), blocks_for(t.R, kBwdRows), static_cast<unsigned>(t.X));
-  attention_weights_backward<T, A><<<grid, 128, 0, stream()>>>(t, S.data_ptr<A>(), dP.data_ptr<A>(), dden, m,
+  attention_weights_backward<T, A><<<grid, 128, 0, stream()>>>(t, S.data_ptr<A>(), dP.data_ptr<A>(), rf, dden, m,
                                                                 P.data_ptr<T>(), dS.data_ptr<T>(), dgq, dgk);
   check_launch();
   return {P, dS};
 }
 
-template <typename T, typename A>
+template <typename A>
 void combine_fwd(const at::Tensor& numA, const A* l, const A* m, const at::Tensor& B, at::Tensor y, A* den) {
   const int64_t rows = numA.numel() / numA.size(-1), e = numA.size(-1);
   const int64_t E = B.defined() ? B.size(-1) : 0;
   const unsigned grid = std::min<unsigned>(blocks_for(rows * e, 256), 65535u * 8);
-  combine_forward<T, A><<<grid, 256, 0, stream()>>>(numA.data_ptr<A>(), l, m, ptr_or_null<A>(B), y.data_ptr<T>(),
+  combine_forward<A><<<grid, 256, 0, stream()>>>(numA.data_ptr<A>(), l, m, ptr_or_null<A>(B), y.data_ptr<A>(),
                                                     den, rows, static_cast<int>(e), static_cast<int>(E));
   check_launch();
 }
@@ -655,8 +779,8 @@ void quadratic_forward(const Problem& pr, const at::Tensor& q, const at::Tensor&
     at::Tensor m = at::empty({BH, R}, S.options()), l = at::empty({BH, R}, S.options());
     const at::Tensor P = weights_forward<T, A>(t, S, m.data_ptr<A>(), l.data_ptr<A>());
     const at::Tensor numA = mm_acc(P, vt, acc);  // [BH, R, e]
-    at::Tensor yt = at::empty({BH, R, e}, q.options()), den = at::empty({BH, R}, S.options());
-    combine_fwd<T, A>(numA, l.data_ptr<A>(), m.data_ptr<A>(), at::Tensor(), yt, den.data_ptr<A>());
+    at::Tensor yt = at::empty({BH, R, e}, S.options()), den = at::empty({BH, R}, S.options());
+    combine_fwd<A>(numA, l.data_ptr<A>(), m.data_ptr<A>(), at::Tensor(), yt, den.data_ptr<A>());
     yr.narrow(1, i0 * g, R).copy_(yt);
     f.den.narrow(1, i0 * g, R).copy_(den);
     f.rowmax.narrow(1, i0 * g, R).copy_(m);
@@ -698,7 +822,7 @@ void chunked_forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k
   // queries against the state entering their chunk, then the combination
   const at::Tensor phiQ = phi_forward<T, A>(q.view({X * R, d}), gt.qf, pr.p, phi_dt).view({X, R, D});
   const at::Tensor B = mm_acc(phiQ, Hs.view({X, D, E}), acc);  // [X, R, E]
-  combine_fwd<T, A>(numA, l.data_ptr<A>(), f.rowmax.data_ptr<A>(), B, f.y.view({X, R, e}), f.den.data_ptr<A>());
+  combine_fwd<A>(numA, l.data_ptr<A>(), f.rowmax.data_ptr<A>(), B, f.y.view({X, R, e}), f.den.data_ptr<A>());
 
   if (save) f.states = Hs;
   if (want_final) {
@@ -714,10 +838,10 @@ void chunked_forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k
 
 template <typename T, typename A>
 void combine_bwd(const at::Tensor& dy, const at::Tensor& y, const A* den, const A* m, bool state, at::Tensor dB,
-                 at::Tensor dnumA, A* ddenA, int64_t rows, int64_t e, int64_t E) {
+                 at::Tensor dnumA, A* rf, A* ddenA, int64_t rows, int64_t e, int64_t E) {
   using TS = typename PhiType<T>::type;
   combine_backward<T, TS, A><<<blocks_for(rows, 8), 256, 0, stream()>>>(
-      dy.data_ptr<T>(), y.data_ptr<T>(), den, m, state, mut_ptr_or_null<TS>(dB), dnumA.data_ptr<T>(), ddenA, rows,
+      dy.data_ptr<T>(), y.data_ptr<A>(), den, m, state, mut_ptr_or_null<TS>(dB), dnumA.data_ptr<T>(), rf, ddenA, rows,
       static_cast<int>(e), static_cast<int>(E));
   check_launch();
 }
@@ -732,7 +856,7 @@ void quadratic_backward(const Problem& pr, const at::Tensor& q, const at::Tensor
   const bool gates = lg.defined() && needs.g;
   const auto ao = q.options().dtype(acc);
   const at::Tensor G = lg.defined() ? at::cumsum(lg, 1).contiguous() : at::Tensor();
-  at::Tensor dG = gates ? at::zeros({BH, T_}, ao) : at::Tensor();
+  at::Tensor dG = gates ? at::zeros({BH, T_}, ao.dtype(at::kDouble)) : at::Tensor();
   at::Tensor dq = needs.q ? at::empty({BH, T_ * g, d}, ao) : at::Tensor();
   at::Tensor dk = needs.k ? at::zeros({BH, T_, d}, ao) : at::Tensor();
   at::Tensor dv = needs.v ? at::zeros({BH, T_, e}, ao) : at::Tensor();
@@ -742,16 +866,17 @@ void quadratic_backward(const Problem& pr, const at::Tensor& q, const at::Tensor
     const int64_t i1 = std::min(T_, i0 + tile), R = (i1 - i0) * g;
     const at::Tensor qt = qr.narrow(1, i0 * g, R), kt = k.narrow(1, 0, i1), vt = v.narrow(1, 0, i1);
     const at::Tensor den = f.den.narrow(1, i0 * g, R).contiguous(), m = f.rowmax.narrow(1, i0 * g, R).contiguous();
-    at::Tensor dnumA = at::empty({BH, R, e}, q.options()), ddenA = at::empty({BH, R}, ao);
-    combine_bwd<T, A>(dyr.narrow(1, i0 * g, R).contiguous(), yr.narrow(1, i0 * g, R).contiguous(),
-                      den.data_ptr<A>(), m.data_ptr<A>(), false, at::Tensor(), dnumA, ddenA.data_ptr<A>(), BH * R, e,
-                      0);
+    at::Tensor dnumA = at::empty({BH, R, e}, q.options()), ddenA = at::empty({BH, R}, ao), rf = at::empty({BH, R}, ao);
+    const at::Tensor dyt = dyr.narrow(1, i0 * g, R).contiguous();
+    combine_bwd<T, A>(dyt, yr.narrow(1, i0 * g, R).contiguous(), den.data_ptr<A>(), m.data_ptr<A>(), false,
+                      at::Tensor(), dnumA, rf.data_ptr<A>(), ddenA.data_ptr<A>(), BH * R, e, 0);
     const at::Tensor S = mm_acc(qt, kt.transpose(1, 2), acc);
-    const at::Tensor dP = mm_acc(dnumA, vt.transpose(1, 2), acc);
-    A* gp = mut_ptr_or_null<A>(dG);
+    const at::Tensor dP = mm_acc(dyt, vt.transpose(1, 2), acc);
+    double* gp = mut_ptr_or_null<double>(dG);
     const A* Gp = ptr_or_null<A>(G);
     const auto t = tile_args<A>(pr, BH, R, i1, i0, Gp ? Gp + i0 : nullptr, T_, Gp, T_);
-    auto [P, dS] = weights_backward<T, A>(t, S, dP, ddenA.data_ptr<A>(), m.data_ptr<A>(), gp ? gp + i0 : nullptr, gp);
+    auto [P, dS] = weights_backward<T, A>(t, S, dP, rf.data_ptr<A>(), ddenA.data_ptr<A>(), m.data_ptr<A>(),
+                                          gp ? gp + i0 : nullptr, gp);
     if (needs.v) dv.narrow(1, 0, i1).add_(mm_acc(P.transpose(1, 2), dnumA, acc));
     if (needs.q) dq.narrow(1, i0 * g, R).copy_(mm_acc(dS, kt, acc));
     if (needs.k) dk.narrow(1, 0, i1).add_(mm_acc(dS.transpose(1, 2), qt, acc));
@@ -782,11 +907,13 @@ void chunked_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& 
 
   // y = num / den
   at::Tensor dB = at::empty({X, R, E}, q.options().dtype(phi_dt));
-  at::Tensor dnumA = at::empty({X, R, e}, q.options()), ddenA = at::empty({X * R}, ao);
-  combine_bwd<T, A>(dy, f.y, f.den.data_ptr<A>(), f.rowmax.data_ptr<A>(), true, dB, dnumA, ddenA.data_ptr<A>(), X * R,
-                    e, E);
-  at::Tensor dGc = gates ? at::zeros({X, c}, ao) : at::Tensor();
-  at::Tensor dL = gates ? at::zeros({X}, ao) : at::Tensor();
+  at::Tensor dnumA = at::empty({X, R, e}, q.options()), ddenA = at::empty({X * R}, ao), rf = at::empty({X * R}, ao);
+  combine_bwd<T, A>(dy, f.y, f.den.data_ptr<A>(), f.rowmax.data_ptr<A>(), true, dB, dnumA, rf.data_ptr<A>(),
+                    ddenA.data_ptr<A>(), X * R, e, E);
+  // gate gradients in fp64 (see attention_weights_backward)
+  at::Tensor dGc = gates ? at::zeros({X, c}, ao.dtype(at::kDouble)) : at::Tensor();
+  at::Tensor dL = gates ? at::zeros({X}, ao.dtype(at::kDouble)) : at::Tensor();
+  at::Tensor dLs = gates ? at::zeros({X}, ao) : at::Tensor();
   at::Tensor dq, dk, dv;
 
   // queries against the state: B = phi(Q') H_n
@@ -811,7 +938,7 @@ void chunked_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& 
     state_scan_backward<TS, A>
         <<<dim3(blocks_for(D * E, 256 * kScanElems), static_cast<unsigned>(BH)), 256, 0, stream()>>>(
             dHdir.data_ptr<A>(), ptr_or_null<A>(gt.decay), f.states.data_ptr<TS>(), ptr_or_null<A>(dfin),
-            An.data_ptr<TS>(), mut_ptr_or_null<A>(dL), mut_ptr_or_null<A>(dH0), static_cast<int>(N), D * E);
+            An.data_ptr<TS>(), mut_ptr_or_null<A>(dLs), mut_ptr_or_null<A>(dH0), static_cast<int>(N), D * E);
     check_launch();
 
     // the states' inputs: S_ext = phi(K')^T [V | 1 | 0]
@@ -826,7 +953,7 @@ void chunked_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& 
         if (gates) {  // kf = exp(L - Gc)
           const at::Tensor u = uk.view({X, c});
           dGc.sub_(u);
-          dL.add_(u.sum(1));
+          dL.add_(u.to(at::kDouble).sum(1));
         }
       }
     }
@@ -835,11 +962,12 @@ void chunked_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& 
   // in-chunk attention
   {
     const at::Tensor S = mm_acc(q3, k3.transpose(1, 2), acc);
-    const at::Tensor dP = mm_acc(dnumA, v3.transpose(1, 2), acc);
+    const at::Tensor dP = mm_acc(dy.view({X, R, e}), v3.transpose(1, 2), acc);
     const A* Gc = ptr_or_null<A>(gt.Gc);
-    A* dg = mut_ptr_or_null<A>(dGc);
+    double* dg = mut_ptr_or_null<double>(dGc);
     const auto t = tile_args<A>(pr, X, R, c, 0, Gc, c, Gc, c);
-    auto [P, dS] = weights_backward<T, A>(t, S, dP, ddenA.data_ptr<A>(), f.rowmax.data_ptr<A>(), dg, dg);
+    auto [P, dS] = weights_backward<T, A>(t, S, dP, rf.data_ptr<A>(), ddenA.data_ptr<A>(), f.rowmax.data_ptr<A>(), dg,
+                                          dg);
     if (needs.v) {
       const at::Tensor part = mm_acc(P.transpose(1, 2), dnumA, acc);
       dv = dv.defined() ? dv + part : part;
@@ -855,7 +983,7 @@ void chunked_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& 
   if (needs.k) gr.k = dk.reshape({BH, pr.T, d}).to(k.scalar_type());
   if (needs.v) gr.v = dv.reshape({BH, pr.T, e}).to(v.scalar_type());
   if (gates) {  // Gc_j = sum_{l <= j} lg_l and L = Gc_{c-1}: reverse cumsum within each chunk
-    dGc.select(1, c - 1).add_(dL);
+    dGc.select(1, c - 1).add_(dL).add_(dLs);
     gr.lg = dGc.flip({1}).cumsum(1).flip({1}).reshape({BH, pr.T}).to(lg.scalar_type());
   }
   if (needs.state) {
@@ -874,7 +1002,7 @@ Forward forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, con
   const c10::cuda::CUDAGuard guard(q.device());
   const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   Forward f;
-  f.y = at::empty({pr.BH, pr.T, pr.g, pr.e}, q.options());
+  f.y = at::empty({pr.BH, pr.T, pr.g, pr.e}, q.options().dtype(acc));  // fp32 (see combine_backward)
   f.den = at::empty({pr.BH, pr.T * pr.g}, q.options().dtype(acc));
   f.rowmax = at::empty({pr.BH, pr.T * pr.g}, q.options().dtype(acc));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "power_full_cuda_forward", [&] {

@@ -10,6 +10,7 @@
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAStream.h>
+#include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/generated/variable_factories.h>
@@ -42,22 +43,26 @@ at::Tensor oracle(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   at::Tensor idx_i = rows.defined() ? rows : at::arange(t, at::kLong);
   at::Tensor s = at::matmul(qi, kh.transpose(2, 3)) * scale;                  // [b, hq, r, t]
   at::Tensor w = s.pow(static_cast<double>(p));
+  at::Tensor mask = idx_i.unsqueeze(1) >= at::arange(t, at::kLong).unsqueeze(0);  // [r, t]
   if (lg.defined()) {
     at::Tensor G = lg.cumsum(1).permute({0, 2, 1}).repeat_interleave(g, 1);  // [b, hq, t]
     at::Tensor Gi = G.index_select(2, idx_i);
-    w = w * at::exp(Gi.unsqueeze(3) - G.unsqueeze(2));
+    // mask the exponent, not the product: exp(G_i - G_j) overflows for masked j > i at long t
+    const at::Tensor expo = at::where(mask, Gi.unsqueeze(3) - G.unsqueeze(2), at::full({}, -INFINITY, G.options()));
+    w = w * at::exp(expo);
   }
-  at::Tensor mask = idx_i.unsqueeze(1) >= at::arange(t, at::kLong).unsqueeze(0);  // [r, t]
   w = w * mask.to(at::kDouble);
   at::Tensor y = at::matmul(w, vh) / w.sum(3, true);
   (void)b;
   return y.permute({0, 2, 1, 3});
 }
 
-double rel(const at::Tensor& x, const at::Tensor& ref) {
+// Relative L2 error. floor: the denominator's floor, for references that are zero by symmetry (at t = 1 the
+// gradients of q and k vanish exactly; rounding leaves ~1e-8 |dy|).
+double rel(const at::Tensor& x, const at::Tensor& ref, double floor = 1e-300) {
   const at::Tensor a = x.to(at::kCPU, at::kDouble), r = ref.to(at::kCPU, at::kDouble);
   if (!at::isfinite(a).all().item<bool>()) return INFINITY;
-  return (a - r).norm().item<double>() / std::max(r.norm().item<double>(), 1e-300);
+  return (a - r).norm().item<double>() / std::max(r.norm().item<double>(), floor);
 }
 
 // Fills the caching allocator's free blocks with NaN, so that an output the op forgets to write shows up.
@@ -107,7 +112,11 @@ Inputs make_inputs(const Case& c, std::mt19937_64& rng) {
   in.q = at::randn({c.b, c.t, c.hq, c.d}, o).to(c.dtype).to(at::kDouble);
   in.k = at::randn({c.b, c.t, c.h, c.d}, o).to(c.dtype).to(at::kDouble);
   in.v = at::randn({c.b, c.t, c.h, c.e}, o).to(c.dtype).to(at::kDouble);
-  if (c.gate) in.lg = at::log_sigmoid(at::randn({c.b, c.t, c.h}, o) + 3.0).to(at::kFloat).to(at::kDouble);
+  // gates in fp32 (fp64 for fp64 cases), as a user would pass them
+  if (c.gate) {
+    const at::ScalarType gt = c.dtype == at::kDouble ? at::kDouble : at::kFloat;
+    in.lg = at::log_sigmoid(at::randn({c.b, c.t, c.h}, o) + 3.0).to(gt).to(at::kDouble);
+  }
   return in;
 }
 
@@ -145,7 +154,7 @@ Outcome run_case(const Case& c, std::mt19937_64& rng) {
   // the op on CUDA
   const at::Device dev(at::kCUDA);
   at::Tensor q = leaf(in.q, c.dtype, dev), k = leaf(in.k, c.dtype, dev), v = leaf(in.v, c.dtype, dev);
-  at::Tensor lg = c.gate ? leaf(in.lg, at::kFloat, dev) : at::Tensor();
+  at::Tensor lg = c.gate ? leaf(in.lg, c.dtype == at::kDouble ? at::kDouble : at::kFloat, dev) : at::Tensor();
   pa::PowerFullOptions opt;
   opt.degree = c.p;
   if (c.chunk > 0) opt.chunk_size = c.chunk;
@@ -159,13 +168,15 @@ Outcome run_case(const Case& c, std::mt19937_64& rng) {
 
   const Tol tol = tolerance(c.dtype);
   Outcome o{};
+  // At t = 1 the gradients of q and k are zero by symmetry; what comes out is rounding noise, ~1e-6 |dy| in fp32.
+  const double floor = (c.t == 1 ? 1e-2 : 1e-6) * dy.norm().item<double>();
   o.y = rel(y, y0.detach());
-  o.dq = rel(got[0], ref[0]);
-  o.dk = rel(got[1], ref[1]);
-  o.dv = rel(got[2], ref[2]);
-  o.dg = c.gate ? rel(got[3], ref[3]) : 0.0;
+  o.dq = rel(got[0], ref[0], floor);
+  o.dk = rel(got[1], ref[1], floor);
+  o.dv = rel(got[2], ref[2], floor);
+  o.dg = c.gate ? rel(got[3], ref[3], floor) : 0.0;
   o.ok = o.y <= tol.fwd && o.dq <= tol.grad && o.dk <= tol.grad && o.dv <= tol.grad && o.dg <= tol.grad &&
-         y.dtype() == q.dtype() && y.device() == dev;
+         y.dtype() == q.dtype() && y.device().is_cuda();
   return o;
 }
 
@@ -410,6 +421,27 @@ int run_bench(const char* json_path) {
   return 0;
 }
 
+// One fwd+bwd at t = 65536 (b = 1, h = 8, d = 64, bf16, gated) between cudaProfilerStart/Stop, for
+// `ncu --profile-from-start off` (per-kernel times).
+int run_profile(int64_t chunk) {
+  const auto o = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
+  const int64_t t = 65536, h = 8, d = 64;
+  at::Tensor q = at::randn({1, t, h, d}, o).requires_grad_(true), k = at::randn({1, t, h, d}, o).requires_grad_(true);
+  at::Tensor v = at::randn({1, t, h, d}, o).requires_grad_(true);
+  at::Tensor lg = at::log_sigmoid(at::randn({1, t, h}, o.dtype(at::kFloat)) + 3.0).requires_grad_(true);
+  at::Tensor dy = at::randn({1, t, h, d}, o);
+  pa::PowerFullOptions opt;
+  opt.chunk_size = chunk;
+  for (int i = 0; i < 2; ++i) {
+    if (i == 1) cudaProfilerStart();
+    at::Tensor y = pa::power_full(q, k, v, lg, opt);
+    torch::autograd::grad({y}, {q, k, v, lg}, {dy});
+    cudaDeviceSynchronize();
+  }
+  cudaProfilerStop();
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -417,6 +449,7 @@ int main(int argc, char** argv) {
   try {
     if (mode == "test") return run_tests();
     if (mode == "bench") return run_bench(argc > 2 ? argv[2] : nullptr);
+    if (mode == "profile") return run_profile(argc > 2 ? std::atoll(argv[2]) : 256);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 2;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one command of the GPU machine (CUDA 13, CMake, ninja, PyTorch with its LibTorch; no Java, no network):
-#   bash src/test/cpp/gpu/run.sh [test|bench|all]      (from the repository root; default all)
+#   bash src/test/cpp/gpu/run.sh [test|bench|all|profile]   (from the repository root; default all)
 # builds the harness with the library's sources, runs the correctness tests, then the benchmarks. Logs and JSON go
 # to $OUT (or target/gpu-harness); the benchmark table is printed last.
 set -euo pipefail
@@ -22,6 +22,11 @@ echo "build: $(( $(date +%s) - t0 )) s"
 status=0
 if [ "$mode" = test ] || [ "$mode" = all ]; then
   "$build/power_attention_gpu" test 2>&1 | tee "$out/test.log" || status=1
+fi
+if [ "$mode" = profile ]; then
+  ncu --profile-from-start off --clock-control none --metrics gpu__time_duration.sum --csv \
+    "$build/power_attention_gpu" profile "${CHUNK:-256}" > "$out/profile.csv" 2> "$out/profile.err" || status=1
+  python3 "$root/src/test/cpp/gpu/profile_summary.py" "$out/profile.csv" | tee "$out/profile.txt"
 fi
 if [ "$mode" = bench ] || [ "$mode" = all ]; then
   "$build/power_attention_gpu" bench "$out/bench.json" 2>&1 | tee "$out/bench.log" || status=1
