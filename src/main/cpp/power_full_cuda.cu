@@ -218,7 +218,7 @@ __global__ void attention_weights_backward(TileArgs<A> t, const A* __restrict__ 
 // phi (sympow.h's layout) from an index table idx [D, p] and coefficients coef [D].
 // ---------------------------------------------------------------------------------------------------------------
 
-constexpr int kPhiRowsPerBlock = 8;
+constexpr int kPhiRowsPerBlock = 16;
 
 // torch: out[r] = rs[r] * phi(x[r])      x [n, d], rs [n] or null, out [n, D]
 template <typename TI, typename TO, typename A>
@@ -347,58 +347,45 @@ __global__ void sympow_backward(const TI* __restrict__ x, const A* __restrict__ 
     for (int i = threadIdx.x; i < d; i += blockDim.x) dx[row * d + i] = scale * dxs[i];
 }
 
-// sympow_backward for p = 2 without atomics: with G_a = dphi_a coef_a staged in shared memory,
-//   dx_i = rs sum_j G_{a(i,j)} x_j (1 + [i == j]),  a(i, j) = i d - i (i - 1) / 2 + (j - i) for i <= j.
-// One block per row; thread (part, i) sums over one part of j, parts combined in shared memory.
-// Shared memory: D + d + parts * d numbers.
+// sympow_backward for p = 2 without atomics. dphi (times coef) unpacks into a symmetric d x d matrix M in shared
+// memory (off-diagonal G_a, diagonal 2 G_a; rows padded by one word against bank conflicts); then
+//   dx = rs M x,   u = rs x.(M x) / 2.
+// One block per row; shared memory d (d + 1) + d numbers.
 template <typename TI, typename TD, typename A>
 __global__ void sympow2_backward(const TI* __restrict__ x, const A* __restrict__ rs, const TD* __restrict__ dphi,
-                                 const A* __restrict__ coef, A* __restrict__ dx, A* __restrict__ u, int d, int D) {
+                                 const int16_t* __restrict__ idx, const A* __restrict__ coef, A* __restrict__ dx,
+                                 A* __restrict__ u, int d, int D) {
   extern __shared__ unsigned char smem_raw[];
-  const int parts = max(1, static_cast<int>(blockDim.x) / d);
-  A* xs = reinterpret_cast<A*>(smem_raw);  // [d]
-  A* gs = xs + d;                          // [D]
-  A* partial = gs + D;                     // [parts, d]
+  const int ld = d + 1;
+  A* M = reinterpret_cast<A*>(smem_raw);  // [d, d + 1]
+  A* xs = M + d * ld;                     // [d]
   __shared__ A red[32];
   const int64_t row = blockIdx.x;
   for (int i = threadIdx.x; i < d; i += blockDim.x) xs[i] = static_cast<A>(x[row * d + i]);
   const TD* dr = dphi + row * D;
-  constexpr int VEC = 16 / sizeof(TD);
-  if (D % VEC == 0) {
-    for (int a0 = threadIdx.x * VEC; a0 < D; a0 += blockDim.x * VEC) {
-      alignas(16) TD vals[VEC];
-      *reinterpret_cast<uint4*>(vals) = *reinterpret_cast<const uint4*>(dr + a0);
-#pragma unroll
-      for (int k = 0; k < VEC; ++k) gs[a0 + k] = static_cast<A>(vals[k]) * coef[a0 + k];
+  for (int a = threadIdx.x; a < D; a += blockDim.x) {
+    const A ga = static_cast<A>(dr[a]) * coef[a];
+    const int i = idx[2 * a], j = idx[2 * a + 1];
+    if (i == j) {
+      M[i * ld + i] = ga + ga;
+    } else {
+      M[i * ld + j] = ga;
+      M[j * ld + i] = ga;
     }
-  } else {
-    for (int a = threadIdx.x; a < D; a += blockDim.x) gs[a] = static_cast<A>(dr[a]) * coef[a];
   }
   __syncthreads();
   const A scale = rs ? rs[row] : A(1);
-  const int i = threadIdx.x % d, part = threadIdx.x / d;
-  A pdx = 0, pu = 0;
-  if (part < parts) {
-    const int j0 = part * d / parts, j1 = (part + 1) * d / parts;
-    for (int j = j0; j < j1; ++j) {
-      const int lo = j < i ? j : i, hi = j < i ? i : j;
-      const A gx = gs[lo * d - lo * (lo - 1) / 2 + (hi - lo)] * xs[j];
-      pdx += gx;
-      if (j >= i) pu += gx;  // each unordered pair once: sum_a G_a x_i x_j = sum_i x_i sum_{j >= i} G_a(i,j) x_j
-    }
-    if (dx) partial[part * d + i] = pdx;
+  A part = 0;
+  for (int i = threadIdx.x; i < d; i += blockDim.x) {
+    const A* Mi = M + i * ld;
+    A acc = 0;
+    for (int j = 0; j < d; ++j) acc += Mi[j] * xs[j];
+    if (dx) dx[row * d + i] = scale * acc;
+    part += acc * xs[i];
   }
   if (u) {
-    const A total = block_sum(part < parts ? pu * xs[i] : A(0), red);
-    if (threadIdx.x == 0) u[row] = scale * total;
-  }
-  __syncthreads();
-  if (dx) {
-    for (int ii = threadIdx.x; ii < d; ii += blockDim.x) {
-      A acc = gs[ii * d - ii * (ii - 1) / 2] * xs[ii];  // the square term counts twice
-      for (int pp = 0; pp < parts; ++pp) acc += partial[pp * d + ii];
-      dx[row * d + ii] = scale * acc;
-    }
+    const A total = block_sum(part, red);
+    if (threadIdx.x == 0) u[row] = scale * total * A(0.5);
   }
 }
 
@@ -601,7 +588,9 @@ at::Tensor phi_forward(const at::Tensor& x, const at::Tensor& rs, int64_t p, at:
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out, "phi_forward", [&] {
     constexpr int VEC = 16 / sizeof(scalar_t);
     if (p <= 4 && D % VEC == 0) {
-      sympow_forward_vec<T, scalar_t, A><<<grid, 256, smem, stream()>>>(
+      // one group of VEC outputs per thread where D allows (260 groups on 256 threads ran two rounds)
+      const int threads = static_cast<int>(std::min<int64_t>(1024, (D / VEC + 31) / 32 * 32));
+      sympow_forward_vec<T, scalar_t, A><<<grid, threads, smem, stream()>>>(
           x.data_ptr<T>(), ptr_or_null<A>(rs), tab.idx.data_ptr<int16_t>(), tab.coef.data_ptr<A>(),
           y.data_ptr<scalar_t>(), n, static_cast<int>(d), static_cast<int>(D), static_cast<int>(p));
       return;
@@ -625,12 +614,15 @@ std::pair<at::Tensor, at::Tensor> phi_backward(const at::Tensor& x, const at::Te
   at::Tensor dx = want_dx ? at::empty({n, d}, x.options().dtype(acc)) : at::Tensor();
   at::Tensor u = want_u ? at::empty({n}, x.options().dtype(acc)) : at::Tensor();
   if (n == 0 || (!want_dx && !want_u)) return {dx, u};
-  const int threads = d <= 256 ? static_cast<int>(std::max<int64_t>(1, 256 / d) * d + 31) / 32 * 32 : 256;
-  const size_t smem2 = sizeof(A) * (D + d + std::max<int64_t>(1, threads / d) * d);
-  if (p == 2 && smem2 <= 44 * 1024) {
+  const size_t smem2 = sizeof(A) * (d * (d + 1) + d);
+  if (p == 2 && smem2 <= 96 * 1024) {
+    const int threads = static_cast<int>(std::min<int64_t>(256, (d + 31) / 32 * 32));
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dphi.scalar_type(), "phi2_backward", [&] {
-      sympow2_backward<T, scalar_t, A><<<static_cast<unsigned>(n), threads, smem2, stream()>>>(
-          x.data_ptr<T>(), ptr_or_null<A>(rs), dphi.data_ptr<scalar_t>(), tab.coef.data_ptr<A>(),
+      auto kernel = sympow2_backward<T, scalar_t, A>;
+      if (smem2 > 48 * 1024)
+        C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem2)));
+      kernel<<<static_cast<unsigned>(n), threads, smem2, stream()>>>(
+          x.data_ptr<T>(), ptr_or_null<A>(rs), dphi.data_ptr<scalar_t>(), tab.idx.data_ptr<int16_t>(), tab.coef.data_ptr<A>(),
           mut_ptr_or_null<A>(dx), mut_ptr_or_null<A>(u), static_cast<int>(d), static_cast<int>(D));
     });
     check_launch();
