@@ -347,46 +347,64 @@ __global__ void sympow_backward(const TI* __restrict__ x, const A* __restrict__ 
     for (int i = threadIdx.x; i < d; i += blockDim.x) dx[row * d + i] = scale * dxs[i];
 }
 
-// sympow_backward for p = 2 without atomics. dphi (times coef) unpacks into a symmetric d x d matrix M in shared
-// memory (off-diagonal G_a, diagonal 2 G_a; rows padded by one word against bank conflicts); then
+// sympow_backward for p = 2 without atomics. Each row's dphi (times coef) unpacks into a symmetric d x d matrix M
+// in shared memory (off-diagonal G_a, diagonal 2 G_a; rows padded by one word against bank conflicts); then
 //   dx = rs M x,   u = rs x.(M x) / 2.
-// One block per row; shared memory d (d + 1) + d numbers.
+// `rows` rows per block (16-byte loads of dphi); shared memory rows (d (d + 1) + d) numbers.
+// Tuning: one row per block of d threads with scalar loads ran 7x slower (latency-bound, 2 warps per block).
 template <typename TI, typename TD, typename A>
 __global__ void sympow2_backward(const TI* __restrict__ x, const A* __restrict__ rs, const TD* __restrict__ dphi,
                                  const int16_t* __restrict__ idx, const A* __restrict__ coef, A* __restrict__ dx,
-                                 A* __restrict__ u, int d, int D) {
+                                 A* __restrict__ u, int64_t n, int d, int D, int rows_per_block) {
   extern __shared__ unsigned char smem_raw[];
   const int ld = d + 1;
-  A* M = reinterpret_cast<A*>(smem_raw);  // [d, d + 1]
-  A* xs = M + d * ld;                     // [d]
-  __shared__ A red[32];
-  const int64_t row = blockIdx.x;
-  for (int i = threadIdx.x; i < d; i += blockDim.x) xs[i] = static_cast<A>(x[row * d + i]);
-  const TD* dr = dphi + row * D;
-  for (int a = threadIdx.x; a < D; a += blockDim.x) {
-    const A ga = static_cast<A>(dr[a]) * coef[a];
-    const int i = idx[2 * a], j = idx[2 * a + 1];
-    if (i == j) {
-      M[i * ld + i] = ga + ga;
+  A* Ms = reinterpret_cast<A*>(smem_raw);       // [rows, d, d + 1]
+  A* xs = Ms + rows_per_block * d * ld;          // [rows, d]
+  A* us = xs + rows_per_block * d;               // [rows]
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * rows_per_block;
+  const int64_t left = n - row0;
+  const int rows = static_cast<int>(left < rows_per_block ? left : rows_per_block);
+  for (int i = threadIdx.x; i < rows * d; i += blockDim.x) xs[i] = static_cast<A>(x[row0 * d + i]);
+  for (int i = threadIdx.x; i < rows; i += blockDim.x) us[i] = A(0);
+  constexpr int VEC = 16 / sizeof(TD);
+  const bool vec = D % VEC == 0;
+  const int groups = vec ? D / VEC : D, width = vec ? VEC : 1;
+  for (int w = threadIdx.x; w < rows * groups; w += blockDim.x) {
+    const int rr = w / groups, a0 = (w - rr * groups) * width;
+    const TD* src = dphi + (row0 + rr) * D + a0;
+    alignas(16) TD vals[VEC];
+    if (vec) {
+      *reinterpret_cast<uint4*>(vals) = *reinterpret_cast<const uint4*>(src);
     } else {
-      M[i * ld + j] = ga;
-      M[j * ld + i] = ga;
+      vals[0] = src[0];
+    }
+    A* M = Ms + rr * d * ld;
+    for (int k = 0; k < width; ++k) {
+      const int a = a0 + k;
+      const A ga = static_cast<A>(vals[k]) * coef[a];
+      const int i = idx[2 * a], j = idx[2 * a + 1];
+      if (i == j) {
+        M[i * ld + i] = ga + ga;
+      } else {
+        M[i * ld + j] = ga;
+        M[j * ld + i] = ga;
+      }
     }
   }
   __syncthreads();
-  const A scale = rs ? rs[row] : A(1);
-  A part = 0;
-  for (int i = threadIdx.x; i < d; i += blockDim.x) {
-    const A* Mi = M + i * ld;
+  for (int w = threadIdx.x; w < rows * d; w += blockDim.x) {
+    const int rr = w / d, i = w - rr * d;
+    const A* Mi = Ms + rr * d * ld + i * ld;
+    const A* xr = xs + rr * d;
     A acc = 0;
-    for (int j = 0; j < d; ++j) acc += Mi[j] * xs[j];
-    if (dx) dx[row * d + i] = scale * acc;
-    part += acc * xs[i];
+    for (int j = 0; j < d; ++j) acc += Mi[j] * xr[j];
+    const A scale = rs ? rs[row0 + rr] : A(1);
+    if (dx) dx[(row0 + rr) * d + i] = scale * acc;
+    if (u) atomicAdd(us + rr, acc * xr[i]);
   }
-  if (u) {
-    const A total = block_sum(part, red);
-    if (threadIdx.x == 0) u[row] = scale * total * A(0.5);
-  }
+  if (!u) return;
+  __syncthreads();
+  for (int rr = threadIdx.x; rr < rows; rr += blockDim.x) u[row0 + rr] = (rs ? rs[row0 + rr] : A(1)) * us[rr] * A(0.5);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -539,6 +557,10 @@ T* mut_ptr_or_null(const at::Tensor& t) {
   return t.defined() ? t.data_ptr<T>() : nullptr;
 }
 
+unsigned blocks_for(int64_t work, int per_block) {
+  return static_cast<unsigned>(std::max<int64_t>(1, (work + per_block - 1) / per_block));
+}
+
 // The index table and coefficients of phi on one device, built once per (device, d, p, dtype).
 struct PhiTable {
   at::Tensor idx;   // [D, p] int16
@@ -614,16 +636,18 @@ std::pair<at::Tensor, at::Tensor> phi_backward(const at::Tensor& x, const at::Te
   at::Tensor dx = want_dx ? at::empty({n, d}, x.options().dtype(acc)) : at::Tensor();
   at::Tensor u = want_u ? at::empty({n}, x.options().dtype(acc)) : at::Tensor();
   if (n == 0 || (!want_dx && !want_u)) return {dx, u};
-  const size_t smem2 = sizeof(A) * (d * (d + 1) + d);
-  if (p == 2 && smem2 <= 96 * 1024) {
-    const int threads = static_cast<int>(std::min<int64_t>(256, (d + 31) / 32 * 32));
+  const size_t per_row = sizeof(A) * (d * (d + 1) + d + 1);
+  if (p == 2 && per_row <= 96 * 1024) {
+    const int rows = static_cast<int>(std::clamp<int64_t>(static_cast<int64_t>(96 * 1024 / per_row), 1, 4));
+    const size_t smem2 = per_row * rows;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dphi.scalar_type(), "phi2_backward", [&] {
       auto kernel = sympow2_backward<T, scalar_t, A>;
       if (smem2 > 48 * 1024)
         C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem2)));
-      kernel<<<static_cast<unsigned>(n), threads, smem2, stream()>>>(
-          x.data_ptr<T>(), ptr_or_null<A>(rs), dphi.data_ptr<scalar_t>(), tab.idx.data_ptr<int16_t>(), tab.coef.data_ptr<A>(),
-          mut_ptr_or_null<A>(dx), mut_ptr_or_null<A>(u), static_cast<int>(d), static_cast<int>(D));
+      kernel<<<blocks_for(n, rows), 256, smem2, stream()>>>(
+          x.data_ptr<T>(), ptr_or_null<A>(rs), dphi.data_ptr<scalar_t>(), tab.idx.data_ptr<int16_t>(),
+          tab.coef.data_ptr<A>(), mut_ptr_or_null<A>(dx), mut_ptr_or_null<A>(u), n, static_cast<int>(d),
+          static_cast<int>(D), rows);
     });
     check_launch();
     return {dx, u};
@@ -642,10 +666,6 @@ std::pair<at::Tensor, at::Tensor> phi_backward(const at::Tensor& x, const at::Te
 // Batched a @ b with the result in the accumulation dtype (fp32 accumulation on the tensor cores for bf16/fp16).
 at::Tensor mm_acc(const at::Tensor& a, const at::Tensor& b, at::ScalarType acc) {
   return a.scalar_type() == acc ? at::bmm(a, b) : at::bmm(a, b, acc);
-}
-
-unsigned blocks_for(int64_t work, int per_block) {
-  return static_cast<unsigned>(std::max<int64_t>(1, (work + per_block - 1) / per_block));
 }
 
 int64_t ext_cols(int64_t e) { return (e + 1 + 7) / 8 * 8; }
