@@ -168,9 +168,9 @@ Outcome run_case(const Case& c, std::mt19937_64& rng) {
 
   const Tol tol = tolerance(c.dtype);
   Outcome o{};
-  // At t = 1 the gradients of q and k are zero by symmetry; what comes out is rounding noise (~1e-8 |dy| in fp32),
-  // so there the error is measured against |dy|.
-  const double floor = (c.t == 1 ? 1.0 : 1e-6) * dy.norm().item<double>();
+  // At t = 1 the gradients of q and k are zero by symmetry; what comes out is rounding noise (dy.v_0 - dy.y_0,
+  // summed in two orders, divided by s_00), so there the error is measured against 10 |dy|.
+  const double floor = (c.t == 1 ? 10.0 : 1e-6) * dy.norm().item<double>();
   o.y = rel(y, y0.detach());
   o.dq = rel(got[0], ref[0], floor);
   o.dk = rel(got[1], ref[1], floor);
