@@ -18,12 +18,21 @@ import org.bytedeco.pytorch.presets.torch;
  */
 @Properties(
         inherit = torch.class,
-        value = @Platform(
-                value = "linux-x86_64",
-                compiler = "cpp20",
-                include = "power_attention.h",
-                link = "power_attention_core",
-                library = "jnipower_attention"))
+        value = {
+                @Platform(
+                        value = "linux-x86_64",
+                        compiler = "cpp20",
+                        include = "power_attention.h",
+                        link = "power_attention_core",
+                        library = "jnipower_attention"),
+                // The -gpu build: the core library holds the CUDA kernels (nvcc, build/native.sh); the JNI library
+                // is plain g++ and links them against LibTorch's CUDA libraries and the shared CUDA runtime
+                // (libcudart.so.13, the one LibTorch loads). The pom links with --as-needed, so only the libraries
+                // the kernels use end up needed (see the README's "GPU build").
+                @Platform(
+                        value = "linux-x86_64",
+                        extension = "-gpu",
+                        link = {"power_attention_core", "torch_cuda", "c10_cuda", "cudart"})})
 public class power_attention implements LoadEnabled {
     static final String HEADER = "power_attention.h";
 

@@ -1,0 +1,36 @@
+package io.github.powerattention;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertNotNull;
+
+import java.io.File;
+import java.util.Map;
+import org.bytedeco.javacpp.Loader;
+import org.junit.jupiter.api.Test;
+
+/**
+ * The suite runs against the natives the build made: JavaCPP falls back from {@code linux-x86_64-gpu} to
+ * {@code linux-x86_64} when a library does not load, which would let a broken gpu build pass on CPU natives.
+ * The build names the expected platform folder in the system property {@code power_attention.natives}.
+ */
+class NativesTest {
+
+    @Test
+    void loadsTheNativesOfThisBuild() {
+        String expected = System.getProperty("power_attention.natives", Loader.getPlatform());
+        Loader.load(io.github.powerattention.global.power_attention.class);
+        Map<String, String> loaded = Loader.getLoadedLibraries();
+        assertEquals(expected, platformFolderOf(loaded, "libjnipower_attention"), "our JNI library, loaded " + loaded);
+        assertEquals(expected, platformFolderOf(loaded, "libjnitorch"), "LibTorch's JNI library, loaded " + loaded);
+    }
+
+    /** The folder (platform and extension) that the library file named {@code prefix}.so was loaded from. */
+    private static String platformFolderOf(Map<String, String> loaded, String prefix) {
+        String path = loaded.values().stream()
+                .filter(p -> new File(p).getName().equals(prefix + ".so"))
+                .findFirst()
+                .orElse(null);
+        assertNotNull(path, prefix + ".so is not among the loaded libraries " + loaded);
+        return new File(path).getParentFile().getName();
+    }
+}
