@@ -16,13 +16,15 @@ if [[ "$extension" == *-gpu ]]; then
   nvcc="${CUDACXX:-$(command -v nvcc || true)}"
   [ -n "$nvcc" ] || nvcc=/usr/local/cuda/bin/nvcc
   [ -x "$nvcc" ] || { echo "power-attention: the $extension build needs nvcc (CUDA 13): set CUDACXX or PATH" >&2; exit 1; }
-  nvcc="$(readlink -f "$nvcc")"
-  cuda_root="$(dirname "$(dirname "$nvcc")")"
+  # the toolkit's root as nvcc itself reports it (nvcc may be a wrapper script)
+  cuda_root="$("$nvcc" --dryrun -c -x cu /dev/null -o /dev/null 2>&1 | sed -n 's/^#\$ TOP=//p' | head -n 1)"
+  [ -n "$cuda_root" ] || cuda_root="$(dirname "$(dirname "$(readlink -f "$nvcc")")")"
   cudart=""
-  for dir in "$cuda_root/lib64" "$cuda_root/lib" "$cuda_root/targets/x86_64-linux/lib"; do
+  for dir in "$cuda_root/targets/x86_64-linux/lib" "$cuda_root/lib64" "$cuda_root/lib"; do
     if [ -e "$dir/libcudart.so" ]; then cudart="$dir/libcudart.so"; break; fi
   done
-  [ -n "$cudart" ] || { echo "power-attention: no libcudart.so next to $nvcc" >&2; exit 1; }
+  [ -n "$cudart" ] || { echo "power-attention: no libcudart.so in the CUDA toolkit $cuda_root of $nvcc" >&2; exit 1; }
+  cudart="$(cd "$(dirname "$cudart")" && pwd)/libcudart.so"
   cuda_args=(-DPOWER_ATTENTION_CUDA=ON -DCMAKE_CUDA_COMPILER="$nvcc")
   [ -z "$archs" ] || cuda_args+=(-DPOWER_ATTENTION_CUDA_ARCHS="$archs")
   mkdir -p "$build"

@@ -27,12 +27,14 @@ import org.bytedeco.pytorch.presets.torch;
                         library = "jnipower_attention"),
                 // The -gpu build: the core library holds the CUDA kernels (nvcc, build/native.sh); the JNI library
                 // is plain g++ and links them against LibTorch's CUDA libraries and the shared CUDA runtime
-                // (libcudart.so.13, the one LibTorch loads). The pom links with --as-needed, so only the libraries
-                // the kernels use end up needed (see the README's "GPU build").
+                // (libcudart.so.13, the one LibTorch loads). The pom links with --as-needed and --no-undefined:
+                // only the libraries the kernels use end up needed, and a missing one fails the build.
+                // As in JavaCPP's own presets, the last matching @Platform's link list replaces the earlier one,
+                // dependencies first (JavaCPP puts it on the command line in reverse).
                 @Platform(
                         value = "linux-x86_64",
                         extension = "-gpu",
-                        link = {"power_attention_core", "torch_cuda", "c10_cuda", "cudart"})})
+                        link = {"cudart", "c10_cuda", "torch_cuda", "power_attention_core"})})
 public class power_attention implements LoadEnabled {
     static final String HEADER = "power_attention.h";
 
