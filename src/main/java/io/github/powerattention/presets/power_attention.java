@@ -34,7 +34,7 @@ import org.bytedeco.pytorch.presets.torch;
                 @Platform(
                         value = "linux-x86_64",
                         extension = "-gpu",
-                        link = {"cudart", "c10_cuda", "torch_cuda", "power_attention_core"})})
+                        link = {"cudart@.13", "c10_cuda", "torch_cuda", "power_attention_core"})})
 public class power_attention implements LoadEnabled {
     static final String HEADER = "power_attention.h";
 
