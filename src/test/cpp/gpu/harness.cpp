@@ -422,6 +422,44 @@ int run_bench(const char* json_path) {
   return 0;
 }
 
+// Decode (issue: states): one token's step from the recurrent state against recomputing the forward over the
+// whole context and against a softmax step over a KV cache; b = 1, h = 8, d = e = 64, bf16, deg 2, gated.
+int run_decode_bench() {
+  cudaDeviceProp prop{};
+  cudaGetDeviceProperties(&prop, 0);
+  std::printf("== decode on %s: b = 1, h = 8, d = e = 64, bf16, deg 2, gated ==\n", prop.name);
+  const auto o = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
+  const at::NoGradGuard no_grad;
+  const int64_t h = 8, d = 64;
+  std::printf("%8s %-26s %10s %12s\n", "context", "method", "ms/token", "memory MiB");
+  for (int64_t n : {4096, 65536}) {
+    at::Tensor q = at::randn({1, n + 1, h, d}, o), k = at::randn({1, n + 1, h, d}, o), v = at::randn({1, n + 1, h, d}, o);
+    at::Tensor lg = at::log_sigmoid(at::randn({1, n + 1, h}, o.dtype(at::kFloat)) + 3.0);
+    pa::PowerFullOptions opt;
+    opt.chunk_size = 1024;
+    auto pre = pa::power_full_with_state(q.narrow(1, 0, n), k.narrow(1, 0, n), v.narrow(1, 0, n), lg.narrow(1, 0, n),
+                                         opt, at::Tensor(), at::Tensor());
+    const at::Tensor S = pre[1], s = pre[2];
+    const at::Tensor q1 = q.select(1, n), k1 = k.select(1, n), v1 = v.select(1, n), g1 = lg.select(1, n);
+    const double step = time_ms([&] { pa::power_decode_step(q1, k1, v1, g1, S, s, 2); }, 5, 50);
+    const double state_mib = static_cast<double>(S.nbytes() + s.nbytes()) / (1 << 20);
+    const double recompute = time_ms([&] { pa::power_full(q, k, v, lg, opt); }, 2, 10);
+    // softmax with a KV cache [1, h, n + 1, d]: append the new key/value, attend with the one query
+    at::Tensor kc = at::randn({1, h, n + 1, d}, o), vc = at::randn({1, h, n + 1, d}, o);
+    const at::Tensor qs = q1.view({1, h, 1, d}), ks = k1.view({1, h, 1, d}), vs = v1.view({1, h, 1, d});
+    const double kv = time_ms([&] {
+      kc.narrow(2, n, 1).copy_(ks);
+      vc.narrow(2, n, 1).copy_(vs);
+      at::scaled_dot_product_attention(qs, kc, vc);
+    }, 5, 50);
+    const double cache_mib = static_cast<double>(kc.nbytes() + vc.nbytes()) / (1 << 20);
+    std::printf("%8ld %-26s %10.3f %12.1f\n", n, "power decode step", step, state_mib);
+    std::printf("%8ld %-26s %10.3f %12s\n", n, "power full recompute", recompute, "-");
+    std::printf("%8ld %-26s %10.3f %12.1f\n", n, "sdpa step over KV cache", kv, cache_mib);
+  }
+  return 0;
+}
+
 // One fwd+bwd at t = 65536 (b = 1, h = 8, d = 64, bf16, gated) between cudaProfilerStart/Stop, for
 // `ncu --profile-from-start off` (per-kernel times).
 int run_profile(int64_t chunk) {
@@ -450,6 +488,7 @@ int main(int argc, char** argv) {
   try {
     if (mode == "test") return run_tests();
     if (mode == "bench") return run_bench(argc > 2 ? argv[2] : nullptr);
+    if (mode == "decode") return run_decode_bench();
     if (mode == "profile") return run_profile(argc > 2 ? std::atoll(argv[2]) : 256);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

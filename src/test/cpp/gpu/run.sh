@@ -29,6 +29,7 @@ if [ "$mode" = profile ]; then
   python3 "$root/src/test/cpp/gpu/profile_summary.py" "$out/profile.csv" | tee "$out/profile.txt"
 fi
 if [ "$mode" = bench ] || [ "$mode" = all ]; then
+  "$build/power_attention_gpu" decode 2>&1 | tee "$out/decode.log" || status=1
   "$build/power_attention_gpu" bench "$out/bench.json" 2>&1 | tee "$out/bench.log" || status=1
 fi
 exit $status
