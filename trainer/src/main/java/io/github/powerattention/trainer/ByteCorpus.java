@@ -73,11 +73,19 @@ public final class ByteCorpus implements TokenSource {
         if (trainEnd < window || valLength < window) {
             throw new UsageException("--dataset: " + path.toAbsolutePath() + " holds " + length + " bytes in "
                     + files.size() + " file(s); the train (90%) and validation (10%) splits each need at least "
-                    + "block_size + 1 = " + window + " bytes, so at least " + (long) Math.ceil(window / (1 - TRAIN_FRACTION))
-                    + " bytes in all: use a larger corpus or a smaller --block_size");
+                    + "block_size + 1 = " + window + " bytes, so at least " + minimumLength(window) + " bytes in all: use a larger corpus or a smaller --block_size");
         }
         this.description = "bytes of " + path + " (" + files.size() + " file(s), " + length + " bytes: "
                 + trainEnd + " train, " + valLength + " validation)";
+    }
+
+    /** The smallest corpus whose two splits each hold {@code window} bytes. */
+    static long minimumLength(int window) {
+        long n = (long) Math.ceil(window / (1 - TRAIN_FRACTION) - 1e-6);
+        while ((long) Math.floor(n * TRAIN_FRACTION) < window || n - (long) Math.floor(n * TRAIN_FRACTION) < window) {
+            n++;
+        }
+        return n;
     }
 
     public long length() {
