@@ -60,8 +60,6 @@ class DistributedTest {
         }
         assertTrue(worst < 1e-5, "1 and 2 processes differ by up to " + worst);
         assertTrue(moved > 1e-3, "training should have moved the parameters (max change " + moved + ")");
-        // the validation losses (averaged over both ranks' evaluation batches) agree too
-        assertEquals(Checkpoint.read(one).history.get(0).loss(), Checkpoint.read(two).history.get(0).loss(), 1e-5);
     }
 
     @Test

@@ -71,7 +71,10 @@ class TrainerTest {
             assertTrue(x.get(name).equal(y.get(name)), "parameter " + name + " differs after resume: max |diff| = "
                     + x.get(name).sub(y.get(name)).abs().max().item_double());
         }
-        assertEquals(Checkpoint.read(straight).history, Checkpoint.read(pieces).history,
+        // every logged loss is equal too; the interrupted run has one more evaluation, at its end (step 4)
+        List<Checkpoint.Point> resumedHistory = new java.util.ArrayList<>(Checkpoint.read(pieces).history);
+        assertTrue(resumedHistory.removeIf(p -> p.step() == 4 && p.split().equals("val")));
+        assertEquals(Checkpoint.read(straight).history, resumedHistory,
                 "the loss history of the resumed run should equal the uninterrupted run's");
     }
 
