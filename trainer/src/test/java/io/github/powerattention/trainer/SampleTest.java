@@ -1,0 +1,56 @@
+package io.github.powerattention.trainer;
+
+import static org.bytedeco.pytorch.global.torch.randn_like;
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.nio.charset.StandardCharsets;
+import java.util.ArrayList;
+import java.util.List;
+
+import org.bytedeco.pytorch.NoGradGuard;
+import org.bytedeco.pytorch.Scalar;
+import org.bytedeco.pytorch.Tensor;
+import org.bytedeco.pytorch.TensorVector;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.CsvSource;
+
+/** Sampling with the recurrent state equals sampling by re-running the full forward at every token. */
+class SampleTest {
+    @ParameterizedTest(name = "deg{0}-chunk{1}-gating{2}")
+    @CsvSource({"2, 16, true", "2, 0, false", "1, 8, true"})
+    void stateSamplingEqualsFullForward(int degree, int chunk, boolean gating) {
+        GptConfig cfg = new GptConfig(256, 64, 2, 4, 2, 32, GptConfig.Attention.POWER, degree, chunk, gating,
+                10000.0);
+        Gpt model = new Gpt(cfg, 7);
+        // random weights everywhere (gates included), so every path of the state matters
+        try (NoGradGuard g = new NoGradGuard()) {
+            TensorVector ps = model.parameters();
+            for (long i = 0; i < ps.size(); i++) {
+                Tensor p = ps.get(i);
+                p.add_(randn_like(p).mul(new Scalar(0.3)));
+            }
+        }
+        byte[] prompt = "qd=47 mx=02 ab=91 mx?".getBytes(StandardCharsets.US_ASCII);
+        int n = 64 - prompt.length;   // prompt + generated = the block size: the full forward never crops
+        Sampler sampler = new Sampler(model, 1.0, 0);
+        List<float[]> stateLogits = new ArrayList<>();
+        List<float[]> fullLogits = new ArrayList<>();
+        byte[] viaState = sampler.generate(prompt, n, Sampler.Mode.STATE, 11, stateLogits);
+        byte[] viaFull = sampler.generate(prompt, n, Sampler.Mode.FULL, 11, fullLogits);
+        assertEquals(n, stateLogits.size());
+        double worst = 0;
+        for (int i = 0; i < n; i++) {
+            for (int v = 0; v < 256; v++) {
+                worst = Math.max(worst, Math.abs(stateLogits.get(i)[v] - fullLogits.get(i)[v]));
+            }
+        }
+        assertTrue(worst < 2e-4, "logits of state decoding differ from the full forward by up to " + worst);
+        assertArrayEquals(viaFull, viaState, "generated text differs:\nstate: "
+                + new String(viaState, StandardCharsets.ISO_8859_1) + "\nfull:  "
+                + new String(viaFull, StandardCharsets.ISO_8859_1));
+        // the logits are not trivially equal across positions (the test would pass for a constant model)
+        assertTrue(Math.abs(fullLogits.get(0)[65] - fullLogits.get(n - 1)[65]) > 1e-3);
+    }
+}
