@@ -27,18 +27,14 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <cuda_bf16.h>
-#include <mma.h>
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <functional>
 #include <limits>
 #include <map>
 #include <mutex>
 #include <tuple>
-#include <type_traits>
 #include <vector>
 
 namespace power_attention {
@@ -395,265 +391,6 @@ __global__ void sympow2_backward(const TI* __restrict__ x, const A* __restrict__
   }
 }
 
-// sympow_backward for p <= 4, one thread per row: a block of kRowsPerBlock rows stages tiles of kPhiTile outputs of
-// dphi (times coef; 16-byte coalesced loads) and their index rows in shared memory; thread r then walks the tile for
-// its own row, accumulating dx[r] in shared memory with no atomics and no bank conflicts (rows padded to an odd
-// stride). Shared memory: rows (2 (d + 1) + kPhiTile + 1) + kPhiTile p numbers.
-constexpr int kRowsPerBlock = 128, kPhiTile = 64;
-
-template <int P, typename TI, typename TD, typename A>
-__global__ void sympow_backward_rows(const TI* __restrict__ x, const A* __restrict__ rs, const TD* __restrict__ dphi,
-                                     const int16_t* __restrict__ idx, const A* __restrict__ coef,
-                                     A* __restrict__ dx, A* __restrict__ u, int64_t n, int d, int D) {
-  extern __shared__ unsigned char smem_raw[];
-  const int ldx = d + 1, ldg = kPhiTile + 1;
-  A* xs = reinterpret_cast<A*>(smem_raw);             // [rows, d + 1]
-  A* dxs = xs + kRowsPerBlock * ldx;                  // [rows, d + 1]
-  A* gs = dxs + kRowsPerBlock * ldx;                  // [rows, kPhiTile + 1]
-  int* is = reinterpret_cast<int*>(gs + kRowsPerBlock * ldg);  // [kPhiTile, P]
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock;
-  const int64_t left = n - row0;
-  const int rows = static_cast<int>(left < kRowsPerBlock ? left : kRowsPerBlock);
-  for (int i = threadIdx.x; i < rows * d; i += blockDim.x) {
-    const int r = i / d, c = i - r * d;
-    xs[r * ldx + c] = static_cast<A>(x[(row0 + r) * d + c]);
-    dxs[r * ldx + c] = A(0);
-  }
-  const int r = threadIdx.x;
-  A usum = 0;
-  constexpr int VEC = 16 / sizeof(TD);
-  for (int a0 = 0; a0 < D; a0 += kPhiTile) {
-    const int width = D - a0 < kPhiTile ? D - a0 : kPhiTile;
-    __syncthreads();  // the previous tile is consumed (and xs / dxs are ready on the first pass)
-    if (width == kPhiTile && D % VEC == 0) {
-      constexpr int per_row = kPhiTile / VEC;
-      for (int w = threadIdx.x; w < rows * per_row; w += blockDim.x) {
-        const int rr = w / per_row, v = (w - rr * per_row) * VEC;
-        alignas(16) TD vals[VEC];
-        *reinterpret_cast<uint4*>(vals) = *reinterpret_cast<const uint4*>(dphi + (row0 + rr) * D + a0 + v);
-#pragma unroll
-        for (int k = 0; k < VEC; ++k) gs[rr * ldg + v + k] = static_cast<A>(vals[k]) * coef[a0 + v + k];
-      }
-    } else {
-      for (int w = threadIdx.x; w < rows * width; w += blockDim.x) {
-        const int rr = w / width, v = w - rr * width;
-        gs[rr * ldg + v] = static_cast<A>(dphi[(row0 + rr) * D + a0 + v]) * coef[a0 + v];
-      }
-    }
-    for (int w = threadIdx.x; w < width * P; w += blockDim.x) is[w] = idx[static_cast<int64_t>(a0) * P + w];
-    __syncthreads();
-    if (r < rows) {
-      const A* xr = xs + r * ldx;
-      A* dr = dxs + r * ldx;
-      const A* gr = gs + r * ldg;
-      for (int al = 0; al < width; ++al) {
-        const A g = gr[al];
-        int ix[P];
-        A xv[P], pre[P + 1];
-        pre[0] = A(1);
-#pragma unroll
-        for (int k = 0; k < P; ++k) {
-          ix[k] = is[al * P + k];
-          xv[k] = xr[ix[k]];
-          pre[k + 1] = pre[k] * xv[k];
-        }
-        usum += g * pre[P];
-        A suf = g;
-#pragma unroll
-        for (int k = P - 1; k >= 0; --k) {
-          dr[ix[k]] += pre[k] * suf;
-          suf *= xv[k];
-        }
-      }
-    }
-  }
-  if (r < rows) {
-    const A scale = rs ? rs[row0 + r] : A(1);
-    if (u) u[row0 + r] = scale * usum;
-    if (dx)
-      for (int c = 0; c < d; ++c) dx[(row0 + r) * d + c] = scale * dxs[r * ldx + c];
-  }
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// Fused phi products (bf16 tensor cores through WMMA, fp32 accumulation): phi of a tile of rows is made in shared
-// memory from x and fed straight to the matrix units, so phi never goes to device memory (it is D/d = 32x larger
-// than x at d = 64, deg 2). Per chunk x of Xn:
-//   phi_times_state:      out[x] = (rs * phi(X[x])) H[x]        X [n, d], H [D, E] bf16 -> out [n, E] fp32
-//   phi_transpose_times:  out[x] = (rs * phi(X[x]))^T Y[x]      X [n, d], Y [n, E] bf16 -> out [D, E] fp32
-// E is a multiple of 8 (the extended state layout); p <= 4.
-// ---------------------------------------------------------------------------------------------------------------
-
-constexpr int kFusedTile = 64, kFusedK = 32, kFusedMaxNB = 9;  // 64-row (or 64-output) tiles, K steps of 32
-
-__device__ __forceinline__ unsigned short bf16_bits(float v) {
-  const __nv_bfloat16 b = __float2bfloat16(v);
-  return *reinterpret_cast<const unsigned short*>(&b);
-}
-
-// phi_a(x_r) * coef_a * rs_r for p <= 4 (ix: the multi-index of a)
-template <int P>
-__device__ __forceinline__ float phi_value(const float* xr, const int* ix, float c) {
-  float v = c;
-#pragma unroll
-  for (int k = 0; k < P; ++k) v *= xr[ix[k]];
-  return v;
-}
-
-// Loads rows [k0, k0 + kFusedK) x [0, E) of a bf16 matrix with row length E into a [kFusedK, EP + 8] tile,
-// zero-filled past E and past `rows`.
-__device__ __forceinline__ void load_bf16_tile(unsigned short* tile, int ld, const unsigned short* src, int64_t k0,
-                                               int64_t rows, int E, int EP) {
-  const int vecs = EP / 8;  // 16-byte vectors per tile row
-  for (int w = threadIdx.x; w < kFusedK * vecs; w += blockDim.x) {
-    const int kk = w / vecs, v = (w - kk * vecs) * 8;
-    uint4 val = make_uint4(0, 0, 0, 0);
-    if (k0 + kk < rows && v < E) val = *reinterpret_cast<const uint4*>(src + (k0 + kk) * E + v);
-    *reinterpret_cast<uint4*>(tile + kk * ld + v) = val;
-  }
-}
-
-template <int P, typename TI>
-__global__ void __launch_bounds__(128) phi_times_state(const TI* __restrict__ X, const float* __restrict__ rs,
-                                                       const unsigned short* __restrict__ H,
-                                                       const int16_t* __restrict__ idx,
-                                                       const float* __restrict__ coef, float* __restrict__ out,
-                                                       int64_t n, int d, int D, int E) {
-  using namespace nvcuda;
-  extern __shared__ __align__(32) unsigned char smem_raw[];
-  const int EP = (E + 15) / 16 * 16, NB = EP / 16;
-  const int lda = kFusedK + 8, ldb = EP + 8, ldo = EP + 4;
-  unsigned short* At = reinterpret_cast<unsigned short*>(smem_raw);  // [64, lda]      phi tile, rows x outputs
-  unsigned short* Bt = At + kFusedTile * lda;                         // [kFusedK, ldb] state rows
-  float* xs = reinterpret_cast<float*>(Bt + kFusedK * ldb);          // [64, d + 1]
-  float* ot = xs;                                                     // [64, ldo] reused for the output
-  __shared__ int is[kFusedK * P];
-  __shared__ float cs[kFusedK];
-  __shared__ float rss[kFusedTile];
-  const int64_t x = blockIdx.x, r0 = static_cast<int64_t>(blockIdx.y) * kFusedTile;
-  const int ldx = d + 1;
-  const TI* Xx = X + (x * n + r0) * d;
-  const int rows = static_cast<int>(n - r0 < kFusedTile ? n - r0 : kFusedTile);
-  for (int i = threadIdx.x; i < kFusedTile * d; i += blockDim.x) {
-    const int r = i / d, c = i - r * d;
-    xs[r * ldx + c] = r < rows ? static_cast<float>(Xx[r * d + c]) : 0.0f;
-  }
-  for (int r = threadIdx.x; r < kFusedTile; r += blockDim.x) rss[r] = (rs && r < rows) ? rs[x * n + r0 + r] : 1.0f;
-  const int warp = threadIdx.x >> 5;
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[kFusedMaxNB];
-#pragma unroll
-  for (int cb = 0; cb < kFusedMaxNB; ++cb) wmma::fill_fragment(acc[cb], 0.0f);
-  const unsigned short* Hx = H + x * static_cast<int64_t>(D) * E;
-  for (int a0 = 0; a0 < D; a0 += kFusedK) {
-    __syncthreads();
-    load_bf16_tile(Bt, ldb, Hx, a0, D, E, EP);
-    for (int w = threadIdx.x; w < kFusedK * P; w += blockDim.x) {
-      const int kk = w / P;
-      is[w] = a0 + kk < D ? idx[static_cast<int64_t>(a0) * P + w] : 0;
-    }
-    for (int w = threadIdx.x; w < kFusedK; w += blockDim.x) cs[w] = a0 + w < D ? coef[a0 + w] : 0.0f;
-    __syncthreads();
-    for (int w = threadIdx.x; w < kFusedTile * kFusedK; w += blockDim.x) {
-      const int r = w / kFusedK, kk = w - r * kFusedK;
-      At[r * lda + kk] = bf16_bits(phi_value<P>(xs + r * ldx, is + kk * P, cs[kk] * rss[r]));
-    }
-    __syncthreads();
-#pragma unroll
-    for (int k16 = 0; k16 < kFusedK; k16 += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> af;
-      wmma::load_matrix_sync(af, reinterpret_cast<const __nv_bfloat16*>(At + warp * 16 * lda + k16), lda);
-#pragma unroll
-      for (int cb = 0; cb < kFusedMaxNB; ++cb) {
-        if (cb < NB) {
-          wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> bf;
-          wmma::load_matrix_sync(bf, reinterpret_cast<const __nv_bfloat16*>(Bt + k16 * ldb + cb * 16), ldb);
-          wmma::mma_sync(acc[cb], af, bf, acc[cb]);
-        }
-      }
-    }
-  }
-  __syncthreads();
-#pragma unroll
-  for (int cb = 0; cb < kFusedMaxNB; ++cb)
-    if (cb < NB) wmma::store_matrix_sync(ot + warp * 16 * ldo + cb * 16, acc[cb], ldo, wmma::mem_row_major);
-  __syncthreads();
-  for (int i = threadIdx.x; i < rows * E; i += blockDim.x) {
-    const int r = i / E, c = i - r * E;
-    out[(x * n + r0 + r) * E + c] = ot[r * ldo + c];
-  }
-}
-
-template <int P, typename TI>
-__global__ void __launch_bounds__(128) phi_transpose_times(const TI* __restrict__ X, const float* __restrict__ rs,
-                                                           const unsigned short* __restrict__ Y,
-                                                           const int16_t* __restrict__ idx,
-                                                           const float* __restrict__ coef, float* __restrict__ out,
-                                                           int64_t n, int d, int D, int E) {
-  using namespace nvcuda;
-  extern __shared__ __align__(32) unsigned char smem_raw[];
-  const int EP = (E + 15) / 16 * 16, NB = EP / 16;
-  const int lda = kFusedTile + 8, ldb = EP + 8, ldo = EP + 4;
-  unsigned short* At = reinterpret_cast<unsigned short*>(smem_raw);  // [kFusedK, lda]  phi tile, rows x outputs
-  unsigned short* Bt = At + kFusedK * lda;                            // [kFusedK, ldb]  Y rows
-  float* xs = reinterpret_cast<float*>(Bt + kFusedK * ldb);          // [kFusedK, d + 1]
-  float* ot = xs;                                                     // [64, ldo] reused for the output
-  __shared__ int is[kFusedTile * P];
-  __shared__ float cs[kFusedTile];
-  const int64_t x = blockIdx.x;
-  const int a0 = blockIdx.y * kFusedTile;
-  const int ldx = d + 1;
-  for (int w = threadIdx.x; w < kFusedTile * P; w += blockDim.x) {
-    const int kk = w / P;
-    is[w] = a0 + kk < D ? idx[static_cast<int64_t>(a0) * P + w] : 0;
-  }
-  for (int w = threadIdx.x; w < kFusedTile; w += blockDim.x) cs[w] = a0 + w < D ? coef[a0 + w] : 0.0f;
-  const int warp = threadIdx.x >> 5;
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[kFusedMaxNB];
-#pragma unroll
-  for (int cb = 0; cb < kFusedMaxNB; ++cb) wmma::fill_fragment(acc[cb], 0.0f);
-  const TI* Xx = X + x * n * d;
-  const unsigned short* Yx = Y + x * n * E;
-  for (int64_t k0 = 0; k0 < n; k0 += kFusedK) {
-    __syncthreads();
-    load_bf16_tile(Bt, ldb, Yx, k0, n, E, EP);
-    for (int i = threadIdx.x; i < kFusedK * d; i += blockDim.x) {
-      const int r = i / d, c = i - r * d;
-      xs[r * ldx + c] = k0 + r < n ? static_cast<float>(Xx[(k0 + r) * d + c]) : 0.0f;
-    }
-    __syncthreads();
-    for (int w = threadIdx.x; w < kFusedK * kFusedTile; w += blockDim.x) {
-      const int r = w / kFusedTile, al = w - r * kFusedTile;
-      const float scale = (rs && k0 + r < n) ? rs[x * n + k0 + r] : 1.0f;
-      At[r * lda + al] = bf16_bits(phi_value<P>(xs + r * ldx, is + al * P, cs[al] * scale));
-    }
-    __syncthreads();
-#pragma unroll
-    for (int k16 = 0; k16 < kFusedK; k16 += 16) {
-      // A = phi^T: element (output a, row r) sits at At[r * lda + a], i.e. column-major in (a, r)
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::col_major> af;
-      wmma::load_matrix_sync(af, reinterpret_cast<const __nv_bfloat16*>(At + k16 * lda + warp * 16), lda);
-#pragma unroll
-      for (int cb = 0; cb < kFusedMaxNB; ++cb) {
-        if (cb < NB) {
-          wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> bf;
-          wmma::load_matrix_sync(bf, reinterpret_cast<const __nv_bfloat16*>(Bt + k16 * ldb + cb * 16), ldb);
-          wmma::mma_sync(acc[cb], af, bf, acc[cb]);
-        }
-      }
-    }
-  }
-  __syncthreads();
-#pragma unroll
-  for (int cb = 0; cb < kFusedMaxNB; ++cb)
-    if (cb < NB) wmma::store_matrix_sync(ot + warp * 16 * ldo + cb * 16, acc[cb], ldo, wmma::mem_row_major);
-  __syncthreads();
-  const int outs = D - a0 < kFusedTile ? D - a0 : kFusedTile;
-  for (int i = threadIdx.x; i < outs * E; i += blockDim.x) {
-    const int al = i / E, c = i - al * E;
-    out[(x * static_cast<int64_t>(D) + a0 + al) * E + c] = ot[al * ldo + c];
-  }
-}
-
 // ---------------------------------------------------------------------------------------------------------------
 // The gated prefix over chunks (SPEC §4.4), extended layout, one thread per state element.
 // ---------------------------------------------------------------------------------------------------------------
@@ -883,28 +620,6 @@ std::pair<at::Tensor, at::Tensor> phi_backward(const at::Tensor& x, const at::Te
   at::Tensor dx = want_dx ? at::empty({n, d}, x.options().dtype(acc)) : at::Tensor();
   at::Tensor u = want_u ? at::empty({n}, x.options().dtype(acc)) : at::Tensor();
   if (n == 0 || (!want_dx && !want_u)) return {dx, u};
-  const size_t smem_rows = sizeof(A) * kRowsPerBlock * (2 * (d + 1) + kPhiTile + 1) + sizeof(int) * kPhiTile * p;
-  if (p <= 4 && smem_rows <= 200 * 1024) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dphi.scalar_type(), "phi_backward_rows", [&] {
-      auto launch = [&](auto kernel) {
-        if (smem_rows > 48 * 1024)
-          C10_CUDA_CHECK(
-              cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem_rows)));
-        kernel<<<blocks_for(n, kRowsPerBlock), kRowsPerBlock, smem_rows, stream()>>>(
-            x.data_ptr<T>(), ptr_or_null<A>(rs), dphi.data_ptr<scalar_t>(), tab.idx.data_ptr<int16_t>(),
-            tab.coef.data_ptr<A>(), mut_ptr_or_null<A>(dx), mut_ptr_or_null<A>(u), n, static_cast<int>(d),
-            static_cast<int>(D));
-      };
-      switch (p) {
-        case 1: launch(sympow_backward_rows<1, T, scalar_t, A>); break;
-        case 2: launch(sympow_backward_rows<2, T, scalar_t, A>); break;
-        case 3: launch(sympow_backward_rows<3, T, scalar_t, A>); break;
-        default: launch(sympow_backward_rows<4, T, scalar_t, A>); break;
-      }
-    });
-    check_launch();
-    return {dx, u};
-  }
   if (p == 2 && sizeof(A) * (D + d) <= 40 * 1024) {
     const size_t smem2 = sizeof(A) * (D + d);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dphi.scalar_type(), "phi2_backward", [&] {
@@ -924,71 +639,6 @@ std::pair<at::Tensor, at::Tensor> phi_backward(const at::Tensor& x, const at::Te
   });
   check_launch();
   return {dx, u};
-}
-
-// The fused phi products (bf16 state side, p <= 4, E <= 144); POWER_ATTENTION_CUDA_UNFUSED=1 turns them off (A/B).
-bool fused_ok(at::ScalarType phi_dt, int64_t p, int64_t E) {
-  static const bool off = std::getenv("POWER_ATTENTION_CUDA_UNFUSED") != nullptr;
-  return !off && phi_dt == at::kBFloat16 && p <= 4 && (E + 15) / 16 <= kFusedMaxNB;
-}
-
-template <typename F>
-void launch_p(int64_t p, const F& f) {
-  switch (p) {
-    case 1: f(std::integral_constant<int, 1>()); break;
-    case 2: f(std::integral_constant<int, 2>()); break;
-    case 3: f(std::integral_constant<int, 3>()); break;
-    default: f(std::integral_constant<int, 4>()); break;
-  }
-}
-
-// (rs * phi(X[x])) H[x]:  X [Xn, n, d] (bf16/fp16), rs [Xn * n] fp32 or undefined, H [Xn, D, E] bf16 -> [Xn, n, E] fp32
-template <typename T>
-at::Tensor fused_phi_times_state(const at::Tensor& X, const at::Tensor& rs, const at::Tensor& H, int64_t p) {
-  const int64_t Xn = X.size(0), n = X.size(1), d = X.size(2), D = H.size(1), E = H.size(2);
-  const PhiTable& tab = phi_table(X.device(), d, p, at::kFloat);
-  at::Tensor out = at::empty({Xn, n, E}, X.options().dtype(at::kFloat));
-  const int64_t EP = (E + 15) / 16 * 16;
-  const size_t smem = 2 * (kFusedTile * (kFusedK + 8) + kFusedK * (EP + 8)) +
-                      4 * std::max<int64_t>(kFusedTile * (d + 1), kFusedTile * (EP + 4));
-  const dim3 grid(static_cast<unsigned>(Xn), blocks_for(n, kFusedTile));
-  launch_p(p, [&](auto P) {
-    auto kernel = phi_times_state<decltype(P)::value, T>;
-    if (smem > 48 * 1024)
-      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-    kernel<<<grid, 128, smem, stream()>>>(X.data_ptr<T>(), ptr_or_null<float>(rs),
-                                          reinterpret_cast<const unsigned short*>(H.data_ptr<at::BFloat16>()),
-                                          tab.idx.data_ptr<int16_t>(), tab.coef.data_ptr<float>(),
-                                          out.data_ptr<float>(), n, static_cast<int>(d), static_cast<int>(D),
-                                          static_cast<int>(E));
-  });
-  check_launch();
-  return out;
-}
-
-// (rs * phi(X[x]))^T Y[x]:  X [Xn, n, d], rs [Xn * n] or undefined, Y [Xn, n, E] bf16 -> [Xn, D, E] fp32
-template <typename T>
-at::Tensor fused_phi_transpose_times(const at::Tensor& X, const at::Tensor& rs, const at::Tensor& Y, int64_t p) {
-  const int64_t Xn = X.size(0), n = X.size(1), d = X.size(2), E = Y.size(2);
-  const PhiTable& tab = phi_table(X.device(), d, p, at::kFloat);
-  const int64_t D = tab.coef.size(0);
-  at::Tensor out = at::empty({Xn, D, E}, X.options().dtype(at::kFloat));
-  const int64_t EP = (E + 15) / 16 * 16;
-  const size_t smem = 2 * (kFusedK * (kFusedTile + 8) + kFusedK * (EP + 8)) +
-                      4 * std::max<int64_t>(kFusedK * (d + 1), kFusedTile * (EP + 4));
-  const dim3 grid(static_cast<unsigned>(Xn), blocks_for(D, kFusedTile));
-  launch_p(p, [&](auto P) {
-    auto kernel = phi_transpose_times<decltype(P)::value, T>;
-    if (smem > 48 * 1024)
-      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-    kernel<<<grid, 128, smem, stream()>>>(X.data_ptr<T>(), ptr_or_null<float>(rs),
-                                          reinterpret_cast<const unsigned short*>(Y.data_ptr<at::BFloat16>()),
-                                          tab.idx.data_ptr<int16_t>(), tab.coef.data_ptr<float>(),
-                                          out.data_ptr<float>(), n, static_cast<int>(d), static_cast<int>(D),
-                                          static_cast<int>(E));
-  });
-  check_launch();
-  return out;
 }
 
 // Batched a @ b with the result in the accumulation dtype (fp32 accumulation on the tensor cores for bf16/fp16).
@@ -1149,14 +799,8 @@ void chunked_forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k
   const at::Tensor numA = mm_acc(P, v3, acc);  // [X, R, e]
 
   // chunk states and the gated prefix
-  const bool fused = fused_ok(phi_dt, pr.p, E);
-  at::Tensor Sc;  // [X, D, E]
-  if (fused) {
-    Sc = fused_phi_transpose_times<T>(k3, gt.kf, values_ext(v3, phi_dt), pr.p);
-  } else {
-    const at::Tensor phiK = phi_forward<T, A>(k.view({X * c, d}), gt.kf, pr.p, phi_dt).view({X, c, D});
-    Sc = mm_acc(phiK.transpose(1, 2), values_ext(v3, phi_dt), acc);
-  }
+  const at::Tensor phiK = phi_forward<T, A>(k.view({X * c, d}), gt.kf, pr.p, phi_dt).view({X, c, D});
+  const at::Tensor Sc = mm_acc(phiK.transpose(1, 2), values_ext(v3, phi_dt), acc);  // [X, D, E]
   at::Tensor Hs = at::empty({BH, N, D, E}, q.options().dtype(phi_dt));
   const at::Tensor H0 = state_ext(initial, E, acc);
   at::Tensor fin = want_final ? at::empty({BH, D, E}, ao) : at::Tensor();
@@ -1166,9 +810,8 @@ void chunked_forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k
   check_launch();
 
   // queries against the state entering their chunk, then the combination
-  const at::Tensor B = fused ? fused_phi_times_state<T>(q3, gt.qf, Hs.view({X, D, E}), pr.p)
-                             : mm_acc(phi_forward<T, A>(q.view({X * R, d}), gt.qf, pr.p, phi_dt).view({X, R, D}),
-                                      Hs.view({X, D, E}), acc);  // [X, R, E]
+  const at::Tensor phiQ = phi_forward<T, A>(q.view({X * R, d}), gt.qf, pr.p, phi_dt).view({X, R, D});
+  const at::Tensor B = mm_acc(phiQ, Hs.view({X, D, E}), acc);  // [X, R, E]
   combine_fwd<A>(numA, l.data_ptr<A>(), f.rowmax.data_ptr<A>(), B, f.y.view({X, R, e}), f.den.data_ptr<A>());
 
   if (save) f.states = Hs;
@@ -1265,13 +908,9 @@ void chunked_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& 
 
   // queries against the state: B = phi(Q') H_n
   at::Tensor dHdir;
-  const bool fused = fused_ok(phi_dt, pr.p, E);
   if (needs.q || gates || carry) {
-    if (carry) {  // [X, D, E]
-      dHdir = fused ? fused_phi_transpose_times<T>(q3, gt.qf, dB, pr.p)
-                    : mm_acc(phi_forward<T, A>(q.view({X * R, d}), gt.qf, pr.p, phi_dt).view({X, R, D}).transpose(1, 2),
-                             dB, acc);
-    }
+    const at::Tensor phiQ = phi_forward<T, A>(q.view({X * R, d}), gt.qf, pr.p, phi_dt).view({X, R, D});
+    if (carry) dHdir = mm_acc(phiQ.transpose(1, 2), dB, acc);  // [X, D, E]
     if (needs.q || gates) {
       const at::Tensor dphiQ = at::bmm(dB, Hs.transpose(1, 2));  // [X, R, D]
       auto [dxq, uq] = phi_backward<T, A>(q.view({X * R, d}), gt.qf, dphiQ.view({X * R, D}), pr.p, needs.q, gates);
@@ -1295,11 +934,8 @@ void chunked_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& 
     // the states' inputs: S_ext = phi(K')^T [V | 1 | 0]
     if (key_side) {
       const at::Tensor A3 = An.view({X, D, E});
-      if (needs.v) {  // [X, c, e]
-        dv = (fused ? fused_phi_times_state<T>(k3, gt.kf, A3, pr.p)
-                    : mm_acc(phi_forward<T, A>(k.view({X * c, d}), gt.kf, pr.p, phi_dt).view({X, c, D}), A3, acc))
-                 .narrow(2, 0, e);
-      }
+      const at::Tensor phiK = phi_forward<T, A>(k.view({X * c, d}), gt.kf, pr.p, phi_dt).view({X, c, D});
+      if (needs.v) dv = mm_acc(phiK, A3, acc).narrow(2, 0, e);  // [X, c, e]
       if (needs.k || gates) {
         const at::Tensor dphiK = at::bmm(values_ext(v3, phi_dt), A3.transpose(1, 2));  // [X, c, D]
         auto [dxk, uk] = phi_backward<T, A>(k.view({X * c, d}), gt.kf, dphiK.view({X * c, D}), pr.p, needs.k, gates);
