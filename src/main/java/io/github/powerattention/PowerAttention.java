@@ -71,7 +71,8 @@ public final class PowerAttention {
      * Power attention that starts from {@code initial} (null: an empty prefix) and returns the state after the last
      * token with the output (SPEC §6). Processing a sequence in pieces, carrying the state, equals processing it
      * whole; gradients flow through the carried state unless it is {@link PowerAttentionState#detach() detached}.
-     * Runs the chunked algorithm (one chunk of t without a chunk size). CPU only in this build.
+     * Runs the chunked algorithm (one chunk of t without a chunk size), on CPU tensors and, with the
+     * {@code linux-x86_64-gpu} natives, on CUDA tensors.
      */
     public static PowerAttentionResult powerFull(Tensor q, Tensor k, Tensor v, PowerAttentionOptions options,
             PowerAttentionState initial) {
