@@ -220,6 +220,20 @@ __global__ void attention_weights_backward(TileArgs<A> t, const A* __restrict__ 
 
 constexpr int kPhiRowsPerBlock = 16;
 
+// Block-wide: copies rows [row0, row0 + kPhiRowsPerBlock) of x [n, d] (fewer at the end) into xs as A, then syncs.
+// Returns the number of rows copied.
+template <typename TI, typename A>
+__device__ int stage_rows(const TI* __restrict__ x, A* xs, int64_t n, int d, int64_t row0) {
+  const int64_t left = n - row0;
+  const int rows = static_cast<int>(left < kPhiRowsPerBlock ? left : kPhiRowsPerBlock);
+  for (int i = threadIdx.x; i < rows * d; i += blockDim.x) {
+    const int rr = i / d;
+    xs[i] = static_cast<A>(x[(row0 + rr) * d + (i - rr * d)]);
+  }
+  __syncthreads();
+  return rows;
+}
+
 // torch: out[r] = rs[r] * phi(x[r])      x [n, d], rs [n] or null, out [n, D]
 template <typename TI, typename TO, typename A>
 __global__ void sympow_forward(const TI* __restrict__ x, const A* __restrict__ rs, const int16_t* __restrict__ idx,
@@ -227,13 +241,7 @@ __global__ void sympow_forward(const TI* __restrict__ x, const A* __restrict__ r
   extern __shared__ unsigned char smem_raw[];
   A* xs = reinterpret_cast<A*>(smem_raw);  // [kPhiRowsPerBlock, d]
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kPhiRowsPerBlock;
-  const int64_t left = n - row0;
-  const int rows = static_cast<int>(left < kPhiRowsPerBlock ? left : kPhiRowsPerBlock);
-  for (int i = threadIdx.x; i < rows * d; i += blockDim.x) {
-    const int rr = i / d;
-    xs[i] = static_cast<A>(x[(row0 + rr) * d + (i - rr * d)]) ;
-  }
-  __syncthreads();
+  const int rows = stage_rows(x, xs, n, d, row0);
   for (int a = threadIdx.x; a < D; a += blockDim.x) {
     const int16_t* ia = idx + static_cast<int64_t>(a) * p;
     int ix[kMaxDegree];
@@ -261,13 +269,7 @@ __global__ void sympow_forward_vec(const TI* __restrict__ x, const A* __restrict
   extern __shared__ unsigned char smem_raw[];
   A* xs = reinterpret_cast<A*>(smem_raw);  // [kPhiRowsPerBlock, d]
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kPhiRowsPerBlock;
-  const int64_t left = n - row0;
-  const int rows = static_cast<int>(left < kPhiRowsPerBlock ? left : kPhiRowsPerBlock);
-  for (int i = threadIdx.x; i < rows * d; i += blockDim.x) {
-    const int rr = i / d;
-    xs[i] = static_cast<A>(x[(row0 + rr) * d + (i - rr * d)]);
-  }
-  __syncthreads();
+  const int rows = stage_rows(x, xs, n, d, row0);
   for (int a0 = threadIdx.x * VEC; a0 < D; a0 += blockDim.x * VEC) {
     int ix[VEC][4];
     A c[VEC];
