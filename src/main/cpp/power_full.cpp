@@ -523,6 +523,21 @@ std::vector<at::Tensor> power_decode_step(const at::Tensor& q, const at::Tensor&
   check_state(S, s, q, b, h, D, e);
   const auto ct = (q.scalar_type() == at::kDouble || degree % 2 == 1) ? at::kDouble : at::kFloat;
   const int64_t g = hq / h;
+  const auto st = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const bool grad = at::GradMode::is_enabled() &&
+                    (q.requires_grad() || k.requires_grad() || v.requires_grad() || S.requires_grad() ||
+                     s.requires_grad() || (log_g.defined() && log_g.requires_grad()));
+  if (q.device().is_cpu() && !grad) {
+    // Generation: one fused pass over the state per head (the ATen composition below made ~10 passes).
+    const auto flat = [&](const at::Tensor& x, std::vector<int64_t> shape) {
+      return x.to(ct).reshape(shape).contiguous();
+    };
+    const auto out = cpu::decode_step(flat(q, {b * h, g, d}), flat(k, {b * h, d}), flat(v, {b * h, e}),
+                                      log_g.defined() ? flat(log_g, {b * h}) : at::Tensor(), flat(S, {b * h, D, e}),
+                                      flat(s, {b * h, D}), degree);
+    return {out[0].view({b, hq, e}).to(q.scalar_type()), out[1].view({b, h, D, e}).to(st),
+            out[2].view({b, h, D}).to(st)};
+  }
   const at::Tensor phiK = reference::symmetric_power_embedding(k.to(ct), degree);               // [b, h, D]
   at::Tensor S1 = S.to(ct), s1 = s.to(ct);
   if (log_g.defined()) {
@@ -536,7 +551,6 @@ std::vector<at::Tensor> power_decode_step(const at::Tensor& q, const at::Tensor&
   const at::Tensor num = at::matmul(phiQ, S1);                                                  // [b, h, g, e]
   const at::Tensor den = at::matmul(phiQ, s1.unsqueeze(-1));                                    // [b, h, g, 1]
   const at::Tensor y = num / at::where(den == 0, at::ones_like(den), den);
-  const auto st = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   return {y.reshape({b, hq, e}).to(q.scalar_type()), S1.to(st), s1.to(st)};
 }
 

@@ -362,6 +362,37 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
   }
 }
 
+template <typename T>
+void decode_head(int64_t bh, int64_t g, int64_t D, int64_t e, const T* phik, const T* phiq, const T* v,
+                 const T* lg, const T* S, const T* s, T* S1, T* s1, T* y) {
+  const T gate = lg != nullptr ? std::exp(lg[bh]) : T(1);
+  const T* vh = v + bh * e;
+  const T* pk = phik + bh * D;
+  const T* pq = phiq + bh * g * D;
+  std::vector<T> num(g * e, T(0)), den(g, T(0));
+  const T* Sh = S + bh * D * e;
+  T* S1h = S1 + bh * D * e;
+  for (int64_t a = 0; a < D; ++a) {
+    const T ka = pk[a];
+    const T* Sr = Sh + a * e;
+    T* Sn = S1h + a * e;
+    for (int64_t c = 0; c < e; ++c) Sn[c] = gate * Sr[c] + ka * vh[c];
+    const T sa = gate * s[bh * D + a] + ka;
+    s1[bh * D + a] = sa;
+    for (int64_t j = 0; j < g; ++j) {
+      const T w = pq[j * D + a];
+      T* nj = num.data() + j * e;
+      for (int64_t c = 0; c < e; ++c) nj[c] += w * Sn[c];
+      den[j] += w * sa;
+    }
+  }
+  T* yh = y + bh * g * e;
+  for (int64_t j = 0; j < g; ++j) {
+    const T inv = den[j] != T(0) ? T(1) / den[j] : T(0);
+    for (int64_t c = 0; c < e; ++c) yh[j * e + c] = num[j * e + c] * inv;
+  }
+}
+
 }  // namespace
 
 Forward forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -417,6 +448,23 @@ Grads backward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, cons
     });
   });
   return gr;
+}
+
+std::vector<at::Tensor> decode_step(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                    const at::Tensor& lg, const at::Tensor& S, const at::Tensor& s, int64_t p) {
+  const int64_t BH = k.size(0), g = q.size(1), d = q.size(2), e = v.size(1), D = S.size(1);
+  const at::Tensor phik = sympow_forward(k, at::Tensor(), p);                    // [BH, D]
+  const at::Tensor phiq = sympow_forward(q.reshape({BH * g, d}), at::Tensor(), p);  // [BH * g, D]
+  at::Tensor S1 = at::empty_like(S), s1 = at::empty_like(s), y = at::empty({BH, g, e}, q.options());
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "power_decode_step_cpu", [&] {
+    const scalar_t* lp = lg.defined() ? lg.data_ptr<scalar_t>() : nullptr;
+    for_each_head(BH, [&](int64_t bh) {
+      decode_head<scalar_t>(bh, g, D, e, phik.data_ptr<scalar_t>(), phiq.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
+                            lp, S.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), S1.data_ptr<scalar_t>(),
+                            s1.data_ptr<scalar_t>(), y.data_ptr<scalar_t>());
+    });
+  });
+  return {y, S1, s1};
 }
 
 }  // namespace cpu

@@ -8,6 +8,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace power_attention {
 namespace cpu {
@@ -20,6 +21,12 @@ Forward forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, con
 Grads backward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                const at::Tensor& lg, const Forward& saved, const at::Tensor& dy, const Needs& needs,
                const State& d_final = {});
+
+/// One recurrent step without autograd (SPEC §6), one pass over the state per head:
+///   q [BH, g, d], k [BH, d], v [BH, e], lg [BH] or undefined, S [BH, D, e], s [BH, D], all contiguous in one dtype
+///   (fp32 or fp64) -> {y [BH, g, e], S', s'}
+std::vector<at::Tensor> decode_step(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                    const at::Tensor& lg, const at::Tensor& S, const at::Tensor& s, int64_t p);
 
 }  // namespace cpu
 }  // namespace power_attention
