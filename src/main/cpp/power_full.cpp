@@ -527,14 +527,24 @@ std::vector<at::Tensor> power_decode_step(const at::Tensor& q, const at::Tensor&
   const bool grad = at::GradMode::is_enabled() &&
                     (q.requires_grad() || k.requires_grad() || v.requires_grad() || S.requires_grad() ||
                      s.requires_grad() || (log_g.defined() && log_g.requires_grad()));
-  if (q.device().is_cpu() && !grad) {
+  bool fused = q.device().is_cpu();
+#ifdef POWER_ATTENTION_WITH_CUDA
+  fused = fused || (q.is_cuda() && g <= 8 && e <= 1024);
+#endif
+  if (fused && !grad) {
     // Generation: one fused pass over the state per head (the ATen composition below made ~10 passes).
     const auto flat = [&](const at::Tensor& x, std::vector<int64_t> shape) {
       return x.to(ct).reshape(shape).contiguous();
     };
-    const auto out = cpu::decode_step(flat(q, {b * h, g, d}), flat(k, {b * h, d}), flat(v, {b * h, e}),
-                                      log_g.defined() ? flat(log_g, {b * h}) : at::Tensor(), flat(S, {b * h, D, e}),
-                                      flat(s, {b * h, D}), degree);
+    const at::Tensor q3 = flat(q, {b * h, g, d}), k2 = flat(k, {b * h, d}), v2 = flat(v, {b * h, e});
+    const at::Tensor lg1 = log_g.defined() ? flat(log_g, {b * h}) : at::Tensor();
+    const at::Tensor S3 = flat(S, {b * h, D, e}), s2 = flat(s, {b * h, D});
+#ifdef POWER_ATTENTION_WITH_CUDA
+    const auto out = q.is_cuda() ? cuda::decode_step(q3, k2, v2, lg1, S3, s2, degree)
+                                 : cpu::decode_step(q3, k2, v2, lg1, S3, s2, degree);
+#else
+    const auto out = cpu::decode_step(q3, k2, v2, lg1, S3, s2, degree);
+#endif
     return {out[0].view({b, hq, e}).to(q.scalar_type()), out[1].view({b, h, D, e}).to(st),
             out[2].view({b, h, D}).to(st)};
   }

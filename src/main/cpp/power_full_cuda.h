@@ -11,6 +11,8 @@
 
 #include <ATen/ATen.h>
 
+#include <vector>
+
 namespace power_attention {
 namespace cuda {
 
@@ -22,6 +24,11 @@ Forward forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, con
 Grads backward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                const at::Tensor& lg, const Forward& saved, const at::Tensor& dy, const Needs& needs,
                const State& d_final = {});
+
+/// One recurrent step without autograd: q [BH, g, d], k [BH, d], v [BH, e], lg [BH] or undefined, S [BH, D, e],
+/// s [BH, D], contiguous, one dtype (fp32 or fp64), g <= 8 -> {y [BH, g, e], S', s'}.
+std::vector<at::Tensor> decode_step(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                    const at::Tensor& lg, const at::Tensor& S, const at::Tensor& s, int64_t p);
 
 /// Bytes of device memory the op may plan to hold on q's device (free memory plus what LibTorch's caching
 /// allocator holds but does not use), for the affordability check before a chunked form allocates its states.
