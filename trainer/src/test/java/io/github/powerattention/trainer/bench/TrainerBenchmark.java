@@ -25,7 +25,8 @@ import io.github.powerattention.trainer.Main;
  * mvn -q -f trainer test-compile exec:java -Dexec.classpathScope=test \
  *     -Dexec.mainClass=io.github.powerattention.trainer.bench.TrainerBenchmark [-Dexec.args="throughput compare"]
  * </pre>
- * Results: target/bench/trainer-throughput.csv, target/bench/trainer-compare.csv.
+ * Results: target/bench/trainer-throughput.csv, target/bench/trainer-compare.csv. {@code -Dbench.threads=N} sets
+ * LibTorch's intra-op threads (on a machine shared with other work, 1 avoids OpenMP spinning against it).
  */
 public final class TrainerBenchmark {
     private static final Pattern STEP = Pattern.compile("\\| ([0-9,]+) tok/s \\|");
@@ -43,9 +44,10 @@ public final class TrainerBenchmark {
         List<String> what = args.length == 0 ? List.of("throughput", "compare") : Arrays.asList(args);
         Path dir = Path.of("target", "bench");
         Files.createDirectories(dir);
-        System.out.printf(Locale.ROOT, "machine: %d cores (%s), load average %.2f, java %s%n",
+        System.out.printf(Locale.ROOT, "machine: %d cores (%s), load average %.2f, java %s, threads %s%n",
                 Runtime.getRuntime().availableProcessors(), System.getProperty("os.arch"),
-                ManagementFactory.getOperatingSystemMXBean().getSystemLoadAverage(), System.getProperty("java.version"));
+                ManagementFactory.getOperatingSystemMXBean().getSystemLoadAverage(), System.getProperty("java.version"),
+                Integer.getInteger("bench.threads", 0) > 0 ? Integer.getInteger("bench.threads") : "LibTorch default");
         if (what.contains("throughput")) {
             throughput(dir);
         }
@@ -107,6 +109,11 @@ public final class TrainerBenchmark {
     }
 
     private static String run(List<String> args) {
+        int threads = Integer.getInteger("bench.threads", 0);
+        if (threads > 0) {
+            args = new ArrayList<>(args);
+            args.add("--threads=" + threads);
+        }
         ByteArrayOutputStream out = new ByteArrayOutputStream();
         ByteArrayOutputStream err = new ByteArrayOutputStream();
         int code = Main.run(args.toArray(new String[0]), new PrintStream(out, true, StandardCharsets.UTF_8),
