@@ -25,7 +25,7 @@ import io.github.powerattention.trainer.Main;
  * mvn -q -f trainer test-compile exec:java -Dexec.classpathScope=test \
  *     -Dexec.mainClass=io.github.powerattention.trainer.bench.TrainerBenchmark [-Dexec.args="throughput compare"]
  * </pre>
- * Results: target/bench/trainer-throughput.csv, target/bench/trainer-compare.csv. {@code -Dbench.threads=N} sets
+ * Results (run from the repository root): trainer/target/bench/trainer-{throughput,compare}.csv. {@code -Dbench.threads=N} sets
  * LibTorch's intra-op threads (on a machine shared with other work, 1 avoids OpenMP spinning against it).
  */
 public final class TrainerBenchmark {
@@ -42,7 +42,7 @@ public final class TrainerBenchmark {
 
     public static void main(String[] args) throws Exception {
         List<String> what = args.length == 0 ? List.of("throughput", "compare") : Arrays.asList(args);
-        Path dir = Path.of("target", "bench");
+        Path dir = Path.of(System.getProperty("bench.dir", "trainer/target/bench"));
         Files.createDirectories(dir);
         System.out.printf(Locale.ROOT, "machine: %d cores (%s), load average %.2f, java %s, threads %s%n",
                 Runtime.getRuntime().availableProcessors(), System.getProperty("os.arch"),
