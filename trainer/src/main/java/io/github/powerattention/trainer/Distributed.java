@@ -42,8 +42,11 @@ final class Distributed implements AutoCloseable {
     private final TCPStore store;
     private final Backend group;
     private final long timeoutMs;
+    private final boolean cuda;
 
-    private Distributed(int rank, int worldSize, int localRank, TCPStore store, Backend group, long timeoutMs) {
+    private Distributed(int rank, int worldSize, int localRank, TCPStore store, Backend group, long timeoutMs,
+            boolean cuda) {
+        this.cuda = cuda;
         this.rank = rank;
         this.worldSize = worldSize;
         this.localRank = localRank;
@@ -111,7 +114,7 @@ final class Distributed implements AutoCloseable {
             throw new DistributedException("rank " + rank + ": creating the " + (cuda ? "NCCL" : "Gloo")
                     + " process group failed: " + firstLine(e));
         }
-        return new Distributed(rank, world, localRank, store, group, timeoutMs);
+        return new Distributed(rank, world, localRank, store, group, timeoutMs, cuda);
     }
 
     /** Copies rank 0's values into every rank's tensors (initial parameters). */
@@ -174,9 +177,12 @@ final class Distributed implements AutoCloseable {
     double[] sum(double[] values, String what) {
         try (PointerScope s = new PointerScope()) {
             Tensor t = Tensor.create(values.clone(), values.length);
+            if (cuda) {     // NCCL reduces device tensors only
+                t = t.to(new org.bytedeco.pytorch.Device("cuda:" + localRank), t.scalar_type());
+            }
             await(group.allreduce(new TensorVector(t), allreduceOptions()), what);
             double[] out = new double[values.length];
-            t.contiguous().data_ptr_double().get(out);
+            t.to(new org.bytedeco.pytorch.Device("cpu"), t.scalar_type()).contiguous().data_ptr_double().get(out);
             return out;
         }
     }

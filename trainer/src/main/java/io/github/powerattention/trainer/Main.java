@@ -5,7 +5,6 @@ import java.nio.charset.StandardCharsets;
 import java.nio.file.Path;
 import java.nio.file.Paths;
 import java.util.ArrayList;
-import java.util.HashMap;
 import java.util.LinkedHashSet;
 import java.util.List;
 import java.util.Map;
@@ -158,9 +157,5 @@ public final class Main {
             out.printf(java.util.Locale.ROOT, "--- %d tokens in %.2f s (%.1f tokens/s, %s mode)%n", maxNew, s,
                     maxNew / s, mode.name().toLowerCase());
         }
-    }
-
-    static Map<String, String> environment() {
-        return new HashMap<>(System.getenv());
     }
 }
