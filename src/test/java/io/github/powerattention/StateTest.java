@@ -97,6 +97,52 @@ class StateTest {
         }
     }
 
+    /**
+     * With autograd on, the decode step is the differentiable ATen composition; without it, the fused one-pass step.
+     * Both must agree, and the differentiable one's gradient must match central finite differences of the fused one.
+     */
+    @ParameterizedTest(name = "p{0}")
+    @CsvSource({"1", "2", "3"})
+    void decodeStepWithAndWithoutAutogradAgree(int p) {
+        try (PointerScope scope = new PointerScope()) {
+            manual_seed(40 + p);
+            long d = 4, e = 3, hq = 2;
+            PowerAttentionState state;
+            try (NoGradGuard guard = new NoGradGuard()) {
+                Tensor q0 = Fixtures.normal(ScalarType.Double, 1, 9, hq, d);
+                Tensor k0 = Fixtures.normal(ScalarType.Double, 1, 9, 1, d);
+                Tensor v0 = Fixtures.normal(ScalarType.Double, 1, 9, 1, e);
+                state = PowerAttention.prefill(q0, k0, v0, options(Fixtures.gates(1, 9, 1), p, 4)).state();
+            }
+            Tensor q = Fixtures.normal(ScalarType.Double, 1, hq, d);
+            Tensor k = Fixtures.normal(ScalarType.Double, 1, 1, d);
+            Tensor v = Fixtures.normal(ScalarType.Double, 1, 1, e);
+            Tensor logG = Fixtures.gates(1, 1, 1).select(1, 0);
+            Tensor qg = q.clone().requires_grad_(true);
+            PowerAttentionResult differentiable = PowerAttention.decodeStep(qg, k, v, logG, state, p);
+            differentiable.output().sum().backward();
+            double[] grad = new double[(int) (hq * d)];
+            Tensor gq = qg.grad().contiguous();
+            for (int i = 0; i < grad.length; i++) grad[i] = gq.view(-1).select(0, i).item_double();
+            try (NoGradGuard guard = new NoGradGuard()) {
+                PowerAttentionResult fused = PowerAttention.decodeStep(q, k, v, logG, state, p);
+                assertClose(differentiable.output().detach(), fused.output(), 1e-12, "output");
+                assertClose(differentiable.state().S().detach(), fused.state().S(), 1e-12, "S");
+                assertClose(differentiable.state().s().detach(), fused.state().s(), 1e-12, "s");
+                double h = 1e-6;
+                for (int i = 0; i < grad.length; i++) {
+                    Tensor qp = q.clone(), qm = q.clone();
+                    qp.view(-1).select(0, i).add_(new org.bytedeco.pytorch.Scalar(h));
+                    qm.view(-1).select(0, i).sub_(new org.bytedeco.pytorch.Scalar(h));
+                    double fp = PowerAttention.decodeStep(qp, k, v, logG, state, p).output().sum().item_double();
+                    double fm = PowerAttention.decodeStep(qm, k, v, logG, state, p).output().sum().item_double();
+                    double fd = (fp - fm) / (2 * h);
+                    assertEquals(fd, grad[i], 1e-6 * Math.max(1, Math.abs(fd)), "d y / d q[" + i + "]");
+                }
+            }
+        }
+    }
+
     @Test
     void initialStateGradientByFiniteDifferences() {
         try (PointerScope scope = new PointerScope()) {
