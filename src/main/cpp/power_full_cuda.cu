@@ -349,80 +349,48 @@ __global__ void sympow_backward(const TI* __restrict__ x, const A* __restrict__ 
     for (int i = threadIdx.x; i < d; i += blockDim.x) dx[row * d + i] = scale * dxs[i];
 }
 
-// sympow_backward for p = 2, lanes over rows. With G_a = dphi_a coef_a and the symmetric matrix M(G) (diagonal
-// 2 G_a), dx = rs M x and u = rs x.(M x) / 2. A block stages dphi of kP2Rows rows (16-byte loads) and an index
-// table T[i][j] = a(min(i, j), max(i, j)) in shared memory; lane (row r, index i) then computes
-// (M x)_i = sum_j G_r[T[i][j]] x_r[j] with one broadcast read of T, one read of G and one of x per step: no
-// index arithmetic, no atomics on dx.
-// Tuning: v1 (a block of 128 threads per row, closed-form index arithmetic, only d threads busy) was bound by
-// instructions, ~1500 a thread a row (2.8 ms a call at t = 65536, h = 8, d = 64 on an H200); shared-memory matrix
-// and split-j variants moved the same instructions around (3.4-5.8 ms). See NOTES-KERNELS.md.
-constexpr int kP2Rows = 16;
-
+// sympow_backward for p = 2 without atomics: with G_a = dphi_a coef_a staged in shared memory,
+//   dx_i = rs sum_j G_{a(i,j)} x_j (1 + [i == j]),  a(i, j) = i d - i (i - 1) / 2 + (j - i) for i <= j.
+// One block of 128 threads per row; shared memory D + d numbers.
+// Tuning (bf16, t = 65536, h = 8, d = 64, one call): this simplest version measured 2.8 ms on an H200; j split over
+// 256 threads 3.4 ms, a symmetric d x d matrix in shared memory 4.8 ms, 4 rows per block with 16-byte loads 5.8 ms
+// (H100). Not understood yet; the way out is not to materialise dphi at all (NOTES-KERNELS.md).
 template <typename TI, typename TD, typename A>
-__global__ void __launch_bounds__(256) sympow2_backward(const TI* __restrict__ x, const A* __restrict__ rs,
-                                                        const TD* __restrict__ dphi, const A* __restrict__ coef,
-                                                        A* __restrict__ dx, A* __restrict__ u, int64_t n, int d,
-                                                        int D) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  constexpr int VEC = 16 / sizeof(TD);
-  const int ldg = (D + VEC - 1) / VEC * VEC + VEC;  // row stride of G (16-byte rows)
-  TD* G = reinterpret_cast<TD*>(smem_raw);                                   // [kP2Rows, ldg]
-  A* cs = reinterpret_cast<A*>(G + kP2Rows * ldg);                           // [D]
-  A* xs = cs + D;                                                            // [kP2Rows, d + 1]
-  A* us = xs + kP2Rows * (d + 1);                                            // [kP2Rows]
-  int16_t* T = reinterpret_cast<int16_t*>(us + kP2Rows);                     // [d, d]
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kP2Rows;
-  const int rows = static_cast<int>(n - row0 < kP2Rows ? n - row0 : kP2Rows);
-  // stage
-  if (D % VEC == 0) {
-    const int per_row = D / VEC;
-    for (int w = threadIdx.x; w < rows * per_row; w += blockDim.x) {
-      const int r = w / per_row, v = (w - r * per_row) * VEC;
-      *reinterpret_cast<uint4*>(G + r * ldg + v) = *reinterpret_cast<const uint4*>(dphi + (row0 + r) * D + v);
-    }
-  } else {
-    for (int w = threadIdx.x; w < rows * D; w += blockDim.x) {
-      const int r = w / D, a = w - r * D;
-      G[r * ldg + a] = dphi[(row0 + r) * D + a];
-    }
-  }
-  for (int a = threadIdx.x; a < D; a += blockDim.x) cs[a] = coef[a];
-  for (int w = threadIdx.x; w < kP2Rows * d; w += blockDim.x) {
-    const int r = w / d, c = w - r * d;
-    xs[r * (d + 1) + c] = r < rows ? static_cast<A>(x[(row0 + r) * d + c]) : A(0);
-  }
-  for (int w = threadIdx.x; w < d * d; w += blockDim.x) {
-    const int i = w / d, j = w - i * d;
-    const int lo = i < j ? i : j, hi = i < j ? j : i;
-    T[w] = static_cast<int16_t>(lo * d - lo * (lo - 1) / 2 + (hi - lo));
-  }
-  for (int r = threadIdx.x; r < kP2Rows; r += blockDim.x) us[r] = A(0);
+__global__ void sympow2_backward(const TI* __restrict__ x, const A* __restrict__ rs, const TD* __restrict__ dphi,
+                                 const A* __restrict__ coef, A* __restrict__ dx, A* __restrict__ u, int d, int D) {
+  extern __shared__ unsigned char smem_raw[];
+  A* xs = reinterpret_cast<A*>(smem_raw);  // [d]
+  A* gs = xs + d;                          // [D]
+  __shared__ A red[32];
+  const int64_t row = blockIdx.x;
+  for (int i = threadIdx.x; i < d; i += blockDim.x) xs[i] = static_cast<A>(x[row * d + i]);
+  const TD* dr = dphi + row * D;
+  for (int a = threadIdx.x; a < D; a += blockDim.x) gs[a] = static_cast<A>(dr[a]) * coef[a];
   __syncthreads();
-  // lanes: 16 rows x 2 indices per warp; warps stride over i
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  const int r = lane & (kP2Rows - 1);
-  const A* xr = xs + r * (d + 1);
-  const TD* gr = G + r * ldg;
-  for (int i = warp * 2 + (lane >> 4); i < d; i += warps * 2) {
-    const int16_t* Ti = T + i * d;
-    A acc = 0;
-    for (int j = 0; j < d; ++j) {
-      const int a = Ti[j];
-      acc += static_cast<A>(gr[a]) * cs[a] * xr[j];
+  const A scale = rs ? rs[row] : A(1);
+  if (u) {
+    // sum_a G_a x_i x_j = sum_i x_i sum_{j >= i} G_{a(i,j)} x_j
+    A part = 0;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) {
+      const A* gi = gs + (i * d - i * (i - 1) / 2) - i;
+      A acc = 0;
+      for (int j = i; j < d; ++j) acc += gi[j] * xs[j];
+      part += acc * xs[i];
     }
-    const int ad = Ti[i];
-    acc += static_cast<A>(gr[ad]) * cs[ad] * xr[i];  // the diagonal counts twice
-    if (r < rows) {
-      const A scale = rs ? rs[row0 + r] : A(1);
-      if (dx) dx[(row0 + r) * d + i] = scale * acc;
-      if (u) atomicAdd(us + r, acc * xr[i]);
+    const A total = block_sum(part, red);
+    if (threadIdx.x == 0) u[row] = scale * total;
+  }
+  if (dx) {
+    for (int i = threadIdx.x; i < d; i += blockDim.x) {
+      A acc = 0;
+      for (int j = 0; j < d; ++j) {
+        const int lo = j < i ? j : i, hi = j < i ? i : j;
+        acc += gs[lo * d - lo * (lo - 1) / 2 + (hi - lo)] * xs[j];
+      }
+      acc += gs[i * d - i * (i - 1) / 2] * xs[i];  // the square term counts twice
+      dx[row * d + i] = scale * acc;
     }
   }
-  if (!u) return;
-  __syncthreads();
-  for (int rr = threadIdx.x; rr < rows; rr += blockDim.x)
-    u[row0 + rr] = (rs ? rs[row0 + rr] : A(1)) * us[rr] * A(0.5);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -716,24 +684,15 @@ std::pair<at::Tensor, at::Tensor> phi_backward(const at::Tensor& x, const at::Te
   at::Tensor dx = want_dx ? at::empty({n, d}, x.options().dtype(acc)) : at::Tensor();
   at::Tensor u = want_u ? at::empty({n}, x.options().dtype(acc)) : at::Tensor();
   if (n == 0 || (!want_dx && !want_u)) return {dx, u};
-  if (p == 2) {
-    const int64_t vec = 16 / static_cast<int64_t>(dphi.element_size());
-    const int64_t ldg = (D + vec - 1) / vec * vec + vec;
-    const size_t smem2 = dphi.element_size() * kP2Rows * ldg + sizeof(A) * (D + kP2Rows * (d + 1) + kP2Rows) +
-                         sizeof(int16_t) * d * d + 16;
-    if (smem2 <= 200 * 1024) {
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dphi.scalar_type(), "phi2_backward", [&] {
-        auto kernel = sympow2_backward<T, scalar_t, A>;
-        if (smem2 > 48 * 1024)
-          C10_CUDA_CHECK(
-              cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem2)));
-        kernel<<<blocks_for(n, kP2Rows), 256, smem2, stream()>>>(
-            x.data_ptr<T>(), ptr_or_null<A>(rs), dphi.data_ptr<scalar_t>(), tab.coef.data_ptr<A>(),
-            mut_ptr_or_null<A>(dx), mut_ptr_or_null<A>(u), n, static_cast<int>(d), static_cast<int>(D));
-      });
-      check_launch();
-      return {dx, u};
-    }
+  if (p == 2 && sizeof(A) * (D + d) <= 40 * 1024) {
+    const size_t smem2 = sizeof(A) * (D + d);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dphi.scalar_type(), "phi2_backward", [&] {
+      sympow2_backward<T, scalar_t, A><<<static_cast<unsigned>(n), 128, smem2, stream()>>>(
+          x.data_ptr<T>(), ptr_or_null<A>(rs), dphi.data_ptr<scalar_t>(), tab.coef.data_ptr<A>(),
+          mut_ptr_or_null<A>(dx), mut_ptr_or_null<A>(u), static_cast<int>(d), static_cast<int>(D));
+    });
+    check_launch();
+    return {dx, u};
   }
   const size_t smem = sizeof(A) * 2 * d;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dphi.scalar_type(), "phi_backward", [&] {

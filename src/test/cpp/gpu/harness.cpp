@@ -18,7 +18,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
@@ -354,10 +353,7 @@ int run_bench(const char* json_path) {
   const int64_t tokens = 65536, h = 8, d = 64;
   std::vector<Row> rows;
   const auto o = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
-  const bool quick = std::getenv("BENCH_QUICK") != nullptr;  // one length, chunk 256 (short device leases)
-  std::vector<int64_t> lengths = {1024, 4096, 16384, 65536};
-  if (quick) lengths = {16384};
-  for (int64_t t : lengths) {
+  for (int64_t t : {1024, 4096, 16384, 65536}) {
     const int64_t b = tokens / t;
     at::Tensor q = at::randn({b, t, h, d}, o).requires_grad_(true);
     at::Tensor k = at::randn({b, t, h, d}, o).requires_grad_(true);
@@ -384,7 +380,6 @@ int run_bench(const char* json_path) {
       rows.push_back({"sdpa-flash", "fwd+bwd", t, b, 0, b_ms, 3.5 * flops / b_ms / 1e9, peak_mib(both)});
     }
     for (int64_t chunk : {256, 1024}) {
-      if (quick && chunk != 256) continue;
       pa::PowerFullOptions opt;
       opt.chunk_size = chunk;
       auto fwd = [&] {
