@@ -130,7 +130,9 @@ Resolved resolve(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, 
   // in fp32, and CUDA keeps the input dtype for its matrix products (fp32 accumulation) with fp32 gates and states.
   const bool fp64 = q.scalar_type() == at::kDouble || p % 2 == 1;
   const bool cpu = q.device().is_cpu();
-  L.ct = fp64 ? at::kDouble : (cpu ? at::kFloat : q.scalar_type());
+  // On CUDA, degrees >= 3 compute in fp32 too: bf16 phi of degree 4 left gate gradients at 0.9-1.5e-2 on the GPU
+  // harness, over SPEC §7's 1e-2 (degree 2 stays on the bf16 tensor-core path).
+  L.ct = fp64 ? at::kDouble : (cpu || p >= 3 ? at::kFloat : q.scalar_type());
   L.gt = fp64 || cpu ? at::kDouble : at::kFloat;
   L.st = fp64 ? at::kDouble : at::kFloat;
   // t <= chunk: the quadratic form is the chunked form with a single chunk, minus the padding.
