@@ -30,7 +30,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <functional>
 #include <limits>
 #include <map>
 #include <mutex>
@@ -623,22 +622,9 @@ const PhiTable& phi_table(const at::Device& dev, int64_t d, int64_t p, at::Scala
   auto it = cache.find(key);
   if (it != cache.end()) return it->second;
   const int64_t D = sympow_dim(d, p);
-  std::vector<int16_t> idx;
-  idx.reserve(D * p);
-  std::vector<int64_t> cur(p, 0);
-  // non-decreasing multi-indices in lexicographic order (sympow.h)
-  std::function<void(int64_t, int64_t)> walk = [&](int64_t level, int64_t start) {
-    for (int64_t i = start; i < d; ++i) {
-      cur[level] = i;
-      if (level + 1 == p) {
-        for (int64_t k = 0; k < p; ++k) idx.push_back(static_cast<int16_t>(cur[k]));
-      } else {
-        walk(level + 1, i);
-      }
-    }
-  };
-  walk(0, 0);
-  const std::vector<double> coef = sympow_coefficients(d, p);
+  std::vector<int64_t> indices;
+  const std::vector<double> coef = sympow_coefficients(d, p, &indices);  // the layout of sympow.h, one walk
+  std::vector<int16_t> idx(indices.begin(), indices.end());
   PhiTable t;
   t.idx = at::from_blob(idx.data(), {D, p}, at::kShort).to(dev);
   t.coef = at::from_blob(const_cast<double*>(coef.data()), {D}, at::kDouble).to(acc).to(dev);

@@ -24,12 +24,15 @@ int64_t sympow_dim(int64_t d, int64_t p) {
 
 namespace {
 
-// Walks the multi-indices in layout order, calling leaf(start, level_prefix_info) for each innermost run.
+// Walks the multi-indices in layout order; at each one appends its coefficient to `out` and, when `indices` is
+// given, the multi-index itself (p entries) to `indices`.
 void coefficients_rec(int64_t d, int64_t p, int64_t level, int64_t start, std::vector<int64_t>& idx,
-                      std::vector<double>& out, const std::vector<double>& log_fact) {
+                      std::vector<double>& out, const std::vector<double>& log_fact,
+                      std::vector<int64_t>* indices = nullptr) {
   for (int64_t i = start; i < d; ++i) {
     idx[level] = i;
     if (level + 1 == p) {
+      if (indices != nullptr) indices->insert(indices->end(), idx.begin(), idx.end());
       // multiplicities of the sorted multi-index
       double log_denom = 0.0;
       int64_t run = 1;
@@ -43,7 +46,7 @@ void coefficients_rec(int64_t d, int64_t p, int64_t level, int64_t start, std::v
       }
       out.push_back(std::exp(0.5 * (log_fact[p] - log_denom)));
     } else {
-      coefficients_rec(d, p, level + 1, i, idx, out, log_fact);
+      coefficients_rec(d, p, level + 1, i, idx, out, log_fact, indices);
     }
   }
 }
@@ -118,14 +121,18 @@ void check_rows(const at::Tensor& x, const at::Tensor& row_scale) {
 
 }  // namespace
 
-std::vector<double> sympow_coefficients(int64_t d, int64_t p) {
+std::vector<double> sympow_coefficients(int64_t d, int64_t p, std::vector<int64_t>* indices) {
   const int64_t D = sympow_dim(d, p);
   std::vector<double> log_fact(p + 1, 0.0);
   for (int64_t k = 1; k <= p; ++k) log_fact[k] = log_fact[k - 1] + std::log(static_cast<double>(k));
   std::vector<double> out;
   out.reserve(D);
+  if (indices != nullptr) {
+    indices->clear();
+    indices->reserve(D * p);
+  }
   std::vector<int64_t> idx(p);
-  coefficients_rec(d, p, 0, 0, idx, out, log_fact);
+  coefficients_rec(d, p, 0, 0, idx, out, log_fact, indices);
   return out;
 }
 

@@ -17,8 +17,9 @@ namespace power_attention {
 /// C(d + p - 1, p), with overflow checked (throws c10::Error when D does not fit in int64).
 int64_t sympow_dim(int64_t d, int64_t p);
 
-/// coef[a] = sqrt(p! / prod mult!) for every multi-index a in the layout above.
-std::vector<double> sympow_coefficients(int64_t d, int64_t p);
+/// coef[a] = sqrt(p! / prod mult!) for every multi-index a in the layout above; with `indices`, also the
+/// multi-indices themselves, a_1 ... a_p for each a in turn ([D, p] row-major; the CUDA kernels' index table).
+std::vector<double> sympow_coefficients(int64_t d, int64_t p, std::vector<int64_t>* indices = nullptr);
 
 /// out[r] = row_scale[r] * phi(x[r])   (torch: row_scale[:, None] * phi(x))
 ///   x [n, d] contiguous, row_scale [n] contiguous or undefined (1), out [n, D]; dtype float or double.
