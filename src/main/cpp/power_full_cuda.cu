@@ -18,6 +18,8 @@
 // weights P and the state-side matrix operands in the input dtype (bf16 for fp16 inputs, whose range the states can
 // exceed).
 #include "power_full_cuda.h"
+
+#include "attention_tile_cuda.h"
 #include "sympow.h"
 
 #include <ATen/ATen.h>
@@ -762,6 +764,12 @@ TileArgs<A> tile_args(const Problem& pr, int64_t X, int64_t R, int64_t C, int64_
   return t;
 }
 
+TileProblem tile_problem(const Problem& pr, int64_t X, int64_t C) {
+  TileProblem tp;
+  tp.X = X, tp.R = C * pr.g, tp.C = C, tp.g = pr.g, tp.p = static_cast<int>(pr.p), tp.scale = pr.scale;
+  return tp;
+}
+
 // Forward of the weights on a tile: S [X, R, C] acc -> {P [X, R, C] T, m [X * R], l [X * R]} (m, l into the
 // given views).
 template <typename T, typename A>
@@ -809,6 +817,13 @@ void quadratic_forward(const Problem& pr, const at::Tensor& q, const at::Tensor&
   const at::Tensor G = lg.defined() ? at::cumsum(lg, 1).contiguous() : at::Tensor();
   const at::Tensor qr = q.view({BH, T_ * g, d});
   const at::Tensor yr = f.y.view({BH, T_ * g, e});
+  if (tile_kernels_support(q.scalar_type(), d, e)) {  // fused: no t x t in memory
+    const auto ao = q.options().dtype(acc);
+    at::Tensor num = at::empty({BH, T_ * g, e}, ao), l = at::empty({BH * T_ * g}, ao);
+    tile_forward(tile_problem(pr, BH, T_), qr, k, v, G, num, f.rowmax, l);
+    combine_fwd<A>(num, l.data_ptr<A>(), f.rowmax.data_ptr<A>(), at::Tensor(), yr, f.den.data_ptr<A>());
+    return;
+  }
   const int64_t tile = quadratic_tile(pr, sizeof(A));
   for (int64_t i0 = 0; i0 < T_; i0 += tile) {
     const int64_t i1 = std::min(T_, i0 + tile), R = (i1 - i0) * g;
@@ -841,12 +856,17 @@ void chunked_forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k
   const at::Tensor q3 = q.view({X, R, d}), k3 = k.view({X, c, d}), v3 = v.view({X, c, e});
 
   // in-chunk attention
-  const at::Tensor S = mm_acc(q3, k3.transpose(1, 2), acc);  // [X, R, c]
-  const A* Gc = ptr_or_null<A>(gt.Gc);
-  const auto t = tile_args<A>(pr, X, R, c, 0, Gc, c, Gc, c);
-  at::Tensor l = at::empty({X * R}, ao);
-  const at::Tensor P = weights_forward<T, A>(t, S, f.rowmax.data_ptr<A>(), l.data_ptr<A>());
-  const at::Tensor numA = mm_acc(P, v3, acc);  // [X, R, e]
+  at::Tensor l = at::empty({X * R}, ao), numA;  // numA [X, R, e]
+  if (tile_kernels_support(q.scalar_type(), d, e)) {
+    numA = at::empty({X, R, e}, ao);
+    tile_forward(tile_problem(pr, X, c), q3, k3, v3, gt.Gc, numA, f.rowmax, l);
+  } else {
+    const at::Tensor S = mm_acc(q3, k3.transpose(1, 2), acc);  // [X, R, c]
+    const A* Gc = ptr_or_null<A>(gt.Gc);
+    const auto t = tile_args<A>(pr, X, R, c, 0, Gc, c, Gc, c);
+    const at::Tensor P = weights_forward<T, A>(t, S, f.rowmax.data_ptr<A>(), l.data_ptr<A>());
+    numA = mm_acc(P, v3, acc);
+  }
 
   // chunk states and the gated prefix
   const at::Tensor phiK = phi_forward<T, A>(k.view({X * c, d}), gt.kf, pr.p, phi_dt).view({X, c, D});
@@ -901,6 +921,27 @@ void quadratic_backward(const Problem& pr, const at::Tensor& q, const at::Tensor
   at::Tensor dk = needs.k ? at::zeros({BH, T_, d}, ao) : at::Tensor();
   at::Tensor dv = needs.v ? at::zeros({BH, T_, e}, ao) : at::Tensor();
   const at::Tensor qr = q.view({BH, T_ * g, d}), yr = f.y.view({BH, T_ * g, e}), dyr = dy.view({BH, T_ * g, e});
+  if (tile_kernels_support(q.scalar_type(), d, e)) {  // fused: no t x t in memory
+    const int64_t R = T_ * g;
+    at::Tensor dnumA = at::empty({BH, R, e}, q.options()), ddenA = at::empty({BH * R}, ao), rf = at::empty({BH * R}, ao);
+    combine_bwd<T, A>(dyr, yr, f.den.data_ptr<A>(), f.rowmax.data_ptr<A>(), false, at::Tensor(), dnumA,
+                      rf.data_ptr<A>(), ddenA.data_ptr<A>(), BH * R, e, 0);
+    at::Tensor dqf = needs.q ? at::empty({BH, R, d}, ao) : at::Tensor();
+    at::Tensor dkf = needs.k || needs.v ? at::empty({BH, T_, d}, ao) : at::Tensor();
+    at::Tensor dvf = needs.k || needs.v ? at::empty({BH, T_, e}, ao) : at::Tensor();
+    at::Tensor rowdz = gates ? at::empty({BH * R}, ao) : at::Tensor();
+    at::Tensor coldz = gates ? at::empty({BH * T_}, ao) : at::Tensor();
+    tile_backward(tile_problem(pr, BH, T_), qr, k, v, G, dyr, f.rowmax, rf, ddenA, dqf, dkf, dvf, rowdz, coldz,
+                  false);
+    if (needs.q) gr.q = dqf.view({BH, T_, g, d}).to(q.scalar_type());
+    if (needs.k) gr.k = dkf.to(k.scalar_type());
+    if (needs.v) gr.v = dvf.to(v.scalar_type());
+    if (gates) {
+      const at::Tensor dGt = rowdz.view({BH, T_, g}).sum(2).to(at::kDouble) - coldz.view({BH, T_}).to(at::kDouble);
+      gr.lg = dGt.flip({1}).cumsum(1).flip({1}).to(lg.scalar_type());
+    }
+    return;
+  }
   const int64_t tile = quadratic_tile(pr, 2 * sizeof(A));
   for (int64_t i0 = 0; i0 < T_; i0 += tile) {
     const int64_t i1 = std::min(T_, i0 + tile), R = (i1 - i0) * g;
@@ -1000,7 +1041,20 @@ void chunked_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& 
   }
 
   // in-chunk attention
-  {
+  if (tile_kernels_support(q.scalar_type(), d, e)) {
+    // the state side has made every gradient that is needed (fp32, [X, rows, width]); the tile kernels add theirs
+    if (dv.defined()) dv = dv.contiguous();
+    if (needs.k || needs.v || gates) {
+      if (!dk.defined()) dk = at::zeros({X, c, d}, ao);
+      if (!dv.defined()) dv = at::zeros({X, c, e}, ao);
+    }
+    if (needs.q && !dq.defined()) dq = at::zeros({X, R, d}, ao);
+    at::Tensor rowdz = gates ? at::empty({X * R}, ao) : at::Tensor();
+    at::Tensor coldz = gates ? at::empty({X * c}, ao) : at::Tensor();
+    tile_backward(tile_problem(pr, X, c), q3, k3, v3, gt.Gc, dy.view({X, R, e}), f.rowmax, rf, ddenA, dq, dk, dv,
+                  rowdz, coldz, true);
+    if (gates) dGc.add_(rowdz.view({X, c, g}).sum(2).to(at::kDouble)).sub_(coldz.view({X, c}).to(at::kDouble));
+  } else {
     const at::Tensor S = mm_acc(q3, k3.transpose(1, 2), acc);
     const at::Tensor dP = mm_acc(dy.view({X, R, e}), v3.transpose(1, 2), acc);
     const A* Gc = ptr_or_null<A>(gt.Gc);

@@ -279,6 +279,13 @@ int run_tests() {
   cases.push_back({1, 1025, 4, 4, 64, 64, 2, 256, true, bf});
   cases.push_back({1, 1025, 4, 4, 64, 64, 2, 0, true, bf});
   cases.push_back({2, 1025, 8, 2, 64, 64, 2, 1024, false, hf});
+  // the fused tile kernels (bf16 / fp16, d == e): sizes, tile edges (64 rows / keys), grouped heads, both forms
+  for (int64_t d : {16, 32, 128})
+    for (auto dt : {bf, hf}) cases.push_back({1, 130, 4, 2, d, d, 2, 0, true, dt});
+  for (int64_t t : {1, 2, 65, 200})
+    for (int64_t chunk : {0, 1, 64, 128}) cases.push_back({1, t, 4, 2, 64, 64, 2, chunk, true, bf});
+  cases.push_back({2, 300, 8, 1, 64, 64, 2, 0, false, hf});
+  cases.push_back({1, 513, 2, 2, 128, 128, 2, 256, true, bf});
 
   std::printf("== correctness: %zu cases against the fp64 oracle of SPEC §2 ==\n", cases.size());
   for (const Case& c : cases) report(name(c), run_case(c, rng), tolerance(c.dtype));

@@ -1,0 +1,741 @@
+// attention_tile_cuda.cu: fused causal power attention on tiles (see attention_tile_cuda.h), bf16 / fp16 on the
+// tensor cores through mma.sync m16n8k16 (sm_80 and newer), fp32 accumulation, scores kept in registers.
+//
+// Three kernels, each a CTA of 4 warps:
+//   tile_fwd_kernel      64 query rows (16 a warp) against key tiles of 64, online row maximum (flash style);
+//   tile_bwd_dq_kernel   64 query rows against key tiles: recomputes P with the saved m, accumulates dq and the
+//                        rows' dz sums;
+//   tile_bwd_dkv_kernel  64 keys (16 a warp) against steps of query rows: accumulates dk, dv and the keys' dz sums.
+// K/V (or Q/dY) tiles stream through shared memory with cp.async, two stages; fragments come from ldmatrix.
+#include "attention_tile_cuda.h"
+
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace power_attention {
+namespace cuda {
+namespace {
+
+using u16 = uint16_t;
+using u32 = uint32_t;
+
+constexpr int kThreads = 128;  // 4 warps
+constexpr int kRows = 64;      // query rows of a forward / dq CTA, keys of a dkv CTA
+constexpr float kNegInf = -__builtin_huge_valf();
+
+struct Args {
+  int64_t X, R, C;
+  int g, p;
+  float scale;
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+// Primitives
+// ---------------------------------------------------------------------------------------------------------------
+
+__device__ __forceinline__ u32 smem_addr(const void* p) { return static_cast<u32>(__cvta_generic_to_shared(p)); }
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool ok) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(ok ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool ok) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(ok ? 4 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldsm4(u32* r, const u16* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldsm4t(u32* r, const u16* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+// c += a b for one m16n8k16 tile; BF: bf16 operands, else fp16.
+template <bool BF>
+__device__ __forceinline__ void mma(float* c, const u32* a, u32 b0, u32 b1) {
+  if constexpr (BF) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+// Two floats as one register of the operand dtype, lo in the low half (the lower k index).
+template <bool BF>
+__device__ __forceinline__ u32 pack2(float lo, float hi) {
+  if constexpr (BF) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const u32*>(&v);
+  } else {
+    const __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<const u32*>(&v);
+  }
+}
+
+// ldmatrix addresses of this lane in a row-major shared tile with row stride S (elements):
+//  - at_a: a 16x16 A operand at (r0, c0), or (with .trans) the B operand of a tile stored [k][n] at (k0, n0);
+//    registers 0-1 / 2-3 are then the two 8-column halves;
+//  - at_b: the B operands of two n8 tiles of a matrix stored [n][k] at (n0, k0) (registers 0-1: n0, 2-3: n0 + 8).
+__device__ __forceinline__ const u16* at_a(const u16* s, int S, int r0, int c0) {
+  const int l = threadIdx.x & 31;
+  return s + (r0 + (l & 15)) * S + c0 + (l >> 4) * 8;
+}
+__device__ __forceinline__ const u16* at_b(const u16* s, int S, int n0, int k0) {
+  const int l = threadIdx.x & 31;
+  return s + (n0 + (l & 7) + (l >> 4) * 8) * S + k0 + ((l >> 3) & 1) * 8;
+}
+
+// Rows [row0, row0 + ROWS) of a [n, W] matrix into a shared tile with row stride W + 8; rows past n are zeros.
+template <int W, int ROWS>
+__device__ __forceinline__ void load_rows(u16* dst, const u16* src, int64_t row0, int64_t n) {
+  constexpr int kChunks = W / 8, S = W + 8;
+  for (int i = threadIdx.x; i < ROWS * kChunks; i += kThreads) {
+    const int r = i / kChunks, c = (i - r * kChunks) * 8;
+    const bool ok = row0 + r < n;
+    cp_async16(dst + r * S + c, ok ? src + (row0 + r) * W + c : src, ok);
+  }
+}
+
+template <int N>
+__device__ __forceinline__ void zero(float (&a)[N][4]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) a[i][0] = a[i][1] = a[i][2] = a[i][3] = 0.f;
+}
+
+__device__ __forceinline__ float quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+__device__ __forceinline__ float quad_max(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+
+// log-weight of an unscaled score s: p log|scale s| + dg (-inf for s == 0).
+__device__ __forceinline__ float log_weight(float s, const Args& a, float dg) {
+  return static_cast<float>(a.p) * __logf(fabsf(s) * a.scale) + dg;
+}
+
+// Stores a [16 x W] accumulator tile (rows ra / ra + 8 of the warp) to out [rows, W] (fp32), adding when asked.
+template <int W>
+__device__ __forceinline__ void store_rows(float* out, const float (&acc)[W / 8][4], int64_t ra, int64_t n,
+                                           bool accumulate) {
+  const int tg = threadIdx.x & 3;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int64_t r = ra + 8 * half;
+    if (r >= n) continue;
+    float* o = out + r * W;
+#pragma unroll
+    for (int f = 0; f < W / 8; ++f) {
+      float2* p = reinterpret_cast<float2*>(o + f * 8 + tg * 2);
+      float2 v = make_float2(acc[f][2 * half], acc[f][2 * half + 1]);
+      if (accumulate) {
+        const float2 old = *p;
+        v.x += old.x;
+        v.y += old.y;
+      }
+      *p = v;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Forward
+// ---------------------------------------------------------------------------------------------------------------
+
+template <int D, int E>
+constexpr size_t fwd_smem() {
+  return sizeof(u16) * (kRows * (D + 8) + 2 * 64 * (D + 8) + 2 * 64 * (E + 8)) + sizeof(float) * 2 * 64;
+}
+
+template <bool BF, int D, int E>
+__global__ void __launch_bounds__(kThreads) tile_fwd_kernel(Args a, const u16* __restrict__ q,
+                                                            const u16* __restrict__ k, const u16* __restrict__ v,
+                                                            const float* __restrict__ G, float* __restrict__ num,
+                                                            float* __restrict__ mo, float* __restrict__ lo) {
+  constexpr int BN = 64, SD = D + 8, SE = E + 8;
+  extern __shared__ __align__(16) unsigned char smem[];
+  u16* sQ = reinterpret_cast<u16*>(smem);
+  u16* sK = sQ + kRows * SD;
+  u16* sV = sK + 2 * BN * SD;
+  float* sG = reinterpret_cast<float*>(sV + 2 * BN * SE);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gr = lane >> 2, tg = lane & 3;
+  const int64_t tiles = (a.R + kRows - 1) / kRows;
+  const int64_t x = blockIdx.x % a.X, rt = tiles - 1 - blockIdx.x / a.X;  // the longest rows first
+  const int64_t r0 = rt * kRows, R = a.R, C = a.C;
+  const u16* qx = q + x * R * D;
+  const u16* kx = k + x * C * D;
+  const u16* vx = v + x * C * E;
+  const float* Gx = G ? G + x * C : nullptr;
+  const int64_t nkeys = (std::min<int64_t>(r0 + kRows, R) - 1) / a.g + 1;
+  const int ntiles = static_cast<int>((nkeys + BN - 1) / BN);
+  auto load_kv = [&](int jt, int buf) {
+    const int64_t j0 = static_cast<int64_t>(jt) * BN;
+    load_rows<D, BN>(sK + buf * BN * SD, kx, j0, C);
+    load_rows<E, BN>(sV + buf * BN * SE, vx, j0, C);
+    if (Gx)
+      for (int i = threadIdx.x; i < BN; i += kThreads) cp_async4(sG + buf * BN + i, Gx + std::min(j0 + i, C - 1), j0 + i < C);
+  };
+  load_rows<D, kRows>(sQ, qx, r0, R);
+  load_kv(0, 0);
+  cp_async_commit();
+
+  const int64_t ra = r0 + warp * 16 + gr, rb = ra + 8;
+  const int64_t visa = ra < R ? ra / a.g + 1 : 0, visb = rb < R ? rb / a.g + 1 : 0;
+  const float gqa = (Gx && ra < R) ? Gx[ra / a.g] : 0.f, gqb = (Gx && rb < R) ? Gx[rb / a.g] : 0.f;
+  const bool odd = a.p & 1;
+  u32 qf[D / 16][4];
+  float o[E / 8][4];
+  zero(o);
+  float ma = kNegInf, mb = kNegInf, la = 0.f, lb = 0.f, ua = 0.f, ub = 0.f;
+
+  for (int jt = 0; jt < ntiles; ++jt) {
+    if (jt + 1 < ntiles) load_kv(jt + 1, (jt + 1) & 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    if (jt == 0) {
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) ldsm4(qf[kk], at_a(sQ, SD, warp * 16, kk * 16));
+    }
+    const u16* cK = sK + (jt & 1) * BN * SD;
+    const u16* cV = sV + (jt & 1) * BN * SE;
+    const float* cG = sG + (jt & 1) * BN;
+
+    float s[BN / 8][4];
+    zero(s);
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+      for (int nn = 0; nn < BN / 16; ++nn) {
+        u32 b[4];
+        ldsm4(b, at_b(cK, SD, nn * 16, kk * 16));
+        mma<BF>(s[2 * nn], qf[kk], b[0], b[1]);
+        mma<BF>(s[2 * nn + 1], qf[kk], b[2], b[3]);
+      }
+    }
+    const int64_t j0 = static_cast<int64_t>(jt) * BN;
+    u32 neg = 0;
+    float ta = kNegInf, tb = kNegInf;
+#pragma unroll
+    for (int nf = 0; nf < BN / 8; ++nf) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int jl = nf * 8 + tg * 2 + h;
+        const int64_t j = j0 + jl;
+        const float gk = Gx ? cG[jl] : 0.f;
+        const float sa = s[nf][h], sb = s[nf][2 + h];
+        if (odd) neg |= (sa < 0.f ? 1u : 0u) << (2 * nf + h) | (sb < 0.f ? 1u : 0u) << (16 + 2 * nf + h);
+        const float za = j < visa ? log_weight(sa, a, gqa - gk) : kNegInf;
+        const float zb = j < visb ? log_weight(sb, a, gqb - gk) : kNegInf;
+        s[nf][h] = za;
+        s[nf][2 + h] = zb;
+        ta = fmaxf(ta, za);
+        tb = fmaxf(tb, zb);
+      }
+    }
+    // rescale what was summed against the old maximum (nothing was, while it is -inf)
+    const float oa = ma, ob = mb;
+    ma = fmaxf(ma, quad_max(ta));
+    mb = fmaxf(mb, quad_max(tb));
+    const float fa = oa == kNegInf ? 0.f : __expf(oa - ma), fb = ob == kNegInf ? 0.f : __expf(ob - mb);
+    ua = ma == kNegInf ? 0.f : ma;
+    ub = mb == kNegInf ? 0.f : mb;
+    la *= fa;
+    lb *= fb;
+#pragma unroll
+    for (int f = 0; f < E / 8; ++f) {
+      o[f][0] *= fa;
+      o[f][1] *= fa;
+      o[f][2] *= fb;
+      o[f][3] *= fb;
+    }
+#pragma unroll
+    for (int nf = 0; nf < BN / 8; ++nf) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float pa = __expf(s[nf][h] - ua), pb = __expf(s[nf][2 + h] - ub);
+        if (odd) {
+          if ((neg >> (2 * nf + h)) & 1u) pa = -pa;
+          if ((neg >> (16 + 2 * nf + h)) & 1u) pb = -pb;
+        }
+        s[nf][h] = pa;
+        s[nf][2 + h] = pb;
+        la += pa;
+        lb += pb;
+      }
+    }
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      const u32 pf[4] = {pack2<BF>(s[2 * kk][0], s[2 * kk][1]), pack2<BF>(s[2 * kk][2], s[2 * kk][3]),
+                         pack2<BF>(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack2<BF>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+      for (int en = 0; en < E / 16; ++en) {
+        u32 b[4];
+        ldsm4t(b, at_a(cV, SE, kk * 16, en * 16));
+        mma<BF>(o[2 * en], pf, b[0], b[1]);
+        mma<BF>(o[2 * en + 1], pf, b[2], b[3]);
+      }
+    }
+    __syncthreads();
+  }
+  // ua / ub: the row maximum m, 0 where every weight is 0
+  la = quad_sum(la);
+  lb = quad_sum(lb);
+  float* nx = num + x * R * E;
+  store_rows<E>(nx, o, ra, R, false);
+  if (tg == 0) {
+    if (ra < R) {
+      mo[x * R + ra] = ua;
+      lo[x * R + ra] = la;
+    }
+    if (rb < R) {
+      mo[x * R + rb] = ub;
+      lo[x * R + rb] = lb;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Backward. With the saved m: P = exp(z - m) sign^p, dz = (dy . v rf + dd) P, ds = dz p / s (the gradient of the
+// unscaled score), dq = ds k, dk = ds^T q, dv = (P rf)^T dy.
+// ---------------------------------------------------------------------------------------------------------------
+
+template <int D, int E>
+constexpr int dq_keys() {
+  return (D > 64 || E > 64) ? 32 : 64;
+}
+template <int D, int E>
+constexpr size_t dq_smem() {
+  constexpr int BN = dq_keys<D, E>();
+  return sizeof(u16) * (kRows * (D + 8) + kRows * (E + 8) + 2 * BN * (D + 8) + 2 * BN * (E + 8)) +
+         sizeof(float) * 2 * BN;
+}
+
+template <bool BF, int D, int E>
+__global__ void __launch_bounds__(kThreads) tile_bwd_dq_kernel(Args a, const u16* __restrict__ q,
+                                                               const u16* __restrict__ k, const u16* __restrict__ v,
+                                                               const float* __restrict__ G, const u16* __restrict__ dy,
+                                                               const float* __restrict__ m,
+                                                               const float* __restrict__ rf,
+                                                               const float* __restrict__ dd, float* __restrict__ dq,
+                                                               float* __restrict__ rowdz, bool accumulate) {
+  constexpr int BN = dq_keys<D, E>(), SD = D + 8, SE = E + 8;
+  extern __shared__ __align__(16) unsigned char smem[];
+  u16* sQ = reinterpret_cast<u16*>(smem);
+  u16* sY = sQ + kRows * SD;
+  u16* sK = sY + kRows * SE;
+  u16* sV = sK + 2 * BN * SD;
+  float* sG = reinterpret_cast<float*>(sV + 2 * BN * SE);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gr = lane >> 2, tg = lane & 3;
+  const int64_t tiles = (a.R + kRows - 1) / kRows;
+  const int64_t x = blockIdx.x % a.X, rt = tiles - 1 - blockIdx.x / a.X;
+  const int64_t r0 = rt * kRows, R = a.R, C = a.C;
+  const u16* kx = k + x * C * D;
+  const u16* vx = v + x * C * E;
+  const float* Gx = G ? G + x * C : nullptr;
+  const int64_t nkeys = (std::min<int64_t>(r0 + kRows, R) - 1) / a.g + 1;
+  const int ntiles = static_cast<int>((nkeys + BN - 1) / BN);
+  auto load_kv = [&](int jt, int buf) {
+    const int64_t j0 = static_cast<int64_t>(jt) * BN;
+    load_rows<D, BN>(sK + buf * BN * SD, kx, j0, C);
+    load_rows<E, BN>(sV + buf * BN * SE, vx, j0, C);
+    if (Gx)
+      for (int i = threadIdx.x; i < BN; i += kThreads) cp_async4(sG + buf * BN + i, Gx + std::min(j0 + i, C - 1), j0 + i < C);
+  };
+  load_rows<D, kRows>(sQ, q + x * R * D, r0, R);
+  load_rows<E, kRows>(sY, dy + x * R * E, r0, R);
+  load_kv(0, 0);
+  cp_async_commit();
+
+  const int64_t ra = r0 + warp * 16 + gr, rb = ra + 8;
+  const bool oka = ra < R, okb = rb < R;
+  const int64_t visa = oka ? ra / a.g + 1 : 0, visb = okb ? rb / a.g + 1 : 0;
+  const float gqa = (Gx && oka) ? Gx[ra / a.g] : 0.f, gqb = (Gx && okb) ? Gx[rb / a.g] : 0.f;
+  const float mra = oka ? m[x * R + ra] : 0.f, mrb = okb ? m[x * R + rb] : 0.f;
+  const float rfa = oka ? rf[x * R + ra] : 0.f, rfb = okb ? rf[x * R + rb] : 0.f;
+  const float dda = oka ? dd[x * R + ra] : 0.f, ddb = okb ? dd[x * R + rb] : 0.f;
+  const float pf_ = static_cast<float>(a.p);
+  const bool odd = a.p & 1;
+  u32 qf[D / 16][4], yf[E / 16][4];
+  float acc[D / 8][4];
+  zero(acc);
+  float rsa = 0.f, rsb = 0.f;
+
+  for (int jt = 0; jt < ntiles; ++jt) {
+    if (jt + 1 < ntiles) load_kv(jt + 1, (jt + 1) & 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    if (jt == 0) {
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) ldsm4(qf[kk], at_a(sQ, SD, warp * 16, kk * 16));
+#pragma unroll
+      for (int kk = 0; kk < E / 16; ++kk) ldsm4(yf[kk], at_a(sY, SE, warp * 16, kk * 16));
+    }
+    const u16* cK = sK + (jt & 1) * BN * SD;
+    const u16* cV = sV + (jt & 1) * BN * SE;
+    const float* cG = sG + (jt & 1) * BN;
+    float s[BN / 8][4], dp[BN / 8][4];
+    zero(s);
+    zero(dp);
+#pragma unroll
+    for (int nn = 0; nn < BN / 16; ++nn) {
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        u32 b[4];
+        ldsm4(b, at_b(cK, SD, nn * 16, kk * 16));
+        mma<BF>(s[2 * nn], qf[kk], b[0], b[1]);
+        mma<BF>(s[2 * nn + 1], qf[kk], b[2], b[3]);
+      }
+#pragma unroll
+      for (int kk = 0; kk < E / 16; ++kk) {
+        u32 b[4];
+        ldsm4(b, at_b(cV, SE, nn * 16, kk * 16));
+        mma<BF>(dp[2 * nn], yf[kk], b[0], b[1]);
+        mma<BF>(dp[2 * nn + 1], yf[kk], b[2], b[3]);
+      }
+    }
+    const int64_t j0 = static_cast<int64_t>(jt) * BN;
+#pragma unroll
+    for (int nf = 0; nf < BN / 8; ++nf) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int jl = nf * 8 + tg * 2 + h;
+        const int64_t j = j0 + jl;
+        const float gk = Gx ? cG[jl] : 0.f;
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const float sv = s[nf][2 * half + h];
+          const bool vis = j < (half ? visb : visa);
+          float w = vis ? __expf(log_weight(sv, a, (half ? gqb : gqa) - gk) - (half ? mrb : mra)) : 0.f;
+          if (odd && sv < 0.f) w = -w;
+          const float dz = (dp[nf][2 * half + h] * (half ? rfb : rfa) + (half ? ddb : dda)) * w;
+          if (half) rsb += dz; else rsa += dz;
+          s[nf][2 * half + h] = sv != 0.f ? dz * pf_ / sv : 0.f;
+        }
+      }
+    }
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      const u32 af[4] = {pack2<BF>(s[2 * kk][0], s[2 * kk][1]), pack2<BF>(s[2 * kk][2], s[2 * kk][3]),
+                         pack2<BF>(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack2<BF>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+      for (int dn = 0; dn < D / 16; ++dn) {
+        u32 b[4];
+        ldsm4t(b, at_a(cK, SD, kk * 16, dn * 16));
+        mma<BF>(acc[2 * dn], af, b[0], b[1]);
+        mma<BF>(acc[2 * dn + 1], af, b[2], b[3]);
+      }
+    }
+    __syncthreads();
+  }
+  if (dq) store_rows<D>(dq + x * R * D, acc, ra, R, accumulate);
+  rsa = quad_sum(rsa);
+  rsb = quad_sum(rsb);
+  if (rowdz && tg == 0) {
+    if (oka) rowdz[x * R + ra] = rsa;
+    if (okb) rowdz[x * R + rb] = rsb;
+  }
+}
+
+template <int D, int E>
+constexpr int dkv_rows() {
+  return (D > 64 || E > 64) ? 32 : 64;
+}
+template <int D, int E>
+constexpr size_t dkv_smem() {
+  constexpr int BM = dkv_rows<D, E>();
+  return sizeof(u16) * (kRows * (D + 8) + kRows * (E + 8) + 2 * BM * (D + 8) + 2 * BM * (E + 8)) +
+         sizeof(float) * 2 * 5 * BM;
+}
+
+template <bool BF, int D, int E>
+__global__ void __launch_bounds__(kThreads) tile_bwd_dkv_kernel(Args a, const u16* __restrict__ q,
+                                                                const u16* __restrict__ k, const u16* __restrict__ v,
+                                                                const float* __restrict__ G,
+                                                                const u16* __restrict__ dy,
+                                                                const float* __restrict__ m,
+                                                                const float* __restrict__ rf,
+                                                                const float* __restrict__ dd, float* __restrict__ dk,
+                                                                float* __restrict__ dv, float* __restrict__ coldz,
+                                                                bool accumulate) {
+  constexpr int BM = dkv_rows<D, E>(), SD = D + 8, SE = E + 8;
+  extern __shared__ __align__(16) unsigned char smem[];
+  u16* sK = reinterpret_cast<u16*>(smem);
+  u16* sV = sK + kRows * SD;
+  u16* sQ = sV + kRows * SE;   // [2][BM][SD]
+  u16* sY = sQ + 2 * BM * SD;  // [2][BM][SE]
+  float* sRow = reinterpret_cast<float*>(sY + 2 * BM * SE);  // [2][5][BM]: m, rf, dd, gq, token (as int)
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gr = lane >> 2, tg = lane & 3;
+  const int64_t x = blockIdx.x % a.X, kt = blockIdx.x / a.X;  // the keys seen by the most rows first
+  const int64_t j0 = kt * kRows, R = a.R, C = a.C;
+  const u16* qx = q + x * R * D;
+  const u16* yx = dy + x * R * E;
+  const float* Gx = G ? G + x * C : nullptr;
+  const int64_t rstart = j0 * a.g;  // the first row that sees key j0
+  const int nsteps = static_cast<int>((R - rstart + BM - 1) / BM);
+  auto load_q = [&](int st, int buf) {
+    const int64_t i0 = rstart + static_cast<int64_t>(st) * BM;
+    load_rows<D, BM>(sQ + buf * BM * SD, qx, i0, R);
+    load_rows<E, BM>(sY + buf * BM * SE, yx, i0, R);
+    float* rw = sRow + buf * 5 * BM;
+    for (int i = threadIdx.x; i < BM; i += kThreads) {
+      const int64_t r = i0 + i;
+      const bool ok = r < R;
+      const int64_t at = x * R + (ok ? r : 0);
+      cp_async4(rw + i, m + at, ok);
+      cp_async4(rw + BM + i, rf + at, ok);
+      cp_async4(rw + 2 * BM + i, dd + at, ok);
+      if (Gx) cp_async4(rw + 3 * BM + i, Gx + (ok ? r / a.g : 0), ok);
+      reinterpret_cast<int*>(rw + 4 * BM)[i] = ok ? static_cast<int>(r / a.g) : -1;
+    }
+  };
+  load_rows<D, kRows>(sK, k + x * C * D, j0, C);
+  load_rows<E, kRows>(sV, v + x * C * E, j0, C);
+  load_q(0, 0);
+  cp_async_commit();
+
+  const int64_t ja = j0 + warp * 16 + gr, jb = ja + 8;
+  const float gka = (Gx && ja < C) ? Gx[ja] : 0.f, gkb = (Gx && jb < C) ? Gx[jb] : 0.f;
+  const float pf_ = static_cast<float>(a.p);
+  const bool odd = a.p & 1;
+  float ka[D / 8][4], va[E / 8][4];
+  zero(ka);
+  zero(va);
+  float csa = 0.f, csb = 0.f;
+
+  for (int st = 0; st < nsteps; ++st) {
+    if (st + 1 < nsteps) load_q(st + 1, (st + 1) & 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    const u16* cQ = sQ + (st & 1) * BM * SD;
+    const u16* cY = sY + (st & 1) * BM * SE;
+    const float* rw = sRow + (st & 1) * 5 * BM;
+    const int* tok = reinterpret_cast<const int*>(rw + 4 * BM);
+    float s[BM / 8][4], dp[BM / 8][4];
+    zero(s);
+    zero(dp);
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      u32 af[4];
+      ldsm4(af, at_a(sK, SD, warp * 16, kk * 16));
+#pragma unroll
+      for (int nn = 0; nn < BM / 16; ++nn) {
+        u32 b[4];
+        ldsm4(b, at_b(cQ, SD, nn * 16, kk * 16));
+        mma<BF>(s[2 * nn], af, b[0], b[1]);
+        mma<BF>(s[2 * nn + 1], af, b[2], b[3]);
+      }
+    }
+#pragma unroll
+    for (int kk = 0; kk < E / 16; ++kk) {
+      u32 af[4];
+      ldsm4(af, at_a(sV, SE, warp * 16, kk * 16));
+#pragma unroll
+      for (int nn = 0; nn < BM / 16; ++nn) {
+        u32 b[4];
+        ldsm4(b, at_b(cY, SE, nn * 16, kk * 16));
+        mma<BF>(dp[2 * nn], af, b[0], b[1]);
+        mma<BF>(dp[2 * nn + 1], af, b[2], b[3]);
+      }
+    }
+#pragma unroll
+    for (int nf = 0; nf < BM / 8; ++nf) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int il = nf * 8 + tg * 2 + h;
+        const float mi = rw[il], rfi = rw[BM + il], ddi = rw[2 * BM + il], gqi = Gx ? rw[3 * BM + il] : 0.f;
+        const int ti = tok[il];
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const float sv = s[nf][2 * half + h];
+          const bool vis = (half ? jb : ja) <= ti;
+          float w = vis ? __expf(log_weight(sv, a, gqi - (half ? gkb : gka)) - mi) : 0.f;
+          if (odd && sv < 0.f) w = -w;
+          const float dz = (dp[nf][2 * half + h] * rfi + ddi) * w;
+          if (half) csb += dz; else csa += dz;
+          s[nf][2 * half + h] = w * rfi;
+          dp[nf][2 * half + h] = sv != 0.f ? dz * pf_ / sv : 0.f;
+        }
+      }
+    }
+#pragma unroll
+    for (int kk = 0; kk < BM / 16; ++kk) {
+      const u32 pa[4] = {pack2<BF>(s[2 * kk][0], s[2 * kk][1]), pack2<BF>(s[2 * kk][2], s[2 * kk][3]),
+                         pack2<BF>(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack2<BF>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+      for (int en = 0; en < E / 16; ++en) {
+        u32 b[4];
+        ldsm4t(b, at_a(cY, SE, kk * 16, en * 16));
+        mma<BF>(va[2 * en], pa, b[0], b[1]);
+        mma<BF>(va[2 * en + 1], pa, b[2], b[3]);
+      }
+      const u32 da[4] = {pack2<BF>(dp[2 * kk][0], dp[2 * kk][1]), pack2<BF>(dp[2 * kk][2], dp[2 * kk][3]),
+                         pack2<BF>(dp[2 * kk + 1][0], dp[2 * kk + 1][1]),
+                         pack2<BF>(dp[2 * kk + 1][2], dp[2 * kk + 1][3])};
+#pragma unroll
+      for (int dn = 0; dn < D / 16; ++dn) {
+        u32 b[4];
+        ldsm4t(b, at_a(cQ, SD, kk * 16, dn * 16));
+        mma<BF>(ka[2 * dn], da, b[0], b[1]);
+        mma<BF>(ka[2 * dn + 1], da, b[2], b[3]);
+      }
+    }
+    __syncthreads();
+  }
+  if (dk) store_rows<D>(dk + x * C * D, ka, ja, C, accumulate);
+  if (dv) store_rows<E>(dv + x * C * E, va, ja, C, accumulate);
+  csa = quad_sum(csa);
+  csb = quad_sum(csb);
+  if (coldz && tg == 0) {
+    if (ja < C) coldz[x * C + ja] = csa;
+    if (jb < C) coldz[x * C + jb] = csb;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Host side
+// ---------------------------------------------------------------------------------------------------------------
+
+const u16* bits(const at::Tensor& t) { return static_cast<const u16*>(t.data_ptr()); }
+const float* fptr(const at::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
+float* fmut(at::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
+
+Args make_args(const TileProblem& tp) {
+  return {tp.X, tp.R, tp.C, static_cast<int>(tp.g), tp.p, static_cast<float>(tp.scale)};
+}
+
+template <typename K>
+void allow_smem(K kernel, size_t bytes) {
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+}
+
+unsigned grid_of(int64_t tiles, int64_t X) {
+  const int64_t n = tiles * X;
+  TORCH_CHECK(n < (int64_t(1) << 31), "power_full: too many tiles for one CUDA launch (", n, ")");
+  return static_cast<unsigned>(n);
+}
+
+template <bool BF, int D>
+void forward_impl(const TileProblem& tp, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                  const at::Tensor& G, at::Tensor& num, at::Tensor& m, at::Tensor& l) {
+  constexpr int E = D;
+  auto kernel = tile_fwd_kernel<BF, D, E>;
+  constexpr size_t smem = fwd_smem<D, E>();
+  allow_smem(kernel, smem);
+  const unsigned grid = grid_of((tp.R + kRows - 1) / kRows, tp.X);
+  kernel<<<grid, kThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(make_args(tp), bits(q), bits(k), bits(v),
+                                                                        fptr(G), fmut(num), fmut(m), fmut(l));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <bool BF, int D>
+void backward_impl(const TileProblem& tp, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                   const at::Tensor& G, const at::Tensor& dy, const at::Tensor& m, const at::Tensor& rf,
+                   const at::Tensor& dd, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, at::Tensor& rowdz,
+                   at::Tensor& coldz, bool accumulate) {
+  constexpr int E = D;
+  const Args args = make_args(tp);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  if (dq.defined() || rowdz.defined()) {
+    auto kernel = tile_bwd_dq_kernel<BF, D, E>;
+    constexpr size_t smem = dq_smem<D, E>();
+    allow_smem(kernel, smem);
+    kernel<<<grid_of((tp.R + kRows - 1) / kRows, tp.X), kThreads, smem, stream>>>(
+        args, bits(q), bits(k), bits(v), fptr(G), bits(dy), fptr(m), fptr(rf), fptr(dd), fmut(dq), fmut(rowdz),
+        accumulate);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  if (dk.defined() || dv.defined() || coldz.defined()) {
+    auto kernel = tile_bwd_dkv_kernel<BF, D, E>;
+    constexpr size_t smem = dkv_smem<D, E>();
+    allow_smem(kernel, smem);
+    kernel<<<grid_of((tp.C + kRows - 1) / kRows, tp.X), kThreads, smem, stream>>>(
+        args, bits(q), bits(k), bits(v), fptr(G), bits(dy), fptr(m), fptr(rf), fptr(dd), fmut(dk), fmut(dv),
+        fmut(coldz), accumulate);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
+template <typename F>
+void dispatch(at::ScalarType dt, int64_t d, F&& f) {
+  const bool bf = dt == at::kBFloat16;
+  auto go = [&](auto bf_tag, auto d_tag) { f(bf_tag, d_tag); };
+  using std::integral_constant;
+  switch (d) {
+    case 16: bf ? go(std::true_type{}, integral_constant<int, 16>{}) : go(std::false_type{}, integral_constant<int, 16>{}); break;
+    case 32: bf ? go(std::true_type{}, integral_constant<int, 32>{}) : go(std::false_type{}, integral_constant<int, 32>{}); break;
+    case 64: bf ? go(std::true_type{}, integral_constant<int, 64>{}) : go(std::false_type{}, integral_constant<int, 64>{}); break;
+    case 128: bf ? go(std::true_type{}, integral_constant<int, 128>{}) : go(std::false_type{}, integral_constant<int, 128>{}); break;
+    default: TORCH_CHECK(false, "power_full: no tile kernel for d = ", d);
+  }
+}
+
+void check_inputs(const TileProblem& tp, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                  const at::Tensor& G) {
+  TORCH_CHECK(tile_kernels_support(q.scalar_type(), q.size(-1), v.size(-1)), "power_full: tile kernels: bad dtype/sizes");
+  TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous(), "power_full: tile kernels need contiguous q, k, v");
+  TORCH_CHECK(q.numel() == tp.X * tp.R * q.size(-1) && k.numel() == tp.X * tp.C * k.size(-1) && tp.R == tp.C * tp.g,
+              "power_full: tile kernels: shapes disagree with the problem");
+  TORCH_CHECK(!G.defined() || (G.scalar_type() == at::kFloat && G.is_contiguous() && G.numel() == tp.X * tp.C),
+              "power_full: tile kernels: G must be fp32 [X, C]");
+}
+
+}  // namespace
+
+bool tile_kernels_support(at::ScalarType dtype, int64_t d, int64_t e) {
+  return (dtype == at::kBFloat16 || dtype == at::kHalf) && d == e && (d == 16 || d == 32 || d == 64 || d == 128);
+}
+
+void tile_forward(const TileProblem& tp, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                  const at::Tensor& G, at::Tensor& num, at::Tensor& m, at::Tensor& l) {
+  check_inputs(tp, q, k, v, G);
+  if (tp.X == 0 || tp.R == 0) return;
+  const c10::cuda::CUDAGuard guard(q.device());
+  dispatch(q.scalar_type(), q.size(-1), [&](auto bf, auto d) {
+    forward_impl<decltype(bf)::value, decltype(d)::value>(tp, q, k, v, G, num, m, l);
+  });
+}
+
+void tile_backward(const TileProblem& tp, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                   const at::Tensor& G, const at::Tensor& dy, const at::Tensor& m, const at::Tensor& rf,
+                   const at::Tensor& dd, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, at::Tensor& rowdz,
+                   at::Tensor& coldz, bool accumulate) {
+  check_inputs(tp, q, k, v, G);
+  TORCH_CHECK(dy.is_contiguous() && dy.scalar_type() == q.scalar_type(), "power_full: tile kernels: bad dy");
+  TORCH_CHECK(dk.defined() == dv.defined(), "power_full: tile kernels make dk and dv together");
+  if (tp.X == 0 || tp.R == 0) return;
+  const c10::cuda::CUDAGuard guard(q.device());
+  dispatch(q.scalar_type(), q.size(-1), [&](auto bf, auto d) {
+    backward_impl<decltype(bf)::value, decltype(d)::value>(tp, q, k, v, G, dy, m, rf, dd, dq, dk, dv, rowdz, coldz,
+                                                           accumulate);
+  });
+}
+
+}  // namespace cuda
+}  // namespace power_attention
