@@ -9,11 +9,11 @@
 // K/V (or Q/dY) tiles stream through shared memory with cp.async, two stages; fragments come from ldmatrix.
 #include "attention_tile_cuda.h"
 
+#include "mma_sm80.cuh"
+
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -22,8 +22,7 @@ namespace power_attention {
 namespace cuda {
 namespace {
 
-using u16 = uint16_t;
-using u32 = uint32_t;
+using namespace mma;
 
 constexpr int kThreads = 128;  // 4 warps
 constexpr int kRows = 64;      // query rows of a forward / dq CTA, keys of a dkv CTA
@@ -34,104 +33,6 @@ struct Args {
   int g, p;
   float scale;
 };
-
-// ---------------------------------------------------------------------------------------------------------------
-// Primitives
-// ---------------------------------------------------------------------------------------------------------------
-
-__device__ __forceinline__ u32 smem_addr(const void* p) { return static_cast<u32>(__cvta_generic_to_shared(p)); }
-
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool ok) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(ok ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool ok) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(ok ? 4 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
-__device__ __forceinline__ void ldsm4(u32* r, const u16* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p)));
-}
-__device__ __forceinline__ void ldsm4t(u32* r, const u16* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p)));
-}
-
-// c += a b for one m16n8k16 tile; BF: bf16 operands, else fp16.
-template <bool BF>
-__device__ __forceinline__ void mma(float* c, const u32* a, u32 b0, u32 b1) {
-  if constexpr (BF) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-}
-
-// Two floats as one register of the operand dtype, lo in the low half (the lower k index).
-template <bool BF>
-__device__ __forceinline__ u32 pack2(float lo, float hi) {
-  if constexpr (BF) {
-    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const u32*>(&v);
-  } else {
-    const __half2 v = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<const u32*>(&v);
-  }
-}
-
-// ldmatrix addresses of this lane in a row-major shared tile with row stride S (elements):
-//  - at_a: a 16x16 A operand at (r0, c0), or (with .trans) the B operand of a tile stored [k][n] at (k0, n0);
-//    registers 0-1 / 2-3 are then the two 8-column halves;
-//  - at_b: the B operands of two n8 tiles of a matrix stored [n][k] at (n0, k0) (registers 0-1: n0, 2-3: n0 + 8).
-__device__ __forceinline__ const u16* at_a(const u16* s, int S, int r0, int c0) {
-  const int l = threadIdx.x & 31;
-  return s + (r0 + (l & 15)) * S + c0 + (l >> 4) * 8;
-}
-__device__ __forceinline__ const u16* at_b(const u16* s, int S, int n0, int k0) {
-  const int l = threadIdx.x & 31;
-  return s + (n0 + (l & 7) + (l >> 4) * 8) * S + k0 + ((l >> 3) & 1) * 8;
-}
-
-// Rows [row0, row0 + ROWS) of a [n, W] matrix into a shared tile with row stride W + 8; rows past n are zeros.
-template <int W, int ROWS>
-__device__ __forceinline__ void load_rows(u16* dst, const u16* src, int64_t row0, int64_t n) {
-  constexpr int kChunks = W / 8, S = W + 8;
-  for (int i = threadIdx.x; i < ROWS * kChunks; i += kThreads) {
-    const int r = i / kChunks, c = (i - r * kChunks) * 8;
-    const bool ok = row0 + r < n;
-    cp_async16(dst + r * S + c, ok ? src + (row0 + r) * W + c : src, ok);
-  }
-}
-
-template <int N>
-__device__ __forceinline__ void zero(float (&a)[N][4]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i) a[i][0] = a[i][1] = a[i][2] = a[i][3] = 0.f;
-}
-
-__device__ __forceinline__ float quad_sum(float v) {
-  v += __shfl_xor_sync(0xffffffffu, v, 1);
-  return v + __shfl_xor_sync(0xffffffffu, v, 2);
-}
-__device__ __forceinline__ float quad_max(float v) {
-  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
-  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
-}
 
 // log-weight of an unscaled score s: p log|scale s| + dg (-inf for s == 0).
 __device__ __forceinline__ float log_weight(float s, const Args& a, float dg) {
@@ -194,12 +95,12 @@ __global__ void __launch_bounds__(kThreads) tile_fwd_kernel(Args a, const u16* _
   const int ntiles = static_cast<int>((nkeys + BN - 1) / BN);
   auto load_kv = [&](int jt, int buf) {
     const int64_t j0 = static_cast<int64_t>(jt) * BN;
-    load_rows<D, BN>(sK + buf * BN * SD, kx, j0, C);
-    load_rows<E, BN>(sV + buf * BN * SE, vx, j0, C);
+    load_rows<D, BN, kThreads>(sK + buf * BN * SD, kx, j0, C);
+    load_rows<E, BN, kThreads>(sV + buf * BN * SE, vx, j0, C);
     if (Gx)
       for (int i = threadIdx.x; i < BN; i += kThreads) cp_async4(sG + buf * BN + i, Gx + std::min(j0 + i, C - 1), j0 + i < C);
   };
-  load_rows<D, kRows>(sQ, qx, r0, R);
+  load_rows<D, kRows, kThreads>(sQ, qx, r0, R);
   load_kv(0, 0);
   cp_async_commit();
 
@@ -233,8 +134,8 @@ __global__ void __launch_bounds__(kThreads) tile_fwd_kernel(Args a, const u16* _
       for (int nn = 0; nn < BN / 16; ++nn) {
         u32 b[4];
         ldsm4(b, at_b(cK, SD, nn * 16, kk * 16));
-        mma<BF>(s[2 * nn], qf[kk], b[0], b[1]);
-        mma<BF>(s[2 * nn + 1], qf[kk], b[2], b[3]);
+        mma16816<BF>(s[2 * nn], qf[kk], b[0], b[1]);
+        mma16816<BF>(s[2 * nn + 1], qf[kk], b[2], b[3]);
       }
     }
     const int64_t j0 = static_cast<int64_t>(jt) * BN;
@@ -296,8 +197,8 @@ __global__ void __launch_bounds__(kThreads) tile_fwd_kernel(Args a, const u16* _
       for (int en = 0; en < E / 16; ++en) {
         u32 b[4];
         ldsm4t(b, at_a(cV, SE, kk * 16, en * 16));
-        mma<BF>(o[2 * en], pf, b[0], b[1]);
-        mma<BF>(o[2 * en + 1], pf, b[2], b[3]);
+        mma16816<BF>(o[2 * en], pf, b[0], b[1]);
+        mma16816<BF>(o[2 * en + 1], pf, b[2], b[3]);
       }
     }
     __syncthreads();
@@ -361,13 +262,13 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dq_kernel(Args a, const u16
   const int ntiles = static_cast<int>((nkeys + BN - 1) / BN);
   auto load_kv = [&](int jt, int buf) {
     const int64_t j0 = static_cast<int64_t>(jt) * BN;
-    load_rows<D, BN>(sK + buf * BN * SD, kx, j0, C);
-    load_rows<E, BN>(sV + buf * BN * SE, vx, j0, C);
+    load_rows<D, BN, kThreads>(sK + buf * BN * SD, kx, j0, C);
+    load_rows<E, BN, kThreads>(sV + buf * BN * SE, vx, j0, C);
     if (Gx)
       for (int i = threadIdx.x; i < BN; i += kThreads) cp_async4(sG + buf * BN + i, Gx + std::min(j0 + i, C - 1), j0 + i < C);
   };
-  load_rows<D, kRows>(sQ, q + x * R * D, r0, R);
-  load_rows<E, kRows>(sY, dy + x * R * E, r0, R);
+  load_rows<D, kRows, kThreads>(sQ, q + x * R * D, r0, R);
+  load_rows<E, kRows, kThreads>(sY, dy + x * R * E, r0, R);
   load_kv(0, 0);
   cp_async_commit();
 
@@ -408,15 +309,15 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dq_kernel(Args a, const u16
       for (int kk = 0; kk < D / 16; ++kk) {
         u32 b[4];
         ldsm4(b, at_b(cK, SD, nn * 16, kk * 16));
-        mma<BF>(s[2 * nn], qf[kk], b[0], b[1]);
-        mma<BF>(s[2 * nn + 1], qf[kk], b[2], b[3]);
+        mma16816<BF>(s[2 * nn], qf[kk], b[0], b[1]);
+        mma16816<BF>(s[2 * nn + 1], qf[kk], b[2], b[3]);
       }
 #pragma unroll
       for (int kk = 0; kk < E / 16; ++kk) {
         u32 b[4];
         ldsm4(b, at_b(cV, SE, nn * 16, kk * 16));
-        mma<BF>(dp[2 * nn], yf[kk], b[0], b[1]);
-        mma<BF>(dp[2 * nn + 1], yf[kk], b[2], b[3]);
+        mma16816<BF>(dp[2 * nn], yf[kk], b[0], b[1]);
+        mma16816<BF>(dp[2 * nn + 1], yf[kk], b[2], b[3]);
       }
     }
     const int64_t j0 = static_cast<int64_t>(jt) * BN;
@@ -434,7 +335,10 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dq_kernel(Args a, const u16
           float w = vis ? __expf(log_weight(sv, a, (half ? gqb : gqa) - gk) - (half ? mrb : mra)) : 0.f;
           if (odd && sv < 0.f) w = -w;
           const float dz = (dp[nf][2 * half + h] * (half ? rfb : rfa) + (half ? ddb : dda)) * w;
-          if (half) rsb += dz; else rsa += dz;
+          // the gate terms skip the diagonal: G_i - G_i does not depend on G (both sums would carry it)
+          if (j + 1 != (half ? visb : visa)) {
+            if (half) rsb += dz; else rsa += dz;
+          }
           s[nf][2 * half + h] = sv != 0.f ? dz * pf_ / sv : 0.f;
         }
       }
@@ -447,8 +351,8 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dq_kernel(Args a, const u16
       for (int dn = 0; dn < D / 16; ++dn) {
         u32 b[4];
         ldsm4t(b, at_a(cK, SD, kk * 16, dn * 16));
-        mma<BF>(acc[2 * dn], af, b[0], b[1]);
-        mma<BF>(acc[2 * dn + 1], af, b[2], b[3]);
+        mma16816<BF>(acc[2 * dn], af, b[0], b[1]);
+        mma16816<BF>(acc[2 * dn + 1], af, b[2], b[3]);
       }
     }
     __syncthreads();
@@ -500,8 +404,8 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dkv_kernel(Args a, const u1
   const int nsteps = static_cast<int>((R - rstart + BM - 1) / BM);
   auto load_q = [&](int st, int buf) {
     const int64_t i0 = rstart + static_cast<int64_t>(st) * BM;
-    load_rows<D, BM>(sQ + buf * BM * SD, qx, i0, R);
-    load_rows<E, BM>(sY + buf * BM * SE, yx, i0, R);
+    load_rows<D, BM, kThreads>(sQ + buf * BM * SD, qx, i0, R);
+    load_rows<E, BM, kThreads>(sY + buf * BM * SE, yx, i0, R);
     float* rw = sRow + buf * 5 * BM;
     for (int i = threadIdx.x; i < BM; i += kThreads) {
       const int64_t r = i0 + i;
@@ -514,8 +418,8 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dkv_kernel(Args a, const u1
       reinterpret_cast<int*>(rw + 4 * BM)[i] = ok ? static_cast<int>(r / a.g) : -1;
     }
   };
-  load_rows<D, kRows>(sK, k + x * C * D, j0, C);
-  load_rows<E, kRows>(sV, v + x * C * E, j0, C);
+  load_rows<D, kRows, kThreads>(sK, k + x * C * D, j0, C);
+  load_rows<E, kRows, kThreads>(sV, v + x * C * E, j0, C);
   load_q(0, 0);
   cp_async_commit();
 
@@ -548,8 +452,8 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dkv_kernel(Args a, const u1
       for (int nn = 0; nn < BM / 16; ++nn) {
         u32 b[4];
         ldsm4(b, at_b(cQ, SD, nn * 16, kk * 16));
-        mma<BF>(s[2 * nn], af, b[0], b[1]);
-        mma<BF>(s[2 * nn + 1], af, b[2], b[3]);
+        mma16816<BF>(s[2 * nn], af, b[0], b[1]);
+        mma16816<BF>(s[2 * nn + 1], af, b[2], b[3]);
       }
     }
 #pragma unroll
@@ -560,8 +464,8 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dkv_kernel(Args a, const u1
       for (int nn = 0; nn < BM / 16; ++nn) {
         u32 b[4];
         ldsm4(b, at_b(cY, SE, nn * 16, kk * 16));
-        mma<BF>(dp[2 * nn], af, b[0], b[1]);
-        mma<BF>(dp[2 * nn + 1], af, b[2], b[3]);
+        mma16816<BF>(dp[2 * nn], af, b[0], b[1]);
+        mma16816<BF>(dp[2 * nn + 1], af, b[2], b[3]);
       }
     }
 #pragma unroll
@@ -578,7 +482,9 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dkv_kernel(Args a, const u1
           float w = vis ? __expf(log_weight(sv, a, gqi - (half ? gkb : gka)) - mi) : 0.f;
           if (odd && sv < 0.f) w = -w;
           const float dz = (dp[nf][2 * half + h] * rfi + ddi) * w;
-          if (half) csb += dz; else csa += dz;
+          if ((half ? jb : ja) != ti) {  // not the diagonal (see the dq kernel)
+            if (half) csb += dz; else csa += dz;
+          }
           s[nf][2 * half + h] = w * rfi;
           dp[nf][2 * half + h] = sv != 0.f ? dz * pf_ / sv : 0.f;
         }
@@ -592,8 +498,8 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dkv_kernel(Args a, const u1
       for (int en = 0; en < E / 16; ++en) {
         u32 b[4];
         ldsm4t(b, at_a(cY, SE, kk * 16, en * 16));
-        mma<BF>(va[2 * en], pa, b[0], b[1]);
-        mma<BF>(va[2 * en + 1], pa, b[2], b[3]);
+        mma16816<BF>(va[2 * en], pa, b[0], b[1]);
+        mma16816<BF>(va[2 * en + 1], pa, b[2], b[3]);
       }
       const u32 da[4] = {pack2<BF>(dp[2 * kk][0], dp[2 * kk][1]), pack2<BF>(dp[2 * kk][2], dp[2 * kk][3]),
                          pack2<BF>(dp[2 * kk + 1][0], dp[2 * kk + 1][1]),
@@ -602,8 +508,8 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dkv_kernel(Args a, const u1
       for (int dn = 0; dn < D / 16; ++dn) {
         u32 b[4];
         ldsm4t(b, at_a(cQ, SD, kk * 16, dn * 16));
-        mma<BF>(ka[2 * dn], da, b[0], b[1]);
-        mma<BF>(ka[2 * dn + 1], da, b[2], b[3]);
+        mma16816<BF>(ka[2 * dn], da, b[0], b[1]);
+        mma16816<BF>(ka[2 * dn + 1], da, b[2], b[3]);
       }
     }
     __syncthreads();

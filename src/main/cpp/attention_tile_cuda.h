@@ -9,7 +9,8 @@
 //
 // The forward writes num (fp32), m and l; the backward takes the upstream terms of the combination (rf_r: the row
 // factor of dnum, dd_r: the normaliser's gradient, so dz_rj = (dy_r . v_j rf_r + dd_r) P_rj) and writes dq, dk, dv
-// (fp32) and the gate terms: sum_j dz_rj per row and sum_r dz_rj per key. Nothing of size R x C reaches memory:
+// (fp32) and the gate terms: sum_j dz_rj per row and sum_r dz_rj per key, both without the diagonal j = r / g
+// (its G terms cancel exactly; summing it twice would leave only rounding behind). Nothing of size R x C reaches memory:
 // every tile of scores lives in registers (mma.sync, fp32 accumulation).
 #pragma once
 

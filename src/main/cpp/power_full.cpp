@@ -130,13 +130,16 @@ Resolved resolve(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, 
   // in fp32, and CUDA keeps the input dtype for its matrix products (fp32 accumulation) with fp32 gates and states.
   const bool fp64 = q.scalar_type() == at::kDouble || p % 2 == 1;
   const bool cpu = q.device().is_cpu();
-  // On CUDA, degrees >= 3 compute in fp32 too: bf16 phi of degree 4 left gate gradients at 0.9-1.5e-2 on the GPU
-  // harness, over SPEC §7's 1e-2 (degree 2 stays on the bf16 tensor-core path).
-  L.ct = fp64 ? at::kDouble : (cpu || p >= 3 ? at::kFloat : q.scalar_type());
-  L.gt = fp64 || cpu ? at::kDouble : at::kFloat;
-  L.st = fp64 ? at::kDouble : at::kFloat;
   // t <= chunk: the quadratic form is the chunked form with a single chunk, minus the padding.
   const int64_t c = (chunk > 0 && chunk < L.t) ? chunk : (stateful ? L.t : 0);
+  // On CUDA, degrees >= 3 compute in fp32 too: bf16 phi of degree 4 left gate gradients at 0.9-1.5e-2 on the GPU
+  // harness, over SPEC §7's 1e-2 (degree 2 stays on the bf16 tensor-core path). So do chunks under 16 tokens:
+  // nearly all weight then goes through the states, whose bf16 phi products lose the cancellation of a small
+  // q . k (chunk 1: 2-9e-2 on the harness); the in-chunk scores are exact products of the inputs.
+  const bool small_chunk = c > 0 && c < 16;
+  L.ct = fp64 ? at::kDouble : (cpu || p >= 3 || small_chunk ? at::kFloat : q.scalar_type());
+  L.gt = fp64 || cpu ? at::kDouble : at::kFloat;
+  L.st = fp64 ? at::kDouble : at::kFloat;
   L.T = c > 0 ? (L.t + c - 1) / c * c : L.t;
   Problem& pr = r.problem;
   pr.BH = L.b * L.h, pr.T = L.T, pr.g = L.g, pr.d = L.d, pr.e = L.e, pr.p = p, pr.scale = scale, pr.chunk = c;

@@ -21,6 +21,7 @@
 
 #include "attention_tile_cuda.h"
 #include "sympow.h"
+#include "sympow2_cuda.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -842,15 +843,65 @@ void quadratic_forward(const Problem& pr, const at::Tensor& q, const at::Tensor&
   }
 }
 
+// The state side of the chunked form: phi products in one of two layouts. Degree 2 with bf16 / fp16 and
+// d == e in {16, 32, 64, 128} uses the fused kernels of sympow2_cuda.h (phi made on the fly, internal layout);
+// everything else writes phi in sympow.h's layout (phi_forward) and multiplies with cuBLAS.
+template <typename T>
+struct StateSide {
+  using A = at::opmath_type<T>;
+  const Problem& pr;
+  bool fused;
+  int64_t D;
+  at::ScalarType acc, phi_dt;
+
+  StateSide(const Problem& p, at::ScalarType dt)
+      : pr(p),
+        fused(p.p == 2 && sympow2_supported(dt, p.d, p.e)),
+        D(fused ? sympow2_dim(p.d) : sympow_dim(p.d, p.p)),
+        acc(c10::CppTypeToScalarType<A>::value),
+        phi_dt(c10::CppTypeToScalarType<typename PhiType<T>::type>::value) {}
+
+  at::Tensor phi(const at::Tensor& x3, const at::Tensor& rs) const {
+    const int64_t X = x3.size(0), n = x3.size(1), d = x3.size(2);
+    return phi_forward<T, A>(x3.view({X * n, d}), rs, pr.p, phi_dt).view({X, n, D});
+  }
+  // S = phi'(x)^T y: x3 [X, n, d], y [X, n, E] -> [X, D, E] acc
+  at::Tensor states(const at::Tensor& x3, const at::Tensor& rs, const at::Tensor& y) const {
+    if (fused) return sympow2_states(x3, rs, y);
+    return mm_acc(phi(x3, rs).transpose(1, 2), y, acc);
+  }
+  // phi'(x) H: H [X, D, E] -> [X, n, E] acc
+  at::Tensor query(const at::Tensor& x3, const at::Tensor& rs, const at::Tensor& H) const {
+    if (fused) return sympow2_query(x3, rs, H);
+    return mm_acc(phi(x3, rs), H, acc);
+  }
+  // {dx [X, n, d], u [X * n]} of phi'(x) . (y H^T)
+  std::pair<at::Tensor, at::Tensor> grad(const at::Tensor& x3, const at::Tensor& rs, const at::Tensor& y,
+                                         const at::Tensor& H, bool want_dx, bool want_u) const {
+    if (fused) return sympow2_grad(x3, rs, y, H);
+    const int64_t X = x3.size(0), n = x3.size(1), d = x3.size(2);
+    const at::Tensor dphi = at::bmm(y, H.transpose(1, 2));  // [X, n, D]
+    auto [dx, u] = phi_backward<T, A>(x3.view({X * n, d}), rs, dphi.view({X * n, D}), pr.p, want_dx, want_u);
+    return {dx.defined() ? dx.view({X, n, d}) : dx, u};
+  }
+  // extended states [BH, D, E] between sympow.h's layout (the API's) and this side's
+  at::Tensor to_internal(const at::Tensor& ext) const {
+    return fused && ext.defined() ? sympow2_to_internal(ext, pr.d).contiguous() : ext;
+  }
+  at::Tensor to_official(const at::Tensor& ext) const {
+    return fused && ext.defined() ? sympow2_to_official(ext, pr.d) : ext;
+  }
+};
+
 template <typename T>
 void chunked_forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                      const at::Tensor& lg, Forward& f, bool save, const State& initial, bool want_final) {
   using A = at::opmath_type<T>;
   using TS = typename PhiType<T>::type;
-  const auto acc = c10::CppTypeToScalarType<A>::value;
-  const auto phi_dt = c10::CppTypeToScalarType<TS>::value;
+  const StateSide<T> side(pr, q.scalar_type());
+  const auto acc = side.acc;
   const int64_t BH = pr.BH, c = pr.chunk, N = pr.T / c, X = BH * N, g = pr.g, R = c * g, d = pr.d, e = pr.e;
-  const int64_t D = sympow_dim(d, pr.p), E = ext_cols(e);
+  const int64_t D = side.D, E = ext_cols(e);
   const auto ao = q.options().dtype(acc);
   const ChunkGates gt = chunk_gates(pr, lg, ao);
   const at::Tensor q3 = q.view({X, R, d}), k3 = k.view({X, c, d}), v3 = v.view({X, c, e});
@@ -869,10 +920,9 @@ void chunked_forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k
   }
 
   // chunk states and the gated prefix
-  const at::Tensor phiK = phi_forward<T, A>(k.view({X * c, d}), gt.kf, pr.p, phi_dt).view({X, c, D});
-  const at::Tensor Sc = mm_acc(phiK.transpose(1, 2), values_ext(v3, phi_dt), acc);  // [X, D, E]
-  at::Tensor Hs = at::empty({BH, N, D, E}, q.options().dtype(phi_dt));
-  const at::Tensor H0 = state_ext(initial, E, acc);
+  const at::Tensor Sc = side.states(k3, gt.kf, values_ext(v3, side.phi_dt));  // [X, D, E]
+  at::Tensor Hs = at::empty({BH, N, D, E}, q.options().dtype(side.phi_dt));
+  const at::Tensor H0 = side.to_internal(state_ext(initial, E, acc));
   at::Tensor fin = want_final ? at::empty({BH, D, E}, ao) : at::Tensor();
   state_scan_forward<TS, A><<<dim3(blocks_for(D * E, 256), static_cast<unsigned>(BH)), 256, 0, stream()>>>(
       Sc.data_ptr<A>(), ptr_or_null<A>(gt.decay), ptr_or_null<A>(H0), Hs.data_ptr<TS>(), mut_ptr_or_null<A>(fin),
@@ -880,13 +930,12 @@ void chunked_forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k
   check_launch();
 
   // queries against the state entering their chunk, then the combination
-  const at::Tensor phiQ = phi_forward<T, A>(q.view({X * R, d}), gt.qf, pr.p, phi_dt).view({X, R, D});
-  const at::Tensor B = mm_acc(phiQ, Hs.view({X, D, E}), acc);  // [X, R, E]
+  const at::Tensor B = side.query(q3, gt.qf, Hs.view({X, D, E}));  // [X, R, E]
   combine_fwd<A>(numA, l.data_ptr<A>(), f.rowmax.data_ptr<A>(), B, f.y.view({X, R, e}), f.den.data_ptr<A>());
 
   if (save) f.states = Hs;
   if (want_final) {
-    const State st = state_split(fin, e);
+    const State st = state_split(side.to_official(fin), e);
     f.final_state = st.S;
     f.final_norm = st.s;
   }
@@ -974,10 +1023,10 @@ void chunked_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& 
                       const State& d_final, Grads& gr) {
   using A = at::opmath_type<T>;
   using TS = typename PhiType<T>::type;
-  const auto acc = c10::CppTypeToScalarType<A>::value;
-  const auto phi_dt = c10::CppTypeToScalarType<TS>::value;
+  const StateSide<T> side(pr, q.scalar_type());
+  const auto acc = side.acc;
   const int64_t BH = pr.BH, c = pr.chunk, N = pr.T / c, X = BH * N, g = pr.g, R = c * g, d = pr.d, e = pr.e;
-  const int64_t D = sympow_dim(d, pr.p), E = ext_cols(e);
+  const int64_t D = side.D, E = ext_cols(e);
   const auto ao = q.options().dtype(acc);
   const bool gates = lg.defined() && needs.g;
   const bool key_side = needs.k || needs.v || gates;
@@ -987,7 +1036,7 @@ void chunked_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& 
   const at::Tensor Hs = f.states.view({X, D, E});
 
   // y = num / den
-  at::Tensor dB = at::empty({X, R, E}, q.options().dtype(phi_dt));
+  at::Tensor dB = at::empty({X, R, E}, q.options().dtype(side.phi_dt));
   at::Tensor dnumA = at::empty({X, R, e}, q.options()), ddenA = at::empty({X * R}, ao), rf = at::empty({X * R}, ao);
   combine_bwd<T, A>(dy, f.y, f.den.data_ptr<A>(), f.rowmax.data_ptr<A>(), true, dB, dnumA, rf.data_ptr<A>(),
                     ddenA.data_ptr<A>(), X * R, e, E);
@@ -998,23 +1047,18 @@ void chunked_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& 
   at::Tensor dq, dk, dv;
 
   // queries against the state: B = phi(Q') H_n
-  at::Tensor dHdir;
-  if (needs.q || gates || carry) {
-    const at::Tensor phiQ = phi_forward<T, A>(q.view({X * R, d}), gt.qf, pr.p, phi_dt).view({X, R, D});
-    if (carry) dHdir = mm_acc(phiQ.transpose(1, 2), dB, acc);  // [X, D, E]
-    if (needs.q || gates) {
-      const at::Tensor dphiQ = at::bmm(dB, Hs.transpose(1, 2));  // [X, R, D]
-      auto [dxq, uq] = phi_backward<T, A>(q.view({X * R, d}), gt.qf, dphiQ.view({X * R, D}), pr.p, needs.q, gates);
-      if (needs.q) dq = dxq.view({X, R, d});
-      if (gates) dGc.add_(uq.view({X, c, g}).sum(2));
-    }
+  const at::Tensor dHdir = carry ? side.states(q3, gt.qf, dB) : at::Tensor();  // [X, D, E]
+  if (needs.q || gates) {
+    auto [dxq, uq] = side.grad(q3, gt.qf, dB, Hs, needs.q, gates);
+    if (needs.q) dq = dxq;
+    if (gates) dGc.add_(uq.view({X, c, g}).sum(2));
   }
 
   // the gated prefix, backwards: A_n = d loss / d (state leaving chunk n)
   at::Tensor dH0;
   if (carry) {
-    at::Tensor An = at::empty({BH, N, D, E}, q.options().dtype(phi_dt));
-    const at::Tensor dfin = state_ext(d_final, E, acc);
+    at::Tensor An = at::empty({BH, N, D, E}, q.options().dtype(side.phi_dt));
+    const at::Tensor dfin = side.to_internal(state_ext(d_final, E, acc));
     if (needs.state) dH0 = at::empty({BH, D, E}, ao);
     state_scan_backward<TS, A>
         <<<dim3(blocks_for(D * E, 256 * kScanElems), static_cast<unsigned>(BH)), 256, 0, stream()>>>(
@@ -1025,12 +1069,10 @@ void chunked_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& 
     // the states' inputs: S_ext = phi(K')^T [V | 1 | 0]
     if (key_side) {
       const at::Tensor A3 = An.view({X, D, E});
-      const at::Tensor phiK = phi_forward<T, A>(k.view({X * c, d}), gt.kf, pr.p, phi_dt).view({X, c, D});
-      if (needs.v) dv = mm_acc(phiK, A3, acc).narrow(2, 0, e);  // [X, c, e]
+      if (needs.v) dv = side.query(k3, gt.kf, A3).narrow(2, 0, e);  // [X, c, e]
       if (needs.k || gates) {
-        const at::Tensor dphiK = at::bmm(values_ext(v3, phi_dt), A3.transpose(1, 2));  // [X, c, D]
-        auto [dxk, uk] = phi_backward<T, A>(k.view({X * c, d}), gt.kf, dphiK.view({X * c, D}), pr.p, needs.k, gates);
-        if (needs.k) dk = dxk.view({X, c, d});
+        auto [dxk, uk] = side.grad(k3, gt.kf, values_ext(v3, side.phi_dt), A3, needs.k, gates);
+        if (needs.k) dk = dxk;
         if (gates) {  // kf = exp(L - Gc)
           const at::Tensor u = uk.view({X, c});
           dGc.sub_(u);
@@ -1081,7 +1123,7 @@ void chunked_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& 
     gr.lg = dGc.flip({1}).cumsum(1).flip({1}).reshape({BH, pr.T}).to(lg.scalar_type());
   }
   if (needs.state) {
-    const State st = state_split(dH0, e);
+    const State st = state_split(side.to_official(dH0), e);
     gr.initial.S = st.S;
     gr.initial.s = st.s;
   }

@@ -6,6 +6,7 @@
 //   power_attention_gpu bench [json]   fwd and fwd+bwd at b*t = 65536, h = 8, d = 64, bf16, deg 2, gated, against
 //                                      at::scaled_dot_product_attention (flash) in the same run
 #include "power_attention.h"
+#include "sympow2_cuda.h"
 
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -247,8 +248,60 @@ Outcome run_states(const Case& c, std::mt19937_64& rng) {
   return o;
 }
 
+// The degree-2 state kernels (sympow2_cuda.h) against phi made in ATen (fp32) from the documented internal layout:
+// S = phi'(x)^T y, B = phi'(x) H, and dx, u of phi'(x) . (y H^T) by autograd; plus the two layout maps' round trip.
+void check_sympow2_kernels() {
+  const auto o = at::TensorOptions().device(at::kCUDA);
+  for (int64_t d : {16, 64, 128})
+    for (auto dt : {at::kBFloat16, at::kHalf}) {
+      const int64_t X = 3, n = 100, E = d + 8, nb = d / 16;
+      std::vector<int64_t> ia, ib;
+      std::vector<float> cf;
+      for (int64_t A = 0; A < nb; ++A)
+        for (int64_t a = 0; a < 16; ++a)
+          for (int64_t B = A; B < nb; ++B)
+            for (int64_t b = 0; b < 16; ++b) {
+              ia.push_back(16 * A + a);
+              ib.push_back(16 * B + b);
+              cf.push_back(A == B ? 1.f : std::sqrt(2.f));
+            }
+      const int64_t D2 = static_cast<int64_t>(ia.size());
+      const at::Tensor tia = at::tensor(ia).to(at::kCUDA), tib = at::tensor(ib).to(at::kCUDA);
+      const at::Tensor tcf = at::tensor(cf).to(at::kCUDA);
+      const at::Tensor x = at::randn({X, n, d}, o.dtype(dt));
+      const at::Tensor rs = at::rand({X * n}, o.dtype(at::kFloat)) + 0.5;
+      const at::Tensor y = at::randn({X, n, E}, o.dtype(at::kBFloat16));
+      const at::Tensor H = (at::randn({X, D2, E}, o.dtype(at::kFloat)) * 0.1).to(at::kBFloat16);
+      at::Tensor xf = x.to(at::kFloat).requires_grad_(true);
+      const at::Tensor phi = xf.index_select(2, tia) * xf.index_select(2, tib) * tcf * rs.view({X, n, 1});
+      const at::Tensor S_ref = at::bmm(phi.transpose(1, 2), y.to(at::kFloat));
+      const at::Tensor B_ref = at::bmm(phi, H.to(at::kFloat));
+      const at::Tensor dphi = at::bmm(y.to(at::kFloat), H.to(at::kFloat).transpose(1, 2));
+      const at::Tensor u_ref = (phi * dphi).sum(2).reshape({X * n});
+      const at::Tensor dx_ref = torch::autograd::grad({(phi * dphi).sum()}, {xf})[0];
+      const at::Tensor S = pa::cuda::sympow2_states(x, rs, y);
+      const at::Tensor B = pa::cuda::sympow2_query(x, rs, H);
+      auto [dx, u] = pa::cuda::sympow2_grad(x, rs, y, H);
+      // the layout maps: to_official(to_internal(S)) = S (their composition is the identity)
+      const at::Tensor ext = at::randn({2, pa::state_dim(d, 2), E}, o.dtype(at::kFloat));
+      const double trip = rel(pa::cuda::sympow2_to_official(pa::cuda::sympow2_to_internal(ext, d), d), ext);
+      Outcome oc;
+      oc.y = rel(S, S_ref);
+      oc.dq = rel(B, B_ref);
+      oc.dk = rel(dx, dx_ref);
+      oc.dv = rel(u, u_ref);
+      oc.dg = trip;
+      const double tol = 1e-2;
+      oc.ok = oc.y < tol && oc.dq < tol && oc.dk < tol && oc.dv < tol && trip < 1e-6;
+      char id[100];
+      std::snprintf(id, sizeof id, "sympow2-kernels-d%ld-%s (S B dx u)", d, c10::toString(dt));
+      report(id, oc, Tol{tol, tol});
+    }
+}
+
 int run_tests() {
   std::mt19937_64 rng(std::random_device{}());
+  check_sympow2_kernels();
   const at::ScalarType bf = at::kBFloat16, hf = at::kHalf, f32 = at::kFloat, f64 = at::kDouble;
   std::vector<Case> cases;
   // dtypes x forms at the workhorse shape, odd t
@@ -467,17 +520,17 @@ int run_decode_bench() {
   return 0;
 }
 
-// One fwd+bwd at t = 65536 (b = 1, h = 8, d = 64, bf16, gated) between cudaProfilerStart/Stop, for
-// `ncu --profile-from-start off` (per-kernel times).
-int run_profile(int64_t chunk) {
+// One fwd+bwd of the benchmark's shape at length t (b = 65536 / t, h = 8, d = 64, bf16, gated; chunk 0: the
+// quadratic form) between cudaProfilerStart/Stop, for `ncu --profile-from-start off` (per-kernel times).
+int run_profile(int64_t chunk, int64_t t) {
   const auto o = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
-  const int64_t t = 65536, h = 8, d = 64;
-  at::Tensor q = at::randn({1, t, h, d}, o).requires_grad_(true), k = at::randn({1, t, h, d}, o).requires_grad_(true);
-  at::Tensor v = at::randn({1, t, h, d}, o).requires_grad_(true);
-  at::Tensor lg = at::log_sigmoid(at::randn({1, t, h}, o.dtype(at::kFloat)) + 3.0).requires_grad_(true);
-  at::Tensor dy = at::randn({1, t, h, d}, o);
+  const int64_t h = 8, d = 64, b = std::max<int64_t>(1, 65536 / t);
+  at::Tensor q = at::randn({b, t, h, d}, o).requires_grad_(true), k = at::randn({b, t, h, d}, o).requires_grad_(true);
+  at::Tensor v = at::randn({b, t, h, d}, o).requires_grad_(true);
+  at::Tensor lg = at::log_sigmoid(at::randn({b, t, h}, o.dtype(at::kFloat)) + 3.0).requires_grad_(true);
+  at::Tensor dy = at::randn({b, t, h, d}, o);
   pa::PowerFullOptions opt;
-  opt.chunk_size = chunk;
+  if (chunk > 0) opt.chunk_size = chunk;
   for (int i = 0; i < 2; ++i) {
     if (i == 1) cudaProfilerStart();
     at::Tensor y = pa::power_full(q, k, v, lg, opt);
@@ -496,7 +549,8 @@ int main(int argc, char** argv) {
     if (mode == "test") return run_tests();
     if (mode == "bench") return run_bench(argc > 2 ? argv[2] : nullptr);
     if (mode == "decode") return run_decode_bench();
-    if (mode == "profile") return run_profile(argc > 2 ? std::atoll(argv[2]) : 256);
+    if (mode == "profile")
+      return run_profile(argc > 2 ? std::atoll(argv[2]) : 256, argc > 3 ? std::atoll(argv[3]) : 65536);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 2;

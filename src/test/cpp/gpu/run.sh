@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one command of the GPU machine (CUDA 13, CMake, ninja, PyTorch with its LibTorch; no Java, no network):
 #   bash src/test/cpp/gpu/run.sh [test|bench|all|profile]   (from the repository root; default all)
+# profile: PROFILE="chunk:t ..." (per-kernel times under ncu; chunk 0 is the quadratic form).
 # builds the harness with the library's sources, runs the correctness tests, then the benchmarks. Logs and JSON go
 # to $OUT (or target/gpu-harness); the benchmark table is printed last.
 set -euo pipefail
@@ -24,9 +25,14 @@ if [ "$mode" = test ] || [ "$mode" = all ]; then
   "$build/power_attention_gpu" test 2>&1 | tee "$out/test.log" || status=1
 fi
 if [ "$mode" = profile ]; then
-  ncu --profile-from-start off --clock-control none --metrics gpu__time_duration.sum --csv \
-    "$build/power_attention_gpu" profile "${CHUNK:-256}" > "$out/profile.csv" 2> "$out/profile.err" || status=1
-  python3 "$root/src/test/cpp/gpu/profile_summary.py" "$out/profile.csv" | tee "$out/profile.txt"
+  # PROFILE="chunk:t ..." (chunk 0: quadratic form); default the benchmark's longest case at chunk 256
+  for run in ${PROFILE:-256:65536}; do
+    chunk="${run%%:*}" t="${run##*:}"
+    ncu --profile-from-start off --clock-control none --metrics gpu__time_duration.sum --csv \
+      "$build/power_attention_gpu" profile "$chunk" "$t" > "$out/profile-$chunk-$t.csv" 2> "$out/profile-$chunk-$t.err" || status=1
+    echo "== profile: chunk $chunk, t $t =="
+    python3 "$root/src/test/cpp/gpu/profile_summary.py" "$out/profile-$chunk-$t.csv" | tee "$out/profile-$chunk-$t.txt"
+  done
 fi
 if [ "$mode" = bench ] || [ "$mode" = all ]; then
   "$build/power_attention_gpu" decode 2>&1 | tee "$out/decode.log" || status=1

@@ -1,0 +1,45 @@
+// sympow2_cuda.h: degree-2 state products with phi made on the fly (CUDA, bf16 tensor cores), never in memory.
+//
+// Internal layout of phi (CUDA, p = 2, d = 16 nb): d splits into nb blocks of 16; features come in the order
+// (A, a, B, b) for blocks A <= B and a, b in [0, 16), with value c_AB x[16 A + a] x[16 B + b], c_AB = 1 on the
+// diagonal blocks and sqrt(2) off them, so that phi(x) . phi(y) = (x . y)^2. That is D2 = 256 nb (nb + 1) / 2
+// features (2560 for d = 64, against sympow.h's 2080): a diagonal block keeps both (a, b) and (b, a), which makes
+// every 16 features one x block times one scalar: a tensor-core operand scaled per row or per column. States in
+// this layout stay inside the CUDA path; sympow2_to_internal / sympow2_to_official convert at the API boundary.
+//
+// Each x comes with a row scale rs (phi'(x_r) = rs_r phi(x_r); undefined: 1). Shapes: x [X, n, d] in the input
+// dtype (bf16 / fp16), y [X, n, E] bf16, H [X, D2, E] bf16, E = e + 8 (the extended state columns).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <utility>
+
+namespace power_attention {
+namespace cuda {
+
+/// Whether the degree-2 kernels take these sizes (bf16 / fp16, d == e in {16, 32, 64, 128}).
+bool sympow2_supported(at::ScalarType dtype, int64_t d, int64_t e);
+
+/// D2 = 256 nb (nb + 1) / 2, nb = d / 16.
+int64_t sympow2_dim(int64_t d);
+
+/// S[x] = sum_r phi'(x_r) y_r^T  -> [X, D2, E] fp32.
+at::Tensor sympow2_states(const at::Tensor& x, const at::Tensor& rs, const at::Tensor& y);
+
+/// B[x, r] = phi'(x_r) H[x]  -> [X, n, E] fp32.
+at::Tensor sympow2_query(const at::Tensor& x, const at::Tensor& rs, const at::Tensor& H);
+
+/// With dphi_r = H[x] y_r (never formed): dx_r = the gradient of phi'(x_r) . dphi_r in x_r -> [X, n, d] fp32, and
+/// u_r = phi'(x_r) . dphi_r (its gradient in log rs_r) -> [X * n] fp32.
+std::pair<at::Tensor, at::Tensor> sympow2_grad(const at::Tensor& x, const at::Tensor& rs, const at::Tensor& y,
+                                               const at::Tensor& H);
+
+/// Extended states [BH, D, E] in sympow.h's layout -> [BH, D2, E] in the internal one, and back. The two maps are
+/// each other's transposes, so each is also the other's backward.
+at::Tensor sympow2_to_internal(const at::Tensor& ext, int64_t d);
+at::Tensor sympow2_to_official(const at::Tensor& ext2, int64_t d);
+
+}  // namespace cuda
+}  // namespace power_attention
