@@ -16,6 +16,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 
 namespace power_attention {
@@ -28,15 +29,25 @@ constexpr int kThreads = 128;  // 4 warps
 constexpr int kRows = 64;      // query rows of a forward / dq CTA, keys of a dkv CTA
 constexpr float kNegInf = -__builtin_huge_valf();
 
+constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
+
 struct Args {
   int64_t X, R, C;
   int g, p;
-  float scale;
+  float lp2;  // p log2(scale)
 };
 
-// log-weight of an unscaled score s: p log|scale s| + dg (-inf for s == 0).
-__device__ __forceinline__ float log_weight(float s, const Args& a, float dg) {
-  return static_cast<float>(a.p) * __logf(fabsf(s) * a.scale) + dg;
+// Scores work in log2 units: z2 = p log2|s| + (p log2 scale + G_i log2 e) - G_j log2 e, weights 2^(z2 - m2).
+// MUFU approximations (ex2.approx, lg2.approx): a few ulp, far under the bf16 operands' rounding.
+__device__ __forceinline__ float ex2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+__device__ __forceinline__ float lg2(float x) {
+  float y;
+  asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
 }
 
 // Stores a [16 x W] accumulator tile (rows ra / ra + 8 of the warp) to out [rows, W] (fp32), adding when asked.
@@ -76,7 +87,8 @@ template <bool BF, int D, int E>
 __global__ void __launch_bounds__(kThreads) tile_fwd_kernel(Args a, const u16* __restrict__ q,
                                                             const u16* __restrict__ k, const u16* __restrict__ v,
                                                             const float* __restrict__ G, float* __restrict__ num,
-                                                            float* __restrict__ mo, float* __restrict__ lo) {
+                                                            float* __restrict__ mo, float* __restrict__ lo,
+                                                            bool normalize) {
   constexpr int BN = 64, SD = D + 8, SE = E + 8;
   extern __shared__ __align__(16) unsigned char smem[];
   u16* sQ = reinterpret_cast<u16*>(smem);
@@ -104,9 +116,13 @@ __global__ void __launch_bounds__(kThreads) tile_fwd_kernel(Args a, const u16* _
   load_kv(0, 0);
   cp_async_commit();
 
-  const int64_t ra = r0 + warp * 16 + gr, rb = ra + 8;
+  const int64_t rw = r0 + warp * 16, ra = rw + gr, rb = ra + 8;
   const int64_t visa = ra < R ? ra / a.g + 1 : 0, visb = rb < R ? rb / a.g + 1 : 0;
-  const float gqa = (Gx && ra < R) ? Gx[ra / a.g] : 0.f, gqb = (Gx && rb < R) ? Gx[rb / a.g] : 0.f;
+  const int64_t vis_warp = rw < R ? rw / a.g + 1 : 0;  // keys every row of the warp sees
+  // row terms of z2 (log2 units): p log2 scale + G_i log2 e
+  const float ca = a.lp2 + ((Gx && ra < R) ? Gx[ra / a.g] * kLog2e : 0.f);
+  const float cb = a.lp2 + ((Gx && rb < R) ? Gx[rb / a.g] * kLog2e : 0.f);
+  const float pf = static_cast<float>(a.p);
   const bool odd = a.p & 1;
   u32 qf[D / 16][4];
   float o[E / 8][4];
@@ -139,6 +155,7 @@ __global__ void __launch_bounds__(kThreads) tile_fwd_kernel(Args a, const u16* _
       }
     }
     const int64_t j0 = static_cast<int64_t>(jt) * BN;
+    const bool full = j0 + BN <= vis_warp;  // no causal mask in this tile for this warp
     u32 neg = 0;
     float ta = kNegInf, tb = kNegInf;
 #pragma unroll
@@ -146,12 +163,15 @@ __global__ void __launch_bounds__(kThreads) tile_fwd_kernel(Args a, const u16* _
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int jl = nf * 8 + tg * 2 + h;
-        const int64_t j = j0 + jl;
-        const float gk = Gx ? cG[jl] : 0.f;
+        const float gk = Gx ? cG[jl] * kLog2e : 0.f;
         const float sa = s[nf][h], sb = s[nf][2 + h];
         if (odd) neg |= (sa < 0.f ? 1u : 0u) << (2 * nf + h) | (sb < 0.f ? 1u : 0u) << (16 + 2 * nf + h);
-        const float za = j < visa ? log_weight(sa, a, gqa - gk) : kNegInf;
-        const float zb = j < visb ? log_weight(sb, a, gqb - gk) : kNegInf;
+        float za = pf * lg2(fabsf(sa)) + (ca - gk), zb = pf * lg2(fabsf(sb)) + (cb - gk);
+        if (!full) {
+          const int64_t j = j0 + jl;
+          za = j < visa ? za : kNegInf;
+          zb = j < visb ? zb : kNegInf;
+        }
         s[nf][h] = za;
         s[nf][2 + h] = zb;
         ta = fmaxf(ta, za);
@@ -162,7 +182,7 @@ __global__ void __launch_bounds__(kThreads) tile_fwd_kernel(Args a, const u16* _
     const float oa = ma, ob = mb;
     ma = fmaxf(ma, quad_max(ta));
     mb = fmaxf(mb, quad_max(tb));
-    const float fa = oa == kNegInf ? 0.f : __expf(oa - ma), fb = ob == kNegInf ? 0.f : __expf(ob - mb);
+    const float fa = oa == kNegInf ? 0.f : ex2(oa - ma), fb = ob == kNegInf ? 0.f : ex2(ob - mb);
     ua = ma == kNegInf ? 0.f : ma;
     ub = mb == kNegInf ? 0.f : mb;
     la *= fa;
@@ -178,7 +198,7 @@ __global__ void __launch_bounds__(kThreads) tile_fwd_kernel(Args a, const u16* _
     for (int nf = 0; nf < BN / 8; ++nf) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        float pa = __expf(s[nf][h] - ua), pb = __expf(s[nf][2 + h] - ub);
+        float pa = ex2(s[nf][h] - ua), pb = ex2(s[nf][2 + h] - ub);
         if (odd) {
           if ((neg >> (2 * nf + h)) & 1u) pa = -pa;
           if ((neg >> (16 + 2 * nf + h)) & 1u) pb = -pb;
@@ -191,21 +211,34 @@ __global__ void __launch_bounds__(kThreads) tile_fwd_kernel(Args a, const u16* _
     }
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk) {
-      const u32 pf[4] = {pack2<BF>(s[2 * kk][0], s[2 * kk][1]), pack2<BF>(s[2 * kk][2], s[2 * kk][3]),
-                         pack2<BF>(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack2<BF>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+      const u32 pf2[4] = {pack2<BF>(s[2 * kk][0], s[2 * kk][1]), pack2<BF>(s[2 * kk][2], s[2 * kk][3]),
+                          pack2<BF>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                          pack2<BF>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
 #pragma unroll
       for (int en = 0; en < E / 16; ++en) {
         u32 b[4];
         ldsm4t(b, at_a(cV, SE, kk * 16, en * 16));
-        mma16816<BF>(o[2 * en], pf, b[0], b[1]);
-        mma16816<BF>(o[2 * en + 1], pf, b[2], b[3]);
+        mma16816<BF>(o[2 * en], pf2, b[0], b[1]);
+        mma16816<BF>(o[2 * en + 1], pf2, b[2], b[3]);
       }
     }
     __syncthreads();
   }
-  // ua / ub: the row maximum m, 0 where every weight is 0
+  // ua / ub: the row maximum in log2 units, 0 where every weight is 0; m leaves in natural log units
+  ua *= kLn2;
+  ub *= kLn2;
   la = quad_sum(la);
   lb = quad_sum(lb);
+  if (normalize) {  // the quadratic form's output: num / l (0 where l is)
+    const float ia = la != 0.f ? 1.f / la : 0.f, ib = lb != 0.f ? 1.f / lb : 0.f;
+#pragma unroll
+    for (int f = 0; f < E / 8; ++f) {
+      o[f][0] *= ia;
+      o[f][1] *= ia;
+      o[f][2] *= ib;
+      o[f][3] *= ib;
+    }
+  }
   float* nx = num + x * R * E;
   store_rows<E>(nx, o, ra, R, false);
   if (tg == 0) {
@@ -272,11 +305,13 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dq_kernel(Args a, const u16
   load_kv(0, 0);
   cp_async_commit();
 
-  const int64_t ra = r0 + warp * 16 + gr, rb = ra + 8;
+  const int64_t rw = r0 + warp * 16, ra = rw + gr, rb = ra + 8;
   const bool oka = ra < R, okb = rb < R;
   const int64_t visa = oka ? ra / a.g + 1 : 0, visb = okb ? rb / a.g + 1 : 0;
-  const float gqa = (Gx && oka) ? Gx[ra / a.g] : 0.f, gqb = (Gx && okb) ? Gx[rb / a.g] : 0.f;
-  const float mra = oka ? m[x * R + ra] : 0.f, mrb = okb ? m[x * R + rb] : 0.f;
+  const int64_t vis_warp = rw < R ? rw / a.g + 1 : 0;
+  // z2 - m2 = p log2|s| + c - G_j log2 e, c = p log2 scale + (G_i - m_i) log2 e
+  const float ca = oka ? a.lp2 + ((Gx ? Gx[ra / a.g] : 0.f) - m[x * R + ra]) * kLog2e : 0.f;
+  const float cb = okb ? a.lp2 + ((Gx ? Gx[rb / a.g] : 0.f) - m[x * R + rb]) * kLog2e : 0.f;
   const float rfa = oka ? rf[x * R + ra] : 0.f, rfb = okb ? rf[x * R + rb] : 0.f;
   const float dda = oka ? dd[x * R + ra] : 0.f, ddb = okb ? dd[x * R + rb] : 0.f;
   const float pf_ = static_cast<float>(a.p);
@@ -321,25 +356,26 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dq_kernel(Args a, const u16
       }
     }
     const int64_t j0 = static_cast<int64_t>(jt) * BN;
+    const bool full = j0 + BN < vis_warp;  // every key before every row's diagonal: no mask
 #pragma unroll
     for (int nf = 0; nf < BN / 8; ++nf) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int jl = nf * 8 + tg * 2 + h;
         const int64_t j = j0 + jl;
-        const float gk = Gx ? cG[jl] : 0.f;
+        const float gk = Gx ? cG[jl] * kLog2e : 0.f;
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
           const float sv = s[nf][2 * half + h];
-          const bool vis = j < (half ? visb : visa);
-          float w = vis ? __expf(log_weight(sv, a, (half ? gqb : gqa) - gk) - (half ? mrb : mra)) : 0.f;
+          float w = ex2(pf_ * lg2(fabsf(sv)) + ((half ? cb : ca) - gk));
           if (odd && sv < 0.f) w = -w;
+          const int64_t vis = half ? visb : visa;
+          if (!full) w = j < vis ? w : 0.f;
           const float dz = (dp[nf][2 * half + h] * (half ? rfb : rfa) + (half ? ddb : dda)) * w;
           // the gate terms skip the diagonal: G_i - G_i does not depend on G (both sums would carry it)
-          if (j + 1 != (half ? visb : visa)) {
-            if (half) rsb += dz; else rsa += dz;
-          }
-          s[nf][2 * half + h] = sv != 0.f ? dz * pf_ / sv : 0.f;
+          const float dzg = full || j + 1 != vis ? dz : 0.f;
+          if (half) rsb += dzg; else rsa += dzg;
+          s[nf][2 * half + h] = sv != 0.f ? __fdividef(dz, sv) * pf_ : 0.f;
         }
       }
     }
@@ -424,7 +460,9 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dkv_kernel(Args a, const u1
   cp_async_commit();
 
   const int64_t ja = j0 + warp * 16 + gr, jb = ja + 8;
-  const float gka = (Gx && ja < C) ? Gx[ja] : 0.f, gkb = (Gx && jb < C) ? Gx[jb] : 0.f;
+  const int64_t jw_last = j0 + warp * 16 + 15;  // this warp's last key
+  // z2 - m2 = p log2|s| + (p log2 scale + (G_i - m_i) log2 e) - G_j log2 e
+  const float gka = (Gx && ja < C) ? Gx[ja] * kLog2e : 0.f, gkb = (Gx && jb < C) ? Gx[jb] * kLog2e : 0.f;
   const float pf_ = static_cast<float>(a.p);
   const bool odd = a.p & 1;
   float ka[D / 8][4], va[E / 8][4];
@@ -468,25 +506,29 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dkv_kernel(Args a, const u1
         mma16816<BF>(dp[2 * nn + 1], af, b[2], b[3]);
       }
     }
+    // every row of this step sees every key of the warp, none on its diagonal: no mask
+    const int64_t i0 = rstart + static_cast<int64_t>(st) * BM;
+    const bool full = i0 + BM <= R && jw_last < i0 / a.g;
 #pragma unroll
     for (int nf = 0; nf < BM / 8; ++nf) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int il = nf * 8 + tg * 2 + h;
-        const float mi = rw[il], rfi = rw[BM + il], ddi = rw[2 * BM + il], gqi = Gx ? rw[3 * BM + il] : 0.f;
+        const float rfi = rw[BM + il], ddi = rw[2 * BM + il];
+        const float ci = a.lp2 + ((Gx ? rw[3 * BM + il] : 0.f) - rw[il]) * kLog2e;
         const int ti = tok[il];
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
           const float sv = s[nf][2 * half + h];
-          const bool vis = (half ? jb : ja) <= ti;
-          float w = vis ? __expf(log_weight(sv, a, gqi - (half ? gkb : gka)) - mi) : 0.f;
+          const int64_t jk = half ? jb : ja;
+          float w = ex2(pf_ * lg2(fabsf(sv)) + (ci - (half ? gkb : gka)));
           if (odd && sv < 0.f) w = -w;
+          if (!full) w = jk <= ti ? w : 0.f;
           const float dz = (dp[nf][2 * half + h] * rfi + ddi) * w;
-          if ((half ? jb : ja) != ti) {  // not the diagonal (see the dq kernel)
-            if (half) csb += dz; else csa += dz;
-          }
+          const float dzg = full || jk != ti ? dz : 0.f;  // not the diagonal (see the dq kernel)
+          if (half) csb += dzg; else csa += dzg;
           s[nf][2 * half + h] = w * rfi;
-          dp[nf][2 * half + h] = sv != 0.f ? dz * pf_ / sv : 0.f;
+          dp[nf][2 * half + h] = sv != 0.f ? __fdividef(dz, sv) * pf_ : 0.f;
         }
       }
     }
@@ -533,7 +575,7 @@ const float* fptr(const at::Tensor& t) { return t.defined() ? t.data_ptr<float>(
 float* fmut(at::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
 
 Args make_args(const TileProblem& tp) {
-  return {tp.X, tp.R, tp.C, static_cast<int>(tp.g), tp.p, static_cast<float>(tp.scale)};
+  return {tp.X, tp.R, tp.C, static_cast<int>(tp.g), tp.p, static_cast<float>(tp.p * std::log2(tp.scale))};
 }
 
 template <typename K>
@@ -549,14 +591,15 @@ unsigned grid_of(int64_t tiles, int64_t X) {
 
 template <bool BF, int D>
 void forward_impl(const TileProblem& tp, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                  const at::Tensor& G, at::Tensor& num, at::Tensor& m, at::Tensor& l) {
+                  const at::Tensor& G, at::Tensor& num, at::Tensor& m, at::Tensor& l, bool normalize) {
   constexpr int E = D;
   auto kernel = tile_fwd_kernel<BF, D, E>;
   constexpr size_t smem = fwd_smem<D, E>();
   allow_smem(kernel, smem);
   const unsigned grid = grid_of((tp.R + kRows - 1) / kRows, tp.X);
   kernel<<<grid, kThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(make_args(tp), bits(q), bits(k), bits(v),
-                                                                        fptr(G), fmut(num), fmut(m), fmut(l));
+                                                                        fptr(G), fmut(num), fmut(m), fmut(l),
+                                                                        normalize);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -619,12 +662,12 @@ bool tile_kernels_support(at::ScalarType dtype, int64_t d, int64_t e) {
 }
 
 void tile_forward(const TileProblem& tp, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                  const at::Tensor& G, at::Tensor& num, at::Tensor& m, at::Tensor& l) {
+                  const at::Tensor& G, at::Tensor& num, at::Tensor& m, at::Tensor& l, bool normalize) {
   check_inputs(tp, q, k, v, G);
   if (tp.X == 0 || tp.R == 0) return;
   const c10::cuda::CUDAGuard guard(q.device());
   dispatch(q.scalar_type(), q.size(-1), [&](auto bf, auto d) {
-    forward_impl<decltype(bf)::value, decltype(d)::value>(tp, q, k, v, G, num, m, l);
+    forward_impl<decltype(bf)::value, decltype(d)::value>(tp, q, k, v, G, num, m, l, normalize);
   });
 }
 

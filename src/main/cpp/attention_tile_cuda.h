@@ -31,9 +31,10 @@ struct TileProblem {
 bool tile_kernels_support(at::ScalarType dtype, int64_t d, int64_t e);
 
 /// q [X, R, d], k [X, C, d], v [X, C, e] contiguous in one dtype; G [X, C] fp32 (gate cumsum per token) or
-/// undefined. Writes num [X, R, e], m [X * R], l [X * R] (fp32, preallocated).
+/// undefined. Writes num [X, R, e], m [X * R], l [X * R] (fp32, preallocated); `normalize`: num / l instead of
+/// num (0 where l = 0), the quadratic form's output.
 void tile_forward(const TileProblem& tp, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                  const at::Tensor& G, at::Tensor& num, at::Tensor& m, at::Tensor& l);
+                  const at::Tensor& G, at::Tensor& num, at::Tensor& m, at::Tensor& l, bool normalize = false);
 
 /// dy [X, R, e] in the input dtype; m, rf, dd [X * R] fp32. dq [X, R, d], dk [X, C, d], dv [X, C, e] fp32: written,
 /// or added to when `accumulate`; an undefined one is skipped (dk and dv are made together). rowdz [X * R] and

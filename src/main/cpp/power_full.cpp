@@ -102,16 +102,23 @@ at::Tensor gate_layout(const at::Tensor& x, const Layout& L) {
   at::Tensor y = x.to(L.gt).permute({0, 2, 1});
   return pad_tokens(y, 2, L.T).reshape({L.b * L.h, L.T}).contiguous();
 }
+// The way back: one copy that permutes and converts at once (no intermediate in the compute dtype).
 at::Tensor query_unlayout(const at::Tensor& y, const Layout& L, at::ScalarType dtype) {
   const int64_t w = y.size(3);
-  return y.view({L.b, L.h, L.T, L.g, w}).narrow(2, 0, L.t).permute({0, 2, 1, 3, 4}).reshape({L.b, L.t, L.hq, w}).to(dtype);
+  at::Tensor out = at::empty({L.b, L.t, L.hq, w}, y.options().dtype(dtype));
+  out.view({L.b, L.t, L.h, L.g, w}).copy_(y.view({L.b, L.h, L.T, L.g, w}).narrow(2, 0, L.t).permute({0, 2, 1, 3, 4}));
+  return out;
 }
 at::Tensor kv_unlayout(const at::Tensor& y, const Layout& L, at::ScalarType dtype) {
   const int64_t w = y.size(2);
-  return y.view({L.b, L.h, L.T, w}).narrow(2, 0, L.t).permute({0, 2, 1, 3}).contiguous().to(dtype);
+  at::Tensor out = at::empty({L.b, L.t, L.h, w}, y.options().dtype(dtype));
+  out.copy_(y.view({L.b, L.h, L.T, w}).narrow(2, 0, L.t).permute({0, 2, 1, 3}));
+  return out;
 }
 at::Tensor gate_unlayout(const at::Tensor& y, const Layout& L, at::ScalarType dtype) {
-  return y.view({L.b, L.h, L.T}).narrow(2, 0, L.t).permute({0, 2, 1}).contiguous().to(dtype);
+  at::Tensor out = at::empty({L.b, L.t, L.h}, y.options().dtype(dtype));
+  out.copy_(y.view({L.b, L.h, L.T}).narrow(2, 0, L.t).permute({0, 2, 1}));
+  return out;
 }
 
 struct Resolved {

@@ -818,11 +818,9 @@ void quadratic_forward(const Problem& pr, const at::Tensor& q, const at::Tensor&
   const at::Tensor G = lg.defined() ? at::cumsum(lg, 1).contiguous() : at::Tensor();
   const at::Tensor qr = q.view({BH, T_ * g, d});
   const at::Tensor yr = f.y.view({BH, T_ * g, e});
-  if (tile_kernels_support(q.scalar_type(), d, e)) {  // fused: no t x t in memory
-    const auto ao = q.options().dtype(acc);
-    at::Tensor num = at::empty({BH, T_ * g, e}, ao), l = at::empty({BH * T_ * g}, ao);
-    tile_forward(tile_problem(pr, BH, T_), qr, k, v, G, num, f.rowmax, l);
-    combine_fwd<A>(num, l.data_ptr<A>(), f.rowmax.data_ptr<A>(), at::Tensor(), yr, f.den.data_ptr<A>());
+  if (tile_kernels_support(q.scalar_type(), d, e)) {  // fused: no t x t in memory, y = num / l in the kernel
+    at::Tensor y = f.y.view({BH, T_ * g, e});
+    tile_forward(tile_problem(pr, BH, T_), qr, k, v, G, y, f.rowmax, f.den, true);
     return;
   }
   const int64_t tile = quadratic_tile(pr, sizeof(A));
@@ -982,9 +980,10 @@ void quadratic_backward(const Problem& pr, const at::Tensor& q, const at::Tensor
     at::Tensor coldz = gates ? at::empty({BH * T_}, ao) : at::Tensor();
     tile_backward(tile_problem(pr, BH, T_), qr, k, v, G, dyr, f.rowmax, rf, ddenA, dqf, dkf, dvf, rowdz, coldz,
                   false);
-    if (needs.q) gr.q = dqf.view({BH, T_, g, d}).to(q.scalar_type());
-    if (needs.k) gr.k = dkf.to(k.scalar_type());
-    if (needs.v) gr.v = dvf.to(v.scalar_type());
+    // fp32: the caller's layout copy converts (power_full_path.h)
+    if (needs.q) gr.q = dqf.view({BH, T_, g, d});
+    if (needs.k) gr.k = dkf;
+    if (needs.v) gr.v = dvf;
     if (gates) {
       const at::Tensor dGt = rowdz.view({BH, T_, g}).sum(2).to(at::kDouble) - coldz.view({BH, T_}).to(at::kDouble);
       gr.lg = dGt.flip({1}).cumsum(1).flip({1}).to(lg.scalar_type());
@@ -1115,9 +1114,10 @@ void chunked_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& 
     }
   }
 
-  if (needs.q) gr.q = dq.reshape({BH, pr.T, g, d}).to(q.scalar_type());
-  if (needs.k) gr.k = dk.reshape({BH, pr.T, d}).to(k.scalar_type());
-  if (needs.v) gr.v = dv.reshape({BH, pr.T, e}).to(v.scalar_type());
+  // fp32: the caller's layout copy converts (power_full_path.h)
+  if (needs.q) gr.q = dq.reshape({BH, pr.T, g, d});
+  if (needs.k) gr.k = dk.reshape({BH, pr.T, d});
+  if (needs.v) gr.v = dv.reshape({BH, pr.T, e});
   if (gates) {  // Gc_j = sum_{l <= j} lg_l and L = Gc_{c-1}: reverse cumsum within each chunk
     dGc.select(1, c - 1).add_(dL).add_(dLs);
     gr.lg = dGc.flip({1}).cumsum(1).flip({1}).reshape({BH, pr.T}).to(lg.scalar_type());

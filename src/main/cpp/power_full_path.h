@@ -50,7 +50,7 @@ struct Needs {
 };
 
 struct Grads {
-  at::Tensor q, k, v, lg;  // layouts as the inputs; undefined where not needed
+  at::Tensor q, k, v, lg;  // layouts as the inputs, any floating dtype (the caller converts); undefined where not needed
   State initial;           // gradient of the initial state (when needs.state)
 };
 
