@@ -863,9 +863,9 @@ struct StateSide {
     const int64_t X = x3.size(0), n = x3.size(1), d = x3.size(2);
     return phi_forward<T, A>(x3.view({X * n, d}), rs, pr.p, phi_dt).view({X, n, D});
   }
-  // S = phi'(x)^T y: x3 [X, n, d], y [X, n, E] -> [X, D, E] acc
+  // S = phi'(x)^T y: x3 [X, n, d], y [X, n, E] -> [X, D, E] acc (the fused side folds it into its scan kernels)
   at::Tensor states(const at::Tensor& x3, const at::Tensor& rs, const at::Tensor& y) const {
-    if (fused) return sympow2_states(x3, rs, y);
+    TORCH_CHECK(!fused, "power_full: internal: the fused state side has no separate state product");
     return mm_acc(phi(x3, rs).transpose(1, 2), y, acc);
   }
   // phi'(x) H: H [X, D, E] -> [X, n, E] acc
@@ -918,14 +918,19 @@ void chunked_forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k
   }
 
   // chunk states and the gated prefix
-  const at::Tensor Sc = side.states(k3, gt.kf, values_ext(v3, side.phi_dt));  // [X, D, E]
   at::Tensor Hs = at::empty({BH, N, D, E}, q.options().dtype(side.phi_dt));
   const at::Tensor H0 = side.to_internal(state_ext(initial, E, acc));
   at::Tensor fin = want_final ? at::empty({BH, D, E}, ao) : at::Tensor();
-  state_scan_forward<TS, A><<<dim3(blocks_for(D * E, 256), static_cast<unsigned>(BH)), 256, 0, stream()>>>(
-      Sc.data_ptr<A>(), ptr_or_null<A>(gt.decay), ptr_or_null<A>(H0), Hs.data_ptr<TS>(), mut_ptr_or_null<A>(fin),
-      static_cast<int>(N), D * E);
-  check_launch();
+  if (side.fused) {  // one pass, no per-chunk fp32 states
+    sympow2_scan_forward(k.view({BH, N * c, d}), gt.kf, values_ext(v3, side.phi_dt).view({BH, N * c, E}), gt.decay,
+                         H0, N, Hs, fin);
+  } else {
+    const at::Tensor Sc = side.states(k3, gt.kf, values_ext(v3, side.phi_dt));  // [X, D, E]
+    state_scan_forward<TS, A><<<dim3(blocks_for(D * E, 256), static_cast<unsigned>(BH)), 256, 0, stream()>>>(
+        Sc.data_ptr<A>(), ptr_or_null<A>(gt.decay), ptr_or_null<A>(H0), Hs.data_ptr<TS>(), mut_ptr_or_null<A>(fin),
+        static_cast<int>(N), D * E);
+    check_launch();
+  }
 
   // queries against the state entering their chunk, then the combination
   const at::Tensor B = side.query(q3, gt.qf, Hs.view({X, D, E}));  // [X, R, E]
@@ -1046,7 +1051,6 @@ void chunked_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& 
   at::Tensor dq, dk, dv;
 
   // queries against the state: B = phi(Q') H_n
-  const at::Tensor dHdir = carry ? side.states(q3, gt.qf, dB) : at::Tensor();  // [X, D, E]
   if (needs.q || gates) {
     auto [dxq, uq] = side.grad(q3, gt.qf, dB, Hs, needs.q, gates);
     if (needs.q) dq = dxq;
@@ -1059,11 +1063,17 @@ void chunked_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& 
     at::Tensor An = at::empty({BH, N, D, E}, q.options().dtype(side.phi_dt));
     const at::Tensor dfin = side.to_internal(state_ext(d_final, E, acc));
     if (needs.state) dH0 = at::empty({BH, D, E}, ao);
-    state_scan_backward<TS, A>
-        <<<dim3(blocks_for(D * E, 256 * kScanElems), static_cast<unsigned>(BH)), 256, 0, stream()>>>(
-            dHdir.data_ptr<A>(), ptr_or_null<A>(gt.decay), f.states.data_ptr<TS>(), ptr_or_null<A>(dfin),
-            An.data_ptr<TS>(), mut_ptr_or_null<A>(dLs), mut_ptr_or_null<A>(dH0), static_cast<int>(N), D * E);
-    check_launch();
+    if (side.fused) {  // the queries' direct term phi(Q')^T dB folded into the reverse pass
+      sympow2_scan_backward(q.view({BH, N * R, d}), gt.qf, dB.view({BH, N * R, E}), gt.decay, f.states, dfin, N, An,
+                            dLs, dH0);
+    } else {
+      const at::Tensor dHdir = side.states(q3, gt.qf, dB);  // [X, D, E]
+      state_scan_backward<TS, A>
+          <<<dim3(blocks_for(D * E, 256 * kScanElems), static_cast<unsigned>(BH)), 256, 0, stream()>>>(
+              dHdir.data_ptr<A>(), ptr_or_null<A>(gt.decay), f.states.data_ptr<TS>(), ptr_or_null<A>(dfin),
+              An.data_ptr<TS>(), mut_ptr_or_null<A>(dLs), mut_ptr_or_null<A>(dH0), static_cast<int>(N), D * E);
+      check_launch();
+    }
 
     // the states' inputs: S_ext = phi(K')^T [V | 1 | 0]
     if (key_side) {

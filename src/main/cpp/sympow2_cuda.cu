@@ -2,7 +2,8 @@
 // operand of phi is an x block (ldmatrix from shared memory) scaled by one x value per row or per column, in fp32,
 // rounded once to bf16. fp32 accumulation.
 //
-//   sympow2_states_kernel  S = phi'(X)^T Y      a warp owns two 16-feature tiles, tokens stream in stages of 64
+//   sympow2_scan_kernel    S_n = phi'(X_n)^T Y_n fused with the gated prefix over chunks (forward or reverse):
+//                          a warp owns a 16-feature tile of the running state, rows stream in stages of 64
 //   sympow2_query_kernel   B = phi'(X) H        a warp owns 16 rows, H streams one (A, a) group at a time
 //   sympow2_grad_kernel    dx from (Y H^T)      likewise; dphi lives in registers, 16 features at a time
 #include "sympow2_cuda.h"
@@ -56,121 +57,157 @@ __device__ __forceinline__ u32 scale2(u32 v, float f0, float f1) {
   return pack2<true>(x.x * f0, x.y * f1);
 }
 
-// ---------------------------------------------------------------------------------------------------------------
-// S = phi'(X)^T Y: out [X, D2, E]. A CTA covers 16 feature tiles (256 features) of one block x; warp w the tiles
-// 2 w, 2 w + 1. Tile (A, a, B): A operand = X_B^T (16 features b x 16 tokens) with column (token) scale
-// c_AB rs_t x_t[16 A + a].
-// ---------------------------------------------------------------------------------------------------------------
-
-constexpr int kStateTokens = 64;
-constexpr int kStateTilesPerCta = 16;
+constexpr int kStateTokens = 64;  // rows a stage of the scan kernel
 
 template <int D, int E>
 constexpr size_t states_smem() {
   return sizeof(u16) * 2 * kStateTokens * ((D + 8) + (E + 8)) + sizeof(float) * 2 * kStateTokens;
 }
 
-template <bool BFX, int D, int E>
-__global__ void __launch_bounds__(kThreads, 1) sympow2_states_kernel(const u16* __restrict__ x,
-                                                                  const float* __restrict__ rs,
-                                                                  const u16* __restrict__ y, float* __restrict__ out,
-                                                                  int64_t X, int64_t n) {
+// ---------------------------------------------------------------------------------------------------------------
+// The chunk states and their gated prefix in one pass, per head: a warp owns one 16-feature tile of the running
+// state (fp32 registers) and walks the head's chunks in order (REV: in reverse), 64 rows a stage:
+//   at a chunk's start   out[n] = H (bf16);  REV: dL[n] += decay_n (Hs[n] . H)
+//   over its rows        S = phi'(x)^T y (tensor cores)
+//   at its end           H = decay_n H + S
+// Forward: H starts at H0 and out = Hs, the states entering each chunk; last = the final state. Backward: H starts
+// at the final state's gradient, S = phi'(Q')^T dB, out = the gradient of the state leaving each chunk, last = the
+// initial state's gradient. No [N, D2, E] fp32 tensor is made.
+// ---------------------------------------------------------------------------------------------------------------
+
+template <bool BFX, int D, int E, bool REV>
+__global__ void __launch_bounds__(kThreads) sympow2_scan_kernel(
+    const u16* __restrict__ x, const float* __restrict__ rs, const u16* __restrict__ y,
+    const float* __restrict__ decay, const float* __restrict__ Hin, const u16* __restrict__ Hs,
+    u16* __restrict__ out, float* __restrict__ last, float* __restrict__ dL, int64_t N, int64_t c) {
   constexpr int NB = D / 16, D2 = 256 * NB * (NB + 1) / 2, TILES = D2 / 16, NT = E / 8;
-  constexpr int SD = D + 8, SE = E + 8, CPB = (TILES + kStateTilesPerCta - 1) / kStateTilesPerCta;
+  constexpr int SD = D + 8, SE = E + 8, WARPS = kThreads / 32, PARTS = (TILES + WARPS - 1) / WARPS;
   extern __shared__ __align__(16) unsigned char smem[];
-  u16* sX = reinterpret_cast<u16*>(smem);          // [2][64][SD]
-  u16* sY = sX + 2 * kStateTokens * SD;             // [2][64][SE]
-  float* sR = reinterpret_cast<float*>(sY + 2 * kStateTokens * SE);  // [2][64]
+  u16* sX = reinterpret_cast<u16*>(smem);
+  u16* sY = sX + 2 * kStateTokens * SD;
+  float* sR = reinterpret_cast<float*>(sY + 2 * kStateTokens * SE);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gr = lane >> 2, tg = lane & 3;
-  const int64_t bx = blockIdx.x / CPB;
-  const int part = static_cast<int>(blockIdx.x % CPB);
-  const u16* xb = x + bx * n * D;
-  const u16* yb = y + bx * n * E;
-  const float* rb = rs ? rs + bx * n : nullptr;
+  const int64_t bh = blockIdx.x / PARTS;
+  const int tile = static_cast<int>(blockIdx.x % PARTS) * WARPS + warp;
+  const bool valid = tile < TILES;
+  int t = valid ? tile : 0, A = 0;
+  while (A < NB - 1 && t >= 16 * (NB - A)) t -= 16 * (NB - A), ++A;
+  const int colA = 16 * A + t / (NB - A), colB = 16 * (A + t % (NB - A));
+  const float cab = colB == 16 * A ? 1.f : kSqrt2;
+  const int64_t f = static_cast<int64_t>(tile) * 16 + gr;  // this lane's state rows f, f + 8
+  const int64_t rows = N * c;
+  const u16* xb = x + bh * rows * D;
+  const u16* yb = y + bh * rows * E;
+  const float* rb = rs ? rs + bh * rows : nullptr;
 
-  // this warp's two tiles: (A, a, B) and the x column of the scale
-  int colA[2], colB[2];
-  float cab[2];
-  bool valid[2];
+  float H[NT][4];
+  zero(H);
+  if (Hin && valid) {
+    const float* h = Hin + bh * D2 * E;
 #pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    int t = part * kStateTilesPerCta + warp * 2 + i;
-    valid[i] = t < TILES;
-    int A = 0;
-    while (A < NB - 1 && t >= 16 * (NB - A)) t -= 16 * (NB - A), ++A;
-    const int a = t / (NB - A), B = A + t % (NB - A);
-    colA[i] = 16 * A + a;
-    colB[i] = 16 * B;
-    cab[i] = A == B ? 1.f : kSqrt2;
+    for (int nt = 0; nt < NT; ++nt) {
+      const float2 a = *reinterpret_cast<const float2*>(h + f * E + nt * 8 + 2 * tg);
+      const float2 b = *reinterpret_cast<const float2*>(h + (f + 8) * E + nt * 8 + 2 * tg);
+      H[nt][0] = a.x, H[nt][1] = a.y, H[nt][2] = b.x, H[nt][3] = b.y;
+    }
   }
-
-  auto load = [&](int st, int buf) {
-    const int64_t t0 = static_cast<int64_t>(st) * kStateTokens;
-    load_rows<D, kStateTokens, kThreads>(sX + buf * kStateTokens * SD, xb, t0, n);
-    load_rows<E, kStateTokens, kThreads>(sY + buf * kStateTokens * SE, yb, t0, n);
+  const int spc = static_cast<int>((c + kStateTokens - 1) / kStateTokens);  // stages a chunk
+  const int64_t stages = N * spc;
+  auto chunk_of = [&](int64_t q) { return REV ? N - 1 - q / spc : q / spc; };
+  auto load = [&](int64_t q, int buf) {
+    const int64_t n = chunk_of(q), t0 = n * c + (q % spc) * kStateTokens, end = n * c + c;
+    load_rows<D, kStateTokens, kThreads>(sX + buf * kStateTokens * SD, xb, t0, end);
+    load_rows<E, kStateTokens, kThreads>(sY + buf * kStateTokens * SE, yb, t0, end);
     for (int i = threadIdx.x; i < kStateTokens; i += kThreads) {
       float* dst = sR + buf * kStateTokens + i;
+      const bool ok = t0 + i < end;
       if (rb) {
-        cp_async4(dst, rb + (t0 + i < n ? t0 + i : 0), t0 + i < n);
+        cp_async4(dst, rb + (ok ? t0 + i : 0), ok);
       } else {
-        *dst = 1.f;
+        *dst = ok ? 1.f : 0.f;
       }
     }
   };
-  const int stages = static_cast<int>((n + kStateTokens - 1) / kStateTokens);
-  float acc[2][NT][4];
-#pragma unroll
-  for (int i = 0; i < 2; ++i) zero(acc[i]);
+  float S[NT][4];
   load(0, 0);
   cp_async_commit();
-  for (int st = 0; st < stages; ++st) {
-    if (st + 1 < stages) load(st + 1, (st + 1) & 1);
+  for (int64_t q = 0; q < stages; ++q) {
+    if (q + 1 < stages) load(q + 1, (q + 1) & 1);
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();
-    const u16* cX = sX + (st & 1) * kStateTokens * SD;
-    const u16* cY = sY + (st & 1) * kStateTokens * SE;
-    const float* cR = sR + (st & 1) * kStateTokens;
+    const int64_t n = chunk_of(q);
+    const int s = static_cast<int>(q % spc);
+    if (s == 0) {  // chunk start: hand out H
+      zero(S);
+      if (valid) {
+        u16* o = out + (bh * N + n) * D2 * E;
+        float dot = 0.f;
 #pragma unroll
-    for (int kk = 0; kk < kStateTokens / 16; ++kk) {
-      const int k0 = kk * 16;
-      u32 b[NT][2];
+        for (int nt = 0; nt < NT; ++nt) {
+          const int64_t c0 = f * E + nt * 8 + 2 * tg, c1 = c0 + 8 * E;
+          *reinterpret_cast<u32*>(o + c0) = pack2<true>(H[nt][0], H[nt][1]);
+          *reinterpret_cast<u32*>(o + c1) = pack2<true>(H[nt][2], H[nt][3]);
+          if constexpr (REV) {
+            const u16* hs = Hs + (bh * N + n) * D2 * E;
+            const float2 a = unpack2<true>(*reinterpret_cast<const u32*>(hs + c0));
+            const float2 b = unpack2<true>(*reinterpret_cast<const u32*>(hs + c1));
+            dot += a.x * H[nt][0] + a.y * H[nt][1] + b.x * H[nt][2] + b.y * H[nt][3];
+          }
+        }
+        if constexpr (REV) {
+          if (dL) {
 #pragma unroll
-      for (int np = 0; np < NT / 2; ++np) {
-        u32 r[4];
-        ldsm4t(r, at_a(cY, SE, k0, np * 16));
-        b[2 * np][0] = r[0], b[2 * np][1] = r[1], b[2 * np + 1][0] = r[2], b[2 * np + 1][1] = r[3];
+            for (int o2 = 16; o2 > 0; o2 >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o2);
+            if (lane == 0 && dot != 0.f) atomicAdd(dL + bh * N + n, (decay ? decay[bh * N + n] : 1.f) * dot);
+          }
+        }
       }
-      if constexpr (NT % 2 == 1) ldsm2t(b[NT - 1], at_a(cY, SE, k0, (NT - 1) * 8));
-      const int t0 = k0 + 2 * tg;  // this lane's tokens: t0, t0 + 1, t0 + 8, t0 + 9
+    }
+    const u16* cX = sX + (q & 1) * kStateTokens * SD;
+    const u16* cY = sY + (q & 1) * kStateTokens * SE;
+    const float* cR = sR + (q & 1) * kStateTokens;
+    if (valid) {
 #pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        if (!valid[i]) continue;
+      for (int kk = 0; kk < kStateTokens / 16; ++kk) {
+        const int k0 = kk * 16, t0 = k0 + 2 * tg;
         u32 af[4];
-        ldsm4t(af, at_b(cX, SD, k0, colB[i]));
-        const float u0 = cab[i] * cR[t0] * to_float<BFX>(cX[t0 * SD + colA[i]]);
-        const float u1 = cab[i] * cR[t0 + 1] * to_float<BFX>(cX[(t0 + 1) * SD + colA[i]]);
-        const float u2 = cab[i] * cR[t0 + 8] * to_float<BFX>(cX[(t0 + 8) * SD + colA[i]]);
-        const float u3 = cab[i] * cR[t0 + 9] * to_float<BFX>(cX[(t0 + 9) * SD + colA[i]]);
+        ldsm4t(af, at_b(cX, SD, k0, colB));
+        const float u0 = cab * cR[t0] * to_float<BFX>(cX[t0 * SD + colA]);
+        const float u1 = cab * cR[t0 + 1] * to_float<BFX>(cX[(t0 + 1) * SD + colA]);
+        const float u2 = cab * cR[t0 + 8] * to_float<BFX>(cX[(t0 + 8) * SD + colA]);
+        const float u3 = cab * cR[t0 + 9] * to_float<BFX>(cX[(t0 + 9) * SD + colA]);
         const u32 a[4] = {scale2<BFX>(af[0], u0, u1), scale2<BFX>(af[1], u0, u1), scale2<BFX>(af[2], u2, u3),
                           scale2<BFX>(af[3], u2, u3)};
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) mma16816<true>(acc[i][nt], a, b[nt][0], b[nt][1]);
+        for (int np = 0; np < NT / 2; ++np) {
+          u32 r[4];
+          ldsm4t(r, at_a(cY, SE, k0, np * 16));
+          mma16816<true>(S[2 * np], a, r[0], r[1]);
+          mma16816<true>(S[2 * np + 1], a, r[2], r[3]);
+        }
+        if constexpr (NT % 2 == 1) {
+          u32 r[2];
+          ldsm2t(r, at_a(cY, SE, k0, (NT - 1) * 8));
+          mma16816<true>(S[NT - 1], a, r[0], r[1]);
+        }
       }
+    }
+    if (s == spc - 1) {  // chunk end
+      const float dec = decay ? decay[bh * N + n] : 1.f;
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) H[nt][i] = dec * H[nt][i] + S[nt][i];
     }
     __syncthreads();
   }
-  float* ob = out + bx * D2 * E;
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    if (!valid[i]) continue;
-    const int f = (part * kStateTilesPerCta + warp * 2 + i) * 16 + gr;
+  if (last && valid) {
+    float* l = last + bh * D2 * E;
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
-      *reinterpret_cast<float2*>(ob + static_cast<int64_t>(f) * E + nt * 8 + 2 * tg) =
-          make_float2(acc[i][nt][0], acc[i][nt][1]);
-      *reinterpret_cast<float2*>(ob + static_cast<int64_t>(f + 8) * E + nt * 8 + 2 * tg) =
-          make_float2(acc[i][nt][2], acc[i][nt][3]);
+      *reinterpret_cast<float2*>(l + f * E + nt * 8 + 2 * tg) = make_float2(H[nt][0], H[nt][1]);
+      *reinterpret_cast<float2*>(l + (f + 8) * E + nt * 8 + 2 * tg) = make_float2(H[nt][2], H[nt][3]);
     }
   }
 }
@@ -483,29 +520,6 @@ int64_t sympow2_dim(int64_t d) {
   return 256 * nb * (nb + 1) / 2;
 }
 
-at::Tensor sympow2_states(const at::Tensor& x, const at::Tensor& rs, const at::Tensor& y) {
-  check_x(x, rs);
-  const int64_t X = x.size(0), n = x.size(1), d = x.size(2), E = y.size(-1), D2 = sympow2_dim(d);
-  check_bf16(y, X, n, E, "y");
-  TORCH_CHECK(E == d + 8, "power_full: degree-2 kernels take E = e + 8");
-  at::Tensor out = at::empty({X, D2, E}, x.options().dtype(at::kFloat));
-  if (X == 0) return out;
-  if (n == 0) return out.zero_();
-  const c10::cuda::CUDAGuard guard(x.device());
-  dispatch(x.scalar_type(), d, [&](auto bf, auto dd) {
-    constexpr bool BF = decltype(bf)::value;
-    constexpr int D = decltype(dd)::value, Ee = D + 8, TILES = 256 * (D / 16) * (D / 16 + 1) / 2 / 16;
-    auto kernel = sympow2_states_kernel<BF, D, Ee>;
-    constexpr size_t smem = states_smem<D, Ee>();
-    allow_smem(kernel, smem);
-    const int64_t cpb = (TILES + kStateTilesPerCta - 1) / kStateTilesPerCta;
-    kernel<<<grid_of(X * cpb), kThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(bits(x), fptr(rs), bits(y),
-                                                                                     out.data_ptr<float>(), X, n);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return out;
-}
-
 at::Tensor sympow2_query(const at::Tensor& x, const at::Tensor& rs, const at::Tensor& H) {
   check_x(x, rs);
   const int64_t X = x.size(0), n = x.size(1), d = x.size(2), D2 = sympow2_dim(d), E = H.size(-1);
@@ -551,6 +565,58 @@ std::pair<at::Tensor, at::Tensor> sympow2_grad(const at::Tensor& x, const at::Te
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {dx, u};
+}
+
+namespace {
+
+template <bool REV>
+void scan_launch(const at::Tensor& x, const at::Tensor& rs, const at::Tensor& y, const at::Tensor& decay,
+                 const at::Tensor& Hin, const at::Tensor& Hs, int64_t N, at::Tensor& out, at::Tensor& last,
+                 at::Tensor& dL) {
+  check_x(x, rs);
+  const int64_t BH = x.size(0), rows = x.size(1), d = x.size(2), D2 = sympow2_dim(d), E = y.size(-1);
+  TORCH_CHECK(N > 0 && rows % N == 0, "power_full: degree-2 scan: rows do not split into ", N, " chunks");
+  check_bf16(y, BH, rows, E, "y");
+  check_bf16(out, BH, N * D2, E, "out");
+  TORCH_CHECK(E == d + 8, "power_full: degree-2 kernels take E = e + 8");
+  auto f32 = [](const at::Tensor& t, int64_t n, const char* what) {
+    TORCH_CHECK(!t.defined() || (t.scalar_type() == at::kFloat && t.is_contiguous() && t.numel() == n),
+                "power_full: degree-2 scan: bad ", what);
+    return t.defined() ? t.data_ptr<float>() : nullptr;
+  };
+  const float* dec = f32(decay, BH * N, "decay");
+  const float* hin = f32(Hin, BH * D2 * E, "initial state");
+  float* lst = f32(last, BH * D2 * E, "last state");
+  float* dl = f32(dL, BH * N, "dL");
+  if (REV) check_bf16(Hs, BH, N * D2, E, "Hs");
+  if (BH == 0) return;
+  const c10::cuda::CUDAGuard guard(x.device());
+  dispatch(x.scalar_type(), d, [&](auto bf, auto dd) {
+    constexpr bool BF = decltype(bf)::value;
+    constexpr int D = decltype(dd)::value, Ee = D + 8, TILES = 256 * (D / 16) * (D / 16 + 1) / 2 / 16;
+    auto kernel = sympow2_scan_kernel<BF, D, Ee, REV>;
+    constexpr size_t smem = states_smem<D, Ee>();
+    allow_smem(kernel, smem);
+    const int64_t parts = (TILES + kThreads / 32 - 1) / (kThreads / 32);
+    kernel<<<grid_of(BH * parts), kThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
+        bits(x), fptr(rs), bits(y), dec, hin, REV ? bits(Hs) : nullptr, static_cast<u16*>(out.data_ptr()), lst, dl,
+        N, rows / N);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+}  // namespace
+
+void sympow2_scan_forward(const at::Tensor& x, const at::Tensor& rs, const at::Tensor& y, const at::Tensor& decay,
+                          const at::Tensor& H0, int64_t N, at::Tensor& Hs, at::Tensor& final_state) {
+  at::Tensor none;
+  scan_launch<false>(x, rs, y, decay, H0, at::Tensor(), N, Hs, final_state, none);
+}
+
+void sympow2_scan_backward(const at::Tensor& x, const at::Tensor& rs, const at::Tensor& y, const at::Tensor& decay,
+                           const at::Tensor& Hs, const at::Tensor& dfinal, int64_t N, at::Tensor& An, at::Tensor& dL,
+                           at::Tensor& dH0) {
+  scan_launch<true>(x, rs, y, decay, dfinal, Hs, N, An, dH0, dL);
 }
 
 at::Tensor sympow2_to_internal(const at::Tensor& ext, int64_t d) {

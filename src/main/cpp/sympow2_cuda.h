@@ -25,9 +25,6 @@ bool sympow2_supported(at::ScalarType dtype, int64_t d, int64_t e);
 /// D2 = 256 nb (nb + 1) / 2, nb = d / 16.
 int64_t sympow2_dim(int64_t d);
 
-/// S[x] = sum_r phi'(x_r) y_r^T  -> [X, D2, E] fp32.
-at::Tensor sympow2_states(const at::Tensor& x, const at::Tensor& rs, const at::Tensor& y);
-
 /// B[x, r] = phi'(x_r) H[x]  -> [X, n, E] fp32.
 at::Tensor sympow2_query(const at::Tensor& x, const at::Tensor& rs, const at::Tensor& H);
 
@@ -35,6 +32,19 @@ at::Tensor sympow2_query(const at::Tensor& x, const at::Tensor& rs, const at::Te
 /// u_r = phi'(x_r) . dphi_r (its gradient in log rs_r) -> [X * n] fp32.
 std::pair<at::Tensor, at::Tensor> sympow2_grad(const at::Tensor& x, const at::Tensor& rs, const at::Tensor& y,
                                                const at::Tensor& H);
+
+/// The chunk states and the gated prefix in one pass. x [BH, N c, d], rs [BH N c] or undefined, y [BH, N c, E]
+/// bf16, decay [BH N] (exp of the chunk's total log gate) or undefined (1), H0 [BH, D2, E] fp32 or undefined (0).
+/// Writes Hs [BH, N, D2, E] bf16, the state entering each chunk, and (when defined) final_state [BH, D2, E] fp32.
+void sympow2_scan_forward(const at::Tensor& x, const at::Tensor& rs, const at::Tensor& y, const at::Tensor& decay,
+                          const at::Tensor& H0, int64_t N, at::Tensor& Hs, at::Tensor& final_state);
+
+/// Its backward with the query side's direct term folded in: x, rs, y = the queries Q', their row scales and dB
+/// ([BH, N R, .]); A_{N-1} = dfinal (or 0), An[n] = A_n (bf16), dL[n] += decay_n (Hs[n] . A_n) (fp32, when
+/// defined), A_{n-1} = phi'(Q'_n)^T dB_n + decay_n A_n, dH0 = A_{-1} (when defined).
+void sympow2_scan_backward(const at::Tensor& x, const at::Tensor& rs, const at::Tensor& y, const at::Tensor& decay,
+                           const at::Tensor& Hs, const at::Tensor& dfinal, int64_t N, at::Tensor& An, at::Tensor& dL,
+                           at::Tensor& dH0);
 
 /// Extended states [BH, D, E] in sympow.h's layout -> [BH, D2, E] in the internal one, and back. The two maps are
 /// each other's transposes, so each is also the other's backward.
