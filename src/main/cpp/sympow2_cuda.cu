@@ -58,10 +58,11 @@ __device__ __forceinline__ u32 scale2(u32 v, float f0, float f1) {
 }
 
 constexpr int kStateTokens = 64;  // rows a stage of the scan kernel
+constexpr int kScanPipe = 4;      // stages in flight: one head's rows stream through each CTA in order
 
 template <int D, int E>
 constexpr size_t states_smem() {
-  return sizeof(u16) * 2 * kStateTokens * ((D + 8) + (E + 8)) + sizeof(float) * 2 * kStateTokens;
+  return sizeof(u16) * kScanPipe * kStateTokens * ((D + 8) + (E + 8)) + sizeof(float) * kScanPipe * kStateTokens;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -83,9 +84,9 @@ __global__ void __launch_bounds__(kThreads) sympow2_scan_kernel(
   constexpr int NB = D / 16, D2 = 256 * NB * (NB + 1) / 2, TILES = D2 / 16, NT = E / 8;
   constexpr int SD = D + 8, SE = E + 8, WARPS = kThreads / 32, PARTS = (TILES + WARPS - 1) / WARPS;
   extern __shared__ __align__(16) unsigned char smem[];
-  u16* sX = reinterpret_cast<u16*>(smem);
-  u16* sY = sX + 2 * kStateTokens * SD;
-  float* sR = reinterpret_cast<float*>(sY + 2 * kStateTokens * SE);
+  u16* sX = reinterpret_cast<u16*>(smem);                              // [kScanPipe][64][SD]
+  u16* sY = sX + kScanPipe * kStateTokens * SD;                         // [kScanPipe][64][SE]
+  float* sR = reinterpret_cast<float*>(sY + kScanPipe * kStateTokens * SE);  // [kScanPipe][64]
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gr = lane >> 2, tg = lane & 3;
   const int64_t bh = blockIdx.x / PARTS;
   const int tile = static_cast<int>(blockIdx.x % PARTS) * WARPS + warp;
@@ -129,12 +130,17 @@ __global__ void __launch_bounds__(kThreads) sympow2_scan_kernel(
     }
   };
   float S[NT][4];
-  load(0, 0);
-  cp_async_commit();
-  for (int64_t q = 0; q < stages; ++q) {
-    if (q + 1 < stages) load(q + 1, (q + 1) & 1);
+  // a ring of kScanPipe stages: kScanPipe - 1 loads in flight while one is used (a CTA's rows arrive in order, so
+  // its stream is latency-bound with fewer)
+#pragma unroll
+  for (int i = 0; i < kScanPipe - 1; ++i) {
+    if (i < stages) load(i, i);
     cp_async_commit();
-    cp_async_wait<1>();
+  }
+  for (int64_t q = 0; q < stages; ++q) {
+    if (q + kScanPipe - 1 < stages) load(q + kScanPipe - 1, static_cast<int>((q + kScanPipe - 1) % kScanPipe));
+    cp_async_commit();
+    cp_async_wait<kScanPipe - 1>();
     __syncthreads();
     const int64_t n = chunk_of(q);
     const int s = static_cast<int>(q % spc);
@@ -164,9 +170,10 @@ __global__ void __launch_bounds__(kThreads) sympow2_scan_kernel(
         }
       }
     }
-    const u16* cX = sX + (q & 1) * kStateTokens * SD;
-    const u16* cY = sY + (q & 1) * kStateTokens * SE;
-    const float* cR = sR + (q & 1) * kStateTokens;
+    const int buf = static_cast<int>(q % kScanPipe);
+    const u16* cX = sX + buf * kStateTokens * SD;
+    const u16* cY = sY + buf * kStateTokens * SE;
+    const float* cR = sR + buf * kStateTokens;
     if (valid) {
 #pragma unroll
       for (int kk = 0; kk < kStateTokens / 16; ++kk) {
