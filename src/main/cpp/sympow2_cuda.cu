@@ -58,11 +58,13 @@ __device__ __forceinline__ u32 scale2(u32 v, float f0, float f1) {
 }
 
 constexpr int kStateTokens = 64;  // rows a stage of the scan kernel
-constexpr int kScanPipe = 4;      // stages in flight: one head's rows stream through each CTA in order
+constexpr int kScanPipe = 3;      // stages in flight: one head's rows stream through each CTA in order
 
+// Row strides of the scan kernel's tiles: an odd number of 16-byte units keeps ldmatrix free of bank conflicts
+// (E = e + 8 is 8 mod 16, so its tile takes 16 more).
 template <int D, int E>
 constexpr size_t states_smem() {
-  return sizeof(u16) * kScanPipe * kStateTokens * ((D + 8) + (E + 8)) + sizeof(float) * kScanPipe * kStateTokens;
+  return sizeof(u16) * kScanPipe * kStateTokens * ((D + 8) + (E + 16)) + sizeof(float) * kScanPipe * kStateTokens;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -82,7 +84,7 @@ __global__ void __launch_bounds__(kThreads) sympow2_scan_kernel(
     const float* __restrict__ decay, const float* __restrict__ Hin, const u16* __restrict__ Hs,
     u16* __restrict__ out, float* __restrict__ last, float* __restrict__ dL, int64_t N, int64_t c) {
   constexpr int NB = D / 16, D2 = 256 * NB * (NB + 1) / 2, TILES = D2 / 16, NT = E / 8;
-  constexpr int SD = D + 8, SE = E + 8, WARPS = kThreads / 32, PARTS = (TILES + WARPS - 1) / WARPS;
+  constexpr int SD = D + 8, SE = E + 16, WARPS = kThreads / 32, PARTS = (TILES + WARPS - 1) / WARPS;
   extern __shared__ __align__(16) unsigned char smem[];
   u16* sX = reinterpret_cast<u16*>(smem);                              // [kScanPipe][64][SD]
   u16* sY = sX + kScanPipe * kStateTokens * SD;                         // [kScanPipe][64][SE]
@@ -114,11 +116,19 @@ __global__ void __launch_bounds__(kThreads) sympow2_scan_kernel(
   }
   const int spc = static_cast<int>((c + kStateTokens - 1) / kStateTokens);  // stages a chunk
   const int64_t stages = N * spc;
-  auto chunk_of = [&](int64_t q) { return REV ? N - 1 - q / spc : q / spc; };
-  auto load = [&](int64_t q, int buf) {
-    const int64_t n = chunk_of(q), t0 = n * c + (q % spc) * kStateTokens, end = n * c + c;
+  // stage q is stage s of the k-th chunk in walking order (chunk N - 1 - k when REV), tracked by counters: 64-bit
+  // divisions here cost more instructions than a stage's matrix products
+  struct Pos {
+    int64_t k;
+    int s;
+  };
+  auto advance = [&](Pos& p) {
+    if (++p.s == spc) p.s = 0, ++p.k;
+  };
+  auto load = [&](const Pos& p, int buf) {
+    const int64_t n = REV ? N - 1 - p.k : p.k, t0 = n * c + p.s * kStateTokens, end = n * c + c;
     load_rows<D, kStateTokens, kThreads>(sX + buf * kStateTokens * SD, xb, t0, end);
-    load_rows<E, kStateTokens, kThreads>(sY + buf * kStateTokens * SE, yb, t0, end);
+    load_rows<E, kStateTokens, kThreads, SE>(sY + buf * kStateTokens * SE, yb, t0, end);
     for (int i = threadIdx.x; i < kStateTokens; i += kThreads) {
       float* dst = sR + buf * kStateTokens + i;
       const bool ok = t0 + i < end;
@@ -132,18 +142,21 @@ __global__ void __launch_bounds__(kThreads) sympow2_scan_kernel(
   float S[NT][4];
   // a ring of kScanPipe stages: kScanPipe - 1 loads in flight while one is used (a CTA's rows arrive in order, so
   // its stream is latency-bound with fewer)
+  Pos cur{0, 0}, pre{0, 0};
 #pragma unroll
   for (int i = 0; i < kScanPipe - 1; ++i) {
-    if (i < stages) load(i, i);
+    if (i < stages) load(pre, i), advance(pre);
     cp_async_commit();
   }
+  int buf = 0, pre_buf = kScanPipe - 1;
   for (int64_t q = 0; q < stages; ++q) {
-    if (q + kScanPipe - 1 < stages) load(q + kScanPipe - 1, static_cast<int>((q + kScanPipe - 1) % kScanPipe));
+    if (q + kScanPipe - 1 < stages) load(pre, pre_buf), advance(pre);
+    pre_buf = pre_buf + 1 == kScanPipe ? 0 : pre_buf + 1;
     cp_async_commit();
     cp_async_wait<kScanPipe - 1>();
     __syncthreads();
-    const int64_t n = chunk_of(q);
-    const int s = static_cast<int>(q % spc);
+    const int64_t n = REV ? N - 1 - cur.k : cur.k;
+    const int s = cur.s;
     if (s == 0) {  // chunk start: hand out H
       zero(S);
       if (valid) {
@@ -170,7 +183,6 @@ __global__ void __launch_bounds__(kThreads) sympow2_scan_kernel(
         }
       }
     }
-    const int buf = static_cast<int>(q % kScanPipe);
     const u16* cX = sX + buf * kStateTokens * SD;
     const u16* cY = sY + buf * kStateTokens * SE;
     const float* cR = sR + buf * kStateTokens;
@@ -207,6 +219,8 @@ __global__ void __launch_bounds__(kThreads) sympow2_scan_kernel(
 #pragma unroll
         for (int i = 0; i < 4; ++i) H[nt][i] = dec * H[nt][i] + S[nt][i];
     }
+    advance(cur);
+    buf = buf + 1 == kScanPipe ? 0 : buf + 1;
     __syncthreads();
   }
   if (last && valid) {
