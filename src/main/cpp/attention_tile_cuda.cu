@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 namespace power_attention {
 namespace cuda {
@@ -34,8 +35,14 @@ constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
 struct Args {
   int64_t X, R, C;
   int g, p;
-  float lp2;  // p log2(scale)
+  float lp2;          // p log2(scale)
+  const float* gmin;  // [X]: min over the block's keys of G, or null (no gates)
 };
+
+// Degree 2 in the backward: w = s^2 2^(c_i - G_j log2 e) and dz p / s = 2 t s 2^(...) need one MUFU a score instead
+// of three (lg2, ex2 and the division's reciprocal). The factor 2^(...) is finite while c_i - min_j G_j log2 e < 120
+// (the row's "room"; the product itself is a weight <= 1); rows without room take the log form.
+constexpr float kRoom = 120.f;
 
 // Scores work in log2 units: z2 = p log2|s| + (p log2 scale + G_i log2 e) - G_j log2 e, weights 2^(z2 - m2).
 // MUFU approximations (ex2.approx, lg2.approx): a few ulp, far under the bf16 operands' rounding.
@@ -315,6 +322,8 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dq_kernel(Args a, const u16
   const float rfa = oka ? rf[x * R + ra] : 0.f, rfb = okb ? rf[x * R + rb] : 0.f;
   const float dda = oka ? dd[x * R + ra] : 0.f, ddb = okb ? dd[x * R + rb] : 0.f;
   const float pf_ = static_cast<float>(a.p);
+  const float room = kRoom + (a.gmin ? a.gmin[x] * kLog2e : 0.f);
+  const bool p2 = __all_sync(0xffffffffu, a.p == 2 && ca < room && cb < room);  // warp-uniform
   const bool odd = a.p & 1;
   u32 qf[D / 16][4], yf[E / 16][4];
   float acc[D / 8][4];
@@ -357,27 +366,46 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dq_kernel(Args a, const u16
     }
     const int64_t j0 = static_cast<int64_t>(jt) * BN;
     const bool full = j0 + BN < vis_warp;  // every key before every row's diagonal: no mask
+    auto scores = [&](auto p2_) {
+      constexpr bool P2 = decltype(p2_)::value;
 #pragma unroll
-    for (int nf = 0; nf < BN / 8; ++nf) {
+      for (int nf = 0; nf < BN / 8; ++nf) {
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int jl = nf * 8 + tg * 2 + h;
-        const int64_t j = j0 + jl;
-        const float gk = Gx ? cG[jl] * kLog2e : 0.f;
+        for (int h = 0; h < 2; ++h) {
+          const int jl = nf * 8 + tg * 2 + h;
+          const int64_t j = j0 + jl;
+          const float gk = Gx ? cG[jl] * kLog2e : 0.f;
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const float sv = s[nf][2 * half + h];
-          float w = ex2(pf_ * lg2(fabsf(sv)) + ((half ? cb : ca) - gk));
-          if (odd && sv < 0.f) w = -w;
-          const int64_t vis = half ? visb : visa;
-          if (!full) w = j < vis ? w : 0.f;
-          const float dz = (dp[nf][2 * half + h] * (half ? rfb : rfa) + (half ? ddb : dda)) * w;
-          // the gate terms skip the diagonal: G_i - G_i does not depend on G (both sums would carry it)
-          const float dzg = full || j + 1 != vis ? dz : 0.f;
-          if (half) rsb += dzg; else rsa += dzg;
-          s[nf][2 * half + h] = sv != 0.f ? __fdividef(dz, sv) * pf_ : 0.f;
+          for (int half = 0; half < 2; ++half) {
+            const float sv = s[nf][2 * half + h];
+            const int64_t vis = half ? visb : visa;
+            const float t = dp[nf][2 * half + h] * (half ? rfb : rfa) + (half ? ddb : dda);
+            float dz, ds;
+            if constexpr (P2) {
+              float f = ex2((half ? cb : ca) - gk);
+              if (!full) f = j < vis ? f : 0.f;
+              const float ts = t * sv * f;
+              dz = ts * sv;
+              ds = 2.f * ts;
+            } else {
+              float w = ex2(pf_ * lg2(fabsf(sv)) + ((half ? cb : ca) - gk));
+              if (odd && sv < 0.f) w = -w;
+              if (!full) w = j < vis ? w : 0.f;
+              dz = t * w;
+              ds = sv != 0.f ? __fdividef(dz, sv) * pf_ : 0.f;
+            }
+            // the gate terms skip the diagonal: G_i - G_i does not depend on G (both sums would carry it)
+            const float dzg = full || j + 1 != vis ? dz : 0.f;
+            if (half) rsb += dzg; else rsa += dzg;
+            s[nf][2 * half + h] = ds;
+          }
         }
       }
+    };
+    if (p2) {
+      scores(std::true_type{});
+    } else {
+      scores(std::false_type{});
     }
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk) {
@@ -464,6 +492,7 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dkv_kernel(Args a, const u1
   // z2 - m2 = p log2|s| + (p log2 scale + (G_i - m_i) log2 e) - G_j log2 e
   const float gka = (Gx && ja < C) ? Gx[ja] * kLog2e : 0.f, gkb = (Gx && jb < C) ? Gx[jb] * kLog2e : 0.f;
   const float pf_ = static_cast<float>(a.p);
+  const float room = kRoom + (a.gmin ? a.gmin[x] * kLog2e : 0.f);
   const bool odd = a.p & 1;
   float ka[D / 8][4], va[E / 8][4];
   zero(ka);
@@ -509,28 +538,54 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dkv_kernel(Args a, const u1
     // every row of this step sees every key of the warp, none on its diagonal: no mask
     const int64_t i0 = rstart + static_cast<int64_t>(st) * BM;
     const bool full = i0 + BM <= R && jw_last < i0 / a.g;
+    // the degree-2 form when every row of the step has room (rows past R hold zeros: room)
+    bool room_ok = a.p == 2;
+    for (int il = tg * 2; il < BM && room_ok; il += 8)
 #pragma unroll
-    for (int nf = 0; nf < BM / 8; ++nf) {
+      for (int h = 0; h < 2; ++h)
+        room_ok = room_ok && a.lp2 + ((Gx ? rw[3 * BM + il + h] : 0.f) - rw[il + h]) * kLog2e < room;
+    const bool p2 = __all_sync(0xffffffffu, room_ok);
+    auto scores = [&](auto p2_) {
+      constexpr bool P2 = decltype(p2_)::value;
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int il = nf * 8 + tg * 2 + h;
-        const float rfi = rw[BM + il], ddi = rw[2 * BM + il];
-        const float ci = a.lp2 + ((Gx ? rw[3 * BM + il] : 0.f) - rw[il]) * kLog2e;
-        const int ti = tok[il];
+      for (int nf = 0; nf < BM / 8; ++nf) {
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const float sv = s[nf][2 * half + h];
-          const int64_t jk = half ? jb : ja;
-          float w = ex2(pf_ * lg2(fabsf(sv)) + (ci - (half ? gkb : gka)));
-          if (odd && sv < 0.f) w = -w;
-          if (!full) w = jk <= ti ? w : 0.f;
-          const float dz = (dp[nf][2 * half + h] * rfi + ddi) * w;
-          const float dzg = full || jk != ti ? dz : 0.f;  // not the diagonal (see the dq kernel)
-          if (half) csb += dzg; else csa += dzg;
-          s[nf][2 * half + h] = w * rfi;
-          dp[nf][2 * half + h] = sv != 0.f ? __fdividef(dz, sv) * pf_ : 0.f;
+        for (int h = 0; h < 2; ++h) {
+          const int il = nf * 8 + tg * 2 + h;
+          const float rfi = rw[BM + il], ddi = rw[2 * BM + il];
+          const float ci = a.lp2 + ((Gx ? rw[3 * BM + il] : 0.f) - rw[il]) * kLog2e;
+          const int ti = tok[il];
+#pragma unroll
+          for (int half = 0; half < 2; ++half) {
+            const float sv = s[nf][2 * half + h];
+            const int64_t jk = half ? jb : ja;
+            const float t = dp[nf][2 * half + h] * rfi + ddi;
+            float w, ds;
+            if constexpr (P2) {
+              float f = ex2(ci - (half ? gkb : gka));
+              if (!full) f = jk <= ti ? f : 0.f;
+              const float sf = sv * f;
+              w = sf * sv;
+              ds = 2.f * t * sf;
+            } else {
+              w = ex2(pf_ * lg2(fabsf(sv)) + (ci - (half ? gkb : gka)));
+              if (odd && sv < 0.f) w = -w;
+              if (!full) w = jk <= ti ? w : 0.f;
+              ds = sv != 0.f ? __fdividef(t * w, sv) * pf_ : 0.f;
+            }
+            const float dz = t * w;
+            const float dzg = full || jk != ti ? dz : 0.f;  // not the diagonal (see the dq kernel)
+            if (half) csb += dzg; else csa += dzg;
+            s[nf][2 * half + h] = w * rfi;
+            dp[nf][2 * half + h] = ds;
+          }
         }
       }
+    };
+    if (p2) {
+      scores(std::true_type{});
+    } else {
+      scores(std::false_type{});
     }
 #pragma unroll
     for (int kk = 0; kk < BM / 16; ++kk) {
@@ -574,8 +629,8 @@ const u16* bits(const at::Tensor& t) { return static_cast<const u16*>(t.data_ptr
 const float* fptr(const at::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
 float* fmut(at::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
 
-Args make_args(const TileProblem& tp) {
-  return {tp.X, tp.R, tp.C, static_cast<int>(tp.g), tp.p, static_cast<float>(tp.p * std::log2(tp.scale))};
+Args make_args(const TileProblem& tp, const float* gmin = nullptr) {
+  return {tp.X, tp.R, tp.C, static_cast<int>(tp.g), tp.p, static_cast<float>(tp.p * std::log2(tp.scale)), gmin};
 }
 
 template <typename K>
@@ -609,7 +664,8 @@ void backward_impl(const TileProblem& tp, const at::Tensor& q, const at::Tensor&
                    const at::Tensor& dd, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, at::Tensor& rowdz,
                    at::Tensor& coldz, bool accumulate) {
   constexpr int E = D;
-  const Args args = make_args(tp);
+  const at::Tensor gmin = G.defined() ? G.view({tp.X, tp.C}).amin(1).contiguous() : at::Tensor();
+  const Args args = make_args(tp, fptr(gmin));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   if (dq.defined() || rowdz.defined()) {
     auto kernel = tile_bwd_dq_kernel<BF, D, E>;
