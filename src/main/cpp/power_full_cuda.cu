@@ -492,7 +492,7 @@ __global__ void combine_forward(const A* __restrict__ numA, const A* __restrict_
 }
 
 // Backward of combine_forward. dnum = dy / den, dden = -(dy . y) / den (y kept in fp32: dnum . v_j + dden cancels
-// where one weight dominates). Writes dnumA = dnum wa, its row factor rf = wa / den (the in-chunk weights take
+// where one weight dominates). Writes dnumA = dnum wa (when given), its row factor rf = wa / den (the in-chunk weights take
 // dy V^T rf, with dy exact, rather than a rounded dnumA), ddenA = dden wa (wa = 1 without state) and, with dB,
 // dB[:, :e] = dnum ws, dB[:, e] = dden ws, zero beyond. One warp per row.
 template <typename T, typename TS, typename A>
@@ -516,7 +516,7 @@ __global__ void combine_backward(const T* __restrict__ dy, const A* __restrict__
   }
   for (int c = lane; c < e; c += 32) {
     const A dnum = static_cast<A>(dy[row * e + c]) * inv;
-    dnumA[row * e + c] = static_cast<T>(dnum * wa);
+    if (dnumA) dnumA[row * e + c] = static_cast<T>(dnum * wa);
     if (dB) dB[row * E + c] = static_cast<TS>(dnum * ws);
   }
   if (dB)
@@ -953,7 +953,7 @@ void combine_bwd(const at::Tensor& dy, const at::Tensor& y, const A* den, const 
                  at::Tensor dnumA, A* rf, A* ddenA, int64_t rows, int64_t e, int64_t E) {
   using TS = typename PhiType<T>::type;
   combine_backward<T, TS, A><<<blocks_for(rows, 8), 256, 0, stream()>>>(
-      dy.data_ptr<T>(), y.data_ptr<A>(), den, m, state, mut_ptr_or_null<TS>(dB), dnumA.data_ptr<T>(), rf, ddenA, rows,
+      dy.data_ptr<T>(), y.data_ptr<A>(), den, m, state, mut_ptr_or_null<TS>(dB), mut_ptr_or_null<T>(dnumA), rf, ddenA, rows,
       static_cast<int>(e), static_cast<int>(E));
   check_launch();
 }
@@ -975,8 +975,8 @@ void quadratic_backward(const Problem& pr, const at::Tensor& q, const at::Tensor
   const at::Tensor qr = q.view({BH, T_ * g, d}), yr = f.y.view({BH, T_ * g, e}), dyr = dy.view({BH, T_ * g, e});
   if (tile_kernels_support(q.scalar_type(), d, e)) {  // fused: no t x t in memory
     const int64_t R = T_ * g;
-    at::Tensor dnumA = at::empty({BH, R, e}, q.options()), ddenA = at::empty({BH * R}, ao), rf = at::empty({BH * R}, ao);
-    combine_bwd<T, A>(dyr, yr, f.den.data_ptr<A>(), f.rowmax.data_ptr<A>(), false, at::Tensor(), dnumA,
+    at::Tensor ddenA = at::empty({BH * R}, ao), rf = at::empty({BH * R}, ao);  // (the tile kernels take dy and rf)
+    combine_bwd<T, A>(dyr, yr, f.den.data_ptr<A>(), f.rowmax.data_ptr<A>(), false, at::Tensor(), at::Tensor(),
                       rf.data_ptr<A>(), ddenA.data_ptr<A>(), BH * R, e, 0);
     at::Tensor dqf = needs.q ? at::empty({BH, R, d}, ao) : at::Tensor();
     at::Tensor dkf = needs.k || needs.v ? at::empty({BH, T_, d}, ao) : at::Tensor();
@@ -1041,7 +1041,9 @@ void chunked_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& 
 
   // y = num / den
   at::Tensor dB = at::empty({X, R, E}, q.options().dtype(side.phi_dt));
-  at::Tensor dnumA = at::empty({X, R, e}, q.options()), ddenA = at::empty({X * R}, ao), rf = at::empty({X * R}, ao);
+  const bool tiles = tile_kernels_support(q.scalar_type(), d, e);  // the tile kernels take dy and rf, not dnumA
+  at::Tensor dnumA = tiles ? at::Tensor() : at::empty({X, R, e}, q.options());
+  at::Tensor ddenA = at::empty({X * R}, ao), rf = at::empty({X * R}, ao);
   combine_bwd<T, A>(dy, f.y, f.den.data_ptr<A>(), f.rowmax.data_ptr<A>(), true, dB, dnumA, rf.data_ptr<A>(),
                     ddenA.data_ptr<A>(), X * R, e, E);
   // gate gradients in fp64 (see attention_weights_backward)
@@ -1092,7 +1094,7 @@ void chunked_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& 
   }
 
   // in-chunk attention
-  if (tile_kernels_support(q.scalar_type(), d, e)) {
+  if (tiles) {
     // the state side has made every gradient that is needed (fp32, [X, rows, width]); the tile kernels add theirs
     if (dv.defined()) dv = dv.contiguous();
     if (needs.k || needs.v || gates) {
