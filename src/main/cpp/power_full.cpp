@@ -4,6 +4,7 @@
 #include "power_full_cpu.h"
 #ifdef POWER_ATTENTION_WITH_CUDA
 #include "power_full_cuda.h"
+#include "sympow2_cuda.h"
 #endif
 #include "sympow.h"
 
@@ -448,11 +449,17 @@ void check_affordable(const Resolved& r, bool grad, const at::Tensor& q) {
   std::string where;
 #ifdef POWER_ATTENTION_WITH_CUDA
   if (q.is_cuda()) {
-    // All chunks at once: the states entering each chunk (input dtype) and their fp32 sums, phi of every key and
-    // query row (input dtype), twice over in backward.
-    const double elem = r.layout.ct == at::kDouble ? 8 : 2, acc = r.layout.ct == at::kDouble ? 8 : 4;
     const double X = static_cast<double>(pr.BH) * (pr.T / pr.chunk), E = static_cast<double>(pr.e + 8);
-    need = X * D * E * (elem + 2 * acc) + X * D * pr.chunk * (2.0 * pr.g + 1) * elem * (grad ? 2 : 1);
+    if (p == 2 && cuda::sympow2_supported(r.layout.ct, d, pr.e)) {
+      // The fused degree-2 path: the bf16 states entering each chunk in the internal layout (sympow2_cuda.h), and
+      // in backward their gradients; no fp32 per-chunk states, no phi in memory.
+      need = X * static_cast<double>(cuda::sympow2_dim(d)) * E * 2 * (grad ? 2 : 1);
+    } else {
+      // All chunks at once: the states entering each chunk (input dtype) and their fp32 sums, phi of every key
+      // and query row (input dtype), twice over in backward.
+      const double elem = r.layout.ct == at::kDouble ? 8 : 2, acc = r.layout.ct == at::kDouble ? 8 : 4;
+      need = X * D * E * (elem + 2 * acc) + X * D * pr.chunk * (2.0 * pr.g + 1) * elem * (grad ? 2 : 1);
+    }
     limit = cuda::device_memory_limit_bytes(q);
     where = "the free memory of " + q.device().str();
   }
