@@ -76,27 +76,47 @@ TileShape<T> tile_shape(const Problem& pr, int64_t R, int64_t C, int64_t tq0, in
 // While heads run in parallel, each head's matrix products must run on its own thread. ATen keeps its own
 // kernels single-threaded inside at::parallel_for, but an OpenBLAS built with pthreads (Bytedeco's) starts its
 // own threads in every call: 2 heads x 2 BLAS threads on 2 cores was 4x slower than 1 BLAS thread (t = 4096,
-// chunk 64). So OpenBLAS is held at one thread for the duration, when it is the BLAS in the process.
+// chunk 64). So OpenBLAS is held at one thread for the duration, in every OpenBLAS the process has loaded: Bytedeco's
+// LibTorch links libopenblas_nolapack.so.0 and its openblas preset loads libopenblas.so.0 beside it (session 3's
+// perf profile found the guard holding only the latter while LibTorch's GEMMs ran on the former, threaded).
 class SingleThreadedBlas {
  public:
   SingleThreadedBlas() {
-    static void* const lib = dlopen("libopenblas.so.0", RTLD_LAZY | RTLD_NOLOAD);
-    if (lib == nullptr) return;
-    set_ = reinterpret_cast<void (*)(int)>(dlsym(lib, "openblas_set_num_threads"));
-    auto get = reinterpret_cast<int (*)()>(dlsym(lib, "openblas_get_num_threads"));
-    if (set_ == nullptr || get == nullptr) return;
-    previous_ = get();
-    if (previous_ > 1) set_(1);
+    for (const Lib& l : loaded()) {
+      const int n = l.get();
+      previous_.push_back(n);
+      if (n > 1) l.set(1);
+    }
   }
   ~SingleThreadedBlas() {
-    if (set_ != nullptr && previous_ > 1) set_(previous_);
+    const std::vector<Lib>& libs = loaded();
+    for (size_t i = 0; i < libs.size(); ++i)
+      if (previous_[i] > 1) libs[i].set(previous_[i]);
   }
   SingleThreadedBlas(const SingleThreadedBlas&) = delete;
   SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
 
  private:
-  void (*set_)(int) = nullptr;
-  int previous_ = 0;
+  struct Lib {
+    void (*set)(int);
+    int (*get)();
+  };
+  // The OpenBLAS libraries the process has loaded, looked up once.
+  static const std::vector<Lib>& loaded() {
+    static const std::vector<Lib> libs = [] {
+      std::vector<Lib> v;
+      for (const char* name : {"libopenblas_nolapack.so.0", "libopenblas.so.0"}) {
+        void* lib = dlopen(name, RTLD_LAZY | RTLD_NOLOAD);
+        if (lib == nullptr) continue;
+        auto set = reinterpret_cast<void (*)(int)>(dlsym(lib, "openblas_set_num_threads"));
+        auto get = reinterpret_cast<int (*)()>(dlsym(lib, "openblas_get_num_threads"));
+        if (set != nullptr && get != nullptr) v.push_back({set, get});
+      }
+      return v;
+    }();
+    return libs;
+  }
+  std::vector<int> previous_;
 };
 
 // Runs fn(bh) for every head, heads in parallel (one head per task).
