@@ -1,18 +1,18 @@
 // power_full_cuda.cu: the CUDA path of power_full, forward and backward of both forms (SPEC §3-5).
 //
-// Every chunk of every head is processed at once. The matrix products are batched cuBLAS calls through ATen
-// (at::bmm, fp32 accumulation, bf16/fp16 inputs on the tensor cores); the kernels in this file do what is not a
-// matrix product, one per stage of the chunked algorithm:
+// Every chunk of every head is processed at once, one kernel (or product) per stage:
 //
-//   stage                          forward                        backward
-//   in-chunk attention weights     attention_weights_forward      attention_weights_backward
-//   phi of keys / queries          sympow_forward                 sympow_backward
-//   gated prefix over chunks       state_scan_forward             state_scan_backward
-//   in-chunk + state combination   combine_forward                combine_backward
+//   stage                          fast path (bf16 / fp16, d == e in 16..128)        otherwise
+//   in-chunk / quadratic attention attention_tile_cuda.h (scores in registers)       cuBLAS products + the weights
+//                                                                                     kernels of this file
+//   chunk states + gated prefix    degree 2: sympow2_scan_* (phi made on the fly)     phi_forward + cuBLAS + the
+//   queries against the states     degree 2: sympow2_query / sympow2_grad             state_scan kernels here
+//   in-chunk + state combination   combine_forward / combine_backward (here)
 //
 // States travel in an extended layout [D, E]: columns [0, e) are S, column e is the normaliser s, the rest zero
-// (E = e + 1 rounded up to 8), so one matrix product updates or reads both. The normaliser rides with the values
-// as a column of ones: S_ext = phi(K')^T [V | 1 | 0].
+// (E = e + 1 rounded up to 8), so one product updates or reads both; the normaliser rides with the values as a
+// column of ones: S_ext = phi(K')^T [V | 1 | 0]. The degree-2 fast path keeps them in its own feature layout
+// (sympow2_cuda.h) and converts at the API boundary.
 //
 // Precision: scores, weights' row sums, states and every reduction in fp32 (fp64 for fp64 compute); phi, the
 // weights P and the state-side matrix operands in the input dtype (bf16 for fp16 inputs, whose range the states can
