@@ -32,12 +32,53 @@ constexpr float kNegInf = -__builtin_huge_valf();
 
 constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
 
+// Where the rows of an operand live: row r of block x starts at element (x / h) sb + (x % h) sh + (r / g) ld +
+// (r % g) w. The compute layout [X, rows, w] is {rows w, 0, w, 1, 1, w}; the API layout of the quadratic form,
+// [b, t, h gg, w] with x = b h + head and r = token gg + member, is {t h gg w, gg w, h gg w, h, gg, w}.
+struct Map {
+  int64_t sb = 0, sh = 0, ld = 0;
+  int h = 1, g = 1, w = 0;
+  __device__ __forceinline__ int64_t base(int64_t x) const { return h == 1 ? x * sb : (x / h) * sb + (x % h) * sh; }
+  __device__ __forceinline__ int64_t row(int64_t r) const {
+    if (g == 1) return r * ld;
+    const int64_t t = static_cast<int64_t>(static_cast<uint32_t>(r) / static_cast<uint32_t>(g));
+    return t * ld + (r - t * g) * w;
+  }
+};
+
 struct Args {
   int64_t X, R, C;
   int g, p;
   float lp2;          // p log2(scale)
   const float* gmin;  // [X]: min over the block's keys of G, or null (no gates)
+  Map mq, mk, mv, my;  // q (and dq), k (dk), v (dv), dy (and the forward's output in the input dtype)
 };
+
+// Rows [row0, row0 + ROWS) of block `src` (already at the block's base) through map mp into a shared tile with row
+// stride S; rows past n are zeros.
+// API: through the map; else the compute layout (rows of W elements, the map unread).
+template <bool API, int W, int ROWS, int S = W + 8>
+__device__ __forceinline__ void load_mapped(u16* dst, const u16* src, const Map& mp, int64_t row0, int64_t n) {
+  if constexpr (!API) {
+    load_rows<W, ROWS, kThreads, S>(dst, src, row0, n);
+  } else {
+    constexpr int kChunks = W / 8;
+    for (int i = threadIdx.x; i < ROWS * kChunks; i += kThreads) {
+      const int r = i / kChunks, c = (i - r * kChunks) * 8;
+      const bool ok = row0 + r < n;
+      cp_async16(dst + r * S + c, ok ? src + mp.row(row0 + r) + c : src, ok);
+    }
+  }
+}
+// The element offset of block x of an operand: through the map (API), or x rows w (the compute layout).
+template <bool API>
+__device__ __forceinline__ int64_t block_base(const Map& mp, int64_t x, int64_t rows, int w) {
+  if constexpr (API) {
+    return mp.base(x);
+  } else {
+    return x * rows * w;
+  }
+}
 
 // Degree 2 in the backward: w = s^2 2^(c_i - G_j log2 e) and dz p / s = 2 t s 2^(...) need one MUFU a score instead
 // of three (lg2, ex2 and the division's reciprocal). The factor 2^(...) is finite while c_i - min_j G_j log2 e < 120
@@ -85,17 +126,34 @@ __device__ __forceinline__ void store_rows(float* out, const float (&acc)[W / 8]
 // Forward
 // ---------------------------------------------------------------------------------------------------------------
 
+// Stores a [16 x W] accumulator tile (rows ra / ra + 8 of the warp) in the input dtype through map mp (out at the
+// block's base).
+template <bool BF, int W>
+__device__ __forceinline__ void store_mapped(u16* out, const Map& mp, const float (&acc)[W / 8][4], int64_t ra,
+                                             int64_t n) {
+  const int tg = threadIdx.x & 3;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int64_t r = ra + 8 * half;
+    if (r >= n) continue;
+    u16* o = out + mp.row(r);
+#pragma unroll
+    for (int f = 0; f < W / 8; ++f)
+      *reinterpret_cast<u32*>(o + f * 8 + tg * 2) = pack2<BF>(acc[f][2 * half], acc[f][2 * half + 1]);
+  }
+}
+
 template <int D, int E>
 constexpr size_t fwd_smem() {
   return sizeof(u16) * (kRows * (D + 8) + 2 * 64 * (D + 8) + 2 * 64 * (E + 8)) + sizeof(float) * 2 * 64;
 }
 
-template <bool BF, int D, int E>
+template <bool BF, int D, int E, bool API>
 __global__ void __launch_bounds__(kThreads) tile_fwd_kernel(Args a, const u16* __restrict__ q,
                                                             const u16* __restrict__ k, const u16* __restrict__ v,
                                                             const float* __restrict__ G, float* __restrict__ num,
                                                             float* __restrict__ mo, float* __restrict__ lo,
-                                                            bool normalize) {
+                                                            bool normalize, u16* __restrict__ yo) {
   constexpr int BN = 64, SD = D + 8, SE = E + 8;
   extern __shared__ __align__(16) unsigned char smem[];
   u16* sQ = reinterpret_cast<u16*>(smem);
@@ -106,20 +164,20 @@ __global__ void __launch_bounds__(kThreads) tile_fwd_kernel(Args a, const u16* _
   const int64_t tiles = (a.R + kRows - 1) / kRows;
   const int64_t x = blockIdx.x % a.X, rt = tiles - 1 - blockIdx.x / a.X;  // the longest rows first
   const int64_t r0 = rt * kRows, R = a.R, C = a.C;
-  const u16* qx = q + x * R * D;
-  const u16* kx = k + x * C * D;
-  const u16* vx = v + x * C * E;
+  const u16* qx = q + block_base<API>(a.mq, x, R, D);
+  const u16* kx = k + block_base<API>(a.mk, x, C, D);
+  const u16* vx = v + block_base<API>(a.mv, x, C, E);
   const float* Gx = G ? G + x * C : nullptr;
   const int64_t nkeys = (std::min<int64_t>(r0 + kRows, R) - 1) / a.g + 1;
   const int ntiles = static_cast<int>((nkeys + BN - 1) / BN);
   auto load_kv = [&](int jt, int buf) {
     const int64_t j0 = static_cast<int64_t>(jt) * BN;
-    load_rows<D, BN, kThreads>(sK + buf * BN * SD, kx, j0, C);
-    load_rows<E, BN, kThreads>(sV + buf * BN * SE, vx, j0, C);
+    load_mapped<API, D, BN>(sK + buf * BN * SD, kx, a.mk, j0, C);
+    load_mapped<API, E, BN>(sV + buf * BN * SE, vx, a.mv, j0, C);
     if (Gx)
       for (int i = threadIdx.x; i < BN; i += kThreads) cp_async4(sG + buf * BN + i, Gx + std::min(j0 + i, C - 1), j0 + i < C);
   };
-  load_rows<D, kRows, kThreads>(sQ, qx, r0, R);
+  load_mapped<API, D, kRows>(sQ, qx, a.mq, r0, R);
   load_kv(0, 0);
   cp_async_commit();
 
@@ -163,57 +221,132 @@ __global__ void __launch_bounds__(kThreads) tile_fwd_kernel(Args a, const u16* _
     }
     const int64_t j0 = static_cast<int64_t>(jt) * BN;
     const bool full = j0 + BN <= vis_warp;  // no causal mask in this tile for this warp
-    u32 neg = 0;
-    float ta = kNegInf, tb = kNegInf;
+    // Degree 2 without a MUFU a score: w = s^2 kf_j 2^(c_i + gref - m_i), kf_j = 2^(-g_j - gref) <= 1 with gref the
+    // tile's largest -g_j (a MUFU a key), one lg2 and one ex2 a row. Taken when the whole warp's tile is in range:
+    // the tile's gates span at most 2^64 and every row with visible keys has a largest s^2 kf in [2^-60, 2^100]
+    // (so nothing that matters underflows or overflows); otherwise the log form below.
+    bool powered = false;
+    if (a.p == 2) {
+      float ng[BN / 8][2], gmax = 0.f, gmin = 0.f;
+      if (Gx) {
+        gmax = kNegInf, gmin = -kNegInf;
 #pragma unroll
-    for (int nf = 0; nf < BN / 8; ++nf) {
+        for (int nf = 0; nf < BN / 8; ++nf)
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int jl = nf * 8 + tg * 2 + h;
-        const float gk = Gx ? cG[jl] * kLog2e : 0.f;
-        const float sa = s[nf][h], sb = s[nf][2 + h];
-        if (odd) neg |= (sa < 0.f ? 1u : 0u) << (2 * nf + h) | (sb < 0.f ? 1u : 0u) << (16 + 2 * nf + h);
-        float za = pf * lg2(fabsf(sa)) + (ca - gk), zb = pf * lg2(fabsf(sb)) + (cb - gk);
-        if (!full) {
-          const int64_t j = j0 + jl;
-          za = j < visa ? za : kNegInf;
-          zb = j < visb ? zb : kNegInf;
+          for (int h = 0; h < 2; ++h) {
+            ng[nf][h] = -cG[nf * 8 + tg * 2 + h] * kLog2e;
+            gmax = fmaxf(gmax, ng[nf][h]);
+            gmin = fminf(gmin, ng[nf][h]);
+          }
+        gmax = quad_max(gmax);  // every quad holds all of the tile's keys: the same in every lane
+        gmin = -quad_max(-gmin);
+      }
+      if (gmax - gmin <= 64.f) {
+        float w[BN / 8][4], ta = 0.f, tb = 0.f;
+#pragma unroll
+        for (int nf = 0; nf < BN / 8; ++nf)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const float kf = Gx ? ex2(ng[nf][h] - gmax) : 1.f;
+            float wa = s[nf][h] * s[nf][h] * kf, wb = s[nf][2 + h] * s[nf][2 + h] * kf;
+            if (!full) {
+              const int64_t j = j0 + nf * 8 + tg * 2 + h;
+              wa = j < visa ? wa : 0.f;
+              wb = j < visb ? wb : 0.f;
+            }
+            w[nf][h] = wa;
+            w[nf][2 + h] = wb;
+            ta = fmaxf(ta, wa);
+            tb = fmaxf(tb, wb);
+          }
+        ta = quad_max(ta);
+        tb = quad_max(tb);
+        const bool bada = visa > j0 && !(ta >= 0x1p-60f && ta <= 0x1p100f);
+        const bool badb = visb > j0 && !(tb >= 0x1p-60f && tb <= 0x1p100f);
+        if (!__any_sync(0xffffffffu, bada || badb)) {
+          powered = true;
+          const float oa = ma, ob = mb;
+          if (ta > 0.f) ma = fmaxf(ma, ca + gmax + lg2(ta));
+          if (tb > 0.f) mb = fmaxf(mb, cb + gmax + lg2(tb));
+          const float fa = oa == kNegInf ? 0.f : ex2(oa - ma), fb = ob == kNegInf ? 0.f : ex2(ob - mb);
+          ua = ma == kNegInf ? 0.f : ma;
+          ub = mb == kNegInf ? 0.f : mb;
+          la *= fa;
+          lb *= fb;
+#pragma unroll
+          for (int f = 0; f < E / 8; ++f) {
+            o[f][0] *= fa;
+            o[f][1] *= fa;
+            o[f][2] *= fb;
+            o[f][3] *= fb;
+          }
+          const float qa = ma == kNegInf ? 0.f : ex2(ca + gmax - ma), qb = mb == kNegInf ? 0.f : ex2(cb + gmax - mb);
+#pragma unroll
+          for (int nf = 0; nf < BN / 8; ++nf)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              const float pa = w[nf][h] * qa, pb = w[nf][2 + h] * qb;
+              s[nf][h] = pa;
+              s[nf][2 + h] = pb;
+              la += pa;
+              lb += pb;
+            }
         }
-        s[nf][h] = za;
-        s[nf][2 + h] = zb;
-        ta = fmaxf(ta, za);
-        tb = fmaxf(tb, zb);
       }
     }
-    // rescale what was summed against the old maximum (nothing was, while it is -inf)
-    const float oa = ma, ob = mb;
-    ma = fmaxf(ma, quad_max(ta));
-    mb = fmaxf(mb, quad_max(tb));
-    const float fa = oa == kNegInf ? 0.f : ex2(oa - ma), fb = ob == kNegInf ? 0.f : ex2(ob - mb);
-    ua = ma == kNegInf ? 0.f : ma;
-    ub = mb == kNegInf ? 0.f : mb;
-    la *= fa;
-    lb *= fb;
+    if (!powered) {
+      u32 neg = 0;
+      float ta = kNegInf, tb = kNegInf;
 #pragma unroll
-    for (int f = 0; f < E / 8; ++f) {
-      o[f][0] *= fa;
-      o[f][1] *= fa;
-      o[f][2] *= fb;
-      o[f][3] *= fb;
-    }
+      for (int nf = 0; nf < BN / 8; ++nf) {
 #pragma unroll
-    for (int nf = 0; nf < BN / 8; ++nf) {
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        float pa = ex2(s[nf][h] - ua), pb = ex2(s[nf][2 + h] - ub);
-        if (odd) {
-          if ((neg >> (2 * nf + h)) & 1u) pa = -pa;
-          if ((neg >> (16 + 2 * nf + h)) & 1u) pb = -pb;
+        for (int h = 0; h < 2; ++h) {
+          const int jl = nf * 8 + tg * 2 + h;
+          const float gk = Gx ? cG[jl] * kLog2e : 0.f;
+          const float sa = s[nf][h], sb = s[nf][2 + h];
+          if (odd) neg |= (sa < 0.f ? 1u : 0u) << (2 * nf + h) | (sb < 0.f ? 1u : 0u) << (16 + 2 * nf + h);
+          float za = pf * lg2(fabsf(sa)) + (ca - gk), zb = pf * lg2(fabsf(sb)) + (cb - gk);
+          if (!full) {
+            const int64_t j = j0 + jl;
+            za = j < visa ? za : kNegInf;
+            zb = j < visb ? zb : kNegInf;
+          }
+          s[nf][h] = za;
+          s[nf][2 + h] = zb;
+          ta = fmaxf(ta, za);
+          tb = fmaxf(tb, zb);
         }
-        s[nf][h] = pa;
-        s[nf][2 + h] = pb;
-        la += pa;
-        lb += pb;
+      }
+      // rescale what was summed against the old maximum (nothing was, while it is -inf)
+      const float oa = ma, ob = mb;
+      ma = fmaxf(ma, quad_max(ta));
+      mb = fmaxf(mb, quad_max(tb));
+      const float fa = oa == kNegInf ? 0.f : ex2(oa - ma), fb = ob == kNegInf ? 0.f : ex2(ob - mb);
+      ua = ma == kNegInf ? 0.f : ma;
+      ub = mb == kNegInf ? 0.f : mb;
+      la *= fa;
+      lb *= fb;
+#pragma unroll
+      for (int f = 0; f < E / 8; ++f) {
+        o[f][0] *= fa;
+        o[f][1] *= fa;
+        o[f][2] *= fb;
+        o[f][3] *= fb;
+      }
+#pragma unroll
+      for (int nf = 0; nf < BN / 8; ++nf) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          float pa = ex2(s[nf][h] - ua), pb = ex2(s[nf][2 + h] - ub);
+          if (odd) {
+            if ((neg >> (2 * nf + h)) & 1u) pa = -pa;
+            if ((neg >> (16 + 2 * nf + h)) & 1u) pb = -pb;
+          }
+          s[nf][h] = pa;
+          s[nf][2 + h] = pb;
+          la += pa;
+          lb += pb;
+        }
       }
     }
 #pragma unroll
@@ -246,8 +379,10 @@ __global__ void __launch_bounds__(kThreads) tile_fwd_kernel(Args a, const u16* _
       o[f][3] *= ib;
     }
   }
-  float* nx = num + x * R * E;
-  store_rows<E>(nx, o, ra, R, false);
+  if (num) store_rows<E>(num + x * R * E, o, ra, R, false);
+  if constexpr (API) {
+    if (yo) store_mapped<BF, E>(yo + a.my.base(x), a.my, o, ra, R);
+  }
   if (tg == 0) {
     if (ra < R) {
       mo[x * R + ra] = ua;
@@ -276,14 +411,15 @@ constexpr size_t dq_smem() {
          sizeof(float) * 2 * BN;
 }
 
-template <bool BF, int D, int E>
+template <bool BF, int D, int E, bool API>
 __global__ void __launch_bounds__(kThreads) tile_bwd_dq_kernel(Args a, const u16* __restrict__ q,
                                                                const u16* __restrict__ k, const u16* __restrict__ v,
                                                                const float* __restrict__ G, const u16* __restrict__ dy,
                                                                const float* __restrict__ m,
                                                                const float* __restrict__ rf,
                                                                const float* __restrict__ dd, float* __restrict__ dq,
-                                                               float* __restrict__ rowdz, bool accumulate) {
+                                                               float* __restrict__ rowdz, bool accumulate,
+                                                               u16* __restrict__ dqT) {
   constexpr int BN = dq_keys<D, E>(), SD = D + 8, SE = E + 8;
   extern __shared__ __align__(16) unsigned char smem[];
   u16* sQ = reinterpret_cast<u16*>(smem);
@@ -295,20 +431,20 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dq_kernel(Args a, const u16
   const int64_t tiles = (a.R + kRows - 1) / kRows;
   const int64_t x = blockIdx.x % a.X, rt = tiles - 1 - blockIdx.x / a.X;
   const int64_t r0 = rt * kRows, R = a.R, C = a.C;
-  const u16* kx = k + x * C * D;
-  const u16* vx = v + x * C * E;
+  const u16* kx = k + block_base<API>(a.mk, x, C, D);
+  const u16* vx = v + block_base<API>(a.mv, x, C, E);
   const float* Gx = G ? G + x * C : nullptr;
   const int64_t nkeys = (std::min<int64_t>(r0 + kRows, R) - 1) / a.g + 1;
   const int ntiles = static_cast<int>((nkeys + BN - 1) / BN);
   auto load_kv = [&](int jt, int buf) {
     const int64_t j0 = static_cast<int64_t>(jt) * BN;
-    load_rows<D, BN, kThreads>(sK + buf * BN * SD, kx, j0, C);
-    load_rows<E, BN, kThreads>(sV + buf * BN * SE, vx, j0, C);
+    load_mapped<API, D, BN>(sK + buf * BN * SD, kx, a.mk, j0, C);
+    load_mapped<API, E, BN>(sV + buf * BN * SE, vx, a.mv, j0, C);
     if (Gx)
       for (int i = threadIdx.x; i < BN; i += kThreads) cp_async4(sG + buf * BN + i, Gx + std::min(j0 + i, C - 1), j0 + i < C);
   };
-  load_rows<D, kRows, kThreads>(sQ, q + x * R * D, r0, R);
-  load_rows<E, kRows, kThreads>(sY, dy + x * R * E, r0, R);
+  load_mapped<API, D, kRows>(sQ, q + block_base<API>(a.mq, x, R, D), a.mq, r0, R);
+  load_mapped<API, E, kRows>(sY, dy + block_base<API>(a.my, x, R, E), a.my, r0, R);
   load_kv(0, 0);
   cp_async_commit();
 
@@ -421,7 +557,11 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dq_kernel(Args a, const u16
     }
     __syncthreads();
   }
-  if (dq) store_rows<D>(dq + x * R * D, acc, ra, R, accumulate);
+  if constexpr (API) {
+    if (dqT) store_mapped<BF, D>(dqT + a.mq.base(x), a.mq, acc, ra, R);
+  } else {
+    if (dq) store_rows<D>(dq + x * R * D, acc, ra, R, accumulate);
+  }
   rsa = quad_sum(rsa);
   rsb = quad_sum(rsb);
   if (rowdz && tg == 0) {
@@ -441,7 +581,7 @@ constexpr size_t dkv_smem() {
          sizeof(float) * 2 * 5 * BM;
 }
 
-template <bool BF, int D, int E>
+template <bool BF, int D, int E, bool API>
 __global__ void __launch_bounds__(kThreads) tile_bwd_dkv_kernel(Args a, const u16* __restrict__ q,
                                                                 const u16* __restrict__ k, const u16* __restrict__ v,
                                                                 const float* __restrict__ G,
@@ -450,7 +590,8 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dkv_kernel(Args a, const u1
                                                                 const float* __restrict__ rf,
                                                                 const float* __restrict__ dd, float* __restrict__ dk,
                                                                 float* __restrict__ dv, float* __restrict__ coldz,
-                                                                bool accumulate) {
+                                                                bool accumulate, u16* __restrict__ dkT,
+                                                                u16* __restrict__ dvT) {
   constexpr int BM = dkv_rows<D, E>(), SD = D + 8, SE = E + 8;
   extern __shared__ __align__(16) unsigned char smem[];
   u16* sK = reinterpret_cast<u16*>(smem);
@@ -461,15 +602,15 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dkv_kernel(Args a, const u1
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gr = lane >> 2, tg = lane & 3;
   const int64_t x = blockIdx.x % a.X, kt = blockIdx.x / a.X;  // the keys seen by the most rows first
   const int64_t j0 = kt * kRows, R = a.R, C = a.C;
-  const u16* qx = q + x * R * D;
-  const u16* yx = dy + x * R * E;
+  const u16* qx = q + block_base<API>(a.mq, x, R, D);
+  const u16* yx = dy + block_base<API>(a.my, x, R, E);
   const float* Gx = G ? G + x * C : nullptr;
   const int64_t rstart = j0 * a.g;  // the first row that sees key j0
   const int nsteps = static_cast<int>((R - rstart + BM - 1) / BM);
   auto load_q = [&](int st, int buf) {
     const int64_t i0 = rstart + static_cast<int64_t>(st) * BM;
-    load_rows<D, BM, kThreads>(sQ + buf * BM * SD, qx, i0, R);
-    load_rows<E, BM, kThreads>(sY + buf * BM * SE, yx, i0, R);
+    load_mapped<API, D, BM>(sQ + buf * BM * SD, qx, a.mq, i0, R);
+    load_mapped<API, E, BM>(sY + buf * BM * SE, yx, a.my, i0, R);
     float* rw = sRow + buf * 5 * BM;
     for (int i = threadIdx.x; i < BM; i += kThreads) {
       const int64_t r = i0 + i;
@@ -482,8 +623,8 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dkv_kernel(Args a, const u1
       reinterpret_cast<int*>(rw + 4 * BM)[i] = ok ? static_cast<int>(r / a.g) : -1;
     }
   };
-  load_rows<D, kRows, kThreads>(sK, k + x * C * D, j0, C);
-  load_rows<E, kRows, kThreads>(sV, v + x * C * E, j0, C);
+  load_mapped<API, D, kRows>(sK, k + block_base<API>(a.mk, x, C, D), a.mk, j0, C);
+  load_mapped<API, E, kRows>(sV, v + block_base<API>(a.mv, x, C, E), a.mv, j0, C);
   load_q(0, 0);
   cp_async_commit();
 
@@ -611,13 +752,40 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dkv_kernel(Args a, const u1
     }
     __syncthreads();
   }
-  if (dk) store_rows<D>(dk + x * C * D, ka, ja, C, accumulate);
-  if (dv) store_rows<E>(dv + x * C * E, va, ja, C, accumulate);
+  if constexpr (API) {
+    if (dkT) store_mapped<BF, D>(dkT + a.mk.base(x), a.mk, ka, ja, C);
+    if (dvT) store_mapped<BF, E>(dvT + a.mv.base(x), a.mv, va, ja, C);
+  } else {
+    if (dk) store_rows<D>(dk + x * C * D, ka, ja, C, accumulate);
+    if (dv) store_rows<E>(dv + x * C * E, va, ja, C, accumulate);
+  }
   csa = quad_sum(csa);
   csb = quad_sum(csb);
   if (coldz && tg == 0) {
     if (ja < C) coldz[x * C + ja] = csa;
     if (jb < C) coldz[x * C + jb] = csb;
+  }
+}
+
+// The quadratic form's row terms of the backward: rf = 1 / l, dd = -(dy . y) / l (0 where l is), y in fp32. One
+// warp a row; dy through its map.
+template <bool BF, int E>
+__global__ void row_terms_kernel(Args a, const u16* __restrict__ dy, const float* __restrict__ y,
+                                 const float* __restrict__ l, float* __restrict__ rf, float* __restrict__ dd) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (kThreads / 32) + (threadIdx.x >> 5);  // x R + r
+  const int lane = threadIdx.x & 31;
+  if (row >= a.X * a.R) return;
+  const int64_t x = row / a.R, r = row - x * a.R;
+  const u16* dr = dy + a.my.base(x) + a.my.row(r);
+  const float* yr = y + row * E;
+  float dot = 0.f;
+  for (int c = lane; c < E; c += 32) dot += to_float<BF>(dr[c]) * yr[c];
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+  if (lane == 0) {
+    const float lr = l[row], inv = lr != 0.f ? 1.f / lr : 0.f;
+    rf[row] = inv;
+    dd[row] = -dot * inv;
   }
 }
 
@@ -627,10 +795,32 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dkv_kernel(Args a, const u1
 
 const u16* bits(const at::Tensor& t) { return static_cast<const u16*>(t.data_ptr()); }
 const float* fptr(const at::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
-float* fmut(at::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
+float* fmut(at::Tensor& t) { return t.defined() && t.scalar_type() == at::kFloat ? t.data_ptr<float>() : nullptr; }
+// an output in the input dtype (through the maps), or null
+u16* tmut(at::Tensor& t) { return t.defined() && t.scalar_type() != at::kFloat ? static_cast<u16*>(t.data_ptr()) : nullptr; }
 
-Args make_args(const TileProblem& tp, const float* gmin = nullptr) {
-  return {tp.X, tp.R, tp.C, static_cast<int>(tp.g), tp.p, static_cast<float>(tp.p * std::log2(tp.scale)), gmin};
+Map dense_map(int64_t rows, int64_t w) {
+  Map m;
+  m.sb = rows * w, m.sh = 0, m.ld = w, m.h = 1, m.g = 1, m.w = static_cast<int>(w);
+  return m;
+}
+// [b, t, h gg, w]
+Map api_map(int64_t t, int64_t h, int64_t gg, int64_t w) {
+  Map m;
+  m.sb = t * h * gg * w, m.sh = gg * w, m.ld = h * gg * w, m.h = static_cast<int>(h), m.g = static_cast<int>(gg);
+  m.w = static_cast<int>(w);
+  return m;
+}
+
+Args make_args(const TileProblem& tp, int64_t d, int64_t e, const float* gmin = nullptr) {
+  Args a{tp.X, tp.R, tp.C, static_cast<int>(tp.g), tp.p, static_cast<float>(tp.p * std::log2(tp.scale)), gmin};
+  if (tp.b > 0) {
+    const int64_t h = tp.X / tp.b, t = tp.C;
+    a.mq = api_map(t, h, tp.g, d), a.mk = api_map(t, h, 1, d), a.mv = api_map(t, h, 1, e), a.my = api_map(t, h, tp.g, e);
+  } else {
+    a.mq = dense_map(tp.R, d), a.mk = dense_map(tp.C, d), a.mv = dense_map(tp.C, e), a.my = dense_map(tp.R, e);
+  }
+  return a;
 }
 
 template <typename K>
@@ -644,45 +834,46 @@ unsigned grid_of(int64_t tiles, int64_t X) {
   return static_cast<unsigned>(n);
 }
 
-template <bool BF, int D>
+template <bool BF, int D, bool API>
 void forward_impl(const TileProblem& tp, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                  const at::Tensor& G, at::Tensor& num, at::Tensor& m, at::Tensor& l, bool normalize) {
+                  const at::Tensor& G, at::Tensor& num, at::Tensor& m, at::Tensor& l, bool normalize,
+                  at::Tensor& y) {
   constexpr int E = D;
-  auto kernel = tile_fwd_kernel<BF, D, E>;
+  auto kernel = tile_fwd_kernel<BF, D, E, API>;
   constexpr size_t smem = fwd_smem<D, E>();
   allow_smem(kernel, smem);
   const unsigned grid = grid_of((tp.R + kRows - 1) / kRows, tp.X);
-  kernel<<<grid, kThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(make_args(tp), bits(q), bits(k), bits(v),
-                                                                        fptr(G), fmut(num), fmut(m), fmut(l),
-                                                                        normalize);
+  kernel<<<grid, kThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(make_args(tp, D, E), bits(q), bits(k),
+                                                                        bits(v), fptr(G), fmut(num), fmut(m),
+                                                                        fmut(l), normalize, tmut(y));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-template <bool BF, int D>
+template <bool BF, int D, bool API>
 void backward_impl(const TileProblem& tp, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                    const at::Tensor& G, const at::Tensor& dy, const at::Tensor& m, const at::Tensor& rf,
                    const at::Tensor& dd, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, at::Tensor& rowdz,
                    at::Tensor& coldz, bool accumulate) {
   constexpr int E = D;
   const at::Tensor gmin = G.defined() ? G.view({tp.X, tp.C}).amin(1).contiguous() : at::Tensor();
-  const Args args = make_args(tp, fptr(gmin));
+  const Args args = make_args(tp, D, E, fptr(gmin));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   if (dq.defined() || rowdz.defined()) {
-    auto kernel = tile_bwd_dq_kernel<BF, D, E>;
+    auto kernel = tile_bwd_dq_kernel<BF, D, E, API>;
     constexpr size_t smem = dq_smem<D, E>();
     allow_smem(kernel, smem);
     kernel<<<grid_of((tp.R + kRows - 1) / kRows, tp.X), kThreads, smem, stream>>>(
         args, bits(q), bits(k), bits(v), fptr(G), bits(dy), fptr(m), fptr(rf), fptr(dd), fmut(dq), fmut(rowdz),
-        accumulate);
+        accumulate, tmut(dq));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   if (dk.defined() || dv.defined() || coldz.defined()) {
-    auto kernel = tile_bwd_dkv_kernel<BF, D, E>;
+    auto kernel = tile_bwd_dkv_kernel<BF, D, E, API>;
     constexpr size_t smem = dkv_smem<D, E>();
     allow_smem(kernel, smem);
     kernel<<<grid_of((tp.C + kRows - 1) / kRows, tp.X), kThreads, smem, stream>>>(
         args, bits(q), bits(k), bits(v), fptr(G), bits(dy), fptr(m), fptr(rf), fptr(dd), fmut(dk), fmut(dv),
-        fmut(coldz), accumulate);
+        fmut(coldz), accumulate, tmut(dk), tmut(dv));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
@@ -705,10 +896,23 @@ void check_inputs(const TileProblem& tp, const at::Tensor& q, const at::Tensor& 
                   const at::Tensor& G) {
   TORCH_CHECK(tile_kernels_support(q.scalar_type(), q.size(-1), v.size(-1)), "power_full: tile kernels: bad dtype/sizes");
   TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous(), "power_full: tile kernels need contiguous q, k, v");
+  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
+              "power_full: tile kernels take q, k, v in one dtype");
   TORCH_CHECK(q.numel() == tp.X * tp.R * q.size(-1) && k.numel() == tp.X * tp.C * k.size(-1) && tp.R == tp.C * tp.g,
               "power_full: tile kernels: shapes disagree with the problem");
+  TORCH_CHECK(tp.b == 0 || (tp.X % tp.b == 0 && q.dim() == 4 && q.size(0) == tp.b && q.size(1) == tp.C),
+              "power_full: tile kernels: the API layout needs q [b, t, h g, d]");
+  TORCH_CHECK(tp.R < (int64_t(1) << 31), "power_full: tile kernels: too many rows in one block (", tp.R, ")");
   TORCH_CHECK(!G.defined() || (G.scalar_type() == at::kFloat && G.is_contiguous() && G.numel() == tp.X * tp.C),
               "power_full: tile kernels: G must be fp32 [X, C]");
+}
+// an output: fp32 in the compute layout, or (when allowed) the input dtype through the maps
+void check_output(const at::Tensor& t, const at::Tensor& q, int64_t numel, bool input_dtype_ok, const char* what) {
+  if (!t.defined()) return;
+  TORCH_CHECK(t.is_contiguous() && t.numel() == numel && t.device() == q.device(), "power_full: tile kernels: bad ",
+              what);
+  TORCH_CHECK(t.scalar_type() == at::kFloat || (input_dtype_ok && t.scalar_type() == q.scalar_type()),
+              "power_full: tile kernels: ", what, " must be fp32", input_dtype_ok ? " or in the input dtype" : "");
 }
 
 }  // namespace
@@ -718,12 +922,47 @@ bool tile_kernels_support(at::ScalarType dtype, int64_t d, int64_t e) {
 }
 
 void tile_forward(const TileProblem& tp, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                  const at::Tensor& G, at::Tensor& num, at::Tensor& m, at::Tensor& l, bool normalize) {
+                  const at::Tensor& G, at::Tensor& num, at::Tensor& m, at::Tensor& l, bool normalize,
+                  at::Tensor y) {
   check_inputs(tp, q, k, v, G);
+  const int64_t rows = tp.X * tp.R * v.size(-1);
+  check_output(num, q, rows, false, "num");
+  check_output(y, q, rows, true, "y");
+  TORCH_CHECK(!y.defined() || (normalize && y.scalar_type() == q.scalar_type()),
+              "power_full: tile kernels: y in the input dtype is the normalised output");
+  check_output(m, q, tp.X * tp.R, false, "m");
+  check_output(l, q, tp.X * tp.R, false, "l");
   if (tp.X == 0 || tp.R == 0) return;
   const c10::cuda::CUDAGuard guard(q.device());
   dispatch(q.scalar_type(), q.size(-1), [&](auto bf, auto d) {
-    forward_impl<decltype(bf)::value, decltype(d)::value>(tp, q, k, v, G, num, m, l, normalize);
+    if (tp.b > 0) {
+      forward_impl<decltype(bf)::value, decltype(d)::value, true>(tp, q, k, v, G, num, m, l, normalize, y);
+    } else {
+      forward_impl<decltype(bf)::value, decltype(d)::value, false>(tp, q, k, v, G, num, m, l, normalize, y);
+    }
+  });
+}
+
+void tile_row_terms(const TileProblem& tp, const at::Tensor& dy, const at::Tensor& y, const at::Tensor& l,
+                    at::Tensor& rf, at::Tensor& dd) {
+  const int64_t e = dy.size(-1), rows = tp.X * tp.R;
+  TORCH_CHECK(tile_kernels_support(dy.scalar_type(), e, e) && dy.is_contiguous() && dy.numel() == rows * e,
+              "power_full: tile kernels: bad dy");
+  check_output(y, dy, rows * e, false, "y");
+  TORCH_CHECK(y.defined() && l.defined() && rf.defined() && dd.defined(), "power_full: tile kernels: row terms");
+  check_output(l, dy, rows, false, "l");
+  check_output(rf, dy, rows, false, "rf");
+  check_output(dd, dy, rows, false, "dd");
+  if (rows == 0) return;
+  const c10::cuda::CUDAGuard guard(dy.device());
+  const Args args = make_args(tp, e, e);
+  dispatch(dy.scalar_type(), e, [&](auto bf, auto d) {
+    constexpr bool BF = decltype(bf)::value;
+    constexpr int E = decltype(d)::value;
+    row_terms_kernel<BF, E><<<grid_of((rows + kThreads / 32 - 1) / (kThreads / 32), 1), kThreads, 0,
+                              c10::cuda::getCurrentCUDAStream()>>>(args, bits(dy), fptr(y), fptr(l), fmut(rf),
+                                                                   fmut(dd));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 
@@ -732,13 +971,24 @@ void tile_backward(const TileProblem& tp, const at::Tensor& q, const at::Tensor&
                    const at::Tensor& dd, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, at::Tensor& rowdz,
                    at::Tensor& coldz, bool accumulate) {
   check_inputs(tp, q, k, v, G);
-  TORCH_CHECK(dy.is_contiguous() && dy.scalar_type() == q.scalar_type(), "power_full: tile kernels: bad dy");
+  TORCH_CHECK(dy.is_contiguous() && dy.scalar_type() == q.scalar_type() && dy.numel() == tp.X * tp.R * v.size(-1),
+              "power_full: tile kernels: bad dy");
   TORCH_CHECK(dk.defined() == dv.defined(), "power_full: tile kernels make dk and dv together");
+  check_output(dq, q, q.numel(), !accumulate, "dq");
+  check_output(dk, q, k.numel(), !accumulate, "dk");
+  check_output(dv, q, v.numel(), !accumulate, "dv");
+  check_output(rowdz, q, tp.X * tp.R, false, "rowdz");
+  check_output(coldz, q, tp.X * tp.C, false, "coldz");
   if (tp.X == 0 || tp.R == 0) return;
   const c10::cuda::CUDAGuard guard(q.device());
   dispatch(q.scalar_type(), q.size(-1), [&](auto bf, auto d) {
-    backward_impl<decltype(bf)::value, decltype(d)::value>(tp, q, k, v, G, dy, m, rf, dd, dq, dk, dv, rowdz, coldz,
-                                                           accumulate);
+    if (tp.b > 0) {
+      backward_impl<decltype(bf)::value, decltype(d)::value, true>(tp, q, k, v, G, dy, m, rf, dd, dq, dk, dv, rowdz,
+                                                                   coldz, accumulate);
+    } else {
+      backward_impl<decltype(bf)::value, decltype(d)::value, false>(tp, q, k, v, G, dy, m, rf, dd, dq, dk, dv, rowdz,
+                                                                    coldz, accumulate);
+    }
   });
 }
 

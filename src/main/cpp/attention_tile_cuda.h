@@ -25,19 +25,31 @@ struct TileProblem {
   int64_t X = 0, R = 0, C = 0, g = 1;
   int p = 2;
   double scale = 1;
+  // 0: q, k, v, dy and the gradients are in the compute layout ([X, R, .] / [X, C, .]). b > 0: they are in the API
+  // layout of the quadratic form, q / dy / dq [b, t, h g, .] and k / v / dk / dv [b, t, h, .] with X = b h, C = t
+  // (no layout copies); num, m, l, rf, dd, rowdz, coldz stay in the compute layout.
+  int64_t b = 0;
 };
 
 /// Whether the fused kernels take this dtype and head sizes (bf16 / fp16, d == e in {16, 32, 64, 128}).
 bool tile_kernels_support(at::ScalarType dtype, int64_t d, int64_t e);
 
-/// q [X, R, d], k [X, C, d], v [X, C, e] contiguous in one dtype; G [X, C] fp32 (gate cumsum per token) or
-/// undefined. Writes num [X, R, e], m [X * R], l [X * R] (fp32, preallocated); `normalize`: num / l instead of
-/// num (0 where l = 0), the quadratic form's output.
+/// q [X, R, d], k [X, C, d], v [X, C, e] contiguous in one dtype (or the API layout, see TileProblem::b); G [X, C]
+/// fp32 (gate cumsum per token) or undefined. Writes num [X, R, e] (fp32, when defined), m [X * R], l [X * R] (fp32,
+/// preallocated); `normalize`: num / l instead of num (0 where l = 0), the quadratic form's output, which also goes
+/// to y (when defined) in the input dtype and q's layout.
 void tile_forward(const TileProblem& tp, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                  const at::Tensor& G, at::Tensor& num, at::Tensor& m, at::Tensor& l, bool normalize = false);
+                  const at::Tensor& G, at::Tensor& num, at::Tensor& m, at::Tensor& l, bool normalize = false,
+                  at::Tensor y = {});
 
-/// dy [X, R, e] in the input dtype; m, rf, dd [X * R] fp32. dq [X, R, d], dk [X, C, d], dv [X, C, e] fp32: written,
-/// or added to when `accumulate`; an undefined one is skipped (dk and dv are made together). rowdz [X * R] and
+/// The quadratic form's row terms of the backward from its fp32 output y [X, R, e] and l: rf = 1 / l and
+/// dd = -(dy . y) / l (0 where l = 0), fp32 [X * R]; dy in q's layout.
+void tile_row_terms(const TileProblem& tp, const at::Tensor& dy, const at::Tensor& y, const at::Tensor& l,
+                    at::Tensor& rf, at::Tensor& dd);
+
+/// dy [X, R, e] in the input dtype (q's layout); m, rf, dd [X * R] fp32. dq [X, R, d], dk [X, C, d], dv [X, C, e]
+/// fp32: written, or added to when `accumulate`; or, without `accumulate`, in the input dtype and the layout of
+/// q, k, v; an undefined one is skipped (dk and dv are made together). rowdz [X * R] and
 /// coldz [X * C] fp32, or undefined (no gate gradient).
 void tile_backward(const TileProblem& tp, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                    const at::Tensor& G, const at::Tensor& dy, const at::Tensor& m, const at::Tensor& rf,

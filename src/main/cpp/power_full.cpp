@@ -203,6 +203,19 @@ Grads path_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& k,
   return cpu::backward(pr, q, k, v, lg, saved, dy, needs, d_final);
 }
 
+// The quadratic form on CUDA straight from the API layout (no layout copies): bf16 / fp16 inputs of one dtype
+// that compute in that dtype (degree 2) and that the tile kernels take.
+bool direct_quadratic(const Resolved& r, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+#ifdef POWER_ATTENTION_WITH_CUDA
+  return q.is_cuda() && r.problem.chunk == 0 && r.layout.ct == q.scalar_type() &&
+         k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type() &&
+         cuda::quadratic_direct_supported(r.problem, q.scalar_type());
+#else
+  (void)r, (void)q, (void)k, (void)v;
+  return false;
+#endif
+}
+
 class PowerFullFunction : public torch::autograd::Function<PowerFullFunction> {
  public:
   // log_g_or_empty: the gates, or a 0-element tensor for none (autograd rejects undefined inputs here).
@@ -211,11 +224,25 @@ class PowerFullFunction : public torch::autograd::Function<PowerFullFunction> {
                             int64_t chunk, bool save) {
     const at::Tensor log_g = log_g_or_empty.numel() > 0 ? log_g_or_empty : at::Tensor();
     const Resolved r = resolve(q, k, v, p, scale, chunk);
-    const LaidOut x = lay_out(q, k, v, log_g, r.layout);
-    Forward f = path_forward(r.problem, x.q, x.k, x.v, x.g, save);
+    const Layout& L = r.layout;
+    Forward f;
+    at::Tensor y;
+    const bool direct = direct_quadratic(r, q, k, v);
+    if (direct) {
+#ifdef POWER_ATTENTION_WITH_CUDA
+      y = at::empty({L.b, L.t, L.hq, L.e}, q.options());
+      f = cuda::quadratic_forward_direct(r.problem, L.b, q.contiguous(), k.contiguous(), v.contiguous(),
+                                         gate_layout(log_g, L), save, y);
+#endif
+    } else {
+      const LaidOut x = lay_out(q, k, v, log_g, L);
+      f = path_forward(r.problem, x.q, x.k, x.v, x.g, save);
+      if (save) keep_for_backward(ctx, x);
+      y = query_unlayout(f.y, L, q.scalar_type());
+    }
     if (save) {
       ctx->save_for_backward({q, k, v, log_g_or_empty});
-      keep_for_backward(ctx, x);
+      if (direct) ctx->saved_data["direct"] = true;
       ctx->saved_data["y"] = f.y;
       ctx->saved_data["den"] = f.den;
       ctx->saved_data["rowmax"] = f.rowmax;
@@ -227,7 +254,7 @@ class PowerFullFunction : public torch::autograd::Function<PowerFullFunction> {
       ctx->saved_data["scale"] = scale;
       ctx->saved_data["chunk"] = chunk;
     }
-    return query_unlayout(f.y, r.layout, q.scalar_type());
+    return y;
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -254,12 +281,22 @@ class PowerFullFunction : public torch::autograd::Function<PowerFullFunction> {
         f.states = ctx->saved_data["states"].toTensor();
         f.norms = ctx->saved_data["norms"].toTensor();
       }
-      const LaidOut x = laid_out_for_backward(ctx, q, k, v, log_g, r.layout);
-      const Grads gr = path_backward(r.problem, x.q, x.k, x.v, x.g, f, query_layout(dy, r.layout), needs);
-      if (needs.q) grad_q = query_unlayout(gr.q, r.layout, q.scalar_type());
-      if (needs.k) grad_k = kv_unlayout(gr.k, r.layout, k.scalar_type());
-      if (needs.v) grad_v = kv_unlayout(gr.v, r.layout, v.scalar_type());
-      if (needs.g) grad_log_g = gate_unlayout(gr.lg, r.layout, log_g.scalar_type());
+      if (ctx->saved_data.count("direct") > 0) {  // gradients come in the inputs' layouts and dtype
+#ifdef POWER_ATTENTION_WITH_CUDA
+        const Grads gr = cuda::quadratic_backward_direct(r.problem, r.layout.b, q.contiguous(), k.contiguous(),
+                                                         v.contiguous(), gate_layout(log_g, r.layout), f,
+                                                         dy.to(q.scalar_type()).contiguous(), needs);
+        grad_q = gr.q, grad_k = gr.k, grad_v = gr.v;
+        if (needs.g) grad_log_g = gate_unlayout(gr.lg, r.layout, log_g.scalar_type());
+#endif
+      } else {
+        const LaidOut x = laid_out_for_backward(ctx, q, k, v, log_g, r.layout);
+        const Grads gr = path_backward(r.problem, x.q, x.k, x.v, x.g, f, query_layout(dy, r.layout), needs);
+        if (needs.q) grad_q = query_unlayout(gr.q, r.layout, q.scalar_type());
+        if (needs.k) grad_k = kv_unlayout(gr.k, r.layout, k.scalar_type());
+        if (needs.v) grad_v = kv_unlayout(gr.v, r.layout, v.scalar_type());
+        if (needs.g) grad_log_g = gate_unlayout(gr.lg, r.layout, log_g.scalar_type());
+      }
     }
     return {grad_q, grad_k, grad_v, grad_log_g, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }

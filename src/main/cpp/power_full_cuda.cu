@@ -968,10 +968,6 @@ void quadratic_backward(const Problem& pr, const at::Tensor& q, const at::Tensor
   const bool gates = lg.defined() && needs.g;
   const auto ao = q.options().dtype(acc);
   const at::Tensor G = lg.defined() ? at::cumsum(lg, 1).contiguous() : at::Tensor();
-  at::Tensor dG = gates ? at::zeros({BH, T_}, ao.dtype(at::kDouble)) : at::Tensor();
-  at::Tensor dq = needs.q ? at::empty({BH, T_ * g, d}, ao) : at::Tensor();
-  at::Tensor dk = needs.k ? at::zeros({BH, T_, d}, ao) : at::Tensor();
-  at::Tensor dv = needs.v ? at::zeros({BH, T_, e}, ao) : at::Tensor();
   const at::Tensor qr = q.view({BH, T_ * g, d}), yr = f.y.view({BH, T_ * g, e}), dyr = dy.view({BH, T_ * g, e});
   if (tile_kernels_support(q.scalar_type(), d, e)) {  // fused: no t x t in memory
     const int64_t R = T_ * g;
@@ -995,6 +991,10 @@ void quadratic_backward(const Problem& pr, const at::Tensor& q, const at::Tensor
     }
     return;
   }
+  at::Tensor dG = gates ? at::zeros({BH, T_}, ao.dtype(at::kDouble)) : at::Tensor();
+  at::Tensor dq = needs.q ? at::empty({BH, T_ * g, d}, ao) : at::Tensor();
+  at::Tensor dk = needs.k ? at::zeros({BH, T_, d}, ao) : at::Tensor();
+  at::Tensor dv = needs.v ? at::zeros({BH, T_, e}, ao) : at::Tensor();
   const int64_t tile = quadratic_tile(pr, 2 * sizeof(A));
   for (int64_t i0 = 0; i0 < T_; i0 += tile) {
     const int64_t i1 = std::min(T_, i0 + tile), R = (i1 - i0) * g;
@@ -1142,6 +1142,58 @@ void chunked_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& 
 }
 
 }  // namespace
+
+bool quadratic_direct_supported(const Problem& pr, at::ScalarType dtype) {
+  return pr.chunk == 0 && tile_kernels_support(dtype, pr.d, pr.e);
+}
+
+Forward quadratic_forward_direct(const Problem& pr, int64_t b, const at::Tensor& q, const at::Tensor& k,
+                                 const at::Tensor& v, const at::Tensor& lg, bool save, at::Tensor& y) {
+  TORCH_CHECK(quadratic_direct_supported(pr, q.scalar_type()), "power_full: internal: no direct quadratic form here");
+  const c10::cuda::CUDAGuard guard(q.device());
+  const auto ao = q.options().dtype(at::kFloat);
+  const int64_t BH = pr.BH, T_ = pr.T, g = pr.g, e = pr.e;
+  Forward f;
+  f.den = at::empty({BH, T_ * g}, ao);
+  f.rowmax = at::empty({BH, T_ * g}, ao);
+  if (save) f.y = at::empty({BH, T_, g, e}, ao);  // fp32 for the backward's row terms (see combine_backward)
+  const at::Tensor G = lg.defined() ? at::cumsum(lg, 1).contiguous() : at::Tensor();
+  TileProblem tp = tile_problem(pr, BH, T_);
+  tp.b = b;
+  tile_forward(tp, q, k, v, G, f.y, f.rowmax, f.den, true, y);
+  return f;
+}
+
+Grads quadratic_backward_direct(const Problem& pr, int64_t b, const at::Tensor& q, const at::Tensor& k,
+                                const at::Tensor& v, const at::Tensor& lg, const Forward& saved, const at::Tensor& dy,
+                                const Needs& needs) {
+  TORCH_CHECK(quadratic_direct_supported(pr, q.scalar_type()) && saved.y.defined(),
+              "power_full: internal: no direct quadratic backward here");
+  const c10::cuda::CUDAGuard guard(q.device());
+  const auto ao = q.options().dtype(at::kFloat);
+  const int64_t BH = pr.BH, T_ = pr.T, g = pr.g, R = T_ * g;
+  const bool gates = lg.defined() && needs.g;
+  const at::Tensor G = lg.defined() ? at::cumsum(lg, 1).contiguous() : at::Tensor();
+  TileProblem tp = tile_problem(pr, BH, T_);
+  tp.b = b;
+  at::Tensor rf = at::empty({BH * R}, ao), dd = at::empty({BH * R}, ao);
+  tile_row_terms(tp, dy, saved.y, saved.den, rf, dd);
+  at::Tensor dq = needs.q ? at::empty_like(q) : at::Tensor();
+  at::Tensor dk = needs.k || needs.v ? at::empty_like(k) : at::Tensor();  // (made together)
+  at::Tensor dv = needs.k || needs.v ? at::empty_like(v) : at::Tensor();
+  at::Tensor rowdz = gates ? at::empty({BH * R}, ao) : at::Tensor();
+  at::Tensor coldz = gates ? at::empty({BH * T_}, ao) : at::Tensor();
+  tile_backward(tp, q, k, v, G, dy, saved.rowmax, rf, dd, dq, dk, dv, rowdz, coldz, false);
+  Grads gr;
+  if (needs.q) gr.q = dq;
+  if (needs.k) gr.k = dk;
+  if (needs.v) gr.v = dv;
+  if (gates) {
+    const at::Tensor dGt = rowdz.view({BH, T_, g}).sum(2).to(at::kDouble) - coldz.view({BH, T_}).to(at::kDouble);
+    gr.lg = dGt.flip({1}).cumsum(1).flip({1}).to(lg.scalar_type());
+  }
+  return gr;
+}
 
 std::vector<at::Tensor> decode_step(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                     const at::Tensor& lg, const at::Tensor& S, const at::Tensor& s, int64_t p) {

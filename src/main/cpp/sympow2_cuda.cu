@@ -29,7 +29,6 @@ namespace {
 
 using namespace mma;
 
-constexpr int kThreads = 256;  // 8 warps
 constexpr float kSqrt2 = 1.41421356237309504880f;
 
 // Offset of feature group (A, a) in the internal layout (nb blocks): the groups of blocks A' < A hold
@@ -68,51 +67,61 @@ constexpr size_t states_smem() {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// The chunk states and their gated prefix in one pass, per head: a warp owns one 16-feature tile of the running
-// state (fp32 registers) and walks the head's chunks in order (REV: in reverse), 64 rows a stage:
-//   at a chunk's start   out[n] = H (bf16);  REV: dL[n] += decay_n (Hs[n] . H)
-//   over its rows        S = phi'(x)^T y (tensor cores)
-//   at its end           H = decay_n H + S
+// The chunk states and their gated prefix in one pass, per head: a warp owns two 16-feature tiles of the running
+// state (fp32 registers) that share their x block (features (A, a, B, .) and (A, a + 1, B, .)), so one ldmatrix'd
+// operand and each value fragment feed two tensor-core products. It walks the head's chunks in order (REV: in
+// reverse), 64 rows a stage:
+//   at a chunk's start   out[n] = H (bf16);  REV: dL[n] += decay_n (Hs[n] . H);  then H = decay_n H
+//   over its rows        H += phi'(x)^T y (tensor cores)
 // Forward: H starts at H0 and out = Hs, the states entering each chunk; last = the final state. Backward: H starts
-// at the final state's gradient, S = phi'(Q')^T dB, out = the gradient of the state leaving each chunk, last = the
-// initial state's gradient. No [N, D2, E] fp32 tensor is made.
+// at the final state's gradient, the rows are Q' and dB, out = the gradient of the state leaving each chunk, last =
+// the initial state's gradient. No [N, D2, E] fp32 tensor is made.
 // ---------------------------------------------------------------------------------------------------------------
 
+constexpr int kScanThreads = 128;  // 4 warps: 20 CTAs a head at d = 64, up to 3 a SM
+
 template <bool BFX, int D, int E, bool REV>
-__global__ void __launch_bounds__(kThreads) sympow2_scan_kernel(
+__global__ void __launch_bounds__(kScanThreads) sympow2_scan_kernel(
     const u16* __restrict__ x, const float* __restrict__ rs, const u16* __restrict__ y,
     const float* __restrict__ decay, const float* __restrict__ Hin, const u16* __restrict__ Hs,
     u16* __restrict__ out, float* __restrict__ last, float* __restrict__ dL, int64_t N, int64_t c) {
-  constexpr int NB = D / 16, D2 = 256 * NB * (NB + 1) / 2, TILES = D2 / 16, NT = E / 8;
-  constexpr int SD = D + 8, SE = E + 16, WARPS = kThreads / 32, PARTS = (TILES + WARPS - 1) / WARPS;
+  constexpr int NB = D / 16, D2 = 256 * NB * (NB + 1) / 2, PAIRS = D2 / 32, NT = E / 8;
+  constexpr int SD = D + 8, SE = E + 16, WARPS = kScanThreads / 32, PARTS = (PAIRS + WARPS - 1) / WARPS;
   extern __shared__ __align__(16) unsigned char smem[];
   u16* sX = reinterpret_cast<u16*>(smem);                              // [kScanPipe][64][SD]
   u16* sY = sX + kScanPipe * kStateTokens * SD;                         // [kScanPipe][64][SE]
   float* sR = reinterpret_cast<float*>(sY + kScanPipe * kStateTokens * SE);  // [kScanPipe][64]
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gr = lane >> 2, tg = lane & 3;
   const int64_t bh = blockIdx.x / PARTS;
-  const int tile = static_cast<int>(blockIdx.x % PARTS) * WARPS + warp;
-  const bool valid = tile < TILES;
-  int t = valid ? tile : 0, A = 0;
-  while (A < NB - 1 && t >= 16 * (NB - A)) t -= 16 * (NB - A), ++A;
-  const int colA = 16 * A + t / (NB - A), colB = 16 * (A + t % (NB - A));
-  const float cab = colB == 16 * A ? 1.f : kSqrt2;
-  const int64_t f = static_cast<int64_t>(tile) * 16 + gr;  // this lane's state rows f, f + 8
+  const int pair = static_cast<int>(blockIdx.x % PARTS) * WARPS + warp;
+  const bool valid = pair < PAIRS;
+  // pair t of group A (8 (nb - A) pairs): a = 2 (t / W), B = A + t % W with W = nb - A; its tiles are the groups'
+  // tiles a W + (B - A) and (a + 1) W + (B - A), after the 16 (nb - A') tiles of each earlier group A'
+  int t = valid ? pair : 0, A = 0, first = 0;
+  while (A < NB - 1 && t >= 8 * (NB - A)) t -= 8 * (NB - A), first += 16 * (NB - A), ++A;
+  const int W = NB - A, a2 = 2 * (t / W), j = t % W;
+  const int colA = 16 * A + a2, colB = 16 * (A + j);  // x columns of the row scalars (colA, colA + 1) and the block
+  const float cab = j == 0 ? 1.f : kSqrt2;
+  const int tile0 = first + a2 * W + j;
+  const int64_t f[2] = {static_cast<int64_t>(tile0) * 16 + gr, static_cast<int64_t>(tile0 + W) * 16 + gr};
   const int64_t rows = N * c;
   const u16* xb = x + bh * rows * D;
   const u16* yb = y + bh * rows * E;
   const float* rb = rs ? rs + bh * rows : nullptr;
 
-  float H[NT][4];
-  zero(H);
+  float H[2][NT][4];
+  zero(H[0]);
+  zero(H[1]);
   if (Hin && valid) {
     const float* h = Hin + bh * D2 * E;
 #pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-      const float2 a = *reinterpret_cast<const float2*>(h + f * E + nt * 8 + 2 * tg);
-      const float2 b = *reinterpret_cast<const float2*>(h + (f + 8) * E + nt * 8 + 2 * tg);
-      H[nt][0] = a.x, H[nt][1] = a.y, H[nt][2] = b.x, H[nt][3] = b.y;
-    }
+    for (int z = 0; z < 2; ++z)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const float2 u = *reinterpret_cast<const float2*>(h + f[z] * E + nt * 8 + 2 * tg);
+        const float2 v = *reinterpret_cast<const float2*>(h + (f[z] + 8) * E + nt * 8 + 2 * tg);
+        H[z][nt][0] = u.x, H[z][nt][1] = u.y, H[z][nt][2] = v.x, H[z][nt][3] = v.y;
+      }
   }
   const int spc = static_cast<int>((c + kStateTokens - 1) / kStateTokens);  // stages a chunk
   const int64_t stages = N * spc;
@@ -127,9 +136,9 @@ __global__ void __launch_bounds__(kThreads) sympow2_scan_kernel(
   };
   auto load = [&](const Pos& p, int buf) {
     const int64_t n = REV ? N - 1 - p.k : p.k, t0 = n * c + p.s * kStateTokens, end = n * c + c;
-    load_rows<D, kStateTokens, kThreads>(sX + buf * kStateTokens * SD, xb, t0, end);
-    load_rows<E, kStateTokens, kThreads, SE>(sY + buf * kStateTokens * SE, yb, t0, end);
-    for (int i = threadIdx.x; i < kStateTokens; i += kThreads) {
+    load_rows<D, kStateTokens, kScanThreads>(sX + buf * kStateTokens * SD, xb, t0, end);
+    load_rows<E, kStateTokens, kScanThreads, SE>(sY + buf * kStateTokens * SE, yb, t0, end);
+    for (int i = threadIdx.x; i < kStateTokens; i += kScanThreads) {
       float* dst = sR + buf * kStateTokens + i;
       const bool ok = t0 + i < end;
       if (rb) {
@@ -139,7 +148,6 @@ __global__ void __launch_bounds__(kThreads) sympow2_scan_kernel(
       }
     }
   };
-  float S[NT][4];
   // a ring of kScanPipe stages: kScanPipe - 1 loads in flight while one is used (a CTA's rows arrive in order, so
   // its stream is latency-bound with fewer)
   Pos cur{0, 0}, pre{0, 0};
@@ -155,32 +163,39 @@ __global__ void __launch_bounds__(kThreads) sympow2_scan_kernel(
     cp_async_commit();
     cp_async_wait<kScanPipe - 1>();
     __syncthreads();
-    const int64_t n = REV ? N - 1 - cur.k : cur.k;
-    const int s = cur.s;
-    if (s == 0) {  // chunk start: hand out H
-      zero(S);
-      if (valid) {
-        u16* o = out + (bh * N + n) * D2 * E;
-        float dot = 0.f;
+    if (cur.s == 0 && valid) {  // chunk start: hand out H, then decay it
+      const int64_t n = REV ? N - 1 - cur.k : cur.k;
+      u16* o = out + (bh * N + n) * D2 * E;
+      float dot = 0.f;
+#pragma unroll
+      for (int z = 0; z < 2; ++z)
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
-          const int64_t c0 = f * E + nt * 8 + 2 * tg, c1 = c0 + 8 * E;
-          *reinterpret_cast<u32*>(o + c0) = pack2<true>(H[nt][0], H[nt][1]);
-          *reinterpret_cast<u32*>(o + c1) = pack2<true>(H[nt][2], H[nt][3]);
+          const int64_t c0 = f[z] * E + nt * 8 + 2 * tg, c1 = c0 + 8 * E;
+          *reinterpret_cast<u32*>(o + c0) = pack2<true>(H[z][nt][0], H[z][nt][1]);
+          *reinterpret_cast<u32*>(o + c1) = pack2<true>(H[z][nt][2], H[z][nt][3]);
           if constexpr (REV) {
             const u16* hs = Hs + (bh * N + n) * D2 * E;
-            const float2 a = unpack2<true>(*reinterpret_cast<const u32*>(hs + c0));
-            const float2 b = unpack2<true>(*reinterpret_cast<const u32*>(hs + c1));
-            dot += a.x * H[nt][0] + a.y * H[nt][1] + b.x * H[nt][2] + b.y * H[nt][3];
+            const float2 u = unpack2<true>(*reinterpret_cast<const u32*>(hs + c0));
+            const float2 v = unpack2<true>(*reinterpret_cast<const u32*>(hs + c1));
+            dot += u.x * H[z][nt][0] + u.y * H[z][nt][1] + v.x * H[z][nt][2] + v.y * H[z][nt][3];
           }
         }
-        if constexpr (REV) {
-          if (dL) {
+      const float dec = decay ? decay[bh * N + n] : 1.f;
+      if constexpr (REV) {
+        if (dL) {
 #pragma unroll
-            for (int o2 = 16; o2 > 0; o2 >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o2);
-            if (lane == 0 && dot != 0.f) atomicAdd(dL + bh * N + n, (decay ? decay[bh * N + n] : 1.f) * dot);
-          }
+          for (int o2 = 16; o2 > 0; o2 >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o2);
+          if (lane == 0 && dot != 0.f) atomicAdd(dL + bh * N + n, dec * dot);
         }
+      }
+      if (decay) {
+#pragma unroll
+        for (int z = 0; z < 2; ++z)
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) H[z][nt][e] *= dec;
       }
     }
     const u16* cX = sX + buf * kStateTokens * SD;
@@ -190,34 +205,43 @@ __global__ void __launch_bounds__(kThreads) sympow2_scan_kernel(
 #pragma unroll
       for (int kk = 0; kk < kStateTokens / 16; ++kk) {
         const int k0 = kk * 16, t0 = k0 + 2 * tg;
-        u32 af[4];
-        ldsm4t(af, at_b(cX, SD, k0, colB));
-        const float u0 = cab * cR[t0] * to_float<BFX>(cX[t0 * SD + colA]);
-        const float u1 = cab * cR[t0 + 1] * to_float<BFX>(cX[(t0 + 1) * SD + colA]);
-        const float u2 = cab * cR[t0 + 8] * to_float<BFX>(cX[(t0 + 8) * SD + colA]);
-        const float u3 = cab * cR[t0 + 9] * to_float<BFX>(cX[(t0 + 9) * SD + colA]);
-        const u32 a[4] = {scale2<BFX>(af[0], u0, u1), scale2<BFX>(af[1], u0, u1), scale2<BFX>(af[2], u2, u3),
-                          scale2<BFX>(af[3], u2, u3)};
+        u32 xf[4];
+        ldsm4t(xf, at_b(cX, SD, k0, colB));
+        // row scalars: rs x[colA] (tile 0) and rs x[colA + 1] (tile 1) of rows t0, t0 + 1, t0 + 8, t0 + 9
+        float u[2][4];
+        const int tr[4] = {t0, t0 + 1, t0 + 8, t0 + 9};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const float2 xv = unpack2<BFX>(*reinterpret_cast<const u32*>(cX + tr[i] * SD + colA));
+          const float r = cab * cR[tr[i]];
+          u[0][i] = r * xv.x;
+          u[1][i] = r * xv.y;
+        }
+        u32 af[2][4];
+#pragma unroll
+        for (int z = 0; z < 2; ++z) {
+          af[z][0] = scale2<BFX>(xf[0], u[z][0], u[z][1]);
+          af[z][1] = scale2<BFX>(xf[1], u[z][0], u[z][1]);
+          af[z][2] = scale2<BFX>(xf[2], u[z][2], u[z][3]);
+          af[z][3] = scale2<BFX>(xf[3], u[z][2], u[z][3]);
+        }
 #pragma unroll
         for (int np = 0; np < NT / 2; ++np) {
           u32 r[4];
           ldsm4t(r, at_a(cY, SE, k0, np * 16));
-          mma16816<true>(S[2 * np], a, r[0], r[1]);
-          mma16816<true>(S[2 * np + 1], a, r[2], r[3]);
+#pragma unroll
+          for (int z = 0; z < 2; ++z) {
+            mma16816<true>(H[z][2 * np], af[z], r[0], r[1]);
+            mma16816<true>(H[z][2 * np + 1], af[z], r[2], r[3]);
+          }
         }
         if constexpr (NT % 2 == 1) {
           u32 r[2];
           ldsm2t(r, at_a(cY, SE, k0, (NT - 1) * 8));
-          mma16816<true>(S[NT - 1], a, r[0], r[1]);
+          mma16816<true>(H[0][NT - 1], af[0], r[0], r[1]);
+          mma16816<true>(H[1][NT - 1], af[1], r[0], r[1]);
         }
       }
-    }
-    if (s == spc - 1) {  // chunk end
-      const float dec = decay ? decay[bh * N + n] : 1.f;
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) H[nt][i] = dec * H[nt][i] + S[nt][i];
     }
     advance(cur);
     buf = buf + 1 == kScanPipe ? 0 : buf + 1;
@@ -226,21 +250,34 @@ __global__ void __launch_bounds__(kThreads) sympow2_scan_kernel(
   if (last && valid) {
     float* l = last + bh * D2 * E;
 #pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-      *reinterpret_cast<float2*>(l + f * E + nt * 8 + 2 * tg) = make_float2(H[nt][0], H[nt][1]);
-      *reinterpret_cast<float2*>(l + (f + 8) * E + nt * 8 + 2 * tg) = make_float2(H[nt][2], H[nt][3]);
-    }
+    for (int z = 0; z < 2; ++z)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        *reinterpret_cast<float2*>(l + f[z] * E + nt * 8 + 2 * tg) = make_float2(H[z][nt][0], H[z][nt][1]);
+        *reinterpret_cast<float2*>(l + (f[z] + 8) * E + nt * 8 + 2 * tg) = make_float2(H[z][nt][2], H[z][nt][3]);
+      }
   }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Row kernels: a CTA covers 128 rows of one block x (16 a warp); H [D2, E] streams through shared memory one
-// feature group (A, a) at a time (16 (nb - A) rows), two buffers.
+// Row kernels: a CTA of 4 warps covers 128 rows of one block x, 32 a warp (two m16 tiles, so each H fragment read
+// from shared memory feeds two tensor-core products); H [D2, E] streams through shared memory one feature group
+// (A, a) at a time (16 (nb - A) rows), two buffers.
 // ---------------------------------------------------------------------------------------------------------------
 
-constexpr int kRowsPerCta = 128;
+constexpr int kRowThreads = 128;  // 4 warps
 
-// Shared layout of the row kernels: x rows [128][D + 8], H groups [2][16 nb][SH], with SH = E rounded up to 16,
+// m16 tiles a warp (two; one at d = 128, where two would spill registers) and rows a CTA
+template <int D>
+constexpr int row_tiles() {
+  return D >= 128 ? 1 : 2;
+}
+template <int D>
+constexpr int rows_per_cta() {
+  return kRowThreads / 32 * 16 * row_tiles<D>();
+}
+
+// Shared layout of the row kernels: x rows [rows_per_cta][D + 8], H groups [2][16 nb][SH], with SH = E rounded up to 16,
 // plus 8 (the grad kernel reads whole k16 steps of E; the columns past E stay zero).
 template <int D, int E>
 constexpr int row_sh() {
@@ -248,47 +285,69 @@ constexpr int row_sh() {
 }
 template <int D, int E>
 constexpr size_t row_smem(bool with_y) {
-  return sizeof(u16) * (kRowsPerCta * (D + 8) + 2 * 16 * (D / 16) * row_sh<D, E>() +
-                        (with_y ? kRowsPerCta * row_sh<D, E>() : 0));
+  return sizeof(u16) * (rows_per_cta<D>() * (D + 8) + 2 * 16 * (D / 16) * row_sh<D, E>() +
+                        (with_y ? rows_per_cta<D>() * row_sh<D, E>() : 0));
 }
 
 template <int D, int E>
 __device__ __forceinline__ void load_group(u16* dst, const u16* H, int A, int a) {
   constexpr int NB = D / 16, SH = row_sh<D, E>();
   const int off = group_offset(NB, A, a), rows = 16 * (NB - A);
-  load_rows<E, 16 * NB, kThreads, SH>(dst, H + static_cast<int64_t>(off) * E, 0, rows);
+  load_rows<E, 16 * NB, kRowThreads, SH>(dst, H + static_cast<int64_t>(off) * E, 0, rows);
 }
 
 // Zeroes columns [E, SH) of `rows` rows of a shared tile (never written by the loads).
 template <int E, int SH>
 __device__ __forceinline__ void zero_tail(u16* s, int rows) {
   constexpr int W = SH - E;
-  for (int i = threadIdx.x; i < rows * W; i += kThreads) s[(i / W) * SH + E + i % W] = 0;
+  for (int i = threadIdx.x; i < rows * W; i += kRowThreads) s[(i / W) * SH + E + i % W] = 0;
+}
+
+// This lane's rows of a row kernel: m16 tile i, half h (row gr or gr + 8): the row in the CTA's tile, and its scale
+// (0 past n).
+template <int MT>
+struct LaneRows {
+  int row[MT][2];
+  float scale[MT][2];
+};
+template <int MT>
+__device__ __forceinline__ LaneRows<MT> lane_rows(const float* rs, int64_t bx, int64_t r0, int64_t n) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  LaneRows<MT> L;
+#pragma unroll
+  for (int i = 0; i < MT; ++i)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = warp * 16 * MT + 16 * i + (lane >> 2) + 8 * h;
+      const int64_t r = r0 + row;
+      L.row[i][h] = row;
+      L.scale[i][h] = r < n ? (rs ? rs[bx * n + r] : 1.f) : 0.f;
+    }
+  return L;
 }
 
 template <bool BFX, int D, int E>
-__global__ void __launch_bounds__(kThreads, 1) sympow2_query_kernel(const u16* __restrict__ x,
-                                                                 const float* __restrict__ rs,
-                                                                 const u16* __restrict__ H, float* __restrict__ out,
-                                                                 int64_t X, int64_t n) {
+__global__ void __launch_bounds__(kRowThreads, 2) sympow2_query_kernel(const u16* __restrict__ x,
+                                                                    const float* __restrict__ rs,
+                                                                    const u16* __restrict__ H,
+                                                                    float* __restrict__ out, int64_t X, int64_t n) {
   constexpr int NB = D / 16, D2 = 256 * NB * (NB + 1) / 2, NT = E / 8, SD = D + 8, SH = row_sh<D, E>();
+  constexpr int MT = row_tiles<D>(), ROWS = rows_per_cta<D>();
   extern __shared__ __align__(16) unsigned char smem[];
   u16* sX = reinterpret_cast<u16*>(smem);
-  u16* sH = sX + kRowsPerCta * SD;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gr = lane >> 2, tg = lane & 3;
-  const int64_t parts = (n + kRowsPerCta - 1) / kRowsPerCta;
-  const int64_t bx = blockIdx.x / parts, r0 = (blockIdx.x % parts) * kRowsPerCta;
+  u16* sH = sX + ROWS * SD;
+  const int warp = threadIdx.x >> 5, tg = threadIdx.x & 3;
+  const int64_t parts = (n + ROWS - 1) / ROWS;
+  const int64_t bx = blockIdx.x / parts, r0 = (blockIdx.x % parts) * ROWS;
   const u16* Hb = H + bx * D2 * E;
-  load_rows<D, kRowsPerCta, kThreads>(sX, x + bx * n * D, r0, n);
+  load_rows<D, ROWS, kRowThreads>(sX, x + bx * n * D, r0, n);
   load_group<D, E>(sH, Hb, 0, 0);
   cp_async_commit();
-  const int64_t ra = r0 + warp * 16 + gr, rb = ra + 8;
-  const float sa = ra < n ? (rs ? rs[bx * n + ra] : 1.f) : 0.f, sb = rb < n ? (rs ? rs[bx * n + rb] : 1.f) : 0.f;
-  const u16* xa_row = sX + (warp * 16 + gr) * SD;
-  const u16* xb_row = xa_row + 8 * SD;
-  u32 xf[NB][4];
-  float acc[NT][4];
-  zero(acc);
+  const LaneRows<MT> L = lane_rows<MT>(rs, bx, r0, n);
+  u32 xf[MT][NB][4];
+  float acc[MT][NT][4];
+#pragma unroll
+  for (int i = 0; i < MT; ++i) zero(acc[i]);
   int buf = 0;
   static_for<NB>([&](auto A_) {
     constexpr int A = decltype(A_)::value;
@@ -303,28 +362,44 @@ __global__ void __launch_bounds__(kThreads, 1) sympow2_query_kernel(const u16* _
       __syncthreads();
       if (A == 0 && a == 0) {
 #pragma unroll
-        for (int B = 0; B < NB; ++B) ldsm4(xf[B], at_a(sX, SD, warp * 16, 16 * B));
+        for (int i = 0; i < MT; ++i)
+#pragma unroll
+          for (int B = 0; B < NB; ++B) ldsm4(xf[i][B], at_a(sX, SD, warp * 16 * MT + 16 * i, 16 * B));
       }
       const u16* cH = sH + buf * 16 * NB * SH;
-      const float wa = sa * to_float<BFX>(xa_row[16 * A + a]), wb = sb * to_float<BFX>(xb_row[16 * A + a]);
+      float w[MT][2];
+#pragma unroll
+      for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) w[i][h] = L.scale[i][h] * to_float<BFX>(sX[L.row[i][h] * SD + 16 * A + a]);
 #pragma unroll
       for (int B = A; B < NB; ++B) {
         const float c = B == A ? 1.f : kSqrt2;
-        const float ca = c * wa, cb = c * wb;
-        const u32 af[4] = {scale2<BFX>(xf[B][0], ca, ca), scale2<BFX>(xf[B][1], cb, cb),
-                           scale2<BFX>(xf[B][2], ca, ca), scale2<BFX>(xf[B][3], cb, cb)};
+        u32 af[MT][4];
+#pragma unroll
+        for (int i = 0; i < MT; ++i) {
+          const float ca = c * w[i][0], cb = c * w[i][1];
+          af[i][0] = scale2<BFX>(xf[i][B][0], ca, ca);
+          af[i][1] = scale2<BFX>(xf[i][B][1], cb, cb);
+          af[i][2] = scale2<BFX>(xf[i][B][2], ca, ca);
+          af[i][3] = scale2<BFX>(xf[i][B][3], cb, cb);
+        }
         const int f0 = (B - A) * 16;
 #pragma unroll
         for (int np = 0; np < NT / 2; ++np) {
           u32 r[4];
           ldsm4t(r, at_a(cH, SH, f0, np * 16));
-          mma16816<true>(acc[2 * np], af, r[0], r[1]);
-          mma16816<true>(acc[2 * np + 1], af, r[2], r[3]);
+#pragma unroll
+          for (int i = 0; i < MT; ++i) {
+            mma16816<true>(acc[i][2 * np], af[i], r[0], r[1]);
+            mma16816<true>(acc[i][2 * np + 1], af[i], r[2], r[3]);
+          }
         }
         if constexpr (NT % 2 == 1) {
           u32 r[2];
           ldsm2t(r, at_a(cH, SH, f0, (NT - 1) * 8));
-          mma16816<true>(acc[NT - 1], af, r[0], r[1]);
+#pragma unroll
+          for (int i = 0; i < MT; ++i) mma16816<true>(acc[i][NT - 1], af[i], r[0], r[1]);
         }
       }
       __syncthreads();
@@ -333,10 +408,15 @@ __global__ void __launch_bounds__(kThreads, 1) sympow2_query_kernel(const u16* _
   });
   float* ob = out + bx * n * E;
 #pragma unroll
-  for (int nt = 0; nt < NT; ++nt) {
-    if (ra < n) *reinterpret_cast<float2*>(ob + ra * E + nt * 8 + 2 * tg) = make_float2(acc[nt][0], acc[nt][1]);
-    if (rb < n) *reinterpret_cast<float2*>(ob + rb * E + nt * 8 + 2 * tg) = make_float2(acc[nt][2], acc[nt][3]);
-  }
+  for (int i = 0; i < MT; ++i)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t r = r0 + L.row[i][h];
+      if (r >= n) continue;
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+        *reinterpret_cast<float2*>(ob + r * E + nt * 8 + 2 * tg) = make_float2(acc[i][nt][2 * h], acc[i][nt][2 * h + 1]);
+    }
 }
 
 // dx_r = d/dx_r [phi'(x_r) . dphi_r], dphi_r = H y_r. Per group (A, a) and block B >= A, the 16 x 16 tile
@@ -344,33 +424,32 @@ __global__ void __launch_bounds__(kThreads, 1) sympow2_query_kernel(const u16* _
 //   dx[16 B + b] += w dphi        (the x[16 B + b] factor of each feature)
 //   dx[16 A + a] += c_AB rs sum_b dphi x[16 B + b]   (the x[16 A + a] factor)
 template <bool BFX, int D, int E>
-__global__ void __launch_bounds__(kThreads, 1) sympow2_grad_kernel(const u16* __restrict__ x,
-                                                                const float* __restrict__ rs,
-                                                                const u16* __restrict__ y,
-                                                                const u16* __restrict__ H, float* __restrict__ dx,
-                                                                float* __restrict__ u, int64_t X, int64_t n) {
+__global__ void __launch_bounds__(kRowThreads, 2) sympow2_grad_kernel(const u16* __restrict__ x,
+                                                                   const float* __restrict__ rs,
+                                                                   const u16* __restrict__ y,
+                                                                   const u16* __restrict__ H, float* __restrict__ dx,
+                                                                   float* __restrict__ u, int64_t X, int64_t n) {
   constexpr int NB = D / 16, D2 = 256 * NB * (NB + 1) / 2, SD = D + 8, SH = row_sh<D, E>(), EK = (E + 15) / 16;
+  constexpr int MT = row_tiles<D>(), ROWS = rows_per_cta<D>();
   extern __shared__ __align__(16) unsigned char smem[];
   u16* sX = reinterpret_cast<u16*>(smem);
-  u16* sH = sX + kRowsPerCta * SD;
+  u16* sH = sX + ROWS * SD;
   u16* sY = sH + 2 * 16 * NB * SH;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gr = lane >> 2, tg = lane & 3;
-  const int64_t parts = (n + kRowsPerCta - 1) / kRowsPerCta;
-  const int64_t bx = blockIdx.x / parts, r0 = (blockIdx.x % parts) * kRowsPerCta;
+  const int warp = threadIdx.x >> 5, tg = threadIdx.x & 3;
+  const int64_t parts = (n + ROWS - 1) / ROWS;
+  const int64_t bx = blockIdx.x / parts, r0 = (blockIdx.x % parts) * ROWS;
   const u16* Hb = H + bx * D2 * E;
   zero_tail<E, SH>(sH, 2 * 16 * NB);
-  zero_tail<E, SH>(sY, kRowsPerCta);
-  load_rows<D, kRowsPerCta, kThreads>(sX, x + bx * n * D, r0, n);
-  load_rows<E, kRowsPerCta, kThreads, SH>(sY, y + bx * n * E, r0, n);
+  zero_tail<E, SH>(sY, ROWS);
+  load_rows<D, ROWS, kRowThreads>(sX, x + bx * n * D, r0, n);
+  load_rows<E, ROWS, kRowThreads, SH>(sY, y + bx * n * E, r0, n);
   load_group<D, E>(sH, Hb, 0, 0);
   cp_async_commit();
-  const int64_t ra = r0 + warp * 16 + gr, rb = ra + 8;
-  const float sa = ra < n ? (rs ? rs[bx * n + ra] : 1.f) : 0.f, sb = rb < n ? (rs ? rs[bx * n + rb] : 1.f) : 0.f;
-  const u16* xa_row = sX + (warp * 16 + gr) * SD;
-  const u16* xb_row = xa_row + 8 * SD;
-  u32 yf[EK][4];
-  float g[D / 8][4];
-  zero(g);
+  const LaneRows<MT> L = lane_rows<MT>(rs, bx, r0, n);
+  u32 yf[MT][EK][4];
+  float g[MT][D / 8][4];
+#pragma unroll
+  for (int i = 0; i < MT; ++i) zero(g[i]);
   int buf = 0;
   static_for<NB>([&](auto A_) {
     constexpr int A = decltype(A_)::value;
@@ -385,72 +464,93 @@ __global__ void __launch_bounds__(kThreads, 1) sympow2_grad_kernel(const u16* __
       __syncthreads();
       if (A == 0 && a == 0) {
 #pragma unroll
-        for (int kk = 0; kk < EK; ++kk) ldsm4(yf[kk], at_a(sY, SH, warp * 16, kk * 16));
+        for (int i = 0; i < MT; ++i)
+#pragma unroll
+          for (int kk = 0; kk < EK; ++kk) ldsm4(yf[i][kk], at_a(sY, SH, warp * 16 * MT + 16 * i, kk * 16));
       }
       const u16* cH = sH + buf * 16 * NB * SH;
-      const float wa = sa * to_float<BFX>(xa_row[16 * A + a]), wb = sb * to_float<BFX>(xb_row[16 * A + a]);
-      float pa = 0.f, pb = 0.f;
+      float w[MT][2], p[MT][2];
+#pragma unroll
+      for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          w[i][h] = L.scale[i][h] * to_float<BFX>(sX[L.row[i][h] * SD + 16 * A + a]);
+          p[i][h] = 0.f;
+        }
 #pragma unroll
       for (int B = A; B < NB; ++B) {
         const float c = B == A ? 1.f : kSqrt2;
         const int f0 = (B - A) * 16;
-        float dp[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+        float dp[MT][2][4];
+#pragma unroll
+        for (int i = 0; i < MT; ++i) zero(dp[i]);
 #pragma unroll
         for (int kk = 0; kk < EK; ++kk) {
           u32 r[4];
           ldsm4(r, at_b(cH, SH, f0, kk * 16));
-          mma16816<true>(dp[0], yf[kk], r[0], r[1]);
-          mma16816<true>(dp[1], yf[kk], r[2], r[3]);
-        }
-        const float ca = c * wa, cb = c * wb;
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          g[2 * B + h][0] += ca * dp[h][0];
-          g[2 * B + h][1] += ca * dp[h][1];
-          g[2 * B + h][2] += cb * dp[h][2];
-          g[2 * B + h][3] += cb * dp[h][3];
-          const int col = 16 * B + 8 * h + 2 * tg;  // x of this lane's features, from shared memory
-          const float2 xa = unpack2<BFX>(*reinterpret_cast<const u32*>(xa_row + col));
-          const float2 xb = unpack2<BFX>(*reinterpret_cast<const u32*>(xb_row + col));
-          pa += c * (dp[h][0] * xa.x + dp[h][1] * xa.y);
-          pb += c * (dp[h][2] * xb.x + dp[h][3] * xb.y);
+          for (int i = 0; i < MT; ++i) {
+            mma16816<true>(dp[i][0], yf[i][kk], r[0], r[1]);
+            mma16816<true>(dp[i][1], yf[i][kk], r[2], r[3]);
+          }
+        }
+#pragma unroll
+        for (int i = 0; i < MT; ++i) {
+          const float ca = c * w[i][0], cb = c * w[i][1];
+          const u16* xa_row = sX + L.row[i][0] * SD;
+          const u16* xb_row = sX + L.row[i][1] * SD;
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            g[i][2 * B + h][0] += ca * dp[i][h][0];
+            g[i][2 * B + h][1] += ca * dp[i][h][1];
+            g[i][2 * B + h][2] += cb * dp[i][h][2];
+            g[i][2 * B + h][3] += cb * dp[i][h][3];
+            const int col = 16 * B + 8 * h + 2 * tg;  // x of this lane's features, from shared memory
+            const float2 xa = unpack2<BFX>(*reinterpret_cast<const u32*>(xa_row + col));
+            const float2 xb = unpack2<BFX>(*reinterpret_cast<const u32*>(xb_row + col));
+            p[i][0] += c * (dp[i][h][0] * xa.x + dp[i][h][1] * xa.y);
+            p[i][1] += c * (dp[i][h][2] * xb.x + dp[i][h][3] * xb.y);
+          }
         }
       }
-      pa = quad_sum(pa) * sa;
-      pb = quad_sum(pb) * sb;
       // column 16 A + a: tile 2 A + a / 8, held by lane tg = (a % 8) / 2, element a % 2
       // Register arrays take compile-time indices only, and a branch per element would be merged into one store
       // through a computed address (local memory): add zeros everywhere else instead.
       const bool mine = tg == ((a & 7) >> 1), odd = a & 1;
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const bool here = mine && (a >> 3) == h;
-        g[2 * A + h][0] += here && !odd ? pa : 0.f;
-        g[2 * A + h][1] += here && odd ? pa : 0.f;
-        g[2 * A + h][2] += here && !odd ? pb : 0.f;
-        g[2 * A + h][3] += here && odd ? pb : 0.f;
+      for (int i = 0; i < MT; ++i) {
+        const float pa = quad_sum(p[i][0]) * L.scale[i][0], pb = quad_sum(p[i][1]) * L.scale[i][1];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const bool here = mine && (a >> 3) == h;
+          g[i][2 * A + h][0] += here && !odd ? pa : 0.f;
+          g[i][2 * A + h][1] += here && odd ? pa : 0.f;
+          g[i][2 * A + h][2] += here && !odd ? pb : 0.f;
+          g[i][2 * A + h][3] += here && odd ? pb : 0.f;
+        }
       }
       __syncthreads();
       buf ^= 1;
     }
   });
   float* ob = dx + bx * n * D;
-  float ua = 0.f, ub = 0.f;
 #pragma unroll
-  for (int nt = 0; nt < D / 8; ++nt) {
-    if (ra < n) *reinterpret_cast<float2*>(ob + ra * D + nt * 8 + 2 * tg) = make_float2(g[nt][0], g[nt][1]);
-    if (rb < n) *reinterpret_cast<float2*>(ob + rb * D + nt * 8 + 2 * tg) = make_float2(g[nt][2], g[nt][3]);
-    const float2 xa = unpack2<BFX>(*reinterpret_cast<const u32*>(xa_row + nt * 8 + 2 * tg));
-    const float2 xb = unpack2<BFX>(*reinterpret_cast<const u32*>(xb_row + nt * 8 + 2 * tg));
-    ua += xa.x * g[nt][0] + xa.y * g[nt][1];
-    ub += xb.x * g[nt][2] + xb.y * g[nt][3];
-  }
-  ua = quad_sum(ua) * 0.5f;  // Euler: x . grad of a degree-2 form is twice the form
-  ub = quad_sum(ub) * 0.5f;
-  if (u && tg == 0) {
-    if (ra < n) u[bx * n + ra] = ua;
-    if (rb < n) u[bx * n + rb] = ub;
-  }
+  for (int i = 0; i < MT; ++i)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t r = r0 + L.row[i][h];
+      const u16* xrow = sX + L.row[i][h] * SD;
+      float uu = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < D / 8; ++nt) {
+        const float g0 = g[i][nt][2 * h], g1 = g[i][nt][2 * h + 1];
+        if (r < n) *reinterpret_cast<float2*>(ob + r * D + nt * 8 + 2 * tg) = make_float2(g0, g1);
+        const float2 xv = unpack2<BFX>(*reinterpret_cast<const u32*>(xrow + nt * 8 + 2 * tg));
+        uu += xv.x * g0 + xv.y * g1;
+      }
+      uu = quad_sum(uu) * 0.5f;  // Euler: x . grad of a degree-2 form is twice the form
+      if (u && tg == 0 && r < n) u[bx * n + r] = uu;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -555,8 +655,8 @@ at::Tensor sympow2_query(const at::Tensor& x, const at::Tensor& rs, const at::Te
     auto kernel = sympow2_query_kernel<BF, D, Ee>;
     const size_t smem = row_smem<D, Ee>(false);
     allow_smem(kernel, smem);
-    const int64_t parts = (n + kRowsPerCta - 1) / kRowsPerCta;
-    kernel<<<grid_of(X * parts), kThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(bits(x), fptr(rs), bits(H),
+    const int64_t parts = (n + rows_per_cta<D>() - 1) / rows_per_cta<D>();
+    kernel<<<grid_of(X * parts), kRowThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(bits(x), fptr(rs), bits(H),
                                                                                        out.data_ptr<float>(), X, n);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -580,8 +680,8 @@ std::pair<at::Tensor, at::Tensor> sympow2_grad(const at::Tensor& x, const at::Te
     auto kernel = sympow2_grad_kernel<BF, D, Ee>;
     const size_t smem = row_smem<D, Ee>(true);
     allow_smem(kernel, smem);
-    const int64_t parts = (n + kRowsPerCta - 1) / kRowsPerCta;
-    kernel<<<grid_of(X * parts), kThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
+    const int64_t parts = (n + rows_per_cta<D>() - 1) / rows_per_cta<D>();
+    kernel<<<grid_of(X * parts), kRowThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
         bits(x), fptr(rs), bits(y), bits(H), dx.data_ptr<float>(), u.data_ptr<float>(), X, n);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -614,12 +714,12 @@ void scan_launch(const at::Tensor& x, const at::Tensor& rs, const at::Tensor& y,
   const c10::cuda::CUDAGuard guard(x.device());
   dispatch(x.scalar_type(), d, [&](auto bf, auto dd) {
     constexpr bool BF = decltype(bf)::value;
-    constexpr int D = decltype(dd)::value, Ee = D + 8, TILES = 256 * (D / 16) * (D / 16 + 1) / 2 / 16;
+    constexpr int D = decltype(dd)::value, Ee = D + 8, PAIRS = 256 * (D / 16) * (D / 16 + 1) / 2 / 32;
     auto kernel = sympow2_scan_kernel<BF, D, Ee, REV>;
     constexpr size_t smem = states_smem<D, Ee>();
     allow_smem(kernel, smem);
-    const int64_t parts = (TILES + kThreads / 32 - 1) / (kThreads / 32);
-    kernel<<<grid_of(BH * parts), kThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
+    const int64_t parts = (PAIRS + kScanThreads / 32 - 1) / (kScanThreads / 32);
+    kernel<<<grid_of(BH * parts), kScanThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
         bits(x), fptr(rs), bits(y), dec, hin, REV ? bits(Hs) : nullptr, static_cast<u16*>(out.data_ptr()), lst, dl,
         N, rows / N);
     C10_CUDA_KERNEL_LAUNCH_CHECK();

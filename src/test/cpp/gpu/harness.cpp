@@ -84,13 +84,18 @@ struct Case {
   int64_t chunk;  // 0: quadratic
   bool gate;
   at::ScalarType dtype;
+  double qk = 1;     // q and k drawn times this (tiny: scores whose squares leave fp32's range)
+  double shift = 3;  // log gates = log_sigmoid(randn + shift) (very negative: strong decay within a tile)
 };
 
 std::string name(const Case& c) {
   char buf[200];
   std::snprintf(buf, sizeof buf, "b%ld-t%ld-hq%ld-h%ld-d%ld-e%ld-p%ld-%s%ld-%s-%s", c.b, c.t, c.hq, c.h, c.d, c.e,
                 c.p, c.chunk ? "c" : "quad", c.chunk, c.gate ? "gated" : "nogate", c10::toString(c.dtype));
-  return buf;
+  std::string n = buf;
+  if (c.qk != 1) n += "-qk" + std::to_string(c.qk);
+  if (c.shift != 3) n += "-shift" + std::to_string(c.shift);
+  return n;
 }
 
 struct Tol {
@@ -110,13 +115,13 @@ Inputs make_inputs(const Case& c, std::mt19937_64& rng) {
   at::manual_seed(static_cast<uint64_t>(rng()));
   const auto o = at::TensorOptions().dtype(at::kDouble);
   Inputs in;
-  in.q = at::randn({c.b, c.t, c.hq, c.d}, o).to(c.dtype).to(at::kDouble);
-  in.k = at::randn({c.b, c.t, c.h, c.d}, o).to(c.dtype).to(at::kDouble);
+  in.q = (at::randn({c.b, c.t, c.hq, c.d}, o) * c.qk).to(c.dtype).to(at::kDouble);
+  in.k = (at::randn({c.b, c.t, c.h, c.d}, o) * c.qk).to(c.dtype).to(at::kDouble);
   in.v = at::randn({c.b, c.t, c.h, c.e}, o).to(c.dtype).to(at::kDouble);
   // gates in fp32 (fp64 for fp64 cases), as a user would pass them
   if (c.gate) {
     const at::ScalarType gt = c.dtype == at::kDouble ? at::kDouble : at::kFloat;
-    in.lg = at::log_sigmoid(at::randn({c.b, c.t, c.h}, o) + 3.0).to(gt).to(at::kDouble);
+    in.lg = at::log_sigmoid(at::randn({c.b, c.t, c.h}, o) + c.shift).to(gt).to(at::kDouble);
   }
   return in;
 }
@@ -299,7 +304,8 @@ void check_sympow2_kernels() {
       pa::cuda::sympow2_scan_backward(x.view({BH, N * n, d}), rs, y.view({BH, N * n, E}), decay, Hs_ref, H0, N, An,
                                       dL, dH0);
       const double fwd = std::max(rel(Hs, at::stack(hs, 1)), rel(fin, h));
-      const double bwd = std::max({rel(An, at::stack(as, 1)), rel(dH0, acc), rel(dL.view({BH, N}), dL_ref)});
+      const double bwd_an = rel(An, at::stack(as, 1)), bwd_h0 = rel(dH0, acc), bwd_dl = rel(dL.view({BH, N}), dL_ref);
+      const double bwd = std::max({bwd_an, bwd_h0, bwd_dl});
       // products against a given state
       const at::Tensor B_ref = at::bmm(phi, H.to(at::kFloat));
       const at::Tensor dphi = at::bmm(y.to(at::kFloat), H.to(at::kFloat).transpose(1, 2));
@@ -321,6 +327,12 @@ void check_sympow2_kernels() {
       char id[120];
       std::snprintf(id, sizeof id, "sympow2-kernels-d%ld-%s (scan fwd, scan bwd, B, dx+u, maps)", d, c10::toString(dt));
       report(id, oc, Tol{tol, tol});
+      if (!oc.ok) {
+        std::printf("     scan bwd: An %.2e  dH0 %.2e  dL %.2e; dL / ref:", bwd_an, bwd_h0, bwd_dl);
+        const at::Tensor a = dL.cpu(), r = dL_ref.reshape({BH * N}).cpu();
+        for (int64_t i = 0; i < BH * N; ++i) std::printf(" %.4g/%.4g", a[i].item<double>(), r[i].item<double>());
+        std::printf("\n");
+      }
     }
 }
 
@@ -363,6 +375,14 @@ int run_tests() {
   for (int64_t t : {1, 2, 65, 200})
     for (int64_t chunk : {0, 1, 64, 128}) cases.push_back({1, t, 4, 2, 64, 64, 2, chunk, true, bf});
   cases.push_back({2, 300, 8, 1, 64, 64, 2, 0, false, hf});
+  // the forward's degree-2 form and its way back to the log form: tiny scores (squares under 2^-126), strong
+  // decay (gates spanning more than 2^64 inside a key tile), both, and a chunked case of each
+  // (chunked: 1e-5, squares under 2^-60; smaller ones would underflow the fp32 state products, a known limit)
+  for (int64_t chunk : {0, 64}) {
+    cases.push_back({1, 200, 2, 1, 64, 64, 2, chunk, true, bf, chunk ? 1e-5 : 1e-12});
+    cases.push_back({1, 200, 2, 1, 64, 64, 2, chunk, true, bf, 1, -2});
+    cases.push_back({1, 200, 4, 2, 32, 32, 2, chunk, true, hf, 1e-3, -1});
+  }
   cases.push_back({1, 513, 2, 2, 128, 128, 2, 256, true, bf});
 
   std::printf("== correctness: %zu cases against the fp64 oracle of SPEC §2 ==\n", cases.size());
@@ -574,6 +594,10 @@ int main(int argc, char** argv) {
     if (mode == "test") return run_tests();
     if (mode == "bench") return run_bench(argc > 2 ? argv[2] : nullptr);
     if (mode == "decode") return run_decode_bench();
+    if (mode == "kernels") {  // the direct kernel checks alone, repeated (fresh inputs each time)
+      for (int i = 0; i < (argc > 2 ? std::atoi(argv[2]) : 1); ++i) check_sympow2_kernels();
+      return 0;
+    }
     if (mode == "profile")
       return run_profile(argc > 2 ? std::atoll(argv[2]) : 256, argc > 3 ? std::atoll(argv[3]) : 65536);
   } catch (const std::exception& e) {
