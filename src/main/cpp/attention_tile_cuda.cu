@@ -62,11 +62,23 @@ __device__ __forceinline__ void load_mapped(u16* dst, const u16* src, const Map&
   if constexpr (!API) {
     load_rows<W, ROWS, kThreads, S>(dst, src, row0, n);
   } else {
-    constexpr int kChunks = W / 8;
-    for (int i = threadIdx.x; i < ROWS * kChunks; i += kThreads) {
-      const int r = i / kChunks, c = (i - r * kChunks) * 8;
-      const bool ok = row0 + r < n;
-      cp_async16(dst + r * S + c, ok ? src + mp.row(row0 + r) + c : src, ok);
+    constexpr int kChunks = W / 8, kStep = kThreads / kChunks;  // 16-byte pieces a row, rows a pass
+    static_assert(kThreads % kChunks == 0, "a pass covers whole rows");
+    const int r1 = threadIdx.x / kChunks, c = (threadIdx.x - r1 * kChunks) * 8;
+    if (mp.g == 1) {  // one row stride: a pointer that steps
+      const u16* p = src + (row0 + r1) * mp.ld + c;
+      const int64_t step = kStep * mp.ld;
+#pragma unroll
+      for (int r = r1; r < ROWS; r += kStep, p += step) {
+        const bool ok = row0 + r < n;
+        cp_async16(dst + r * S + c, ok ? p : src, ok);
+      }
+    } else {
+#pragma unroll
+      for (int r = r1; r < ROWS; r += kStep) {
+        const bool ok = row0 + r < n;
+        cp_async16(dst + r * S + c, ok ? src + mp.row(row0 + r) + c : src, ok);
+      }
     }
   }
 }
@@ -227,35 +239,34 @@ __global__ void __launch_bounds__(kThreads) tile_fwd_kernel(Args a, const u16* _
     // (so nothing that matters underflows or overflows); otherwise the log form below.
     bool powered = false;
     if (a.p == 2) {
-      float ng[BN / 8][2], gmax = 0.f, gmin = 0.f;
+      float gmax = 0.f, gmin = 0.f;
       if (Gx) {
         gmax = kNegInf, gmin = -kNegInf;
 #pragma unroll
         for (int nf = 0; nf < BN / 8; ++nf)
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
-            ng[nf][h] = -cG[nf * 8 + tg * 2 + h] * kLog2e;
-            gmax = fmaxf(gmax, ng[nf][h]);
-            gmin = fminf(gmin, ng[nf][h]);
+            const float ng = -cG[nf * 8 + tg * 2 + h] * kLog2e;
+            gmax = fmaxf(gmax, ng);
+            gmin = fminf(gmin, ng);
           }
         gmax = quad_max(gmax);  // every quad holds all of the tile's keys: the same in every lane
         gmin = -quad_max(-gmin);
       }
       if (gmax - gmin <= 64.f) {
-        float w[BN / 8][4], ta = 0.f, tb = 0.f;
+        // kf, then the rows' largest s^2 kf over visible keys (s stays: the log form may still be taken)
+        float kf[BN / 8][2], ta = 0.f, tb = 0.f;
 #pragma unroll
         for (int nf = 0; nf < BN / 8; ++nf)
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
-            const float kf = Gx ? ex2(ng[nf][h] - gmax) : 1.f;
-            float wa = s[nf][h] * s[nf][h] * kf, wb = s[nf][2 + h] * s[nf][2 + h] * kf;
+            kf[nf][h] = Gx ? ex2(-cG[nf * 8 + tg * 2 + h] * kLog2e - gmax) : 1.f;
+            float wa = s[nf][h] * s[nf][h] * kf[nf][h], wb = s[nf][2 + h] * s[nf][2 + h] * kf[nf][h];
             if (!full) {
               const int64_t j = j0 + nf * 8 + tg * 2 + h;
               wa = j < visa ? wa : 0.f;
               wb = j < visb ? wb : 0.f;
             }
-            w[nf][h] = wa;
-            w[nf][2 + h] = wb;
             ta = fmaxf(ta, wa);
             tb = fmaxf(tb, wb);
           }
@@ -285,7 +296,12 @@ __global__ void __launch_bounds__(kThreads) tile_fwd_kernel(Args a, const u16* _
           for (int nf = 0; nf < BN / 8; ++nf)
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
-              const float pa = w[nf][h] * qa, pb = w[nf][2 + h] * qb;
+              float pa = s[nf][h] * s[nf][h] * kf[nf][h] * qa, pb = s[nf][2 + h] * s[nf][2 + h] * kf[nf][h] * qb;
+              if (!full) {
+                const int64_t j = j0 + nf * 8 + tg * 2 + h;
+                pa = j < visa ? pa : 0.f;
+                pb = j < visb ? pb : 0.f;
+              }
               s[nf][h] = pa;
               s[nf][2 + h] = pb;
               la += pa;
