@@ -868,10 +868,11 @@ struct StateSide {
     TORCH_CHECK(!fused, "power_full: internal: the fused state side has no separate state product");
     return mm_acc(phi(x3, rs).transpose(1, 2), y, acc);
   }
-  // phi'(x) H: H [X, D, E] -> [X, n, E] acc
-  at::Tensor query(const at::Tensor& x3, const at::Tensor& rs, const at::Tensor& H) const {
-    if (fused) return sympow2_query(x3, rs, H);
-    return mm_acc(phi(x3, rs), H, acc);
+  // phi'(x) H: H [X, D, E] -> [X, n, E] acc, or its first cols columns (contiguous) when cols >= 0
+  at::Tensor query(const at::Tensor& x3, const at::Tensor& rs, const at::Tensor& H, int64_t cols = -1) const {
+    if (fused) return sympow2_query(x3, rs, H, cols);
+    const at::Tensor B = mm_acc(phi(x3, rs), H, acc);
+    return cols >= 0 ? B.narrow(2, 0, cols).contiguous() : B;
   }
   // {dx [X, n, d], u [X * n]} of phi'(x) . (y H^T)
   std::pair<at::Tensor, at::Tensor> grad(const at::Tensor& x3, const at::Tensor& rs, const at::Tensor& y,
@@ -933,8 +934,13 @@ void chunked_forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k
   }
 
   // queries against the state entering their chunk, then the combination
-  const at::Tensor B = side.query(q3, gt.qf, Hs.view({X, D, E}));  // [X, R, E]
-  combine_fwd<A>(numA, l.data_ptr<A>(), f.rowmax.data_ptr<A>(), B, f.y.view({X, R, e}), f.den.data_ptr<A>());
+  if (side.fused) {  // the combination in the query kernel's epilogue
+    at::Tensor y3 = f.y.view({X, R, e});
+    sympow2_query_combine(q3, gt.qf, Hs.view({X, D, E}), numA, l, f.rowmax, y3, f.den);
+  } else {
+    const at::Tensor B = side.query(q3, gt.qf, Hs.view({X, D, E}));  // [X, R, E]
+    combine_fwd<A>(numA, l.data_ptr<A>(), f.rowmax.data_ptr<A>(), B, f.y.view({X, R, e}), f.den.data_ptr<A>());
+  }
 
   if (save) f.states = Hs;
   if (want_final) {
@@ -1080,7 +1086,7 @@ void chunked_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& 
     // the states' inputs: S_ext = phi(K')^T [V | 1 | 0]
     if (key_side) {
       const at::Tensor A3 = An.view({X, D, E});
-      if (needs.v) dv = side.query(k3, gt.kf, A3).narrow(2, 0, e);  // [X, c, e]
+      if (needs.v) dv = side.query(k3, gt.kf, A3, e);  // [X, c, e]
       if (needs.k || gates) {
         auto [dxk, uk] = side.grad(k3, gt.kf, values_ext(v3, side.phi_dt), A3, needs.k, gates);
         if (needs.k) dk = dxk;
@@ -1096,7 +1102,6 @@ void chunked_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& 
   // in-chunk attention
   if (tiles) {
     // the state side has made every gradient that is needed (fp32, [X, rows, width]); the tile kernels add theirs
-    if (dv.defined()) dv = dv.contiguous();
     if (needs.k || needs.v || gates) {
       if (!dk.defined()) dk = at::zeros({X, c, d}, ao);
       if (!dv.defined()) dv = at::zeros({X, c, e}, ao);

@@ -4,7 +4,7 @@
 //
 //   sympow2_scan_kernel    S_n = phi'(X_n)^T Y_n fused with the gated prefix over chunks (forward or reverse):
 //                          a warp owns a 16-feature tile of the running state, rows stream in stages of 64
-//   sympow2_query_kernel   B = phi'(X) H        a warp owns 16 rows, H streams one (A, a) group at a time
+//   sympow2_query_kernel   B = phi'(X) H        a warp owns 32 rows, H streams one (A, a) group at a time
 //   sympow2_grad_kernel    dx from (Y H^T)      likewise; dphi lives in registers, 16 features at a time
 #include "sympow2_cuda.h"
 
@@ -262,7 +262,7 @@ __global__ void __launch_bounds__(kScanThreads) sympow2_scan_kernel(
 // ---------------------------------------------------------------------------------------------------------------
 // Row kernels: a CTA of 4 warps covers 128 rows of one block x, 32 a warp (two m16 tiles, so each H fragment read
 // from shared memory feeds two tensor-core products); H [D2, E] streams through shared memory one feature group
-// (A, a) at a time (16 (nb - A) rows), two buffers.
+// (A, a) at a time (16 (nb - A) rows), through a ring of kGroupBufs buffers.
 // ---------------------------------------------------------------------------------------------------------------
 
 constexpr int kRowThreads = 128;  // 4 warps
@@ -277,15 +277,17 @@ constexpr int rows_per_cta() {
   return kRowThreads / 32 * 16 * row_tiles<D>();
 }
 
-// Shared layout of the row kernels: x rows [rows_per_cta][D + 8], H groups [2][16 nb][SH], with SH = E rounded up to 16,
-// plus 8 (the grad kernel reads whole k16 steps of E; the columns past E stay zero).
+// Shared layout of the row kernels: x rows [rows_per_cta][D + 8], H groups [kGroupBufs][16 nb][SH], with SH = E
+// rounded up to 16, plus 8 (the grad kernel reads whole k16 steps of E; the columns past E stay zero). One load in
+// flight while a group is used (four buffers, three in flight, measured 2-4% slower).
+constexpr int kGroupBufs = 2;
 template <int D, int E>
 constexpr int row_sh() {
   return (E + 15) / 16 * 16 + 8;
 }
 template <int D, int E>
 constexpr size_t row_smem(bool with_y) {
-  return sizeof(u16) * (rows_per_cta<D>() * (D + 8) + 2 * 16 * (D / 16) * row_sh<D, E>() +
+  return sizeof(u16) * (rows_per_cta<D>() * (D + 8) + kGroupBufs * 16 * (D / 16) * row_sh<D, E>() +
                         (with_y ? rows_per_cta<D>() * row_sh<D, E>() : 0));
 }
 
@@ -294,6 +296,14 @@ __device__ __forceinline__ void load_group(u16* dst, const u16* H, int A, int a)
   constexpr int NB = D / 16, SH = row_sh<D, E>();
   const int off = group_offset(NB, A, a), rows = 16 * (NB - A);
   load_rows<E, 16 * NB, kRowThreads, SH>(dst, H + static_cast<int64_t>(off) * E, 0, rows);
+}
+
+// Group gi = 16 A + a into its ring buffer, when there is one (commits a group of copies either way).
+template <int D, int E>
+__device__ __forceinline__ void prefetch_group(u16* sH, const u16* H, int gi) {
+  constexpr int NB = D / 16, SH = row_sh<D, E>();
+  if (gi < 16 * NB) load_group<D, E>(sH + (gi % kGroupBufs) * 16 * NB * SH, H, gi / 16, gi % 16);
+  cp_async_commit();
 }
 
 // Zeroes columns [E, SH) of `rows` rows of a shared tile (never written by the loads).
@@ -326,11 +336,23 @@ __device__ __forceinline__ LaneRows<MT> lane_rows(const float* rs, int64_t bx, i
   return L;
 }
 
+// The chunked form's combination (SPEC §4.6) in the query kernel's epilogue: with B = phi'(q) H the row's state
+// term, mu = max(m, 0), wa = e^(m - mu), ws = e^-mu: den = l wa + B[e] ws, y = (numA wa + B[:e] ws) / den (0 where
+// den is). numA, y [rows, e], l, m, den [rows], fp32.
+struct Combine {
+  const float* numA = nullptr;
+  const float* l = nullptr;
+  const float* m = nullptr;
+  float* y = nullptr;
+  float* den = nullptr;
+};
+
 template <bool BFX, int D, int E>
 __global__ void __launch_bounds__(kRowThreads, 2) sympow2_query_kernel(const u16* __restrict__ x,
                                                                     const float* __restrict__ rs,
                                                                     const u16* __restrict__ H,
-                                                                    float* __restrict__ out, int64_t X, int64_t n) {
+                                                                    float* __restrict__ out, int64_t X, int64_t n,
+                                                                    int cols, Combine cmb) {
   constexpr int NB = D / 16, D2 = 256 * NB * (NB + 1) / 2, NT = E / 8, SD = D + 8, SH = row_sh<D, E>();
   constexpr int MT = row_tiles<D>(), ROWS = rows_per_cta<D>();
   extern __shared__ __align__(16) unsigned char smem[];
@@ -341,24 +363,19 @@ __global__ void __launch_bounds__(kRowThreads, 2) sympow2_query_kernel(const u16
   const int64_t bx = blockIdx.x / parts, r0 = (blockIdx.x % parts) * ROWS;
   const u16* Hb = H + bx * D2 * E;
   load_rows<D, ROWS, kRowThreads>(sX, x + bx * n * D, r0, n);
-  load_group<D, E>(sH, Hb, 0, 0);
-  cp_async_commit();
+#pragma unroll
+  for (int i = 0; i < kGroupBufs - 1; ++i) prefetch_group<D, E>(sH, Hb, i);
   const LaneRows<MT> L = lane_rows<MT>(rs, bx, r0, n);
   u32 xf[MT][NB][4];
   float acc[MT][NT][4];
 #pragma unroll
   for (int i = 0; i < MT; ++i) zero(acc[i]);
-  int buf = 0;
   static_for<NB>([&](auto A_) {
     constexpr int A = decltype(A_)::value;
     for (int a = 0; a < 16; ++a) {
-      if (a < 15) {
-        load_group<D, E>(sH + (buf ^ 1) * 16 * NB * SH, Hb, A, a + 1);
-      } else if (A + 1 < NB) {
-        load_group<D, E>(sH + (buf ^ 1) * 16 * NB * SH, Hb, A + 1, 0);
-      }
-      cp_async_commit();
-      cp_async_wait<1>();
+      const int gi = 16 * A + a;
+      prefetch_group<D, E>(sH, Hb, gi + kGroupBufs - 1);
+      cp_async_wait<kGroupBufs - 1>();
       __syncthreads();
       if (A == 0 && a == 0) {
 #pragma unroll
@@ -366,7 +383,7 @@ __global__ void __launch_bounds__(kRowThreads, 2) sympow2_query_kernel(const u16
 #pragma unroll
           for (int B = 0; B < NB; ++B) ldsm4(xf[i][B], at_a(sX, SD, warp * 16 * MT + 16 * i, 16 * B));
       }
-      const u16* cH = sH + buf * 16 * NB * SH;
+      const u16* cH = sH + (gi % kGroupBufs) * 16 * NB * SH;
       float w[MT][2];
 #pragma unroll
       for (int i = 0; i < MT; ++i)
@@ -403,10 +420,33 @@ __global__ void __launch_bounds__(kRowThreads, 2) sympow2_query_kernel(const u16
         }
       }
       __syncthreads();
-      buf ^= 1;
     }
   });
-  float* ob = out + bx * n * E;
+  if (cmb.y) {
+    constexpr int e = E - 8;  // B[:, e] is the normaliser's column: element 0 of lane tg = 0 in tile e / 8
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const float be = __shfl_sync(0xffffffffu, acc[i][e / 8][2 * h], lane & ~3);
+        const int64_t r = r0 + L.row[i][h];
+        if (r >= n) continue;
+        const int64_t row = bx * n + r;
+        const float mr = cmb.m[row], mu = fmaxf(mr, 0.f), wa = expf(mr - mu), ws = expf(-mu);
+        const float dn = cmb.l[row] * wa + be * ws;
+#pragma unroll
+        for (int nt = 0; nt < e / 8; ++nt) {
+          const int64_t at = row * e + nt * 8 + 2 * tg;
+          const float2 na = *reinterpret_cast<const float2*>(cmb.numA + at);
+          const float y0 = na.x * wa + acc[i][nt][2 * h] * ws, y1 = na.y * wa + acc[i][nt][2 * h + 1] * ws;
+          *reinterpret_cast<float2*>(cmb.y + at) = dn != 0.f ? make_float2(y0 / dn, y1 / dn) : make_float2(0.f, 0.f);
+        }
+        if (tg == 0) cmb.den[row] = dn;
+      }
+    return;
+  }
+  float* ob = out + bx * n * cols;  // the first `cols` columns (a multiple of 8)
 #pragma unroll
   for (int i = 0; i < MT; ++i)
 #pragma unroll
@@ -415,7 +455,9 @@ __global__ void __launch_bounds__(kRowThreads, 2) sympow2_query_kernel(const u16
       if (r >= n) continue;
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt)
-        *reinterpret_cast<float2*>(ob + r * E + nt * 8 + 2 * tg) = make_float2(acc[i][nt][2 * h], acc[i][nt][2 * h + 1]);
+        if (nt * 8 < cols)
+          *reinterpret_cast<float2*>(ob + r * cols + nt * 8 + 2 * tg) =
+              make_float2(acc[i][nt][2 * h], acc[i][nt][2 * h + 1]);
     }
 }
 
@@ -434,33 +476,28 @@ __global__ void __launch_bounds__(kRowThreads, 2) sympow2_grad_kernel(const u16*
   extern __shared__ __align__(16) unsigned char smem[];
   u16* sX = reinterpret_cast<u16*>(smem);
   u16* sH = sX + ROWS * SD;
-  u16* sY = sH + 2 * 16 * NB * SH;
+  u16* sY = sH + kGroupBufs * 16 * NB * SH;
   const int warp = threadIdx.x >> 5, tg = threadIdx.x & 3;
   const int64_t parts = (n + ROWS - 1) / ROWS;
   const int64_t bx = blockIdx.x / parts, r0 = (blockIdx.x % parts) * ROWS;
   const u16* Hb = H + bx * D2 * E;
-  zero_tail<E, SH>(sH, 2 * 16 * NB);
+  zero_tail<E, SH>(sH, kGroupBufs * 16 * NB);
   zero_tail<E, SH>(sY, ROWS);
   load_rows<D, ROWS, kRowThreads>(sX, x + bx * n * D, r0, n);
   load_rows<E, ROWS, kRowThreads, SH>(sY, y + bx * n * E, r0, n);
-  load_group<D, E>(sH, Hb, 0, 0);
-  cp_async_commit();
+#pragma unroll
+  for (int i = 0; i < kGroupBufs - 1; ++i) prefetch_group<D, E>(sH, Hb, i);
   const LaneRows<MT> L = lane_rows<MT>(rs, bx, r0, n);
   u32 yf[MT][EK][4];
   float g[MT][D / 8][4];
 #pragma unroll
   for (int i = 0; i < MT; ++i) zero(g[i]);
-  int buf = 0;
   static_for<NB>([&](auto A_) {
     constexpr int A = decltype(A_)::value;
     for (int a = 0; a < 16; ++a) {
-      if (a < 15) {
-        load_group<D, E>(sH + (buf ^ 1) * 16 * NB * SH, Hb, A, a + 1);
-      } else if (A + 1 < NB) {
-        load_group<D, E>(sH + (buf ^ 1) * 16 * NB * SH, Hb, A + 1, 0);
-      }
-      cp_async_commit();
-      cp_async_wait<1>();
+      const int gi = 16 * A + a;
+      prefetch_group<D, E>(sH, Hb, gi + kGroupBufs - 1);
+      cp_async_wait<kGroupBufs - 1>();
       __syncthreads();
       if (A == 0 && a == 0) {
 #pragma unroll
@@ -468,7 +505,7 @@ __global__ void __launch_bounds__(kRowThreads, 2) sympow2_grad_kernel(const u16*
 #pragma unroll
           for (int kk = 0; kk < EK; ++kk) ldsm4(yf[i][kk], at_a(sY, SH, warp * 16 * MT + 16 * i, kk * 16));
       }
-      const u16* cH = sH + buf * 16 * NB * SH;
+      const u16* cH = sH + (gi % kGroupBufs) * 16 * NB * SH;
       float w[MT][2], p[MT][2];
 #pragma unroll
       for (int i = 0; i < MT; ++i)
@@ -530,7 +567,6 @@ __global__ void __launch_bounds__(kRowThreads, 2) sympow2_grad_kernel(const u16*
         }
       }
       __syncthreads();
-      buf ^= 1;
     }
   });
   float* ob = dx + bx * n * D;
@@ -641,13 +677,12 @@ int64_t sympow2_dim(int64_t d) {
   return 256 * nb * (nb + 1) / 2;
 }
 
-at::Tensor sympow2_query(const at::Tensor& x, const at::Tensor& rs, const at::Tensor& H) {
-  check_x(x, rs);
-  const int64_t X = x.size(0), n = x.size(1), d = x.size(2), D2 = sympow2_dim(d), E = H.size(-1);
-  check_bf16(H, X, D2, E, "H");
-  TORCH_CHECK(E == d + 8, "power_full: degree-2 kernels take E = e + 8");
-  at::Tensor out = at::empty({X, n, E}, x.options().dtype(at::kFloat));
-  if (X == 0 || n == 0) return out;
+namespace {
+
+void query_launch(const at::Tensor& x, const at::Tensor& rs, const at::Tensor& H, at::Tensor& out, int64_t cols,
+                  const Combine& cmb) {
+  const int64_t X = x.size(0), n = x.size(1), d = x.size(2);
+  if (X == 0 || n == 0) return;
   const c10::cuda::CUDAGuard guard(x.device());
   dispatch(x.scalar_type(), d, [&](auto bf, auto dd) {
     constexpr bool BF = decltype(bf)::value;
@@ -656,11 +691,48 @@ at::Tensor sympow2_query(const at::Tensor& x, const at::Tensor& rs, const at::Te
     const size_t smem = row_smem<D, Ee>(false);
     allow_smem(kernel, smem);
     const int64_t parts = (n + rows_per_cta<D>() - 1) / rows_per_cta<D>();
-    kernel<<<grid_of(X * parts), kRowThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(bits(x), fptr(rs), bits(H),
-                                                                                       out.data_ptr<float>(), X, n);
+    kernel<<<grid_of(X * parts), kRowThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
+        bits(x), fptr(rs), bits(H), out.defined() ? out.data_ptr<float>() : nullptr, X, n, static_cast<int>(cols),
+        cmb);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+}
+
+}  // namespace
+
+at::Tensor sympow2_query(const at::Tensor& x, const at::Tensor& rs, const at::Tensor& H, int64_t cols) {
+  check_x(x, rs);
+  const int64_t X = x.size(0), n = x.size(1), d = x.size(2), D2 = sympow2_dim(d), E = H.size(-1);
+  check_bf16(H, X, D2, E, "H");
+  TORCH_CHECK(E == d + 8, "power_full: degree-2 kernels take E = e + 8");
+  if (cols < 0) cols = E;
+  TORCH_CHECK(cols > 0 && cols <= E && cols % 8 == 0, "power_full: degree-2 query: bad column count ", cols);
+  at::Tensor out = at::empty({X, n, cols}, x.options().dtype(at::kFloat));
+  query_launch(x, rs, H, out, cols, Combine{});
   return out;
+}
+
+void sympow2_query_combine(const at::Tensor& x, const at::Tensor& rs, const at::Tensor& H, const at::Tensor& numA,
+                           const at::Tensor& l, const at::Tensor& m, at::Tensor& y, at::Tensor& den) {
+  check_x(x, rs);
+  const int64_t X = x.size(0), n = x.size(1), d = x.size(2), D2 = sympow2_dim(d), E = H.size(-1), e = d;
+  check_bf16(H, X, D2, E, "H");
+  TORCH_CHECK(E == d + 8, "power_full: degree-2 kernels take E = e + 8");
+  auto f32 = [&](const at::Tensor& t, int64_t numel, const char* what) {
+    TORCH_CHECK(t.defined() && t.scalar_type() == at::kFloat && t.is_contiguous() && t.numel() == numel &&
+                    t.device() == x.device(),
+                "power_full: degree-2 query: bad ", what);
+  };
+  f32(numA, X * n * e, "numA");
+  f32(l, X * n, "l");
+  f32(m, X * n, "m");
+  f32(y, X * n * e, "y");
+  f32(den, X * n, "den");
+  Combine c;
+  c.numA = numA.data_ptr<float>(), c.l = l.data_ptr<float>(), c.m = m.data_ptr<float>();
+  c.y = y.data_ptr<float>(), c.den = den.data_ptr<float>();
+  at::Tensor none;
+  query_launch(x, rs, H, none, E, c);
 }
 
 std::pair<at::Tensor, at::Tensor> sympow2_grad(const at::Tensor& x, const at::Tensor& rs, const at::Tensor& y,

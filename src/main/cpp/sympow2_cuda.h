@@ -25,8 +25,14 @@ bool sympow2_supported(at::ScalarType dtype, int64_t d, int64_t e);
 /// D2 = 256 nb (nb + 1) / 2, nb = d / 16.
 int64_t sympow2_dim(int64_t d);
 
-/// B[x, r] = phi'(x_r) H[x]  -> [X, n, E] fp32.
-at::Tensor sympow2_query(const at::Tensor& x, const at::Tensor& rs, const at::Tensor& H);
+/// B[x, r] = phi'(x_r) H[x]  -> [X, n, E] fp32, or its first `cols` columns (a multiple of 8) when cols >= 0.
+at::Tensor sympow2_query(const at::Tensor& x, const at::Tensor& rs, const at::Tensor& H, int64_t cols = -1);
+
+/// The chunked form's combination fused into the query product (y never meets B in memory): with B = phi'(x) H,
+/// mu = max(m, 0), den = l e^(m - mu) + B[:, e] e^-mu, y = (numA e^(m - mu) + B[:, :e] e^-mu) / den (0 where den is).
+/// numA, y [X, n, e], l, m, den [X * n], fp32; e = d.
+void sympow2_query_combine(const at::Tensor& x, const at::Tensor& rs, const at::Tensor& H, const at::Tensor& numA,
+                           const at::Tensor& l, const at::Tensor& m, at::Tensor& y, at::Tensor& den);
 
 /// With dphi_r = H[x] y_r (never formed): dx_r = the gradient of phi'(x_r) . dphi_r in x_r -> [X, n, d] fp32, and
 /// u_r = phi'(x_r) . dphi_r (its gradient in log rs_r) -> [X * n] fp32.
