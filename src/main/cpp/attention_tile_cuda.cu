@@ -10,6 +10,7 @@
 #include "attention_tile_cuda.h"
 
 #include "mma_sm80.cuh"
+#include "row_map.cuh"
 
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -32,26 +33,15 @@ constexpr float kNegInf = -__builtin_huge_valf();
 
 constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
 
-// Where the rows of an operand live: row r of block x starts at element (x / h) sb + (x % h) sh + (r / g) ld +
-// (r % g) w. The compute layout [X, rows, w] is {rows w, 0, w, 1, 1, w}; the API layout of the quadratic form,
-// [b, t, h gg, w] with x = b h + head and r = token gg + member, is {t h gg w, gg w, h gg w, h, gg, w}.
-struct Map {
-  int64_t sb = 0, sh = 0, ld = 0;
-  int h = 1, g = 1, w = 0;
-  __device__ __forceinline__ int64_t base(int64_t x) const { return h == 1 ? x * sb : (x / h) * sb + (x % h) * sh; }
-  __device__ __forceinline__ int64_t row(int64_t r) const {
-    if (g == 1) return r * ld;
-    const int64_t t = static_cast<int64_t>(static_cast<uint32_t>(r) / static_cast<uint32_t>(g));
-    return t * ld + (r - t * g) * w;
-  }
-};
+using Map = RowMap;  // row_map.cuh
 
 struct Args {
   int64_t X, R, C;
   int g, p;
   float lp2;          // p log2(scale)
   const float* gmin;  // [X]: min over the block's keys of G, or null (no gates)
-  Map mq, mk, mv, my;  // q (and dq), k (dk), v (dv), dy (and the forward's output in the input dtype)
+  Map mq, mk, mv, my;  // loads: q, k, v, dy
+  Map oq, ok, ov;      // outputs in the input dtype: dq (and the forward's y, with my), dk, dv
 };
 
 // Rows [row0, row0 + ROWS) of block `src` (already at the block's base) through map mp into a shared tile with row
@@ -138,11 +128,11 @@ __device__ __forceinline__ void store_rows(float* out, const float (&acc)[W / 8]
 // Forward
 // ---------------------------------------------------------------------------------------------------------------
 
-// Stores a [16 x W] accumulator tile (rows ra / ra + 8 of the warp) in the input dtype through map mp (out at the
-// block's base).
+// Stores a [16 x W] accumulator tile (rows ra / ra + 8 of the warp, those under n) in the input dtype through map
+// mp (out at the block's base), plus `add` (fp32, the block's rows of W in the compute layout) when given.
 template <bool BF, int W>
 __device__ __forceinline__ void store_mapped(u16* out, const Map& mp, const float (&acc)[W / 8][4], int64_t ra,
-                                             int64_t n) {
+                                             int64_t n, const float* add = nullptr) {
   const int tg = threadIdx.x & 3;
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
@@ -150,8 +140,15 @@ __device__ __forceinline__ void store_mapped(u16* out, const Map& mp, const floa
     if (r >= n) continue;
     u16* o = out + mp.row(r);
 #pragma unroll
-    for (int f = 0; f < W / 8; ++f)
-      *reinterpret_cast<u32*>(o + f * 8 + tg * 2) = pack2<BF>(acc[f][2 * half], acc[f][2 * half + 1]);
+    for (int f = 0; f < W / 8; ++f) {
+      float2 v = make_float2(acc[f][2 * half], acc[f][2 * half + 1]);
+      if (add) {
+        const float2 p = *reinterpret_cast<const float2*>(add + r * W + f * 8 + tg * 2);
+        v.x += p.x;
+        v.y += p.y;
+      }
+      *reinterpret_cast<u32*>(o + f * 8 + tg * 2) = pack2<BF>(v.x, v.y);
+    }
   }
 }
 
@@ -427,7 +424,9 @@ constexpr size_t dq_smem() {
          sizeof(float) * 2 * BN;
 }
 
-template <bool BF, int D, int E, bool API>
+// MODE 0: the compute layout, fp32 outputs (written or added to); 1: the API layout in and out (input dtype);
+// 2: compute-layout inputs, outputs in the input dtype through the output maps with the fp32 ones added.
+template <bool BF, int D, int E, int MODE>
 __global__ void __launch_bounds__(kThreads) tile_bwd_dq_kernel(Args a, const u16* __restrict__ q,
                                                                const u16* __restrict__ k, const u16* __restrict__ v,
                                                                const float* __restrict__ G, const u16* __restrict__ dy,
@@ -437,6 +436,7 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dq_kernel(Args a, const u16
                                                                float* __restrict__ rowdz, bool accumulate,
                                                                u16* __restrict__ dqT) {
   constexpr int BN = dq_keys<D, E>(), SD = D + 8, SE = E + 8;
+  constexpr bool API = MODE == 1;
   extern __shared__ __align__(16) unsigned char smem[];
   u16* sQ = reinterpret_cast<u16*>(smem);
   u16* sY = sQ + kRows * SD;
@@ -573,10 +573,12 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dq_kernel(Args a, const u16
     }
     __syncthreads();
   }
-  if constexpr (API) {
-    if (dqT) store_mapped<BF, D>(dqT + a.mq.base(x), a.mq, acc, ra, R);
-  } else {
+  if constexpr (MODE == 0) {
     if (dq) store_rows<D>(dq + x * R * D, acc, ra, R, accumulate);
+  } else {
+    if (dqT)
+      store_mapped<BF, D>(dqT + a.oq.base(x), a.oq, acc, ra, a.oq.rows(x, R),
+                          MODE == 2 && dq ? dq + x * R * D : nullptr);
   }
   rsa = quad_sum(rsa);
   rsb = quad_sum(rsb);
@@ -597,7 +599,7 @@ constexpr size_t dkv_smem() {
          sizeof(float) * 2 * 5 * BM;
 }
 
-template <bool BF, int D, int E, bool API>
+template <bool BF, int D, int E, int MODE>
 __global__ void __launch_bounds__(kThreads) tile_bwd_dkv_kernel(Args a, const u16* __restrict__ q,
                                                                 const u16* __restrict__ k, const u16* __restrict__ v,
                                                                 const float* __restrict__ G,
@@ -609,6 +611,7 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dkv_kernel(Args a, const u1
                                                                 bool accumulate, u16* __restrict__ dkT,
                                                                 u16* __restrict__ dvT) {
   constexpr int BM = dkv_rows<D, E>(), SD = D + 8, SE = E + 8;
+  constexpr bool API = MODE == 1;
   extern __shared__ __align__(16) unsigned char smem[];
   u16* sK = reinterpret_cast<u16*>(smem);
   u16* sV = sK + kRows * SD;
@@ -768,12 +771,13 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dkv_kernel(Args a, const u1
     }
     __syncthreads();
   }
-  if constexpr (API) {
-    if (dkT) store_mapped<BF, D>(dkT + a.mk.base(x), a.mk, ka, ja, C);
-    if (dvT) store_mapped<BF, E>(dvT + a.mv.base(x), a.mv, va, ja, C);
-  } else {
+  if constexpr (MODE == 0) {
     if (dk) store_rows<D>(dk + x * C * D, ka, ja, C, accumulate);
     if (dv) store_rows<E>(dv + x * C * E, va, ja, C, accumulate);
+  } else {
+    const int64_t nk = a.ok.rows(x, C);
+    if (dkT) store_mapped<BF, D>(dkT + a.ok.base(x), a.ok, ka, ja, nk, MODE == 2 && dk ? dk + x * C * D : nullptr);
+    if (dvT) store_mapped<BF, E>(dvT + a.ov.base(x), a.ov, va, ja, nk, MODE == 2 && dv ? dv + x * C * E : nullptr);
   }
   csa = quad_sum(csa);
   csb = quad_sum(csb);
@@ -815,26 +819,20 @@ float* fmut(at::Tensor& t) { return t.defined() && t.scalar_type() == at::kFloat
 // an output in the input dtype (through the maps), or null
 u16* tmut(at::Tensor& t) { return t.defined() && t.scalar_type() != at::kFloat ? static_cast<u16*>(t.data_ptr()) : nullptr; }
 
-Map dense_map(int64_t rows, int64_t w) {
-  Map m;
-  m.sb = rows * w, m.sh = 0, m.ld = w, m.h = 1, m.g = 1, m.w = static_cast<int>(w);
-  return m;
-}
-// [b, t, h gg, w]
-Map api_map(int64_t t, int64_t h, int64_t gg, int64_t w) {
-  Map m;
-  m.sb = t * h * gg * w, m.sh = gg * w, m.ld = h * gg * w, m.h = static_cast<int>(h), m.g = static_cast<int>(gg);
-  m.w = static_cast<int>(w);
-  return m;
-}
-
 Args make_args(const TileProblem& tp, int64_t d, int64_t e, const float* gmin = nullptr) {
   Args a{tp.X, tp.R, tp.C, static_cast<int>(tp.g), tp.p, static_cast<float>(tp.p * std::log2(tp.scale)), gmin};
-  if (tp.b > 0) {
+  if (tp.b > 0 && tp.chunks == 0) {  // the quadratic form in the API layout
     const int64_t h = tp.X / tp.b, t = tp.C;
-    a.mq = api_map(t, h, tp.g, d), a.mk = api_map(t, h, 1, d), a.mv = api_map(t, h, 1, e), a.my = api_map(t, h, tp.g, e);
+    a.mq = Map::api(t, h, tp.g, d), a.mk = Map::api(t, h, 1, d), a.mv = Map::api(t, h, 1, e);
+    a.my = Map::api(t, h, tp.g, e);
   } else {
-    a.mq = dense_map(tp.R, d), a.mk = dense_map(tp.C, d), a.mv = dense_map(tp.C, e), a.my = dense_map(tp.R, e);
+    a.mq = Map::dense(tp.R, d), a.mk = Map::dense(tp.C, d), a.mv = Map::dense(tp.C, e), a.my = Map::dense(tp.R, e);
+  }
+  a.oq = a.mq, a.ok = a.mk, a.ov = a.mv;
+  if (tp.chunks > 0) {  // chunks: outputs in the API layout of t tokens
+    const int64_t h = tp.X / (tp.b * tp.chunks);
+    a.oq = Map::api(tp.t, h, tp.g, d, tp.chunks, tp.C), a.ok = Map::api(tp.t, h, 1, d, tp.chunks, tp.C);
+    a.ov = Map::api(tp.t, h, 1, e, tp.chunks, tp.C);
   }
   return a;
 }
@@ -865,31 +863,35 @@ void forward_impl(const TileProblem& tp, const at::Tensor& q, const at::Tensor& 
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-template <bool BF, int D, bool API>
+template <bool BF, int D, int MODE>
 void backward_impl(const TileProblem& tp, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                    const at::Tensor& G, const at::Tensor& dy, const at::Tensor& m, const at::Tensor& rf,
                    const at::Tensor& dd, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, at::Tensor& rowdz,
-                   at::Tensor& coldz, bool accumulate) {
+                   at::Tensor& coldz, bool accumulate, at::Tensor& dq_out, at::Tensor& dk_out, at::Tensor& dv_out) {
   constexpr int E = D;
   const at::Tensor gmin = G.defined() ? G.view({tp.X, tp.C}).amin(1).contiguous() : at::Tensor();
   const Args args = make_args(tp, D, E, fptr(gmin));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  if (dq.defined() || rowdz.defined()) {
-    auto kernel = tile_bwd_dq_kernel<BF, D, E, API>;
+  // fp32 pointers: outputs (mode 0) or addends (mode 2); input-dtype pointers: outputs (modes 1, 2)
+  at::Tensor& tq = dq_out.defined() ? dq_out : dq;
+  at::Tensor& tk = dk_out.defined() ? dk_out : dk;
+  at::Tensor& tv = dv_out.defined() ? dv_out : dv;
+  if (dq.defined() || tq.defined() || rowdz.defined()) {
+    auto kernel = tile_bwd_dq_kernel<BF, D, E, MODE>;
     constexpr size_t smem = dq_smem<D, E>();
     allow_smem(kernel, smem);
     kernel<<<grid_of((tp.R + kRows - 1) / kRows, tp.X), kThreads, smem, stream>>>(
         args, bits(q), bits(k), bits(v), fptr(G), bits(dy), fptr(m), fptr(rf), fptr(dd), fmut(dq), fmut(rowdz),
-        accumulate, tmut(dq));
+        accumulate, tmut(tq));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  if (dk.defined() || dv.defined() || coldz.defined()) {
-    auto kernel = tile_bwd_dkv_kernel<BF, D, E, API>;
+  if (tk.defined() || tv.defined() || coldz.defined()) {
+    auto kernel = tile_bwd_dkv_kernel<BF, D, E, MODE>;
     constexpr size_t smem = dkv_smem<D, E>();
     allow_smem(kernel, smem);
     kernel<<<grid_of((tp.C + kRows - 1) / kRows, tp.X), kThreads, smem, stream>>>(
         args, bits(q), bits(k), bits(v), fptr(G), bits(dy), fptr(m), fptr(rf), fptr(dd), fmut(dk), fmut(dv),
-        fmut(coldz), accumulate, tmut(dk), tmut(dv));
+        fmut(coldz), accumulate, tmut(tk), tmut(tv));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
@@ -916,8 +918,12 @@ void check_inputs(const TileProblem& tp, const at::Tensor& q, const at::Tensor& 
               "power_full: tile kernels take q, k, v in one dtype");
   TORCH_CHECK(q.numel() == tp.X * tp.R * q.size(-1) && k.numel() == tp.X * tp.C * k.size(-1) && tp.R == tp.C * tp.g,
               "power_full: tile kernels: shapes disagree with the problem");
-  TORCH_CHECK(tp.b == 0 || (tp.X % tp.b == 0 && q.dim() == 4 && q.size(0) == tp.b && q.size(1) == tp.C),
+  TORCH_CHECK(tp.b == 0 || tp.chunks > 0 ||
+                  (tp.X % tp.b == 0 && q.dim() == 4 && q.size(0) == tp.b && q.size(1) == tp.C),
               "power_full: tile kernels: the API layout needs q [b, t, h g, d]");
+  TORCH_CHECK(tp.chunks == 0 || (tp.b > 0 && tp.X % (tp.b * tp.chunks) == 0 && tp.t > (tp.chunks - 1) * tp.C &&
+                                 tp.t <= tp.chunks * tp.C),
+              "power_full: tile kernels: chunks disagree with the problem");
   TORCH_CHECK(tp.R < (int64_t(1) << 31), "power_full: tile kernels: too many rows in one block (", tp.R, ")");
   TORCH_CHECK(!G.defined() || (G.scalar_type() == at::kFloat && G.is_contiguous() && G.numel() == tp.X * tp.C),
               "power_full: tile kernels: G must be fp32 [X, C]");
@@ -985,25 +991,44 @@ void tile_row_terms(const TileProblem& tp, const at::Tensor& dy, const at::Tenso
 void tile_backward(const TileProblem& tp, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                    const at::Tensor& G, const at::Tensor& dy, const at::Tensor& m, const at::Tensor& rf,
                    const at::Tensor& dd, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, at::Tensor& rowdz,
-                   at::Tensor& coldz, bool accumulate) {
+                   at::Tensor& coldz, bool accumulate, at::Tensor dq_out, at::Tensor dk_out, at::Tensor dv_out) {
   check_inputs(tp, q, k, v, G);
+  TORCH_CHECK(tp.chunks > 0 || !(dq_out.defined() || dk_out.defined() || dv_out.defined()),
+              "power_full: tile kernels: separate outputs are for chunks in the API layout");
+  TORCH_CHECK(dk_out.defined() == dv_out.defined(), "power_full: tile kernels make dk and dv together");
+  if (tp.chunks > 0) {
+    const int64_t h = tp.X / (tp.b * tp.chunks);
+    auto api = [&](const at::Tensor& t, int64_t heads, int64_t w, const char* what) {
+      TORCH_CHECK(!t.defined() || (t.scalar_type() == q.scalar_type() && t.is_contiguous() &&
+                                   t.numel() == tp.b * tp.t * heads * w && t.device() == q.device()),
+                  "power_full: tile kernels: bad ", what);
+    };
+    api(dq_out, h * tp.g, q.size(-1), "dq output");
+    api(dk_out, h, k.size(-1), "dk output");
+    api(dv_out, h, v.size(-1), "dv output");
+  }
   TORCH_CHECK(dy.is_contiguous() && dy.scalar_type() == q.scalar_type() && dy.numel() == tp.X * tp.R * v.size(-1),
               "power_full: tile kernels: bad dy");
   TORCH_CHECK(dk.defined() == dv.defined(), "power_full: tile kernels make dk and dv together");
-  check_output(dq, q, q.numel(), !accumulate, "dq");
-  check_output(dk, q, k.numel(), !accumulate, "dk");
-  check_output(dv, q, v.numel(), !accumulate, "dv");
+  check_output(dq, q, q.numel(), !accumulate && tp.chunks == 0, "dq");
+  check_output(dk, q, k.numel(), !accumulate && tp.chunks == 0, "dk");
+  check_output(dv, q, v.numel(), !accumulate && tp.chunks == 0, "dv");
   check_output(rowdz, q, tp.X * tp.R, false, "rowdz");
   check_output(coldz, q, tp.X * tp.C, false, "coldz");
   if (tp.X == 0 || tp.R == 0) return;
   const c10::cuda::CUDAGuard guard(q.device());
   dispatch(q.scalar_type(), q.size(-1), [&](auto bf, auto d) {
-    if (tp.b > 0) {
-      backward_impl<decltype(bf)::value, decltype(d)::value, true>(tp, q, k, v, G, dy, m, rf, dd, dq, dk, dv, rowdz,
-                                                                   coldz, accumulate);
+    constexpr bool BF = decltype(bf)::value;
+    constexpr int D = decltype(d)::value;
+    if (tp.b == 0) {
+      backward_impl<BF, D, 0>(tp, q, k, v, G, dy, m, rf, dd, dq, dk, dv, rowdz, coldz, accumulate, dq_out, dk_out,
+                              dv_out);
+    } else if (tp.chunks == 0) {
+      backward_impl<BF, D, 1>(tp, q, k, v, G, dy, m, rf, dd, dq, dk, dv, rowdz, coldz, accumulate, dq_out, dk_out,
+                              dv_out);
     } else {
-      backward_impl<decltype(bf)::value, decltype(d)::value, false>(tp, q, k, v, G, dy, m, rf, dd, dq, dk, dv, rowdz,
-                                                                    coldz, accumulate);
+      backward_impl<BF, D, 2>(tp, q, k, v, G, dy, m, rf, dd, dq, dk, dv, rowdz, coldz, accumulate, dq_out, dk_out,
+                              dv_out);
     }
   });
 }

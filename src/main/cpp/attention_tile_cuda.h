@@ -29,6 +29,9 @@ struct TileProblem {
   // layout of the quadratic form, q / dy / dq [b, t, h g, .] and k / v / dk / dv [b, t, h, .] with X = b h, C = t
   // (no layout copies); num, m, l, rf, dd, rowdz, coldz stay in the compute layout.
   int64_t b = 0;
+  // chunks > 0 (with b): the blocks are chunks (X = b h chunks, C = the chunk length) of t real tokens; inputs stay
+  // in the compute layout, and the backward's gradients go to separate outputs in the API layout (see tile_backward).
+  int64_t chunks = 0, t = 0;
 };
 
 /// Whether the fused kernels take this dtype and head sizes (bf16 / fp16, d == e in {16, 32, 64, 128}).
@@ -51,10 +54,14 @@ void tile_row_terms(const TileProblem& tp, const at::Tensor& dy, const at::Tenso
 /// fp32: written, or added to when `accumulate`; or, without `accumulate`, in the input dtype and the layout of
 /// q, k, v; an undefined one is skipped (dk and dv are made together). rowdz [X * R] and
 /// coldz [X * C] fp32, or undefined (no gate gradient).
+///
+/// With tp.chunks > 0: dq_out [b, t, h g, d], dk_out [b, t, h, d], dv_out [b, t, h, e] in the input dtype receive
+/// the tile's gradients plus dq / dk / dv (fp32, compute layout, read only; undefined: nothing to add).
 void tile_backward(const TileProblem& tp, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                    const at::Tensor& G, const at::Tensor& dy, const at::Tensor& m, const at::Tensor& rf,
                    const at::Tensor& dd, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, at::Tensor& rowdz,
-                   at::Tensor& coldz, bool accumulate);
+                   at::Tensor& coldz, bool accumulate, at::Tensor dq_out = {}, at::Tensor dk_out = {},
+                   at::Tensor dv_out = {});
 
 }  // namespace cuda
 }  // namespace power_attention

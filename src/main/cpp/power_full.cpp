@@ -151,6 +151,8 @@ Resolved resolve(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, 
   L.T = c > 0 ? (L.t + c - 1) / c * c : L.t;
   Problem& pr = r.problem;
   pr.BH = L.b * L.h, pr.T = L.T, pr.g = L.g, pr.d = L.d, pr.e = L.e, pr.p = p, pr.scale = scale, pr.chunk = c;
+  pr.b = L.b, pr.t = L.t;
+  pr.api = q.scalar_type() == L.ct && k.scalar_type() == L.ct && v.scalar_type() == L.ct;
   return r;
 }
 
@@ -238,7 +240,7 @@ class PowerFullFunction : public torch::autograd::Function<PowerFullFunction> {
       const LaidOut x = lay_out(q, k, v, log_g, L);
       f = path_forward(r.problem, x.q, x.k, x.v, x.g, save);
       if (save) keep_for_backward(ctx, x);
-      y = query_unlayout(f.y, L, q.scalar_type());
+      y = f.y_api.defined() ? f.y_api : query_unlayout(f.y, L, q.scalar_type());
     }
     if (save) {
       ctx->save_for_backward({q, k, v, log_g_or_empty});
@@ -292,9 +294,9 @@ class PowerFullFunction : public torch::autograd::Function<PowerFullFunction> {
       } else {
         const LaidOut x = laid_out_for_backward(ctx, q, k, v, log_g, r.layout);
         const Grads gr = path_backward(r.problem, x.q, x.k, x.v, x.g, f, query_layout(dy, r.layout), needs);
-        if (needs.q) grad_q = query_unlayout(gr.q, r.layout, q.scalar_type());
-        if (needs.k) grad_k = kv_unlayout(gr.k, r.layout, k.scalar_type());
-        if (needs.v) grad_v = kv_unlayout(gr.v, r.layout, v.scalar_type());
+        if (needs.q) grad_q = gr.api ? gr.q : query_unlayout(gr.q, r.layout, q.scalar_type());
+        if (needs.k) grad_k = gr.api ? gr.k : kv_unlayout(gr.k, r.layout, k.scalar_type());
+        if (needs.v) grad_v = gr.api ? gr.v : kv_unlayout(gr.v, r.layout, v.scalar_type());
         if (needs.g) grad_log_g = gate_unlayout(gr.lg, r.layout, log_g.scalar_type());
       }
     }
@@ -337,7 +339,7 @@ class PowerFullStateFunction : public torch::autograd::Function<PowerFullStateFu
       ctx->saved_data["chunk"] = chunk;
     }
     const int64_t D = f.final_state.size(1);
-    return {query_unlayout(f.y, r.layout, q.scalar_type()),
+    return {f.y_api.defined() ? f.y_api : query_unlayout(f.y, r.layout, q.scalar_type()),
             f.final_state.view({r.layout.b, r.layout.h, D, r.layout.e}),
             f.final_norm.view({r.layout.b, r.layout.h, D})};
   }
@@ -378,9 +380,9 @@ class PowerFullStateFunction : public torch::autograd::Function<PowerFullStateFu
       }
       const LaidOut x = laid_out_for_backward(ctx, q, k, v, log_g, L);
       const Grads gr = path_backward(r.problem, x.q, x.k, x.v, x.g, f, dy, needs, d_final);
-      if (needs.q) grad_q = query_unlayout(gr.q, L, q.scalar_type());
-      if (needs.k) grad_k = kv_unlayout(gr.k, L, k.scalar_type());
-      if (needs.v) grad_v = kv_unlayout(gr.v, L, v.scalar_type());
+      if (needs.q) grad_q = gr.api ? gr.q : query_unlayout(gr.q, L, q.scalar_type());
+      if (needs.k) grad_k = gr.api ? gr.k : kv_unlayout(gr.k, L, k.scalar_type());
+      if (needs.v) grad_v = gr.api ? gr.v : kv_unlayout(gr.v, L, v.scalar_type());
       if (needs.g) grad_log_g = gate_unlayout(gr.lg, L, log_g.scalar_type());
       if (needs.state) {
         grad_S0 = gr.initial.S.view({L.b, L.h, D, L.e}).to(S0.scalar_type());

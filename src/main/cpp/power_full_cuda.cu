@@ -934,9 +934,15 @@ void chunked_forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k
   }
 
   // queries against the state entering their chunk, then the combination
-  if (side.fused) {  // the combination in the query kernel's epilogue
+  if (side.fused) {  // the combination in the query kernel's epilogue (and y in the API layout, when it can)
     at::Tensor y3 = f.y.view({X, R, e});
-    sympow2_query_combine(q3, gt.qf, Hs.view({X, D, E}), numA, l, f.rowmax, y3, f.den);
+    RowMap map;
+    if (pr.api) {
+      const int64_t h = BH / pr.b;
+      f.y_api = at::empty({pr.b, pr.t, h * g, e}, q.options());
+      map = RowMap::api(pr.t, h, g, e, N, c);
+    }
+    sympow2_query_combine(q3, gt.qf, Hs.view({X, D, E}), numA, l, f.rowmax, y3, f.den, f.y_api, map);
   } else {
     const at::Tensor B = side.query(q3, gt.qf, Hs.view({X, D, E}));  // [X, R, E]
     combine_fwd<A>(numA, l.data_ptr<A>(), f.rowmax.data_ptr<A>(), B, f.y.view({X, R, e}), f.den.data_ptr<A>());
@@ -1100,7 +1106,24 @@ void chunked_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& 
   }
 
   // in-chunk attention
-  if (tiles) {
+  if (tiles && side.fused && pr.api) {
+    // the state side has made every gradient that is needed (fp32, [X, rows, width]); the tile kernels add theirs
+    // and write the sums in the API layout and the input dtype (no conversion copies)
+    const int64_t h = BH / pr.b;
+    TileProblem tp = tile_problem(pr, X, c);
+    tp.b = pr.b, tp.chunks = N, tp.t = pr.t;
+    const auto io = q.options();
+    at::Tensor oq = needs.q ? at::empty({pr.b, pr.t, h * g, d}, io) : at::Tensor();
+    at::Tensor ok = needs.k || needs.v ? at::empty({pr.b, pr.t, h, d}, io) : at::Tensor();
+    at::Tensor ov = needs.k || needs.v ? at::empty({pr.b, pr.t, h, e}, io) : at::Tensor();
+    at::Tensor rowdz = gates ? at::empty({X * R}, ao) : at::Tensor();
+    at::Tensor coldz = gates ? at::empty({X * c}, ao) : at::Tensor();
+    tile_backward(tp, q3, k3, v3, gt.Gc, dy.view({X, R, e}), f.rowmax, rf, ddenA, dq, dk, dv, rowdz, coldz, true,
+                  oq, ok, ov);
+    if (gates) dGc.add_(rowdz.view({X, c, g}).sum(2).to(at::kDouble)).sub_(coldz.view({X, c}).to(at::kDouble));
+    dq = oq, dk = needs.k ? ok : at::Tensor(), dv = needs.v ? ov : at::Tensor();
+    gr.api = true;
+  } else if (tiles) {
     // the state side has made every gradient that is needed (fp32, [X, rows, width]); the tile kernels add theirs
     if (needs.k || needs.v || gates) {
       if (!dk.defined()) dk = at::zeros({X, c, d}, ao);
@@ -1131,10 +1154,13 @@ void chunked_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& 
     }
   }
 
-  // fp32: the caller's layout copy converts (power_full_path.h)
-  if (needs.q) gr.q = dq.reshape({BH, pr.T, g, d});
-  if (needs.k) gr.k = dk.reshape({BH, pr.T, d});
-  if (needs.v) gr.v = dv.reshape({BH, pr.T, e});
+  if (gr.api) {  // already in the API layout and dtype
+    gr.q = dq, gr.k = dk, gr.v = dv;
+  } else {  // fp32: the caller's layout copy converts (power_full_path.h)
+    if (needs.q) gr.q = dq.reshape({BH, pr.T, g, d});
+    if (needs.k) gr.k = dk.reshape({BH, pr.T, d});
+    if (needs.v) gr.v = dv.reshape({BH, pr.T, e});
+  }
   if (gates) {  // Gc_j = sum_{l <= j} lg_l and L = Gc_{c-1}: reverse cumsum within each chunk
     dGc.select(1, c - 1).add_(dL).add_(dLs);
     gr.lg = dGc.flip({1}).cumsum(1).flip({1}).reshape({BH, pr.T}).to(lg.scalar_type());

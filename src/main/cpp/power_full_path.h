@@ -25,6 +25,10 @@ struct Problem {
   int64_t p = 2;      // degree
   double scale = 1;   // inside the power
   int64_t chunk = 0;  // 0: quadratic form; else chunk length (divides T)
+  // The API shape [b, t, ...] (b * h = BH, t <= T) and whether q, k, v come in the compute dtype: then a path may
+  // return y and the gradients of q, k, v in the API layout and dtype directly (Forward::y_api, Grads::api).
+  int64_t b = 0, t = 0;
+  bool api = false;
 };
 
 /// What the forward returns and the backward needs.
@@ -36,6 +40,7 @@ struct Forward {
   at::Tensor norms;   // [BH, N, D]    h_n, likewise for the normaliser
   at::Tensor final_state;  // [BH, D, e]  the state after the last token (when asked for)
   at::Tensor final_norm;   // [BH, D]
+  at::Tensor y_api;        // y in the API layout [b, t, hq, e] and the input dtype, when the path made it
 };
 
 /// A state entering the sequence (SPEC §6), in the compute layout; undefined tensors mean zero.
@@ -52,6 +57,7 @@ struct Needs {
 struct Grads {
   at::Tensor q, k, v, lg;  // layouts as the inputs, any floating dtype (the caller converts); undefined where not needed
   State initial;           // gradient of the initial state (when needs.state)
+  bool api = false;        // q, k, v are already in the API layout and dtype (Problem::api)
 };
 
 }  // namespace power_attention

@@ -338,13 +338,15 @@ __device__ __forceinline__ LaneRows<MT> lane_rows(const float* rs, int64_t bx, i
 
 // The chunked form's combination (SPEC §4.6) in the query kernel's epilogue: with B = phi'(q) H the row's state
 // term, mu = max(m, 0), wa = e^(m - mu), ws = e^-mu: den = l wa + B[e] ws, y = (numA wa + B[:e] ws) / den (0 where
-// den is). numA, y [rows, e], l, m, den [rows], fp32.
+// den is). numA, y [rows, e], l, m, den [rows], fp32; y also to yo (the input dtype) through map, when given.
 struct Combine {
   const float* numA = nullptr;
   const float* l = nullptr;
   const float* m = nullptr;
   float* y = nullptr;
   float* den = nullptr;
+  u16* yo = nullptr;
+  RowMap map;
 };
 
 template <bool BFX, int D, int E>
@@ -435,12 +437,15 @@ __global__ void __launch_bounds__(kRowThreads, 2) sympow2_query_kernel(const u16
         const int64_t row = bx * n + r;
         const float mr = cmb.m[row], mu = fmaxf(mr, 0.f), wa = expf(mr - mu), ws = expf(-mu);
         const float dn = cmb.l[row] * wa + be * ws;
+        u16* yo = cmb.yo && r < cmb.map.rows(bx, n) ? cmb.yo + cmb.map.base(bx) + cmb.map.row(r) : nullptr;
 #pragma unroll
         for (int nt = 0; nt < e / 8; ++nt) {
           const int64_t at = row * e + nt * 8 + 2 * tg;
           const float2 na = *reinterpret_cast<const float2*>(cmb.numA + at);
           const float y0 = na.x * wa + acc[i][nt][2 * h] * ws, y1 = na.y * wa + acc[i][nt][2 * h + 1] * ws;
-          *reinterpret_cast<float2*>(cmb.y + at) = dn != 0.f ? make_float2(y0 / dn, y1 / dn) : make_float2(0.f, 0.f);
+          const float2 yv = dn != 0.f ? make_float2(y0 / dn, y1 / dn) : make_float2(0.f, 0.f);
+          *reinterpret_cast<float2*>(cmb.y + at) = yv;
+          if (yo) *reinterpret_cast<u32*>(yo + nt * 8 + 2 * tg) = pack2<BFX>(yv.x, yv.y);
         }
         if (tg == 0) cmb.den[row] = dn;
       }
@@ -713,7 +718,8 @@ at::Tensor sympow2_query(const at::Tensor& x, const at::Tensor& rs, const at::Te
 }
 
 void sympow2_query_combine(const at::Tensor& x, const at::Tensor& rs, const at::Tensor& H, const at::Tensor& numA,
-                           const at::Tensor& l, const at::Tensor& m, at::Tensor& y, at::Tensor& den) {
+                           const at::Tensor& l, const at::Tensor& m, at::Tensor& y, at::Tensor& den, at::Tensor y_api,
+                           const RowMap& map) {
   check_x(x, rs);
   const int64_t X = x.size(0), n = x.size(1), d = x.size(2), D2 = sympow2_dim(d), E = H.size(-1), e = d;
   check_bf16(H, X, D2, E, "H");
@@ -731,6 +737,13 @@ void sympow2_query_combine(const at::Tensor& x, const at::Tensor& rs, const at::
   Combine c;
   c.numA = numA.data_ptr<float>(), c.l = l.data_ptr<float>(), c.m = m.data_ptr<float>();
   c.y = y.data_ptr<float>(), c.den = den.data_ptr<float>();
+  if (y_api.defined()) {
+    TORCH_CHECK(y_api.scalar_type() == x.scalar_type() && y_api.is_contiguous() && y_api.device() == x.device() &&
+                    map.w == e,
+                "power_full: degree-2 query: bad y output");
+    c.yo = static_cast<u16*>(y_api.data_ptr());
+    c.map = map;
+  }
   at::Tensor none;
   query_launch(x, rs, H, none, E, c);
 }

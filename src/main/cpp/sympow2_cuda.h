@@ -11,6 +11,8 @@
 // dtype (bf16 / fp16), y [X, n, E] bf16, H [X, D2, E] bf16, E = e + 8 (the extended state columns).
 #pragma once
 
+#include "row_map.cuh"
+
 #include <ATen/ATen.h>
 
 #include <cstdint>
@@ -30,9 +32,11 @@ at::Tensor sympow2_query(const at::Tensor& x, const at::Tensor& rs, const at::Te
 
 /// The chunked form's combination fused into the query product (y never meets B in memory): with B = phi'(x) H,
 /// mu = max(m, 0), den = l e^(m - mu) + B[:, e] e^-mu, y = (numA e^(m - mu) + B[:, :e] e^-mu) / den (0 where den is).
-/// numA, y [X, n, e], l, m, den [X * n], fp32; e = d.
+/// numA, y [X, n, e], l, m, den [X * n], fp32; e = d. y_api (when defined): y again, in x's dtype, through `map`
+/// (row_map.cuh; the API layout).
 void sympow2_query_combine(const at::Tensor& x, const at::Tensor& rs, const at::Tensor& H, const at::Tensor& numA,
-                           const at::Tensor& l, const at::Tensor& m, at::Tensor& y, at::Tensor& den);
+                           const at::Tensor& l, const at::Tensor& m, at::Tensor& y, at::Tensor& den,
+                           at::Tensor y_api = {}, const RowMap& map = {});
 
 /// With dphi_r = H[x] y_r (never formed): dx_r = the gradient of phi'(x_r) . dphi_r in x_r -> [X, n, d] fp32, and
 /// u_r = phi'(x_r) . dphi_r (its gradient in log rs_r) -> [X * n] fp32.
