@@ -594,6 +594,16 @@ int main(int argc, char** argv) {
     if (mode == "test") return run_tests();
     if (mode == "bench") return run_bench(argc > 2 ? argv[2] : nullptr);
     if (mode == "decode") return run_decode_bench();
+    if (mode == "repeat") {  // a few cases drawn again and again (fresh inputs each time), to see their spread
+      const int n = argc > 2 ? std::atoi(argv[2]) : 10;
+      std::mt19937_64 rng(std::random_device{}());
+      const std::vector<Case> cs = {{1, 200, 4, 2, 32, 32, 2, 64, true, at::kHalf, 1, -1},
+                                    {1, 200, 4, 2, 32, 32, 2, 64, true, at::kBFloat16, 1, -1},
+                                    {1, 200, 4, 2, 32, 32, 2, 64, true, at::kHalf}};
+      for (const Case& c : cs)
+        for (int i = 0; i < n; ++i) report(name(c), run_case(c, rng), tolerance(c.dtype));
+      return failures > 0 ? 1 : 0;
+    }
     if (mode == "kernels") {  // the direct kernel checks alone, repeated (fresh inputs each time)
       for (int i = 0; i < (argc > 2 ? std::atoi(argv[2]) : 1); ++i) check_sympow2_kernels();
       return 0;
