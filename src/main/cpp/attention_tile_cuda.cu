@@ -202,6 +202,23 @@ __global__ void __launch_bounds__(kThreads) tile_fwd_kernel(Args a, const u16* _
   float o[E / 8][4];
   zero(o);
   float ma = kNegInf, mb = kNegInf, la = 0.f, lb = 0.f, ua = 0.f, ub = 0.f;
+  // the rows' running maxima (log2 units) move up to na / nb: what was summed against the old ones is rescaled
+  // (nothing was, while they are -inf)
+  auto raise_max = [&](float na, float nb) {
+    const float fa = ma == kNegInf ? 0.f : ex2(ma - na), fb = mb == kNegInf ? 0.f : ex2(mb - nb);
+    ma = na, mb = nb;
+    ua = ma == kNegInf ? 0.f : ma;
+    ub = mb == kNegInf ? 0.f : mb;
+    la *= fa;
+    lb *= fb;
+#pragma unroll
+    for (int f = 0; f < E / 8; ++f) {
+      o[f][0] *= fa;
+      o[f][1] *= fa;
+      o[f][2] *= fb;
+      o[f][3] *= fb;
+    }
+  };
 
   for (int jt = 0; jt < ntiles; ++jt) {
     if (jt + 1 < ntiles) load_kv(jt + 1, (jt + 1) & 1);
@@ -273,21 +290,7 @@ __global__ void __launch_bounds__(kThreads) tile_fwd_kernel(Args a, const u16* _
         const bool badb = visb > j0 && !(tb >= 0x1p-60f && tb <= 0x1p100f);
         if (!__any_sync(0xffffffffu, bada || badb)) {
           powered = true;
-          const float oa = ma, ob = mb;
-          if (ta > 0.f) ma = fmaxf(ma, ca + gmax + lg2(ta));
-          if (tb > 0.f) mb = fmaxf(mb, cb + gmax + lg2(tb));
-          const float fa = oa == kNegInf ? 0.f : ex2(oa - ma), fb = ob == kNegInf ? 0.f : ex2(ob - mb);
-          ua = ma == kNegInf ? 0.f : ma;
-          ub = mb == kNegInf ? 0.f : mb;
-          la *= fa;
-          lb *= fb;
-#pragma unroll
-          for (int f = 0; f < E / 8; ++f) {
-            o[f][0] *= fa;
-            o[f][1] *= fa;
-            o[f][2] *= fb;
-            o[f][3] *= fb;
-          }
+          raise_max(ta > 0.f ? fmaxf(ma, ca + gmax + lg2(ta)) : ma, tb > 0.f ? fmaxf(mb, cb + gmax + lg2(tb)) : mb);
           const float qa = ma == kNegInf ? 0.f : ex2(ca + gmax - ma), qb = mb == kNegInf ? 0.f : ex2(cb + gmax - mb);
 #pragma unroll
           for (int nf = 0; nf < BN / 8; ++nf)
@@ -330,22 +333,7 @@ __global__ void __launch_bounds__(kThreads) tile_fwd_kernel(Args a, const u16* _
           tb = fmaxf(tb, zb);
         }
       }
-      // rescale what was summed against the old maximum (nothing was, while it is -inf)
-      const float oa = ma, ob = mb;
-      ma = fmaxf(ma, quad_max(ta));
-      mb = fmaxf(mb, quad_max(tb));
-      const float fa = oa == kNegInf ? 0.f : ex2(oa - ma), fb = ob == kNegInf ? 0.f : ex2(ob - mb);
-      ua = ma == kNegInf ? 0.f : ma;
-      ub = mb == kNegInf ? 0.f : mb;
-      la *= fa;
-      lb *= fb;
-#pragma unroll
-      for (int f = 0; f < E / 8; ++f) {
-        o[f][0] *= fa;
-        o[f][1] *= fa;
-        o[f][2] *= fb;
-        o[f][3] *= fb;
-      }
+      raise_max(fmaxf(ma, quad_max(ta)), fmaxf(mb, quad_max(tb)));
 #pragma unroll
       for (int nf = 0; nf < BN / 8; ++nf) {
 #pragma unroll
