@@ -890,6 +890,11 @@ struct StateSide {
   at::Tensor to_official(const at::Tensor& ext) const {
     return fused && ext.defined() ? sympow2_to_official(ext, pr.d) : ext;
   }
+  // the extended values [v | 1 | 0] for the states' products: v itself where the fused kernels make the other
+  // columns (bf16 values), else built here
+  at::Tensor values(const at::Tensor& v3) const {
+    return fused && v3.scalar_type() == at::kBFloat16 ? v3 : values_ext(v3, phi_dt);
+  }
 };
 
 template <typename T>
@@ -923,7 +928,8 @@ void chunked_forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k
   const at::Tensor H0 = side.to_internal(state_ext(initial, E, acc));
   at::Tensor fin = want_final ? at::empty({BH, D, E}, ao) : at::Tensor();
   if (side.fused) {  // one pass, no per-chunk fp32 states
-    sympow2_scan_forward(k.view({BH, N * c, d}), gt.kf, values_ext(v3, side.phi_dt).view({BH, N * c, E}), gt.decay,
+    const at::Tensor vx = side.values(v3);
+    sympow2_scan_forward(k.view({BH, N * c, d}), gt.kf, vx.view({BH, N * c, vx.size(2)}), gt.decay,
                          H0, N, Hs, fin);
   } else {
     const at::Tensor Sc = side.states(k3, gt.kf, values_ext(v3, side.phi_dt));  // [X, D, E]
@@ -1094,7 +1100,7 @@ void chunked_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& 
       const at::Tensor A3 = An.view({X, D, E});
       if (needs.v) dv = side.query(k3, gt.kf, A3, e);  // [X, c, e]
       if (needs.k || gates) {
-        auto [dxk, uk] = side.grad(k3, gt.kf, values_ext(v3, side.phi_dt), A3, needs.k, gates);
+        auto [dxk, uk] = side.grad(k3, gt.kf, side.values(v3), A3, needs.k, gates);
         if (needs.k) dk = dxk;
         if (gates) {  // kf = exp(L - Gc)
           const at::Tensor u = uk.view({X, c});

@@ -78,9 +78,18 @@ constexpr size_t states_smem() {
 // the initial state's gradient. No [N, D2, E] fp32 tensor is made.
 // ---------------------------------------------------------------------------------------------------------------
 
+// The extended columns [e, e + 8) of a shared tile of y rows: 1 then zeros in rows below n, zeros past them
+// (16-byte stores: every tile here keeps those columns 16-byte aligned).
+template <int e, int ROWS, int S, int THREADS>
+__device__ __forceinline__ void ones_column(u16* tile, int64_t n) {
+  for (int i = threadIdx.x; i < ROWS; i += THREADS)
+    *reinterpret_cast<uint4*>(tile + i * S + e) = make_uint4(i < n ? 0x3F80u : 0u, 0u, 0u, 0u);  // bf16 1.0
+}
+
 constexpr int kScanThreads = 128;  // 4 warps: 20 CTAs a head at d = 64, up to 3 a SM
 
-template <bool BFX, int D, int E, bool REV>
+// ONES: y holds e = E - 8 columns and the kernel makes the extended ones ([y | 1 | 0], see sympow2_cuda.h).
+template <bool BFX, int D, int E, bool REV, bool ONES = false>
 __global__ void __launch_bounds__(kScanThreads) sympow2_scan_kernel(
     const u16* __restrict__ x, const float* __restrict__ rs, const u16* __restrict__ y,
     const float* __restrict__ decay, const float* __restrict__ Hin, const u16* __restrict__ Hs,
@@ -106,7 +115,8 @@ __global__ void __launch_bounds__(kScanThreads) sympow2_scan_kernel(
   const int64_t f[2] = {static_cast<int64_t>(tile0) * 16 + gr, static_cast<int64_t>(tile0 + W) * 16 + gr};
   const int64_t rows = N * c;
   const u16* xb = x + bh * rows * D;
-  const u16* yb = y + bh * rows * E;
+  constexpr int YW = ONES ? E - 8 : E;  // columns of y in memory
+  const u16* yb = y + bh * rows * YW;
   const float* rb = rs ? rs + bh * rows : nullptr;
 
   float H[2][NT][4];
@@ -137,7 +147,8 @@ __global__ void __launch_bounds__(kScanThreads) sympow2_scan_kernel(
   auto load = [&](const Pos& p, int buf) {
     const int64_t n = REV ? N - 1 - p.k : p.k, t0 = n * c + p.s * kStateTokens, end = n * c + c;
     load_rows<D, kStateTokens, kScanThreads>(sX + buf * kStateTokens * SD, xb, t0, end);
-    load_rows<E, kStateTokens, kScanThreads, SE>(sY + buf * kStateTokens * SE, yb, t0, end);
+    load_rows<YW, kStateTokens, kScanThreads, SE>(sY + buf * kStateTokens * SE, yb, t0, end);
+    if constexpr (ONES) ones_column<YW, kStateTokens, SE, kScanThreads>(sY + buf * kStateTokens * SE, end - t0);
     for (int i = threadIdx.x; i < kStateTokens; i += kScanThreads) {
       float* dst = sR + buf * kStateTokens + i;
       const bool ok = t0 + i < end;
@@ -470,7 +481,7 @@ __global__ void __launch_bounds__(kRowThreads, 2) sympow2_query_kernel(const u16
 // dphi[rows, (A, a, B, .)] comes from the tensor cores (k = E), then, with w = c_AB rs x[16 A + a]:
 //   dx[16 B + b] += w dphi        (the x[16 B + b] factor of each feature)
 //   dx[16 A + a] += c_AB rs sum_b dphi x[16 B + b]   (the x[16 A + a] factor)
-template <bool BFX, int D, int E>
+template <bool BFX, int D, int E, bool ONES = false>
 __global__ void __launch_bounds__(kRowThreads, 2) sympow2_grad_kernel(const u16* __restrict__ x,
                                                                    const float* __restrict__ rs,
                                                                    const u16* __restrict__ y,
@@ -489,7 +500,9 @@ __global__ void __launch_bounds__(kRowThreads, 2) sympow2_grad_kernel(const u16*
   zero_tail<E, SH>(sH, kGroupBufs * 16 * NB);
   zero_tail<E, SH>(sY, ROWS);
   load_rows<D, ROWS, kRowThreads>(sX, x + bx * n * D, r0, n);
-  load_rows<E, ROWS, kRowThreads, SH>(sY, y + bx * n * E, r0, n);
+  constexpr int YW = ONES ? E - 8 : E;  // columns of y in memory
+  load_rows<YW, ROWS, kRowThreads, SH>(sY, y + bx * n * YW, r0, n);
+  if constexpr (ONES) ones_column<YW, ROWS, SH, kRowThreads>(sY, n - r0);
 #pragma unroll
   for (int i = 0; i < kGroupBufs - 1; ++i) prefetch_group<D, E>(sH, Hb, i);
   const LaneRows<MT> L = lane_rows<MT>(rs, bx, r0, n);
@@ -753,7 +766,8 @@ std::pair<at::Tensor, at::Tensor> sympow2_grad(const at::Tensor& x, const at::Te
   check_x(x, rs);
   const int64_t X = x.size(0), n = x.size(1), d = x.size(2), D2 = sympow2_dim(d), E = H.size(-1);
   check_bf16(H, X, D2, E, "H");
-  check_bf16(y, X, n, E, "y");
+  const bool ones = y.size(-1) == d;  // [y | 1 | 0] made in the kernel
+  check_bf16(y, X, n, ones ? d : E, "y");
   TORCH_CHECK(E == d + 8, "power_full: degree-2 kernels take E = e + 8");
   at::Tensor dx = at::empty({X, n, d}, x.options().dtype(at::kFloat));
   at::Tensor u = at::empty({X * n}, x.options().dtype(at::kFloat));
@@ -762,7 +776,7 @@ std::pair<at::Tensor, at::Tensor> sympow2_grad(const at::Tensor& x, const at::Te
   dispatch(x.scalar_type(), d, [&](auto bf, auto dd) {
     constexpr bool BF = decltype(bf)::value;
     constexpr int D = decltype(dd)::value, Ee = D + 8;
-    auto kernel = sympow2_grad_kernel<BF, D, Ee>;
+    auto kernel = ones ? sympow2_grad_kernel<BF, D, Ee, true> : sympow2_grad_kernel<BF, D, Ee, false>;
     const size_t smem = row_smem<D, Ee>(true);
     allow_smem(kernel, smem);
     const int64_t parts = (n + rows_per_cta<D>() - 1) / rows_per_cta<D>();
@@ -780,11 +794,12 @@ void scan_launch(const at::Tensor& x, const at::Tensor& rs, const at::Tensor& y,
                  const at::Tensor& Hin, const at::Tensor& Hs, int64_t N, at::Tensor& out, at::Tensor& last,
                  at::Tensor& dL) {
   check_x(x, rs);
-  const int64_t BH = x.size(0), rows = x.size(1), d = x.size(2), D2 = sympow2_dim(d), E = y.size(-1);
+  const int64_t BH = x.size(0), rows = x.size(1), d = x.size(2), D2 = sympow2_dim(d), E = d + 8;
   TORCH_CHECK(N > 0 && rows % N == 0, "power_full: degree-2 scan: rows do not split into ", N, " chunks");
-  check_bf16(y, BH, rows, E, "y");
+  const bool ones = y.size(-1) == d;  // [y | 1 | 0] made in the kernel (the forward's values)
+  TORCH_CHECK(!ones || !REV, "power_full: degree-2 scan: the reverse scan takes extended rows");
+  check_bf16(y, BH, rows, ones ? d : E, "y");
   check_bf16(out, BH, N * D2, E, "out");
-  TORCH_CHECK(E == d + 8, "power_full: degree-2 kernels take E = e + 8");
   auto f32 = [](const at::Tensor& t, int64_t n, const char* what) {
     TORCH_CHECK(!t.defined() || (t.scalar_type() == at::kFloat && t.is_contiguous() && t.numel() == n),
                 "power_full: degree-2 scan: bad ", what);
@@ -800,7 +815,10 @@ void scan_launch(const at::Tensor& x, const at::Tensor& rs, const at::Tensor& y,
   dispatch(x.scalar_type(), d, [&](auto bf, auto dd) {
     constexpr bool BF = decltype(bf)::value;
     constexpr int D = decltype(dd)::value, Ee = D + 8, PAIRS = 256 * (D / 16) * (D / 16 + 1) / 2 / 32;
-    auto kernel = sympow2_scan_kernel<BF, D, Ee, REV>;
+    auto kernel = sympow2_scan_kernel<BF, D, Ee, REV, false>;
+    if constexpr (!REV) {
+      if (ones) kernel = sympow2_scan_kernel<BF, D, Ee, REV, true>;
+    }
     constexpr size_t smem = states_smem<D, Ee>();
     allow_smem(kernel, smem);
     const int64_t parts = (PAIRS + kScanThreads / 32 - 1) / (kScanThreads / 32);

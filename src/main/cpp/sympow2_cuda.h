@@ -8,7 +8,9 @@
 // this layout stay inside the CUDA path; sympow2_to_internal / sympow2_to_official convert at the API boundary.
 //
 // Each x comes with a row scale rs (phi'(x_r) = rs_r phi(x_r); undefined: 1). Shapes: x [X, n, d] in the input
-// dtype (bf16 / fp16), y [X, n, E] bf16, H [X, D2, E] bf16, E = e + 8 (the extended state columns).
+// dtype (bf16 / fp16), y [X, n, E] bf16, H [X, D2, E] bf16, E = e + 8 (the extended state columns). Where a y is
+// the extended values [v | 1 | 0] (the forward scan, the keys' gradient), it may come as v [X, n, e] bf16 alone:
+// the kernels then make the other columns in shared memory.
 #pragma once
 
 #include "row_map.cuh"
