@@ -122,6 +122,23 @@ at::Tensor gate_unlayout(const at::Tensor& y, const Layout& L, at::ScalarType dt
   return out;
 }
 
+// What goes back to the caller: y, and the gradients of q, k, v, in the API layout and the inputs' dtypes (the
+// path's own when it made them there, Forward::y_api / Grads::api; else the compute layout's, converted).
+at::Tensor api_output(const Forward& f, const Layout& L, at::ScalarType dtype) {
+  return f.y_api.defined() ? f.y_api : query_unlayout(f.y, L, dtype);
+}
+struct InputGrads {
+  at::Tensor q, k, v;
+};
+InputGrads api_grads(const Grads& gr, const Layout& L, const Needs& needs, const at::Tensor& q, const at::Tensor& k,
+                     const at::Tensor& v) {
+  InputGrads g;
+  if (needs.q) g.q = gr.api ? gr.q : query_unlayout(gr.q, L, q.scalar_type());
+  if (needs.k) g.k = gr.api ? gr.k : kv_unlayout(gr.k, L, k.scalar_type());
+  if (needs.v) g.v = gr.api ? gr.v : kv_unlayout(gr.v, L, v.scalar_type());
+  return g;
+}
+
 struct Resolved {
   Layout layout;
   Problem problem;
@@ -240,7 +257,7 @@ class PowerFullFunction : public torch::autograd::Function<PowerFullFunction> {
       const LaidOut x = lay_out(q, k, v, log_g, L);
       f = path_forward(r.problem, x.q, x.k, x.v, x.g, save);
       if (save) keep_for_backward(ctx, x);
-      y = f.y_api.defined() ? f.y_api : query_unlayout(f.y, L, q.scalar_type());
+      y = api_output(f, L, q.scalar_type());
     }
     if (save) {
       ctx->save_for_backward({q, k, v, log_g_or_empty});
@@ -294,9 +311,8 @@ class PowerFullFunction : public torch::autograd::Function<PowerFullFunction> {
       } else {
         const LaidOut x = laid_out_for_backward(ctx, q, k, v, log_g, r.layout);
         const Grads gr = path_backward(r.problem, x.q, x.k, x.v, x.g, f, query_layout(dy, r.layout), needs);
-        if (needs.q) grad_q = gr.api ? gr.q : query_unlayout(gr.q, r.layout, q.scalar_type());
-        if (needs.k) grad_k = gr.api ? gr.k : kv_unlayout(gr.k, r.layout, k.scalar_type());
-        if (needs.v) grad_v = gr.api ? gr.v : kv_unlayout(gr.v, r.layout, v.scalar_type());
+        const InputGrads g = api_grads(gr, r.layout, needs, q, k, v);
+        grad_q = g.q, grad_k = g.k, grad_v = g.v;
         if (needs.g) grad_log_g = gate_unlayout(gr.lg, r.layout, log_g.scalar_type());
       }
     }
@@ -339,7 +355,7 @@ class PowerFullStateFunction : public torch::autograd::Function<PowerFullStateFu
       ctx->saved_data["chunk"] = chunk;
     }
     const int64_t D = f.final_state.size(1);
-    return {f.y_api.defined() ? f.y_api : query_unlayout(f.y, r.layout, q.scalar_type()),
+    return {api_output(f, r.layout, q.scalar_type()),
             f.final_state.view({r.layout.b, r.layout.h, D, r.layout.e}),
             f.final_norm.view({r.layout.b, r.layout.h, D})};
   }
@@ -380,9 +396,8 @@ class PowerFullStateFunction : public torch::autograd::Function<PowerFullStateFu
       }
       const LaidOut x = laid_out_for_backward(ctx, q, k, v, log_g, L);
       const Grads gr = path_backward(r.problem, x.q, x.k, x.v, x.g, f, dy, needs, d_final);
-      if (needs.q) grad_q = gr.api ? gr.q : query_unlayout(gr.q, L, q.scalar_type());
-      if (needs.k) grad_k = gr.api ? gr.k : kv_unlayout(gr.k, L, k.scalar_type());
-      if (needs.v) grad_v = gr.api ? gr.v : kv_unlayout(gr.v, L, v.scalar_type());
+      const InputGrads g = api_grads(gr, L, needs, q, k, v);
+      grad_q = g.q, grad_k = g.k, grad_v = g.v;
       if (needs.g) grad_log_g = gate_unlayout(gr.lg, L, log_g.scalar_type());
       if (needs.state) {
         grad_S0 = gr.initial.S.view({L.b, L.h, D, L.e}).to(S0.scalar_type());
