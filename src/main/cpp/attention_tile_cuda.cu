@@ -44,32 +44,14 @@ struct Args {
   Map oq, ok, ov;      // outputs in the input dtype: dq (and the forward's y, with my), dk, dv
 };
 
-// Rows [row0, row0 + ROWS) of block `src` (already at the block's base) through map mp into a shared tile with row
-// stride S; rows past n are zeros.
-// API: through the map; else the compute layout (rows of W elements, the map unread).
+// Rows [row0, row0 + ROWS) of block `src` (already at the block's base) into a shared tile with row stride S; rows
+// past n are zeros. API: through the map mp; else the compute layout (rows of W elements, the map unread).
 template <bool API, int W, int ROWS, int S = W + 8>
 __device__ __forceinline__ void load_mapped(u16* dst, const u16* src, const Map& mp, int64_t row0, int64_t n) {
-  if constexpr (!API) {
-    load_rows<W, ROWS, kThreads, S>(dst, src, row0, n);
+  if constexpr (API) {
+    load_rows_mapped<W, ROWS, kThreads, S>(dst, src, mp, row0, n);
   } else {
-    constexpr int kChunks = W / 8, kStep = kThreads / kChunks;  // 16-byte pieces a row, rows a pass
-    static_assert(kThreads % kChunks == 0, "a pass covers whole rows");
-    const int r1 = threadIdx.x / kChunks, c = (threadIdx.x - r1 * kChunks) * 8;
-    if (mp.g == 1) {  // one row stride: a pointer that steps
-      const u16* p = src + (row0 + r1) * mp.ld + c;
-      const int64_t step = kStep * mp.ld;
-#pragma unroll
-      for (int r = r1; r < ROWS; r += kStep, p += step) {
-        const bool ok = row0 + r < n;
-        cp_async16(dst + r * S + c, ok ? p : src, ok);
-      }
-    } else {
-#pragma unroll
-      for (int r = r1; r < ROWS; r += kStep) {
-        const bool ok = row0 + r < n;
-        cp_async16(dst + r * S + c, ok ? src + mp.row(row0 + r) + c : src, ok);
-      }
-    }
+    load_rows<W, ROWS, kThreads, S>(dst, src, row0, n);
   }
 }
 // The element offset of block x of an operand: through the map (API), or x rows w (the compute layout).
@@ -79,6 +61,16 @@ __device__ __forceinline__ int64_t block_base(const Map& mp, int64_t x, int64_t 
     return mp.base(x);
   } else {
     return x * rows * w;
+  }
+}
+// The rows of block x that exist, of `rows` (the chunked form's last chunk ends at t; the compute layout's padding
+// rows are zeros in memory).
+template <bool API>
+__device__ __forceinline__ int64_t block_rows(const Map& mp, int64_t x, int64_t rows) {
+  if constexpr (API) {
+    return mp.rows(x, rows);
+  } else {
+    return rows;
   }
 }
 
@@ -176,17 +168,18 @@ __global__ void __launch_bounds__(kThreads) tile_fwd_kernel(Args a, const u16* _
   const u16* qx = q + block_base<API>(a.mq, x, R, D);
   const u16* kx = k + block_base<API>(a.mk, x, C, D);
   const u16* vx = v + block_base<API>(a.mv, x, C, E);
+  const int64_t nq = block_rows<API>(a.mq, x, R), nk = block_rows<API>(a.mk, x, C);  // rows in memory
   const float* Gx = G ? G + x * C : nullptr;
   const int64_t nkeys = (std::min<int64_t>(r0 + kRows, R) - 1) / a.g + 1;
   const int ntiles = static_cast<int>((nkeys + BN - 1) / BN);
   auto load_kv = [&](int jt, int buf) {
     const int64_t j0 = static_cast<int64_t>(jt) * BN;
-    load_mapped<API, D, BN>(sK + buf * BN * SD, kx, a.mk, j0, C);
-    load_mapped<API, E, BN>(sV + buf * BN * SE, vx, a.mv, j0, C);
+    load_mapped<API, D, BN>(sK + buf * BN * SD, kx, a.mk, j0, nk);
+    load_mapped<API, E, BN>(sV + buf * BN * SE, vx, a.mv, j0, nk);
     if (Gx)
       for (int i = threadIdx.x; i < BN; i += kThreads) cp_async4(sG + buf * BN + i, Gx + std::min(j0 + i, C - 1), j0 + i < C);
   };
-  load_mapped<API, D, kRows>(sQ, qx, a.mq, r0, R);
+  load_mapped<API, D, kRows>(sQ, qx, a.mq, r0, nq);
   load_kv(0, 0);
   cp_async_commit();
 
@@ -412,8 +405,8 @@ constexpr size_t dq_smem() {
          sizeof(float) * 2 * BN;
 }
 
-// MODE 0: the compute layout, fp32 outputs (written or added to); 1: the API layout in and out (input dtype);
-// 2: compute-layout inputs, outputs in the input dtype through the output maps with the fp32 ones added.
+// MODE 0: the compute layout, fp32 outputs (written or added to); 1: the quadratic form's API layout in and out
+// (input dtype); 2: the chunked form's API layout in and out, with the fp32 ones (compute layout) added.
 template <bool BF, int D, int E, int MODE>
 __global__ void __launch_bounds__(kThreads) tile_bwd_dq_kernel(Args a, const u16* __restrict__ q,
                                                                const u16* __restrict__ k, const u16* __restrict__ v,
@@ -424,7 +417,7 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dq_kernel(Args a, const u16
                                                                float* __restrict__ rowdz, bool accumulate,
                                                                u16* __restrict__ dqT) {
   constexpr int BN = dq_keys<D, E>(), SD = D + 8, SE = E + 8;
-  constexpr bool API = MODE == 1;
+  constexpr bool API = MODE != 0;
   extern __shared__ __align__(16) unsigned char smem[];
   u16* sQ = reinterpret_cast<u16*>(smem);
   u16* sY = sQ + kRows * SD;
@@ -437,18 +430,19 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dq_kernel(Args a, const u16
   const int64_t r0 = rt * kRows, R = a.R, C = a.C;
   const u16* kx = k + block_base<API>(a.mk, x, C, D);
   const u16* vx = v + block_base<API>(a.mv, x, C, E);
+  const int64_t nq = block_rows<API>(a.mq, x, R), nk = block_rows<API>(a.mk, x, C);  // rows in memory
   const float* Gx = G ? G + x * C : nullptr;
   const int64_t nkeys = (std::min<int64_t>(r0 + kRows, R) - 1) / a.g + 1;
   const int ntiles = static_cast<int>((nkeys + BN - 1) / BN);
   auto load_kv = [&](int jt, int buf) {
     const int64_t j0 = static_cast<int64_t>(jt) * BN;
-    load_mapped<API, D, BN>(sK + buf * BN * SD, kx, a.mk, j0, C);
-    load_mapped<API, E, BN>(sV + buf * BN * SE, vx, a.mv, j0, C);
+    load_mapped<API, D, BN>(sK + buf * BN * SD, kx, a.mk, j0, nk);
+    load_mapped<API, E, BN>(sV + buf * BN * SE, vx, a.mv, j0, nk);
     if (Gx)
       for (int i = threadIdx.x; i < BN; i += kThreads) cp_async4(sG + buf * BN + i, Gx + std::min(j0 + i, C - 1), j0 + i < C);
   };
-  load_mapped<API, D, kRows>(sQ, q + block_base<API>(a.mq, x, R, D), a.mq, r0, R);
-  load_mapped<API, E, kRows>(sY, dy + block_base<API>(a.my, x, R, E), a.my, r0, R);
+  load_mapped<API, D, kRows>(sQ, q + block_base<API>(a.mq, x, R, D), a.mq, r0, nq);
+  load_mapped<API, E, kRows>(sY, dy + block_base<API>(a.my, x, R, E), a.my, r0, nq);
   load_kv(0, 0);
   cp_async_commit();
 
@@ -599,7 +593,7 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dkv_kernel(Args a, const u1
                                                                 bool accumulate, u16* __restrict__ dkT,
                                                                 u16* __restrict__ dvT) {
   constexpr int BM = dkv_rows<D, E>(), SD = D + 8, SE = E + 8;
-  constexpr bool API = MODE == 1;
+  constexpr bool API = MODE != 0;
   extern __shared__ __align__(16) unsigned char smem[];
   u16* sK = reinterpret_cast<u16*>(smem);
   u16* sV = sK + kRows * SD;
@@ -611,13 +605,14 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dkv_kernel(Args a, const u1
   const int64_t j0 = kt * kRows, R = a.R, C = a.C;
   const u16* qx = q + block_base<API>(a.mq, x, R, D);
   const u16* yx = dy + block_base<API>(a.my, x, R, E);
+  const int64_t nq = block_rows<API>(a.mq, x, R), nk = block_rows<API>(a.mk, x, C);  // rows in memory
   const float* Gx = G ? G + x * C : nullptr;
   const int64_t rstart = j0 * a.g;  // the first row that sees key j0
   const int nsteps = static_cast<int>((R - rstart + BM - 1) / BM);
   auto load_q = [&](int st, int buf) {
     const int64_t i0 = rstart + static_cast<int64_t>(st) * BM;
-    load_mapped<API, D, BM>(sQ + buf * BM * SD, qx, a.mq, i0, R);
-    load_mapped<API, E, BM>(sY + buf * BM * SE, yx, a.my, i0, R);
+    load_mapped<API, D, BM>(sQ + buf * BM * SD, qx, a.mq, i0, nq);
+    load_mapped<API, E, BM>(sY + buf * BM * SE, yx, a.my, i0, nq);
     float* rw = sRow + buf * 5 * BM;
     for (int i = threadIdx.x; i < BM; i += kThreads) {
       const int64_t r = i0 + i;
@@ -630,8 +625,8 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dkv_kernel(Args a, const u1
       reinterpret_cast<int*>(rw + 4 * BM)[i] = ok ? static_cast<int>(r / a.g) : -1;
     }
   };
-  load_mapped<API, D, kRows>(sK, k + block_base<API>(a.mk, x, C, D), a.mk, j0, C);
-  load_mapped<API, E, kRows>(sV, v + block_base<API>(a.mv, x, C, E), a.mv, j0, C);
+  load_mapped<API, D, kRows>(sK, k + block_base<API>(a.mk, x, C, D), a.mk, j0, nk);
+  load_mapped<API, E, kRows>(sV, v + block_base<API>(a.mv, x, C, E), a.mv, j0, nk);
   load_q(0, 0);
   cp_async_commit();
 
@@ -816,12 +811,12 @@ Args make_args(const TileProblem& tp, int64_t d, int64_t e, const float* gmin = 
   } else {
     a.mq = Map::dense(tp.R, d), a.mk = Map::dense(tp.C, d), a.mv = Map::dense(tp.C, e), a.my = Map::dense(tp.R, e);
   }
-  a.oq = a.mq, a.ok = a.mk, a.ov = a.mv;
-  if (tp.chunks > 0) {  // chunks: outputs in the API layout of t tokens
+  if (tp.chunks > 0) {  // chunks of t tokens in the API layout
     const int64_t h = tp.X / (tp.b * tp.chunks);
-    a.oq = Map::api(tp.t, h, tp.g, d, tp.chunks, tp.C), a.ok = Map::api(tp.t, h, 1, d, tp.chunks, tp.C);
-    a.ov = Map::api(tp.t, h, 1, e, tp.chunks, tp.C);
+    a.mq = Map::api(tp.t, h, tp.g, d, tp.chunks, tp.C), a.mk = Map::api(tp.t, h, 1, d, tp.chunks, tp.C);
+    a.mv = Map::api(tp.t, h, 1, e, tp.chunks, tp.C), a.my = Map::api(tp.t, h, tp.g, e, tp.chunks, tp.C);
   }
+  a.oq = a.mq, a.ok = a.mk, a.ov = a.mv;
   return a;
 }
 
@@ -898,13 +893,17 @@ void dispatch(at::ScalarType dt, int64_t d, F&& f) {
   }
 }
 
+// Tokens of all heads in memory: X C in the compute layout and the quadratic form's; b h t for chunks of t tokens.
+int64_t tokens(const TileProblem& tp) { return tp.chunks > 0 ? tp.X / tp.chunks * tp.t : tp.X * tp.C; }
+
 void check_inputs(const TileProblem& tp, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                   const at::Tensor& G) {
   TORCH_CHECK(tile_kernels_support(q.scalar_type(), q.size(-1), v.size(-1)), "power_full: tile kernels: bad dtype/sizes");
   TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous(), "power_full: tile kernels need contiguous q, k, v");
   TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
               "power_full: tile kernels take q, k, v in one dtype");
-  TORCH_CHECK(q.numel() == tp.X * tp.R * q.size(-1) && k.numel() == tp.X * tp.C * k.size(-1) && tp.R == tp.C * tp.g,
+  TORCH_CHECK(q.numel() == tokens(tp) * tp.g * q.size(-1) && k.numel() == tokens(tp) * k.size(-1) &&
+                  v.numel() == tokens(tp) * v.size(-1) && tp.R == tp.C * tp.g,
               "power_full: tile kernels: shapes disagree with the problem");
   TORCH_CHECK(tp.b == 0 || tp.chunks > 0 ||
                   (tp.X % tp.b == 0 && q.dim() == 4 && q.size(0) == tp.b && q.size(1) == tp.C),
@@ -995,12 +994,12 @@ void tile_backward(const TileProblem& tp, const at::Tensor& q, const at::Tensor&
     api(dk_out, h, k.size(-1), "dk output");
     api(dv_out, h, v.size(-1), "dv output");
   }
-  TORCH_CHECK(dy.is_contiguous() && dy.scalar_type() == q.scalar_type() && dy.numel() == tp.X * tp.R * v.size(-1),
+  TORCH_CHECK(dy.is_contiguous() && dy.scalar_type() == q.scalar_type() && dy.numel() == q.numel() / q.size(-1) * v.size(-1),
               "power_full: tile kernels: bad dy");
-  TORCH_CHECK(dk.defined() == dv.defined(), "power_full: tile kernels make dk and dv together");
-  check_output(dq, q, q.numel(), !accumulate && tp.chunks == 0, "dq");
-  check_output(dk, q, k.numel(), !accumulate && tp.chunks == 0, "dk");
-  check_output(dv, q, v.numel(), !accumulate && tp.chunks == 0, "dv");
+  TORCH_CHECK(dk.defined() == dv.defined() || tp.chunks > 0, "power_full: tile kernels make dk and dv together");
+  check_output(dq, q, tp.X * tp.R * q.size(-1), !accumulate && tp.chunks == 0, "dq");
+  check_output(dk, q, tp.X * tp.C * k.size(-1), !accumulate && tp.chunks == 0, "dk");
+  check_output(dv, q, tp.X * tp.C * v.size(-1), !accumulate && tp.chunks == 0, "dv");
   check_output(rowdz, q, tp.X * tp.R, false, "rowdz");
   check_output(coldz, q, tp.X * tp.C, false, "coldz");
   if (tp.X == 0 || tp.R == 0) return;

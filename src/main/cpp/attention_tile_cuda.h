@@ -29,15 +29,16 @@ struct TileProblem {
   // layout of the quadratic form, q / dy / dq [b, t, h g, .] and k / v / dk / dv [b, t, h, .] with X = b h, C = t
   // (no layout copies); num, m, l, rf, dd, rowdz, coldz stay in the compute layout.
   int64_t b = 0;
-  // chunks > 0 (with b): the blocks are chunks (X = b h chunks, C = the chunk length) of t real tokens; inputs stay
-  // in the compute layout, and the backward's gradients go to separate outputs in the API layout (see tile_backward).
+  // chunks > 0 (with b): the blocks are chunks (X = b h chunks, C = the chunk length) of t real tokens, q, k, v, dy
+  // are in the API layout [b, t, ., .] (the last chunk's rows past t read as zeros), and the backward's gradients go
+  // to separate outputs there (see tile_backward); num, m, l, rf, dd, rowdz, coldz stay in the compute layout.
   int64_t chunks = 0, t = 0;
 };
 
 /// Whether the fused kernels take this dtype and head sizes (bf16 / fp16, d == e in {16, 32, 64, 128}).
 bool tile_kernels_support(at::ScalarType dtype, int64_t d, int64_t e);
 
-/// q [X, R, d], k [X, C, d], v [X, C, e] contiguous in one dtype (or the API layout, see TileProblem::b); G [X, C]
+/// q [X, R, d], k [X, C, d], v [X, C, e] contiguous in one dtype (or the API layout, see TileProblem); G [X, C]
 /// fp32 (gate cumsum per token) or undefined. Writes num [X, R, e] (fp32, when defined), m [X * R], l [X * R] (fp32,
 /// preallocated); `normalize`: num / l instead of num (0 where l = 0), the quadratic form's output, which also goes
 /// to y (when defined) in the input dtype and q's layout.
@@ -56,7 +57,7 @@ void tile_row_terms(const TileProblem& tp, const at::Tensor& dy, const at::Tenso
 /// coldz [X * C] fp32, or undefined (no gate gradient).
 ///
 /// With tp.chunks > 0: dq_out [b, t, h g, d], dk_out [b, t, h, d], dv_out [b, t, h, e] in the input dtype receive
-/// the tile's gradients plus dq / dk / dv (fp32, compute layout, read only; undefined: nothing to add).
+/// the tile's gradients plus dq / dk / dv (fp32, compute layout, read only; each undefined one: nothing to add).
 void tile_backward(const TileProblem& tp, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                    const at::Tensor& G, const at::Tensor& dy, const at::Tensor& m, const at::Tensor& rf,
                    const at::Tensor& dd, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, at::Tensor& rowdz,

@@ -170,6 +170,10 @@ Resolved resolve(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, 
   pr.BH = L.b * L.h, pr.T = L.T, pr.g = L.g, pr.d = L.d, pr.e = L.e, pr.p = p, pr.scale = scale, pr.chunk = c;
   pr.b = L.b, pr.t = L.t;
   pr.api = q.scalar_type() == L.ct && k.scalar_type() == L.ct && v.scalar_type() == L.ct;
+#ifdef POWER_ATTENTION_WITH_CUDA
+  // CUDA reads q, k, v (and dy) in the API layout where its kernels can: no layout copies
+  pr.direct = q.is_cuda() && pr.api && cuda::direct_supported(pr, q.scalar_type());
+#endif
   return r;
 }
 
@@ -222,17 +226,20 @@ Grads path_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& k,
   return cpu::backward(pr, q, k, v, lg, saved, dy, needs, d_final);
 }
 
-// The quadratic form on CUDA straight from the API layout (no layout copies): bf16 / fp16 inputs of one dtype
-// that compute in that dtype (degree 2) and that the tile kernels take.
-bool direct_quadratic(const Resolved& r, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
-#ifdef POWER_ATTENTION_WITH_CUDA
-  return q.is_cuda() && r.problem.chunk == 0 && r.layout.ct == q.scalar_type() &&
-         k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type() &&
-         cuda::quadratic_direct_supported(r.problem, q.scalar_type());
-#else
-  (void)r, (void)q, (void)k, (void)v;
-  return false;
-#endif
+// The inputs as the path takes them: the API layout itself (Problem::direct: contiguous, no copies) or the compute
+// layout (laid_out_for_backward reuses the forward's copies).
+LaidOut path_inputs(const Resolved& r, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                    const at::Tensor& log_g) {
+  if (r.problem.direct) return {q.contiguous(), k.contiguous(), v.contiguous(), gate_layout(log_g, r.layout)};
+  return lay_out(q, k, v, log_g, r.layout);
+}
+// dy [b, t, hq, e] as the path takes it (like q), or zeros where autograd gave none.
+at::Tensor path_dy(const Resolved& r, const at::Tensor& dy, const at::Tensor& q) {
+  const Layout& L = r.layout;
+  if (r.problem.direct) {
+    return dy.defined() ? dy.to(q.scalar_type()).contiguous() : at::zeros({L.b, L.t, L.hq, L.e}, q.options());
+  }
+  return dy.defined() ? query_layout(dy, L) : at::zeros({L.b * L.h, L.T, L.g, L.e}, q.options().dtype(L.ct));
 }
 
 class PowerFullFunction : public torch::autograd::Function<PowerFullFunction> {
@@ -244,24 +251,11 @@ class PowerFullFunction : public torch::autograd::Function<PowerFullFunction> {
     const at::Tensor log_g = log_g_or_empty.numel() > 0 ? log_g_or_empty : at::Tensor();
     const Resolved r = resolve(q, k, v, p, scale, chunk);
     const Layout& L = r.layout;
-    Forward f;
-    at::Tensor y;
-    const bool direct = direct_quadratic(r, q, k, v);
-    if (direct) {
-#ifdef POWER_ATTENTION_WITH_CUDA
-      y = at::empty({L.b, L.t, L.hq, L.e}, q.options());
-      f = cuda::quadratic_forward_direct(r.problem, L.b, q.contiguous(), k.contiguous(), v.contiguous(),
-                                         gate_layout(log_g, L), save, y);
-#endif
-    } else {
-      const LaidOut x = lay_out(q, k, v, log_g, L);
-      f = path_forward(r.problem, x.q, x.k, x.v, x.g, save);
-      if (save) keep_for_backward(ctx, x);
-      y = api_output(f, L, q.scalar_type());
-    }
+    const LaidOut x = path_inputs(r, q, k, v, log_g);
+    const Forward f = path_forward(r.problem, x.q, x.k, x.v, x.g, save);
     if (save) {
       ctx->save_for_backward({q, k, v, log_g_or_empty});
-      if (direct) ctx->saved_data["direct"] = true;
+      if (!r.problem.direct) keep_for_backward(ctx, x);
       ctx->saved_data["y"] = f.y;
       ctx->saved_data["den"] = f.den;
       ctx->saved_data["rowmax"] = f.rowmax;
@@ -273,7 +267,7 @@ class PowerFullFunction : public torch::autograd::Function<PowerFullFunction> {
       ctx->saved_data["scale"] = scale;
       ctx->saved_data["chunk"] = chunk;
     }
-    return y;
+    return api_output(f, L, q.scalar_type());
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -300,21 +294,12 @@ class PowerFullFunction : public torch::autograd::Function<PowerFullFunction> {
         f.states = ctx->saved_data["states"].toTensor();
         f.norms = ctx->saved_data["norms"].toTensor();
       }
-      if (ctx->saved_data.count("direct") > 0) {  // gradients come in the inputs' layouts and dtype
-#ifdef POWER_ATTENTION_WITH_CUDA
-        const Grads gr = cuda::quadratic_backward_direct(r.problem, r.layout.b, q.contiguous(), k.contiguous(),
-                                                         v.contiguous(), gate_layout(log_g, r.layout), f,
-                                                         dy.to(q.scalar_type()).contiguous(), needs);
-        grad_q = gr.q, grad_k = gr.k, grad_v = gr.v;
-        if (needs.g) grad_log_g = gate_unlayout(gr.lg, r.layout, log_g.scalar_type());
-#endif
-      } else {
-        const LaidOut x = laid_out_for_backward(ctx, q, k, v, log_g, r.layout);
-        const Grads gr = path_backward(r.problem, x.q, x.k, x.v, x.g, f, query_layout(dy, r.layout), needs);
-        const InputGrads g = api_grads(gr, r.layout, needs, q, k, v);
-        grad_q = g.q, grad_k = g.k, grad_v = g.v;
-        if (needs.g) grad_log_g = gate_unlayout(gr.lg, r.layout, log_g.scalar_type());
-      }
+      const LaidOut x = r.problem.direct ? path_inputs(r, q, k, v, log_g)
+                                         : laid_out_for_backward(ctx, q, k, v, log_g, r.layout);
+      const Grads gr = path_backward(r.problem, x.q, x.k, x.v, x.g, f, path_dy(r, dy, q), needs);
+      const InputGrads g = api_grads(gr, r.layout, needs, q, k, v);
+      grad_q = g.q, grad_k = g.k, grad_v = g.v;
+      if (needs.g) grad_log_g = gate_unlayout(gr.lg, r.layout, log_g.scalar_type());
     }
     return {grad_q, grad_k, grad_v, grad_log_g, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
@@ -340,11 +325,11 @@ class PowerFullStateFunction : public torch::autograd::Function<PowerFullStateFu
     const bool has_initial = S0_or_empty.numel() > 0;
     const Resolved r = resolve(q, k, v, p, scale, chunk, true);
     const State initial = has_initial ? state_layout(S0_or_empty, s0_or_empty, r.layout) : State{};
-    const LaidOut x = lay_out(q, k, v, log_g, r.layout);
+    const LaidOut x = path_inputs(r, q, k, v, log_g);
     Forward f = path_forward(r.problem, x.q, x.k, x.v, x.g, save, initial, true);
     if (save) {
       ctx->save_for_backward({q, k, v, log_g_or_empty, S0_or_empty, s0_or_empty});
-      keep_for_backward(ctx, x);
+      if (!r.problem.direct) keep_for_backward(ctx, x);
       ctx->saved_data["y"] = f.y;
       ctx->saved_data["den"] = f.den;
       ctx->saved_data["rowmax"] = f.rowmax;
@@ -385,8 +370,7 @@ class PowerFullStateFunction : public torch::autograd::Function<PowerFullStateFu
       f.rowmax = ctx->saved_data["rowmax"].toTensor();
       f.states = ctx->saved_data["states"].toTensor();
       f.norms = ctx->saved_data["norms"].toTensor();
-      const at::Tensor dy = grad_outputs[0].defined() ? query_layout(grad_outputs[0], L)
-                                                      : at::zeros({L.b * L.h, L.T, L.g, L.e}, q.options().dtype(L.ct));
+      const at::Tensor dy = path_dy(r, grad_outputs[0], q);
       State d_final;
       if (seeded) {
         const auto o = q.options().dtype(L.st);
@@ -394,7 +378,7 @@ class PowerFullStateFunction : public torch::autograd::Function<PowerFullStateFu
         const at::Tensor ds = grad_outputs[2].defined() ? grad_outputs[2] : at::zeros({L.b, L.h, D}, o);
         d_final = state_layout(dS, ds, L);
       }
-      const LaidOut x = laid_out_for_backward(ctx, q, k, v, log_g, L);
+      const LaidOut x = r.problem.direct ? path_inputs(r, q, k, v, log_g) : laid_out_for_backward(ctx, q, k, v, log_g, L);
       const Grads gr = path_backward(r.problem, x.q, x.k, x.v, x.g, f, dy, needs, d_final);
       const InputGrads g = api_grads(gr, L, needs, q, k, v);
       grad_q = g.q, grad_k = g.k, grad_v = g.v;

@@ -20,6 +20,7 @@
 #include "power_full_cuda.h"
 
 #include "attention_tile_cuda.h"
+#include "mma_sm80.cuh"
 #include "sympow.h"
 #include "sympow2_cuda.h"
 
@@ -33,10 +34,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <map>
 #include <mutex>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace power_attention {
@@ -494,36 +497,153 @@ __global__ void combine_forward(const A* __restrict__ numA, const A* __restrict_
 // Backward of combine_forward. dnum = dy / den, dden = -(dy . y) / den (y kept in fp32: dnum . v_j + dden cancels
 // where one weight dominates). Writes dnumA = dnum wa (when given), its row factor rf = wa / den (the in-chunk weights take
 // dy V^T rf, with dy exact, rather than a rounded dnumA), ddenA = dden wa (wa = 1 without state) and, with dB,
-// dB[:, :e] = dnum ws, dB[:, e] = dden ws, zero beyond. One warp per row.
+// dB[:, :e] = dnum ws, dB[:, e] = dden ws, zero beyond. One warp per row. Row r of block x (R rows a block) of dy
+// lives through its map (the compute layout: RowMap::dense); rows the map does not hold (past t) read as zeros.
+constexpr int kCombineRows = 64;  // rows a block of combine_backward: 8 warps of 8
+
 template <typename T, typename TS, typename A>
-__global__ void combine_backward(const T* __restrict__ dy, const A* __restrict__ y, const A* __restrict__ den,
-                                 const A* __restrict__ m, bool state, TS* __restrict__ dB, T* __restrict__ dnumA,
-                                 A* __restrict__ rf, A* __restrict__ ddenA, int64_t rows, int e, int E) {
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+__global__ void __launch_bounds__(256) combine_backward(const T* __restrict__ dy, RowMap dym, int64_t R,
+                                                        const A* __restrict__ y, const A* __restrict__ den,
+                                                        const A* __restrict__ m, bool state, TS* __restrict__ dB,
+                                                        T* __restrict__ dnumA, A* __restrict__ rf,
+                                                        A* __restrict__ ddenA, int e, int E) {
+  // a block covers kCombineRows rows of one block x of dy: the map's arithmetic (64-bit divisions) once a thread
+  const int64_t parts = (R + kCombineRows - 1) / kCombineRows;
+  const int64_t x = blockIdx.x / parts, r0 = (blockIdx.x - x * parts) * kCombineRows;
+  const int64_t have = dym.rows(x, R);
+  const T* dx = dy + dym.base(x);
   const int lane = threadIdx.x & 31;
-  if (row >= rows) return;
-  const A dn = den[row];
-  const A inv = dn != A(0) ? A(1) / dn : A(0);
-  A dot = 0;
-  for (int c = lane; c < e; c += 32) dot += static_cast<A>(dy[row * e + c]) * y[row * e + c];
-  dot = warp_sum(dot);
-  const A dden = -dot * inv;
-  A wa = 1, ws = 1;
-  if (state) {
-    const A mr = m[row], mu = max(mr, A(0));
-    wa = dev_exp(mr - mu);
-    ws = dev_exp(-mu);
+  for (int i = threadIdx.x >> 5; i < kCombineRows; i += blockDim.x >> 5) {
+    const int64_t r = r0 + i, row = x * R + r;
+    if (r >= R) break;
+    const T* dr = r < have ? dx + dym.row(r) : nullptr;
+    const A* yr = y + row * e;
+    const A dn = den[row];
+    const A inv = dn != A(0) ? A(1) / dn : A(0);
+    A dot = 0;
+    if (dr)
+      for (int c = lane; c < e; c += 32) dot += static_cast<A>(dr[c]) * yr[c];
+    dot = warp_sum(dot);
+    const A dden = -dot * inv;
+    A wa = 1, ws = 1;
+    if (state) {
+      const A mr = m[row], mu = max(mr, A(0));
+      wa = dev_exp(mr - mu);
+      ws = dev_exp(-mu);
+    }
+    for (int c = lane; c < e; c += 32) {
+      const A dnum = dr ? static_cast<A>(dr[c]) * inv : A(0);
+      if (dnumA) dnumA[row * e + c] = static_cast<T>(dnum * wa);
+      if (dB) dB[row * E + c] = static_cast<TS>(dnum * ws);
+    }
+    if (dB)
+      for (int c = e + lane; c < E; c += 32) dB[row * E + c] = static_cast<TS>(c == e ? dden * ws : A(0));
+    if (lane == 0) {
+      ddenA[row] = dden * wa;
+      rf[row] = inv * wa;
+    }
   }
-  for (int c = lane; c < e; c += 32) {
-    const A dnum = static_cast<A>(dy[row * e + c]) * inv;
-    if (dnumA) dnumA[row * e + c] = static_cast<T>(dnum * wa);
-    if (dB) dB[row * E + c] = static_cast<TS>(dnum * ws);
+}
+
+// combine_backward for 16-bit dy, fp32 y and bf16 dB of E = e + 8 columns, e in {16, 32, 64, 128}, no dnumA (the
+// tile kernels' path): L = e / 8 lanes a row, each with 16 bytes of dy and 32 of y, so a warp covers 32 / L rows
+// at once (one row a warp left the scalar kernel at a third of the memory bandwidth).
+template <bool BF>
+__global__ void __launch_bounds__(256) combine_backward16(const mma::u16* __restrict__ dy, RowMap dym, int64_t R,
+                                                          const float* __restrict__ y, const float* __restrict__ den,
+                                                          const float* __restrict__ m, bool state,
+                                                          mma::u16* __restrict__ dB, float* __restrict__ rf,
+                                                          float* __restrict__ ddenA, int e) {
+  using mma::u32;
+  const int L = e >> 3, per = 32 / L, E = e + 8;  // lanes a row, rows a warp at once
+  const int64_t parts = (R + kCombineRows - 1) / kCombineRows;
+  const int64_t x = blockIdx.x / parts, r0 = (blockIdx.x - x * parts) * kCombineRows;
+  const int64_t have = dym.rows(x, R);
+  const mma::u16* dx = dy + dym.base(x);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, sub = lane % L, slot = lane / L;
+  const int steps = (kCombineRows + 8 * per - 1) / (8 * per);  // the same for every lane: shuffles stay whole
+  for (int st = 0; st < steps; ++st) {
+    const int i = st * 8 * per + warp * per + slot;
+    const int64_t r = r0 + i, row = x * R + r;
+    const bool live = i < kCombineRows && r < R;
+    float d[8] = {0, 0, 0, 0, 0, 0, 0, 0}, yv[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    if (live && r < have) {
+      const uint4 w = *reinterpret_cast<const uint4*>(dx + dym.row(r) + 8 * sub);
+      const u32 ws4[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float2 f = mma::unpack2<BF>(ws4[j]);
+        d[2 * j] = f.x, d[2 * j + 1] = f.y;
+      }
+    }
+    if (live) {
+      const float4 a = *reinterpret_cast<const float4*>(y + row * e + 8 * sub);
+      const float4 b = *reinterpret_cast<const float4*>(y + row * e + 8 * sub + 4);
+      yv[0] = a.x, yv[1] = a.y, yv[2] = a.z, yv[3] = a.w, yv[4] = b.x, yv[5] = b.y, yv[6] = b.z, yv[7] = b.w;
+    }
+    float dot = 0.f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) dot += d[j] * yv[j];
+    for (int o = L >> 1; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+    if (!live) continue;
+    const float dn = den[row], inv = dn != 0.f ? 1.f / dn : 0.f, dden = -dot * inv;
+    float wa = 1.f, ws = 1.f;
+    if (state) {
+      const float mr = m[row], mu = fmaxf(mr, 0.f);
+      wa = expf(mr - mu);
+      ws = expf(-mu);
+    }
+    if (dB) {
+      const float f = inv * ws;
+      *reinterpret_cast<uint4*>(dB + row * E + 8 * sub) =
+          make_uint4(mma::pack2<true>(d[0] * f, d[1] * f), mma::pack2<true>(d[2] * f, d[3] * f),
+                     mma::pack2<true>(d[4] * f, d[5] * f), mma::pack2<true>(d[6] * f, d[7] * f));
+      if (sub == 0) *reinterpret_cast<uint4*>(dB + row * E + e) = make_uint4(mma::pack2<true>(dden * ws, 0.f), 0u, 0u, 0u);
+    }
+    if (sub == 0) {
+      ddenA[row] = dden * wa;
+      rf[row] = inv * wa;
+    }
   }
-  if (dB)
-    for (int c = e + lane; c < E; c += 32) dB[row * E + c] = static_cast<TS>(c == e ? dden * ws : A(0));
-  if (lane == 0) {
-    ddenA[row] = dden * wa;
-    rf[row] = inv * wa;
+}
+
+// The chunked form's gate factors (chunk_gates) in one launch: a block a chunk x of c tokens, lg [X, c] ->
+// Gc = the inclusive cumsum, decay[x] = exp(L) (L = Gc[c - 1]), kf = exp(L - Gc), and qf = sp exp(Gc) for each of
+// the chunk's g query rows a token. Each thread reads back only the Gc it wrote.
+template <typename A>
+__global__ void __launch_bounds__(256) chunk_gates_kernel(const A* __restrict__ lg, int64_t c, int g, A sp,
+                                                          A* __restrict__ Gc, A* __restrict__ decay,
+                                                          A* __restrict__ kf, A* __restrict__ qf) {
+  __shared__ A part[8];
+  const int64_t x = blockIdx.x;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  const A* in = lg + x * c;
+  A* G = Gc + x * c;
+  A carry = 0;
+  for (int64_t j0 = 0; j0 < c; j0 += blockDim.x) {
+    const int64_t j = j0 + threadIdx.x;
+    A v = j < c ? in[j] : A(0);
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const A u = __shfl_up_sync(0xffffffffu, v, o);
+      if (lane >= o) v += u;
+    }
+    if (lane == 31) part[warp] = v;
+    __syncthreads();
+    A before = carry, total = carry;
+    for (int w = 0; w < warps; ++w) {
+      if (w < warp) before += part[w];
+      total += part[w];
+    }
+    if (j < c) G[j] = before + v;
+    carry = total;
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) decay[x] = dev_exp(carry);
+  for (int64_t j = threadIdx.x; j < c; j += blockDim.x) {
+    const A gj = G[j], qv = sp * dev_exp(gj);
+    kf[x * c + j] = dev_exp(carry - gj);
+    for (int i = 0; i < g; ++i) qf[(x * c + j) * g + i] = qv;
   }
 }
 
@@ -738,11 +858,18 @@ ChunkGates chunk_gates(const Problem& pr, const at::Tensor& lg, const at::Tensor
     cg.qf = at::full({X * c * g}, sp, acc_opts);
     return cg;
   }
-  cg.Gc = at::cumsum(lg.view({X, c}), 1);
-  const at::Tensor L = cg.Gc.select(1, c - 1);
-  cg.decay = L.exp().contiguous();
-  cg.kf = (L.unsqueeze(1) - cg.Gc).exp().reshape({X * c});
-  cg.qf = (cg.Gc.exp() * sp).unsqueeze(2).expand({X, c, g}).reshape({X * c * g});
+  cg.Gc = at::empty({X, c}, acc_opts);
+  cg.decay = at::empty({X}, acc_opts);
+  cg.kf = at::empty({X * c}, acc_opts);
+  cg.qf = at::empty({X * c * g}, acc_opts);
+  if (X == 0) return cg;
+  AT_DISPATCH_FLOATING_TYPES(lg.scalar_type(), "power_full_chunk_gates", [&] {
+    TORCH_CHECK(acc_opts.dtype() == lg.dtype() && lg.is_contiguous(), "power_full: internal: chunk gates");
+    chunk_gates_kernel<scalar_t><<<blocks_for(X, 1), 256, 0, stream()>>>(
+        lg.data_ptr<scalar_t>(), c, static_cast<int>(g), static_cast<scalar_t>(sp), cg.Gc.data_ptr<scalar_t>(),
+        cg.decay.data_ptr<scalar_t>(), cg.kf.data_ptr<scalar_t>(), cg.qf.data_ptr<scalar_t>());
+  });
+  check_launch();
   return cg;
 }
 
@@ -869,17 +996,18 @@ struct StateSide {
     return mm_acc(phi(x3, rs).transpose(1, 2), y, acc);
   }
   // phi'(x) H: H [X, D, E] -> [X, n, E] acc, or its first cols columns (contiguous) when cols >= 0
-  at::Tensor query(const at::Tensor& x3, const at::Tensor& rs, const at::Tensor& H, int64_t cols = -1) const {
-    if (fused) return sympow2_query(x3, rs, H, cols);
-    const at::Tensor B = mm_acc(phi(x3, rs), H, acc);
+  at::Tensor query(const Rows& x, const at::Tensor& rs, const at::Tensor& H, int64_t cols = -1) const {
+    if (fused) return sympow2_query(x, rs, H, cols);
+    const at::Tensor B = mm_acc(phi(dense(x), rs), H, acc);
     return cols >= 0 ? B.narrow(2, 0, cols).contiguous() : B;
   }
   // {dx [X, n, d], u [X * n]} of phi'(x) . (y H^T)
-  std::pair<at::Tensor, at::Tensor> grad(const at::Tensor& x3, const at::Tensor& rs, const at::Tensor& y,
-                                         const at::Tensor& H, bool want_dx, bool want_u) const {
-    if (fused) return sympow2_grad(x3, rs, y, H);
+  std::pair<at::Tensor, at::Tensor> grad(const Rows& x, const at::Tensor& rs, const Rows& y, const at::Tensor& H,
+                                         bool want_dx, bool want_u) const {
+    if (fused) return sympow2_grad(x, rs, y, H);
+    const at::Tensor& x3 = dense(x);
     const int64_t X = x3.size(0), n = x3.size(1), d = x3.size(2);
-    const at::Tensor dphi = at::bmm(y, H.transpose(1, 2));  // [X, n, D]
+    const at::Tensor dphi = at::bmm(dense(y), H.transpose(1, 2));  // [X, n, D]
     auto [dx, u] = phi_backward<T, A>(x3.view({X * n, d}), rs, dphi.view({X * n, D}), pr.p, want_dx, want_u);
     return {dx.defined() ? dx.view({X, n, d}) : dx, u};
   }
@@ -891,11 +1019,51 @@ struct StateSide {
     return fused && ext.defined() ? sympow2_to_official(ext, pr.d) : ext;
   }
   // the extended values [v | 1 | 0] for the states' products: v itself where the fused kernels make the other
-  // columns (bf16 values), else built here
-  at::Tensor values(const at::Tensor& v3) const {
-    return fused && v3.scalar_type() == at::kBFloat16 ? v3 : values_ext(v3, phi_dt);
+  // columns (bf16 values), else built here in the compute layout
+  Rows values(const Rows& v) const {
+    if (fused && v.data.scalar_type() == at::kBFloat16) return v;
+    if (!v.mapped()) return values_ext(v.data, phi_dt);
+    const int64_t h = pr.BH / pr.b, E = ext_cols(pr.e);  // [b, t, h, e] -> [b h, T, E], rows past t zero
+    at::Tensor out = at::zeros({pr.b, h, pr.T, E}, v.data.options().dtype(phi_dt));
+    out.narrow(2, 0, pr.t).narrow(3, 0, pr.e).copy_(v.data.permute({0, 2, 1, 3}));
+    out.select(3, pr.e).fill_(1);
+    return out.view({pr.BH * (pr.T / pr.chunk), pr.chunk, E});
+  }
+  // the compute layout's tensor of an operand (the unfused products take no maps)
+  static const at::Tensor& dense(const Rows& x) {
+    TORCH_CHECK(!x.mapped(), "power_full: internal: the unfused state side takes the compute layout");
+    return x.data;
   }
 };
+
+// The chunked form's row operands: the compute layout (q [X, R, d], k [X, c, d], v [X, c, e], dy like q), or with
+// pr.direct the API layout [b, t, heads, .] through chunk maps (no layout copies; the last chunk's rows past t read
+// as zeros).
+struct ChunkRows {
+  Rows q, k, v;
+};
+ChunkRows chunk_rows(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  const int64_t c = pr.chunk, N = pr.T / c, X = pr.BH * N;
+  if (!pr.direct) return {q.view({X, c * pr.g, pr.d}), k.view({X, c, pr.d}), v.view({X, c, pr.e})};
+  const int64_t h = pr.BH / pr.b;
+  return {{q, RowMap::api(pr.t, h, pr.g, pr.d, N, c)}, {k, RowMap::api(pr.t, h, 1, pr.d, N, c)},
+          {v, RowMap::api(pr.t, h, 1, pr.e, N, c)}};
+}
+Rows chunk_dy(const Problem& pr, const at::Tensor& dy) {
+  const int64_t c = pr.chunk, N = pr.T / c;
+  if (!pr.direct) return dy.view({pr.BH * N, c * pr.g, pr.e});
+  return {dy, RowMap::api(pr.t, pr.BH / pr.b, pr.g, pr.e, N, c)};
+}
+// A scan's operand: the compute layout one head a block ([BH, N rows, w]); a mapped one as it is.
+Rows per_head(const Rows& x, int64_t BH) { return x.mapped() ? x : Rows(x.data.view({BH, -1, x.data.size(-1)})); }
+
+// The tile kernels' problem for chunks: the API layout's sizes with pr.direct (TileProblem::chunks).
+TileProblem chunk_tiles(const Problem& pr) {
+  const int64_t N = pr.T / pr.chunk;
+  TileProblem tp = tile_problem(pr, pr.BH * N, pr.chunk);
+  if (pr.direct) tp.b = pr.b, tp.chunks = N, tp.t = pr.t;
+  return tp;
+}
 
 template <typename T>
 void chunked_forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -908,14 +1076,15 @@ void chunked_forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k
   const int64_t D = side.D, E = ext_cols(e);
   const auto ao = q.options().dtype(acc);
   const ChunkGates gt = chunk_gates(pr, lg, ao);
-  const at::Tensor q3 = q.view({X, R, d}), k3 = k.view({X, c, d}), v3 = v.view({X, c, e});
+  const ChunkRows io = chunk_rows(pr, q, k, v);
 
   // in-chunk attention
   at::Tensor l = at::empty({X * R}, ao), numA;  // numA [X, R, e]
   if (tile_kernels_support(q.scalar_type(), d, e)) {
     numA = at::empty({X, R, e}, ao);
-    tile_forward(tile_problem(pr, X, c), q3, k3, v3, gt.Gc, numA, f.rowmax, l);
+    tile_forward(chunk_tiles(pr), q, k, v, gt.Gc, numA, f.rowmax, l);
   } else {
+    const at::Tensor &q3 = side.dense(io.q), &k3 = side.dense(io.k), &v3 = side.dense(io.v);
     const at::Tensor S = mm_acc(q3, k3.transpose(1, 2), acc);  // [X, R, c]
     const A* Gc = ptr_or_null<A>(gt.Gc);
     const auto t = tile_args<A>(pr, X, R, c, 0, Gc, c, Gc, c);
@@ -928,11 +1097,9 @@ void chunked_forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k
   const at::Tensor H0 = side.to_internal(state_ext(initial, E, acc));
   at::Tensor fin = want_final ? at::empty({BH, D, E}, ao) : at::Tensor();
   if (side.fused) {  // one pass, no per-chunk fp32 states
-    const at::Tensor vx = side.values(v3);
-    sympow2_scan_forward(k.view({BH, N * c, d}), gt.kf, vx.view({BH, N * c, vx.size(2)}), gt.decay,
-                         H0, N, Hs, fin);
+    sympow2_scan_forward(per_head(io.k, BH), gt.kf, per_head(side.values(io.v), BH), gt.decay, H0, N, Hs, fin);
   } else {
-    const at::Tensor Sc = side.states(k3, gt.kf, values_ext(v3, side.phi_dt));  // [X, D, E]
+    const at::Tensor Sc = side.states(side.dense(io.k), gt.kf, values_ext(side.dense(io.v), side.phi_dt));  // [X, D, E]
     state_scan_forward<TS, A><<<dim3(blocks_for(D * E, 256), static_cast<unsigned>(BH)), 256, 0, stream()>>>(
         Sc.data_ptr<A>(), ptr_or_null<A>(gt.decay), ptr_or_null<A>(H0), Hs.data_ptr<TS>(), mut_ptr_or_null<A>(fin),
         static_cast<int>(N), D * E);
@@ -948,9 +1115,9 @@ void chunked_forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k
       f.y_api = at::empty({pr.b, pr.t, h * g, e}, q.options());
       map = RowMap::api(pr.t, h, g, e, N, c);
     }
-    sympow2_query_combine(q3, gt.qf, Hs.view({X, D, E}), numA, l, f.rowmax, y3, f.den, f.y_api, map);
+    sympow2_query_combine(io.q, gt.qf, Hs.view({X, D, E}), numA, l, f.rowmax, y3, f.den, f.y_api, map);
   } else {
-    const at::Tensor B = side.query(q3, gt.qf, Hs.view({X, D, E}));  // [X, R, E]
+    const at::Tensor B = side.query(io.q, gt.qf, Hs.view({X, D, E}));  // [X, R, E]
     combine_fwd<A>(numA, l.data_ptr<A>(), f.rowmax.data_ptr<A>(), B, f.y.view({X, R, e}), f.den.data_ptr<A>());
   }
 
@@ -966,13 +1133,31 @@ void chunked_forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k
 // Backward
 // ---------------------------------------------------------------------------------------------------------------
 
+// dy: [rows, e] in the compute layout, or through a chunk map (R rows a block)
 template <typename T, typename A>
-void combine_bwd(const at::Tensor& dy, const at::Tensor& y, const A* den, const A* m, bool state, at::Tensor dB,
+void combine_bwd(const Rows& dy, const at::Tensor& y, const A* den, const A* m, bool state, at::Tensor dB,
                  at::Tensor dnumA, A* rf, A* ddenA, int64_t rows, int64_t e, int64_t E) {
   using TS = typename PhiType<T>::type;
-  combine_backward<T, TS, A><<<blocks_for(rows, 8), 256, 0, stream()>>>(
-      dy.data_ptr<T>(), y.data_ptr<A>(), den, m, state, mut_ptr_or_null<TS>(dB), mut_ptr_or_null<T>(dnumA), rf, ddenA, rows,
-      static_cast<int>(e), static_cast<int>(E));
+  const RowMap map = dy.mapped() ? dy.map : RowMap::dense(rows, e);
+  const int64_t R = dy.mapped() ? dy.map.c * dy.map.g : rows;
+  if (rows == 0) return;
+  const unsigned grid = blocks_for(rows / R * ((R + kCombineRows - 1) / kCombineRows), 1);
+  constexpr bool k16 = sizeof(T) == 2 && std::is_same<TS, at::BFloat16>::value && std::is_same<A, float>::value;
+  if constexpr (k16) {
+    const bool fits = (e == 16 || e == 32 || e == 64 || e == 128) && (!dB.defined() || E == e + 8) &&
+                      !dnumA.defined() && reinterpret_cast<uintptr_t>(dy.data.data_ptr()) % 16 == 0;
+    if (fits) {
+      auto kernel = combine_backward16<std::is_same<T, at::BFloat16>::value>;
+      kernel<<<grid, 256, 0, stream()>>>(static_cast<const mma::u16*>(dy.data.data_ptr()), map, R, y.data_ptr<A>(),
+                                         den, m, state, static_cast<mma::u16*>(dB.defined() ? dB.data_ptr() : nullptr),
+                                         rf, ddenA, static_cast<int>(e));
+      check_launch();
+      return;
+    }
+  }
+  combine_backward<T, TS, A><<<grid, 256, 0, stream()>>>(
+      dy.data.data_ptr<T>(), map, R, y.data_ptr<A>(), den, m, state, mut_ptr_or_null<TS>(dB),
+      mut_ptr_or_null<T>(dnumA), rf, ddenA, static_cast<int>(e), static_cast<int>(E));
   check_launch();
 }
 
@@ -1054,7 +1239,8 @@ void chunked_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& 
   const bool key_side = needs.k || needs.v || gates;
   const bool carry = key_side || needs.state;
   const ChunkGates gt = chunk_gates(pr, lg, ao);
-  const at::Tensor q3 = q.view({X, R, d}), k3 = k.view({X, c, d}), v3 = v.view({X, c, e});
+  const ChunkRows io = chunk_rows(pr, q, k, v);
+  const Rows dyr = chunk_dy(pr, dy);
   const at::Tensor Hs = f.states.view({X, D, E});
 
   // y = num / den
@@ -1062,7 +1248,7 @@ void chunked_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& 
   const bool tiles = tile_kernels_support(q.scalar_type(), d, e);  // the tile kernels take dy and rf, not dnumA
   at::Tensor dnumA = tiles ? at::Tensor() : at::empty({X, R, e}, q.options());
   at::Tensor ddenA = at::empty({X * R}, ao), rf = at::empty({X * R}, ao);
-  combine_bwd<T, A>(dy, f.y, f.den.data_ptr<A>(), f.rowmax.data_ptr<A>(), true, dB, dnumA, rf.data_ptr<A>(),
+  combine_bwd<T, A>(dyr, f.y, f.den.data_ptr<A>(), f.rowmax.data_ptr<A>(), true, dB, dnumA, rf.data_ptr<A>(),
                     ddenA.data_ptr<A>(), X * R, e, E);
   // gate gradients in fp64 (see attention_weights_backward)
   at::Tensor dGc = gates ? at::zeros({X, c}, ao.dtype(at::kDouble)) : at::Tensor();
@@ -1072,7 +1258,7 @@ void chunked_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& 
 
   // queries against the state: B = phi(Q') H_n
   if (needs.q || gates) {
-    auto [dxq, uq] = side.grad(q3, gt.qf, dB, Hs, needs.q, gates);
+    auto [dxq, uq] = side.grad(io.q, gt.qf, dB, Hs, needs.q, gates);
     if (needs.q) dq = dxq;
     if (gates) dGc.add_(uq.view({X, c, g}).sum(2));
   }
@@ -1084,10 +1270,10 @@ void chunked_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& 
     const at::Tensor dfin = side.to_internal(state_ext(d_final, E, acc));
     if (needs.state) dH0 = at::empty({BH, D, E}, ao);
     if (side.fused) {  // the queries' direct term phi(Q')^T dB folded into the reverse pass
-      sympow2_scan_backward(q.view({BH, N * R, d}), gt.qf, dB.view({BH, N * R, E}), gt.decay, f.states, dfin, N, An,
+      sympow2_scan_backward(per_head(io.q, BH), gt.qf, dB.view({BH, N * R, E}), gt.decay, f.states, dfin, N, An,
                             dLs, dH0);
     } else {
-      const at::Tensor dHdir = side.states(q3, gt.qf, dB);  // [X, D, E]
+      const at::Tensor dHdir = side.states(side.dense(io.q), gt.qf, dB);  // [X, D, E]
       state_scan_backward<TS, A>
           <<<dim3(blocks_for(D * E, 256 * kScanElems), static_cast<unsigned>(BH)), 256, 0, stream()>>>(
               dHdir.data_ptr<A>(), ptr_or_null<A>(gt.decay), f.states.data_ptr<TS>(), ptr_or_null<A>(dfin),
@@ -1098,9 +1284,9 @@ void chunked_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& 
     // the states' inputs: S_ext = phi(K')^T [V | 1 | 0]
     if (key_side) {
       const at::Tensor A3 = An.view({X, D, E});
-      if (needs.v) dv = side.query(k3, gt.kf, A3, e);  // [X, c, e]
+      if (needs.v) dv = side.query(io.k, gt.kf, A3, e);  // [X, c, e]
       if (needs.k || gates) {
-        auto [dxk, uk] = side.grad(k3, gt.kf, side.values(v3), A3, needs.k, gates);
+        auto [dxk, uk] = side.grad(io.k, gt.kf, side.values(io.v), A3, needs.k, gates);
         if (needs.k) dk = dxk;
         if (gates) {  // kf = exp(L - Gc)
           const at::Tensor u = uk.view({X, c});
@@ -1112,38 +1298,34 @@ void chunked_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& 
   }
 
   // in-chunk attention
-  if (tiles && side.fused && pr.api) {
-    // the state side has made every gradient that is needed (fp32, [X, rows, width]); the tile kernels add theirs
-    // and write the sums in the API layout and the input dtype (no conversion copies)
-    const int64_t h = BH / pr.b;
-    TileProblem tp = tile_problem(pr, X, c);
-    tp.b = pr.b, tp.chunks = N, tp.t = pr.t;
-    const auto io = q.options();
-    at::Tensor oq = needs.q ? at::empty({pr.b, pr.t, h * g, d}, io) : at::Tensor();
-    at::Tensor ok = needs.k || needs.v ? at::empty({pr.b, pr.t, h, d}, io) : at::Tensor();
-    at::Tensor ov = needs.k || needs.v ? at::empty({pr.b, pr.t, h, e}, io) : at::Tensor();
+  if (tiles) {
+    // the state side has made every gradient that is needed (fp32, [X, rows, width]); the tile kernels add theirs,
+    // and with pr.direct write the sums in the API layout and the input dtype (no conversion copies)
     at::Tensor rowdz = gates ? at::empty({X * R}, ao) : at::Tensor();
     at::Tensor coldz = gates ? at::empty({X * c}, ao) : at::Tensor();
-    tile_backward(tp, q3, k3, v3, gt.Gc, dy.view({X, R, e}), f.rowmax, rf, ddenA, dq, dk, dv, rowdz, coldz, true,
-                  oq, ok, ov);
-    if (gates) dGc.add_(rowdz.view({X, c, g}).sum(2).to(at::kDouble)).sub_(coldz.view({X, c}).to(at::kDouble));
-    dq = oq, dk = needs.k ? ok : at::Tensor(), dv = needs.v ? ov : at::Tensor();
-    gr.api = true;
-  } else if (tiles) {
-    // the state side has made every gradient that is needed (fp32, [X, rows, width]); the tile kernels add theirs
-    if (needs.k || needs.v || gates) {
-      if (!dk.defined()) dk = at::zeros({X, c, d}, ao);
-      if (!dv.defined()) dv = at::zeros({X, c, e}, ao);
+    if (pr.direct) {
+      const int64_t h = BH / pr.b;
+      const auto o = q.options();
+      at::Tensor oq = needs.q ? at::empty({pr.b, pr.t, h * g, d}, o) : at::Tensor();
+      at::Tensor ok = needs.k || needs.v ? at::empty({pr.b, pr.t, h, d}, o) : at::Tensor();
+      at::Tensor ov = needs.k || needs.v ? at::empty({pr.b, pr.t, h, e}, o) : at::Tensor();
+      tile_backward(chunk_tiles(pr), q, k, v, gt.Gc, dy, f.rowmax, rf, ddenA, dq, dk, dv, rowdz, coldz, true, oq, ok,
+                    ov);
+      dq = oq, dk = needs.k ? ok : at::Tensor(), dv = needs.v ? ov : at::Tensor();
+      gr.api = true;
+    } else {
+      if (key_side) {
+        if (!dk.defined()) dk = at::zeros({X, c, d}, ao);
+        if (!dv.defined()) dv = at::zeros({X, c, e}, ao);
+      }
+      if (needs.q && !dq.defined()) dq = at::zeros({X, R, d}, ao);
+      tile_backward(chunk_tiles(pr), q, k, v, gt.Gc, dy, f.rowmax, rf, ddenA, dq, dk, dv, rowdz, coldz, true);
     }
-    if (needs.q && !dq.defined()) dq = at::zeros({X, R, d}, ao);
-    at::Tensor rowdz = gates ? at::empty({X * R}, ao) : at::Tensor();
-    at::Tensor coldz = gates ? at::empty({X * c}, ao) : at::Tensor();
-    tile_backward(tile_problem(pr, X, c), q3, k3, v3, gt.Gc, dy.view({X, R, e}), f.rowmax, rf, ddenA, dq, dk, dv,
-                  rowdz, coldz, true);
     if (gates) dGc.add_(rowdz.view({X, c, g}).sum(2).to(at::kDouble)).sub_(coldz.view({X, c}).to(at::kDouble));
   } else {
+    const at::Tensor &q3 = side.dense(io.q), &k3 = side.dense(io.k), &v3 = side.dense(io.v);
     const at::Tensor S = mm_acc(q3, k3.transpose(1, 2), acc);
-    const at::Tensor dP = mm_acc(dy.view({X, R, e}), v3.transpose(1, 2), acc);
+    const at::Tensor dP = mm_acc(side.dense(dyr), v3.transpose(1, 2), acc);
     const A* Gc = ptr_or_null<A>(gt.Gc);
     double* dg = mut_ptr_or_null<double>(dGc);
     const auto t = tile_args<A>(pr, X, R, c, 0, Gc, c, Gc, c);
@@ -1178,41 +1360,33 @@ void chunked_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& 
   }
 }
 
-}  // namespace
-
-bool quadratic_direct_supported(const Problem& pr, at::ScalarType dtype) {
-  return pr.chunk == 0 && tile_kernels_support(dtype, pr.d, pr.e);
-}
-
-Forward quadratic_forward_direct(const Problem& pr, int64_t b, const at::Tensor& q, const at::Tensor& k,
-                                 const at::Tensor& v, const at::Tensor& lg, bool save, at::Tensor& y) {
-  TORCH_CHECK(quadratic_direct_supported(pr, q.scalar_type()), "power_full: internal: no direct quadratic form here");
-  const c10::cuda::CUDAGuard guard(q.device());
+// The quadratic form straight from the API layout (Problem::direct): y in the input dtype there (Forward::y_api)
+// and, when `save`, in fp32 in the compute layout for the backward's row terms (see combine_backward).
+Forward quadratic_forward_direct(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                 const at::Tensor& lg, bool save) {
   const auto ao = q.options().dtype(at::kFloat);
   const int64_t BH = pr.BH, T_ = pr.T, g = pr.g, e = pr.e;
   Forward f;
   f.den = at::empty({BH, T_ * g}, ao);
   f.rowmax = at::empty({BH, T_ * g}, ao);
-  if (save) f.y = at::empty({BH, T_, g, e}, ao);  // fp32 for the backward's row terms (see combine_backward)
+  if (save) f.y = at::empty({BH, T_, g, e}, ao);
+  f.y_api = at::empty({pr.b, pr.t, BH / pr.b * g, e}, q.options());
   const at::Tensor G = lg.defined() ? at::cumsum(lg, 1).contiguous() : at::Tensor();
   TileProblem tp = tile_problem(pr, BH, T_);
-  tp.b = b;
-  tile_forward(tp, q, k, v, G, f.y, f.rowmax, f.den, true, y);
+  tp.b = pr.b;
+  tile_forward(tp, q, k, v, G, f.y, f.rowmax, f.den, true, f.y_api);
   return f;
 }
 
-Grads quadratic_backward_direct(const Problem& pr, int64_t b, const at::Tensor& q, const at::Tensor& k,
-                                const at::Tensor& v, const at::Tensor& lg, const Forward& saved, const at::Tensor& dy,
-                                const Needs& needs) {
-  TORCH_CHECK(quadratic_direct_supported(pr, q.scalar_type()) && saved.y.defined(),
-              "power_full: internal: no direct quadratic backward here");
-  const c10::cuda::CUDAGuard guard(q.device());
+Grads quadratic_backward_direct(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                const at::Tensor& lg, const Forward& saved, const at::Tensor& dy, const Needs& needs) {
+  TORCH_CHECK(saved.y.defined(), "power_full: internal: the direct quadratic backward needs the saved y");
   const auto ao = q.options().dtype(at::kFloat);
   const int64_t BH = pr.BH, T_ = pr.T, g = pr.g, R = T_ * g;
   const bool gates = lg.defined() && needs.g;
   const at::Tensor G = lg.defined() ? at::cumsum(lg, 1).contiguous() : at::Tensor();
   TileProblem tp = tile_problem(pr, BH, T_);
-  tp.b = b;
+  tp.b = pr.b;
   at::Tensor rf = at::empty({BH * R}, ao), dd = at::empty({BH * R}, ao);
   tile_row_terms(tp, dy, saved.y, saved.den, rf, dd);
   at::Tensor dq = needs.q ? at::empty_like(q) : at::Tensor();
@@ -1222,6 +1396,7 @@ Grads quadratic_backward_direct(const Problem& pr, int64_t b, const at::Tensor& 
   at::Tensor coldz = gates ? at::empty({BH * T_}, ao) : at::Tensor();
   tile_backward(tp, q, k, v, G, dy, saved.rowmax, rf, dd, dq, dk, dv, rowdz, coldz, false);
   Grads gr;
+  gr.api = true;
   if (needs.q) gr.q = dq;
   if (needs.k) gr.k = dk;
   if (needs.v) gr.v = dv;
@@ -1230,6 +1405,12 @@ Grads quadratic_backward_direct(const Problem& pr, int64_t b, const at::Tensor& 
     gr.lg = dGt.flip({1}).cumsum(1).flip({1}).to(lg.scalar_type());
   }
   return gr;
+}
+
+}  // namespace
+
+bool direct_supported(const Problem& pr, at::ScalarType dtype) {
+  return tile_kernels_support(dtype, pr.d, pr.e) && (pr.chunk == 0 || (pr.p == 2 && sympow2_supported(dtype, pr.d, pr.e)));
 }
 
 std::vector<at::Tensor> decode_step(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -1262,6 +1443,8 @@ Forward forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, con
   TORCH_CHECK(pr.chunk > 0 || (!initial.S.defined() && !want_final), "power_full: states need the chunked path");
   TORCH_CHECK(pr.p <= kMaxDegree, "power_full: the CUDA path supports deg <= ", kMaxDegree, ", got ", pr.p);
   const c10::cuda::CUDAGuard guard(q.device());
+  TORCH_CHECK(!pr.direct || direct_supported(pr, q.scalar_type()), "power_full: internal: no direct path here");
+  if (pr.direct && pr.chunk == 0) return quadratic_forward_direct(pr, q, k, v, lg, save_for_backward);
   const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   Forward f;
   f.y = at::empty({pr.BH, pr.T, pr.g, pr.e}, q.options().dtype(acc));  // fp32 (see combine_backward)
@@ -1281,6 +1464,8 @@ Grads backward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, cons
                const at::Tensor& lg, const Forward& saved, const at::Tensor& dy, const Needs& needs,
                const State& d_final) {
   const c10::cuda::CUDAGuard guard(q.device());
+  TORCH_CHECK(!pr.direct || direct_supported(pr, q.scalar_type()), "power_full: internal: no direct path here");
+  if (pr.direct && pr.chunk == 0) return quadratic_backward_direct(pr, q, k, v, lg, saved, dy.contiguous(), needs);
   Grads gr;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "power_full_cuda_backward", [&] {
     if (pr.chunk > 0) {

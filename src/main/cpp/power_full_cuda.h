@@ -25,17 +25,11 @@ Grads backward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, cons
                const at::Tensor& lg, const Forward& saved, const at::Tensor& dy, const Needs& needs,
                const State& d_final = {});
 
-/// The quadratic form straight from the API layout, without layout copies: q [b, t, hq, d], k [b, t, h, d],
-/// v [b, t, h, e] contiguous in one dtype that the tile kernels take (quadratic_direct_supported); lg [BH, T] fp32 in
-/// the compute layout, or undefined. The forward writes y [b, t, hq, e] in the input dtype and returns what the
-/// backward needs (when `save`: y in fp32, compute layout); the backward takes dy like y and returns dq, dk, dv in
-/// the layouts and dtype of q, k, v, and the gate gradient [BH, T] fp32.
-bool quadratic_direct_supported(const Problem& pr, at::ScalarType dtype);
-Forward quadratic_forward_direct(const Problem& pr, int64_t b, const at::Tensor& q, const at::Tensor& k,
-                                 const at::Tensor& v, const at::Tensor& lg, bool save, at::Tensor& y);
-Grads quadratic_backward_direct(const Problem& pr, int64_t b, const at::Tensor& q, const at::Tensor& k,
-                                const at::Tensor& v, const at::Tensor& lg, const Forward& saved, const at::Tensor& dy,
-                                const Needs& needs);
+/// Whether this problem may run straight from the API layout (Problem::direct): q, k, v in one bf16 / fp16 dtype
+/// with d == e in {16, 32, 64, 128}; the quadratic form, or the chunked form of degree 2. Then forward and backward
+/// take q [b, t, hq, d], k [b, t, h, d], v [b, t, h, e] and dy [b, t, hq, e] contiguous (lg in the compute layout)
+/// and return y (Forward::y_api) and dq, dk, dv (Grads::api) in the layouts and dtype of q, k, v.
+bool direct_supported(const Problem& pr, at::ScalarType dtype);
 
 /// One recurrent step without autograd: q [BH, g, d], k [BH, d], v [BH, e], lg [BH] or undefined, S [BH, D, e],
 /// s [BH, D], contiguous, one dtype (fp32 or fp64), g <= 8 -> {y [BH, g, e], S', s'}.

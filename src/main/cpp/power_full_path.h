@@ -29,6 +29,9 @@ struct Problem {
   // return y and the gradients of q, k, v in the API layout and dtype directly (Forward::y_api, Grads::api).
   int64_t b = 0, t = 0;
   bool api = false;
+  // q, k, v (and the backward's dy) come in the API layout [b, t, heads, .], contiguous, not in the compute layout:
+  // a path that reads them there directly (CUDA: cuda::direct_supported) makes no layout copies. Implies api.
+  bool direct = false;
 };
 
 /// What the forward returns and the backward needs.

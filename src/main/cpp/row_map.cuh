@@ -7,6 +7,7 @@
 //   compute layout [X, rows, w]:            {sb = rows w, ld = w}                                   (h = g = N = 1)
 //   [b, t, h gg, w], quadratic form:        {t h gg w, gg w, 0, h gg w; h, gg, w, N = 1}
 //   [b, t, h gg, w], chunks of c, N a head: {t h gg w, gg w, c h gg w, h gg w; h, gg, w, N; c, t}
+// A default map (w = 0) stands for "the dense layout of the tensor at hand" where a function takes one.
 #pragma once
 
 #include <cstdint>
@@ -35,11 +36,16 @@ struct RowMap {
     return tok * ld + (r - tok * g) * w;
   }
   // rows of block x that exist, of R
-  POWER_ATTENTION_HD int64_t rows(int64_t x, int64_t R) const {
+  POWER_ATTENTION_HD int64_t rows(int64_t x, int64_t R) const { return t == 0 ? R : chunk_rows(x % N, R); }
+  // rows of chunk n (of any head) that exist, of R
+  POWER_ATTENTION_HD int64_t chunk_rows(int64_t n, int64_t R) const {
     if (t == 0) return R;
-    const int64_t left = (t - (x % N) * c) * g;
+    const int64_t left = (t - n * c) * g;
     return left < 0 ? 0 : (left < R ? left : R);
   }
+  // The chunks of one head are evenly spaced: base(bh N + n) = base(bh N) + n step() (a dense map's blocks are its
+  // chunks; a single-chunk map has only n = 0). Not for the quadratic form's maps, whose blocks are heads.
+  POWER_ATTENTION_HD int64_t step() const { return N > 1 ? sn : sb; }
 
   static RowMap dense(int64_t rows, int64_t w) {
     RowMap m;

@@ -91,7 +91,7 @@ constexpr int kScanThreads = 128;  // 4 warps: 20 CTAs a head at d = 64, up to 3
 // ONES: y holds e = E - 8 columns and the kernel makes the extended ones ([y | 1 | 0], see sympow2_cuda.h).
 template <bool BFX, int D, int E, bool REV, bool ONES = false>
 __global__ void __launch_bounds__(kScanThreads) sympow2_scan_kernel(
-    const u16* __restrict__ x, const float* __restrict__ rs, const u16* __restrict__ y,
+    const u16* __restrict__ x, RowMap xm, const float* __restrict__ rs, const u16* __restrict__ y, RowMap ym,
     const float* __restrict__ decay, const float* __restrict__ Hin, const u16* __restrict__ Hs,
     u16* __restrict__ out, float* __restrict__ last, float* __restrict__ dL, int64_t N, int64_t c) {
   constexpr int NB = D / 16, D2 = 256 * NB * (NB + 1) / 2, PAIRS = D2 / 32, NT = E / 8;
@@ -113,11 +113,12 @@ __global__ void __launch_bounds__(kScanThreads) sympow2_scan_kernel(
   const float cab = j == 0 ? 1.f : kSqrt2;
   const int tile0 = first + a2 * W + j;
   const int64_t f[2] = {static_cast<int64_t>(tile0) * 16 + gr, static_cast<int64_t>(tile0 + W) * 16 + gr};
-  const int64_t rows = N * c;
-  const u16* xb = x + bh * rows * D;
+  // chunk n of the head: rows at x + xm.base(bh N) + n xm.step() (likewise y), row scales in the compute layout
+  const u16* xh = x + xm.base(bh * N);
+  const u16* yh = y + ym.base(bh * N);
+  const int64_t xstep = xm.step(), ystep = ym.step();
   constexpr int YW = ONES ? E - 8 : E;  // columns of y in memory
-  const u16* yb = y + bh * rows * YW;
-  const float* rb = rs ? rs + bh * rows : nullptr;
+  const float* rb = rs ? rs + bh * N * c : nullptr;
 
   float H[2][NT][4];
   zero(H[0]);
@@ -145,15 +146,17 @@ __global__ void __launch_bounds__(kScanThreads) sympow2_scan_kernel(
     if (++p.s == spc) p.s = 0, ++p.k;
   };
   auto load = [&](const Pos& p, int buf) {
-    const int64_t n = REV ? N - 1 - p.k : p.k, t0 = n * c + p.s * kStateTokens, end = n * c + c;
-    load_rows<D, kStateTokens, kScanThreads>(sX + buf * kStateTokens * SD, xb, t0, end);
-    load_rows<YW, kStateTokens, kScanThreads, SE>(sY + buf * kStateTokens * SE, yb, t0, end);
-    if constexpr (ONES) ones_column<YW, kStateTokens, SE, kScanThreads>(sY + buf * kStateTokens * SE, end - t0);
+    const int64_t n = REV ? N - 1 - p.k : p.k, s0 = static_cast<int64_t>(p.s) * kStateTokens;
+    load_rows_mapped<D, kStateTokens, kScanThreads, SD>(sX + buf * kStateTokens * SD, xh + n * xstep, xm, s0,
+                                                        xm.chunk_rows(n, c));
+    load_rows_mapped<YW, kStateTokens, kScanThreads, SE>(sY + buf * kStateTokens * SE, yh + n * ystep, ym, s0,
+                                                         ym.chunk_rows(n, c));
+    if constexpr (ONES) ones_column<YW, kStateTokens, SE, kScanThreads>(sY + buf * kStateTokens * SE, c - s0);
     for (int i = threadIdx.x; i < kStateTokens; i += kScanThreads) {
       float* dst = sR + buf * kStateTokens + i;
-      const bool ok = t0 + i < end;
+      const bool ok = s0 + i < c;
       if (rb) {
-        cp_async4(dst, rb + (ok ? t0 + i : 0), ok);
+        cp_async4(dst, rb + (ok ? n * c + s0 + i : 0), ok);
       } else {
         *dst = ok ? 1.f : 0.f;
       }
@@ -361,7 +364,7 @@ struct Combine {
 };
 
 template <bool BFX, int D, int E>
-__global__ void __launch_bounds__(kRowThreads, 2) sympow2_query_kernel(const u16* __restrict__ x,
+__global__ void __launch_bounds__(kRowThreads, 2) sympow2_query_kernel(const u16* __restrict__ x, RowMap xm,
                                                                     const float* __restrict__ rs,
                                                                     const u16* __restrict__ H,
                                                                     float* __restrict__ out, int64_t X, int64_t n,
@@ -375,7 +378,7 @@ __global__ void __launch_bounds__(kRowThreads, 2) sympow2_query_kernel(const u16
   const int64_t parts = (n + ROWS - 1) / ROWS;
   const int64_t bx = blockIdx.x / parts, r0 = (blockIdx.x % parts) * ROWS;
   const u16* Hb = H + bx * D2 * E;
-  load_rows<D, ROWS, kRowThreads>(sX, x + bx * n * D, r0, n);
+  load_rows_mapped<D, ROWS, kRowThreads, SD>(sX, x + xm.base(bx), xm, r0, xm.rows(bx, n));
 #pragma unroll
   for (int i = 0; i < kGroupBufs - 1; ++i) prefetch_group<D, E>(sH, Hb, i);
   const LaneRows<MT> L = lane_rows<MT>(rs, bx, r0, n);
@@ -482,9 +485,9 @@ __global__ void __launch_bounds__(kRowThreads, 2) sympow2_query_kernel(const u16
 //   dx[16 B + b] += w dphi        (the x[16 B + b] factor of each feature)
 //   dx[16 A + a] += c_AB rs sum_b dphi x[16 B + b]   (the x[16 A + a] factor)
 template <bool BFX, int D, int E, bool ONES = false>
-__global__ void __launch_bounds__(kRowThreads, 2) sympow2_grad_kernel(const u16* __restrict__ x,
+__global__ void __launch_bounds__(kRowThreads, 2) sympow2_grad_kernel(const u16* __restrict__ x, RowMap xm,
                                                                    const float* __restrict__ rs,
-                                                                   const u16* __restrict__ y,
+                                                                   const u16* __restrict__ y, RowMap ym,
                                                                    const u16* __restrict__ H, float* __restrict__ dx,
                                                                    float* __restrict__ u, int64_t X, int64_t n) {
   constexpr int NB = D / 16, D2 = 256 * NB * (NB + 1) / 2, SD = D + 8, SH = row_sh<D, E>(), EK = (E + 15) / 16;
@@ -499,9 +502,9 @@ __global__ void __launch_bounds__(kRowThreads, 2) sympow2_grad_kernel(const u16*
   const u16* Hb = H + bx * D2 * E;
   zero_tail<E, SH>(sH, kGroupBufs * 16 * NB);
   zero_tail<E, SH>(sY, ROWS);
-  load_rows<D, ROWS, kRowThreads>(sX, x + bx * n * D, r0, n);
+  load_rows_mapped<D, ROWS, kRowThreads, SD>(sX, x + xm.base(bx), xm, r0, xm.rows(bx, n));
   constexpr int YW = ONES ? E - 8 : E;  // columns of y in memory
-  load_rows<YW, ROWS, kRowThreads, SH>(sY, y + bx * n * YW, r0, n);
+  load_rows_mapped<YW, ROWS, kRowThreads, SH>(sY, y + ym.base(bx), ym, r0, ym.rows(bx, n));
   if constexpr (ONES) ones_column<YW, ROWS, SH, kRowThreads>(sY, n - r0);
 #pragma unroll
   for (int i = 0; i < kGroupBufs - 1; ++i) prefetch_group<D, E>(sH, Hb, i);
@@ -637,16 +640,50 @@ void dispatch(at::ScalarType dt, int64_t d, F&& f) {
   }
 }
 
-void check_x(const at::Tensor& x, const at::Tensor& rs) {
-  TORCH_CHECK(x.dim() == 3 && x.is_contiguous() && sympow2_supported(x.scalar_type(), x.size(2), x.size(2)),
+// An operand's blocks, rows a block and row map. The compute layout [X, n, w] has its own dense map; a scan's
+// operand there is [BH, N c, w], whose blocks are its N chunks a head.
+struct Operand {
+  int64_t X, n;
+  RowMap map;
+};
+Operand operand(const Rows& r, int64_t w, const char* what, int64_t N = 1) {
+  const at::Tensor& t = r.data;
+  TORCH_CHECK(t.defined() && t.is_contiguous() && t.dim() >= 1 && t.size(-1) == w,
+              "power_full: degree-2 kernels: bad ", what);
+  if (!r.mapped()) {
+    TORCH_CHECK(t.dim() == 3 && t.size(1) % N == 0, "power_full: degree-2 kernels: ", what, " must be [X, n, ", w,
+                "] with n a multiple of ", N, ", got ", t.sizes());
+    const int64_t n = t.size(1) / N;
+    return {t.size(0) * N, n, RowMap::dense(n, w)};
+  }
+  const RowMap& m = r.map;
+  TORCH_CHECK(t.dim() == 4 && m.c > 0 && m.w == w && t.size(1) == m.t && t.size(2) == m.h * m.g &&
+                  m.t > (m.N - 1) * m.c && m.t <= m.N * m.c && (N == 1 || m.N == N),
+              "power_full: degree-2 kernels: ", what, " ", t.sizes(), " disagrees with its row map");
+  return {t.size(0) * m.h * m.N, m.c * m.g, m};
+}
+Operand check_x(const Rows& x, const at::Tensor& rs, int64_t N = 1) {
+  const at::Tensor& t = x.data;
+  TORCH_CHECK(t.defined() && sympow2_supported(t.scalar_type(), t.size(-1), t.size(-1)),
               "power_full: degree-2 kernels: bad x");
-  TORCH_CHECK(!rs.defined() || (rs.scalar_type() == at::kFloat && rs.is_contiguous() &&
-                                rs.numel() == x.size(0) * x.size(1)),
+  const Operand o = operand(x, t.size(-1), "x", N);
+  TORCH_CHECK(!rs.defined() || (rs.scalar_type() == at::kFloat && rs.is_contiguous() && rs.numel() == o.X * o.n),
               "power_full: degree-2 kernels: bad row scale");
+  return o;
 }
 void check_bf16(const at::Tensor& t, int64_t X, int64_t rows, int64_t cols, const char* what) {
   TORCH_CHECK(t.scalar_type() == at::kBFloat16 && t.is_contiguous() && t.numel() == X * rows * cols,
               "power_full: degree-2 kernels: bad ", what);
+}
+// A y operand of X blocks of n rows: bf16, E columns or (ones: the kernel makes [y | 1 | 0]) E - 8.
+Operand check_y(const Rows& y, const Operand& x, int64_t E, int64_t N = 1) {
+  TORCH_CHECK(y.data.defined() && y.data.scalar_type() == at::kBFloat16, "power_full: degree-2 kernels: y must be bf16");
+  const int64_t w = y.data.size(-1);
+  TORCH_CHECK(w == E || w == E - 8, "power_full: degree-2 kernels: y has ", w, " columns, expected ", E, " or ",
+              E - 8);
+  const Operand o = operand(y, w, "y", N);
+  TORCH_CHECK(o.X == x.X && o.n == x.n, "power_full: degree-2 kernels: y's rows disagree with x's");
+  return o;
 }
 
 // The maps between sympow.h's layout and the internal one, per (device, d): index [D2] (int64) and scale [D2].
@@ -697,12 +734,12 @@ int64_t sympow2_dim(int64_t d) {
 
 namespace {
 
-void query_launch(const at::Tensor& x, const at::Tensor& rs, const at::Tensor& H, at::Tensor& out, int64_t cols,
-                  const Combine& cmb) {
-  const int64_t X = x.size(0), n = x.size(1), d = x.size(2);
+void query_launch(const Rows& x, const Operand& ox, const at::Tensor& rs, const at::Tensor& H, at::Tensor& out,
+                  int64_t cols, const Combine& cmb) {
+  const int64_t X = ox.X, n = ox.n, d = x.data.size(-1);
   if (X == 0 || n == 0) return;
-  const c10::cuda::CUDAGuard guard(x.device());
-  dispatch(x.scalar_type(), d, [&](auto bf, auto dd) {
+  const c10::cuda::CUDAGuard guard(x.data.device());
+  dispatch(x.data.scalar_type(), d, [&](auto bf, auto dd) {
     constexpr bool BF = decltype(bf)::value;
     constexpr int D = decltype(dd)::value, Ee = D + 8;
     auto kernel = sympow2_query_kernel<BF, D, Ee>;
@@ -710,36 +747,36 @@ void query_launch(const at::Tensor& x, const at::Tensor& rs, const at::Tensor& H
     allow_smem(kernel, smem);
     const int64_t parts = (n + rows_per_cta<D>() - 1) / rows_per_cta<D>();
     kernel<<<grid_of(X * parts), kRowThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
-        bits(x), fptr(rs), bits(H), out.defined() ? out.data_ptr<float>() : nullptr, X, n, static_cast<int>(cols),
-        cmb);
+        bits(x.data), ox.map, fptr(rs), bits(H), out.defined() ? out.data_ptr<float>() : nullptr, X, n,
+        static_cast<int>(cols), cmb);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 
 }  // namespace
 
-at::Tensor sympow2_query(const at::Tensor& x, const at::Tensor& rs, const at::Tensor& H, int64_t cols) {
-  check_x(x, rs);
-  const int64_t X = x.size(0), n = x.size(1), d = x.size(2), D2 = sympow2_dim(d), E = H.size(-1);
+at::Tensor sympow2_query(const Rows& x, const at::Tensor& rs, const at::Tensor& H, int64_t cols) {
+  const Operand ox = check_x(x, rs);
+  const int64_t X = ox.X, n = ox.n, d = x.data.size(-1), D2 = sympow2_dim(d), E = H.size(-1);
   check_bf16(H, X, D2, E, "H");
   TORCH_CHECK(E == d + 8, "power_full: degree-2 kernels take E = e + 8");
   if (cols < 0) cols = E;
   TORCH_CHECK(cols > 0 && cols <= E && cols % 8 == 0, "power_full: degree-2 query: bad column count ", cols);
-  at::Tensor out = at::empty({X, n, cols}, x.options().dtype(at::kFloat));
-  query_launch(x, rs, H, out, cols, Combine{});
+  at::Tensor out = at::empty({X, n, cols}, H.options().dtype(at::kFloat));
+  query_launch(x, ox, rs, H, out, cols, Combine{});
   return out;
 }
 
-void sympow2_query_combine(const at::Tensor& x, const at::Tensor& rs, const at::Tensor& H, const at::Tensor& numA,
+void sympow2_query_combine(const Rows& x, const at::Tensor& rs, const at::Tensor& H, const at::Tensor& numA,
                            const at::Tensor& l, const at::Tensor& m, at::Tensor& y, at::Tensor& den, at::Tensor y_api,
                            const RowMap& map) {
-  check_x(x, rs);
-  const int64_t X = x.size(0), n = x.size(1), d = x.size(2), D2 = sympow2_dim(d), E = H.size(-1), e = d;
+  const Operand ox = check_x(x, rs);
+  const int64_t X = ox.X, n = ox.n, d = x.data.size(-1), D2 = sympow2_dim(d), E = H.size(-1), e = d;
   check_bf16(H, X, D2, E, "H");
   TORCH_CHECK(E == d + 8, "power_full: degree-2 kernels take E = e + 8");
   auto f32 = [&](const at::Tensor& t, int64_t numel, const char* what) {
     TORCH_CHECK(t.defined() && t.scalar_type() == at::kFloat && t.is_contiguous() && t.numel() == numel &&
-                    t.device() == x.device(),
+                    t.device() == H.device(),
                 "power_full: degree-2 query: bad ", what);
   };
   f32(numA, X * n * e, "numA");
@@ -751,29 +788,29 @@ void sympow2_query_combine(const at::Tensor& x, const at::Tensor& rs, const at::
   c.numA = numA.data_ptr<float>(), c.l = l.data_ptr<float>(), c.m = m.data_ptr<float>();
   c.y = y.data_ptr<float>(), c.den = den.data_ptr<float>();
   if (y_api.defined()) {
-    TORCH_CHECK(y_api.scalar_type() == x.scalar_type() && y_api.is_contiguous() && y_api.device() == x.device() &&
-                    map.w == e,
+    TORCH_CHECK(y_api.scalar_type() == x.data.scalar_type() && y_api.is_contiguous() &&
+                    y_api.device() == H.device() && map.w == e,
                 "power_full: degree-2 query: bad y output");
     c.yo = static_cast<u16*>(y_api.data_ptr());
     c.map = map;
   }
   at::Tensor none;
-  query_launch(x, rs, H, none, E, c);
+  query_launch(x, ox, rs, H, none, E, c);
 }
 
-std::pair<at::Tensor, at::Tensor> sympow2_grad(const at::Tensor& x, const at::Tensor& rs, const at::Tensor& y,
+std::pair<at::Tensor, at::Tensor> sympow2_grad(const Rows& x, const at::Tensor& rs, const Rows& y,
                                                const at::Tensor& H) {
-  check_x(x, rs);
-  const int64_t X = x.size(0), n = x.size(1), d = x.size(2), D2 = sympow2_dim(d), E = H.size(-1);
+  const Operand ox = check_x(x, rs);
+  const int64_t X = ox.X, n = ox.n, d = x.data.size(-1), D2 = sympow2_dim(d), E = H.size(-1);
   check_bf16(H, X, D2, E, "H");
-  const bool ones = y.size(-1) == d;  // [y | 1 | 0] made in the kernel
-  check_bf16(y, X, n, ones ? d : E, "y");
   TORCH_CHECK(E == d + 8, "power_full: degree-2 kernels take E = e + 8");
-  at::Tensor dx = at::empty({X, n, d}, x.options().dtype(at::kFloat));
-  at::Tensor u = at::empty({X * n}, x.options().dtype(at::kFloat));
+  const Operand oy = check_y(y, ox, E);
+  const bool ones = y.data.size(-1) == d;  // [y | 1 | 0] made in the kernel
+  at::Tensor dx = at::empty({X, n, d}, H.options().dtype(at::kFloat));
+  at::Tensor u = at::empty({X * n}, H.options().dtype(at::kFloat));
   if (X == 0 || n == 0) return {dx, u};
-  const c10::cuda::CUDAGuard guard(x.device());
-  dispatch(x.scalar_type(), d, [&](auto bf, auto dd) {
+  const c10::cuda::CUDAGuard guard(H.device());
+  dispatch(x.data.scalar_type(), d, [&](auto bf, auto dd) {
     constexpr bool BF = decltype(bf)::value;
     constexpr int D = decltype(dd)::value, Ee = D + 8;
     auto kernel = ones ? sympow2_grad_kernel<BF, D, Ee, true> : sympow2_grad_kernel<BF, D, Ee, false>;
@@ -781,7 +818,8 @@ std::pair<at::Tensor, at::Tensor> sympow2_grad(const at::Tensor& x, const at::Te
     allow_smem(kernel, smem);
     const int64_t parts = (n + rows_per_cta<D>() - 1) / rows_per_cta<D>();
     kernel<<<grid_of(X * parts), kRowThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
-        bits(x), fptr(rs), bits(y), bits(H), dx.data_ptr<float>(), u.data_ptr<float>(), X, n);
+        bits(x.data), ox.map, fptr(rs), bits(y.data), oy.map, bits(H), dx.data_ptr<float>(), u.data_ptr<float>(), X,
+        n);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {dx, u};
@@ -790,15 +828,14 @@ std::pair<at::Tensor, at::Tensor> sympow2_grad(const at::Tensor& x, const at::Te
 namespace {
 
 template <bool REV>
-void scan_launch(const at::Tensor& x, const at::Tensor& rs, const at::Tensor& y, const at::Tensor& decay,
-                 const at::Tensor& Hin, const at::Tensor& Hs, int64_t N, at::Tensor& out, at::Tensor& last,
-                 at::Tensor& dL) {
-  check_x(x, rs);
-  const int64_t BH = x.size(0), rows = x.size(1), d = x.size(2), D2 = sympow2_dim(d), E = d + 8;
-  TORCH_CHECK(N > 0 && rows % N == 0, "power_full: degree-2 scan: rows do not split into ", N, " chunks");
-  const bool ones = y.size(-1) == d;  // [y | 1 | 0] made in the kernel (the forward's values)
+void scan_launch(const Rows& x, const at::Tensor& rs, const Rows& y, const at::Tensor& decay, const at::Tensor& Hin,
+                 const at::Tensor& Hs, int64_t N, at::Tensor& out, at::Tensor& last, at::Tensor& dL) {
+  TORCH_CHECK(N > 0, "power_full: degree-2 scan: N = ", N);
+  const Operand ox = check_x(x, rs, N);  // blocks: the N chunks of each head
+  const int64_t BH = ox.X / N, d = x.data.size(-1), D2 = sympow2_dim(d), E = d + 8;
+  const Operand oy = check_y(y, ox, E, N);
+  const bool ones = y.data.size(-1) == d;  // [y | 1 | 0] made in the kernel (the forward's values)
   TORCH_CHECK(!ones || !REV, "power_full: degree-2 scan: the reverse scan takes extended rows");
-  check_bf16(y, BH, rows, ones ? d : E, "y");
   check_bf16(out, BH, N * D2, E, "out");
   auto f32 = [](const at::Tensor& t, int64_t n, const char* what) {
     TORCH_CHECK(!t.defined() || (t.scalar_type() == at::kFloat && t.is_contiguous() && t.numel() == n),
@@ -811,8 +848,8 @@ void scan_launch(const at::Tensor& x, const at::Tensor& rs, const at::Tensor& y,
   float* dl = f32(dL, BH * N, "dL");
   if (REV) check_bf16(Hs, BH, N * D2, E, "Hs");
   if (BH == 0) return;
-  const c10::cuda::CUDAGuard guard(x.device());
-  dispatch(x.scalar_type(), d, [&](auto bf, auto dd) {
+  const c10::cuda::CUDAGuard guard(out.device());
+  dispatch(x.data.scalar_type(), d, [&](auto bf, auto dd) {
     constexpr bool BF = decltype(bf)::value;
     constexpr int D = decltype(dd)::value, Ee = D + 8, PAIRS = 256 * (D / 16) * (D / 16 + 1) / 2 / 32;
     auto kernel = sympow2_scan_kernel<BF, D, Ee, REV, false>;
@@ -823,21 +860,21 @@ void scan_launch(const at::Tensor& x, const at::Tensor& rs, const at::Tensor& y,
     allow_smem(kernel, smem);
     const int64_t parts = (PAIRS + kScanThreads / 32 - 1) / (kScanThreads / 32);
     kernel<<<grid_of(BH * parts), kScanThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
-        bits(x), fptr(rs), bits(y), dec, hin, REV ? bits(Hs) : nullptr, static_cast<u16*>(out.data_ptr()), lst, dl,
-        N, rows / N);
+        bits(x.data), ox.map, fptr(rs), bits(y.data), oy.map, dec, hin, REV ? bits(Hs) : nullptr,
+        static_cast<u16*>(out.data_ptr()), lst, dl, N, ox.n);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 
 }  // namespace
 
-void sympow2_scan_forward(const at::Tensor& x, const at::Tensor& rs, const at::Tensor& y, const at::Tensor& decay,
+void sympow2_scan_forward(const Rows& x, const at::Tensor& rs, const Rows& y, const at::Tensor& decay,
                           const at::Tensor& H0, int64_t N, at::Tensor& Hs, at::Tensor& final_state) {
   at::Tensor none;
   scan_launch<false>(x, rs, y, decay, H0, at::Tensor(), N, Hs, final_state, none);
 }
 
-void sympow2_scan_backward(const at::Tensor& x, const at::Tensor& rs, const at::Tensor& y, const at::Tensor& decay,
+void sympow2_scan_backward(const Rows& x, const at::Tensor& rs, const Rows& y, const at::Tensor& decay,
                            const at::Tensor& Hs, const at::Tensor& dfinal, int64_t N, at::Tensor& An, at::Tensor& dL,
                            at::Tensor& dH0) {
   scan_launch<true>(x, rs, y, decay, dfinal, Hs, N, An, dH0, dL);

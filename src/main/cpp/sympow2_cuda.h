@@ -23,6 +23,17 @@
 namespace power_attention {
 namespace cuda {
 
+/// The rows of an x or y operand: a tensor [X, n, w] in the compute layout (no map), or the API layout [b, t, h g, w]
+/// through a chunk map (row_map.cuh: RowMap::api with chunks; X = b h N blocks of n = c g rows, those of tokens
+/// >= t read as zeros). Every function below takes either.
+struct Rows {
+  at::Tensor data;
+  RowMap map;  // w == 0: the compute layout
+  Rows(const at::Tensor& t) : data(t) {}  // NOLINT: a tensor is the compute layout's operand
+  Rows(const at::Tensor& t, const RowMap& m) : data(t), map(m) {}
+  bool mapped() const { return map.w != 0; }
+};
+
 /// Whether the degree-2 kernels take these sizes (bf16 / fp16, d == e in {16, 32, 64, 128}).
 bool sympow2_supported(at::ScalarType dtype, int64_t d, int64_t e);
 
@@ -30,31 +41,31 @@ bool sympow2_supported(at::ScalarType dtype, int64_t d, int64_t e);
 int64_t sympow2_dim(int64_t d);
 
 /// B[x, r] = phi'(x_r) H[x]  -> [X, n, E] fp32, or its first `cols` columns (a multiple of 8) when cols >= 0.
-at::Tensor sympow2_query(const at::Tensor& x, const at::Tensor& rs, const at::Tensor& H, int64_t cols = -1);
+at::Tensor sympow2_query(const Rows& x, const at::Tensor& rs, const at::Tensor& H, int64_t cols = -1);
 
 /// The chunked form's combination fused into the query product (y never meets B in memory): with B = phi'(x) H,
 /// mu = max(m, 0), den = l e^(m - mu) + B[:, e] e^-mu, y = (numA e^(m - mu) + B[:, :e] e^-mu) / den (0 where den is).
 /// numA, y [X, n, e], l, m, den [X * n], fp32; e = d. y_api (when defined): y again, in x's dtype, through `map`
 /// (row_map.cuh; the API layout).
-void sympow2_query_combine(const at::Tensor& x, const at::Tensor& rs, const at::Tensor& H, const at::Tensor& numA,
+void sympow2_query_combine(const Rows& x, const at::Tensor& rs, const at::Tensor& H, const at::Tensor& numA,
                            const at::Tensor& l, const at::Tensor& m, at::Tensor& y, at::Tensor& den,
                            at::Tensor y_api = {}, const RowMap& map = {});
 
 /// With dphi_r = H[x] y_r (never formed): dx_r = the gradient of phi'(x_r) . dphi_r in x_r -> [X, n, d] fp32, and
 /// u_r = phi'(x_r) . dphi_r (its gradient in log rs_r) -> [X * n] fp32.
-std::pair<at::Tensor, at::Tensor> sympow2_grad(const at::Tensor& x, const at::Tensor& rs, const at::Tensor& y,
+std::pair<at::Tensor, at::Tensor> sympow2_grad(const Rows& x, const at::Tensor& rs, const Rows& y,
                                                const at::Tensor& H);
 
-/// The chunk states and the gated prefix in one pass. x [BH, N c, d], rs [BH N c] or undefined, y [BH, N c, E]
+/// The chunk states and the gated prefix in one pass. x [BH, N c, d] (or mapped), rs [BH N c] or undefined, y [BH, N c, E]
 /// bf16, decay [BH N] (exp of the chunk's total log gate) or undefined (1), H0 [BH, D2, E] fp32 or undefined (0).
 /// Writes Hs [BH, N, D2, E] bf16, the state entering each chunk, and (when defined) final_state [BH, D2, E] fp32.
-void sympow2_scan_forward(const at::Tensor& x, const at::Tensor& rs, const at::Tensor& y, const at::Tensor& decay,
+void sympow2_scan_forward(const Rows& x, const at::Tensor& rs, const Rows& y, const at::Tensor& decay,
                           const at::Tensor& H0, int64_t N, at::Tensor& Hs, at::Tensor& final_state);
 
 /// Its backward with the query side's direct term folded in: x, rs, y = the queries Q', their row scales and dB
 /// ([BH, N R, .]); A_{N-1} = dfinal (or 0), An[n] = A_n (bf16), dL[n] += decay_n (Hs[n] . A_n) (fp32, when
 /// defined), A_{n-1} = phi'(Q'_n)^T dB_n + decay_n A_n, dH0 = A_{-1} (when defined).
-void sympow2_scan_backward(const at::Tensor& x, const at::Tensor& rs, const at::Tensor& y, const at::Tensor& decay,
+void sympow2_scan_backward(const Rows& x, const at::Tensor& rs, const Rows& y, const at::Tensor& decay,
                            const at::Tensor& Hs, const at::Tensor& dfinal, int64_t N, at::Tensor& An, at::Tensor& dL,
                            at::Tensor& dH0);
 
