@@ -274,22 +274,21 @@ __global__ void __launch_bounds__(kScanThreads) sympow2_scan_kernel(
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Row kernels: a CTA of 4 or 8 warps covers 128 or 256 rows of one block x, 32 a warp (two m16 tiles, so each H fragment read
+// Row kernels: a CTA of 4 warps covers 128 rows of one block x, 32 a warp (two m16 tiles, so each H fragment read
 // from shared memory feeds two tensor-core products); H [D2, E] streams through shared memory one feature group
 // (A, a) at a time (16 (nb - A) rows), through a ring of kGroupBufs buffers.
 // ---------------------------------------------------------------------------------------------------------------
 
-// Threads a CTA, WT: 128 (4 warps, two CTAs a SM) or, for blocks of at least rows_per_cta<D, 256> rows, 256 (8 warps,
-// one CTA a SM): each H group then comes from L2 once for twice the rows.
+constexpr int kRowThreads = 128;  // 4 warps
 
 // m16 tiles a warp (two; one at d = 128, where two would spill registers) and rows a CTA
 template <int D>
 constexpr int row_tiles() {
   return D >= 128 ? 1 : 2;
 }
-template <int D, int WT>
+template <int D>
 constexpr int rows_per_cta() {
-  return WT / 32 * 16 * row_tiles<D>();
+  return kRowThreads / 32 * 16 * row_tiles<D>();
 }
 
 // Shared layout of the row kernels: x rows [rows_per_cta][D + 8], H groups [kGroupBufs][16 nb][SH], with SH = E
@@ -300,32 +299,32 @@ template <int D, int E>
 constexpr int row_sh() {
   return (E + 15) / 16 * 16 + 8;
 }
-template <int D, int E, int WT>
+template <int D, int E>
 constexpr size_t row_smem(bool with_y) {
-  return sizeof(u16) * (rows_per_cta<D, WT>() * (D + 8) + kGroupBufs * 16 * (D / 16) * row_sh<D, E>() +
-                        (with_y ? rows_per_cta<D, WT>() * row_sh<D, E>() : 0));
+  return sizeof(u16) * (rows_per_cta<D>() * (D + 8) + kGroupBufs * 16 * (D / 16) * row_sh<D, E>() +
+                        (with_y ? rows_per_cta<D>() * row_sh<D, E>() : 0));
 }
 
-template <int D, int E, int WT>
+template <int D, int E>
 __device__ __forceinline__ void load_group(u16* dst, const u16* H, int A, int a) {
   constexpr int NB = D / 16, SH = row_sh<D, E>();
   const int off = group_offset(NB, A, a), rows = 16 * (NB - A);
-  load_rows<E, 16 * NB, WT, SH>(dst, H + static_cast<int64_t>(off) * E, 0, rows);
+  load_rows<E, 16 * NB, kRowThreads, SH>(dst, H + static_cast<int64_t>(off) * E, 0, rows);
 }
 
 // Group gi = 16 A + a into its ring buffer, when there is one (commits a group of copies either way).
-template <int D, int E, int WT>
+template <int D, int E>
 __device__ __forceinline__ void prefetch_group(u16* sH, const u16* H, int gi) {
   constexpr int NB = D / 16, SH = row_sh<D, E>();
-  if (gi < 16 * NB) load_group<D, E, WT>(sH + (gi % kGroupBufs) * 16 * NB * SH, H, gi / 16, gi % 16);
+  if (gi < 16 * NB) load_group<D, E>(sH + (gi % kGroupBufs) * 16 * NB * SH, H, gi / 16, gi % 16);
   cp_async_commit();
 }
 
 // Zeroes columns [E, SH) of `rows` rows of a shared tile (never written by the loads).
-template <int E, int SH, int WT>
+template <int E, int SH>
 __device__ __forceinline__ void zero_tail(u16* s, int rows) {
   constexpr int W = SH - E;
-  for (int i = threadIdx.x; i < rows * W; i += WT) s[(i / W) * SH + E + i % W] = 0;
+  for (int i = threadIdx.x; i < rows * W; i += kRowThreads) s[(i / W) * SH + E + i % W] = 0;
 }
 
 // This lane's rows of a row kernel: m16 tile i, half h (row gr or gr + 8): the row in the CTA's tile, and its scale
@@ -364,14 +363,14 @@ struct Combine {
   RowMap map;
 };
 
-template <bool BFX, int D, int E, int WT>
-__global__ void __launch_bounds__(WT, 256 / WT) sympow2_query_kernel(const u16* __restrict__ x, RowMap xm,
+template <bool BFX, int D, int E>
+__global__ void __launch_bounds__(kRowThreads, 2) sympow2_query_kernel(const u16* __restrict__ x, RowMap xm,
                                                                     const float* __restrict__ rs,
                                                                     const u16* __restrict__ H,
                                                                     float* __restrict__ out, int64_t X, int64_t n,
                                                                     int cols, Combine cmb) {
   constexpr int NB = D / 16, D2 = 256 * NB * (NB + 1) / 2, NT = E / 8, SD = D + 8, SH = row_sh<D, E>();
-  constexpr int MT = row_tiles<D>(), ROWS = rows_per_cta<D, WT>();
+  constexpr int MT = row_tiles<D>(), ROWS = rows_per_cta<D>();
   extern __shared__ __align__(16) unsigned char smem[];
   u16* sX = reinterpret_cast<u16*>(smem);
   u16* sH = sX + ROWS * SD;
@@ -379,9 +378,9 @@ __global__ void __launch_bounds__(WT, 256 / WT) sympow2_query_kernel(const u16* 
   const int64_t parts = (n + ROWS - 1) / ROWS;
   const int64_t bx = blockIdx.x / parts, r0 = (blockIdx.x % parts) * ROWS;
   const u16* Hb = H + bx * D2 * E;
-  load_rows_mapped<D, ROWS, WT, SD>(sX, x + xm.base(bx), xm, r0, xm.rows(bx, n));
+  load_rows_mapped<D, ROWS, kRowThreads, SD>(sX, x + xm.base(bx), xm, r0, xm.rows(bx, n));
 #pragma unroll
-  for (int i = 0; i < kGroupBufs - 1; ++i) prefetch_group<D, E, WT>(sH, Hb, i);
+  for (int i = 0; i < kGroupBufs - 1; ++i) prefetch_group<D, E>(sH, Hb, i);
   const LaneRows<MT> L = lane_rows<MT>(rs, bx, r0, n);
   u32 xf[MT][NB][4];
   float acc[MT][NT][4];
@@ -391,7 +390,7 @@ __global__ void __launch_bounds__(WT, 256 / WT) sympow2_query_kernel(const u16* 
     constexpr int A = decltype(A_)::value;
     for (int a = 0; a < 16; ++a) {
       const int gi = 16 * A + a;
-      prefetch_group<D, E, WT>(sH, Hb, gi + kGroupBufs - 1);
+      prefetch_group<D, E>(sH, Hb, gi + kGroupBufs - 1);
       cp_async_wait<kGroupBufs - 1>();
       __syncthreads();
       if (A == 0 && a == 0) {
@@ -485,14 +484,14 @@ __global__ void __launch_bounds__(WT, 256 / WT) sympow2_query_kernel(const u16* 
 // dphi[rows, (A, a, B, .)] comes from the tensor cores (k = E), then, with w = c_AB rs x[16 A + a]:
 //   dx[16 B + b] += w dphi        (the x[16 B + b] factor of each feature)
 //   dx[16 A + a] += c_AB rs sum_b dphi x[16 B + b]   (the x[16 A + a] factor)
-template <bool BFX, int D, int E, int WT, bool ONES = false>
-__global__ void __launch_bounds__(WT, 256 / WT) sympow2_grad_kernel(const u16* __restrict__ x, RowMap xm,
+template <bool BFX, int D, int E, bool ONES = false>
+__global__ void __launch_bounds__(kRowThreads, 2) sympow2_grad_kernel(const u16* __restrict__ x, RowMap xm,
                                                                    const float* __restrict__ rs,
                                                                    const u16* __restrict__ y, RowMap ym,
                                                                    const u16* __restrict__ H, float* __restrict__ dx,
                                                                    float* __restrict__ u, int64_t X, int64_t n) {
   constexpr int NB = D / 16, D2 = 256 * NB * (NB + 1) / 2, SD = D + 8, SH = row_sh<D, E>(), EK = (E + 15) / 16;
-  constexpr int MT = row_tiles<D>(), ROWS = rows_per_cta<D, WT>();
+  constexpr int MT = row_tiles<D>(), ROWS = rows_per_cta<D>();
   extern __shared__ __align__(16) unsigned char smem[];
   u16* sX = reinterpret_cast<u16*>(smem);
   u16* sH = sX + ROWS * SD;
@@ -501,14 +500,14 @@ __global__ void __launch_bounds__(WT, 256 / WT) sympow2_grad_kernel(const u16* _
   const int64_t parts = (n + ROWS - 1) / ROWS;
   const int64_t bx = blockIdx.x / parts, r0 = (blockIdx.x % parts) * ROWS;
   const u16* Hb = H + bx * D2 * E;
-  zero_tail<E, SH, WT>(sH, kGroupBufs * 16 * NB);
-  zero_tail<E, SH, WT>(sY, ROWS);
-  load_rows_mapped<D, ROWS, WT, SD>(sX, x + xm.base(bx), xm, r0, xm.rows(bx, n));
+  zero_tail<E, SH>(sH, kGroupBufs * 16 * NB);
+  zero_tail<E, SH>(sY, ROWS);
+  load_rows_mapped<D, ROWS, kRowThreads, SD>(sX, x + xm.base(bx), xm, r0, xm.rows(bx, n));
   constexpr int YW = ONES ? E - 8 : E;  // columns of y in memory
-  load_rows_mapped<YW, ROWS, WT, SH>(sY, y + ym.base(bx), ym, r0, ym.rows(bx, n));
-  if constexpr (ONES) ones_column<YW, ROWS, SH, WT>(sY, n - r0);
+  load_rows_mapped<YW, ROWS, kRowThreads, SH>(sY, y + ym.base(bx), ym, r0, ym.rows(bx, n));
+  if constexpr (ONES) ones_column<YW, ROWS, SH, kRowThreads>(sY, n - r0);
 #pragma unroll
-  for (int i = 0; i < kGroupBufs - 1; ++i) prefetch_group<D, E, WT>(sH, Hb, i);
+  for (int i = 0; i < kGroupBufs - 1; ++i) prefetch_group<D, E>(sH, Hb, i);
   const LaneRows<MT> L = lane_rows<MT>(rs, bx, r0, n);
   u32 yf[MT][EK][4];
   float g[MT][D / 8][4];
@@ -518,7 +517,7 @@ __global__ void __launch_bounds__(WT, 256 / WT) sympow2_grad_kernel(const u16* _
     constexpr int A = decltype(A_)::value;
     for (int a = 0; a < 16; ++a) {
       const int gi = 16 * A + a;
-      prefetch_group<D, E, WT>(sH, Hb, gi + kGroupBufs - 1);
+      prefetch_group<D, E>(sH, Hb, gi + kGroupBufs - 1);
       cp_async_wait<kGroupBufs - 1>();
       __syncthreads();
       if (A == 0 && a == 0) {
@@ -743,22 +742,14 @@ void query_launch(const Rows& x, const Operand& ox, const at::Tensor& rs, const 
   dispatch(x.data.scalar_type(), d, [&](auto bf, auto dd) {
     constexpr bool BF = decltype(bf)::value;
     constexpr int D = decltype(dd)::value, Ee = D + 8;
-    auto go = [&](auto wt) {
-      constexpr int WT = decltype(wt)::value;
-      auto kernel = sympow2_query_kernel<BF, D, Ee, WT>;
-      const size_t smem = row_smem<D, Ee, WT>(false);
-      allow_smem(kernel, smem);
-      const int64_t parts = (n + rows_per_cta<D, WT>() - 1) / rows_per_cta<D, WT>();
-      kernel<<<grid_of(X * parts), WT, smem, c10::cuda::getCurrentCUDAStream()>>>(
-          bits(x.data), ox.map, fptr(rs), bits(H), out.defined() ? out.data_ptr<float>() : nullptr, X, n,
-          static_cast<int>(cols), cmb);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    };
-    if (n >= rows_per_cta<D, 256>()) {
-      go(std::integral_constant<int, 256>{});
-    } else {
-      go(std::integral_constant<int, 128>{});
-    }
+    auto kernel = sympow2_query_kernel<BF, D, Ee>;
+    const size_t smem = row_smem<D, Ee>(false);
+    allow_smem(kernel, smem);
+    const int64_t parts = (n + rows_per_cta<D>() - 1) / rows_per_cta<D>();
+    kernel<<<grid_of(X * parts), kRowThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
+        bits(x.data), ox.map, fptr(rs), bits(H), out.defined() ? out.data_ptr<float>() : nullptr, X, n,
+        static_cast<int>(cols), cmb);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 
@@ -822,22 +813,14 @@ std::pair<at::Tensor, at::Tensor> sympow2_grad(const Rows& x, const at::Tensor& 
   dispatch(x.data.scalar_type(), d, [&](auto bf, auto dd) {
     constexpr bool BF = decltype(bf)::value;
     constexpr int D = decltype(dd)::value, Ee = D + 8;
-    auto go = [&](auto wt) {
-      constexpr int WT = decltype(wt)::value;
-      auto kernel = ones ? sympow2_grad_kernel<BF, D, Ee, WT, true> : sympow2_grad_kernel<BF, D, Ee, WT, false>;
-      const size_t smem = row_smem<D, Ee, WT>(true);
-      allow_smem(kernel, smem);
-      const int64_t parts = (n + rows_per_cta<D, WT>() - 1) / rows_per_cta<D, WT>();
-      kernel<<<grid_of(X * parts), WT, smem, c10::cuda::getCurrentCUDAStream()>>>(
-          bits(x.data), ox.map, fptr(rs), bits(y.data), oy.map, bits(H), dx.data_ptr<float>(), u.data_ptr<float>(),
-          X, n);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    };
-    if (n >= rows_per_cta<D, 256>()) {
-      go(std::integral_constant<int, 256>{});
-    } else {
-      go(std::integral_constant<int, 128>{});
-    }
+    auto kernel = ones ? sympow2_grad_kernel<BF, D, Ee, true> : sympow2_grad_kernel<BF, D, Ee, false>;
+    const size_t smem = row_smem<D, Ee>(true);
+    allow_smem(kernel, smem);
+    const int64_t parts = (n + rows_per_cta<D>() - 1) / rows_per_cta<D>();
+    kernel<<<grid_of(X * parts), kRowThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
+        bits(x.data), ox.map, fptr(rs), bits(y.data), oy.map, bits(H), dx.data_ptr<float>(), u.data_ptr<float>(), X,
+        n);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {dx, u};
 }
