@@ -520,7 +520,7 @@ int run_bench(const char* json_path) {
       rows.push_back({"sdpa-flash", "fwd", t, b, 0, f_ms, flops / f_ms / 1e9, peak_mib(fwd), fq});
       rows.push_back({"sdpa-flash", "fwd+bwd", t, b, 0, b_ms, 3.5 * flops / b_ms / 1e9, peak_mib(both), bq});
     }
-    for (int64_t chunk : {256, 1024}) {
+    for (int64_t chunk : {256, 512, 1024}) {
       pa::PowerFullOptions opt;
       opt.chunk_size = chunk;
       auto fwd = [&] {
