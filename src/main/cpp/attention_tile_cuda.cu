@@ -770,28 +770,6 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dkv_kernel(Args a, const u1
   }
 }
 
-// The quadratic form's row terms of the backward: rf = 1 / l, dd = -(dy . y) / l (0 where l is), y in fp32. One
-// warp a row; dy through its map.
-template <bool BF, int E>
-__global__ void row_terms_kernel(Args a, const u16* __restrict__ dy, const float* __restrict__ y,
-                                 const float* __restrict__ l, float* __restrict__ rf, float* __restrict__ dd) {
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * (kThreads / 32) + (threadIdx.x >> 5);  // x R + r
-  const int lane = threadIdx.x & 31;
-  if (row >= a.X * a.R) return;
-  const int64_t x = row / a.R, r = row - x * a.R;
-  const u16* dr = dy + a.my.base(x) + a.my.row(r);
-  const float* yr = y + row * E;
-  float dot = 0.f;
-  for (int c = lane; c < E; c += 32) dot += to_float<BF>(dr[c]) * yr[c];
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
-  if (lane == 0) {
-    const float lr = l[row], inv = lr != 0.f ? 1.f / lr : 0.f;
-    rf[row] = inv;
-    dd[row] = -dot * inv;
-  }
-}
-
 // ---------------------------------------------------------------------------------------------------------------
 // Host side
 // ---------------------------------------------------------------------------------------------------------------
@@ -949,29 +927,6 @@ void tile_forward(const TileProblem& tp, const at::Tensor& q, const at::Tensor& 
     } else {
       forward_impl<decltype(bf)::value, decltype(d)::value, false>(tp, q, k, v, G, num, m, l, normalize, y);
     }
-  });
-}
-
-void tile_row_terms(const TileProblem& tp, const at::Tensor& dy, const at::Tensor& y, const at::Tensor& l,
-                    at::Tensor& rf, at::Tensor& dd) {
-  const int64_t e = dy.size(-1), rows = tp.X * tp.R;
-  TORCH_CHECK(tile_kernels_support(dy.scalar_type(), e, e) && dy.is_contiguous() && dy.numel() == rows * e,
-              "power_full: tile kernels: bad dy");
-  check_output(y, dy, rows * e, false, "y");
-  TORCH_CHECK(y.defined() && l.defined() && rf.defined() && dd.defined(), "power_full: tile kernels: row terms");
-  check_output(l, dy, rows, false, "l");
-  check_output(rf, dy, rows, false, "rf");
-  check_output(dd, dy, rows, false, "dd");
-  if (rows == 0) return;
-  const c10::cuda::CUDAGuard guard(dy.device());
-  const Args args = make_args(tp, e, e);
-  dispatch(dy.scalar_type(), e, [&](auto bf, auto d) {
-    constexpr bool BF = decltype(bf)::value;
-    constexpr int E = decltype(d)::value;
-    row_terms_kernel<BF, E><<<grid_of((rows + kThreads / 32 - 1) / (kThreads / 32), 1), kThreads, 0,
-                              c10::cuda::getCurrentCUDAStream()>>>(args, bits(dy), fptr(y), fptr(l), fmut(rf),
-                                                                   fmut(dd));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 

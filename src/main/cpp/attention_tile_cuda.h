@@ -46,11 +46,6 @@ void tile_forward(const TileProblem& tp, const at::Tensor& q, const at::Tensor& 
                   const at::Tensor& G, at::Tensor& num, at::Tensor& m, at::Tensor& l, bool normalize = false,
                   at::Tensor y = {});
 
-/// The quadratic form's row terms of the backward from its fp32 output y [X, R, e] and l: rf = 1 / l and
-/// dd = -(dy . y) / l (0 where l = 0), fp32 [X * R]; dy in q's layout.
-void tile_row_terms(const TileProblem& tp, const at::Tensor& dy, const at::Tensor& y, const at::Tensor& l,
-                    at::Tensor& rf, at::Tensor& dd);
-
 /// dy [X, R, e] in the input dtype (q's layout); m, rf, dd [X * R] fp32. dq [X, R, d], dk [X, C, d], dv [X, C, e]
 /// fp32: written, or added to when `accumulate`; or, without `accumulate`, in the input dtype and the layout of
 /// q, k, v; an undefined one is skipped (dk and dv are made together). rowdz [X * R] and

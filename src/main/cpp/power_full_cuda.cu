@@ -1133,14 +1133,16 @@ void chunked_forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k
 // Backward
 // ---------------------------------------------------------------------------------------------------------------
 
-// dy: [rows, e] in the compute layout, or through a chunk map (R rows a block)
+// dy: [rows, e] in the compute layout, or through its map in blocks of R rows (rows = blocks x R; R = 0: the chunk
+// map's c g)
 template <typename T, typename A>
 void combine_bwd(const Rows& dy, const at::Tensor& y, const A* den, const A* m, bool state, at::Tensor dB,
-                 at::Tensor dnumA, A* rf, A* ddenA, int64_t rows, int64_t e, int64_t E) {
+                 at::Tensor dnumA, A* rf, A* ddenA, int64_t rows, int64_t e, int64_t E, int64_t R = 0) {
   using TS = typename PhiType<T>::type;
   const RowMap map = dy.mapped() ? dy.map : RowMap::dense(rows, e);
-  const int64_t R = dy.mapped() ? dy.map.c * dy.map.g : rows;
+  if (R == 0) R = dy.mapped() ? dy.map.c * dy.map.g : rows;
   if (rows == 0) return;
+  TORCH_CHECK(R > 0 && rows % R == 0, "power_full: internal: combination rows");
   const unsigned grid = blocks_for(rows / R * ((R + kCombineRows - 1) / kCombineRows), 1);
   constexpr bool k16 = sizeof(T) == 2 && std::is_same<TS, at::BFloat16>::value && std::is_same<A, float>::value;
   if constexpr (k16) {
@@ -1387,8 +1389,14 @@ Grads quadratic_backward_direct(const Problem& pr, const at::Tensor& q, const at
   const at::Tensor G = lg.defined() ? at::cumsum(lg, 1).contiguous() : at::Tensor();
   TileProblem tp = tile_problem(pr, BH, T_);
   tp.b = pr.b;
+  // the row terms: the combination's backward without states (rf = 1 / l, dd = -(dy . y) / l), dy through the
+  // quadratic form's map (blocks are heads of R rows)
   at::Tensor rf = at::empty({BH * R}, ao), dd = at::empty({BH * R}, ao);
-  tile_row_terms(tp, dy, saved.y, saved.den, rf, dd);
+  const Rows dyr{dy, RowMap::api(T_, BH / pr.b, g, pr.e)};
+  AT_DISPATCH_REDUCED_FLOATING_TYPES(q.scalar_type(), "power_full_row_terms", [&] {
+    combine_bwd<scalar_t, float>(dyr, saved.y, saved.den.data_ptr<float>(), nullptr, false, at::Tensor(),
+                                 at::Tensor(), rf.data_ptr<float>(), dd.data_ptr<float>(), BH * R, pr.e, 0, R);
+  });
   at::Tensor dq = needs.q ? at::empty_like(q) : at::Tensor();
   at::Tensor dk = needs.k || needs.v ? at::empty_like(k) : at::Tensor();  // (made together)
   at::Tensor dv = needs.k || needs.v ? at::empty_like(v) : at::Tensor();
