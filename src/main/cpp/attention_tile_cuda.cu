@@ -949,7 +949,8 @@ void tile_backward(const TileProblem& tp, const at::Tensor& q, const at::Tensor&
     api(dk_out, h, k.size(-1), "dk output");
     api(dv_out, h, v.size(-1), "dv output");
   }
-  TORCH_CHECK(dy.is_contiguous() && dy.scalar_type() == q.scalar_type() && dy.numel() == q.numel() / q.size(-1) * v.size(-1),
+  TORCH_CHECK(dy.is_contiguous() && dy.scalar_type() == q.scalar_type() &&
+                  dy.numel() == q.numel() / q.size(-1) * v.size(-1),
               "power_full: tile kernels: bad dy");
   TORCH_CHECK(dk.defined() == dv.defined() || tp.chunks > 0, "power_full: tile kernels make dk and dv together");
   check_output(dq, q, tp.X * tp.R * q.size(-1), !accumulate && tp.chunks == 0, "dq");

@@ -598,7 +598,8 @@ __global__ void __launch_bounds__(256) combine_backward16(const mma::u16* __rest
       *reinterpret_cast<uint4*>(dB + row * E + 8 * sub) =
           make_uint4(mma::pack2<true>(d[0] * f, d[1] * f), mma::pack2<true>(d[2] * f, d[3] * f),
                      mma::pack2<true>(d[4] * f, d[5] * f), mma::pack2<true>(d[6] * f, d[7] * f));
-      if (sub == 0) *reinterpret_cast<uint4*>(dB + row * E + e) = make_uint4(mma::pack2<true>(dden * ws, 0.f), 0u, 0u, 0u);
+      if (sub == 0)
+        *reinterpret_cast<uint4*>(dB + row * E + e) = make_uint4(mma::pack2<true>(dden * ws, 0.f), 0u, 0u, 0u);
     }
     if (sub == 0) {
       ddenA[row] = dden * wa;
@@ -1418,7 +1419,8 @@ Grads quadratic_backward_direct(const Problem& pr, const at::Tensor& q, const at
 }  // namespace
 
 bool direct_supported(const Problem& pr, at::ScalarType dtype) {
-  return tile_kernels_support(dtype, pr.d, pr.e) && (pr.chunk == 0 || (pr.p == 2 && sympow2_supported(dtype, pr.d, pr.e)));
+  return tile_kernels_support(dtype, pr.d, pr.e) &&
+         (pr.chunk == 0 || (pr.p == 2 && sympow2_supported(dtype, pr.d, pr.e)));
 }
 
 std::vector<at::Tensor> decode_step(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,

@@ -677,7 +677,8 @@ void check_bf16(const at::Tensor& t, int64_t X, int64_t rows, int64_t cols, cons
 }
 // A y operand of X blocks of n rows: bf16, E columns or (ones: the kernel makes [y | 1 | 0]) E - 8.
 Operand check_y(const Rows& y, const Operand& x, int64_t E, int64_t N = 1) {
-  TORCH_CHECK(y.data.defined() && y.data.scalar_type() == at::kBFloat16, "power_full: degree-2 kernels: y must be bf16");
+  TORCH_CHECK(y.data.defined() && y.data.scalar_type() == at::kBFloat16,
+              "power_full: degree-2 kernels: y must be bf16");
   const int64_t w = y.data.size(-1);
   TORCH_CHECK(w == E || w == E - 8, "power_full: degree-2 kernels: y has ", w, " columns, expected ", E, " or ",
               E - 8);
