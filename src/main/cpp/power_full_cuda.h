@@ -1,5 +1,6 @@
 // power_full_cuda.h: the CUDA path of power_full (SPEC §3-5), forward and backward, in the compute layout of
-// power_full_path.h. Compiled only with -DPOWER_ATTENTION_CUDA=ON (power_full.cpp then sees
+// power_full_path.h, or on its fast path in the API layout itself (Problem::direct, direct_supported below).
+// Compiled only with -DPOWER_ATTENTION_CUDA=ON (power_full.cpp then sees
 // POWER_ATTENTION_WITH_CUDA and sends CUDA tensors here).
 //
 // Dtypes: q, k, v in the compute dtype (bf16, fp16, fp32 or fp64), log gates fp32 (fp64 with fp64 compute), states
