@@ -608,6 +608,63 @@ __global__ void __launch_bounds__(256) combine_backward16(const mma::u16* __rest
   }
 }
 
+// The chunked form's gate gradient in one launch: a block a chunk x of c tokens. With Gc_j the in-chunk cumsum of the
+// log gates and L = Gc_{c-1}, the terms of d loss / d Gc_j are sum_m uq[j, m] + rowdz[j, m] (the g query rows of
+// token j: qf = exp(Gc)), - uk[j] - coldz[j] (kf = exp(L - Gc_j)), dG0[j] (the unfused tile path's, fp64), and the
+// decay's dL = sum_j uk[j] + dLs (kf and the prefix's decay = exp(L)) on j = c - 1; the log gates' gradient is their
+// reverse cumsum. fp64 sums; every input may be null (zero).
+template <typename A>
+__global__ void __launch_bounds__(256) chunk_gate_grad_kernel(const A* __restrict__ uq, const A* __restrict__ uk,
+                                                              const A* __restrict__ rowdz,
+                                                              const A* __restrict__ coldz,
+                                                              const double* __restrict__ dG0,
+                                                              const A* __restrict__ dLs, int64_t c, int g,
+                                                              A* __restrict__ out) {
+  __shared__ double part[8];
+  const int64_t x = blockIdx.x, base = x * c;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  auto block_scan = [&](double v, double& total) {  // inclusive prefix over threadIdx.x, and the block's total
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const double u = __shfl_up_sync(0xffffffffu, v, o);
+      if (lane >= o) v += u;
+    }
+    if (lane == 31) part[warp] = v;
+    __syncthreads();
+    double before = 0;
+    total = 0;
+    for (int w = 0; w < warps; ++w) {
+      if (w < warp) before += part[w];
+      total += part[w];
+    }
+    __syncthreads();
+    return before + v;
+  };
+  double dl = 0;  // dL: every key's kf and the decay hold L
+  for (int64_t j = threadIdx.x; j < c; j += blockDim.x) dl += uk ? static_cast<double>(uk[base + j]) : 0.0;
+  double carry;
+  block_scan(dl, carry);
+  carry += dLs ? static_cast<double>(dLs[x]) : 0.0;
+  // reverse cumsum: thread t of step k takes position p = c - 1 - (k blockDim + t)
+  for (int64_t i0 = 0; i0 < c; i0 += blockDim.x) {
+    const int64_t p = c - 1 - (i0 + threadIdx.x);
+    double v = 0;
+    if (p >= 0) {
+      for (int m = 0; m < g; ++m) {
+        if (uq) v += uq[(base + p) * g + m];
+        if (rowdz) v += rowdz[(base + p) * g + m];
+      }
+      if (uk) v -= uk[base + p];
+      if (coldz) v -= coldz[base + p];
+      if (dG0) v += dG0[base + p];
+    }
+    double total;
+    const double suffix = block_scan(v, total);
+    if (p >= 0) out[base + p] = static_cast<A>(carry + suffix);
+    carry += total;
+  }
+}
+
 // The chunked form's gate factors (chunk_gates) in one launch: a block a chunk x of c tokens, lg [X, c] ->
 // Gc = the inclusive cumsum, decay[x] = exp(L) (L = Gc[c - 1]), kf = exp(L - Gc), and qf = sp exp(Gc) for each of
 // the chunk's g query rows a token. Each thread reads back only the Gc it wrote.
@@ -872,6 +929,34 @@ ChunkGates chunk_gates(const Problem& pr, const at::Tensor& lg, const at::Tensor
   });
   check_launch();
   return cg;
+}
+
+// The log gates' gradient [BH, T] of the chunked form from its parts (chunk_gate_grad_kernel; undefined parts are 0).
+at::Tensor chunk_gate_grad(const Problem& pr, const at::Tensor& uq, const at::Tensor& uk, const at::Tensor& rowdz,
+                           const at::Tensor& coldz, const at::Tensor& dG0, const at::Tensor& dLs,
+                           const at::TensorOptions& acc_opts) {
+  const int64_t c = pr.chunk, X = pr.BH * (pr.T / c);
+  at::Tensor out = at::empty({pr.BH, pr.T}, acc_opts);
+  if (X == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "power_full_chunk_gate_grad", [&] {
+    auto part = [&](const at::Tensor& t, int64_t n) {
+      TORCH_CHECK(!t.defined() || (t.scalar_type() == out.scalar_type() && t.is_contiguous() && t.numel() == n),
+                  "power_full: internal: chunk gate gradient part");
+      return t.defined() ? t.data_ptr<scalar_t>() : nullptr;
+    };
+    const scalar_t* q = part(uq, X * c * pr.g);
+    const scalar_t* k = part(uk, X * c);
+    const scalar_t* r = part(rowdz, X * c * pr.g);
+    const scalar_t* cz = part(coldz, X * c);
+    const scalar_t* ls = part(dLs, X);
+    TORCH_CHECK(!dG0.defined() || (dG0.scalar_type() == at::kDouble && dG0.is_contiguous() && dG0.numel() == X * c),
+                "power_full: internal: chunk gate gradient part");
+    chunk_gate_grad_kernel<scalar_t><<<blocks_for(X, 1), 256, 0, stream()>>>(
+        q, k, r, cz, dG0.defined() ? dG0.data_ptr<double>() : nullptr, ls, c, static_cast<int>(pr.g),
+        out.data_ptr<scalar_t>());
+  });
+  check_launch();
+  return out;
 }
 
 // Query tokens per tile of the quadratic form: S and dP tiles of about 256 MiB.
@@ -1253,17 +1338,16 @@ void chunked_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& 
   at::Tensor ddenA = at::empty({X * R}, ao), rf = at::empty({X * R}, ao);
   combine_bwd<T, A>(dyr, f.y, f.den.data_ptr<A>(), f.rowmax.data_ptr<A>(), true, dB, dnumA, rf.data_ptr<A>(),
                     ddenA.data_ptr<A>(), X * R, e, E);
-  // gate gradients in fp64 (see attention_weights_backward)
-  at::Tensor dGc = gates ? at::zeros({X, c}, ao.dtype(at::kDouble)) : at::Tensor();
-  at::Tensor dL = gates ? at::zeros({X}, ao.dtype(at::kDouble)) : at::Tensor();
+  // the gate gradient's parts (chunk_gate_grad): the state side's uq, uk, dLs; the tiles' rowdz, coldz (or dGc)
   at::Tensor dLs = gates ? at::zeros({X}, ao) : at::Tensor();
+  at::Tensor uq_g, uk_g, rowdz, coldz, dGc;
   at::Tensor dq, dk, dv;
 
   // queries against the state: B = phi(Q') H_n
   if (needs.q || gates) {
     auto [dxq, uq] = side.grad(io.q, gt.qf, dB, Hs, needs.q, gates);
     if (needs.q) dq = dxq;
-    if (gates) dGc.add_(uq.view({X, c, g}).sum(2));
+    if (gates) uq_g = uq;
   }
 
   // the gated prefix, backwards: A_n = d loss / d (state leaving chunk n)
@@ -1291,11 +1375,7 @@ void chunked_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& 
       if (needs.k || gates) {
         auto [dxk, uk] = side.grad(io.k, gt.kf, side.values(io.v), A3, needs.k, gates);
         if (needs.k) dk = dxk;
-        if (gates) {  // kf = exp(L - Gc)
-          const at::Tensor u = uk.view({X, c});
-          dGc.sub_(u);
-          dL.add_(u.to(at::kDouble).sum(1));
-        }
+        if (gates) uk_g = uk;
       }
     }
   }
@@ -1304,8 +1384,7 @@ void chunked_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& 
   if (tiles) {
     // the state side has made every gradient that is needed (fp32, [X, rows, width]); the tile kernels add theirs,
     // and with pr.direct write the sums in the API layout and the input dtype (no conversion copies)
-    at::Tensor rowdz = gates ? at::empty({X * R}, ao) : at::Tensor();
-    at::Tensor coldz = gates ? at::empty({X * c}, ao) : at::Tensor();
+    if (gates) rowdz = at::empty({X * R}, ao), coldz = at::empty({X * c}, ao);
     if (pr.direct) {
       const int64_t h = BH / pr.b;
       const auto o = q.options();
@@ -1324,8 +1403,8 @@ void chunked_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& 
       if (needs.q && !dq.defined()) dq = at::zeros({X, R, d}, ao);
       tile_backward(chunk_tiles(pr), q, k, v, gt.Gc, dy, f.rowmax, rf, ddenA, dq, dk, dv, rowdz, coldz, true);
     }
-    if (gates) dGc.add_(rowdz.view({X, c, g}).sum(2).to(at::kDouble)).sub_(coldz.view({X, c}).to(at::kDouble));
   } else {
+    if (gates) dGc = at::zeros({X, c}, ao.dtype(at::kDouble));  // gate gradients in fp64 (attention_weights_backward)
     const at::Tensor &q3 = side.dense(io.q), &k3 = side.dense(io.k), &v3 = side.dense(io.v);
     const at::Tensor S = mm_acc(q3, k3.transpose(1, 2), acc);
     const at::Tensor dP = mm_acc(side.dense(dyr), v3.transpose(1, 2), acc);
@@ -1352,10 +1431,7 @@ void chunked_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& 
     if (needs.k) gr.k = dk.reshape({BH, pr.T, d});
     if (needs.v) gr.v = dv.reshape({BH, pr.T, e});
   }
-  if (gates) {  // Gc_j = sum_{l <= j} lg_l and L = Gc_{c-1}: reverse cumsum within each chunk
-    dGc.select(1, c - 1).add_(dL).add_(dLs);
-    gr.lg = dGc.flip({1}).cumsum(1).flip({1}).reshape({BH, pr.T}).to(lg.scalar_type());
-  }
+  if (gates) gr.lg = chunk_gate_grad(pr, uq_g, uk_g, rowdz, coldz, dGc, dLs, ao).to(lg.scalar_type());
   if (needs.state) {
     const State st = state_split(side.to_official(dH0), e);
     gr.initial.S = st.S;
