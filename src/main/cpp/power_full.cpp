@@ -186,19 +186,13 @@ LaidOut lay_out(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, c
                 const Layout& L) {
   return {query_layout(q, L), kv_layout(k, L), kv_layout(v, L), gate_layout(log_g, L)};
 }
-void keep_for_backward(torch::autograd::AutogradContext* ctx, const LaidOut& x) {
-  if (!x.q.is_cuda()) return;
+// Keeps the forward's compute-layout copies for the backward on CUDA (none with Problem::direct: x is the inputs).
+void keep_for_backward(torch::autograd::AutogradContext* ctx, const Problem& pr, const LaidOut& x) {
+  if (!x.q.is_cuda() || pr.direct) return;
   ctx->saved_data["lq"] = x.q;
   ctx->saved_data["lk"] = x.k;
   ctx->saved_data["lv"] = x.v;
   if (x.g.defined()) ctx->saved_data["lg"] = x.g;
-}
-LaidOut laid_out_for_backward(torch::autograd::AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k,
-                              const at::Tensor& v, const at::Tensor& log_g, const Layout& L) {
-  if (ctx->saved_data.count("lq") == 0) return lay_out(q, k, v, log_g, L);
-  LaidOut x{ctx->saved_data["lq"].toTensor(), ctx->saved_data["lk"].toTensor(), ctx->saved_data["lv"].toTensor(), {}};
-  if (log_g.defined()) x.g = ctx->saved_data["lg"].toTensor();
-  return x;
 }
 
 // The device path: CUDA kernels for CUDA tensors (when built with them), the CPU path otherwise.
@@ -233,6 +227,14 @@ LaidOut path_inputs(const Resolved& r, const at::Tensor& q, const at::Tensor& k,
   if (r.problem.direct) return {q.contiguous(), k.contiguous(), v.contiguous(), gate_layout(log_g, r.layout)};
   return lay_out(q, k, v, log_g, r.layout);
 }
+// The backward's inputs: the forward's compute-layout copies where it kept them (CUDA), else path_inputs again.
+LaidOut laid_out_for_backward(torch::autograd::AutogradContext* ctx, const Resolved& r, const at::Tensor& q,
+                              const at::Tensor& k, const at::Tensor& v, const at::Tensor& log_g) {
+  if (ctx->saved_data.count("lq") == 0) return path_inputs(r, q, k, v, log_g);
+  LaidOut x{ctx->saved_data["lq"].toTensor(), ctx->saved_data["lk"].toTensor(), ctx->saved_data["lv"].toTensor(), {}};
+  if (log_g.defined()) x.g = ctx->saved_data["lg"].toTensor();
+  return x;
+}
 // dy [b, t, hq, e] as the path takes it (like q), or zeros where autograd gave none.
 at::Tensor path_dy(const Resolved& r, const at::Tensor& dy, const at::Tensor& q) {
   const Layout& L = r.layout;
@@ -255,7 +257,7 @@ class PowerFullFunction : public torch::autograd::Function<PowerFullFunction> {
     const Forward f = path_forward(r.problem, x.q, x.k, x.v, x.g, save);
     if (save) {
       ctx->save_for_backward({q, k, v, log_g_or_empty});
-      if (!r.problem.direct) keep_for_backward(ctx, x);
+      keep_for_backward(ctx, r.problem, x);
       ctx->saved_data["y"] = f.y;
       ctx->saved_data["den"] = f.den;
       ctx->saved_data["rowmax"] = f.rowmax;
@@ -294,8 +296,7 @@ class PowerFullFunction : public torch::autograd::Function<PowerFullFunction> {
         f.states = ctx->saved_data["states"].toTensor();
         f.norms = ctx->saved_data["norms"].toTensor();
       }
-      const LaidOut x = r.problem.direct ? path_inputs(r, q, k, v, log_g)
-                                         : laid_out_for_backward(ctx, q, k, v, log_g, r.layout);
+      const LaidOut x = laid_out_for_backward(ctx, r, q, k, v, log_g);
       const Grads gr = path_backward(r.problem, x.q, x.k, x.v, x.g, f, path_dy(r, dy, q), needs);
       const InputGrads g = api_grads(gr, r.layout, needs, q, k, v);
       grad_q = g.q, grad_k = g.k, grad_v = g.v;
@@ -329,7 +330,7 @@ class PowerFullStateFunction : public torch::autograd::Function<PowerFullStateFu
     Forward f = path_forward(r.problem, x.q, x.k, x.v, x.g, save, initial, true);
     if (save) {
       ctx->save_for_backward({q, k, v, log_g_or_empty, S0_or_empty, s0_or_empty});
-      if (!r.problem.direct) keep_for_backward(ctx, x);
+      keep_for_backward(ctx, r.problem, x);
       ctx->saved_data["y"] = f.y;
       ctx->saved_data["den"] = f.den;
       ctx->saved_data["rowmax"] = f.rowmax;
@@ -378,7 +379,7 @@ class PowerFullStateFunction : public torch::autograd::Function<PowerFullStateFu
         const at::Tensor ds = grad_outputs[2].defined() ? grad_outputs[2] : at::zeros({L.b, L.h, D}, o);
         d_final = state_layout(dS, ds, L);
       }
-      const LaidOut x = r.problem.direct ? path_inputs(r, q, k, v, log_g) : laid_out_for_backward(ctx, q, k, v, log_g, L);
+      const LaidOut x = laid_out_for_backward(ctx, r, q, k, v, log_g);
       const Grads gr = path_backward(r.problem, x.q, x.k, x.v, x.g, f, dy, needs, d_final);
       const InputGrads g = api_grads(gr, L, needs, q, k, v);
       grad_q = g.q, grad_k = g.k, grad_v = g.v;
