@@ -39,17 +39,25 @@ struct Forward {
   at::Tensor y;       // [BH, T, g, e] compute dtype
   at::Tensor den;     // [BH, T * g]   the rescaled normaliser of each query row
   at::Tensor rowmax;  // [BH, T * g]   m_i, the in-chunk log-weight maximum of each query row
-  at::Tensor states;  // [BH, N, D, e] H_n, the state entering chunk n (chunked form, when saved)
-  at::Tensor norms;   // [BH, N, D]    h_n, likewise for the normaliser
-  at::Tensor final_state;  // [BH, D, e]  the state after the last token (when asked for)
-  at::Tensor final_norm;   // [BH, D]
+  // Chunked form: states are kept with a log-scale so that no gate sign or size can overflow them. The state
+  // entering chunk n is exp(logscale[n]) * states[n]; every stored factor is <= 1 (see docs/SPEC.md, "the
+  // stabilised chunked form"). logscale is -inf where the state is empty (zero).
+  at::Tensor states;    // [BH, N, D, e] H^_n, the scaled state entering chunk n (when saved)
+  at::Tensor norms;     // [BH, N, D]    h^_n, likewise for the normaliser
+  at::Tensor logscale;  // [BH, N]       fp64 mu_n (when saved)
+  at::Tensor final_state;     // [BH, D, e]  H^ after the last token (when asked for): the state is
+  at::Tensor final_norm;      // [BH, D]     exp(final_logscale) * (final_state, final_norm)
+  at::Tensor final_logscale;  // [BH]        fp64
   at::Tensor y_api;        // y in the API layout [b, t, hq, e] and the input dtype, when the path made it
 };
 
-/// A state entering the sequence (SPEC §6), in the compute layout; undefined tensors mean zero.
+/// A state entering the sequence (SPEC §6), in the compute layout, as exp(logscale) * (S, s); undefined tensors
+/// mean zero. As a gradient (Grads::initial, the backward's d_final) it is the gradient of (S, s) themselves, the
+/// log-scale held constant (it is a stabiliser: the op's value does not depend on it).
 struct State {
-  at::Tensor S;  // [BH, D, e]
-  at::Tensor s;  // [BH, D]
+  at::Tensor S;         // [BH, D, e]
+  at::Tensor s;         // [BH, D]
+  at::Tensor logscale;  // [BH] fp64, or undefined: 0
 };
 
 struct Needs {
