@@ -264,6 +264,7 @@ class PowerFullFunction : public torch::autograd::Function<PowerFullFunction> {
       if (f.states.defined()) {
         ctx->saved_data["states"] = f.states;
         ctx->saved_data["norms"] = f.norms;
+        if (f.logscale.defined()) ctx->saved_data["logscale"] = f.logscale;
       }
       ctx->saved_data["p"] = p;
       ctx->saved_data["scale"] = scale;
@@ -295,6 +296,7 @@ class PowerFullFunction : public torch::autograd::Function<PowerFullFunction> {
       if (ctx->saved_data.count("states") > 0) {
         f.states = ctx->saved_data["states"].toTensor();
         f.norms = ctx->saved_data["norms"].toTensor();
+        if (ctx->saved_data.count("logscale") > 0) f.logscale = ctx->saved_data["logscale"].toTensor();
       }
       const LaidOut x = laid_out_for_backward(ctx, r, q, k, v, log_g);
       const Grads gr = path_backward(r.problem, x.q, x.k, x.v, x.g, f, path_dy(r, dy, q), needs);
@@ -336,11 +338,18 @@ class PowerFullStateFunction : public torch::autograd::Function<PowerFullStateFu
       ctx->saved_data["rowmax"] = f.rowmax;
       ctx->saved_data["states"] = f.states;
       ctx->saved_data["norms"] = f.norms;
+      if (f.logscale.defined()) ctx->saved_data["logscale"] = f.logscale;
+      if (f.final_logscale.defined()) ctx->saved_data["final_logscale"] = f.final_logscale;
       ctx->saved_data["p"] = p;
       ctx->saved_data["scale"] = scale;
       ctx->saved_data["chunk"] = chunk;
     }
     const int64_t D = f.final_state.size(1);
+    if (f.final_logscale.defined()) {  // the true state: exp(final_logscale) (final_state, final_norm)
+      const at::Tensor sc = f.final_logscale.exp().to(f.final_state.scalar_type());
+      f.final_state = f.final_state * sc.view({-1, 1, 1});
+      f.final_norm = f.final_norm * sc.view({-1, 1});
+    }
     return {api_output(f, r.layout, q.scalar_type()),
             f.final_state.view({r.layout.b, r.layout.h, D, r.layout.e}),
             f.final_norm.view({r.layout.b, r.layout.h, D})};
@@ -371,6 +380,7 @@ class PowerFullStateFunction : public torch::autograd::Function<PowerFullStateFu
       f.rowmax = ctx->saved_data["rowmax"].toTensor();
       f.states = ctx->saved_data["states"].toTensor();
       f.norms = ctx->saved_data["norms"].toTensor();
+      if (ctx->saved_data.count("logscale") > 0) f.logscale = ctx->saved_data["logscale"].toTensor();
       const at::Tensor dy = path_dy(r, grad_outputs[0], q);
       State d_final;
       if (seeded) {
@@ -378,6 +388,11 @@ class PowerFullStateFunction : public torch::autograd::Function<PowerFullStateFu
         const at::Tensor dS = grad_outputs[1].defined() ? grad_outputs[1] : at::zeros({L.b, L.h, D, L.e}, o);
         const at::Tensor ds = grad_outputs[2].defined() ? grad_outputs[2] : at::zeros({L.b, L.h, D}, o);
         d_final = state_layout(dS, ds, L);
+        if (ctx->saved_data.count("final_logscale") > 0) {  // the gradient of the scaled final state
+          const at::Tensor sc = ctx->saved_data["final_logscale"].toTensor().exp().to(d_final.S.scalar_type());
+          d_final.S = d_final.S * sc.view({-1, 1, 1});
+          d_final.s = d_final.s * sc.view({-1, 1});
+        }
       }
       const LaidOut x = laid_out_for_backward(ctx, r, q, k, v, log_g);
       const Grads gr = path_backward(r.problem, x.q, x.k, x.v, x.g, f, dy, needs, d_final);
