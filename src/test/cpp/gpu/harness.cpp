@@ -49,8 +49,10 @@ at::Tensor oracle(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   if (lg.defined()) {
     at::Tensor G = lg.cumsum(1).permute({0, 2, 1}).repeat_interleave(g, 1);  // [b, hq, t]
     at::Tensor Gi = G.index_select(2, idx_i);
-    // mask the exponent, not the product: exp(G_i - G_j) overflows for masked j > i at long t
-    const at::Tensor expo = at::where(mask, Gi.unsqueeze(3) - G.unsqueeze(2), at::full({}, -INFINITY, G.options()));
+    // mask the exponent, not the product: exp(G_i - G_j) overflows for masked j > i at long t; and take out each
+    // row's largest exponent (a constant: the ratio does not depend on it), for positive gates overflow fp64 too
+    at::Tensor expo = at::where(mask, Gi.unsqueeze(3) - G.unsqueeze(2), at::full({}, -INFINITY, G.options()));
+    expo = expo - std::get<0>(expo.max(3, true)).detach();
     w = w * at::exp(expo);
   }
   w = w * mask.to(at::kDouble);
@@ -88,7 +90,17 @@ struct Case {
   double qk = 1;     // q and k drawn times this (tiny: scores whose squares leave fp32's range)
   double shift = 3;  // log gates = log_sigmoid(randn + shift) (very negative: strong decay within a tile)
   int want = 15;     // the gradients asked for: q 1, k 2, v 4, gates 8 (the other inputs need none)
+  // log gates gate_mean + gate_std N(0, 1) a token instead (either sign: positive gates amplify the past), when set
+  double gate_mean = NAN, gate_std = 0;
 };
+
+// A case with log gates gate_mean + gate_std N(0, 1) a token.
+Case gated(Case c, double mean, double std) {
+  c.gate = true;
+  c.gate_mean = mean;
+  c.gate_std = std;
+  return c;
+}
 
 std::string name(const Case& c) {
   char buf[200];
@@ -98,6 +110,11 @@ std::string name(const Case& c) {
   if (c.qk != 1) n += "-qk" + std::to_string(c.qk);
   if (c.shift != 3) n += "-shift" + std::to_string(c.shift);
   if (c.want != 15) n += "-grads" + std::to_string(c.want);
+  if (!std::isnan(c.gate_mean)) {
+    char g[64];
+    std::snprintf(g, sizeof g, "-lg%+g~%g", c.gate_mean, c.gate_std);
+    n += g;
+  }
   return n;
 }
 
@@ -124,7 +141,10 @@ Inputs make_inputs(const Case& c, std::mt19937_64& rng) {
   // gates in fp32 (fp64 for fp64 cases), as a user would pass them
   if (c.gate) {
     const at::ScalarType gt = c.dtype == at::kDouble ? at::kDouble : at::kFloat;
-    in.lg = at::log_sigmoid(at::randn({c.b, c.t, c.h}, o) + c.shift).to(gt).to(at::kDouble);
+    const at::Tensor z = at::randn({c.b, c.t, c.h}, o);
+    in.lg = (std::isnan(c.gate_mean) ? at::log_sigmoid(z + c.shift) : z * c.gate_std + c.gate_mean)
+                .to(gt)
+                .to(at::kDouble);
   }
   return in;
 }
@@ -198,8 +218,10 @@ Outcome run_case(const Case& c, std::mt19937_64& rng) {
 }
 
 // Long sequences: the chunked form's forward on sampled query rows against the oracle on those rows.
-Outcome run_long(int64_t t, int64_t chunk, at::ScalarType dt, std::mt19937_64& rng) {
-  const Case c{1, t, 2, 2, 64, 64, 2, chunk, true, dt};
+Outcome run_long(int64_t t, int64_t chunk, at::ScalarType dt, std::mt19937_64& rng, double gate_mean = NAN,
+                 double gate_std = 0) {
+  Case c{1, t, 2, 2, 64, 64, 2, chunk, true, dt};
+  c.gate_mean = gate_mean, c.gate_std = gate_std;
   const Inputs in = make_inputs(c, rng);
   const at::Device dev(at::kCUDA);
   pa::PowerFullOptions opt;
@@ -415,6 +437,22 @@ int run_tests() {
       cases.push_back(c);
     }
 
+  // log gates of either sign and any size (the stabilised chunked form): constant +0.5 and +5 a token (positive:
+  // the past is amplified), mixed signs N(0, 3), strong decay -20, tiny N(0, 1e-6); both forms, chunks 16 / 64 / 256,
+  // t = 600 (a multiple of none of them); the t = 1024, chunk 256; the unfused state side (fp32, degrees 1, 3,
+  // 4, d != e)
+  const std::vector<std::pair<double, double>> gate_modes = {{0.5, 0}, {5, 0}, {0, 3}, {-20, 0}, {0, 1e-6}};
+  for (auto dt : {bf, hf, f32})
+    for (int64_t chunk : {0, 16, 64, 256})
+      for (const auto& [mean, std] : gate_modes) cases.push_back(gated({1, 600, 4, 2, 64, 64, 2, chunk, true, dt}, mean, std));
+  for (auto dt : {bf, f32})
+    for (double mean : {0.5, 5.0}) cases.push_back(gated({1, 1024, 4, 2, 64, 64, 2, 256, true, dt}, mean, 0));
+  for (int64_t p : {1, 3, 4})
+    for (const auto& [mean, std] : std::vector<std::pair<double, double>>{{0.5, 0}, {5, 0}, {0, 3}})
+      cases.push_back(gated({1, 97, 2, 1, 16, 16, p, 16, true, f32}, mean, std));
+  for (const auto& [mean, std] : std::vector<std::pair<double, double>>{{5, 0}, {0, 3}})
+    cases.push_back(gated({1, 130, 2, 2, 32, 16, 2, 32, true, bf}, mean, std));
+
   std::printf("== correctness: %zu cases against the fp64 oracle of SPEC §2 ==\n", cases.size());
   for (const Case& c : cases) report(name(c), run_case(c, rng), tolerance(c.dtype));
   for (auto dt : {bf, f32}) {
@@ -423,11 +461,21 @@ int run_tests() {
       std::snprintf(id, sizeof id, "long-t%ld-c1024-%s (256 sampled rows)", t, c10::toString(dt));
       report(id, run_long(t, 1024, dt, rng), tolerance(dt));
     }
+    for (int64_t chunk : {256, 1024}) {  // mixed gates over a long sequence: the log-scales wander far both ways
+      char id[100];
+      std::snprintf(id, sizeof id, "long-t65536-c%ld-%s-lg+0~0.3 (256 sampled rows)", chunk, c10::toString(dt));
+      report(id, run_long(65536, chunk, dt, rng, 0.0, 0.3), tolerance(dt));
+    }
   }
   for (auto dt : {bf, f32}) {
     for (int64_t chunk : {0, 32}) {
       const Case c{2, 150, 4, 2, 32, 32, 2, chunk, true, dt};
       report("states-" + name(c), run_states(c, rng), tolerance(dt));
+      // positive and mixed gates: the returned (true-scale) state grows to e^75 and back, within fp32's range
+      for (const auto& [mean, std] : std::vector<std::pair<double, double>>{{0.5, 0}, {0, 1}}) {
+        const Case cg = gated(c, mean, std);
+        report("states-" + name(cg), run_states(cg, rng), tolerance(dt));
+      }
     }
   }
   std::printf("== %d failure(s) ==\n", failures);
