@@ -1008,6 +1008,7 @@ struct InitialScale {
   const double* mu0 = nullptr;
   int64_t stride = 1;
   double fallback = -std::numeric_limits<double>::infinity();
+  at::Tensor owner;  // what mu0 points into, when made here
 };
 
 InitialScale initial_scale(const State& st, int64_t BH) {
@@ -1015,10 +1016,10 @@ InitialScale initial_scale(const State& st, int64_t BH) {
   if (!st.S.defined()) return s;
   s.fallback = 0;
   if (st.logscale.defined()) {
-    TORCH_CHECK(st.logscale.scalar_type() == at::kDouble && st.logscale.is_contiguous() &&
-                    st.logscale.numel() == BH && st.logscale.device() == st.S.device(),
-                "power_full: internal: the initial state's log-scale must be [BH] fp64 on the state's device");
-    s.mu0 = st.logscale.data_ptr<double>();
+    TORCH_CHECK(st.logscale.numel() == BH, "power_full: internal: the initial state's log-scale must be [BH], got ",
+                st.logscale.sizes());
+    s.owner = st.logscale.to(st.S.device(), at::kDouble).contiguous();
+    s.mu0 = s.owner.data_ptr<double>();
   }
   return s;
 }
