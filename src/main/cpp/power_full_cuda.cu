@@ -478,8 +478,9 @@ __global__ void state_scan_backward(const A* __restrict__ dHdir, const A* __rest
 // state_scale.cuh.
 // ---------------------------------------------------------------------------------------------------------------
 
-// The chunked form's row factors of row r of chunk x (R = c g rows a chunk): gc [X c] the in-chunk gate cumsum (null:
-// 0), mu [X] the log-scale of the state entering each chunk.
+// The chunked form's row factors of query row `row` of the compute layout [X, R, .] (R = c g rows a chunk: chunk
+// row / R, token row / g): gc [X c] the in-chunk gate cumsum (null: 0), mu [X] the log-scale of the state entering
+// each chunk.
 struct StateRows {
   const void* gc = nullptr;  // A
   const double* mu = nullptr;
@@ -487,10 +488,9 @@ struct StateRows {
   int g = 1;
 };
 template <typename A>
-__device__ __forceinline__ void chunk_row_weights(const StateRows& st, A m, int64_t x, int64_t r, A& wa, A& ws) {
+__device__ __forceinline__ void chunk_row_weights(const StateRows& st, A m, int64_t row, A& wa, A& ws) {
   const A* gc = static_cast<const A*>(st.gc);
-  const A G = gc ? gc[x * (st.R / st.g) + r / st.g] : A(0);
-  state_row_weights<A>(m, G, st.mu[x], wa, ws);
+  state_row_weights<A>(m, gc ? gc[row / st.g] : A(0), st.mu[row / st.R], wa, ws);
 }
 
 // With B (chunked form): den = l wa + B[:, e] ws, y = (numA wa + B[:, :e] ws) / den.
@@ -507,7 +507,7 @@ __global__ void combine_forward(const A* __restrict__ numA, const A* __restrict_
     A dn, num;
     if (B) {
       A wa, ws;
-      chunk_row_weights<A>(st, m[row], row / st.R, row % st.R, wa, ws);
+      chunk_row_weights<A>(st, m[row], row, wa, ws);
       dn = l[row] * wa + B[row * E + e] * ws;
       num = numA[i] * wa + B[row * E + col] * ws;
     } else {
@@ -552,7 +552,7 @@ __global__ void __launch_bounds__(256) combine_backward(const T* __restrict__ dy
     dot = warp_sum(dot);
     const A dden = -dot * inv;
     A wa = 1, ws = 1;
-    if (state) chunk_row_weights<A>(st, m[row], x, r, wa, ws);
+    if (state) chunk_row_weights<A>(st, m[row], row, wa, ws);
     for (int c = lane; c < e; c += 32) {
       const A dnum = dr ? static_cast<A>(dr[c]) * inv : A(0);
       if (dnumA) dnumA[row * e + c] = static_cast<T>(dnum * wa);
@@ -611,7 +611,7 @@ __global__ void __launch_bounds__(256) combine_backward16(const mma::u16* __rest
     if (!live) continue;
     const float dn = den[row], inv = dn != 0.f ? 1.f / dn : 0.f, dden = -dot * inv;
     float wa = 1.f, ws = 1.f;
-    if (state) chunk_row_weights<float>(st, m[row], x, r, wa, ws);
+    if (state) chunk_row_weights<float>(st, m[row], row, wa, ws);
     if (dB) {
       const float f = inv * ws;
       *reinterpret_cast<uint4*>(dB + row * E + 8 * sub) =
