@@ -1,5 +1,7 @@
-// power_full.cpp: the API file. Input checks (every binding gets them), the compute layout, the autograd
-// Function that owns forward and backward, and the dispatch between the fast CPU path and the references.
+// power_full.cpp: the API file. Input checks (every binding gets them), magnitudes brought to a safe range, the
+// compute layout, the one autograd Function that owns forward and backward (optional state in and out), and the
+// dispatch between the device paths and the references.
+#include "errors.h"
 #include "power_attention.h"
 #include "power_full_cpu.h"
 #ifdef POWER_ATTENTION_WITH_CUDA
@@ -9,10 +11,12 @@
 #include "sympow.h"
 
 #include <ATen/ATen.h>
+#include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <sstream>
 #include <string>
 #include <unistd.h>
@@ -29,13 +33,13 @@ std::string shape_str(at::IntArrayRef s) {
 }
 
 void check_rank(const at::Tensor& x, const char* name, const char* dims, int64_t rank) {
-  TORCH_CHECK_VALUE(x.defined(), "power_full: ", name, " must be a tensor ", dims, ", got an undefined tensor");
-  TORCH_CHECK_VALUE(x.dim() == rank, "power_full: ", name, " must have ", rank, " dimensions ", dims, ", got ",
+  POWER_ATTENTION_CHECK_ARG(x.defined(), "power_full: ", name, " must be a tensor ", dims, ", got an undefined tensor");
+  POWER_ATTENTION_CHECK_ARG(x.dim() == rank, "power_full: ", name, " must have ", rank, " dimensions ", dims, ", got ",
                     x.dim(), " dimensions ", shape_str(x.sizes()));
 }
 
 void check_shape(const at::Tensor& x, const char* name, const char* dims, std::vector<int64_t> expected) {
-  TORCH_CHECK_VALUE(x.sizes().vec() == expected, "power_full: ", name, " must have shape ", dims, " = ",
+  POWER_ATTENTION_CHECK_ARG(x.sizes().vec() == expected, "power_full: ", name, " must have shape ", dims, " = ",
                     shape_str(expected), ", got ", shape_str(x.sizes()));
 }
 
@@ -145,18 +149,22 @@ struct Resolved {
 };
 
 // stateful: states in or out need the chunked path; without a chunk size (or t <= chunk) it is one chunk of t.
+// amplifying: the log gates hold a positive value (the past amplified, see amplifying_gates).
 Resolved resolve(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t p, double scale,
-                 int64_t chunk, bool stateful = false) {
+                 int64_t chunk, bool stateful = false, bool amplifying = false) {
   Resolved r;
   Layout& L = r.layout;
   L.b = q.size(0), L.t = q.size(1), L.hq = q.size(2), L.d = q.size(3), L.h = k.size(2), L.e = v.size(3);
   L.g = L.hq / L.h;
   // fp64 for fp64 inputs and for odd degrees, whose signed normaliser can cancel badly. Otherwise the CPU computes
   // in fp32, and CUDA keeps the input dtype for its matrix products (fp32 accumulation) with fp32 gates and states.
-  const bool fp64 = q.scalar_type() == at::kDouble || p % 2 == 1;
   const bool cpu = q.device().is_cpu();
   // t <= chunk: the quadratic form is the chunked form with a single chunk, minus the padding.
   const int64_t c = (chunk > 0 && chunk < L.t) ? chunk : (stateful ? L.t : 0);
+  // Positive log gates make the states carry most of the weight: phi(q) . phi(k) = (q . k)^p is then formed as a
+  // sum of D products, which in fp32 loses the cancellation of nearly orthogonal q, k (1e-3 relative errors at log
+  // gates of +5 a token, where the quadratic form is exact to 1e-7). The CPU computes those chunked forms in fp64.
+  const bool fp64 = q.scalar_type() == at::kDouble || p % 2 == 1 || (cpu && c > 0 && amplifying);
   // On CUDA, degrees >= 3 compute in fp32 too: bf16 phi of degree 4 left gate gradients at 0.9-1.5e-2 on the GPU
   // harness, over SPEC §7's 1e-2 (degree 2 stays on the bf16 tensor-core path). So do chunks under 16 tokens:
   // nearly all weight then goes through the states, whose bf16 phi products lose the cancellation of a small
@@ -244,192 +252,321 @@ at::Tensor path_dy(const Resolved& r, const at::Tensor& dy, const at::Tensor& q)
   return dy.defined() ? query_layout(dy, L) : at::zeros({L.b * L.h, L.T, L.g, L.e}, q.options().dtype(L.ct));
 }
 
+// [b, h, D, e] / [b, h, D] <-> [b*h, D, e] / [b*h, D] in the state dtype
+State state_layout(const at::Tensor& S, const at::Tensor& s, const Layout& L) {
+  if (!S.defined()) return {};
+  return {S.to(L.st).reshape({L.b * L.h, S.size(2), S.size(3)}).contiguous(),
+          s.to(L.st).reshape({L.b * L.h, s.size(2)}).contiguous(), at::Tensor()};
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Magnitudes. y is invariant to the scale of each query row, to a common scale of each head's keys, and to `scale`
+// (every weight of a row shares the factor). Inputs whose scores or states could leave the floating-point range
+// (|q|, |k| of 1e-20 or 1e20, say, or an extreme `scale`) are brought to max-abs in [1, 2) by powers of two, which is
+// exact; the gradients of q and k take the same factors. Inputs of ordinary size pass untouched.
+// ---------------------------------------------------------------------------------------------------------------
+
+struct Scaled {
+  at::Tensor q, k;    // what the path sees
+  at::Tensor qf;      // [b, t, hq, 1] the power of two each query row was multiplied by (undefined: none was)
+  at::Tensor kf;      // [b, 1, h, 1] likewise for each head's keys
+  at::Tensor state_logscale;  // [b * h] fp64: p log(kf), the log-scale of a state in the path's units of k
+  double scale = 1;   // the scale the path uses
+  bool applied() const { return qf.defined(); }
+};
+
+// 2^-floor(log2(a)) for a > 0, 1 for a == 0, as fp32 (fp64 for fp64 amax).
+at::Tensor pow2_factor(const at::Tensor& amax) {
+  const at::Tensor e = at::floor(at::log2(at::where(amax > 0, amax, at::ones_like(amax))));
+  return at::exp2(-e);
+}
+
+Scaled scale_to_safe_range(const at::Tensor& q, const at::Tensor& k, int64_t p, double scale) {
+  Scaled sc;
+  sc.q = q, sc.k = k, sc.scale = scale;
+  const auto wide = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor qa, ka;
+  double qmax, qmin, kmax, kmin;
+  {
+    at::NoGradGuard no_grad;
+    qa = at::linalg_vector_norm(q, std::numeric_limits<double>::infinity(), {-1}, true, wide);       // [b, t, hq, 1]
+    ka = at::linalg_vector_norm(k, std::numeric_limits<double>::infinity(), {1, 3}, true, wide);     // [b, 1, h, 1]
+    const at::Tensor inf = at::full({}, std::numeric_limits<double>::infinity(), qa.options());
+    // one transfer for the four numbers: the largest and the smallest nonzero row (head) max-abs
+    const at::Tensor stats = at::stack({qa.max(), at::where(qa > 0, qa, inf).min(), ka.max(),
+                                        at::where(ka > 0, ka, inf).min()}).to(at::kDouble).cpu();
+    const double* st = stats.data_ptr<double>();
+    qmax = st[0], qmin = st[1], kmax = st[2], kmin = st[3];
+  }
+  if (qmax == 0 || kmax == 0) return sc;  // all weights are zero: nothing to bring into range
+  // the largest score scale d |q| |k| and the smallest relevant one |q| |k| (per row and head) must stay well
+  // inside the range where their p-th powers, summed over the sequence, are finite and normal in fp32
+  const double d = static_cast<double>(q.size(3));
+  const double hi = std::exp2(64.0 / static_cast<double>(p)), lo = std::exp2(-64.0 / static_cast<double>(p));
+  const bool safe = std::isfinite(qmax) && std::isfinite(kmax) && scale * d * qmax * kmax <= hi &&
+                    scale * qmin * kmin >= lo && scale <= hi && scale >= lo;
+  if (safe) return sc;
+  at::NoGradGuard no_grad;
+  sc.qf = pow2_factor(qa);
+  sc.kf = pow2_factor(ka);
+  sc.q = (q.to(wide) * sc.qf).to(q.scalar_type());
+  sc.k = (k.to(wide) * sc.kf).to(k.scalar_type());
+  sc.scale = 1.0 / std::sqrt(d);
+  sc.state_logscale = (at::log(sc.kf.to(at::kDouble)) * static_cast<double>(p)).reshape({-1});  // [b * h]
+  return sc;
+}
+
+// The gradient of x from that of x * f (f a constant power of two per row or head), in x's dtype.
+at::Tensor unscale_grad(const at::Tensor& grad, const at::Tensor& f) {
+  if (!grad.defined() || !f.defined()) return grad;
+  return (grad.to(f.scalar_type()) * f).to(grad.scalar_type());
+}
+
+// A state that the op returns is a plain tensor (SPEC §6): exp(G_t - G_j) must fit its dtype. Positive log gates
+// that add up past that are refused before any work (the plain power_full serves any log gates).
+double state_gate_limit(at::ScalarType st) { return st == at::kDouble ? 354.0 : 44.0; }  // ln 2^512, ln 2^64
+
+void check_state_gates(const at::Tensor& log_g, bool has_initial, at::ScalarType st) {
+  if (!log_g.defined()) return;
+  double worst;
+  {
+    at::NoGradGuard no_grad;
+    const at::Tensor G = log_g.to(at::kDouble).cumsum(1);                  // [b, t, h]
+    const at::Tensor last = G.select(1, G.size(1) - 1);                    // [b, h]
+    at::Tensor lowest = std::get<0>(G.min(1));                             // min_j G_j
+    if (has_initial) lowest = at::minimum(lowest, at::zeros_like(lowest));  // the entering state decays by exp(G_t)
+    worst = (last - lowest).max().item<double>();
+  }
+  const double limit = state_gate_limit(st);
+  POWER_ATTENTION_CHECK_ARG(
+      std::isfinite(worst) && worst <= limit, "power_full: log_G adds up to exp(G_t - G_j) = exp(", worst,
+      ") in the state returned after the last token (positive log gates grow the past), over the exp(", limit,
+      ") that a ", st == at::kDouble ? "float64" : "float32",
+      " state can hold. Options: power_full without states (it serves log gates of any sign and size), float64 "
+      "inputs (states up to exp(354)), or shorter pieces");
+}
+
+// The true state [b, h, D, e] / [b, h, D] from the path's scaled one: exp(final_logscale - state_logscale) (S^, s^).
+at::Tensor state_factor(const at::Tensor& final_logscale, const Scaled& sc, int64_t BH) {
+  at::Tensor lf = final_logscale.defined() ? final_logscale.to(at::kDouble)
+                                           : at::zeros({BH}, at::TensorOptions().dtype(at::kDouble));
+  if (sc.applied()) lf = lf - sc.state_logscale.to(lf.device());
+  return at::exp(lf);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The autograd Function: power_full with an optional state in (S0, s0) and, when stateful, the state out.
+// Inputs q, k, v, gates, S0, s0 (0-element tensors stand for "none": autograd rejects undefined inputs); outputs
+// {Y} or, stateful, {Y, S, s}.
+// ---------------------------------------------------------------------------------------------------------------
+
+at::Tensor or_none(const at::Tensor& x) { return x.numel() > 0 ? x : at::Tensor(); }
+
+// Whether the CPU's chunked form must compute in fp64 (resolve): log gates with a positive value. Read on the CPU
+// only (a CUDA tensor would need a device sync).
+bool amplifying_gates(const at::Tensor& log_g, int64_t chunk) {
+  if (!log_g.defined() || chunk <= 0 || !log_g.device().is_cpu()) return false;
+  at::NoGradGuard no_grad;
+  return log_g.max().item<double>() > 0;
+}
+
 class PowerFullFunction : public torch::autograd::Function<PowerFullFunction> {
  public:
-  // log_g_or_empty: the gates, or a 0-element tensor for none (autograd rejects undefined inputs here).
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k,
-                            const at::Tensor& v, const at::Tensor& log_g_or_empty, int64_t p, double scale,
-                            int64_t chunk, bool save) {
-    const at::Tensor log_g = log_g_or_empty.numel() > 0 ? log_g_or_empty : at::Tensor();
-    const Resolved r = resolve(q, k, v, p, scale, chunk);
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q,
+                                                const at::Tensor& k, const at::Tensor& v,
+                                                const at::Tensor& gates, const at::Tensor& S0,
+                                                const at::Tensor& s0, int64_t p, double scale, int64_t chunk,
+                                                bool save, bool stateful) {
+    const at::Tensor log_g = or_none(gates);
+    const bool has_initial = S0.numel() > 0;
+    const Scaled sc = scale_to_safe_range(q, k, p, scale);
+    const bool amplifying = amplifying_gates(log_g, stateful ? std::max<int64_t>(chunk, 1) : chunk);
+    const Resolved r = resolve(sc.q, sc.k, v, p, sc.scale, chunk, stateful, amplifying);
     const Layout& L = r.layout;
-    const LaidOut x = path_inputs(r, q, k, v, log_g);
-    const Forward f = path_forward(r.problem, x.q, x.k, x.v, x.g, save);
+    State initial;
+    if (has_initial) {
+      initial = state_layout(S0, s0, L);
+      initial.logscale = sc.state_logscale;
+    }
+    const LaidOut x = path_inputs(r, sc.q, sc.k, v, log_g);
+    const Forward f = path_forward(r.problem, x.q, x.k, x.v, x.g, save, initial, stateful);
+    at::Tensor factor;
+    if (stateful) factor = state_factor(f.final_logscale, sc, L.b * L.h).to(f.final_state.device());
     if (save) {
-      ctx->save_for_backward({q, k, v, log_g_or_empty});
+      ctx->save_for_backward({q, k, v, gates, S0, s0});
       keep_for_backward(ctx, r.problem, x);
+      if (sc.applied()) {
+        ctx->saved_data["q_scaled"] = sc.q;
+        ctx->saved_data["k_scaled"] = sc.k;
+        ctx->saved_data["q_factor"] = sc.qf;
+        ctx->saved_data["k_factor"] = sc.kf;
+      }
       ctx->saved_data["y"] = f.y;
       ctx->saved_data["den"] = f.den;
       ctx->saved_data["rowmax"] = f.rowmax;
       if (f.states.defined()) {
         ctx->saved_data["states"] = f.states;
         ctx->saved_data["norms"] = f.norms;
-        if (f.logscale.defined()) ctx->saved_data["logscale"] = f.logscale;
       }
-      ctx->saved_data["p"] = p;
-      ctx->saved_data["scale"] = scale;
-      ctx->saved_data["chunk"] = chunk;
-    }
-    return api_output(f, L, q.scalar_type());
-  }
-
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grad_outputs) {
-    const at::Tensor dy = grad_outputs[0];
-    torch::autograd::variable_list saved = ctx->get_saved_variables();
-    const at::Tensor &q = saved[0], &k = saved[1], &v = saved[2];
-    const at::Tensor log_g = saved[3].numel() > 0 ? saved[3] : at::Tensor();
-    // Gradients named, then placed in the order of forward's arguments.
-    at::Tensor grad_q, grad_k, grad_v, grad_log_g;
-    Needs needs;
-    needs.q = ctx->needs_input_grad(0);
-    needs.k = ctx->needs_input_grad(1);
-    needs.v = ctx->needs_input_grad(2);
-    needs.g = log_g.defined() && ctx->needs_input_grad(3);
-    if (dy.defined() && (needs.q || needs.k || needs.v || needs.g)) {
-      const Resolved r = resolve(q, k, v, ctx->saved_data["p"].toInt(), ctx->saved_data["scale"].toDouble(),
-                                 ctx->saved_data["chunk"].toInt());
-      Forward f;
-      f.y = ctx->saved_data["y"].toTensor();
-      f.den = ctx->saved_data["den"].toTensor();
-      f.rowmax = ctx->saved_data["rowmax"].toTensor();
-      if (ctx->saved_data.count("states") > 0) {
-        f.states = ctx->saved_data["states"].toTensor();
-        f.norms = ctx->saved_data["norms"].toTensor();
-        if (ctx->saved_data.count("logscale") > 0) f.logscale = ctx->saved_data["logscale"].toTensor();
-      }
-      const LaidOut x = laid_out_for_backward(ctx, r, q, k, v, log_g);
-      const Grads gr = path_backward(r.problem, x.q, x.k, x.v, x.g, f, path_dy(r, dy, q), needs);
-      const InputGrads g = api_grads(gr, r.layout, needs, q, k, v);
-      grad_q = g.q, grad_k = g.k, grad_v = g.v;
-      if (needs.g) grad_log_g = gate_unlayout(gr.lg, r.layout, log_g.scalar_type());
-    }
-    return {grad_q, grad_k, grad_v, grad_log_g, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
-  }
-};
-
-// [b, h, D, e] / [b, h, D] <-> [b*h, D, e] / [b*h, D] in the compute dtype
-State state_layout(const at::Tensor& S, const at::Tensor& s, const Layout& L) {
-  if (!S.defined()) return {};
-  return {S.to(L.st).reshape({L.b * L.h, S.size(2), S.size(3)}).contiguous(),
-          s.to(L.st).reshape({L.b * L.h, s.size(2)}).contiguous()};
-}
-
-// The autograd Function of power_full_with_state: outputs {Y, S, s}, inputs q, k, v, gates, S0, s0 (0-element
-// tensors stand for "none": autograd rejects undefined inputs).
-class PowerFullStateFunction : public torch::autograd::Function<PowerFullStateFunction> {
- public:
-  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q,
-                                                const at::Tensor& k, const at::Tensor& v,
-                                                const at::Tensor& log_g_or_empty, const at::Tensor& S0_or_empty,
-                                                const at::Tensor& s0_or_empty, int64_t p, double scale,
-                                                int64_t chunk, bool save) {
-    const at::Tensor log_g = log_g_or_empty.numel() > 0 ? log_g_or_empty : at::Tensor();
-    const bool has_initial = S0_or_empty.numel() > 0;
-    const Resolved r = resolve(q, k, v, p, scale, chunk, true);
-    const State initial = has_initial ? state_layout(S0_or_empty, s0_or_empty, r.layout) : State{};
-    const LaidOut x = path_inputs(r, q, k, v, log_g);
-    Forward f = path_forward(r.problem, x.q, x.k, x.v, x.g, save, initial, true);
-    if (save) {
-      ctx->save_for_backward({q, k, v, log_g_or_empty, S0_or_empty, s0_or_empty});
-      keep_for_backward(ctx, r.problem, x);
-      ctx->saved_data["y"] = f.y;
-      ctx->saved_data["den"] = f.den;
-      ctx->saved_data["rowmax"] = f.rowmax;
-      ctx->saved_data["states"] = f.states;
-      ctx->saved_data["norms"] = f.norms;
       if (f.logscale.defined()) ctx->saved_data["logscale"] = f.logscale;
-      if (f.final_logscale.defined()) ctx->saved_data["final_logscale"] = f.final_logscale;
+      if (factor.defined()) ctx->saved_data["state_factor"] = factor;
       ctx->saved_data["p"] = p;
-      ctx->saved_data["scale"] = scale;
+      ctx->saved_data["scale"] = sc.scale;
       ctx->saved_data["chunk"] = chunk;
+      ctx->saved_data["stateful"] = stateful;
+      ctx->saved_data["amplifying"] = amplifying;
     }
+    const at::Tensor y = api_output(f, L, q.scalar_type());
+    if (!stateful) return {y};
     const int64_t D = f.final_state.size(1);
-    if (f.final_logscale.defined()) {  // the true state: exp(final_logscale) (final_state, final_norm)
-      const at::Tensor sc = f.final_logscale.exp().to(f.final_state.scalar_type());
-      f.final_state = f.final_state * sc.view({-1, 1, 1});
-      f.final_norm = f.final_norm * sc.view({-1, 1});
-    }
-    return {api_output(f, r.layout, q.scalar_type()),
-            f.final_state.view({r.layout.b, r.layout.h, D, r.layout.e}),
-            f.final_norm.view({r.layout.b, r.layout.h, D})};
+    const at::Tensor S = (f.final_state.to(at::kDouble) * factor.view({-1, 1, 1})).to(L.st);
+    const at::Tensor s = (f.final_norm.to(at::kDouble) * factor.view({-1, 1})).to(L.st);
+    return {y, S.view({L.b, L.h, D, L.e}), s.view({L.b, L.h, D})};
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grad_outputs) {
     torch::autograd::variable_list saved = ctx->get_saved_variables();
-    const at::Tensor &q = saved[0], &k = saved[1], &v = saved[2], &S0 = saved[4];
-    const at::Tensor log_g = saved[3].numel() > 0 ? saved[3] : at::Tensor();
-    at::Tensor grad_q, grad_k, grad_v, grad_log_g, grad_S0, grad_s0;
+    const bool stateful = ctx->saved_data["stateful"].toBool();
+    const at::Tensor &q = saved[0], &k = saved[1], &v = saved[2];
+    const at::Tensor log_g = or_none(saved[3]), S0 = or_none(saved[4]), s0 = or_none(saved[5]);
     Needs needs;
     needs.q = ctx->needs_input_grad(0);
     needs.k = ctx->needs_input_grad(1);
     needs.v = ctx->needs_input_grad(2);
     needs.g = log_g.defined() && ctx->needs_input_grad(3);
-    needs.state = S0.numel() > 0 && (ctx->needs_input_grad(4) || ctx->needs_input_grad(5));
-    const bool any = needs.q || needs.k || needs.v || needs.g || needs.state;
-    const bool seeded = grad_outputs[1].defined() || grad_outputs[2].defined();
-    if (any && (grad_outputs[0].defined() || seeded)) {
-      const Resolved r = resolve(q, k, v, ctx->saved_data["p"].toInt(), ctx->saved_data["scale"].toDouble(),
-                                 ctx->saved_data["chunk"].toInt(), true);
-      const Layout& L = r.layout;
-      const int64_t D = sympow_dim(L.d, r.problem.p);
-      Forward f;
-      f.y = ctx->saved_data["y"].toTensor();
-      f.den = ctx->saved_data["den"].toTensor();
-      f.rowmax = ctx->saved_data["rowmax"].toTensor();
+    needs.state = S0.defined() && (ctx->needs_input_grad(4) || ctx->needs_input_grad(5));
+    const at::Tensor dy = grad_outputs[0];
+    const bool seeded = stateful && (grad_outputs[1].defined() || grad_outputs[2].defined());
+    torch::autograd::variable_list out(11);
+    if (!(needs.q || needs.k || needs.v || needs.g || needs.state) || !(dy.defined() || seeded)) return out;
+    if (at::GradMode::is_enabled()) return backward_with_graph(ctx, saved, grad_outputs, needs, stateful);
+
+    const bool scaled = ctx->saved_data.count("q_factor") > 0;
+    const at::Tensor qs = scaled ? ctx->saved_data["q_scaled"].toTensor() : q;
+    const at::Tensor ks = scaled ? ctx->saved_data["k_scaled"].toTensor() : k;
+    const Resolved r = resolve(qs, ks, v, ctx->saved_data["p"].toInt(), ctx->saved_data["scale"].toDouble(),
+                               ctx->saved_data["chunk"].toInt(), stateful, ctx->saved_data["amplifying"].toBool());
+    const Layout& L = r.layout;
+    Forward f;
+    f.y = ctx->saved_data["y"].toTensor();
+    f.den = ctx->saved_data["den"].toTensor();
+    f.rowmax = ctx->saved_data["rowmax"].toTensor();
+    if (ctx->saved_data.count("states") > 0) {
       f.states = ctx->saved_data["states"].toTensor();
       f.norms = ctx->saved_data["norms"].toTensor();
-      if (ctx->saved_data.count("logscale") > 0) f.logscale = ctx->saved_data["logscale"].toTensor();
-      const at::Tensor dy = path_dy(r, grad_outputs[0], q);
-      State d_final;
-      if (seeded) {
-        const auto o = q.options().dtype(L.st);
-        const at::Tensor dS = grad_outputs[1].defined() ? grad_outputs[1] : at::zeros({L.b, L.h, D, L.e}, o);
-        const at::Tensor ds = grad_outputs[2].defined() ? grad_outputs[2] : at::zeros({L.b, L.h, D}, o);
-        d_final = state_layout(dS, ds, L);
-        if (ctx->saved_data.count("final_logscale") > 0) {  // the gradient of the scaled final state
-          const at::Tensor sc = ctx->saved_data["final_logscale"].toTensor().exp().to(d_final.S.scalar_type());
-          d_final.S = d_final.S * sc.view({-1, 1, 1});
-          d_final.s = d_final.s * sc.view({-1, 1});
-        }
+    }
+    if (ctx->saved_data.count("logscale") > 0) f.logscale = ctx->saved_data["logscale"].toTensor();
+    State d_final;
+    if (seeded) {
+      // the true state is factor * (S^, s^): the gradient of S^ is factor * dS
+      const int64_t D = sympow_dim(L.d, r.problem.p);
+      const auto o = q.options().dtype(L.st);
+      const at::Tensor dS = grad_outputs[1].defined() ? grad_outputs[1] : at::zeros({L.b, L.h, D, L.e}, o);
+      const at::Tensor ds = grad_outputs[2].defined() ? grad_outputs[2] : at::zeros({L.b, L.h, D}, o);
+      const at::Tensor factor = ctx->saved_data["state_factor"].toTensor();
+      d_final = state_layout(dS, ds, L);
+      d_final.S = (d_final.S.to(at::kDouble) * factor.view({-1, 1, 1})).to(L.st);
+      d_final.s = (d_final.s.to(at::kDouble) * factor.view({-1, 1})).to(L.st);
+    }
+    const LaidOut x = laid_out_for_backward(ctx, r, qs, ks, v, log_g);
+    const Grads gr = path_backward(r.problem, x.q, x.k, x.v, x.g, f, path_dy(r, dy, qs), needs, d_final);
+    InputGrads g = api_grads(gr, L, needs, qs, ks, v);
+    if (scaled) {
+      g.q = unscale_grad(g.q, ctx->saved_data["q_factor"].toTensor());
+      g.k = unscale_grad(g.k, ctx->saved_data["k_factor"].toTensor());
+    }
+    out[0] = g.q, out[1] = g.k, out[2] = g.v;
+    if (needs.g) out[3] = gate_unlayout(gr.lg, L, log_g.scalar_type());
+    if (needs.state) {
+      const int64_t D = S0.size(2);
+      out[4] = gr.initial.S.view({L.b, L.h, D, L.e}).to(S0.scalar_type());
+      out[5] = gr.initial.s.view({L.b, L.h, D}).to(s0.scalar_type());
+    }
+    return out;
+  }
+
+ private:
+  // create_graph: the gradients must themselves be differentiable (second derivatives). They are taken through the
+  // plain-ATen reference on the same inputs (the quadratic form, or the stabilised chunked form when states are in
+  // play), which autograd differentiates again. Memory: the reference's, O(t^2) or phi of every token.
+  static torch::autograd::variable_list backward_with_graph(torch::autograd::AutogradContext* ctx,
+                                                            const torch::autograd::variable_list& saved,
+                                                            const torch::autograd::variable_list& grad_outputs,
+                                                            const Needs& needs, bool stateful) {
+    const at::Tensor &q = saved[0], &k = saved[1], &v = saved[2];
+    const at::Tensor log_g = or_none(saved[3]), S0 = or_none(saved[4]), s0 = or_none(saved[5]);
+    const int64_t p = ctx->saved_data["p"].toInt(), chunk = ctx->saved_data["chunk"].toInt();
+    const double scale = ctx->saved_data["scale"].toDouble();
+    const bool scaled = ctx->saved_data.count("q_factor") > 0;
+    // the same (exact) scaling as the forward, now inside the graph
+    const at::Tensor qx = scaled ? q * ctx->saved_data["q_factor"].toTensor().to(q.scalar_type()) : q;
+    const at::Tensor kx = scaled ? k * ctx->saved_data["k_factor"].toTensor().to(k.scalar_type()) : k;
+    std::vector<at::Tensor> outputs, cotangents;
+    if (stateful) {
+      const int64_t t = q.size(1), c = (chunk > 0 && chunk < t) ? chunk : t;
+      // the reference's states are in units of the keys it sees: a scaled kx scales them by kf^p
+      at::Tensor S0x = S0, s0x = s0;
+      at::Tensor unit;  // [b, h] kf^p, or undefined
+      if (scaled) {
+        const at::Tensor kf = ctx->saved_data["k_factor"].toTensor().to(at::kDouble).pow(static_cast<double>(p));
+        unit = kf.view({kf.size(0), kf.size(2)});
       }
-      const LaidOut x = laid_out_for_backward(ctx, r, q, k, v, log_g);
-      const Grads gr = path_backward(r.problem, x.q, x.k, x.v, x.g, f, dy, needs, d_final);
-      const InputGrads g = api_grads(gr, L, needs, q, k, v);
-      grad_q = g.q, grad_k = g.k, grad_v = g.v;
-      if (needs.g) grad_log_g = gate_unlayout(gr.lg, L, log_g.scalar_type());
-      if (needs.state) {
-        grad_S0 = gr.initial.S.view({L.b, L.h, D, L.e}).to(S0.scalar_type());
-        grad_s0 = gr.initial.s.view({L.b, L.h, D}).to(saved[5].scalar_type());
+      if (S0.defined() && unit.defined()) {
+        S0x = S0 * unit.view({unit.size(0), unit.size(1), 1, 1}).to(S0.scalar_type());
+        s0x = s0 * unit.view({unit.size(0), unit.size(1), 1}).to(s0.scalar_type());
+      }
+      std::vector<at::Tensor> ref = reference::power_full_chunked_with_state(qx, kx, v, log_g, p, scale, c, S0x, s0x);
+      if (unit.defined()) {
+        ref[1] = ref[1] / unit.view({unit.size(0), unit.size(1), 1, 1}).to(ref[1].scalar_type());
+        ref[2] = ref[2] / unit.view({unit.size(0), unit.size(1), 1}).to(ref[2].scalar_type());
+      }
+      for (int i = 0; i < 3; ++i) {
+        outputs.push_back(ref[i]);
+        cotangents.push_back(grad_outputs[i].defined() ? grad_outputs[i] : at::zeros_like(ref[i]));
+      }
+    } else {
+      outputs.push_back(reference::power_full_quadratic(qx, kx, v, log_g, p, scale));
+      cotangents.push_back(grad_outputs[0]);
+    }
+    std::vector<at::Tensor> inputs;
+    std::vector<int> slot;
+    const bool want[6] = {needs.q, needs.k, needs.v, needs.g, needs.state, needs.state};
+    for (int i = 0; i < 6; ++i) {
+      if (want[i] && saved[i].numel() > 0) {
+        inputs.push_back(saved[i]);
+        slot.push_back(i);
       }
     }
-    return {grad_q, grad_k, grad_v, grad_log_g, grad_S0, grad_s0,
-            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    const auto grads = torch::autograd::grad(outputs, inputs, cotangents, /*retain_graph=*/true,
+                                             /*create_graph=*/true, /*allow_unused=*/true);
+    torch::autograd::variable_list out(11);
+    for (size_t i = 0; i < slot.size(); ++i) out[slot[i]] = grads[i];
+    return out;
   }
 };
 
 void check_state(const at::Tensor& S, const at::Tensor& s, const at::Tensor& q, int64_t b, int64_t h, int64_t D,
                  int64_t e) {
-  TORCH_CHECK_VALUE(S.defined() == s.defined(), "power_full: the state needs both S [b, h, D, e] and s [b, h, D], got ",
+  POWER_ATTENTION_CHECK_ARG(S.defined() == s.defined(), "power_full: the state needs both S [b, h, D, e] and s [b, h, D], got ",
                     S.defined() ? "S only" : "s only");
   if (!S.defined()) return;
   check_rank(S, "state S", "[b, h, D, e]", 4);
   check_shape(S, "state S", "[b, h, D, e]", {b, h, D, e});
   check_rank(s, "state s", "[b, h, D]", 3);
   check_shape(s, "state s", "[b, h, D]", {b, h, D});
-  TORCH_CHECK_VALUE(at::isFloatingType(S.scalar_type()) && at::isFloatingType(s.scalar_type()),
+  POWER_ATTENTION_CHECK_ARG(at::isFloatingType(S.scalar_type()) && at::isFloatingType(s.scalar_type()),
                     "power_full: the state must have floating dtypes, got S ", S.scalar_type(), ", s ",
                     s.scalar_type());
-  TORCH_CHECK_VALUE(S.device() == q.device() && s.device() == q.device(), "power_full: the state must be on Q's device ",
+  POWER_ATTENTION_CHECK_ARG(S.device() == q.device() && s.device() == q.device(), "power_full: the state must be on Q's device ",
                     q.device(), ", got S on ", S.device(), ", s on ", s.device());
 }
 
 }  // namespace
 
 int64_t state_dim(int64_t head_dim, int64_t degree) {
-  TORCH_CHECK_VALUE(head_dim >= 1, "power_full: head_dim must be >= 1, got ", head_dim);
-  TORCH_CHECK_VALUE(degree >= 1, "power_full: deg must be >= 1, got ", degree);
+  POWER_ATTENTION_CHECK_ARG(head_dim >= 1, "power_full: head_dim must be >= 1, got ", head_dim);
+  POWER_ATTENTION_CHECK_ARG(degree >= 1, "power_full: deg must be >= 1, got ", degree);
   return sympow_dim(head_dim, degree);
 }
 
@@ -449,42 +586,42 @@ Checked check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   check_rank(k, "K", "[b, t, h, d]", 4);
   check_rank(v, "V", "[b, t, h, e]", 4);
   const int64_t b = q.size(0), t = q.size(1), hq = q.size(2), d = q.size(3), h = k.size(2), e = v.size(3);
-  TORCH_CHECK_VALUE(b >= 1 && t >= 1 && hq >= 1 && d >= 1, "power_full: Q must have b, t, hq, d >= 1, got ",
+  POWER_ATTENTION_CHECK_ARG(b >= 1 && t >= 1 && hq >= 1 && d >= 1, "power_full: Q must have b, t, hq, d >= 1, got ",
                     shape_str(q.sizes()));
-  TORCH_CHECK_VALUE(h >= 1, "power_full: K must have at least one head, got ", shape_str(k.sizes()));
+  POWER_ATTENTION_CHECK_ARG(h >= 1, "power_full: K must have at least one head, got ", shape_str(k.sizes()));
   check_shape(k, "K", "[b, t, h, d]", {b, t, h, d});
-  TORCH_CHECK_VALUE(e >= 1, "power_full: V must have e >= 1, got ", shape_str(v.sizes()));
+  POWER_ATTENTION_CHECK_ARG(e >= 1, "power_full: V must have e >= 1, got ", shape_str(v.sizes()));
   check_shape(v, "V", "[b, t, h, e]", {b, t, h, e});
-  TORCH_CHECK_VALUE(hq % h == 0, "power_full: the number of query heads hq = ", hq,
+  POWER_ATTENTION_CHECK_ARG(hq % h == 0, "power_full: the number of query heads hq = ", hq,
                     " must be a multiple of the number of key/value heads h = ", h);
-  TORCH_CHECK_VALUE(supported_dtype(q.scalar_type()), "power_full: Q must have dtype float32, float64, bfloat16 or ",
+  POWER_ATTENTION_CHECK_ARG(supported_dtype(q.scalar_type()), "power_full: Q must have dtype float32, float64, bfloat16 or ",
                     "float16, got ", q.scalar_type());
-  TORCH_CHECK_VALUE(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
+  POWER_ATTENTION_CHECK_ARG(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
                     "power_full: Q, K and V must share one dtype, got Q ", q.scalar_type(), ", K ", k.scalar_type(),
                     ", V ", v.scalar_type());
-  TORCH_CHECK_VALUE(k.device() == q.device() && v.device() == q.device(),
+  POWER_ATTENTION_CHECK_ARG(k.device() == q.device() && v.device() == q.device(),
                     "power_full: Q, K and V must be on one device, got Q on ", q.device(), ", K on ", k.device(),
                     ", V on ", v.device());
   if (log_g.defined()) {
     check_rank(log_g, "log_G", "[b, t, h]", 3);
     check_shape(log_g, "log_G", "[b, t, h]", {b, t, h});
-    TORCH_CHECK_VALUE(log_g.scalar_type() == at::kFloat || log_g.scalar_type() == at::kDouble ||
+    POWER_ATTENTION_CHECK_ARG(log_g.scalar_type() == at::kFloat || log_g.scalar_type() == at::kDouble ||
                           log_g.scalar_type() == at::kBFloat16 || log_g.scalar_type() == at::kHalf,
                       "power_full: log_G must have a floating dtype, got ", log_g.scalar_type());
-    TORCH_CHECK_VALUE(log_g.device() == q.device(), "power_full: log_G must be on Q's device ", q.device(),
+    POWER_ATTENTION_CHECK_ARG(log_g.device() == q.device(), "power_full: log_G must be on Q's device ", q.device(),
                       ", got ", log_g.device());
   }
   const int64_t p = options.degree;
-  TORCH_CHECK_VALUE(p >= 1, "power_full: deg must be >= 1, got ", p);
+  POWER_ATTENTION_CHECK_ARG(p >= 1, "power_full: deg must be >= 1, got ", p);
   double scale = 1.0 / std::sqrt(static_cast<double>(d));
   if (options.scale.has_value()) {
     scale = *options.scale;
-    TORCH_CHECK_VALUE(std::isfinite(scale) && scale > 0, "power_full: scale must be finite and > 0, got ", scale);
+    POWER_ATTENTION_CHECK_ARG(std::isfinite(scale) && scale > 0, "power_full: scale must be finite and > 0, got ", scale);
   }
   int64_t chunk = 0;
   if (options.chunk_size.has_value()) {
     chunk = *options.chunk_size;
-    TORCH_CHECK_VALUE(chunk >= 1, "power_full: chunk_size must be >= 1, got ", chunk);
+    POWER_ATTENTION_CHECK_ARG(chunk >= 1, "power_full: chunk_size must be >= 1, got ", chunk);
   }
 
   const bool grad = at::GradMode::is_enabled() &&
@@ -524,7 +661,7 @@ void check_affordable(const Resolved& r, bool grad, const at::Tensor& q) {
     limit = memory_limit_bytes();
     where = "half the physical memory, or POWER_ATTENTION_MEMORY_LIMIT in bytes";
   }
-  TORCH_CHECK_VALUE(need <= limit, "power_full: the chunked form with d = ", d, ", deg = ", p,
+  POWER_ATTENTION_CHECK_ARG(need <= limit, "power_full: the chunked form with d = ", d, ", deg = ", p,
                     " has state dimension D = C(d + deg - 1, deg) = ", D, " and needs about ", gib(need),
                     " for its states (b*h = ", pr.BH, ", ", pr.T / pr.chunk,
                     " chunks, D x (e + 1) numbers each", grad ? ", all kept for backward" : "",
@@ -538,32 +675,32 @@ void check_affordable(const Resolved& r, bool grad, const at::Tensor& q) {
 at::Tensor power_full(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& log_g,
                       const PowerFullOptions& options) {
   const Checked ck = check_inputs(q, k, v, log_g, options);
-  const int64_t p = ck.p, chunk = ck.chunk;
-  const double scale = ck.scale;
-  const bool grad = ck.grad;
-  const Resolved r = resolve(q, k, v, p, scale, chunk);
-  check_affordable(r, grad, q);
+  const Resolved r = resolve(q, k, v, ck.p, ck.scale, ck.chunk);
+  check_affordable(r, ck.grad, q);
   if (!has_device_path(q)) {
-    // No kernels for this device in this build: the plain-ATen references run on any device, differentiable by autograd.
-    return r.problem.chunk > 0 ? reference::power_full_chunked(q, k, v, log_g, p, scale, r.problem.chunk)
-                               : reference::power_full_quadratic(q, k, v, log_g, p, scale);
+    // No kernels for this device in this build: the plain-ATen references run on any device, differentiable by
+    // autograd, on inputs brought to a safe range (a power of two per row and head, inside the graph).
+    const Scaled sc = scale_to_safe_range(q, k, ck.p, ck.scale);
+    const at::Tensor qx = sc.applied() ? q * sc.qf.to(q.scalar_type()) : q;
+    const at::Tensor kx = sc.applied() ? k * sc.kf.to(k.scalar_type()) : k;
+    return r.problem.chunk > 0 ? reference::power_full_chunked(qx, kx, v, log_g, ck.p, sc.scale, r.problem.chunk)
+                               : reference::power_full_quadratic(qx, kx, v, log_g, ck.p, sc.scale);
   }
-  const at::Tensor gates = log_g.defined() ? log_g : at::empty({0}, q.options().dtype(at::kFloat));
-  return PowerFullFunction::apply(q, k, v, gates, p, scale, chunk, grad);
+  const at::Tensor none = at::empty({0}, q.options().dtype(at::kFloat));
+  const at::Tensor gates = log_g.defined() ? log_g : none;
+  return PowerFullFunction::apply(q, k, v, gates, none, none, ck.p, ck.scale, ck.chunk, ck.grad, false)[0];
 }
 
 at::Tensor power_full_flat(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& log_g,
                            int64_t degree, bool has_scale, double scale, bool has_chunk_size, int64_t chunk_size) {
-  PowerFullOptions o;
-  o.degree = degree;
-  if (has_scale) o.scale = scale;
-  if (has_chunk_size) o.chunk_size = chunk_size;
-  return power_full(q, k, v, log_g, o);
+  return at_binding_boundary([&] {
+    PowerFullOptions o;
+    o.degree = degree;
+    if (has_scale) o.scale = scale;
+    if (has_chunk_size) o.chunk_size = chunk_size;
+    return power_full(q, k, v, log_g, o);
+  });
 }
-
-}  // namespace power_attention
-
-namespace power_attention {
 
 std::vector<at::Tensor> power_full_with_state(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                               const at::Tensor& log_g, const PowerFullOptions& options,
@@ -571,30 +708,56 @@ std::vector<at::Tensor> power_full_with_state(const at::Tensor& q, const at::Ten
   Checked ck = check_inputs(q, k, v, log_g, options);
   const int64_t b = q.size(0), h = k.size(2), d = q.size(3), e = v.size(3);
   check_state(S0, s0, q, b, h, sympow_dim(d, ck.p), e);
-  TORCH_CHECK_VALUE(has_device_path(q), "power_full: states are implemented on the CPU",
+  POWER_ATTENTION_CHECK_ARG(has_device_path(q), "power_full: states are implemented on the CPU",
 #ifdef POWER_ATTENTION_WITH_CUDA
-                    " and CUDA",
+                            " and CUDA",
 #endif
-                    " only in this build, got Q on ", q.device());
+                            " only in this build, got Q on ", q.device());
   ck.grad = ck.grad || (at::GradMode::is_enabled() && S0.defined() && (S0.requires_grad() || s0.requires_grad()));
   const Resolved r = resolve(q, k, v, ck.p, ck.scale, ck.chunk, true);
   check_affordable(r, ck.grad, q);
+  check_state_gates(log_g, S0.defined(), r.layout.st);
   const at::Tensor none = at::empty({0}, q.options().dtype(at::kFloat));
   const at::Tensor gates = log_g.defined() ? log_g : none;
   const at::Tensor S = S0.defined() ? S0 : none, s = s0.defined() ? s0 : none;
-  return PowerFullStateFunction::apply(q, k, v, gates, S, s, ck.p, ck.scale, ck.chunk, ck.grad);
+  std::vector<at::Tensor> out = PowerFullFunction::apply(q, k, v, gates, S, s, ck.p, ck.scale, ck.chunk, ck.grad, true);
+  {
+    at::NoGradGuard no_grad;
+    const bool finite = at::isfinite(out[1]).all().item<bool>() && at::isfinite(out[2]).all().item<bool>();
+    POWER_ATTENTION_CHECK_ARG(finite, "power_full: the state after the last token overflows its dtype ",
+                              out[1].scalar_type(), " (the largest |K|^deg * |V| summed over the sequence, or an "
+                              "initial state near the dtype's limit); float64 inputs carry larger states");
+  }
+  return out;
 }
 
 std::vector<at::Tensor> power_full_with_state_flat(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                    const at::Tensor& log_g, int64_t degree, bool has_scale,
                                                    double scale, bool has_chunk_size, int64_t chunk_size,
                                                    const at::Tensor& S0, const at::Tensor& s0) {
-  PowerFullOptions o;
-  o.degree = degree;
-  if (has_scale) o.scale = scale;
-  if (has_chunk_size) o.chunk_size = chunk_size;
-  return power_full_with_state(q, k, v, log_g, o, S0, s0);
+  return at_binding_boundary([&] {
+    PowerFullOptions o;
+    o.degree = degree;
+    if (has_scale) o.scale = scale;
+    if (has_chunk_size) o.chunk_size = chunk_size;
+    return power_full_with_state(q, k, v, log_g, o, S0, s0);
+  });
 }
+
+namespace {
+
+// A decode step's new state and output must be finite: a state that overflows its dtype (positive log gates that
+// have added up, or values near the dtype's limit) is reported, naming log_G, instead of turning y into NaN.
+void check_step_finite(const at::Tensor& y, const at::Tensor& S1, const at::Tensor& s1) {
+  at::NoGradGuard no_grad;
+  const bool finite = at::isfinite(S1).all().item<bool>() && at::isfinite(s1).all().item<bool>() &&
+                      at::isfinite(y).all().item<bool>();
+  POWER_ATTENTION_CHECK_ARG(finite, "power_full: the state after this decode step overflows ", S1.scalar_type(),
+                            ": exp(log_G) times the state (positive log gates add up step after step) or phi(K) V "
+                            "leaves the dtype's range; float64 states carry up to 1e308");
+}
+
+}  // namespace
 
 std::vector<at::Tensor> power_decode_step(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                           const at::Tensor& log_g, const at::Tensor& S, const at::Tensor& s,
@@ -603,21 +766,31 @@ std::vector<at::Tensor> power_decode_step(const at::Tensor& q, const at::Tensor&
   check_rank(k, "K", "[b, h, d]", 3);
   check_rank(v, "V", "[b, h, e]", 3);
   const int64_t b = q.size(0), hq = q.size(1), d = q.size(2), h = k.size(1), e = v.size(2);
+  POWER_ATTENTION_CHECK_ARG(b >= 1 && hq >= 1 && d >= 1, "power_full: Q must have b, hq, d >= 1, got ",
+                            shape_str(q.sizes()));
   check_shape(k, "K", "[b, h, d]", {b, h, d});
+  POWER_ATTENTION_CHECK_ARG(e >= 1, "power_full: V must have e >= 1, got ", shape_str(v.sizes()));
   check_shape(v, "V", "[b, h, e]", {b, h, e});
-  TORCH_CHECK_VALUE(h >= 1 && hq % h == 0, "power_full: the number of query heads hq = ", hq,
-                    " must be a multiple of the number of key/value heads h = ", h);
-  TORCH_CHECK_VALUE(supported_dtype(q.scalar_type()) && k.scalar_type() == q.scalar_type() &&
-                        v.scalar_type() == q.scalar_type(),
-                    "power_full: Q, K and V must share one dtype of float32, float64, bfloat16, float16, got Q ",
-                    q.scalar_type(), ", K ", k.scalar_type(), ", V ", v.scalar_type());
-  TORCH_CHECK_VALUE(degree >= 1, "power_full: deg must be >= 1, got ", degree);
+  POWER_ATTENTION_CHECK_ARG(h >= 1 && hq % h == 0, "power_full: the number of query heads hq = ", hq,
+                            " must be a multiple of the number of key/value heads h = ", h);
+  POWER_ATTENTION_CHECK_ARG(supported_dtype(q.scalar_type()) && k.scalar_type() == q.scalar_type() &&
+                                v.scalar_type() == q.scalar_type(),
+                            "power_full: Q, K and V must share one dtype of float32, float64, bfloat16, float16, got Q ",
+                            q.scalar_type(), ", K ", k.scalar_type(), ", V ", v.scalar_type());
+  POWER_ATTENTION_CHECK_ARG(k.device() == q.device() && v.device() == q.device(),
+                            "power_full: Q, K and V must be on one device, got Q on ", q.device(), ", K on ",
+                            k.device(), ", V on ", v.device());
+  POWER_ATTENTION_CHECK_ARG(degree >= 1, "power_full: deg must be >= 1, got ", degree);
   if (log_g.defined()) {
     check_rank(log_g, "log_G", "[b, h]", 2);
     check_shape(log_g, "log_G", "[b, h]", {b, h});
+    POWER_ATTENTION_CHECK_ARG(supported_dtype(log_g.scalar_type()), "power_full: log_G must have a floating dtype, got ",
+                              log_g.scalar_type());
+    POWER_ATTENTION_CHECK_ARG(log_g.device() == q.device(), "power_full: log_G must be on Q's device ", q.device(),
+                              ", got ", log_g.device());
   }
   const int64_t D = sympow_dim(d, degree);
-  TORCH_CHECK_VALUE(S.defined() && s.defined(), "power_full: a decode step needs a state (S, s)");
+  POWER_ATTENTION_CHECK_ARG(S.defined() && s.defined(), "power_full: a decode step needs a state (S, s)");
   check_state(S, s, q, b, h, D, e);
   const auto ct = (q.scalar_type() == at::kDouble || degree % 2 == 1) ? at::kDouble : at::kFloat;
   const int64_t g = hq / h;
@@ -625,16 +798,27 @@ std::vector<at::Tensor> power_decode_step(const at::Tensor& q, const at::Tensor&
   const bool grad = at::GradMode::is_enabled() &&
                     (q.requires_grad() || k.requires_grad() || v.requires_grad() || S.requires_grad() ||
                      s.requires_grad() || (log_g.defined() && log_g.requires_grad()));
+  // y is invariant to the scale of each query row: max-abs [1, 2) by a power of two (exact), so phi(q) . S stays
+  // finite for any |q|.
+  at::Tensor qn;
+  {
+    at::Tensor f;
+    {
+      at::NoGradGuard no_grad;
+      f = pow2_factor(at::linalg_vector_norm(q, std::numeric_limits<double>::infinity(), {-1}, true, ct));
+    }
+    qn = q.to(ct) * f;
+  }
   bool fused = q.device().is_cpu();
 #ifdef POWER_ATTENTION_WITH_CUDA
-  fused = fused || (q.is_cuda() && g <= 8 && e <= 1024);
+  fused = fused || (q.is_cuda() && cuda::decode_supported(g, e, degree));
 #endif
   if (fused && !grad) {
     // Generation: one fused pass over the state per head (the ATen composition below made ~10 passes).
     const auto flat = [&](const at::Tensor& x, std::vector<int64_t> shape) {
       return x.to(ct).reshape(shape).contiguous();
     };
-    const at::Tensor q3 = flat(q, {b * h, g, d}), k2 = flat(k, {b * h, d}), v2 = flat(v, {b * h, e});
+    const at::Tensor q3 = flat(qn, {b * h, g, d}), k2 = flat(k, {b * h, d}), v2 = flat(v, {b * h, e});
     const at::Tensor lg1 = log_g.defined() ? flat(log_g, {b * h}) : at::Tensor();
     const at::Tensor S3 = flat(S, {b * h, D, e}), s2 = flat(s, {b * h, D});
 #ifdef POWER_ATTENTION_WITH_CUDA
@@ -643,8 +827,10 @@ std::vector<at::Tensor> power_decode_step(const at::Tensor& q, const at::Tensor&
 #else
     const auto out = cpu::decode_step(q3, k2, v2, lg1, S3, s2, degree);
 #endif
-    return {out[0].view({b, hq, e}).to(q.scalar_type()), out[1].view({b, h, D, e}).to(st),
-            out[2].view({b, h, D}).to(st)};
+    std::vector<at::Tensor> res = {out[0].view({b, hq, e}).to(q.scalar_type()), out[1].view({b, h, D, e}).to(st),
+                                   out[2].view({b, h, D}).to(st)};
+    check_step_finite(res[0], res[1], res[2]);
+    return res;
   }
   const at::Tensor phiK = reference::symmetric_power_embedding(k.to(ct), degree);               // [b, h, D]
   at::Tensor S1 = S.to(ct), s1 = s.to(ct);
@@ -655,11 +841,23 @@ std::vector<at::Tensor> power_decode_step(const at::Tensor& q, const at::Tensor&
   }
   S1 = S1 + phiK.unsqueeze(-1) * v.to(ct).unsqueeze(-2);
   s1 = s1 + phiK;
-  const at::Tensor phiQ = reference::symmetric_power_embedding(q.to(ct).view({b, h, g, d}), degree);  // [b, h, g, D]
+  const at::Tensor phiQ = reference::symmetric_power_embedding(qn.view({b, h, g, d}), degree);  // [b, h, g, D]
   const at::Tensor num = at::matmul(phiQ, S1);                                                  // [b, h, g, e]
   const at::Tensor den = at::matmul(phiQ, s1.unsqueeze(-1));                                    // [b, h, g, 1]
   const at::Tensor y = num / at::where(den == 0, at::ones_like(den), den);
-  return {y.reshape({b, hq, e}).to(q.scalar_type()), S1.to(st), s1.to(st)};
+  std::vector<at::Tensor> res = {y.reshape({b, hq, e}).to(q.scalar_type()), S1.to(st), s1.to(st)};
+  check_step_finite(res[0], res[1], res[2]);
+  return res;
+}
+
+std::vector<at::Tensor> power_decode_step_flat(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                               const at::Tensor& log_g, const at::Tensor& S, const at::Tensor& s,
+                                               int64_t degree) {
+  return at_binding_boundary([&] { return power_decode_step(q, k, v, log_g, S, s, degree); });
+}
+
+int64_t state_dim_flat(int64_t head_dim, int64_t degree) {
+  return at_binding_boundary([&] { return state_dim(head_dim, degree); });
 }
 
 }  // namespace power_attention

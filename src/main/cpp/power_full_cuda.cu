@@ -1732,5 +1732,7 @@ double device_memory_limit_bytes(const at::Tensor& q) {
   return static_cast<double>(free_bytes) + std::max(0.0, cached);
 }
 
+bool decode_supported(int64_t g, int64_t e, int64_t p) { return g <= kDecodeMaxGroup && e <= 1024 && p <= kMaxDegree; }
+
 }  // namespace cuda
 }  // namespace power_attention

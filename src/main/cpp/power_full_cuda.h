@@ -37,6 +37,10 @@ bool direct_supported(const Problem& pr, at::ScalarType dtype);
 std::vector<at::Tensor> decode_step(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                     const at::Tensor& lg, const at::Tensor& S, const at::Tensor& s, int64_t p);
 
+/// Whether decode_step takes this problem (query heads per key/value head g, value width e, degree p); the API file
+/// computes other steps with ATen ops.
+bool decode_supported(int64_t g, int64_t e, int64_t p);
+
 /// Bytes of device memory the op may plan to hold on q's device (free memory plus what LibTorch's caching
 /// allocator holds but does not use), for the affordability check before a chunked form allocates its states.
 double device_memory_limit_bytes(const at::Tensor& q);

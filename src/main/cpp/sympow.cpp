@@ -1,6 +1,7 @@
 // sympow.cpp: CPU loops for phi and its backward. The innermost multi-index runs over a contiguous range of x,
 // so the compiler vectorises the leaf loops; rows run in parallel through at::parallel_for.
 #include "sympow.h"
+#include "errors.h"
 
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
@@ -11,15 +12,18 @@
 namespace power_attention {
 
 int64_t sympow_dim(int64_t d, int64_t p) {
-  TORCH_CHECK(d >= 1 && p >= 1, "power_full: sympow_dim needs d >= 1 and p >= 1, got d = ", d, ", p = ", p);
-  // C(d + p - 1, p) = prod_{k=1..p} (d - 1 + k) / k, exact at every step.
-  __int128 acc = 1;
+  POWER_ATTENTION_CHECK_ARG(d >= 1 && p >= 1, "power_full: the state dimension needs d >= 1 and deg >= 1, got d = ",
+                            d, ", deg = ", p);
+  // C(d + p - 1, p) = prod_{k=1..p} (d - 1 + k) / k, exact at every step (each partial product is a binomial).
+  int64_t acc = 1;
   for (int64_t k = 1; k <= p; ++k) {
-    acc = acc * (d - 1 + k) / k;
-    TORCH_CHECK(acc <= std::numeric_limits<int64_t>::max(), "power_full: the state dimension C(d + p - 1, p) for d = ",
-                d, ", p = ", p, " does not fit in 64 bits");
+    const int64_t f = d - 1 + k;
+    POWER_ATTENTION_CHECK_ARG(f > 0 && acc <= std::numeric_limits<int64_t>::max() / f,
+                              "power_full: the state dimension C(d + deg - 1, deg) for d = ", d, ", deg = ", p,
+                              " does not fit in 64 bits");
+    acc = acc * f / k;
   }
-  return static_cast<int64_t>(acc);
+  return acc;
 }
 
 namespace {
