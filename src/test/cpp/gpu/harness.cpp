@@ -204,6 +204,21 @@ std::string worst_row(const Case& c, const Inputs& in, const at::Tensor& y, cons
   return buf;
 }
 
+// A case's outcome, or a failure naming the exception it threw (the other cases still run).
+template <typename F>
+Outcome guarded(F&& fn) {
+  try {
+    return fn();
+  } catch (const std::exception& e) {
+    Outcome o{};
+    o.ok = o.within = false;
+    o.y = o.dq = o.dk = o.dv = o.dg = INFINITY;
+    std::string what = e.what();
+    o.note = "threw: " + what.substr(0, what.find('\n'));
+    return o;
+  }
+}
+
 Outcome run_case(const Case& c, std::mt19937_64& rng) {
   const Inputs in = make_inputs(c, rng);
   const double scale = 1.0 / std::sqrt(static_cast<double>(c.d));
@@ -504,7 +519,7 @@ int run_tests() {
     cases.push_back(gated({1, 130, 2, 2, 32, 16, 2, 32, true, bf}, m.mean, m.std, m.concentrated));
 
   std::printf("== correctness: %zu cases against the fp64 oracle of SPEC §2 ==\n", cases.size());
-  for (const Case& c : cases) report(name(c), run_case(c, rng), tolerance(c.dtype));
+  for (const Case& c : cases) report(name(c), guarded([&] { return run_case(c, rng); }), tolerance(c.dtype));
   for (auto dt : {bf, f32}) {
     for (int64_t t : {65536, 131072}) {
       char id[100];
@@ -518,18 +533,18 @@ int run_tests() {
         char id[100];
         std::snprintf(id, sizeof id, "long-t65536-c%ld-%s-lg%+g~%g (256 sampled rows)", chunk, c10::toString(dt), mean,
                       std);
-        report(id, run_long(65536, chunk, dt, rng, mean, std), tolerance(dt));
+        report(id, guarded([&] { return run_long(65536, chunk, dt, rng, mean, std); }), tolerance(dt));
       }
   }
   for (auto dt : {bf, f32}) {
     for (int64_t chunk : {0, 32}) {
       const Case c{2, 150, 4, 2, 32, 32, 2, chunk, true, dt};
-      report("states-" + name(c), run_states(c, rng), tolerance(dt));
-      // positive gates: the returned (true-scale) state grows to e^7.5 (+0.05 a token) and e^75 (+0.5, concentrated:
-      // finite, errors reported), within fp32's range
-      for (const auto& [mean, conc] : std::vector<std::pair<double, bool>>{{0.05, false}, {0.5, true}}) {
+      report("states-" + name(c), guarded([&] { return run_states(c, rng); }), tolerance(dt));
+      // positive gates: the returned (true-scale) state grows to e^7.5 (+0.05 a token) and e^37.5 (+0.25,
+      // concentrated: finite, errors reported), under the exp(44) that the API lets an fp32 state hold
+      for (const auto& [mean, conc] : std::vector<std::pair<double, bool>>{{0.05, false}, {0.25, true}}) {
         const Case cg = gated(c, mean, 0, conc);
-        report("states-" + name(cg), run_states(cg, rng), tolerance(dt));
+        report("states-" + name(cg), guarded([&] { return run_states(cg, rng); }), tolerance(dt));
       }
     }
   }
