@@ -281,36 +281,48 @@ at::Tensor pow2_factor(const at::Tensor& amax) {
   return at::exp2(-e);
 }
 
+// x * f with f a power of two per row or head: in x's dtype where that is exact (fp16 cannot hold every factor).
+at::Tensor times_pow2(const at::Tensor& x, const at::Tensor& f) {
+  if (x.scalar_type() == at::kHalf) return (x.to(at::kFloat) * f).to(at::kHalf);
+  return x * f.to(x.scalar_type());
+}
+
 Scaled scale_to_safe_range(const at::Tensor& q, const at::Tensor& k, int64_t p, double scale) {
   Scaled sc;
   sc.q = q, sc.k = k, sc.scale = scale;
   const auto wide = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const double d = static_cast<double>(q.size(3));
   at::Tensor qa, ka;
-  double qmax, qmin, kmax, kmin;
   {
     at::NoGradGuard no_grad;
     qa = at::linalg_vector_norm(q, std::numeric_limits<double>::infinity(), {-1}, true, wide);       // [b, t, hq, 1]
     ka = at::linalg_vector_norm(k, std::numeric_limits<double>::infinity(), {1, 3}, true, wide);     // [b, 1, h, 1]
-    const at::Tensor inf = at::full({}, std::numeric_limits<double>::infinity(), qa.options());
-    // one transfer for the four numbers: the largest and the smallest nonzero row (head) max-abs
-    const at::Tensor stats = at::stack({qa.max(), at::where(qa > 0, qa, inf).min(), ka.max(),
-                                        at::where(ka > 0, ka, inf).min()}).to(at::kDouble).cpu();
-    const double* st = stats.data_ptr<double>();
-    qmax = st[0], qmin = st[1], kmax = st[2], kmin = st[3];
   }
-  if (qmax == 0 || kmax == 0) return sc;  // all weights are zero: nothing to bring into range
-  // the largest score scale d |q| |k| and the smallest relevant one |q| |k| (per row and head) must stay well
-  // inside the range where their p-th powers, summed over the sequence, are finite and normal in fp32
-  const double d = static_cast<double>(q.size(3));
-  const double hi = std::exp2(64.0 / static_cast<double>(p)), lo = std::exp2(-64.0 / static_cast<double>(p));
-  const bool safe = std::isfinite(qmax) && std::isfinite(kmax) && scale * d * qmax * kmax <= hi &&
-                    scale * qmin * kmin >= lo && scale <= hi && scale >= lo;
-  if (safe) return sc;
+  // On the CPU the factors are applied only where needed. On CUDA they always are: deciding would read the maxima
+  // back to the host, a device sync on every call, which costs more than the two scaling passes.
+  if (!q.is_cuda()) {
+    double qmax, qmin, kmax, kmin;
+    {
+      at::NoGradGuard no_grad;
+      const at::Tensor inf = at::full({}, std::numeric_limits<double>::infinity(), qa.options());
+      const at::Tensor stats = at::stack({qa.max(), at::where(qa > 0, qa, inf).min(), ka.max(),
+                                          at::where(ka > 0, ka, inf).min()}).to(at::kDouble).cpu();
+      const double* st = stats.data_ptr<double>();
+      qmax = st[0], qmin = st[1], kmax = st[2], kmin = st[3];
+    }
+    if (qmax == 0 || kmax == 0) return sc;  // all weights are zero: nothing to bring into range
+    // the largest score scale d |q| |k| and the smallest relevant one |q| |k| (per row and head) must stay well
+    // inside the range where their p-th powers, summed over the sequence, are finite and normal in fp32
+    const double hi = std::exp2(64.0 / static_cast<double>(p)), lo = std::exp2(-64.0 / static_cast<double>(p));
+    const bool safe = std::isfinite(qmax) && std::isfinite(kmax) && scale * d * qmax * kmax <= hi &&
+                      scale * qmin * kmin >= lo && scale <= hi && scale >= lo;
+    if (safe) return sc;
+  }
   at::NoGradGuard no_grad;
   sc.qf = pow2_factor(qa);
   sc.kf = pow2_factor(ka);
-  sc.q = (q.to(wide) * sc.qf).to(q.scalar_type());
-  sc.k = (k.to(wide) * sc.kf).to(k.scalar_type());
+  sc.q = times_pow2(q, sc.qf);
+  sc.k = times_pow2(k, sc.kf);
   sc.scale = 1.0 / std::sqrt(d);
   sc.state_logscale = (at::log(sc.kf.to(at::kDouble)) * static_cast<double>(p)).reshape({-1});  // [b * h]
   return sc;
@@ -319,7 +331,7 @@ Scaled scale_to_safe_range(const at::Tensor& q, const at::Tensor& k, int64_t p, 
 // The gradient of x from that of x * f (f a constant power of two per row or head), in x's dtype.
 at::Tensor unscale_grad(const at::Tensor& grad, const at::Tensor& f) {
   if (!grad.defined() || !f.defined()) return grad;
-  return (grad.to(f.scalar_type()) * f).to(grad.scalar_type());
+  return times_pow2(grad, f);
 }
 
 // A state that the op returns is a plain tensor (SPEC §6): exp(G_t - G_j) must fit its dtype. Positive log gates
@@ -500,8 +512,8 @@ class PowerFullFunction : public torch::autograd::Function<PowerFullFunction> {
     const double scale = ctx->saved_data["scale"].toDouble();
     const bool scaled = ctx->saved_data.count("q_factor") > 0;
     // the same (exact) scaling as the forward, now inside the graph
-    const at::Tensor qx = scaled ? q * ctx->saved_data["q_factor"].toTensor().to(q.scalar_type()) : q;
-    const at::Tensor kx = scaled ? k * ctx->saved_data["k_factor"].toTensor().to(k.scalar_type()) : k;
+    const at::Tensor qx = scaled ? times_pow2(q, ctx->saved_data["q_factor"].toTensor()) : q;
+    const at::Tensor kx = scaled ? times_pow2(k, ctx->saved_data["k_factor"].toTensor()) : k;
     std::vector<at::Tensor> outputs, cotangents;
     if (stateful) {
       const int64_t t = q.size(1), c = (chunk > 0 && chunk < t) ? chunk : t;
@@ -681,8 +693,8 @@ at::Tensor power_full(const at::Tensor& q, const at::Tensor& k, const at::Tensor
     // No kernels for this device in this build: the plain-ATen references run on any device, differentiable by
     // autograd, on inputs brought to a safe range (a power of two per row and head, inside the graph).
     const Scaled sc = scale_to_safe_range(q, k, ck.p, ck.scale);
-    const at::Tensor qx = sc.applied() ? q * sc.qf.to(q.scalar_type()) : q;
-    const at::Tensor kx = sc.applied() ? k * sc.kf.to(k.scalar_type()) : k;
+    const at::Tensor qx = sc.applied() ? times_pow2(q, sc.qf) : q;
+    const at::Tensor kx = sc.applied() ? times_pow2(k, sc.kf) : k;
     return r.problem.chunk > 0 ? reference::power_full_chunked(qx, kx, v, log_g, ck.p, sc.scale, r.problem.chunk)
                                : reference::power_full_quadratic(qx, kx, v, log_g, ck.p, sc.scale);
   }
