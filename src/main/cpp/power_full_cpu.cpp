@@ -572,5 +572,19 @@ std::vector<at::Tensor> decode_step(const at::Tensor& q, const at::Tensor& k, co
   return {y, S1, s1};
 }
 
+Precision precision(at::ScalarType input, int64_t p, int64_t chunk, bool amplifying) {
+  const bool fp64 = input == at::kDouble || p % 2 == 1 || (chunk > 0 && amplifying);
+  return {fp64 ? at::kDouble : at::kFloat, at::kDouble, fp64 ? at::kDouble : at::kFloat};
+}
+
+double state_bytes(const Problem& pr, at::ScalarType compute, bool grad) {
+  const double elem = compute == at::kDouble ? 8 : 4;
+  const double D = static_cast<double>(sympow_dim(pr.d, pr.p));
+  const double N = static_cast<double>(pr.T / pr.chunk);
+  const double states = (grad ? pr.BH * N : 1.0) * D * (pr.e + 1);
+  const double phi = 2.0 * pr.chunk * pr.g * D;
+  return (states + phi) * elem;
+}
+
 }  // namespace cpu
 }  // namespace power_attention

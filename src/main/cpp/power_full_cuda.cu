@@ -1734,5 +1734,26 @@ double device_memory_limit_bytes(const at::Tensor& q) {
 
 bool decode_supported(int64_t g, int64_t e, int64_t p) { return g <= kDecodeMaxGroup && e <= 1024 && p <= kMaxDegree; }
 
+Precision precision(at::ScalarType input, int64_t p, int64_t chunk, bool amplifying) {
+  const bool fp64 = input == at::kDouble || p % 2 == 1;
+  const bool small_chunk = chunk > 0 && chunk < 16;
+  const at::ScalarType compute = fp64 ? at::kDouble : (p >= 3 || small_chunk || input == at::kFloat ? at::kFloat : input);
+  return {compute, fp64 ? at::kDouble : at::kFloat, fp64 ? at::kDouble : at::kFloat};
+}
+
+double state_bytes(const Problem& pr, at::ScalarType compute, bool grad) {
+  const double X = static_cast<double>(pr.BH) * (pr.T / pr.chunk), E = static_cast<double>(pr.e + 8);
+  if (pr.p == 2 && sympow2_supported(compute, pr.d, pr.e)) {
+    // the fused degree-2 path: bf16 states entering each chunk in the internal layout, in backward their gradients;
+    // no fp32 per-chunk states, no phi in memory
+    return X * static_cast<double>(sympow2_dim(pr.d)) * E * 2 * (grad ? 2 : 1);
+  }
+  // all chunks at once: the states entering each chunk (compute dtype) and their fp32 sums, phi of every key and
+  // query row, twice over in backward
+  const double D = static_cast<double>(sympow_dim(pr.d, pr.p));
+  const double elem = compute == at::kDouble ? 8 : 2, acc = compute == at::kDouble ? 8 : 4;
+  return X * D * E * (elem + 2 * acc) + X * D * pr.chunk * (2.0 * pr.g + 1) * elem * (grad ? 2 : 1);
+}
+
 }  // namespace cuda
 }  // namespace power_attention
