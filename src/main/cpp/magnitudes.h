@@ -40,7 +40,8 @@ void check_state_gates(const at::Tensor& log_g, bool has_initial, at::ScalarType
 /// exp(final_logscale - state_logscale) [b*h] fp64: the true state from the path's scaled one.
 at::Tensor state_factor(const at::Tensor& final_logscale, const Scaled& sc, int64_t BH);
 
-/// Whether the CPU's chunked form must compute in fp64 (plan.h's resolve): log gates with a positive value.
+/// Whether the log gates hold a positive value (the past amplified): the paths then compute in a wider dtype
+/// (plan.h's resolve asks their precision rules). On CUDA this reads one number back: a device sync.
 bool amplifying_gates(const at::Tensor& log_g, int64_t chunk);
 
 }  // namespace power_attention
