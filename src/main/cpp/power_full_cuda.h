@@ -21,7 +21,7 @@ namespace cuda {
 /// accumulation, scores, row sums, states and gates) at degree 2 with chunks of 16 tokens or more; degrees >= 3 and
 /// smaller chunks compute in fp32 (their bf16 state products missed SPEC §7 on the GPU harness: degree 4's gate
 /// gradients 0.9-1.5e-2, chunk 1 2-9e-2, nearly all weight then going through the states); fp64 inputs and odd
-/// degrees in fp64. A positive log gate (amplifying) widens by one dtype: 16-bit inputs in fp32, fp32 in fp64.
+/// degrees in fp64. A positive log gate (amplifying) computes in fp64, both forms.
 Precision precision(at::ScalarType input, int64_t p, int64_t chunk, bool amplifying);
 
 /// Bytes the chunked form holds for its states: the fused degree-2 path's bf16 states in the internal layout (and
