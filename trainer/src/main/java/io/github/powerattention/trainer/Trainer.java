@@ -251,7 +251,7 @@ public final class Trainer {
         double[][] results = new double[2][];
         Batches.Purpose[] purposes = {Batches.Purpose.EVAL_TRAIN, Batches.Purpose.EVAL_VAL};
         for (int s = 0; s < 2; s++) {
-            double[] sums = new double[4];   // loss sum, batches, correct answers, answers
+            double[] sums = new double[5];   // loss sum, batches, correct answers, answers, no-recall floor hits
             for (int e = rank; e < cfg.evalIters; e += world) {
                 try (PointerScope scope = new PointerScope(); NoGradGuard g = new NoGradGuard()) {
                     byte[][] raw = batches.bytes(purposes[s], e, 0, cfg.batchSize);
@@ -267,11 +267,16 @@ public final class Trainer {
                         long[] p = new long[(int) pred.numel()];
                         pred.data_ptr_long().get(p);
                         for (int r = 0; r < raw.length; r++) {
+                            byte[] x = java.util.Arrays.copyOf(raw[r], cfg.blockSize);
+                            int[] floor = recall.noRecallGuesses(x);
                             for (int j = 0; j < cfg.blockSize; j++) {
                                 if (recall.isAnswer(raw[r], j)) {
                                     sums[3] += 1;
                                     if (p[r * cfg.blockSize + j] == (raw[r][j + 1] & 0xFF)) {
                                         sums[2] += 1;
+                                    }
+                                    if (floor[j] == (raw[r][j + 1] & 0xFF)) {
+                                        sums[4] += 1;
                                     }
                                 }
                             }
@@ -287,7 +292,8 @@ public final class Trainer {
         history.add(new Checkpoint.Point(step, "val", val, valRecall));
         if (rank == 0) {
             out.printf(Locale.ROOT, "eval step %d: train loss %.4f, val loss %.4f%s%n", step, train, val,
-                    recall != null ? String.format(Locale.ROOT, ", val recall accuracy %.1f%%", 100 * valRecall) : "");
+                    recall != null ? String.format(Locale.ROOT, ", val recall accuracy %.1f%% (no-recall floor %.1f%%)",
+                            100 * valRecall, 100 * results[1][4] / Math.max(1, results[1][3])) : "");
         }
     }
 

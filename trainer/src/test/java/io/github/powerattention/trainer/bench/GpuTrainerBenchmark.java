@@ -42,7 +42,7 @@ import io.github.powerattention.trainer.Main;
  * java -cp ... io.github.powerattention.trainer.bench.GpuTrainerBenchmark [OUT_DIR] [block ...]
  * </pre>
  * Model: 4 layers x 512, 8 heads of 64, power attention deg 2 with gates, chunk 512 (-Dbench.chunk),
- * -Dbench.tokens tokens per step (default 131072), -Dbench.steps steps (default 12, the first 4 not timed).
+ * -Dbench.tokens tokens per step (default 131072), -Dbench.steps steps (default 10, the first 4 not timed).
  */
 public final class GpuTrainerBenchmark {
     private static final Pattern STEP = Pattern.compile("\\| ([0-9,]+) tok/s \\|");
@@ -58,10 +58,12 @@ public final class GpuTrainerBenchmark {
         int[] blocks = args.length > 1 ? Arrays.stream(args).skip(1).mapToInt(Integer::parseInt).toArray()
                 : new int[] {1024, 4096, 16384, 65536};
         long tokens = Long.getLong("bench.tokens", 131072L);
-        int steps = Integer.getInteger("bench.steps", 12);
+        int steps = Integer.getInteger("bench.steps", 10);
         int chunk = Integer.getInteger("bench.chunk", 512);
         PowerAttention.loadNatives();
         Device cuda = new Device("cuda:0");
+        // the caching allocator knows no device before the first allocation (its statistics calls fail until then)
+        randn(new long[] {1}, new TensorOptions(ScalarType.Float).device(new DeviceOptional(cuda)));
         System.out.printf(Locale.ROOT, "gpu benchmark: %d layers x %d (%d heads of %d), bf16, %d tokens per step, "
                 + "%d steps (first 4 not timed), power deg 2 gated chunk %d%n", LAYERS, HEADS * HEAD_DIM, HEADS,
                 HEAD_DIM, tokens, steps, chunk);
