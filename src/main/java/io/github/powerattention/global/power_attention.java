@@ -33,9 +33,9 @@ public class power_attention {
      * {@code platform.preload} list before its {@code platform.link} list and extracts each library only when it comes
      * to it, so on an empty cache LibTorch's -gpu preloads {@code libc10_cuda.so} and {@code libtorch_cuda.so} fail
      * ("libc10.so: cannot open shared object file"), are not tried again, and LibTorch sees no CUDA device until the
-     * next run. With the linked libraries in the cache first, every library loads on the first pass. Also, if
-     * LibTorch's class was loaded before this one, the {@code Loader.load} after this call tries the failed preloads
-     * again, now with their dependencies in place.
+     * next run. With the linked libraries in the cache first, every library loads on the first pass. This must run
+     * before LibTorch's first CUDA question: a JVM that asked LibTorch first keeps its answer (no CUDA) even after
+     * the libraries load (seen on an H200).
      */
     private static void cacheLinkedLibraries(Class<?> presets) {
         if (!Loader.isLoadLibraries()) {
