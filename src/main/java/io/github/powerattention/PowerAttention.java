@@ -35,6 +35,16 @@ import org.bytedeco.pytorch.TensorVector;
 public final class PowerAttention {
     private PowerAttention() {}
 
+    /**
+     * Loads LibTorch's natives and ours, LibTorch's in dependency order: with the {@code -gpu} natives, call it
+     * (or any other method of this class) before LibTorch's first CUDA query ({@code torch.cuda_is_available()}),
+     * which on an empty JavaCPP cache would otherwise load LibTorch without its CUDA libraries and see no GPU until
+     * the next run. Idempotent and cheap after the first call.
+     */
+    public static void loadNatives() {
+        power_attention.load();
+    }
+
     /** {@link #powerFull(Tensor, Tensor, Tensor, PowerAttentionOptions)} with degree 2, no gates, quadratic form. */
     public static Tensor powerFull(Tensor q, Tensor k, Tensor v) {
         return powerFull(q, k, v, PowerAttentionOptions.defaults());

@@ -1,5 +1,9 @@
 package io.github.powerattention.global;
 
+import java.io.IOException;
+import java.net.URL;
+
+import org.bytedeco.javacpp.ClassProperties;
 import org.bytedeco.javacpp.Loader;
 import org.bytedeco.javacpp.annotation.ByRef;
 import org.bytedeco.javacpp.annotation.ByVal;
@@ -22,14 +26,47 @@ import io.github.powerattention.PowerAttentionException;
 @Properties(inherit = io.github.powerattention.presets.power_attention.class)
 public class power_attention {
     static {
+        cacheLinkedLibraries(org.bytedeco.pytorch.global.torch.class);
         Loader.load(org.bytedeco.pytorch.global.torch.class);
         Loader.load();
     }
 
-    private static final String BACKTRACE_MARK = "\nException raised from ";
-    private static final String ARGUMENT_PREFIX = "power_full: ";
+    /**
+     * Extracts the libraries that {@code presets} links ({@code platform.link}: for LibTorch {@code c10},
+     * {@code torch}, {@code torch_cpu}) into JavaCPP's cache before its first load. JavaCPP loads a class's
+     * {@code platform.preload} list before its {@code platform.link} list and extracts each library only when it comes
+     * to it, so on an empty cache LibTorch's -gpu preloads {@code libc10_cuda.so} and {@code libtorch_cuda.so} fail
+     * ("libc10.so: cannot open shared object file"), are not tried again, and LibTorch sees no CUDA device until the
+     * next run. With the linked libraries in the cache first, every library loads on the first pass. This must run
+     * before LibTorch's first CUDA question: a JVM that asked LibTorch first keeps its answer (no CUDA) even after
+     * the libraries load (seen on an H200).
+     */
+    private static void cacheLinkedLibraries(Class<?> presets) {
+        if (!Loader.isLoadLibraries()) {
+            return;
+        }
+        ClassProperties p = Loader.loadProperties(presets, Loader.loadProperties(), true);
+        for (String lib : p.get("platform.link")) {
+            for (URL url : Loader.findLibrary(presets, p, lib, false)) {
+                if (url.getProtocol().equals("jar")) {        // in a JAR: what JavaCPP extracts into its cache
+                    try {
+                        Loader.cacheResource(url);
+                    } catch (IOException e) {
+                        // the cache is not writable: JavaCPP's own load reports what fails
+                    }
+                    break;                                    // the first match is the one JavaCPP loads
+                }
+            }
+        }
+    }
 
     private power_attention() {}
+
+    /** Runs this class's static initialiser (the loading above) if it has not run yet. */
+    public static void load() {}
+
+    private static final String BACKTRACE_MARK = "\nException raised from ";
+    private static final String ARGUMENT_PREFIX = "power_full: ";
 
     /** A native failure with its Java type: IllegalArgumentException for our argument checks, else internal. */
     public static RuntimeException translate(RuntimeException e) {
