@@ -2,6 +2,7 @@ package io.github.powerattention.global;
 
 import java.io.IOException;
 import java.net.URL;
+import java.util.function.Supplier;
 
 import org.bytedeco.javacpp.ClassProperties;
 import org.bytedeco.javacpp.Loader;
@@ -87,72 +88,53 @@ public class power_attention {
         return new PowerAttentionException(message.isEmpty() ? "native failure in power attention" : message, e);
     }
 
-    /** {@code power_attention::power_full_flat}: an undefined {@code logG} means no gating. */
-    public static Tensor power_full_flat(Tensor q, Tensor k, Tensor v, Tensor logG, long degree, boolean hasScale,
-            double scale, boolean hasChunkSize, long chunkSize) {
+    /** The native call's result, or its failure with its Java type. */
+    private static <T> T translated(Supplier<T> call) {
         try {
-            return power_full_flat0(q, k, v, logG, degree, hasScale, scale, hasChunkSize, chunkSize);
+            return call.get();
         } catch (RuntimeException e) {
             throw translate(e);
         }
+    }
+
+    /** {@code power_attention::power_full_flat}: an undefined {@code logG} means no gating. */
+    public static Tensor power_full_flat(Tensor q, Tensor k, Tensor v, Tensor logG, long degree, boolean hasScale,
+            double scale, boolean hasChunkSize, long chunkSize) {
+        return translated(() -> power_full_flat0(q, k, v, logG, degree, hasScale, scale, hasChunkSize, chunkSize));
     }
 
     /** {@code power_attention::power_full_with_state_flat}: {Y, S, s}; undefined S0/s0 mean a zero state. */
     public static TensorVector power_full_with_state_flat(Tensor q, Tensor k, Tensor v, Tensor logG, long degree,
             boolean hasScale, double scale, boolean hasChunkSize, long chunkSize, Tensor S0, Tensor s0) {
-        try {
-            return power_full_with_state_flat0(q, k, v, logG, degree, hasScale, scale, hasChunkSize, chunkSize, S0,
-                    s0);
-        } catch (RuntimeException e) {
-            throw translate(e);
-        }
+        return translated(() -> power_full_with_state_flat0(q, k, v, logG, degree, hasScale, scale, hasChunkSize,
+                chunkSize, S0, s0));
     }
 
     /** {@code power_attention::power_decode_step_flat}: {y, S', s'}. */
     public static TensorVector power_decode_step(Tensor q, Tensor k, Tensor v, Tensor logG, Tensor S, Tensor s,
             long degree) {
-        try {
-            return power_decode_step0(q, k, v, logG, S, s, degree);
-        } catch (RuntimeException e) {
-            throw translate(e);
-        }
+        return translated(() -> power_decode_step0(q, k, v, logG, S, s, degree));
     }
 
     /** {@code power_attention::state_dim_flat}: C(d + p - 1, p). */
     public static long state_dim(long headDim, long degree) {
-        try {
-            return state_dim0(headDim, degree);
-        } catch (RuntimeException e) {
-            throw translate(e);
-        }
+        return translated(() -> state_dim0(headDim, degree));
     }
 
     /** {@code power_attention::reference::power_full_quadratic}: plain-ATen SPEC §3, differentiable by autograd. */
     public static Tensor power_full_quadratic(Tensor q, Tensor k, Tensor v, Tensor logG, long degree, double scale) {
-        try {
-            return power_full_quadratic0(q, k, v, logG, degree, scale);
-        } catch (RuntimeException e) {
-            throw translate(e);
-        }
+        return translated(() -> power_full_quadratic0(q, k, v, logG, degree, scale));
     }
 
     /** {@code power_attention::reference::power_full_chunked}: plain-ATen SPEC §4, differentiable by autograd. */
     public static Tensor power_full_chunked(Tensor q, Tensor k, Tensor v, Tensor logG, long degree, double scale,
             long chunkSize) {
-        try {
-            return power_full_chunked0(q, k, v, logG, degree, scale, chunkSize);
-        } catch (RuntimeException e) {
-            throw translate(e);
-        }
+        return translated(() -> power_full_chunked0(q, k, v, logG, degree, scale, chunkSize));
     }
 
     /** {@code power_attention::reference::symmetric_power_embedding}: phi of the last dimension. */
     public static Tensor symmetric_power_embedding(Tensor x, long degree) {
-        try {
-            return symmetric_power_embedding0(x, degree);
-        } catch (RuntimeException e) {
-            throw translate(e);
-        }
+        return translated(() -> symmetric_power_embedding0(x, degree));
     }
 
     @Namespace("power_attention") @Name("power_full_flat")
