@@ -2,6 +2,7 @@
 // Function that owns forward and backward, and the dispatch between the fast CPU path and the references.
 #include "power_attention.h"
 #include "power_full_cpu.h"
+#include "platform_util.h"
 #ifdef POWER_ATTENTION_WITH_CUDA
 #include "power_full_cuda.h"
 #include "sympow2_cuda.h"
@@ -15,7 +16,6 @@
 #include <cstdlib>
 #include <sstream>
 #include <string>
-#include <unistd.h>
 
 namespace power_attention {
 namespace {
@@ -59,8 +59,7 @@ double memory_limit_bytes() {
     const double v = std::strtod(env, &end);
     if (end != env && v > 0) return v;
   }
-  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
-  if (pages > 0 && page > 0) return 0.5 * static_cast<double>(pages) * static_cast<double>(page);
+  if (const double physical = platform::physical_memory_bytes(); physical > 0) return 0.5 * physical;
   return 8.0 * (1ull << 30);
 }
 

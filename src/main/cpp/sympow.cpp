@@ -7,19 +7,22 @@
 
 #include <cmath>
 #include <limits>
+#include <numeric>
 
 namespace power_attention {
 
 int64_t sympow_dim(int64_t d, int64_t p) {
   TORCH_CHECK(d >= 1 && p >= 1, "power_full: sympow_dim needs d >= 1 and p >= 1, got d = ", d, ", p = ", p);
-  // C(d + p - 1, p) = prod_{k=1..p} (d - 1 + k) / k, exact at every step.
-  __int128 acc = 1;
+  // C(d + p - 1, p) = prod_{k=1..p} (d - 1 + k) / k, exact at every step: acc (d - 1 + k) is a multiple of k, so
+  // with g = gcd(acc, k), k / g divides d - 1 + k, and the step needs no product wider than 64 bits.
+  int64_t acc = 1;
   for (int64_t k = 1; k <= p; ++k) {
-    acc = acc * (d - 1 + k) / k;
-    TORCH_CHECK(acc <= std::numeric_limits<int64_t>::max(), "power_full: the state dimension C(d + p - 1, p) for d = ",
+    const int64_t g = std::gcd(acc, k), a = acc / g, m = (d - 1 + k) / (k / g);
+    TORCH_CHECK(a <= std::numeric_limits<int64_t>::max() / m, "power_full: the state dimension C(d + p - 1, p) for d = ",
                 d, ", p = ", p, " does not fit in 64 bits");
+    acc = a * m;
   }
-  return static_cast<int64_t>(acc);
+  return acc;
 }
 
 namespace {
