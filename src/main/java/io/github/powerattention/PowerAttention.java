@@ -128,6 +128,18 @@ public final class PowerAttention {
     }
 
     /**
+     * Loads the natives now: LibTorch's, OpenBLAS's and ours (otherwise the first call loads them). Called first in a
+     * program, before any LibTorch class, it also keeps JavaCPP from printing its version warning about the OpenBLAS
+     * build our POMs pair with LibTorch ({@code openblas:0.3.31-1.5.13}, as Bytedeco's own pairing is not on Maven
+     * Central); other warnings stay.
+     */
+    public static void loadNatives() {
+        // before Loader.load: it reads the presets (and so initialises OpenBLAS's) before our class runs its own
+        io.github.powerattention.presets.OpenBlasVersionCheck.run();
+        org.bytedeco.javacpp.Loader.load(power_attention.class);
+    }
+
+    /**
      * The dimension D of the symmetric power embedding: {@code C(d + p - 1, p)} (2080 for d = 64, p = 2). A chunked
      * state holds {@code D x e} numbers per head ({@code S}) and {@code D} more ({@code s}).
      */

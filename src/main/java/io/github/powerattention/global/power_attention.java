@@ -18,6 +18,7 @@ import org.bytedeco.pytorch.TensorVector;
 @Properties(inherit = io.github.powerattention.presets.power_attention.class)
 public class power_attention {
     static {
+        io.github.powerattention.presets.OpenBlasVersionCheck.run();
         Loader.load(org.bytedeco.pytorch.global.torch.class);
         Loader.load();
     }

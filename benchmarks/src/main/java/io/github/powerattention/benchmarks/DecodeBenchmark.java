@@ -1,4 +1,4 @@
-package io.github.powerattention.bench;
+package io.github.powerattention.benchmarks;
 
 import static org.bytedeco.pytorch.global.torch.ScalarType;
 import static org.bytedeco.pytorch.global.torch.log_sigmoid;
@@ -26,8 +26,8 @@ import org.bytedeco.pytorch.TensorOptions;
  * attention step against a KV cache (SDPA, one query). Median of 20 (decode, KV) or 3 (full forward) runs.
  *
  * <pre>
- *   mvn -q test-compile exec:java -Dexec.classpathScope=test \
- *       -Dexec.mainClass=io.github.powerattention.bench.DecodeBenchmark [-Dexec.args="4096 65536"]
+ *   mvn -q -f benchmarks compile exec:java -Dexec.mainClass=io.github.powerattention.benchmarks.DecodeBenchmark \
+ *       [-Dexec.args="4096 65536"]
  * </pre>
  */
 public final class DecodeBenchmark {
