@@ -79,6 +79,8 @@ found="$(part MAJOR).$(part MINOR).$(part PATCH)"
 if [ -n "$found" ] && [ "${found%%+*}" != "$version" ]; then
   echo "power-attention: WARNING: headers are LibTorch $found, the Bytedeco build is $version; versions must match" >&2
 fi
+# a link (where links cannot be made, as under Git's bash on Windows, ln copies: replace an older copy)
+[ -L "$dest/include" ] || rm -rf "$dest/include"
 ln -sfn "$include" "$dest/include"
 mkdir -p "$dest/extra/c10/cuda/impl"
 printf '#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n' > "$dest/extra/c10/cuda/impl/cuda_cmake_macros.h"

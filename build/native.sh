@@ -16,6 +16,13 @@ case "$(uname -s)" in
   MINGW*|MSYS*|CYGWIN*) windows=1 ;;
   *) windows=0 ;;
 esac
+if [ "$windows" = 1 ]; then
+  # Maven passes Windows paths (D:\a\...): D:/a/... reads the same to bash and to the native tools
+  base="$(cygpath -m "$base")"; build="$(cygpath -m "$build")"; headers="$(cygpath -m "$headers")"
+  [ -z "$home" ] || home="$(cygpath -m "$home")"
+  [ -z "$wheel" ] || wheel="$(cygpath -m "$wheel")"
+  [ -z "$natives_jar" ] || natives_jar="$(cygpath -m "$natives_jar")"
+fi
 bash "$base/build/libtorch-headers.sh" "$headers" "$version" "$home" "$wheel"
 command -v cmake >/dev/null || { echo "power-attention: cmake not found (apt-get install cmake)" >&2; exit 1; }
 mkdir -p "$build"

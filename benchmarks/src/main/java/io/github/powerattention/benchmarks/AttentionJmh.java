@@ -5,6 +5,7 @@ import static org.bytedeco.pytorch.global.torch.log_sigmoid;
 import static org.bytedeco.pytorch.global.torch.manual_seed;
 import static org.bytedeco.pytorch.global.torch.randn;
 import static org.bytedeco.pytorch.global.torch.scaled_dot_product_attention;
+import static org.bytedeco.pytorch.global.torch.set_num_threads;
 
 import java.util.concurrent.TimeUnit;
 
@@ -54,6 +55,10 @@ public class AttentionJmh {
     @Param({"power", "sdpa"})
     public String kernel;
 
+    static {
+        PowerAttention.loadNatives();  // in each forked JVM, before LibTorch's first use: quietly
+    }
+
     private PointerScope scope;
     private Tensor q, k, v, logG, dy;
     private PowerAttentionOptions options;
@@ -61,6 +66,10 @@ public class AttentionJmh {
     @Setup(Level.Trial)
     public void setUp() {
         scope = new PointerScope();
+        Integer threads = Integer.getInteger("bench.threads");  // -jvmArgsAppend -Dbench.threads=N: LibTorch's threads
+        if (threads != null) {
+            set_num_threads(threads);
+        }
         manual_seed(1);
         TensorOptions f32 = new TensorOptions(ScalarType.Float);
         q = randn(new long[] {B, t, H, D}, f32).requires_grad_(true);

@@ -160,7 +160,9 @@ public final class BenchmarkReport {
     static void speedup(List<JmhResult> results, GpuBench gpu, Path out) throws IOException {
         XYChart chart = chart("Power attention vs SDPA, fwd+bwd (above 1: power is faster)",
                 "t (tokens)", "SDPA time / power attention time");
-        chart.getStyler().setYAxisLogarithmic(true);
+        chart.getStyler().setYAxisLogarithmic(false);
+        chart.getStyler().setYAxisMin(0.0);
+        chart.getStyler().setLegendPosition(Styler.LegendPosition.OutsideS);
         TreeMap<Long, double[]> power = jmhPoints(results, r -> r.className().equals("AttentionJmh")
                 && r.method().equals("forwardBackward") && "power".equals(r.params().get("kernel")));
         TreeMap<Long, double[]> sdpa = jmhPoints(results, r -> r.className().equals("AttentionJmh")

@@ -41,6 +41,7 @@ public final class CpuBenchmark {
     record Row(String kernel, long t, long chunk, double medianMs, double minMs, double peakMiB) {}
 
     public static void main(String[] args) throws IOException {
+        PowerAttention.loadNatives();  // before LibTorch's first use: quietly
         long[] lengths = args.length > 0 ? Arrays.stream(args).mapToLong(Long::parseLong).toArray()
                 : new long[] {1024, 4096, 16384};
         long[] chunks = Long.getLong("chunks") != null ? new long[] {Long.getLong("chunks")} : new long[] {64, 128, 256, 512};

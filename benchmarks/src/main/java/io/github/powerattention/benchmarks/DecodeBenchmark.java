@@ -34,6 +34,7 @@ public final class DecodeBenchmark {
     static final long H = 8, D = 64;
 
     public static void main(String[] args) {
+        PowerAttention.loadNatives();  // before LibTorch's first use: quietly
         long[] contexts = args.length > 0 ? Arrays.stream(args).mapToLong(Long::parseLong).toArray()
                 : new long[] {4096, 65536};
         System.out.printf(Locale.ROOT, "# decode cost per token, CPU fp32, h=%d d=e=%d deg 2 gated, %s%n", H, D,
