@@ -76,20 +76,47 @@ inline double log_(double x) { return x == 0 ? -std::numeric_limits<double>::inf
 
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 
+// prefix[j] = min(gk[0..j]): the smallest key cumsum a row that sees keys [0, j] can meet.
+std::vector<double> prefix_min(const double* gk, int64_t C) {
+  std::vector<double> out(static_cast<size_t>(C));
+  double acc = std::numeric_limits<double>::infinity();
+  for (int64_t j = 0; j < C; ++j) out[j] = acc = std::min(acc, gk[j]);
+  return out;
+}
+
+// gref_r (see tile_gate_reference) from the prefix minimum; 0 for a row that sees no key.
+template <typename T>
+double row_reference(const TileShape<T>& sh, const std::vector<double>& pmin, int64_t r) {
+  const int64_t n = sh.visible(r);
+  return n > 0 ? sh.gq[r / sh.g] - pmin[n - 1] : 0.0;
+}
+
 }  // namespace
+
+template <typename T>
+void tile_gate_reference(const TileShape<T>& sh, double* gref) {
+  if (sh.gq == nullptr || sh.gk == nullptr) {
+    std::fill(gref, gref + sh.R, 0.0);
+    return;
+  }
+  const std::vector<double> pmin = prefix_min(sh.gk, sh.C);
+  for (int64_t r = 0; r < sh.R; ++r) gref[r] = row_reference(sh, pmin, r);
+}
 
 template <typename T>
 void tile_weights_forward(const TileShape<T>& sh, T* S, T* m, T* l) {
   const T p = static_cast<T>(sh.p);
   const bool odd = sh.p % 2 == 1;
   std::vector<T> z(static_cast<size_t>(sh.C));
+  const bool gated = sh.gq != nullptr && sh.gk != nullptr;
+  const std::vector<double> pmin = gated ? prefix_min(sh.gk, sh.C) : std::vector<double>();
   for (int64_t r = 0; r < sh.R; ++r) {
     T* row = S + r * sh.C;
     const int64_t n = sh.visible(r);
-    const double gi = sh.gq != nullptr ? sh.gq[r / sh.g] : 0.0;
+    const double gi = gated ? sh.gq[r / sh.g] - row_reference(sh, pmin, r) : 0.0;
     T mr = static_cast<T>(kNegInf);
     for (int64_t j = 0; j < n; ++j) {
-      const T gd = sh.gk != nullptr ? static_cast<T>(gi - sh.gk[j]) : T(0);
+      const T gd = gated ? static_cast<T>(gi - sh.gk[j]) : T(0);
       const T zj = p * log_(std::abs(sh.scale * row[j])) + gd;
       z[j] = zj;
       mr = zj > mr ? zj : mr;
@@ -112,16 +139,18 @@ template <typename T>
 void tile_weights_backward(const TileShape<T>& sh, T* S, T* dP, const T* m, T* dgq, T* dgk) {
   const T p = static_cast<T>(sh.p);
   const bool odd = sh.p % 2 == 1;
+  const bool gated = sh.gq != nullptr && sh.gk != nullptr;
+  const std::vector<double> pmin = gated ? prefix_min(sh.gk, sh.C) : std::vector<double>();
   for (int64_t r = 0; r < sh.R; ++r) {
     T* srow = S + r * sh.C;
     T* drow = dP + r * sh.C;
     const int64_t n = sh.visible(r);
-    const double gi = sh.gq != nullptr ? sh.gq[r / sh.g] : 0.0;
+    const double gi = gated ? sh.gq[r / sh.g] - row_reference(sh, pmin, r) : 0.0;
     const T mr = m[r];
     T dzsum = 0;
     for (int64_t j = 0; j < n; ++j) {
       const T s = sh.scale * srow[j];
-      const T gd = sh.gk != nullptr ? static_cast<T>(gi - sh.gk[j]) : T(0);
+      const T gd = gated ? static_cast<T>(gi - sh.gk[j]) : T(0);
       T w = exp_(p * log_(std::abs(s)) + gd - mr);
       if (odd) w = s < 0 ? -w : w;
       const T dp = drow[j];
@@ -146,6 +175,8 @@ void tile_weights_backward(const TileShape<T>& sh, T* S, T* dP, const T* m, T* d
   }
 }
 
+template void tile_gate_reference<float>(const TileShape<float>&, double*);
+template void tile_gate_reference<double>(const TileShape<double>&, double*);
 template void tile_weights_forward<float>(const TileShape<float>&, float*, float*, float*);
 template void tile_weights_forward<double>(const TileShape<double>&, double*, double*, double*);
 template void tile_weights_backward<float>(const TileShape<float>&, float*, float*, const float*, float*, float*);

@@ -25,14 +25,22 @@ struct TileShape {
   }
 };
 
-/// In place: S [R, C] = Q K^T (unscaled) becomes P [R, C] (SPEC §3: P_ij = exp(z_ij - m_i) * sign(s_ij)^p, 0 where
-/// masked); writes m [R] (row max of z, 0 for a row with no visible nonzero weight) and l [R] = sum_j P_ij.
+/// The log-weights of a row are z_ij = p log|s_ij| + (G_i - G_j) - gref_i, taken relative to the row's gate
+/// reference gref_i = G_i - min_{j visible} G_j (fp64; 0 without gates or with gates <= 0): the gate differences that
+/// matter are then small numbers, exact in fp32 whatever the size of G (log gates of tens of nats a token).
+/// gref [R] is written here (the chunked form's combination needs it).
+template <typename T>
+void tile_gate_reference(const TileShape<T>& sh, double* gref);
+
+/// In place: S [R, C] = Q K^T (unscaled) becomes P [R, C] (P_ij = exp(z_ij - m_i) * sign(s_ij)^p, 0 where masked);
+/// writes m [R] (row max of z, 0 for a row with no visible nonzero weight) and l [R] = sum_j P_ij.
 template <typename T>
 void tile_weights_forward(const TileShape<T>& sh, T* S, T* m, T* l);
 
-/// Backward of tile_weights_forward with m held constant. In: S [R, C] = Q K^T (unscaled), dP [R, C] the gradient
-/// of P. Out, in place: S becomes P, dP becomes dS (the gradient of the unscaled Q K^T, scale folded in); when
-/// dgq/dgk are given, adds sum_j dz_ij into dgq[r / g] and -sum_i dz_ij into dgk[j] (dz = dP * P).
+/// Backward of tile_weights_forward with m held constant (any m: the chunked form passes its shared row scale).
+/// In: S [R, C] = Q K^T (unscaled), dP [R, C] the gradient of P = exp(z - m). Out, in place: S becomes P, dP becomes
+/// dS (the gradient of the unscaled Q K^T, scale folded in); when dgq/dgk are given, adds sum_j dz_ij into
+/// dgq[r / g] and -sum_i dz_ij into dgk[j] (dz = dP * P).
 template <typename T>
 void tile_weights_backward(const TileShape<T>& sh, T* S, T* dP, const T* m, T* dgq, T* dgk);
 

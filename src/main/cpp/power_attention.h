@@ -36,12 +36,16 @@ struct PowerFullOptions {
 ///   log_g  [b, t, h]       optional (undefined tensor = no gating); computed in fp32 (fp64 for fp64 inputs)
 ///   returns [b, t, hq, e]  same dtype and device as q
 ///
-/// Differentiable in q, k, v and log_g. Throws c10::Error whose message starts with "power_full: " on bad input.
+/// Differentiable in q, k, v and log_g (create_graph gives second derivatives, through the plain-ATen reference).
+/// Any finite input gives a finite output: log gates of either sign and any size, any |q|, |k|, any scale.
+/// Throws ArgumentError (a c10::ValueError, message "power_full: ...") on bad input, c10::Error otherwise.
 at::Tensor power_full(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                       const at::Tensor& log_g, const PowerFullOptions& options);
 
 /// Binding-friendly form of power_full: plain arguments only.
 ///   log_g undefined: no gating; has_scale false: default scale; has_chunk_size false: quadratic form.
+/// Argument errors pass unchanged (ArgumentError); every other failure is rethrown as std::runtime_error whose
+/// message starts with "power_full internal error: " (errors.h), so a binding can tell the two apart.
 at::Tensor power_full_flat(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& log_g,
                            int64_t degree, bool has_scale, double scale, bool has_chunk_size,
                            int64_t chunk_size);
@@ -69,8 +73,16 @@ std::vector<at::Tensor> power_decode_step(const at::Tensor& q, const at::Tensor&
                                           const at::Tensor& log_g, const at::Tensor& S, const at::Tensor& s,
                                           int64_t degree);
 
+/// Binding-friendly form of power_decode_step (see power_full_flat: argument errors pass, others are marked internal).
+std::vector<at::Tensor> power_decode_step_flat(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                               const at::Tensor& log_g, const at::Tensor& S, const at::Tensor& s,
+                                               int64_t degree);
+
 /// Dimension D of the symmetric power embedding phi: C(d + p - 1, p) (2080 for d = 64, p = 2).
 int64_t state_dim(int64_t head_dim, int64_t degree);
+
+/// Binding-friendly form of state_dim.
+int64_t state_dim_flat(int64_t head_dim, int64_t degree);
 
 namespace reference {
 
@@ -83,6 +95,15 @@ at::Tensor power_full_quadratic(const at::Tensor& q, const at::Tensor& k, const 
 /// Materialises phi of every token: an oracle, not a fast path.
 at::Tensor power_full_chunked(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                               const at::Tensor& log_g, int64_t degree, double scale, int64_t chunk_size);
+
+/// power_full_chunked starting from the state (S0 [b, h, D, e], s0 [b, h, D]; undefined: zero) and returning
+/// {Y, S, s}, the state after the last token (fp32, fp64 for fp64 inputs). States are carried with a log-scale
+/// inside (docs/SPEC.md, the stabilised chunked form), so log gates of any sign and size are served; the returned
+/// state itself is a plain tensor and overflows where exp(G_t - G_j) does.
+std::vector<at::Tensor> power_full_chunked_with_state(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                      const at::Tensor& log_g, int64_t degree, double scale,
+                                                      int64_t chunk_size, const at::Tensor& S0,
+                                                      const at::Tensor& s0);
 
 /// The symmetric power embedding phi of the last dimension: [..., d] -> [..., D], with
 /// phi(x) . phi(y) == (x . y)^p. Layout: see sympow.h.

@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 namespace power_attention {
@@ -29,39 +30,49 @@ at::Tensor safe_reciprocal(const at::Tensor& x) {
   return at::where(x == 0, at::zeros_like(x), x.reciprocal());
 }
 
-// The gate factors of one chunk: the local inclusive cumsum Gc (fp64) and what derives from it.
+constexpr double kNegInf = -std::numeric_limits<double>::infinity();
+
+// The gates of one chunk: the local inclusive cumsum Gc (fp64), L = Gc at its last token, and sigma =
+// max_j (L - Gc_j) >= 0, the largest discount of a key to the chunk end (docs/SPEC.md, the stabilised chunked form).
 struct ChunkGates {
-  std::vector<double> Gc;  // [c] (empty without gating)
-  at::Tensor kf;           // [c]      exp(L - Gc_j): keys discounted to the chunk end
-  at::Tensor qf;           // [c * g]  scale^p exp(Gc_i), one per query row
-  double decay = 1;        // exp(L)
+  std::vector<double> Gc;  // [c] (all 0 without gating)
+  double L = 0;
+  double sigma = 0;
 };
 
-ChunkGates chunk_gates(const Problem& pr, const double* lg, int64_t t0, const at::TensorOptions& o) {
-  const int64_t c = pr.chunk, g = pr.g;
-  const double sp = std::pow(pr.scale, static_cast<double>(pr.p));
+ChunkGates chunk_gates(const Problem& pr, const double* lg, int64_t t0) {
+  const int64_t c = pr.chunk;
   ChunkGates cg;
-  if (lg == nullptr) {
-    cg.kf = at::ones({c}, o);
-    cg.qf = at::full({c * g}, sp, o);
-    return cg;
-  }
-  cg.Gc.resize(c);
-  double acc = 0;
-  for (int64_t j = 0; j < c; ++j) cg.Gc[j] = (acc += lg[t0 + j]);
-  const double L = acc;
-  cg.decay = std::exp(L);
-  at::Tensor kf = at::empty({c}, o.dtype(at::kDouble)), qf = at::empty({c * g}, o.dtype(at::kDouble));
-  double* kp = kf.data_ptr<double>();
-  double* qp = qf.data_ptr<double>();
+  cg.Gc.assign(c, 0.0);
+  if (lg == nullptr) return cg;
+  double acc = 0, lo = std::numeric_limits<double>::infinity();
   for (int64_t j = 0; j < c; ++j) {
-    kp[j] = std::exp(L - cg.Gc[j]);
-    const double f = sp * std::exp(cg.Gc[j]);
-    for (int64_t i = 0; i < g; ++i) qp[j * g + i] = f;
+    cg.Gc[j] = (acc += lg[t0 + j]);
+    lo = std::min(lo, cg.Gc[j]);
   }
-  cg.kf = kf.to(o.dtype());
-  cg.qf = qf.to(o.dtype());
+  cg.L = acc;
+  cg.sigma = acc - lo;
   return cg;
+}
+
+// The state's log-scale across chunk n: mu' = max(mu + L, sigma), the decay alpha = exp(mu + L - mu') of the scaled
+// state entering it (0 for an empty state, mu = -inf) and the keys' factors kf_j = exp(L - Gc_j - mu') <= 1.
+struct StateStep {
+  double mu_next = 0;
+  double alpha = 0;
+  at::Tensor kf;  // [c]
+};
+
+StateStep state_step(const ChunkGates& cg, double mu, const at::TensorOptions& o) {
+  StateStep st;
+  st.mu_next = mu == kNegInf ? cg.sigma : std::max(mu + cg.L, cg.sigma);
+  st.alpha = mu == kNegInf ? 0.0 : std::exp(mu + cg.L - st.mu_next);
+  const int64_t c = static_cast<int64_t>(cg.Gc.size());
+  at::Tensor kf = at::empty({c}, o.dtype(at::kDouble));
+  double* kp = kf.data_ptr<double>();
+  for (int64_t j = 0; j < c; ++j) kp[j] = std::exp(cg.L - cg.Gc[j] - st.mu_next);
+  st.kf = kf.to(o.dtype());
+  return st;
 }
 
 template <typename T>
@@ -210,56 +221,108 @@ void quadratic_backward_head(const Problem& pr, const at::Tensor& q, const at::T
 // Chunked form, SPEC §4: per head, chunks in order (forward) and in reverse (backward).
 // ---------------------------------------------------------------------------------------------------------------
 
+// The combination of chunk n's rows (docs/SPEC.md, the stabilised chunked form): the in-chunk attention (numA, l,
+// row max m relative to the gate reference gref) and the state term (B, b: sp phi(q) times the scaled state) meet
+// at a shared row scale M_i = max(m_i + gref_i, r_i + log|b_i|), r_i = Gc_i + mu_n the state's log-factor, so that
+// both weights wa = exp(m_i + gref_i - M_i) and ws = exp(r_i - M_i) are <= 1 (up to |b|). Kept as delta_i =
+// M_i - gref_i (the saved row scale): the backward rebuilds ws from it and takes the tile's weights against it.
+struct RowScales {
+  at::Tensor wa, ws;  // [cg] in T
+};
+
+template <typename T>
+RowScales combine_scales(int64_t cg, int64_t g, const std::vector<double>& Gc, double mu,
+                            const std::vector<double>& gref, const T* m, const T* l, const T* b, T* delta,
+                            const at::TensorOptions& o) {
+  RowScales rs{at::empty({cg}, o), at::empty({cg}, o)};
+  T* wa = rs.wa.data_ptr<T>();
+  T* ws = rs.ws.data_ptr<T>();
+  for (int64_t i = 0; i < cg; ++i) {
+    const double A = l[i] != T(0) ? static_cast<double>(m[i]) + gref[i] : kNegInf;
+    const double r = mu == kNegInf ? kNegInf : Gc[i / g] + mu;
+    double rho = r;
+    if (r != kNegInf && b != nullptr && b[i] != T(0)) rho = r + std::log(std::abs(static_cast<double>(b[i])));
+    double M = std::max(A, rho);
+    if (M == kNegInf) M = gref[i];
+    delta[i] = static_cast<T>(M - gref[i]);
+    const double Mc = static_cast<double>(delta[i]) + gref[i];  // the rounded scale, used alike in backward
+    wa[i] = l[i] != T(0) ? static_cast<T>(std::exp(static_cast<double>(m[i]) - static_cast<double>(delta[i]))) : T(0);
+    ws[i] = r == kNegInf ? T(0) : static_cast<T>(std::exp(r - Mc));
+  }
+  return rs;
+}
+
 template <typename T>
 void chunked_forward_head(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                           const at::Tensor& lg, Forward& f, bool save, const State& initial, bool want_final,
                           int64_t bh) {
   const int64_t T_ = pr.T, g = pr.g, d = pr.d, e = pr.e, c = pr.chunk, N = T_ / c, cg = c * g;
   const int64_t D = sympow_dim(d, pr.p);
+  const double sp = std::pow(pr.scale, static_cast<double>(pr.p));
   const auto o = q.options();
   const at::Tensor qr = q[bh].view({T_ * g, d}), kh = k[bh], vh = v[bh];
   const double* lp = lg.defined() ? lg[bh].data_ptr<double>() : nullptr;
   const at::Tensor yh = f.y[bh].view({T_ * g, e});
+  // The state entering the chunk is exp(mu) * (H, hv); mu = -inf: empty.
   at::Tensor H = initial.S.defined() ? initial.S[bh].clone() : at::zeros({D, e}, o);
   at::Tensor hv = initial.s.defined() ? initial.s[bh].clone() : at::zeros({D}, o);
+  double mu = kNegInf;
+  if (initial.S.defined()) mu = initial.logscale.defined() ? initial.logscale[bh].item<double>() : 0.0;
+  std::vector<double> gref(cg);
+  at::Tensor l = at::empty({cg}, o);
   for (int64_t n = 0; n < N; ++n) {
     const int64_t t0 = n * c;
-    const ChunkGates gt = chunk_gates(pr, lp, t0, o);
+    const ChunkGates gt = chunk_gates(pr, lp, t0);
     if (save) {
       f.states[bh][n].copy_(H);
       f.norms[bh][n].copy_(hv);
+      f.logscale[bh][n].fill_(mu);
     }
     const at::Tensor qc = qr.narrow(0, t0 * g, cg), kc = kh.narrow(0, t0, c), vc = vh.narrow(0, t0, c);
 
-    // queries against the state entering the chunk
-    const at::Tensor phiQ = sympow_forward(qc, gt.qf, pr.p);  // [cg, D]
-    const at::Tensor Bq = at::mm(phiQ, H), bq = at::mv(phiQ, hv);
-
     // in-chunk attention
     at::Tensor S = at::mm(qc, kc.t()).contiguous();
-    at::Tensor m = f.rowmax[bh].narrow(0, t0 * g, cg), l = at::empty({cg}, o);
-    const double* G = gt.Gc.empty() ? nullptr : gt.Gc.data();
-    tile_weights_forward<T>(tile_shape<T>(pr, cg, c, 0, 0, G, G), S.data_ptr<T>(), m.data_ptr<T>(), l.data_ptr<T>());
-    const at::Tensor numA = at::mm(S, vc);
+    at::Tensor m = at::empty({cg}, o);
+    const double* G = lp == nullptr ? nullptr : gt.Gc.data();
+    const auto sh = tile_shape<T>(pr, cg, c, 0, 0, G, G);
+    tile_weights_forward<T>(sh, S.data_ptr<T>(), m.data_ptr<T>(), l.data_ptr<T>());
+    tile_gate_reference<T>(sh, gref.data());
+    at::Tensor num = at::mm(S, vc);
 
-    // combine, both terms divided by max(1, exp(m))
-    const at::Tensor mu = at::clamp_min(m, 0);
-    const at::Tensor wa = at::exp(m - mu), ws = at::exp(-mu);
-    const at::Tensor den = l * wa + bq * ws;
+    // queries against the scaled state entering the chunk: B = sp phi(Q) H, b = sp phi(Q) h
+    at::Tensor Bq, bq;
+    if (mu != kNegInf) {
+      const at::Tensor phiQ = sympow_forward(qc, at::Tensor(), pr.p);  // [cg, D]
+      Bq = at::mm(phiQ, H).mul_(sp);
+      bq = at::mv(phiQ, hv).mul_(sp);
+    }
+
+    // combine at the shared row scale
+    at::Tensor delta = f.rowmax[bh].narrow(0, t0 * g, cg);
+    const RowScales rs = combine_scales<T>(cg, g, gt.Gc, mu, gref, m.data_ptr<T>(), l.data_ptr<T>(),
+                                              bq.defined() ? bq.data_ptr<T>() : nullptr, delta.data_ptr<T>(), o);
+    at::Tensor den = l * rs.wa;
+    num.mul_(rs.wa.unsqueeze(1));
+    if (bq.defined()) {
+      den.add_(bq * rs.ws);
+      num.add_(Bq.mul_(rs.ws.unsqueeze(1)));
+    }
     f.den[bh].narrow(0, t0 * g, cg).copy_(den);
-    at::Tensor num = numA.mul_(wa.unsqueeze(1)).add_(Bq.mul_(ws.unsqueeze(1)));
     yh.narrow(0, t0 * g, cg).copy_(num.mul_(safe_reciprocal(den).unsqueeze(1)));
 
-    // the state leaving the chunk: H <- exp(L) H + phi(K')^T V, h <- exp(L) h + sum phi(K')
+    // the state leaving the chunk: H <- alpha H + phi(K')^T V, h <- alpha h + sum phi(K'), mu <- mu'
     if (n + 1 < N || want_final) {
-      const at::Tensor phiK = sympow_forward(kc, gt.kf, pr.p);  // [c, D]
-      H.addmm_(phiK.t(), vc, gt.decay, 1.0);
-      hv.mul_(gt.decay).add_(phiK.sum(0));
+      const StateStep st = state_step(gt, mu, o);
+      const at::Tensor phiK = sympow_forward(kc, st.kf, pr.p);  // [c, D]
+      H.addmm_(phiK.t(), vc, st.alpha, 1.0);
+      hv.mul_(st.alpha).add_(phiK.sum(0));
+      mu = st.mu_next;
     }
   }
   if (want_final) {
     f.final_state[bh].copy_(H);
     f.final_norm[bh].copy_(hv);
+    f.final_logscale[bh].fill_(mu);
   }
 }
 
@@ -269,6 +332,7 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
                            const State& d_final, Grads& gr, int64_t bh) {
   const int64_t T_ = pr.T, g = pr.g, d = pr.d, e = pr.e, c = pr.chunk, N = T_ / c, cg = c * g;
   const int64_t D = sympow_dim(d, pr.p);
+  const double sp = std::pow(pr.scale, static_cast<double>(pr.p));
   const auto o = q.options();
   const bool gates = lg.defined() && needs.g;
   const bool key_side = needs.k || needs.v || gates;  // anything downstream of the states
@@ -277,67 +341,82 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
   const at::Tensor qr = q[bh].view({T_ * g, d}), kh = k[bh], vh = v[bh];
   const double* lp = lg.defined() ? lg[bh].data_ptr<double>() : nullptr;
   const at::Tensor yh = f.y[bh].view({T_ * g, e}), dyh = dy[bh].view({T_ * g, e});
+  const at::Tensor mus = f.logscale[bh].contiguous();
+  const double* mup = mus.data_ptr<double>();
   at::Tensor dq = needs.q ? gr.q[bh].view({T_ * g, d}) : at::Tensor();
   at::Tensor dk = needs.k ? gr.k[bh] : at::Tensor();
   at::Tensor dv = needs.v ? gr.v[bh] : at::Tensor();
   double* dlg = gates ? gr.lg[bh].data_ptr<double>() : nullptr;
-  // d loss / d (state leaving the chunk being processed)
+  // d loss / d (the scaled state leaving the chunk being processed)
   at::Tensor dH = seeded ? d_final.S[bh].clone() : at::zeros({D, e}, o);
   at::Tensor dh = seeded ? d_final.s[bh].clone() : at::zeros({D}, o);
   std::vector<T> dGq(gates ? c : 0), dGk(gates ? c : 0);
+  std::vector<double> gref(cg);
   for (int64_t n = N - 1; n >= 0; --n) {
     const int64_t t0 = n * c;
-    const ChunkGates gt = chunk_gates(pr, lp, t0, o);
+    const ChunkGates gt = chunk_gates(pr, lp, t0);
+    const double mu = mup[n];
     const at::Tensor Hn = f.states[bh][n], hn = f.norms[bh][n];
     const at::Tensor qc = qr.narrow(0, t0 * g, cg), kc = kh.narrow(0, t0, c), vc = vh.narrow(0, t0, c);
+    const double* G = lp == nullptr ? nullptr : gt.Gc.data();
+    const auto sh = tile_shape<T>(pr, cg, c, 0, 0, G, G);
+    tile_gate_reference<T>(sh, gref.data());
 
     // y = num / den:  dnum = dy / den,  dden = -(dy . y) / den
     const at::Tensor inv = safe_reciprocal(f.den[bh].narrow(0, t0 * g, cg));
-    const at::Tensor m = f.rowmax[bh].narrow(0, t0 * g, cg).contiguous();
+    const at::Tensor delta = f.rowmax[bh].narrow(0, t0 * g, cg).contiguous();
     const at::Tensor dyc = dyh.narrow(0, t0 * g, cg), yc = yh.narrow(0, t0 * g, cg);
     const at::Tensor dnum = dyc * inv.unsqueeze(1);
     const at::Tensor dden = (dyc * yc).sum(1).mul_(inv).neg_();
-    const at::Tensor mu = at::clamp_min(m, 0);
-    const at::Tensor wa = at::exp(m - mu), ws = at::exp(-mu);
     double dL = 0;  // d loss / d L_n (the chunk-end cumsum)
     if (gates) {
       std::fill(dGq.begin(), dGq.end(), T(0));
       std::fill(dGk.begin(), dGk.end(), T(0));
     }
 
-    // --- queries against the state: Bq = phi(Q') H_n, bq = phi(Q') h_n
-    const at::Tensor dB = dnum * ws.unsqueeze(1), db = dden * ws;
-    const at::Tensor phiQ = sympow_forward(qc, gt.qf, pr.p);
+    // --- queries against the state: B = phi(Q) diag(qf) H_n, qf = sp ws (ws at the saved row scale)
+    const bool stateful_chunk = mu != kNegInf;
     at::Tensor dHdir, dhdir;
-    if (carry && (n > 0 || needs.state)) {
-      dHdir = at::mm(phiQ.t(), dB);
-      dhdir = at::mv(phiQ.t(), db);
-    }
     at::Tensor dqc = needs.q ? at::zeros({cg, d}, o) : at::Tensor();
-    if (needs.q || gates) {
-      at::Tensor dphiQ = at::mm(dB, Hn.t());
-      dphiQ.addr_(db, hn);
-      auto [dxq, dsq] = sympow_backward(qc, gt.qf, dphiQ, pr.p, needs.q, gates);
-      if (needs.q) dqc.add_(dxq);
-      if (gates) {  // d qf / d Gc = qf
-        const at::Tensor u = (dsq * gt.qf).view({c, g}).sum(1).to(at::kDouble);
-        const double* up = u.data_ptr<double>();
-        for (int64_t j = 0; j < c; ++j) dGq[j] += static_cast<T>(up[j]);
+    if (stateful_chunk) {
+      at::Tensor qf = at::empty({cg}, o);
+      T* qfp = qf.data_ptr<T>();
+      const T* dp = delta.data_ptr<T>();
+      for (int64_t i = 0; i < cg; ++i) {
+        const double Mc = static_cast<double>(dp[i]) + gref[i];
+        qfp[i] = static_cast<T>(sp * std::exp(gt.Gc[i / g] + mu - Mc));
+      }
+      const at::Tensor phiQ = sympow_forward(qc, qf, pr.p);
+      if (carry && (n > 0 || needs.state)) {
+        dHdir = at::mm(phiQ.t(), dnum);
+        dhdir = at::mv(phiQ.t(), dden);
+      }
+      if (needs.q || gates) {
+        at::Tensor dphiQ = at::mm(dnum, Hn.t());
+        dphiQ.addr_(dden, hn);
+        auto [dxq, dsq] = sympow_backward(qc, qf, dphiQ, pr.p, needs.q, gates);
+        if (needs.q) dqc.add_(dxq);
+        if (gates) {  // d qf / d Gc = qf
+          const at::Tensor u = (dsq * qf).view({c, g}).sum(1).to(at::kDouble);
+          const double* up = u.data_ptr<double>();
+          for (int64_t j = 0; j < c; ++j) dGq[j] += static_cast<T>(up[j]);
+        }
       }
     }
 
-    // --- the state leaving the chunk: H_{n+1} = exp(L_n) H_n + phi(K')^T V (dH is its gradient)
+    // --- the state leaving the chunk: H^_{n+1} = alpha_n H^_n + phi(K')^T V (dH is its gradient)
     at::Tensor dkc = needs.k ? at::zeros({c, d}, o) : at::Tensor();
     at::Tensor dvc = needs.v ? at::zeros({c, e}, o) : at::Tensor();
+    const StateStep st = state_step(gt, mu, o);
     if (key_side && (n + 1 < N || seeded)) {
-      const at::Tensor phiK = sympow_forward(kc, gt.kf, pr.p);
+      const at::Tensor phiK = sympow_forward(kc, st.kf, pr.p);
       if (needs.v) dvc.add_(at::mm(phiK, dH));
       if (needs.k || gates) {
         at::Tensor dphiK = at::mm(vc, dH.t()).add_(dh.unsqueeze(0));
-        auto [dxk, dsk] = sympow_backward(kc, gt.kf, dphiK, pr.p, needs.k, gates);
+        auto [dxk, dsk] = sympow_backward(kc, st.kf, dphiK, pr.p, needs.k, gates);
         if (needs.k) dkc.add_(dxk);
         if (gates) {  // d kf / d(L - Gc) = kf
-          const at::Tensor u = (dsk * gt.kf).to(at::kDouble);
+          const at::Tensor u = (dsk * st.kf).to(at::kDouble);
           const double* up = u.data_ptr<double>();
           for (int64_t j = 0; j < c; ++j) {
             dGk[j] -= static_cast<T>(up[j]);
@@ -345,21 +424,25 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
           }
         }
       }
-      if (gates) dL += gt.decay * ((Hn * dH).sum().item<double>() + (hn * dh).sum().item<double>());
+      if (gates && st.alpha != 0) {
+        dL += st.alpha * ((Hn * dH).sum().item<double>() + (hn * dh).sum().item<double>());
+      }
     }
     if (carry && (n > 0 || needs.state)) {
-      dH.mul_(gt.decay).add_(dHdir);
-      dh.mul_(gt.decay).add_(dhdir);
+      dH.mul_(st.alpha);
+      dh.mul_(st.alpha);
+      if (dHdir.defined()) {
+        dH.add_(dHdir);
+        dh.add_(dhdir);
+      }
     }
 
-    // --- in-chunk attention
-    const at::Tensor dnumA = dnum * wa.unsqueeze(1);
+    // --- in-chunk attention, its weights exp(z - M) taken at the saved row scale
     at::Tensor S = at::mm(qc, kc.t()).contiguous();
-    at::Tensor dP = at::mm(dnumA, vc.t()).add_((dden * wa).unsqueeze(1)).contiguous();
-    const double* G = gt.Gc.empty() ? nullptr : gt.Gc.data();
-    tile_weights_backward<T>(tile_shape<T>(pr, cg, c, 0, 0, G, G), S.data_ptr<T>(), dP.data_ptr<T>(), m.data_ptr<T>(),
+    at::Tensor dP = at::mm(dnum, vc.t()).add_(dden.unsqueeze(1)).contiguous();
+    tile_weights_backward<T>(sh, S.data_ptr<T>(), dP.data_ptr<T>(), delta.data_ptr<T>(),
                              gates ? dGq.data() : nullptr, gates ? dGk.data() : nullptr);
-    if (needs.v) dvc.add_(at::mm(S.t(), dnumA));
+    if (needs.v) dvc.add_(at::mm(S.t(), dnum));
     if (needs.q) dqc.add_(at::mm(dP, kc));
     if (needs.k) dkc.add_(at::mm(dP.t(), qc));
 
@@ -425,11 +508,13 @@ Forward forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, con
     const int64_t D = sympow_dim(pr.d, pr.p), N = pr.T / pr.chunk;
     f.states = at::empty({pr.BH, N, D, pr.e}, o);
     f.norms = at::empty({pr.BH, N, D}, o);
+    f.logscale = at::empty({pr.BH, N}, o.dtype(at::kDouble));
   }
   if (want_final) {
     const int64_t D = sympow_dim(pr.d, pr.p);
     f.final_state = at::empty({pr.BH, D, pr.e}, o);
     f.final_norm = at::empty({pr.BH, D}, o);
+    f.final_logscale = at::empty({pr.BH}, o.dtype(at::kDouble));
   }
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "power_full_cpu_forward", [&] {
     for_each_head(pr.BH, [&](int64_t bh) {
@@ -483,6 +568,20 @@ std::vector<at::Tensor> decode_step(const at::Tensor& q, const at::Tensor& k, co
     });
   });
   return {y, S1, s1};
+}
+
+Precision precision(at::ScalarType input, int64_t p, int64_t chunk, bool amplifying) {
+  const bool fp64 = input == at::kDouble || p % 2 == 1 || (chunk > 0 && amplifying);
+  return {fp64 ? at::kDouble : at::kFloat, at::kDouble, fp64 ? at::kDouble : at::kFloat};
+}
+
+double state_bytes(const Problem& pr, at::ScalarType compute, bool grad) {
+  const double elem = compute == at::kDouble ? 8 : 4;
+  const double D = static_cast<double>(sympow_dim(pr.d, pr.p));
+  const double N = static_cast<double>(pr.T / pr.chunk);
+  const double states = (grad ? pr.BH * N : 1.0) * D * (pr.e + 1);
+  const double phi = 2.0 * pr.chunk * pr.g * D;
+  return (states + phi) * elem;
 }
 
 }  // namespace cpu

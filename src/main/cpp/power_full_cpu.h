@@ -13,6 +13,16 @@
 namespace power_attention {
 namespace cpu {
 
+/// The dtypes of this path (power_full_path.h): fp32 for fp32 / bf16 / fp16 inputs, fp64 for fp64 inputs, for odd
+/// degrees (their signed normaliser cancels) and for chunked forms with a positive log gate (amplifying: the states
+/// then carry most of the weight, and phi(q) . phi(k), a sum of D products, loses in fp32 the cancellation of nearly
+/// orthogonal q, k: 1e-3 relative errors at log gates of +5 a token where the quadratic form keeps 1e-7). Gates fp64.
+Precision precision(at::ScalarType input, int64_t p, int64_t chunk, bool amplifying);
+
+/// Bytes the chunked form holds at once for its states: all of them when saved for backward (grad), one head's
+/// running state otherwise, plus phi of one chunk of query rows.
+double state_bytes(const Problem& pr, at::ScalarType compute, bool grad);
+
 /// initial: the state entering the sequence (chunked form only); want_final: fill final_state / final_norm.
 Forward forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                 const at::Tensor& lg, bool save_for_backward, const State& initial = {}, bool want_final = false);

@@ -21,6 +21,7 @@
 
 #include "attention_tile_cuda.h"
 #include "mma_sm80.cuh"
+#include "state_scale.cuh"
 #include "sympow.h"
 #include "sympow2_cuda.h"
 
@@ -73,6 +74,13 @@ template <typename A>
 __device__ __forceinline__ A warp_max(A v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+template <typename A>
+__device__ __forceinline__ A warp_min(A v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = min(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
 
@@ -404,6 +412,7 @@ __global__ void sympow2_backward(const TI* __restrict__ x, const A* __restrict__
 
 // torch: H_0 = H0 (or 0); Hs[n] = H_n; H_{n+1} = decay[n] H_n + Sc[n]; final = H_N.
 //   Sc [BH, N, DE], decay [BH, N] or null (1), H0 [BH, DE] or null, Hs [BH, N, DE], final [BH, DE] or null
+// (the chunked form passes the scaled states: decay = alpha and Sc made with the key factors kf, chunk_gates_kernel)
 template <typename TS, typename A>
 __global__ void state_scan_forward(const A* __restrict__ Sc, const A* __restrict__ decay, const A* __restrict__ H0,
                                    TS* __restrict__ Hs, A* __restrict__ final_state, int N, int64_t DE) {
@@ -465,15 +474,31 @@ __global__ void state_scan_backward(const A* __restrict__ dHdir, const A* __rest
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Combination of the in-chunk attention and the state term (SPEC §4.6), both divided by max(1, exp(m)).
+// Combination of the in-chunk attention and the state term (SPEC §4.6), with the row factors wa, ws of
+// state_scale.cuh.
 // ---------------------------------------------------------------------------------------------------------------
 
-// With B (chunked form): mu = max(m, 0), den = l e^{m-mu} + B[:, e] e^{-mu}, y = (numA e^{m-mu} + B[:, :e] e^{-mu}) / den.
+// The chunked form's row factors of query row `row` of the compute layout [X, R, .] (R = c g rows a chunk: chunk
+// row / R, token row / g): gc [X c] the in-chunk gate cumsum (null: 0), mu [X] the log-scale of the state entering
+// each chunk.
+struct StateRows {
+  const void* gc = nullptr;  // A
+  const double* mu = nullptr;
+  int64_t R = 0;
+  int g = 1;
+};
+template <typename A>
+__device__ __forceinline__ void chunk_row_weights(const StateRows& st, A m, int64_t row, A& wa, A& ws) {
+  const A* gc = static_cast<const A*>(st.gc);
+  state_row_weights<A>(m, gc ? gc[row / st.g] : A(0), st.mu[row / st.R], wa, ws);
+}
+
+// With B (chunked form): den = l wa + B[:, e] ws, y = (numA wa + B[:, :e] ws) / den.
 // Without B (quadratic form): den = l, y = numA / l. y = 0 where den = 0.
 template <typename A>
 __global__ void combine_forward(const A* __restrict__ numA, const A* __restrict__ l, const A* __restrict__ m,
-                                const A* __restrict__ B, A* __restrict__ y, A* __restrict__ den, int64_t rows, int e,
-                                int E) {
+                                const A* __restrict__ B, StateRows st, A* __restrict__ y, A* __restrict__ den,
+                                int64_t rows, int e, int E) {
   const int64_t total = rows * e;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -481,8 +506,8 @@ __global__ void combine_forward(const A* __restrict__ numA, const A* __restrict_
     const int col = static_cast<int>(i - row * e);
     A dn, num;
     if (B) {
-      const A mr = m[row], mu = max(mr, A(0));
-      const A wa = dev_exp(mr - mu), ws = dev_exp(-mu);
+      A wa, ws;
+      chunk_row_weights<A>(st, m[row], row, wa, ws);
       dn = l[row] * wa + B[row * E + e] * ws;
       num = numA[i] * wa + B[row * E + col] * ws;
     } else {
@@ -504,7 +529,8 @@ constexpr int kCombineRows = 64;  // rows a block of combine_backward: 8 warps o
 template <typename T, typename TS, typename A>
 __global__ void __launch_bounds__(256) combine_backward(const T* __restrict__ dy, RowMap dym, int64_t R,
                                                         const A* __restrict__ y, const A* __restrict__ den,
-                                                        const A* __restrict__ m, bool state, TS* __restrict__ dB,
+                                                        const A* __restrict__ m, bool state, StateRows st,
+                                                        TS* __restrict__ dB,
                                                         T* __restrict__ dnumA, A* __restrict__ rf,
                                                         A* __restrict__ ddenA, int e, int E) {
   // a block covers kCombineRows rows of one block x of dy: the map's arithmetic (64-bit divisions) once a thread
@@ -526,11 +552,7 @@ __global__ void __launch_bounds__(256) combine_backward(const T* __restrict__ dy
     dot = warp_sum(dot);
     const A dden = -dot * inv;
     A wa = 1, ws = 1;
-    if (state) {
-      const A mr = m[row], mu = max(mr, A(0));
-      wa = dev_exp(mr - mu);
-      ws = dev_exp(-mu);
-    }
+    if (state) chunk_row_weights<A>(st, m[row], row, wa, ws);
     for (int c = lane; c < e; c += 32) {
       const A dnum = dr ? static_cast<A>(dr[c]) * inv : A(0);
       if (dnumA) dnumA[row * e + c] = static_cast<T>(dnum * wa);
@@ -552,7 +574,8 @@ template <bool BF>
 __global__ void __launch_bounds__(256) combine_backward16(const mma::u16* __restrict__ dy, RowMap dym, int64_t R,
                                                           const float* __restrict__ y, const float* __restrict__ den,
                                                           const float* __restrict__ m, bool state,
-                                                          mma::u16* __restrict__ dB, float* __restrict__ rf,
+                                                          StateRows st, mma::u16* __restrict__ dB,
+                                                          float* __restrict__ rf,
                                                           float* __restrict__ ddenA, int e) {
   using mma::u32;
   const int L = e >> 3, per = 32 / L, E = e + 8;  // lanes a row, rows a warp at once
@@ -562,8 +585,8 @@ __global__ void __launch_bounds__(256) combine_backward16(const mma::u16* __rest
   const mma::u16* dx = dy + dym.base(x);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, sub = lane % L, slot = lane / L;
   const int steps = (kCombineRows + 8 * per - 1) / (8 * per);  // the same for every lane: shuffles stay whole
-  for (int st = 0; st < steps; ++st) {
-    const int i = st * 8 * per + warp * per + slot;
+  for (int step = 0; step < steps; ++step) {
+    const int i = step * 8 * per + warp * per + slot;
     const int64_t r = r0 + i, row = x * R + r;
     const bool live = i < kCombineRows && r < R;
     float d[8] = {0, 0, 0, 0, 0, 0, 0, 0}, yv[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -588,11 +611,7 @@ __global__ void __launch_bounds__(256) combine_backward16(const mma::u16* __rest
     if (!live) continue;
     const float dn = den[row], inv = dn != 0.f ? 1.f / dn : 0.f, dden = -dot * inv;
     float wa = 1.f, ws = 1.f;
-    if (state) {
-      const float mr = m[row], mu = fmaxf(mr, 0.f);
-      wa = expf(mr - mu);
-      ws = expf(-mu);
-    }
+    if (state) chunk_row_weights<float>(st, m[row], row, wa, ws);
     if (dB) {
       const float f = inv * ws;
       *reinterpret_cast<uint4*>(dB + row * E + 8 * sub) =
@@ -610,9 +629,10 @@ __global__ void __launch_bounds__(256) combine_backward16(const mma::u16* __rest
 
 // The chunked form's gate gradient in one launch: a block a chunk x of c tokens. With Gc_j the in-chunk cumsum of the
 // log gates and L = Gc_{c-1}, the terms of d loss / d Gc_j are sum_m uq[j, m] + rowdz[j, m] (the g query rows of
-// token j: qf = exp(Gc)), - uk[j] - coldz[j] (kf = exp(L - Gc_j)), dG0[j] (the unfused tile path's, fp64), and the
-// decay's dL = sum_j uk[j] + dLs (kf and the prefix's decay = exp(L)) on j = c - 1; the log gates' gradient is their
-// reverse cumsum. fp64 sums; every input may be null (zero).
+// token j: uq is the gradient of the state term's log-factor Gc_j + mu, through ws), - uk[j] - coldz[j]
+// (kf = exp(L - Gc_j - mu')), dG0[j] (the unfused tile path's, fp64), and dL = sum_j uk[j] + dLs (kf and
+// alpha = exp(mu + L - mu') hold L; the log-scales mu, mu' are constants) on j = c - 1; the log gates' gradient is
+// their reverse cumsum. fp64 sums; every input may be null (zero).
 template <typename A>
 __global__ void __launch_bounds__(256) chunk_gate_grad_kernel(const A* __restrict__ uq, const A* __restrict__ uk,
                                                               const A* __restrict__ rowdz,
@@ -665,19 +685,35 @@ __global__ void __launch_bounds__(256) chunk_gate_grad_kernel(const A* __restric
   }
 }
 
-// The chunked form's gate factors (chunk_gates) in one launch: a block a chunk x of c tokens, lg [X, c] ->
-// Gc = the inclusive cumsum, decay[x] = exp(L) (L = Gc[c - 1]), kf = exp(L - Gc), and qf = sp exp(Gc) for each of
-// the chunk's g query rows a token. Each thread reads back only the Gc it wrote.
+// The chunked form's gate factors, stabilised (SPEC §4; power_full_path.h): per head, chunk n of c tokens, Gc the
+// in-chunk inclusive cumsum of the log gates and L_n = Gc at the chunk's last token, the state entering chunk n is
+// exp(mu_n) H^_n with
+//   sigma_n = max_j (L_n - Gc_j) >= 0,  mu_{n+1} = max(mu_n + L_n, sigma_n)  (mu_0: the initial state's, or -inf),
+//   alpha_n = exp(mu_n + L_n - mu_{n+1}) <= 1 (0 for an empty state),  kf_j = exp(L_n - Gc_j - mu_{n+1}) <= 1,
+//   H^_{n+1} = alpha_n H^_n + sum_j kf_j phi(k_j) [v_j | 1]^T;
+// the queries take qf = scale^p and the state's log-factor Gc_i + mu_n in the combination (state_scale.cuh). Three
+// small launches: chunk_gates_kernel (per chunk: Gc, L, sigma, qf), chunk_logscale_kernel (per head: mu, alpha),
+// chunk_key_factors_kernel (per chunk: kf). mu is fp64 (it grows like the gates' sum); every exp argument is formed
+// from chunk-local quantities or in fp64.
+
+// A block a chunk x of c tokens: lg [X, c] (null: no gates, all zero) -> Gc = the inclusive cumsum (when lg is given),
+// L[x] = Gc[c - 1], sigma[x] = L - min_j Gc_j, and qf = sp for each of the chunk's g query rows a token. Each thread
+// reads back only the Gc it wrote.
 template <typename A>
 __global__ void __launch_bounds__(256) chunk_gates_kernel(const A* __restrict__ lg, int64_t c, int g, A sp,
-                                                          A* __restrict__ Gc, A* __restrict__ decay,
-                                                          A* __restrict__ kf, A* __restrict__ qf) {
+                                                          A* __restrict__ Gc, A* __restrict__ L,
+                                                          A* __restrict__ sigma, A* __restrict__ qf) {
   __shared__ A part[8];
   const int64_t x = blockIdx.x;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  for (int64_t i = threadIdx.x; i < c * g; i += blockDim.x) qf[x * c * g + i] = sp;
+  if (!lg) {
+    if (threadIdx.x == 0) L[x] = sigma[x] = A(0);
+    return;
+  }
   const A* in = lg + x * c;
   A* G = Gc + x * c;
-  A carry = 0;
+  A carry = 0, lo = std::numeric_limits<A>::infinity();
   for (int64_t j0 = 0; j0 < c; j0 += blockDim.x) {
     const int64_t j = j0 + threadIdx.x;
     A v = j < c ? in[j] : A(0);
@@ -693,15 +729,73 @@ __global__ void __launch_bounds__(256) chunk_gates_kernel(const A* __restrict__ 
       if (w < warp) before += part[w];
       total += part[w];
     }
-    if (j < c) G[j] = before + v;
+    if (j < c) {
+      G[j] = before + v;
+      lo = min(lo, before + v);
+    }
     carry = total;
     __syncthreads();
   }
-  if (threadIdx.x == 0) decay[x] = dev_exp(carry);
+  lo = warp_min(lo);
+  if (lane == 0) part[warp] = lo;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < warps; ++w) lo = min(lo, part[w]);
+    L[x] = carry;
+    sigma[x] = max(A(0), carry - lo);
+  }
+}
+
+// A warp a head: the log-scales mu[bh, n] (the state entering chunk n; mu_final[bh] = mu_N) and alpha [X], from
+// L, sigma [X] and mu_0 = mu0[bh * mu0_stride] (null: mu0_default). The recurrence mu -> max(mu + L_n, sigma_n) is
+// a max-plus affine map f_n(mu) = max(mu + a, b); 32 chunks at a time, the lanes compose their maps by a warp scan
+// ((a1, b1) then (a2, b2) = (a1 + a2, max(b1 + a2, b2))) and apply the prefix to the running mu. fp64 throughout.
+template <typename A>
+__global__ void chunk_logscale_kernel(const A* __restrict__ L, const A* __restrict__ sigma, int64_t BH, int64_t N,
+                                      const double* __restrict__ mu0, int64_t mu0_stride, double mu0_default,
+                                      double* __restrict__ mu, double* __restrict__ mu_final, A* __restrict__ alpha) {
+  const int64_t bh = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (bh >= BH) return;  // a whole warp
+  const double ninf = -std::numeric_limits<double>::infinity();
+  double carry = mu0 ? mu0[bh * mu0_stride] : mu0_default;
+  for (int64_t n0 = 0; n0 < N; n0 += 32) {
+    const int64_t n = n0 + lane, x = bh * N + n;
+    const bool live = n < N;
+    const double Ln = live ? static_cast<double>(L[x]) : 0.0;
+    double a = Ln, b = live ? static_cast<double>(sigma[x]) : ninf;  // dead lanes: the identity map
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const double ap = __shfl_up_sync(0xffffffffu, a, o), bp = __shfl_up_sync(0xffffffffu, b, o);
+      if (lane >= o) {
+        b = fmax(bp + a, b);
+        a += ap;
+      }
+    }
+    const double after = fmax(carry + a, b);
+    double before = __shfl_up_sync(0xffffffffu, after, 1);
+    if (lane == 0) before = carry;
+    if (live) {
+      mu[x] = before;
+      alpha[x] = before == ninf ? A(0) : dev_exp(static_cast<A>(before + Ln - after));
+    }
+    carry = __shfl_sync(0xffffffffu, after, 31);
+  }
+  if (lane == 0) mu_final[bh] = carry;
+}
+
+// A block a chunk x = bh N + n: kf[x c + j] = exp(L_n - Gc_j - mu_{n+1}) (Gc null: no gates, 0).
+template <typename A>
+__global__ void __launch_bounds__(256) chunk_key_factors_kernel(const A* __restrict__ Gc, const A* __restrict__ L,
+                                                                const double* __restrict__ mu,
+                                                                const double* __restrict__ mu_final, int64_t N,
+                                                                int64_t c, A* __restrict__ kf) {
+  const int64_t x = blockIdx.x, n = x % N;
+  const double next = n + 1 < N ? mu[x + 1] : mu_final[x / N];
+  const A Lx = L[x];
   for (int64_t j = threadIdx.x; j < c; j += blockDim.x) {
-    const A gj = G[j], qv = sp * dev_exp(gj);
-    kf[x * c + j] = dev_exp(carry - gj);
-    for (int i = 0; i < g; ++i) qf[(x * c + j) * g + i] = qv;
+    const A local = Gc ? Lx - Gc[x * c + j] : A(0);  // in [0, sigma_n]
+    kf[x * c + j] = dev_exp(static_cast<A>(static_cast<double>(local) - next));
   }
 }
 
@@ -901,34 +995,83 @@ State state_split(const at::Tensor& ext, int64_t e) {
   return {ext.narrow(2, 0, e).contiguous(), ext.select(2, e).contiguous()};
 }
 
-// Gate factors of the chunked form on [X = BH * N, c]: Gc (local inclusive cumsum), decay = exp(L) [X],
-// kf = exp(L - Gc) [X * c], qf = scale^p exp(Gc) per query row [X * c * g]. Undefined without gating (qf then
-// the constant scale^p).
+// Gate factors of the stabilised chunked form on [X = BH * N, c] (see chunk_gates_kernel): Gc [X, c] (undefined
+// without gating), alpha [X], kf [X * c], qf = scale^p per query row [X * c * g], mu [BH, N] fp64 (the log-scale of
+// the state entering each chunk: Forward::logscale) and mu_final [BH] fp64.
 struct ChunkGates {
-  at::Tensor Gc, decay, kf, qf;
+  at::Tensor Gc, alpha, kf, qf, mu, mu_final;
 };
 
-ChunkGates chunk_gates(const Problem& pr, const at::Tensor& lg, const at::TensorOptions& acc_opts) {
+// The log-scale of the state entering the sequence: mu0[bh * stride], or `fallback` for every head where mu0 is null
+// (0 for a state without a log-scale, -inf for none).
+struct InitialScale {
+  const double* mu0 = nullptr;
+  int64_t stride = 1;
+  double fallback = -std::numeric_limits<double>::infinity();
+  at::Tensor owner;  // what mu0 points into, when made here
+};
+
+InitialScale initial_scale(const State& st, int64_t BH) {
+  InitialScale s;
+  if (!st.S.defined()) return s;
+  s.fallback = 0;
+  if (st.logscale.defined()) {
+    TORCH_CHECK(st.logscale.numel() == BH, "power_full: internal: the initial state's log-scale must be [BH], got ",
+                st.logscale.sizes());
+    s.owner = st.logscale.to(st.S.device(), at::kDouble).contiguous();
+    s.mu0 = s.owner.data_ptr<double>();
+  }
+  return s;
+}
+
+ChunkGates chunk_gates(const Problem& pr, const at::Tensor& lg, const at::TensorOptions& acc_opts,
+                       const InitialScale& init) {
   const int64_t N = pr.T / pr.chunk, X = pr.BH * N, c = pr.chunk, g = pr.g;
   const double sp = std::pow(pr.scale, static_cast<double>(pr.p));
   ChunkGates cg;
-  if (!lg.defined()) {
-    cg.qf = at::full({X * c * g}, sp, acc_opts);
-    return cg;
-  }
-  cg.Gc = at::empty({X, c}, acc_opts);
-  cg.decay = at::empty({X}, acc_opts);
+  const auto f64 = acc_opts.dtype(at::kDouble);
+  if (lg.defined()) cg.Gc = at::empty({X, c}, acc_opts);
+  cg.alpha = at::empty({X}, acc_opts);
   cg.kf = at::empty({X * c}, acc_opts);
   cg.qf = at::empty({X * c * g}, acc_opts);
-  if (X == 0) return cg;
-  AT_DISPATCH_FLOATING_TYPES(lg.scalar_type(), "power_full_chunk_gates", [&] {
-    TORCH_CHECK(acc_opts.dtype() == lg.dtype() && lg.is_contiguous(), "power_full: internal: chunk gates");
-    chunk_gates_kernel<scalar_t><<<blocks_for(X, 1), 256, 0, stream()>>>(
-        lg.data_ptr<scalar_t>(), c, static_cast<int>(g), static_cast<scalar_t>(sp), cg.Gc.data_ptr<scalar_t>(),
-        cg.decay.data_ptr<scalar_t>(), cg.kf.data_ptr<scalar_t>(), cg.qf.data_ptr<scalar_t>());
+  cg.mu = at::empty({pr.BH, N}, f64);
+  cg.mu_final = at::empty({pr.BH}, f64);
+  if (pr.BH == 0) return cg;
+  at::Tensor Ls = at::empty({2, std::max<int64_t>(X, 1)}, acc_opts);  // L, sigma
+  AT_DISPATCH_FLOATING_TYPES(acc_opts.dtype().toScalarType(), "power_full_chunk_gates", [&] {
+    TORCH_CHECK(!lg.defined() || (acc_opts.dtype() == lg.dtype() && lg.is_contiguous()),
+                "power_full: internal: chunk gates");
+    scalar_t* L = Ls.data_ptr<scalar_t>();
+    scalar_t* sigma = L + Ls.size(1);
+    if (X > 0) {
+      chunk_gates_kernel<scalar_t><<<blocks_for(X, 1), 256, 0, stream()>>>(
+          ptr_or_null<scalar_t>(lg), c, static_cast<int>(g), static_cast<scalar_t>(sp),
+          mut_ptr_or_null<scalar_t>(cg.Gc), L, sigma, cg.qf.data_ptr<scalar_t>());
+      check_launch();
+    }
+    constexpr int kWarps = 4;
+    chunk_logscale_kernel<scalar_t><<<blocks_for(pr.BH, kWarps), 32 * kWarps, 0, stream()>>>(
+        L, sigma, pr.BH, N, init.mu0, init.stride, init.fallback, cg.mu.data_ptr<double>(),
+        cg.mu_final.data_ptr<double>(), cg.alpha.data_ptr<scalar_t>());
+    check_launch();
+    if (X > 0) {
+      chunk_key_factors_kernel<scalar_t><<<blocks_for(X, 1), 256, 0, stream()>>>(
+          ptr_or_null<scalar_t>(cg.Gc), L, cg.mu.data_ptr<double>(), cg.mu_final.data_ptr<double>(), N, c,
+          cg.kf.data_ptr<scalar_t>());
+      check_launch();
+    }
   });
-  check_launch();
   return cg;
+}
+
+// The chunked form's row factors for the combination kernels (StateRows).
+StateRows state_rows(const Problem& pr, const ChunkGates& gt) {
+  StateRows st;
+  st.gc = gt.Gc.defined() ? gt.Gc.data_ptr() : nullptr;
+  st.mu = gt.mu.data_ptr<double>();
+  st.R = pr.chunk * pr.g;
+  st.g = static_cast<int>(pr.g);
+  return st;
 }
 
 // The log gates' gradient [BH, T] of the chunked form from its parts (chunk_gate_grad_kernel; undefined parts are 0).
@@ -1009,11 +1152,12 @@ std::pair<at::Tensor, at::Tensor> weights_backward(const TileArgs<A>& t, const a
 }
 
 template <typename A>
-void combine_fwd(const at::Tensor& numA, const A* l, const A* m, const at::Tensor& B, at::Tensor y, A* den) {
+void combine_fwd(const at::Tensor& numA, const A* l, const A* m, const at::Tensor& B, const StateRows& st,
+                 at::Tensor y, A* den) {
   const int64_t rows = numA.numel() / numA.size(-1), e = numA.size(-1);
   const int64_t E = B.defined() ? B.size(-1) : 0;
   const unsigned grid = std::min<unsigned>(blocks_for(rows * e, 256), 65535u * 8);
-  combine_forward<A><<<grid, 256, 0, stream()>>>(numA.data_ptr<A>(), l, m, ptr_or_null<A>(B), y.data_ptr<A>(),
+  combine_forward<A><<<grid, 256, 0, stream()>>>(numA.data_ptr<A>(), l, m, ptr_or_null<A>(B), st, y.data_ptr<A>(),
                                                     den, rows, static_cast<int>(e), static_cast<int>(E));
   check_launch();
 }
@@ -1047,7 +1191,7 @@ void quadratic_forward(const Problem& pr, const at::Tensor& q, const at::Tensor&
     const at::Tensor P = weights_forward<T, A>(t, S, m.data_ptr<A>(), l.data_ptr<A>());
     const at::Tensor numA = mm_acc(P, vt, acc);  // [BH, R, e]
     at::Tensor yt = at::empty({BH, R, e}, S.options()), den = at::empty({BH, R}, S.options());
-    combine_fwd<A>(numA, l.data_ptr<A>(), m.data_ptr<A>(), at::Tensor(), yt, den.data_ptr<A>());
+    combine_fwd<A>(numA, l.data_ptr<A>(), m.data_ptr<A>(), at::Tensor(), StateRows{}, yt, den.data_ptr<A>());
     yr.narrow(1, i0 * g, R).copy_(yt);
     f.den.narrow(1, i0 * g, R).copy_(den);
     f.rowmax.narrow(1, i0 * g, R).copy_(m);
@@ -1161,7 +1305,7 @@ void chunked_forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k
   const int64_t BH = pr.BH, c = pr.chunk, N = pr.T / c, X = BH * N, g = pr.g, R = c * g, d = pr.d, e = pr.e;
   const int64_t D = side.D, E = ext_cols(e);
   const auto ao = q.options().dtype(acc);
-  const ChunkGates gt = chunk_gates(pr, lg, ao);
+  const ChunkGates gt = chunk_gates(pr, lg, ao, initial_scale(initial, BH));
   const ChunkRows io = chunk_rows(pr, q, k, v);
 
   // in-chunk attention
@@ -1183,11 +1327,11 @@ void chunked_forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k
   const at::Tensor H0 = side.to_internal(state_ext(initial, E, acc));
   at::Tensor fin = want_final ? at::empty({BH, D, E}, ao) : at::Tensor();
   if (side.fused) {  // one pass, no per-chunk fp32 states
-    sympow2_scan_forward(per_head(io.k, BH), gt.kf, per_head(side.values(io.v), BH), gt.decay, H0, N, Hs, fin);
+    sympow2_scan_forward(per_head(io.k, BH), gt.kf, per_head(side.values(io.v), BH), gt.alpha, H0, N, Hs, fin);
   } else {
     const at::Tensor Sc = side.states(side.dense(io.k), gt.kf, values_ext(side.dense(io.v), side.phi_dt));  // [X, D, E]
     state_scan_forward<TS, A><<<dim3(blocks_for(D * E, 256), static_cast<unsigned>(BH)), 256, 0, stream()>>>(
-        Sc.data_ptr<A>(), ptr_or_null<A>(gt.decay), ptr_or_null<A>(H0), Hs.data_ptr<TS>(), mut_ptr_or_null<A>(fin),
+        Sc.data_ptr<A>(), gt.alpha.data_ptr<A>(), ptr_or_null<A>(H0), Hs.data_ptr<TS>(), mut_ptr_or_null<A>(fin),
         static_cast<int>(N), D * E);
     check_launch();
   }
@@ -1201,17 +1345,23 @@ void chunked_forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k
       f.y_api = at::empty({pr.b, pr.t, h * g, e}, q.options());
       map = RowMap::api(pr.t, h, g, e, N, c);
     }
-    sympow2_query_combine(io.q, gt.qf, Hs.view({X, D, E}), numA, l, f.rowmax, y3, f.den, f.y_api, map);
+    sympow2_query_combine(io.q, gt.qf, Hs.view({X, D, E}), numA, l, f.rowmax, gt.Gc, gt.mu, y3, f.den, f.y_api,
+                          map);
   } else {
     const at::Tensor B = side.query(io.q, gt.qf, Hs.view({X, D, E}));  // [X, R, E]
-    combine_fwd<A>(numA, l.data_ptr<A>(), f.rowmax.data_ptr<A>(), B, f.y.view({X, R, e}), f.den.data_ptr<A>());
+    combine_fwd<A>(numA, l.data_ptr<A>(), f.rowmax.data_ptr<A>(), B, state_rows(pr, gt), f.y.view({X, R, e}),
+                   f.den.data_ptr<A>());
   }
 
-  if (save) f.states = Hs;
+  if (save) {
+    f.states = Hs;
+    f.logscale = gt.mu;
+  }
   if (want_final) {
     const State st = state_split(side.to_official(fin), e);
     f.final_state = st.S;
     f.final_norm = st.s;
+    f.final_logscale = gt.mu_final;
   }
 }
 
@@ -1222,8 +1372,8 @@ void chunked_forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k
 // dy: [rows, e] in the compute layout, or through its map in blocks of R rows (rows = blocks x R; R = 0: the chunk
 // map's c g)
 template <typename T, typename A>
-void combine_bwd(const Rows& dy, const at::Tensor& y, const A* den, const A* m, bool state, at::Tensor dB,
-                 at::Tensor dnumA, A* rf, A* ddenA, int64_t rows, int64_t e, int64_t E, int64_t R = 0) {
+void combine_bwd(const Rows& dy, const at::Tensor& y, const A* den, const A* m, bool state, const StateRows& st,
+                 at::Tensor dB, at::Tensor dnumA, A* rf, A* ddenA, int64_t rows, int64_t e, int64_t E, int64_t R = 0) {
   using TS = typename PhiType<T>::type;
   const RowMap map = dy.mapped() ? dy.map : RowMap::dense(rows, e);
   if (R == 0) R = dy.mapped() ? dy.map.c * dy.map.g : rows;
@@ -1237,14 +1387,15 @@ void combine_bwd(const Rows& dy, const at::Tensor& y, const A* den, const A* m, 
     if (fits) {
       auto kernel = combine_backward16<std::is_same<T, at::BFloat16>::value>;
       kernel<<<grid, 256, 0, stream()>>>(static_cast<const mma::u16*>(dy.data.data_ptr()), map, R, y.data_ptr<A>(),
-                                         den, m, state, static_cast<mma::u16*>(dB.defined() ? dB.data_ptr() : nullptr),
+                                         den, m, state, st,
+                                         static_cast<mma::u16*>(dB.defined() ? dB.data_ptr() : nullptr),
                                          rf, ddenA, static_cast<int>(e));
       check_launch();
       return;
     }
   }
   combine_backward<T, TS, A><<<grid, 256, 0, stream()>>>(
-      dy.data.data_ptr<T>(), map, R, y.data_ptr<A>(), den, m, state, mut_ptr_or_null<TS>(dB),
+      dy.data.data_ptr<T>(), map, R, y.data_ptr<A>(), den, m, state, st, mut_ptr_or_null<TS>(dB),
       mut_ptr_or_null<T>(dnumA), rf, ddenA, static_cast<int>(e), static_cast<int>(E));
   check_launch();
 }
@@ -1263,7 +1414,8 @@ void quadratic_backward(const Problem& pr, const at::Tensor& q, const at::Tensor
   if (tile_kernels_support(q.scalar_type(), d, e)) {  // fused: no t x t in memory
     const int64_t R = T_ * g;
     at::Tensor ddenA = at::empty({BH * R}, ao), rf = at::empty({BH * R}, ao);  // (the tile kernels take dy and rf)
-    combine_bwd<T, A>(dyr, yr, f.den.data_ptr<A>(), f.rowmax.data_ptr<A>(), false, at::Tensor(), at::Tensor(),
+    combine_bwd<T, A>(dyr, yr, f.den.data_ptr<A>(), f.rowmax.data_ptr<A>(), false, StateRows{}, at::Tensor(),
+                      at::Tensor(),
                       rf.data_ptr<A>(), ddenA.data_ptr<A>(), BH * R, e, 0);
     at::Tensor dqf = needs.q ? at::empty({BH, R, d}, ao) : at::Tensor();
     at::Tensor dkf = needs.k || needs.v ? at::empty({BH, T_, d}, ao) : at::Tensor();
@@ -1293,7 +1445,7 @@ void quadratic_backward(const Problem& pr, const at::Tensor& q, const at::Tensor
     const at::Tensor den = f.den.narrow(1, i0 * g, R).contiguous(), m = f.rowmax.narrow(1, i0 * g, R).contiguous();
     at::Tensor dnumA = at::empty({BH, R, e}, q.options()), ddenA = at::empty({BH, R}, ao), rf = at::empty({BH, R}, ao);
     const at::Tensor dyt = dyr.narrow(1, i0 * g, R).contiguous();
-    combine_bwd<T, A>(dyt, yr.narrow(1, i0 * g, R).contiguous(), den.data_ptr<A>(), m.data_ptr<A>(), false,
+    combine_bwd<T, A>(dyt, yr.narrow(1, i0 * g, R).contiguous(), den.data_ptr<A>(), m.data_ptr<A>(), false, StateRows{},
                       at::Tensor(), dnumA, rf.data_ptr<A>(), ddenA.data_ptr<A>(), BH * R, e, 0);
     const at::Tensor S = mm_acc(qt, kt.transpose(1, 2), acc);
     const at::Tensor dP = mm_acc(dyt, vt.transpose(1, 2), acc);
@@ -1326,7 +1478,14 @@ void chunked_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& 
   const bool gates = lg.defined() && needs.g;
   const bool key_side = needs.k || needs.v || gates;
   const bool carry = key_side || needs.state;
-  const ChunkGates gt = chunk_gates(pr, lg, ao);
+  // the forward's log-scales again, from its mu_0 (the same kernels: the same values)
+  TORCH_CHECK(f.logscale.defined() && f.logscale.scalar_type() == at::kDouble && f.logscale.is_contiguous() &&
+                  f.logscale.numel() == BH * N,
+              "power_full: internal: the chunked backward needs the forward's logscale [BH, N] fp64");
+  InitialScale init;
+  init.mu0 = f.logscale.data_ptr<double>();
+  init.stride = N;
+  const ChunkGates gt = chunk_gates(pr, lg, ao, init);
   const ChunkRows io = chunk_rows(pr, q, k, v);
   const Rows dyr = chunk_dy(pr, dy);
   const at::Tensor Hs = f.states.view({X, D, E});
@@ -1336,8 +1495,8 @@ void chunked_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& 
   const bool tiles = tile_kernels_support(q.scalar_type(), d, e);  // the tile kernels take dy and rf, not dnumA
   at::Tensor dnumA = tiles ? at::Tensor() : at::empty({X, R, e}, q.options());
   at::Tensor ddenA = at::empty({X * R}, ao), rf = at::empty({X * R}, ao);
-  combine_bwd<T, A>(dyr, f.y, f.den.data_ptr<A>(), f.rowmax.data_ptr<A>(), true, dB, dnumA, rf.data_ptr<A>(),
-                    ddenA.data_ptr<A>(), X * R, e, E);
+  combine_bwd<T, A>(dyr, f.y, f.den.data_ptr<A>(), f.rowmax.data_ptr<A>(), true, state_rows(pr, gt), dB, dnumA,
+                    rf.data_ptr<A>(), ddenA.data_ptr<A>(), X * R, e, E);
   // the gate gradient's parts (chunk_gate_grad): the state side's uq, uk, dLs; the tiles' rowdz, coldz (or dGc)
   at::Tensor dLs = gates ? at::zeros({X}, ao) : at::Tensor();
   at::Tensor uq_g, uk_g, rowdz, coldz, dGc;
@@ -1357,13 +1516,13 @@ void chunked_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& 
     const at::Tensor dfin = side.to_internal(state_ext(d_final, E, acc));
     if (needs.state) dH0 = at::empty({BH, D, E}, ao);
     if (side.fused) {  // the queries' direct term phi(Q')^T dB folded into the reverse pass
-      sympow2_scan_backward(per_head(io.q, BH), gt.qf, dB.view({BH, N * R, E}), gt.decay, f.states, dfin, N, An,
+      sympow2_scan_backward(per_head(io.q, BH), gt.qf, dB.view({BH, N * R, E}), gt.alpha, f.states, dfin, N, An,
                             dLs, dH0);
     } else {
       const at::Tensor dHdir = side.states(side.dense(io.q), gt.qf, dB);  // [X, D, E]
       state_scan_backward<TS, A>
           <<<dim3(blocks_for(D * E, 256 * kScanElems), static_cast<unsigned>(BH)), 256, 0, stream()>>>(
-              dHdir.data_ptr<A>(), ptr_or_null<A>(gt.decay), f.states.data_ptr<TS>(), ptr_or_null<A>(dfin),
+              dHdir.data_ptr<A>(), gt.alpha.data_ptr<A>(), f.states.data_ptr<TS>(), ptr_or_null<A>(dfin),
               An.data_ptr<TS>(), mut_ptr_or_null<A>(dLs), mut_ptr_or_null<A>(dH0), static_cast<int>(N), D * E);
       check_launch();
     }
@@ -1471,7 +1630,7 @@ Grads quadratic_backward_direct(const Problem& pr, const at::Tensor& q, const at
   at::Tensor rf = at::empty({BH * R}, ao), dd = at::empty({BH * R}, ao);
   const Rows dyr{dy, RowMap::api(T_, BH / pr.b, g, pr.e)};
   AT_DISPATCH_REDUCED_FLOATING_TYPES(q.scalar_type(), "power_full_row_terms", [&] {
-    combine_bwd<scalar_t, float>(dyr, saved.y, saved.den.data_ptr<float>(), nullptr, false, at::Tensor(),
+    combine_bwd<scalar_t, float>(dyr, saved.y, saved.den.data_ptr<float>(), nullptr, false, StateRows{}, at::Tensor(),
                                  at::Tensor(), rf.data_ptr<float>(), dd.data_ptr<float>(), BH * R, pr.e, 0, R);
   });
   at::Tensor dq = needs.q ? at::empty_like(q) : at::Tensor();
@@ -1571,6 +1730,33 @@ double device_memory_limit_bytes(const at::Tensor& q) {
   const auto agg = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
   const double cached = static_cast<double>(stats.reserved_bytes[agg].current - stats.allocated_bytes[agg].current);
   return static_cast<double>(free_bytes) + std::max(0.0, cached);
+}
+
+bool decode_supported(int64_t g, int64_t e, int64_t p) { return g <= kDecodeMaxGroup && e <= 1024 && p <= kMaxDegree; }
+
+Precision precision(at::ScalarType input, int64_t p, int64_t chunk, bool amplifying) {
+  // amplifying (a log gate > 0): the weight then sits on a few distant keys, whose phi products do not average their
+  // rounding out (H200 harness, log gates +5 a token: bf16 states gave y errors of order 1; fp32 compute still left
+  // the gate gradients of 16-bit inputs at 0.1-0.27): fp64, both forms
+  const bool fp64 = input == at::kDouble || p % 2 == 1 || amplifying;
+  const bool small_chunk = chunk > 0 && chunk < 16;
+  const bool wide = p >= 3 || small_chunk || input == at::kFloat;
+  const at::ScalarType compute = fp64 ? at::kDouble : (wide ? at::kFloat : input);
+  return {compute, fp64 ? at::kDouble : at::kFloat, fp64 ? at::kDouble : at::kFloat};
+}
+
+double state_bytes(const Problem& pr, at::ScalarType compute, bool grad) {
+  const double X = static_cast<double>(pr.BH) * (pr.T / pr.chunk), E = static_cast<double>(pr.e + 8);
+  if (pr.p == 2 && sympow2_supported(compute, pr.d, pr.e)) {
+    // the fused degree-2 path: bf16 states entering each chunk in the internal layout, in backward their gradients;
+    // no fp32 per-chunk states, no phi in memory
+    return X * static_cast<double>(sympow2_dim(pr.d)) * E * 2 * (grad ? 2 : 1);
+  }
+  // all chunks at once: the states entering each chunk (compute dtype) and their fp32 sums, phi of every key and
+  // query row, twice over in backward
+  const double D = static_cast<double>(sympow_dim(pr.d, pr.p));
+  const double elem = compute == at::kDouble ? 8 : 2, acc = compute == at::kDouble ? 8 : 4;
+  return X * D * E * (elem + 2 * acc) + X * D * pr.chunk * (2.0 * pr.g + 1) * elem * (grad ? 2 : 1);
 }
 
 }  // namespace cuda

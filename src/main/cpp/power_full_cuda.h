@@ -17,6 +17,17 @@
 namespace power_attention {
 namespace cuda {
 
+/// The dtypes of this path (power_full_path.h): bf16 / fp16 inputs keep their dtype for the matrix products (fp32
+/// accumulation, scores, row sums, states and gates) at degree 2 with chunks of 16 tokens or more; degrees >= 3 and
+/// smaller chunks compute in fp32 (their bf16 state products missed SPEC §7 on the GPU harness: degree 4's gate
+/// gradients 0.9-1.5e-2, chunk 1 2-9e-2, nearly all weight then going through the states); fp64 inputs and odd
+/// degrees in fp64. A positive log gate (amplifying) computes in fp64, both forms.
+Precision precision(at::ScalarType input, int64_t p, int64_t chunk, bool amplifying);
+
+/// Bytes the chunked form holds for its states: the fused degree-2 path's bf16 states in the internal layout (and
+/// their gradients in backward), else every chunk's states and phi of every row.
+double state_bytes(const Problem& pr, at::ScalarType compute, bool grad);
+
 /// initial: the state entering the sequence (chunked form only); want_final: fill final_state / final_norm.
 Forward forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                 const at::Tensor& lg, bool save_for_backward, const State& initial = {}, bool want_final = false);
@@ -36,6 +47,10 @@ bool direct_supported(const Problem& pr, at::ScalarType dtype);
 /// s [BH, D], contiguous, one dtype (fp32 or fp64), g <= 8 -> {y [BH, g, e], S', s'}.
 std::vector<at::Tensor> decode_step(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                     const at::Tensor& lg, const at::Tensor& S, const at::Tensor& s, int64_t p);
+
+/// Whether decode_step takes this problem (query heads per key/value head g, value width e, degree p); the API file
+/// computes other steps with ATen ops.
+bool decode_supported(int64_t g, int64_t e, int64_t p);
 
 /// Bytes of device memory the op may plan to hold on q's device (free memory plus what LibTorch's caching
 /// allocator holds but does not use), for the affordability check before a chunked form allocates its states.

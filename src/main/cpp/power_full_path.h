@@ -15,6 +15,22 @@
 
 namespace power_attention {
 
+/// The dtypes a path computes a problem in, by its own precision rules.
+struct Precision {
+  at::ScalarType compute;  // q, k, v, y
+  at::ScalarType gates;    // log gates
+  at::ScalarType states;   // states in and out
+};
+
+// Every device path (namespace cpu, cuda) answers the API layer through these, declared in its entry header:
+//   Precision precision(at::ScalarType input, int64_t p, int64_t chunk, bool amplifying)
+//       the dtypes for inputs of dtype `input`, degree p, chunk (0: quadratic), amplifying: a log gate > 0
+//   double state_bytes(const Problem& pr, at::ScalarType compute, bool grad)
+//       the bytes the chunked form holds for its states (all chunks' when grad: kept for the backward)
+//   double memory_limit_bytes(const at::Tensor& q)        what the device may plan to hold
+//   bool decode_supported(int64_t g, int64_t e, int64_t p) whether its fused decode step takes the problem
+//   forward, backward, decode_step                         the work itself
+
 /// Everything about the problem that is not a tensor.
 struct Problem {
   int64_t BH = 0;     // batch * key/value heads

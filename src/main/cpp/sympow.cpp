@@ -1,26 +1,27 @@
 // sympow.cpp: CPU loops for phi and its backward. The innermost multi-index runs over a contiguous range of x,
 // so the compiler vectorises the leaf loops; rows run in parallel through at::parallel_for.
 #include "sympow.h"
+#include "errors.h"
 
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
 #include <cmath>
 #include <limits>
-#include <numeric>
 
 namespace power_attention {
 
 int64_t sympow_dim(int64_t d, int64_t p) {
-  TORCH_CHECK(d >= 1 && p >= 1, "power_full: sympow_dim needs d >= 1 and p >= 1, got d = ", d, ", p = ", p);
-  // C(d + p - 1, p) = prod_{k=1..p} (d - 1 + k) / k, exact at every step: acc (d - 1 + k) is a multiple of k, so
-  // with g = gcd(acc, k), k / g divides d - 1 + k, and the step needs no product wider than 64 bits.
+  POWER_ATTENTION_CHECK_ARG(d >= 1 && p >= 1, "power_full: the state dimension needs d >= 1 and deg >= 1, got d = ",
+                            d, ", deg = ", p);
+  // C(d + p - 1, p) = prod_{k=1..p} (d - 1 + k) / k, exact at every step (each partial product is a binomial).
   int64_t acc = 1;
   for (int64_t k = 1; k <= p; ++k) {
-    const int64_t g = std::gcd(acc, k), a = acc / g, m = (d - 1 + k) / (k / g);
-    TORCH_CHECK(a <= std::numeric_limits<int64_t>::max() / m, "power_full: the state dimension C(d + p - 1, p) for d = ",
-                d, ", p = ", p, " does not fit in 64 bits");
-    acc = a * m;
+    const int64_t f = d - 1 + k;
+    POWER_ATTENTION_CHECK_ARG(f > 0 && acc <= std::numeric_limits<int64_t>::max() / f,
+                              "power_full: the state dimension C(d + deg - 1, deg) for d = ", d, ", deg = ", p,
+                              " does not fit in 64 bits");
+    acc = acc * f / k;
   }
   return acc;
 }

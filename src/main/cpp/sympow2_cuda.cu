@@ -9,6 +9,7 @@
 #include "sympow2_cuda.h"
 
 #include "mma_sm80.cuh"
+#include "state_scale.cuh"
 #include "sympow.h"
 
 #include <c10/cuda/CUDAException.h>
@@ -351,12 +352,16 @@ __device__ __forceinline__ LaneRows<MT> lane_rows(const float* rs, int64_t bx, i
 }
 
 // The chunked form's combination (SPEC §4.6) in the query kernel's epilogue: with B = phi'(q) H the row's state
-// term, mu = max(m, 0), wa = e^(m - mu), ws = e^-mu: den = l wa + B[e] ws, y = (numA wa + B[:e] ws) / den (0 where
-// den is). numA, y [rows, e], l, m, den [rows], fp32; y also to yo (the input dtype) through map, when given.
+// term and wa, ws the row factors of state_scale.cuh (from m, the token's gc and the chunk's mu): den = l wa + B[e] ws,
+// y = (numA wa + B[:e] ws) / den (0 where den is). numA, y [rows, e], l, m, den [rows], fp32; gc [X rows / g] fp32
+// (null: 0), mu [X] fp64; y also to yo (the input dtype) through map, when given.
 struct Combine {
   const float* numA = nullptr;
   const float* l = nullptr;
   const float* m = nullptr;
+  const float* gc = nullptr;
+  const double* mu = nullptr;
+  int g = 1;
   float* y = nullptr;
   float* den = nullptr;
   u16* yo = nullptr;
@@ -449,7 +454,8 @@ __global__ void __launch_bounds__(kRowThreads, 2) sympow2_query_kernel(const u16
         const int64_t r = r0 + L.row[i][h];
         if (r >= n) continue;
         const int64_t row = bx * n + r;
-        const float mr = cmb.m[row], mu = fmaxf(mr, 0.f), wa = expf(mr - mu), ws = expf(-mu);
+        float wa, ws;
+        state_row_weights<float>(cmb.m[row], cmb.gc ? cmb.gc[bx * (n / cmb.g) + r / cmb.g] : 0.f, cmb.mu[bx], wa, ws);
         const float dn = cmb.l[row] * wa + be * ws;
         u16* yo = cmb.yo && r < cmb.map.rows(bx, n) ? cmb.yo + cmb.map.base(bx) + cmb.map.row(r) : nullptr;
 #pragma unroll
@@ -769,8 +775,8 @@ at::Tensor sympow2_query(const Rows& x, const at::Tensor& rs, const at::Tensor& 
 }
 
 void sympow2_query_combine(const Rows& x, const at::Tensor& rs, const at::Tensor& H, const at::Tensor& numA,
-                           const at::Tensor& l, const at::Tensor& m, at::Tensor& y, at::Tensor& den, at::Tensor y_api,
-                           const RowMap& map) {
+                           const at::Tensor& l, const at::Tensor& m, const at::Tensor& gc, const at::Tensor& mu,
+                           at::Tensor& y, at::Tensor& den, at::Tensor y_api, const RowMap& map) {
   const Operand ox = check_x(x, rs);
   const int64_t X = ox.X, n = ox.n, d = x.data.size(-1), D2 = sympow2_dim(d), E = H.size(-1), e = d;
   check_bf16(H, X, D2, E, "H");
@@ -785,7 +791,17 @@ void sympow2_query_combine(const Rows& x, const at::Tensor& rs, const at::Tensor
   f32(m, X * n, "m");
   f32(y, X * n * e, "y");
   f32(den, X * n, "den");
+  TORCH_CHECK(mu.defined() && mu.scalar_type() == at::kDouble && mu.is_contiguous() && mu.numel() == X &&
+                  mu.device() == H.device(),
+              "power_full: degree-2 query: bad mu");
+  const int64_t tokens = gc.defined() ? gc.numel() / std::max<int64_t>(X, 1) : 0;
+  TORCH_CHECK(!gc.defined() || (gc.scalar_type() == at::kFloat && gc.is_contiguous() && gc.numel() == X * tokens &&
+                                tokens > 0 && n % tokens == 0 && gc.device() == H.device()),
+              "power_full: degree-2 query: bad gc");
   Combine c;
+  c.gc = gc.defined() ? gc.data_ptr<float>() : nullptr;
+  c.mu = mu.data_ptr<double>();
+  c.g = gc.defined() ? static_cast<int>(n / tokens) : 1;
   c.numA = numA.data_ptr<float>(), c.l = l.data_ptr<float>(), c.m = m.data_ptr<float>();
   c.y = y.data_ptr<float>(), c.den = den.data_ptr<float>();
   if (y_api.defined()) {

@@ -43,13 +43,14 @@ int64_t sympow2_dim(int64_t d);
 /// B[x, r] = phi'(x_r) H[x]  -> [X, n, E] fp32, or its first `cols` columns (a multiple of 8) when cols >= 0.
 at::Tensor sympow2_query(const Rows& x, const at::Tensor& rs, const at::Tensor& H, int64_t cols = -1);
 
-/// The chunked form's combination fused into the query product (y never meets B in memory): with B = phi'(x) H,
-/// mu = max(m, 0), den = l e^(m - mu) + B[:, e] e^-mu, y = (numA e^(m - mu) + B[:, :e] e^-mu) / den (0 where den is).
-/// numA, y [X, n, e], l, m, den [X * n], fp32; e = d. y_api (when defined): y again, in x's dtype, through `map`
-/// (row_map.cuh; the API layout).
+/// The chunked form's combination fused into the query product (y never meets B in memory): with B = phi'(x) H and
+/// the row factors wa, ws of state_scale.cuh, den = l wa + B[:, e] ws, y = (numA wa + B[:, :e] ws) / den (0 where
+/// den is). numA, y [X, n, e], l, m, den [X * n], fp32; gc [X, c] fp32, the in-chunk gate cumsum of each block's c
+/// tokens (n = c g rows: row r is token r / g), or undefined (0); mu [X] fp64, the log-scale of each block's state
+/// H; e = d. y_api (when defined): y again, in x's dtype, through `map` (row_map.cuh; the API layout).
 void sympow2_query_combine(const Rows& x, const at::Tensor& rs, const at::Tensor& H, const at::Tensor& numA,
-                           const at::Tensor& l, const at::Tensor& m, at::Tensor& y, at::Tensor& den,
-                           at::Tensor y_api = {}, const RowMap& map = {});
+                           const at::Tensor& l, const at::Tensor& m, const at::Tensor& gc, const at::Tensor& mu,
+                           at::Tensor& y, at::Tensor& den, at::Tensor y_api = {}, const RowMap& map = {});
 
 /// With dphi_r = H[x] y_r (never formed): dx_r = the gradient of phi'(x_r) . dphi_r in x_r -> [X, n, d] fp32, and
 /// u_r = phi'(x_r) . dphi_r (its gradient in log rs_r) -> [X * n] fp32.
@@ -57,7 +58,8 @@ std::pair<at::Tensor, at::Tensor> sympow2_grad(const Rows& x, const at::Tensor& 
                                                const at::Tensor& H);
 
 /// The chunk states and the gated prefix in one pass. x [BH, N c, d] (or mapped), rs [BH N c] or undefined, y [BH, N c, E]
-/// bf16, decay [BH N] (exp of the chunk's total log gate) or undefined (1), H0 [BH, D2, E] fp32 or undefined (0).
+/// bf16, decay [BH N] (the chunked form's alpha: the factor of the state entering each chunk) or undefined (1), H0
+/// [BH, D2, E] fp32 or undefined (0).
 /// Writes Hs [BH, N, D2, E] bf16, the state entering each chunk, and (when defined) final_state [BH, D2, E] fp32.
 void sympow2_scan_forward(const Rows& x, const at::Tensor& rs, const Rows& y, const at::Tensor& decay,
                           const at::Tensor& H0, int64_t N, at::Tensor& Hs, at::Tensor& final_state);

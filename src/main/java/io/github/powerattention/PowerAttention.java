@@ -33,9 +33,6 @@ import org.bytedeco.pytorch.TensorVector;
  * {@link PowerAttentionException} with the native message.
  */
 public final class PowerAttention {
-    private static final String BACKTRACE_MARK = "\nException raised from ";
-    private static final String ARGUMENT_PREFIX = "power_full: ";
-
     private PowerAttention() {}
 
     /** {@link #powerFull(Tensor, Tensor, Tensor, PowerAttentionOptions)} with degree 2, no gates, quadratic form. */
@@ -170,19 +167,8 @@ public final class PowerAttention {
         }
     }
 
-    /** Native errors arrive as RuntimeException carrying c10::Error's message; give them their Java type. */
+    /** Native errors with their Java type (see {@link power_attention#translate}). */
     static RuntimeException translate(RuntimeException e) {
-        String message = e.getMessage() == null ? "" : e.getMessage();
-        int cut = message.indexOf(BACKTRACE_MARK);
-        if (cut >= 0) {
-            message = message.substring(0, cut);
-        }
-        message = message.strip();
-        if (message.startsWith(ARGUMENT_PREFIX)) {
-            IllegalArgumentException iae = new IllegalArgumentException(message);
-            iae.initCause(e);
-            return iae;
-        }
-        return new PowerAttentionException(message.isEmpty() ? "native failure in power attention" : message, e);
+        return power_attention.translate(e);
     }
 }

@@ -8,6 +8,7 @@ import org.bytedeco.pytorch.Scalar;
 import org.bytedeco.pytorch.ScalarTypeOptional;
 import org.bytedeco.pytorch.Tensor;
 import org.bytedeco.pytorch.TensorOptions;
+import org.bytedeco.pytorch.global.torch;
 
 /**
  * The tests' oracle: SPEC §2 evaluated directly in fp64 with plain tensor ops, written independently of the
@@ -33,6 +34,36 @@ final class Oracle {
             w = w.mul(diff.exp());
         }
         w = w.mul(causal);
+        Tensor norm = w.sum(new long[] {3}, true, new ScalarTypeOptional());
+        return w.matmul(vh).div(norm).permute(0, 2, 1, 3);
+    }
+
+    /**
+     * SPEC §2 again, for inputs whose weights leave the fp64 range (log gates of tens of nats a token, huge scores):
+     * {@code log|w_ij| = p log|s_ij| + G_i - G_j} less its row maximum, then exponentiated; the row maximum is a
+     * constant (the weights' common factor cancels in Y). Same shapes as {@link #powerFull}.
+     */
+    static Tensor powerFullLogSpace(Tensor q, Tensor k, Tensor v, Tensor logG, int p, double scale) {
+        long t = q.size(1), hq = q.size(2), h = k.size(2), g = hq / h;
+        Tensor qh = q.to(ScalarType.Double).permute(0, 2, 1, 3);
+        Tensor kh = repeatHeads(k.to(ScalarType.Double), g).permute(0, 2, 1, 3);
+        Tensor vh = repeatHeads(v.to(ScalarType.Double), g).permute(0, 2, 1, 3);
+        Tensor s = qh.matmul(kh.transpose(2, 3)).mul(new Scalar(scale));                            // [b, hq, t, t]
+        Tensor causal = ones(new long[] {t, t}, new TensorOptions(ScalarType.Double)).tril();
+        Tensor visible = causal.gt(new Scalar(0.5)).logical_and(s.ne(new Scalar(0.0)));
+        Tensor logw = s.abs().log().mul(new Scalar((double) p));
+        if (logG != null) {
+            Tensor G = repeatHeads(logG.to(ScalarType.Double).cumsum(1), g).permute(0, 2, 1);
+            logw = logw.add(G.unsqueeze(3).sub(G.unsqueeze(2)));
+        }
+        Tensor minusInf = torch.full(new long[] {}, new Scalar(Double.NEGATIVE_INFINITY), new TensorOptions(ScalarType.Double));
+        logw = torch.where(visible, logw, minusInf);
+        Tensor rowMax = logw.amax(new long[] {3}, true).detach();
+        rowMax = torch.where(rowMax.isinf(), torch.zeros_like(rowMax), rowMax);
+        Tensor w = logw.sub(rowMax).exp();
+        if (p % 2 == 1) {
+            w = w.mul(s.sign());
+        }
         Tensor norm = w.sum(new long[] {3}, true, new ScalarTypeOptional());
         return w.matmul(vh).div(norm).permute(0, 2, 1, 3);
     }

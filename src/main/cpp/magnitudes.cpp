@@ -1,0 +1,110 @@
+// magnitudes.cpp: inputs brought into range, the gate range of returned states (magnitudes.h).
+#include "magnitudes.h"
+#include "errors.h"
+
+#include <c10/core/GradMode.h>
+#include <cmath>
+#include <limits>
+
+namespace power_attention {
+
+// 2^-floor(log2(a)) for a > 0, 1 for a == 0, as fp32 (fp64 for fp64 amax).
+at::Tensor pow2_factor(const at::Tensor& amax) {
+  const at::Tensor e = at::floor(at::log2(at::where(amax > 0, amax, at::ones_like(amax))));
+  return at::exp2(-e);
+}
+
+// x * f with f a power of two per row or head: in x's dtype where that is exact (fp16 cannot hold every factor).
+at::Tensor times_pow2(const at::Tensor& x, const at::Tensor& f) {
+  if (x.scalar_type() == at::kHalf) return (x.to(at::kFloat) * f).to(at::kHalf);
+  return x * f.to(x.scalar_type());
+}
+
+Scaled scale_to_safe_range(const at::Tensor& q, const at::Tensor& k, int64_t p, double scale) {
+  Scaled sc;
+  sc.q = q, sc.k = k, sc.scale = scale;
+  const auto wide = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const double d = static_cast<double>(q.size(3));
+  at::Tensor qa, ka;
+  {
+    at::NoGradGuard no_grad;
+    qa = at::linalg_vector_norm(q, std::numeric_limits<double>::infinity(), {-1}, true, wide);       // [b, t, hq, 1]
+    ka = at::linalg_vector_norm(k, std::numeric_limits<double>::infinity(), {1, 3}, true, wide);     // [b, 1, h, 1]
+  }
+  // On the CPU the factors are applied only where needed. On CUDA they always are: deciding would read the maxima
+  // back to the host, a device sync on every call, which costs more than the two scaling passes.
+  if (!q.is_cuda()) {
+    double qmax, qmin, kmax, kmin;
+    {
+      at::NoGradGuard no_grad;
+      const at::Tensor inf = at::full({}, std::numeric_limits<double>::infinity(), qa.options());
+      const at::Tensor stats = at::stack({qa.max(), at::where(qa > 0, qa, inf).min(), ka.max(),
+                                          at::where(ka > 0, ka, inf).min()}).to(at::kDouble).cpu();
+      const double* st = stats.data_ptr<double>();
+      qmax = st[0], qmin = st[1], kmax = st[2], kmin = st[3];
+    }
+    if (qmax == 0 || kmax == 0) return sc;  // all weights are zero: nothing to bring into range
+    // the largest score scale d |q| |k| and the smallest relevant one |q| |k| (per row and head) must stay well
+    // inside the range where their p-th powers, summed over the sequence, are finite and normal in fp32
+    const double hi = std::exp2(64.0 / static_cast<double>(p)), lo = std::exp2(-64.0 / static_cast<double>(p));
+    const bool safe = std::isfinite(qmax) && std::isfinite(kmax) && scale * d * qmax * kmax <= hi &&
+                      scale * qmin * kmin >= lo && scale <= hi && scale >= lo;
+    if (safe) return sc;
+  }
+  at::NoGradGuard no_grad;
+  sc.qf = pow2_factor(qa);
+  sc.kf = pow2_factor(ka);
+  sc.q = times_pow2(q, sc.qf);
+  sc.k = times_pow2(k, sc.kf);
+  sc.scale = 1.0 / std::sqrt(d);
+  sc.state_logscale = (at::log(sc.kf.to(at::kDouble)) * static_cast<double>(p)).reshape({-1});  // [b * h]
+  return sc;
+}
+
+// The gradient of x from that of x * f (f a constant power of two per row or head), in x's dtype.
+at::Tensor unscale_grad(const at::Tensor& grad, const at::Tensor& f) {
+  if (!grad.defined() || !f.defined()) return grad;
+  return times_pow2(grad, f);
+}
+
+// A state that the op returns is a plain tensor (SPEC §6): exp(G_t - G_j) must fit its dtype. Positive log gates
+// that add up past that are refused before any work (the plain power_full serves any log gates).
+double state_gate_limit(at::ScalarType st) { return st == at::kDouble ? 354.0 : 44.0; }  // ln 2^512, ln 2^64
+
+void check_state_gates(const at::Tensor& log_g, bool has_initial, at::ScalarType st) {
+  if (!log_g.defined()) return;
+  double worst;
+  {
+    at::NoGradGuard no_grad;
+    const at::Tensor G = log_g.to(at::kDouble).cumsum(1);                  // [b, t, h]
+    const at::Tensor last = G.select(1, G.size(1) - 1);                    // [b, h]
+    at::Tensor lowest = std::get<0>(G.min(1));                             // min_j G_j
+    if (has_initial) lowest = at::minimum(lowest, at::zeros_like(lowest));  // the entering state decays by exp(G_t)
+    worst = (last - lowest).max().item<double>();
+  }
+  const double limit = state_gate_limit(st);
+  POWER_ATTENTION_CHECK_ARG(
+      std::isfinite(worst) && worst <= limit, "power_full: log_G adds up to exp(G_t - G_j) = exp(", worst,
+      ") in the state returned after the last token (positive log gates grow the past), over the exp(", limit,
+      ") that a ", st == at::kDouble ? "float64" : "float32",
+      " state can hold. Options: power_full without states (it serves log gates of any sign and size), float64 "
+      "inputs (states up to exp(354)), or shorter pieces");
+}
+
+// The true state [b, h, D, e] / [b, h, D] from the path's scaled one: exp(final_logscale - state_logscale) (S^, s^).
+at::Tensor state_factor(const at::Tensor& final_logscale, const Scaled& sc, int64_t BH) {
+  at::Tensor lf = final_logscale.defined() ? final_logscale.to(at::kDouble)
+                                           : at::zeros({BH}, at::TensorOptions().dtype(at::kDouble));
+  if (sc.applied()) lf = lf - sc.state_logscale.to(lf.device());
+  return at::exp(lf);
+}
+
+// Read for every gated CUDA call (one device sync: the only one the op makes) and for the CPU's chunked form (its
+// quadratic form keeps fp32 precision there).
+bool amplifying_gates(const at::Tensor& log_g, int64_t chunk) {
+  if (!log_g.defined() || (log_g.device().is_cpu() && chunk <= 0)) return false;
+  at::NoGradGuard no_grad;
+  return log_g.max().item<double>() > 0;
+}
+
+}  // namespace power_attention

@@ -1,0 +1,47 @@
+// magnitudes.h: inputs brought into the floating-point range, and the gate range of returned states (SPEC §2, §6).
+//
+// y is invariant to the scale of each query row, to a common scale of each head's keys, and to `scale` (every weight
+// of a row shares the factor). Inputs whose scores or states could leave the range (|q|, |k| of 1e-20 or 1e20, say,
+// or an extreme `scale`) are brought to max-abs in [1, 2) by powers of two, which is exact; the gradients of q and k
+// take the same factors.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+
+namespace power_attention {
+
+struct Scaled {
+  at::Tensor q, k;    // what the path sees
+  at::Tensor qf;      // [b, t, hq, 1] the power of two each query row was multiplied by (undefined: none was)
+  at::Tensor kf;      // [b, 1, h, 1] likewise for each head's keys
+  at::Tensor state_logscale;  // [b * h] fp64: p log(kf), the log-scale of a state in the path's units of k
+  double scale = 1;   // the scale the path uses
+  bool applied() const { return qf.defined(); }
+};
+
+/// 2^-floor(log2(a)) for a > 0, 1 for a == 0.
+at::Tensor pow2_factor(const at::Tensor& amax);
+
+/// x * f with f a power of two per row or head, in x's dtype where that is exact.
+at::Tensor times_pow2(const at::Tensor& x, const at::Tensor& f);
+
+/// q, k as the path should see them, with the factors applied (CUDA: always, no device sync to decide; CPU: where
+/// the scores or states would leave fp32's range).
+Scaled scale_to_safe_range(const at::Tensor& q, const at::Tensor& k, int64_t p, double scale);
+
+/// The gradient of x from that of x * f.
+at::Tensor unscale_grad(const at::Tensor& grad, const at::Tensor& f);
+
+/// Refuses (ArgumentError naming log_G), before any work, log gates whose returned state would overflow its dtype.
+void check_state_gates(const at::Tensor& log_g, bool has_initial, at::ScalarType st);
+
+/// exp(final_logscale - state_logscale) [b*h] fp64: the true state from the path's scaled one.
+at::Tensor state_factor(const at::Tensor& final_logscale, const Scaled& sc, int64_t BH);
+
+/// Whether the log gates hold a positive value (the past amplified): the paths then compute in a wider dtype
+/// (plan.h's resolve asks their precision rules). On CUDA this reads one number back: a device sync.
+bool amplifying_gates(const at::Tensor& log_g, int64_t chunk);
+
+}  // namespace power_attention
