@@ -35,7 +35,8 @@ import org.knowm.xchart.style.markers.SeriesMarkers;
  *   mvn -q -f benchmarks compile exec:java@report [-Dreport.args="gpu=path/to/bench.json cpu=LABEL"]
  * </pre>
  *
- * Arguments ({@code key=value}): {@code jmh} the JMH JSON results (the POM passes benchmarks/target/jmh-results.json);
+ * Arguments ({@code key=value}): {@code jmh} the JMH JSON results (the POM passes benchmarks/target/jmh-results.json;
+ * {@code a.json,b.json}: several runs, the later one's result of the same benchmark and parameters counting);
  * {@code gpu} a harness bench.json (default {@code target/gpu-harness/bench.json} where it exists, else the H100
  * numbers of BENCHMARKS.md bundled with this module, which name their source); {@code out} the folder for the PNGs;
  * {@code cpu} a label for the CPU (default: the model name and the core count of this machine). Writes
@@ -87,8 +88,12 @@ public final class BenchmarkReport {
         String cpu = a.getOrDefault("cpu", CpuBenchmark.cpuName() + ", "
                 + Runtime.getRuntime().availableProcessors() + " cores");
 
-        Path jmh = Path.of(a.getOrDefault("jmh", "benchmarks/target/jmh-results.json"));
-        if (Files.exists(jmh)) {
+        // jmh=A.json,B.json: several runs, a later one's result replacing an earlier one's of the same benchmark
+        List<Path> jmh = new ArrayList<>();
+        for (String f : a.getOrDefault("jmh", "benchmarks/target/jmh-results.json").split(",")) {
+            jmh.add(Path.of(f));
+        }
+        if (jmh.stream().allMatch(Files::exists)) {
             List<JmhResult> results = readJmh(jmh);
             System.out.println("# CPU (JMH, " + jmh + "): " + cpu);
             cpuTime(results, cpu, out);
@@ -102,10 +107,16 @@ public final class BenchmarkReport {
         }
     }
 
-    static List<JmhResult> readJmh(Path file) throws IOException {
-        try (Reader r = Files.newBufferedReader(file)) {
-            return List.of(new Gson().fromJson(r, JmhResult[].class));
+    static List<JmhResult> readJmh(List<Path> files) throws IOException {
+        Map<String, JmhResult> byKey = new java.util.LinkedHashMap<>();
+        for (Path file : files) {
+            try (Reader r = Files.newBufferedReader(file)) {
+                for (JmhResult result : new Gson().fromJson(r, JmhResult[].class)) {
+                    byKey.put(result.benchmark() + new TreeMap<>(result.params()), result);
+                }
+            }
         }
+        return new ArrayList<>(byKey.values());
     }
 
     static GpuBench readGpu(String path) throws IOException {
