@@ -35,6 +35,18 @@ import org.bytedeco.pytorch.TensorVector;
 public final class PowerAttention {
     private PowerAttention() {}
 
+    /**
+     * Loads LibTorch's natives and ours, LibTorch's in dependency order: with the {@code -gpu} natives, call it
+     * (or any other method of this class) before LibTorch's first CUDA query ({@code torch.cuda_is_available()}),
+     * which on an empty JavaCPP cache would otherwise load LibTorch without its CUDA libraries and see no GPU until
+     * the next run. Idempotent and cheap after the first call. Called first in a program, before any LibTorch class,
+     * it also keeps JavaCPP from printing its version warning about the OpenBLAS build our POMs pair with LibTorch
+     * ({@code openblas:0.3.31-1.5.13}, as Bytedeco's own pairing is not on Maven Central); other warnings stay.
+     */
+    public static void loadNatives() {
+        power_attention.load();
+    }
+
     /** {@link #powerFull(Tensor, Tensor, Tensor, PowerAttentionOptions)} with degree 2, no gates, quadratic form. */
     public static Tensor powerFull(Tensor q, Tensor k, Tensor v) {
         return powerFull(q, k, v, PowerAttentionOptions.defaults());
@@ -122,18 +134,6 @@ public final class PowerAttention {
         } catch (RuntimeException e) {
             throw translate(e);
         }
-    }
-
-    /**
-     * Loads the natives now: LibTorch's, OpenBLAS's and ours (otherwise the first call loads them). Called first in a
-     * program, before any LibTorch class, it also keeps JavaCPP from printing its version warning about the OpenBLAS
-     * build our POMs pair with LibTorch ({@code openblas:0.3.31-1.5.13}, as Bytedeco's own pairing is not on Maven
-     * Central); other warnings stay.
-     */
-    public static void loadNatives() {
-        // before Loader.load: it reads the presets (and so initialises OpenBLAS's) before our class runs its own
-        io.github.powerattention.presets.OpenBlasVersionCheck.run();
-        org.bytedeco.javacpp.Loader.load(power_attention.class);
     }
 
     /**

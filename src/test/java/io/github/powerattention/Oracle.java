@@ -56,7 +56,8 @@ final class Oracle {
             Tensor G = repeatHeads(logG.to(ScalarType.Double).cumsum(1), g).permute(0, 2, 1);
             logw = logw.add(G.unsqueeze(3).sub(G.unsqueeze(2)));
         }
-        Tensor minusInf = torch.full(new long[] {}, new Scalar(Double.NEGATIVE_INFINITY), new TensorOptions(ScalarType.Double));
+        Tensor minusInf = torch.full(new long[] {}, new Scalar(Double.NEGATIVE_INFINITY),
+                new TensorOptions(ScalarType.Double));
         logw = torch.where(visible, logw, minusInf);
         Tensor rowMax = logw.amax(new long[] {3}, true).detach();
         rowMax = torch.where(rowMax.isinf(), torch.zeros_like(rowMax), rowMax);
@@ -66,6 +67,30 @@ final class Oracle {
         }
         Tensor norm = w.sum(new long[] {3}, true, new ScalarTypeOptional());
         return w.matmul(vh).div(norm).permute(0, 2, 1, 3);
+    }
+
+    /**
+     * {@link #powerFullLogSpace}'s Y and gradients {Y, dQ, dK, dV, dlogG} for the cotangent dy, on the inputs
+     * multiplied elementwise by (1 + eps N(0, 1)) (eps = 0: the inputs themselves). The relative change between the
+     * two is the problem's own conditioning at that precision: no algorithm of it can promise less.
+     */
+    static Tensor[] logSpaceWithGradients(Tensor q, Tensor k, Tensor v, Tensor logG, Tensor dy, int p, double scale,
+            double eps) {
+        Tensor rq = jitter(q, eps).detach().requires_grad_(true), rk = jitter(k, eps).detach().requires_grad_(true);
+        Tensor rv = jitter(v, eps).detach().requires_grad_(true);
+        Tensor rg = logG != null ? jitter(logG, eps).detach().requires_grad_(true) : null;
+        Tensor y = powerFullLogSpace(rq, rk, rv, rg, p, scale);
+        y.mul(dy).sum().backward();
+        return new Tensor[] {y.detach(), rq.grad(), rk.grad(), rv.grad(), rg != null ? rg.grad() : null};
+    }
+
+    private static Tensor jitter(Tensor x, double eps) {
+        Tensor d = x.to(ScalarType.Double);
+        if (eps == 0) {
+            return d;
+        }
+        Tensor noise = torch.randn(d.sizes().vec().get(), new TensorOptions(ScalarType.Double));
+        return d.mul(noise.mul(new Scalar(eps)).add(new Scalar(1.0)));
     }
 
     /** [b, t, h, ...] -> [b, t, h * g, ...], each head repeated g times in place (query head i uses head i / g). */

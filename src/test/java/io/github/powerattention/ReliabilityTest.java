@@ -123,13 +123,13 @@ class ReliabilityTest {
             }
             Tensor dy = Fixtures.normal(c.dtype(), b, c.t(), hq, e);
 
-            Tensor[] ref = oracle(q, k, v, logG, dy, c.p(), c.scale(), 0);
+            Tensor[] ref = Oracle.logSpaceWithGradients(q, k, v, logG, dy, c.p(), c.scale(), 0);
             // The problem's own conditioning: how much the exact answer moves when every input moves by one
             // rounding of the compute precision. No algorithm of that precision can promise less; a hostile input
             // can make a gradient that small against the terms it is made of (a log gate of +30 a token leaves
             // each query one dominant key: dQ is then a difference of nearly equal terms).
             double eps = c.dtype() == ScalarType.Double ? 0x1p-53 : 0x1p-24;
-            Tensor[] moved = oracle(q, k, v, logG, dy, c.p(), c.scale(), eps);
+            Tensor[] moved = Oracle.logSpaceWithGradients(q, k, v, logG, dy, c.p(), c.scale(), eps);
 
             Tensor xq = Fixtures.leaf(q, c.dtype()), xk = Fixtures.leaf(k, c.dtype()), xv = Fixtures.leaf(v, c.dtype());
             Tensor xg = logG != null ? Fixtures.leaf(logG, gateType) : null;
@@ -165,20 +165,6 @@ class ReliabilityTest {
      * The log-space oracle's Y and gradients {dQ, dK, dV, dlogG} (the cotangent dy), on the inputs multiplied by
      * (1 + eps N(0, 1)) elementwise (eps = 0: the inputs themselves).
      */
-    private static Tensor[] oracle(Tensor q, Tensor k, Tensor v, Tensor logG, Tensor dy, int p, double scale,
-            double eps) {
-        Tensor rq = Fixtures.leaf(jitter(q, eps), ScalarType.Double), rk = Fixtures.leaf(jitter(k, eps), ScalarType.Double);
-        Tensor rv = Fixtures.leaf(jitter(v, eps), ScalarType.Double);
-        Tensor rg = logG != null ? Fixtures.leaf(jitter(logG, eps), ScalarType.Double) : null;
-        Tensor y = Oracle.powerFullLogSpace(rq, rk, rv, rg, p, scale);
-        y.mul(dy).sum().backward();
-        return new Tensor[] {y.detach(), rq.grad(), rk.grad(), rv.grad(), rg != null ? rg.grad() : null};
-    }
-
-    private static Tensor jitter(Tensor x, double eps) {
-        return eps == 0 ? x : x.mul(randn(x.sizes().vec().get(), Fixtures.f64()).mul(new Scalar(eps)).add(new Scalar(1.0)));
-    }
-
     /** A state returned after strongly positive gates would overflow: refused before any work, naming log_G. */
     @Test
     void overflowingStateIsRefused() {

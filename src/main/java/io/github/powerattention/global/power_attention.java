@@ -1,5 +1,10 @@
 package io.github.powerattention.global;
 
+import java.io.IOException;
+import java.net.URL;
+import java.util.function.Supplier;
+
+import org.bytedeco.javacpp.ClassProperties;
 import org.bytedeco.javacpp.Loader;
 import org.bytedeco.javacpp.annotation.ByRef;
 import org.bytedeco.javacpp.annotation.ByVal;
@@ -22,15 +27,50 @@ import io.github.powerattention.PowerAttentionException;
 @Properties(inherit = io.github.powerattention.presets.power_attention.class)
 public class power_attention {
     static {
+        // first: JavaCPP's OpenBLAS version check, without its known warning (reading LibTorch's presets, as
+        // cacheLinkedLibraries and Loader.load do, initialises OpenBLAS's presets and runs it)
         io.github.powerattention.presets.OpenBlasVersionCheck.run();
+        cacheLinkedLibraries(org.bytedeco.pytorch.global.torch.class);
         Loader.load(org.bytedeco.pytorch.global.torch.class);
         Loader.load();
     }
 
-    private static final String BACKTRACE_MARK = "\nException raised from ";
-    private static final String ARGUMENT_PREFIX = "power_full: ";
+    /**
+     * Extracts the libraries that {@code presets} links ({@code platform.link}: for LibTorch {@code c10},
+     * {@code torch}, {@code torch_cpu}) into JavaCPP's cache before its first load. JavaCPP loads a class's
+     * {@code platform.preload} list before its {@code platform.link} list and extracts each library only when it comes
+     * to it, so on an empty cache LibTorch's -gpu preloads {@code libc10_cuda.so} and {@code libtorch_cuda.so} fail
+     * ("libc10.so: cannot open shared object file"), are not tried again, and LibTorch sees no CUDA device until the
+     * next run. With the linked libraries in the cache first, every library loads on the first pass. This must run
+     * before LibTorch's first CUDA question: a JVM that asked LibTorch first keeps its answer (no CUDA) even after
+     * the libraries load (seen on an H200).
+     */
+    private static void cacheLinkedLibraries(Class<?> presets) {
+        if (!Loader.isLoadLibraries()) {
+            return;
+        }
+        ClassProperties p = Loader.loadProperties(presets, Loader.loadProperties(), true);
+        for (String lib : p.get("platform.link")) {
+            for (URL url : Loader.findLibrary(presets, p, lib, false)) {
+                if (url.getProtocol().equals("jar")) {        // in a JAR: what JavaCPP extracts into its cache
+                    try {
+                        Loader.cacheResource(url);
+                    } catch (IOException e) {
+                        // the cache is not writable: JavaCPP's own load reports what fails
+                    }
+                    break;                                    // the first match is the one JavaCPP loads
+                }
+            }
+        }
+    }
 
     private power_attention() {}
+
+    /** Runs this class's static initialiser (the loading above) if it has not run yet. */
+    public static void load() {}
+
+    private static final String BACKTRACE_MARK = "\nException raised from ";
+    private static final String ARGUMENT_PREFIX = "power_full: ";
 
     /** A native failure with its Java type: IllegalArgumentException for our argument checks, else internal. */
     public static RuntimeException translate(RuntimeException e) {
@@ -51,72 +91,53 @@ public class power_attention {
         return new PowerAttentionException(message.isEmpty() ? "native failure in power attention" : message, e);
     }
 
-    /** {@code power_attention::power_full_flat}: an undefined {@code logG} means no gating. */
-    public static Tensor power_full_flat(Tensor q, Tensor k, Tensor v, Tensor logG, long degree, boolean hasScale,
-            double scale, boolean hasChunkSize, long chunkSize) {
+    /** The native call's result, or its failure with its Java type. */
+    private static <T> T translated(Supplier<T> call) {
         try {
-            return power_full_flat0(q, k, v, logG, degree, hasScale, scale, hasChunkSize, chunkSize);
+            return call.get();
         } catch (RuntimeException e) {
             throw translate(e);
         }
+    }
+
+    /** {@code power_attention::power_full_flat}: an undefined {@code logG} means no gating. */
+    public static Tensor power_full_flat(Tensor q, Tensor k, Tensor v, Tensor logG, long degree, boolean hasScale,
+            double scale, boolean hasChunkSize, long chunkSize) {
+        return translated(() -> power_full_flat0(q, k, v, logG, degree, hasScale, scale, hasChunkSize, chunkSize));
     }
 
     /** {@code power_attention::power_full_with_state_flat}: {Y, S, s}; undefined S0/s0 mean a zero state. */
     public static TensorVector power_full_with_state_flat(Tensor q, Tensor k, Tensor v, Tensor logG, long degree,
             boolean hasScale, double scale, boolean hasChunkSize, long chunkSize, Tensor S0, Tensor s0) {
-        try {
-            return power_full_with_state_flat0(q, k, v, logG, degree, hasScale, scale, hasChunkSize, chunkSize, S0,
-                    s0);
-        } catch (RuntimeException e) {
-            throw translate(e);
-        }
+        return translated(() -> power_full_with_state_flat0(q, k, v, logG, degree, hasScale, scale, hasChunkSize,
+                chunkSize, S0, s0));
     }
 
     /** {@code power_attention::power_decode_step_flat}: {y, S', s'}. */
     public static TensorVector power_decode_step(Tensor q, Tensor k, Tensor v, Tensor logG, Tensor S, Tensor s,
             long degree) {
-        try {
-            return power_decode_step0(q, k, v, logG, S, s, degree);
-        } catch (RuntimeException e) {
-            throw translate(e);
-        }
+        return translated(() -> power_decode_step0(q, k, v, logG, S, s, degree));
     }
 
     /** {@code power_attention::state_dim_flat}: C(d + p - 1, p). */
     public static long state_dim(long headDim, long degree) {
-        try {
-            return state_dim0(headDim, degree);
-        } catch (RuntimeException e) {
-            throw translate(e);
-        }
+        return translated(() -> state_dim0(headDim, degree));
     }
 
     /** {@code power_attention::reference::power_full_quadratic}: plain-ATen SPEC §3, differentiable by autograd. */
     public static Tensor power_full_quadratic(Tensor q, Tensor k, Tensor v, Tensor logG, long degree, double scale) {
-        try {
-            return power_full_quadratic0(q, k, v, logG, degree, scale);
-        } catch (RuntimeException e) {
-            throw translate(e);
-        }
+        return translated(() -> power_full_quadratic0(q, k, v, logG, degree, scale));
     }
 
     /** {@code power_attention::reference::power_full_chunked}: plain-ATen SPEC §4, differentiable by autograd. */
     public static Tensor power_full_chunked(Tensor q, Tensor k, Tensor v, Tensor logG, long degree, double scale,
             long chunkSize) {
-        try {
-            return power_full_chunked0(q, k, v, logG, degree, scale, chunkSize);
-        } catch (RuntimeException e) {
-            throw translate(e);
-        }
+        return translated(() -> power_full_chunked0(q, k, v, logG, degree, scale, chunkSize));
     }
 
     /** {@code power_attention::reference::symmetric_power_embedding}: phi of the last dimension. */
     public static Tensor symmetric_power_embedding(Tensor x, long degree) {
-        try {
-            return symmetric_power_embedding0(x, degree);
-        } catch (RuntimeException e) {
-            throw translate(e);
-        }
+        return translated(() -> symmetric_power_embedding0(x, degree));
     }
 
     @Namespace("power_attention") @Name("power_full_flat")

@@ -15,9 +15,13 @@ import java.util.List;
 import java.util.Properties;
 import java.util.stream.Stream;
 
+import org.bytedeco.pytorch.DeviceOptional;
 import org.bytedeco.pytorch.InputArchive;
+import org.bytedeco.pytorch.NoGradGuard;
 import org.bytedeco.pytorch.Optimizer;
 import org.bytedeco.pytorch.OutputArchive;
+import org.bytedeco.pytorch.StringTensorDict;
+import org.bytedeco.pytorch.StringVector;
 import org.bytedeco.pytorch.Tensor;
 
 /**
@@ -93,19 +97,26 @@ final class Checkpoint {
 
     /** Reads the step, the flags and the history (the tensors are loaded by {@link #loadInto}). */
     static Checkpoint read(Path outDir) {
+        return read(outDir, "--init_from=resume");
+    }
+
+    /** {@link #read(Path)}, with {@code flag} (the flag that named the checkpoint) in the error messages. */
+    static Checkpoint read(Path outDir, String flag) {
         Path state = dir(outDir).resolve("state.properties");
         if (!Files.isRegularFile(state)) {
-            throw new UsageException("--init_from=resume: no checkpoint in --out_dir=" + outDir.toAbsolutePath()
-                    + " (expected " + state + "); train with --init_from=scratch first");
+            String where = flag.equals("--init_from=resume") ? "--out_dir=" + outDir.toAbsolutePath()
+                    : outDir.toAbsolutePath().toString();
+            throw new UsageException(flag + ": no checkpoint in " + where + " (expected " + state
+                    + "); train with --init_from=scratch first");
         }
         Properties p = new Properties();
         try (Reader r = Files.newBufferedReader(state, StandardCharsets.UTF_8)) {
             p.load(r);
         } catch (IOException e) {
-            throw new UsageException("--init_from=resume: cannot read " + state + ": " + e.getMessage());
+            throw new UsageException(flag + ": cannot read " + state + ": " + e.getMessage());
         }
         if (!FORMAT.equals(p.getProperty("format"))) {
-            throw new UsageException("--init_from=resume: " + state + " is not a checkpoint of this trainer (format "
+            throw new UsageException(flag + ": " + state + " is not a checkpoint of this trainer (format "
                     + p.getProperty("format") + ", expected " + FORMAT + ")");
         }
         List<String> args = new ArrayList<>(List.of(p.getProperty("args", "").split("\n")));
@@ -125,7 +136,8 @@ final class Checkpoint {
     static void loadInto(Path outDir, Gpt model, Optimizer optimizer) {
         Path d = dir(outDir);
         InputArchive m = new InputArchive();
-        m.load_from(d.resolve("model.pt").toString());
+        // onto the model's device: a CUDA run's checkpoint loads into a CPU model (and the other way round)
+        m.load_from(d.resolve("model.pt").toString(), new DeviceOptional(model.device()));
         model.load(m);
         if (optimizer != null) {
             InputArchive o = new InputArchive();
@@ -134,6 +146,84 @@ final class Checkpoint {
             Tensor rng = new Tensor();
             if (o.try_read("torch_cpu_rng_state", rng)) {
                 getDefaultCPUGenerator().set_state(rng);
+            }
+        }
+    }
+
+    /** The run folder of {@code path}: {@code path} itself, or its parent when {@code path} is the ckpt folder. */
+    static Path outDirOf(Path path) {
+        if (Files.isRegularFile(path.resolve("state.properties")) && path.getParent() != null
+                && path.getFileName().toString().equals(DIR)) {
+            return path.getParent();
+        }
+        return path;
+    }
+
+    /** What {@link #loadShared} did: parameters copied, parameters left as initialised, stored ones not used. */
+    record Transfer(List<String> copied, List<String> initialised, List<String> unused) {}
+
+    /**
+     * Copies every parameter of {@code outDir}'s checkpoint into the parameter of {@code model} with the same name
+     * (its shape must match); parameters the checkpoint lacks (e.g. the gates of an sdpa model turned into a power
+     * model) keep their initial values, and stored ones the model has no place for are left out.
+     */
+    static Transfer loadShared(Path outDir, Gpt model) {
+        InputArchive archive = new InputArchive();
+        archive.load_from(dir(outDir).resolve("model.pt").toString(), new DeviceOptional(model.device()));
+        List<String> copied = new ArrayList<>();
+        List<String> initialised = new ArrayList<>();
+        StringTensorDict named = model.named_parameters(true);
+        java.util.Set<String> names = new java.util.HashSet<>();
+        try (NoGradGuard g = new NoGradGuard()) {
+            for (long i = 0; i < named.size(); i++) {
+                String name = named.get(i).key().getString();
+                names.add(name);
+                Tensor param = named.get(i).value();
+                Tensor stored = readNested(archive, name);
+                if (stored == null) {
+                    initialised.add(name);
+                    continue;
+                }
+                if (!java.util.Arrays.equals(stored.sizes().vec().get(), param.sizes().vec().get())) {
+                    throw new UsageException("--init_from=" + outDir + ": parameter " + name + " has shape "
+                            + java.util.Arrays.toString(stored.sizes().vec().get()) + " in the checkpoint, the model "
+                            + "needs " + java.util.Arrays.toString(param.sizes().vec().get()));
+                }
+                param.copy_(stored);
+                copied.add(name);
+            }
+        }
+        List<String> unused = new ArrayList<>();
+        collectNames(archive, "", unused);
+        unused.removeIf(names::contains);
+        return new Transfer(copied, initialised, unused);
+    }
+
+    /** The tensor {@code a.b.c} of a module archive (submodules are nested archives), null if absent. */
+    private static Tensor readNested(InputArchive archive, String dotted) {
+        String[] parts = dotted.split("\\.");
+        InputArchive at = archive;
+        for (int i = 0; i < parts.length - 1; i++) {
+            InputArchive sub = new InputArchive();
+            if (!at.try_read(parts[i], sub)) {
+                return null;
+            }
+            at = sub;
+        }
+        Tensor t = new Tensor();
+        return at.try_read(parts[parts.length - 1], t) ? t : null;
+    }
+
+    /** The dotted names of every tensor in a module archive. */
+    private static void collectNames(InputArchive archive, String prefix, List<String> out) {
+        StringVector keys = archive.keys();
+        for (long i = 0; i < keys.size(); i++) {
+            String key = keys.get(i).getString();
+            InputArchive sub = new InputArchive();
+            if (archive.try_read(key, sub)) {
+                collectNames(sub, prefix + key + ".", out);
+            } else {
+                out.add(prefix + key);
             }
         }
     }

@@ -68,6 +68,14 @@ final class Distributed implements AutoCloseable {
         if (rank >= world) {
             throw new UsageException("environment: RANK must be in [0, WORLD_SIZE) = [0, " + world + "), got " + rank);
         }
+        if (cuda) {
+            int gpus = org.bytedeco.pytorch.global.torch.cuda_device_count();
+            if (localRank >= gpus) {
+                throw new UsageException("environment: LOCAL_RANK=" + localRank + " needs GPU " + localRank
+                        + " (--device=cuda runs one process per GPU), but LibTorch sees " + gpus + " CUDA device(s) "
+                        + "here: start at most " + gpus + " process(es) on this machine");
+            }
+        }
         String addr = env.get("MASTER_ADDR");
         String portText = env.get("MASTER_PORT");
         if (addr == null || portText == null) {

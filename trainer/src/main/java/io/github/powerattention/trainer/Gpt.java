@@ -78,6 +78,11 @@ public final class Gpt extends Module {
         return config;
     }
 
+    /** The device the parameters are on. */
+    public org.bytedeco.pytorch.Device device() {
+        return wte.device();
+    }
+
     /** The dtype of matrix products and attention (float32, bfloat16 or float16); parameters stay fp32. */
     public void computeDtype(ScalarType dtype) {
         this.computeDtype = dtype;

@@ -10,6 +10,7 @@ import java.util.List;
 import java.util.Map;
 import java.util.Set;
 
+import io.github.powerattention.PowerAttention;
 import io.github.powerattention.PowerAttentionException;
 
 /**
@@ -25,17 +26,22 @@ public final class Main {
             "usage: java -jar power-attention-trainer.jar <command> [--flag=value ...]",
             "commands:",
             "  train    train a GPT with power (or sdpa) attention; e.g. train --max_iters=200",
-            "           data: --dataset=recall (embedded, default) or --dataset=PATH (a text file or a folder)",
+            "           data: --dataset=recall (embedded, default) or --dataset=PATH (a text file or a folder);",
+            "                 the recall task's difficulty: --recall_key_letters=1|2 --recall_value_digits=1|2",
+            "                 --recall_pairs=N (pairs defined per sample, 0: as many as fill half the context)",
             "           model: --n_layer --n_head --n_kv_head --n_embd --block_size --attention_kernel=sdpa|power",
             "                  --degree --chunk_size=N|none --disable_gating",
             "           optimizer: --learning_rate --min_lr --warmup_iters --lr_decay_iters --max_iters",
             "                  --weight_decay --beta1 --beta2 --grad_clip --batch_size --gradient_accumulation_steps",
-            "           run: --out_dir --init_from=scratch|resume --eval_interval --eval_iters --log_interval",
+            "           run: --out_dir --init_from=scratch|resume|PATH --eval_interval --eval_iters --log_interval",
+            "                  (PATH: another run's out_dir or ckpt folder; its weights, with the attention kernel,",
+            "                  degree, chunk size and gating given now: e.g. an sdpa run fine-tuned as power)",
             "                  --device=cpu|cuda --dtype=float32|bfloat16|float16 --seed --threads --dist_timeout",
             "           many processes: set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT (or use",
             "           trainer/launch.sh N ...)",
             "  sample   generate text from the checkpoint in --out_dir: --start=TEXT --max_new_tokens=200",
-            "           --temperature=0.8 --top_k=0 --num_samples=1 --seed --mode=state|full --threads");
+            "           --temperature=0.8 --top_k=0 --num_samples=1 --seed --mode=state|full --threads",
+            "           --device=cpu|cuda (default: the checkpoint's device when available, else cpu)");
 
     private Main() {}
 
@@ -96,6 +102,9 @@ public final class Main {
      */
     static TrainConfig resolve(String[] args) {
         TrainConfig given = TrainConfig.parse(args);
+        if (given.initFromCheckpoint()) {
+            return withWeightShape(given, args);
+        }
         if (!given.initFrom.equals("resume")) {
             return given;
         }
@@ -117,6 +126,47 @@ public final class Main {
         return TrainConfig.parse(merged.toArray(new String[0]));
     }
 
+    /**
+     * The device {@code sample} runs on: {@code --device} if given (cuda must be visible), else the device the
+     * checkpoint was trained on when it is available here, else cpu.
+     */
+    static String sampleDevice(String requested, String trainedOn) {
+        if (requested.equals("cuda") || (requested.isEmpty() && trainedOn.equals("cuda"))) {
+            PowerAttention.loadNatives();
+            boolean visible = org.bytedeco.pytorch.global.torch.cuda_is_available();
+            if (requested.equals("cuda") && !visible) {
+                throw new UsageException("--device=cuda: no CUDA device is visible to LibTorch (the sampler needs "
+                        + "the linux-x86_64-gpu natives and CUDA 13 libraries); use --device=cpu");
+            }
+            return visible ? "cuda" : "cpu";
+        }
+        return "cpu";
+    }
+
+    /**
+     * {@code --init_from=PATH}: the flags given now (defaults for the rest), with the weight shapes
+     * ({@link TrainConfig#WEIGHT_FLAGS}) of PATH's checkpoint; a given one that differs is an error.
+     */
+    static TrainConfig withWeightShape(TrainConfig given, String[] args) {
+        Checkpoint source = Checkpoint.read(Checkpoint.outDirOf(Paths.get(given.initFrom)), "--init_from=" + given.initFrom);
+        TrainConfig stored = TrainConfig.parse(source.args.toArray(new String[0]));
+        Flags cli = Flags.parse(args, TrainConfig.BOOLEAN_FLAGS);
+        List<String> merged = new ArrayList<>(List.of(args));
+        for (String name : TrainConfig.WEIGHT_FLAGS) {
+            String theirs = stored.valueOrDefault(name);
+            if (cli.given().contains(name)) {
+                if (!given.valueOrDefault(name).equals(theirs)) {
+                    throw new UsageException("--" + name + "=" + given.valueOrDefault(name) + " differs from the "
+                            + "checkpoint's " + theirs + " (--init_from=" + given.initFrom + "): its weights would "
+                            + "not fit; leave --" + name + " out");
+                }
+            } else {
+                merged.add("--" + name + "=" + theirs);
+            }
+        }
+        return TrainConfig.parse(merged.toArray(new String[0]));
+    }
+
     static void sample(String[] args, PrintStream out) {
         Flags f = Flags.parse(args, Set.of());
         Path outDir = Paths.get(f.string("out_dir", "out"));
@@ -128,8 +178,9 @@ public final class Main {
         long seed = f.integer("seed", 1337, 0);
         int threads = f.integer("threads", 0, 0);
         String modeName = f.choice("mode", "", "state", "full");
+        String deviceName = f.choice("device", "", "cpu", "cuda");
         f.requireAllUsed(new LinkedHashSet<>(List.of("out_dir", "start", "max_new_tokens", "temperature", "top_k",
-                "num_samples", "seed", "mode", "threads")));
+                "num_samples", "seed", "mode", "threads", "device")));
         if (threads > 0) {
             org.bytedeco.pytorch.global.torch.set_num_threads(threads);
         }
@@ -137,6 +188,10 @@ public final class Main {
         TrainConfig cfg = TrainConfig.parse(ckpt.args.toArray(new String[0]));
         Gpt model = new Gpt(cfg.model(), cfg.seed);
         Checkpoint.loadInto(outDir, model, null);
+        String device = sampleDevice(deviceName, cfg.device);
+        if (device.equals("cuda")) {
+            model.to(new org.bytedeco.pytorch.Device("cuda:0"), false);
+        }
         model.computeDtype(Trainer.dtype(cfg.dtype));
         boolean power = cfg.model().attention() == GptConfig.Attention.POWER;
         Sampler.Mode mode = modeName.isEmpty() ? (power ? Sampler.Mode.STATE : Sampler.Mode.FULL)
@@ -150,6 +205,8 @@ public final class Main {
             throw new UsageException("--start must not be empty");
         }
         Sampler sampler = new Sampler(model, temperature, topK);
+        out.printf(java.util.Locale.ROOT, "sampling on %s%s%n", device, deviceName.isEmpty()
+                ? " (checkpoint trained on " + cfg.device + "; --device=cpu|cuda to choose)" : "");
         for (int i = 0; i < numSamples; i++) {
             long t0 = System.nanoTime();
             byte[] text = sampler.generate(prompt, maxNew, mode, seed + i, null);

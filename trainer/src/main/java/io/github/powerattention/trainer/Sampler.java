@@ -68,10 +68,10 @@ public final class Sampler {
                     long pos0;
                     if (mode == Mode.STATE) {
                         pos0 = i == 0 ? 0 : length - 1;
-                        x = tokens(text, (int) pos0, length);
+                        x = tokens(text, (int) pos0, length, model.device());
                     } else {
                         pos0 = 0;
-                        x = tokens(text, Math.max(0, length - model.config().blockSize()), length);
+                        x = tokens(text, Math.max(0, length - model.config().blockSize()), length, model.device());
                     }
                     Tensor out = model.forward(x, pos0, slots);
                     logits = lastRow(out);
@@ -104,12 +104,14 @@ public final class Sampler {
         scope.detach(t);
     }
 
-    private static Tensor tokens(byte[] text, int from, int to) {
+    /** {@code text[from, to)} as int64 token ids {@code [1, to - from]} on {@code device}. */
+    private static Tensor tokens(byte[] text, int from, int to, org.bytedeco.pytorch.Device device) {
         long[] ids = new long[to - from];
         for (int i = from; i < to; i++) {
             ids[i - from] = text[i] & 0xFF;
         }
-        return Tensor.create(ids, 1, ids.length);
+        Tensor x = Tensor.create(ids, 1, ids.length);
+        return device.is_cpu() ? x : x.to(device, ScalarType.Long);
     }
 
     private static float[] lastRow(Tensor logits) {

@@ -15,14 +15,21 @@ public final class TrainConfig {
     /** Flags that fix the model's shape: on resume they come from the checkpoint and may not be changed. */
     static final Set<String> MODEL_FLAGS = Set.of("block_size", "n_layer", "n_head", "n_kv_head", "n_embd",
             "attention_kernel", "degree", "chunk_size", "disable_gating", "rope_base");
+    /** Flags that fix the shapes of the weights: {@code --init_from=PATH} takes them from that checkpoint. */
+    static final Set<String> WEIGHT_FLAGS = Set.of("n_layer", "n_head", "n_kv_head", "n_embd", "rope_base");
     static final Set<String> BOOLEAN_FLAGS = Set.of("disable_gating");
+    /** The recall task's default difficulty: key letters, value digits, pairs per sample (0: half the context). */
+    static final int[] RECALL_DEFAULTS = {2, 2, 0};
     /** Flags that only steer this invocation (where to write, whether to resume), never stored. */
     static final Set<String> RUN_FLAGS = Set.of("init_from", "out_dir");
 
     // I/O
     public final String outDir;
-    public final String initFrom;          // scratch | resume
+    public final String initFrom;          // scratch | resume | the path of another run's checkpoint
     public final String dataset;           // "recall" (embedded) or a path to a text file or folder
+    public final int recallKeyLetters;     // the recall task's difficulty (dataset "recall")
+    public final int recallValueDigits;
+    public final int recallPairs;          // 0: definitions fill half the context
     public final int evalInterval;
     public final int evalIters;
     public final int logInterval;
@@ -62,8 +69,15 @@ public final class TrainConfig {
 
     private TrainConfig(Flags f) {
         outDir = f.string("out_dir", "out");
-        initFrom = f.choice("init_from", "scratch", "scratch", "resume");
+        String from = f.string("init_from", "scratch").strip();
+        initFrom = from.equalsIgnoreCase("scratch") || from.equalsIgnoreCase("resume") ? from.toLowerCase() : from;
+        if (initFrom.isEmpty()) {
+            throw new UsageException("--init_from expects scratch, resume or the path of a checkpoint, got ''");
+        }
         dataset = f.string("dataset", "recall");
+        recallKeyLetters = f.integer("recall_key_letters", RECALL_DEFAULTS[0], 1);
+        recallValueDigits = f.integer("recall_value_digits", RECALL_DEFAULTS[1], 1);
+        recallPairs = f.integer("recall_pairs", RECALL_DEFAULTS[2], 0);
         evalInterval = f.integer("eval_interval", 100, 0);
         evalIters = f.integer("eval_iters", 20, 1);
         logInterval = f.integer("log_interval", 10, 1);
@@ -146,11 +160,17 @@ public final class TrainConfig {
 
     /** Every flag the train command knows. */
     static Set<String> knownFlags() {
-        return new LinkedHashSet<>(List.of("out_dir", "init_from", "dataset", "eval_interval", "eval_iters",
+        return new LinkedHashSet<>(List.of("out_dir", "init_from", "dataset", "recall_key_letters",
+                "recall_value_digits", "recall_pairs", "eval_interval", "eval_iters",
                 "log_interval", "batch_size", "block_size", "gradient_accumulation_steps", "n_layer", "n_head",
                 "n_kv_head", "n_embd", "attention_kernel", "degree", "chunk_size", "disable_gating", "rope_base",
                 "learning_rate", "max_iters", "weight_decay", "beta1", "beta2", "grad_clip", "warmup_iters",
                 "lr_decay_iters", "min_lr", "device", "dtype", "seed", "threads", "dist_timeout"));
+    }
+
+    /** True for {@code --init_from=PATH}: weights from another run's checkpoint, a fresh optimizer and schedule. */
+    boolean initFromCheckpoint() {
+        return !initFrom.equals("scratch") && !initFrom.equals("resume");
     }
 
     /** The model's shape. */
@@ -171,11 +191,19 @@ public final class TrainConfig {
         return out;
     }
 
+    /** A flag's value as text, its default when it was not given. */
+    String valueOrDefault(String name) {
+        return valueText(name);
+    }
+
     private String valueText(String name) {
         switch (name) {
             case "out_dir": return outDir;
             case "init_from": return initFrom;
             case "dataset": return dataset;
+            case "recall_key_letters": return Integer.toString(recallKeyLetters);
+            case "recall_value_digits": return Integer.toString(recallValueDigits);
+            case "recall_pairs": return Integer.toString(recallPairs);
             case "eval_interval": return Integer.toString(evalInterval);
             case "eval_iters": return Integer.toString(evalIters);
             case "log_interval": return Integer.toString(logInterval);

@@ -15,6 +15,7 @@ import java.util.List;
 import java.util.Locale;
 import java.util.Map;
 
+import io.github.powerattention.PowerAttention;
 import org.bytedeco.javacpp.PointerScope;
 import org.bytedeco.pytorch.AdamW;
 import org.bytedeco.pytorch.AdamWOptions;
@@ -66,6 +67,7 @@ public final class Trainer {
 
     private Result run(Checkpoint resume) throws IOException {
         boolean cuda = cfg.device.equals("cuda");
+        PowerAttention.loadNatives();     // LibTorch's CUDA libraries load in dependency order before the question
         if (cuda && !cuda_is_available()) {
             throw new UsageException("--device=cuda: no CUDA device is visible to LibTorch (the trainer needs the "
                     + "linux-x86_64-gpu natives, built with -Pgpu, and CUDA 13 libraries); use --device=cpu");
@@ -81,12 +83,19 @@ public final class Trainer {
         Device device = cuda ? new Device("cuda:" + (dist == null ? 0 : dist.localRank)) : new Device("cpu");
         ScalarType dtype = dtype(cfg.dtype);
 
-        TokenSource source = cfg.dataset.equals("recall") ? new RecallTask()
+        TokenSource source = cfg.dataset.equals("recall")
+                ? new RecallTask(cfg.recallKeyLetters, cfg.recallValueDigits, cfg.recallPairs)
                 : new ByteCorpus(Paths.get(cfg.dataset), cfg.blockSize);
         boolean recall = source instanceof RecallTask;
         Batches batches = new Batches(source, cfg.seed, cfg.blockSize);
 
         Gpt model = new Gpt(cfg.model(), cfg.seed);
+        Checkpoint.Transfer transfer = null;
+        Path initDir = null;
+        if (cfg.initFromCheckpoint()) {
+            initDir = Checkpoint.outDirOf(Paths.get(cfg.initFrom));
+            transfer = Checkpoint.loadShared(initDir, model);
+        }
         if (cuda) {
             model.to(device, false);
         }
@@ -128,11 +137,20 @@ public final class Trainer {
                             " (degree %d, %s, %s)", m.degree(),
                             m.chunkSize() > 0 ? "chunk " + m.chunkSize() : "quadratic form",
                             m.gating() ? "gated" : "no gating") : "", paramCount / 1e6);
+            if (transfer != null) {
+                Checkpoint from = Checkpoint.read(initDir, "--init_from=" + cfg.initFrom);
+                out.printf(Locale.ROOT, "init: %d of %d parameter tensors from %s (a %s model at step %d); "
+                        + "initialised here: %s; not used: %s; optimizer and schedule start fresh%n",
+                        transfer.copied().size(), transfer.copied().size() + transfer.initialised().size(), initDir,
+                        TrainConfig.parse(from.args.toArray(new String[0])).attentionKernel, from.step,
+                        transfer.initialised().isEmpty() ? "none" : String.join(", ", transfer.initialised()),
+                        transfer.unused().isEmpty() ? "none" : String.join(", ", transfer.unused()));
+            }
             out.printf(Locale.ROOT, "data: %s%n", source.describe());
             out.printf(Locale.ROOT, "run: %s %s, %d process(es), %d tokens per step (%d x %d x %d x %d), %s%n",
                     cfg.device, cfg.dtype, world, tokensPerStep, cfg.batchSize, cfg.blockSize,
                     cfg.gradientAccumulationSteps, world, resume != null ? "resuming at step " + startStep
-                            : "from scratch");
+                            : transfer != null ? "fine-tuning from " + initDir : "from scratch");
             Files.createDirectories(outDir);
         }
 
@@ -148,7 +166,7 @@ public final class Trainer {
             boolean resumedHere = resume != null && step == startStep;    // evaluated before the checkpoint
             if (((cfg.evalInterval > 0 && step % cfg.evalInterval == 0) || last) && !resumedHere) {
                 long t0 = System.nanoTime();
-                evaluate(model, batches, dist, device, step, recall, history);
+                evaluate(model, batches, dist, device, step, recall ? (RecallTask) source : null, history);
                 if (master && step > startStep) {
                     Checkpoint.save(outDir, model, optimizer, step, cfg.toArgs(), history);
                 }
@@ -226,14 +244,14 @@ public final class Trainer {
     }
 
     /** Mean loss (and recall accuracy) over eval_iters batches of each split, shared out over ranks. */
-    private void evaluate(Gpt model, Batches batches, Distributed dist, Device device, int step, boolean recall,
+    private void evaluate(Gpt model, Batches batches, Distributed dist, Device device, int step, RecallTask recall,
             List<Checkpoint.Point> history) {
         int rank = dist == null ? 0 : dist.rank;
         int world = dist == null ? 1 : dist.worldSize;
         double[][] results = new double[2][];
         Batches.Purpose[] purposes = {Batches.Purpose.EVAL_TRAIN, Batches.Purpose.EVAL_VAL};
         for (int s = 0; s < 2; s++) {
-            double[] sums = new double[4];   // loss sum, batches, correct answers, answers
+            double[] sums = new double[5];   // loss sum, batches, correct answers, answers, no-recall floor hits
             for (int e = rank; e < cfg.evalIters; e += world) {
                 try (PointerScope scope = new PointerScope(); NoGradGuard g = new NoGradGuard()) {
                     byte[][] raw = batches.bytes(purposes[s], e, 0, cfg.batchSize);
@@ -243,17 +261,22 @@ public final class Trainer {
                             logits.view(-1, logits.size(-1)), xy[1].reshape(-1));
                     sums[0] += loss.item_double();
                     sums[1] += 1;
-                    if (recall) {
+                    if (recall != null) {
                         Tensor pred = logits.argmax(new org.bytedeco.pytorch.LongOptional(-1), false)
                                 .to(new Device("cpu"), ScalarType.Long).contiguous();
                         long[] p = new long[(int) pred.numel()];
                         pred.data_ptr_long().get(p);
                         for (int r = 0; r < raw.length; r++) {
+                            byte[] x = java.util.Arrays.copyOf(raw[r], cfg.blockSize);
+                            int[] floor = recall.noRecallGuesses(x);
                             for (int j = 0; j < cfg.blockSize; j++) {
-                                if (RecallTask.isAnswer(raw[r], j)) {
+                                if (recall.isAnswer(raw[r], j)) {
                                     sums[3] += 1;
                                     if (p[r * cfg.blockSize + j] == (raw[r][j + 1] & 0xFF)) {
                                         sums[2] += 1;
+                                    }
+                                    if (floor[j] == (raw[r][j + 1] & 0xFF)) {
+                                        sums[4] += 1;
                                     }
                                 }
                             }
@@ -265,11 +288,12 @@ public final class Trainer {
         }
         double train = results[0][0] / results[0][1];
         double val = results[1][0] / results[1][1];
-        double valRecall = recall ? results[1][2] / Math.max(1, results[1][3]) : Double.NaN;
+        double valRecall = recall != null ? results[1][2] / Math.max(1, results[1][3]) : Double.NaN;
         history.add(new Checkpoint.Point(step, "val", val, valRecall));
         if (rank == 0) {
             out.printf(Locale.ROOT, "eval step %d: train loss %.4f, val loss %.4f%s%n", step, train, val,
-                    recall ? String.format(Locale.ROOT, ", val recall accuracy %.1f%%", 100 * valRecall) : "");
+                    recall != null ? String.format(Locale.ROOT, ", val recall accuracy %.1f%% (no-recall floor %.1f%%)",
+                            100 * valRecall, 100 * results[1][4] / Math.max(1, results[1][3])) : "");
         }
     }
 

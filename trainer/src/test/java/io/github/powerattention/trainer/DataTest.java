@@ -72,6 +72,45 @@ class DataTest {
     }
 
     @Test
+    void theNoRecallFloorGuessesTheMostFrequentDefinedDigit() {
+        RecallTask few = new RecallTask(1, 1, 4);
+        byte[] x = "a=3 b=3 c=7 d=1 a?3 c?7 b?3 d?1 ".getBytes(StandardCharsets.US_ASCII);
+        int[] g = few.noRecallGuesses(x);
+        int answers = 0;
+        for (int j = 0; j < x.length; j++) {
+            if (x[j] == '?') {
+                assertEquals('3', g[j], "position " + j);
+                answers++;
+            } else {
+                assertEquals(-1, g[j], "position " + j);
+            }
+        }
+        assertEquals(4, answers);
+        // on average over samples: at least 1 in 4 with 4 pairs, near 1 in 10 with many
+        assertTrue(floorAccuracy(few, 128) >= 0.25, "4 pairs: " + floorAccuracy(few, 128));
+        double many = floorAccuracy(new RecallTask(), 1024);
+        assertTrue(many > 0.08 && many < 0.2, "half-context pairs: " + many);
+    }
+
+    private static double floorAccuracy(RecallTask t, int blockSize) {
+        int hits = 0;
+        int answers = 0;
+        for (long seed = 0; seed < 200; seed++) {
+            byte[] b = new byte[blockSize + 1];
+            t.sample(TokenSource.Split.TRAIN, seed, b);
+            byte[] x = java.util.Arrays.copyOf(b, blockSize);
+            int[] g = t.noRecallGuesses(x);
+            for (int j = 0; j < blockSize; j++) {
+                if (t.isAnswer(x, j)) {
+                    answers++;
+                    hits += g[j] == b[j + 1] ? 1 : 0;
+                }
+            }
+        }
+        return (double) hits / answers;
+    }
+
+    @Test
     void recallAnswersRepeatTheirDefinitions() {
         RecallTask t = new RecallTask();
         Pattern def = Pattern.compile("([a-z]{2})=([0-9]{2}) ");

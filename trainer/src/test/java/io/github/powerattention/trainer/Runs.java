@@ -57,6 +57,11 @@ final class Runs {
         List<String> cmd = new ArrayList<>();
         cmd.add(Path.of(System.getProperty("java.home"), "bin", "java").toString());
         cmd.add("-Xmx1g");
+        for (String property : List.of("org.bytedeco.javacpp.platform.extension", "org.bytedeco.javacpp.cachedir")) {
+            if (System.getProperty(property) != null) {      // the natives and the cache this JVM uses
+                cmd.add("-D" + property + "=" + System.getProperty(property));
+            }
+        }
         cmd.add("-cp");
         cmd.add(System.getProperty("java.class.path"));
         cmd.add(Main.class.getName());
