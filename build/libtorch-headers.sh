@@ -3,13 +3,16 @@
 #   1. <home> (Maven property libtorch.home) or env LIBTORCH_HOME: a LibTorch folder, a torch package folder, or an
 #      include folder itself;
 #   2. <wheel> (Maven property torch.wheel) or env TORCH_WHEEL: a torch wheel file, unpacked under <dest>;
-#   3. the torch <version> wheel fetched by `python3 -m pip download`, cached in ~/.cache/power-attention.
+#   3. the torch <version> wheel fetched by `python3 -m pip download` (python on Windows), cached in
+#      ~/.cache/power-attention: the wheel of this OS (for macOS on x86_64, which PyTorch no longer builds wheels
+#      for, the macOS arm64 one: the headers are the same).
 # Also writes <dest>/extra/c10/cuda/impl/cuda_cmake_macros.h, which the torch wheel lacks.
 set -euo pipefail
 dest="$1"; version="$2"; home="${3:-}"; wheel="${4:-}"
 home="${home:-${LIBTORCH_HOME:-}}"
 wheel="${wheel:-${TORCH_WHEEL:-}}"
 mkdir -p "$dest"
+python="$(command -v python3 || command -v python || true)"
 
 fail() {
   cat >&2 <<MSG
@@ -36,10 +39,15 @@ else
     cache="${XDG_CACHE_HOME:-$HOME/.cache}/power-attention/torch-$version"
     wheel="$(ls "$cache"/torch-"$version"*.whl 2>/dev/null | head -n 1 || true)"
     if [ -z "$wheel" ]; then
-      command -v python3 >/dev/null || fail "python3 not found to fetch the torch wheel"
+      [ -n "$python" ] || fail "python3 not found to fetch the torch wheel"
       echo "power-attention: fetching the torch $version wheel for its headers (pip download)"
       mkdir -p "$cache"
-      python3 -m pip download --no-deps --retries 1 --timeout 30 --only-binary=:all: "torch==$version" -d "$cache" >&2 \
+      where=()
+      if [ "$(uname -s)" = Darwin ] && [ "$(uname -m)" = x86_64 ]; then
+        where=(--platform macosx_15_0_arm64 --python-version 3.12 --implementation cp --abi cp312)
+      fi
+      "$python" -m pip download --no-deps --retries 1 --timeout 30 --only-binary=:all: ${where[@]+"${where[@]}"} \
+        "torch==$version" -d "$cache" >&2 \
         || fail "pip download torch==$version failed"
       wheel="$(ls "$cache"/torch-"$version"*.whl 2>/dev/null | head -n 1 || true)"
       [ -n "$wheel" ] || fail "pip download left no torch wheel in $cache"
@@ -52,7 +60,7 @@ else
     rm -rf "$unpacked"
     mkdir -p "$unpacked"
     echo "power-attention: unpacking torch/include from $wheel"
-    python3 - "$wheel" "$unpacked" <<'PY' || unzip -q -o "$wheel" 'torch/include/*' -d "$unpacked"
+    "${python:-python3}" - "$wheel" "$unpacked" <<'PY' || unzip -q -o "$wheel" 'torch/include/*' -d "$unpacked"
 import sys, zipfile
 with zipfile.ZipFile(sys.argv[1]) as z:
     z.extractall(sys.argv[2], [n for n in z.namelist() if n.startswith("torch/include/")])
@@ -71,6 +79,8 @@ found="$(part MAJOR).$(part MINOR).$(part PATCH)"
 if [ -n "$found" ] && [ "${found%%+*}" != "$version" ]; then
   echo "power-attention: WARNING: headers are LibTorch $found, the Bytedeco build is $version; versions must match" >&2
 fi
+# a link (where links cannot be made, as under Git's bash on Windows, ln copies: replace an older copy)
+[ -L "$dest/include" ] || rm -rf "$dest/include"
 ln -sfn "$include" "$dest/include"
 mkdir -p "$dest/extra/c10/cuda/impl"
 printf '#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n' > "$dest/extra/c10/cuda/impl/cuda_cmake_macros.h"

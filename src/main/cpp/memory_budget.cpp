@@ -2,6 +2,7 @@
 #include "memory_budget.h"
 #include "checks.h"
 #include "errors.h"
+#include "platform_util.h"
 #include "power_full_cpu.h"
 #include "sympow.h"
 #ifdef POWER_ATTENTION_WITH_CUDA
@@ -11,7 +12,6 @@
 #include <cstdlib>
 #include <sstream>
 #include <string>
-#include <unistd.h>
 
 namespace power_attention {
 namespace {
@@ -22,8 +22,7 @@ double memory_limit_bytes() {
     const double v = std::strtod(env, &end);
     if (end != env && v > 0) return v;
   }
-  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
-  if (pages > 0 && page > 0) return 0.5 * static_cast<double>(pages) * static_cast<double>(page);
+  if (const double physical = platform::physical_memory_bytes(); physical > 0) return 0.5 * physical;
   return 8.0 * (1ull << 30);
 }
 

@@ -7,6 +7,7 @@
 // Nothing t x t is formed in the chunked form; backward recomputes phi instead of storing it.
 #include "power_full_cpu.h"
 #include "attention_tile_cpu.h"
+#include "platform_util.h"
 #include "sympow.h"
 
 #include <ATen/ATen.h>
@@ -14,7 +15,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <dlfcn.h>
 #include <limits>
 #include <vector>
 
@@ -116,11 +116,9 @@ class SingleThreadedBlas {
   static const std::vector<Lib>& loaded() {
     static const std::vector<Lib> libs = [] {
       std::vector<Lib> v;
-      for (const char* name : {"libopenblas_nolapack.so.0", "libopenblas.so.0"}) {
-        void* lib = dlopen(name, RTLD_LAZY | RTLD_NOLOAD);
-        if (lib == nullptr) continue;
-        auto set = reinterpret_cast<void (*)(int)>(dlsym(lib, "openblas_set_num_threads"));
-        auto get = reinterpret_cast<int (*)()>(dlsym(lib, "openblas_get_num_threads"));
+      for (const char* name : platform::openblas_library_names()) {
+        auto set = reinterpret_cast<void (*)(int)>(platform::loaded_symbol(name, "openblas_set_num_threads"));
+        auto get = reinterpret_cast<int (*)()>(platform::loaded_symbol(name, "openblas_get_num_threads"));
         if (set != nullptr && get != nullptr) v.push_back({set, get});
       }
       return v;

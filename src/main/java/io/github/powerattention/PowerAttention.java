@@ -39,7 +39,9 @@ public final class PowerAttention {
      * Loads LibTorch's natives and ours, LibTorch's in dependency order: with the {@code -gpu} natives, call it
      * (or any other method of this class) before LibTorch's first CUDA query ({@code torch.cuda_is_available()}),
      * which on an empty JavaCPP cache would otherwise load LibTorch without its CUDA libraries and see no GPU until
-     * the next run. Idempotent and cheap after the first call.
+     * the next run. Idempotent and cheap after the first call. Called first in a program, before any LibTorch class,
+     * it also keeps JavaCPP from printing its version warning about the OpenBLAS build our POMs pair with LibTorch
+     * ({@code openblas:0.3.31-1.5.13}, as Bytedeco's own pairing is not on Maven Central); other warnings stay.
      */
     public static void loadNatives() {
         power_attention.load();

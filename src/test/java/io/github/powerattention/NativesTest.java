@@ -20,17 +20,18 @@ class NativesTest {
         String expected = System.getProperty("power_attention.natives", Loader.getPlatform());
         Loader.load(io.github.powerattention.global.power_attention.class);
         Map<String, String> loaded = Loader.getLoadedLibraries();
-        assertEquals(expected, platformFolderOf(loaded, "libjnipower_attention"), "our JNI library, loaded " + loaded);
-        assertEquals(expected, platformFolderOf(loaded, "libjnitorch"), "LibTorch's JNI library, loaded " + loaded);
+        assertEquals(expected, platformFolderOf(loaded, "jnipower_attention"), "our JNI library, loaded " + loaded);
+        assertEquals(expected, platformFolderOf(loaded, "jnitorch"), "LibTorch's JNI library, loaded " + loaded);
     }
 
-    /** The folder (platform and extension) that the library file named {@code prefix}.so was loaded from. */
-    private static String platformFolderOf(Map<String, String> loaded, String prefix) {
+    /** The folder (platform and extension) that the library {@code name} (libname.so, name.dll, ...) came from. */
+    private static String platformFolderOf(Map<String, String> loaded, String name) {
+        String file = System.mapLibraryName(name);
         String path = loaded.values().stream()
-                .filter(p -> new File(p).getName().equals(prefix + ".so"))
+                .filter(p -> new File(p).getName().equals(file))
                 .findFirst()
                 .orElse(null);
-        assertNotNull(path, prefix + ".so is not among the loaded libraries " + loaded);
+        assertNotNull(path, file + " is not among the loaded libraries " + loaded);
         return new File(path).getParentFile().getName();
     }
 }

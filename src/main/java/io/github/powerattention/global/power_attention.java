@@ -27,6 +27,9 @@ import io.github.powerattention.PowerAttentionException;
 @Properties(inherit = io.github.powerattention.presets.power_attention.class)
 public class power_attention {
     static {
+        // first: JavaCPP's OpenBLAS version check, without its known warning (reading LibTorch's presets, as
+        // cacheLinkedLibraries and Loader.load do, initialises OpenBLAS's presets and runs it)
+        io.github.powerattention.presets.OpenBlasVersionCheck.run();
         cacheLinkedLibraries(org.bytedeco.pytorch.global.torch.class);
         Loader.load(org.bytedeco.pytorch.global.torch.class);
         Loader.load();

@@ -19,8 +19,9 @@ import org.bytedeco.pytorch.presets.torch;
 @Properties(
         inherit = torch.class,
         value = {
+                // Every platform Bytedeco's LibTorch 2.13.0-1.5.14 is served for (no linux-arm64)
                 @Platform(
-                        value = "linux-x86_64",
+                        value = {"linux-x86_64", "macosx-arm64", "macosx-x86_64", "windows-x86_64"},
                         compiler = "cpp20",
                         include = "power_attention.h",
                         link = "power_attention_core",
@@ -34,7 +35,13 @@ import org.bytedeco.pytorch.presets.torch;
                 @Platform(
                         value = "linux-x86_64",
                         extension = "-gpu",
-                        link = {"cudart@.13", "c10_cuda", "torch_cuda", "power_attention_core"})})
+                        link = {"cudart@.13", "c10_cuda", "torch_cuda", "power_attention_core"}),
+                // Windows links against import libraries: the toolkit's cudart.lib, and for LibTorch's DLLs the
+                // ones build/native.sh makes from them (Bytedeco's JARs ship DLLs only)
+                @Platform(
+                        value = "windows-x86_64",
+                        extension = "-gpu",
+                        link = {"cudart", "c10_cuda", "torch_cuda", "power_attention_core"})})
 public class power_attention implements LoadEnabled {
     static final String HEADER = "power_attention.h";
 

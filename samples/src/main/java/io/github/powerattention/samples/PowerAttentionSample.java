@@ -18,6 +18,7 @@ import org.bytedeco.pytorch.TensorOptions;
  */
 public final class PowerAttentionSample {
     public static void main(String[] args) {
+        PowerAttention.loadNatives();  // before LibTorch's first use: loads quietly (see its javadoc)
         manual_seed(0);
         long b = 1, h = 4, d = 32;
         System.out.println("power attention, degree 2, gated, b=" + b + " h=" + h + " d=e=" + d

@@ -47,6 +47,7 @@ public final class Main {
 
     public static void main(String[] args) {
         System.setProperty("java.awt.headless", "true");
+        io.github.powerattention.PowerAttention.loadNatives();  // before LibTorch's first use: quietly
         int code = run(args, System.out, System.err, System.getenv());
         System.out.flush();
         System.exit(code);

@@ -1,4 +1,4 @@
-package io.github.powerattention.bench;
+package io.github.powerattention.benchmarks;
 
 import static org.bytedeco.pytorch.global.torch.ScalarType;
 import static org.bytedeco.pytorch.global.torch.log_sigmoid;
@@ -26,14 +26,15 @@ import org.bytedeco.pytorch.TensorOptions;
  * attention step against a KV cache (SDPA, one query). Median of 20 (decode, KV) or 3 (full forward) runs.
  *
  * <pre>
- *   mvn -q test-compile exec:java -Dexec.classpathScope=test \
- *       -Dexec.mainClass=io.github.powerattention.bench.DecodeBenchmark [-Dexec.args="4096 65536"]
+ *   mvn -q -f benchmarks compile exec:java -Dexec.mainClass=io.github.powerattention.benchmarks.DecodeBenchmark \
+ *       [-Dexec.args="4096 65536"]
  * </pre>
  */
 public final class DecodeBenchmark {
     static final long H = 8, D = 64;
 
     public static void main(String[] args) {
+        PowerAttention.loadNatives();  // before LibTorch's first use: quietly
         long[] contexts = args.length > 0 ? Arrays.stream(args).mapToLong(Long::parseLong).toArray()
                 : new long[] {4096, 65536};
         System.out.printf(Locale.ROOT, "# decode cost per token, CPU fp32, h=%d d=e=%d deg 2 gated, %s%n", H, D,

@@ -1,4 +1,4 @@
-package io.github.powerattention.bench;
+package io.github.powerattention.benchmarks;
 
 import static org.bytedeco.pytorch.global.torch.ScalarType;
 import static org.bytedeco.pytorch.global.torch.get_num_threads;
@@ -30,8 +30,8 @@ import org.bytedeco.pytorch.TensorOptions;
  * warm-up; peak resident memory of each call from the kernel's high-water mark (reset before each case).
  *
  * <pre>
- *   mvn -q test-compile exec:java -Dexec.classpathScope=test \
- *       -Dexec.mainClass=io.github.powerattention.bench.CpuBenchmark [-Dexec.args="1024 4096 16384"]
+ *   mvn -q -f benchmarks compile exec:java -Dexec.mainClass=io.github.powerattention.benchmarks.CpuBenchmark \
+ *       [-Dexec.args="1024 4096 16384"]
  * </pre>
  * Writes target/bench/cpu-benchmark.{csv,json}.
  */
@@ -41,6 +41,7 @@ public final class CpuBenchmark {
     record Row(String kernel, long t, long chunk, double medianMs, double minMs, double peakMiB) {}
 
     public static void main(String[] args) throws IOException {
+        PowerAttention.loadNatives();  // before LibTorch's first use: quietly
         long[] lengths = args.length > 0 ? Arrays.stream(args).mapToLong(Long::parseLong).toArray()
                 : new long[] {1024, 4096, 16384};
         long[] chunks = Long.getLong("chunks") != null ? new long[] {Long.getLong("chunks")} : new long[] {64, 128, 256, 512};
