@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <dlfcn.h>
 #include <limits>
 #include <vector>
@@ -21,6 +22,10 @@
 namespace power_attention {
 namespace cpu {
 namespace {
+
+// State checkpointing in the chunked backward (state_interval): the kept states and the recomputation buffers may
+// take as many bytes as q, k, v and y together, and at least this many.
+constexpr double kStateBudgetFloor = 32.0 * (1 << 20);
 
 // Query tokens per tile of the quadratic form: about this many weights per tile.
 constexpr int64_t kQuadraticTileWeights = int64_t(1) << 20;
@@ -73,6 +78,24 @@ StateStep state_step(const ChunkGates& cg, double mu, const at::TensorOptions& o
   for (int64_t j = 0; j < c; ++j) kp[j] = std::exp(cg.L - cg.Gc[j] - st.mu_next);
   st.kf = kf.to(o.dtype());
   return st;
+}
+
+// The state leaving a chunk from the one entering it: H <- alpha H + phi(K')^T V, h <- alpha h + sum_j phi(k'_j),
+// with K' the keys scaled by kf (state_step). The forward and the backward's recomputation both run exactly this,
+// so a recomputed state is the forward's to the bit.
+void advance_state(const at::Tensor& kc, const at::Tensor& vc, const StateStep& st, int64_t p, at::Tensor& H,
+                   at::Tensor& hv) {
+  const at::Tensor phiK = sympow_forward(kc, st.kf, p);  // [c, D]
+  H.addmm_(phiK.t(), vc, st.alpha, 1.0);
+  hv.mul_(st.alpha).add_(phiK.sum(0));
+}
+
+// The checkpoint interval of N chunks with `kept` states kept: the smallest k with ceil(N / k) = kept (the forward
+// keeps chunks 0, k, 2k, ... for that k; state_interval only returns such k).
+int64_t checkpoint_interval(int64_t N, int64_t kept) {
+  for (int64_t k = 1; k <= N; ++k)
+    if ((N + k - 1) / k == kept) return k;
+  TORCH_CHECK(false, "power_full: ", kept, " checkpoints do not fit ", N, " chunks");
 }
 
 template <typename T>
@@ -272,12 +295,15 @@ void chunked_forward_head(const Problem& pr, const at::Tensor& q, const at::Tens
   if (initial.S.defined()) mu = initial.logscale.defined() ? initial.logscale[bh].item<double>() : 0.0;
   std::vector<double> gref(cg);
   at::Tensor l = at::empty({cg}, o);
+  const int64_t interval = save ? checkpoint_interval(N, f.states.size(1)) : 1;
   for (int64_t n = 0; n < N; ++n) {
     const int64_t t0 = n * c;
     const ChunkGates gt = chunk_gates(pr, lp, t0);
     if (save) {
-      f.states[bh][n].copy_(H);
-      f.norms[bh][n].copy_(hv);
+      if (n % interval == 0) {  // a checkpoint: the backward recomputes the states between two of them
+        f.states[bh][n / interval].copy_(H);
+        f.norms[bh][n / interval].copy_(hv);
+      }
       f.logscale[bh][n].fill_(mu);
     }
     const at::Tensor qc = qr.narrow(0, t0 * g, cg), kc = kh.narrow(0, t0, c), vc = vh.narrow(0, t0, c);
@@ -315,9 +341,7 @@ void chunked_forward_head(const Problem& pr, const at::Tensor& q, const at::Tens
     // the state leaving the chunk: H <- alpha H + phi(K')^T V, h <- alpha h + sum phi(K'), mu <- mu'
     if (n + 1 < N || want_final) {
       const StateStep st = state_step(gt, mu, o);
-      const at::Tensor phiK = sympow_forward(kc, st.kf, pr.p);  // [c, D]
-      H.addmm_(phiK.t(), vc, st.alpha, 1.0);
-      hv.mul_(st.alpha).add_(phiK.sum(0));
+      advance_state(kc, vc, st, pr.p, H, hv);
       mu = st.mu_next;
     }
   }
@@ -354,11 +378,32 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
   at::Tensor dh = seeded ? d_final.s[bh].clone() : at::zeros({D}, o);
   std::vector<T> dGq(gates ? c : 0), dGk(gates ? c : 0);
   std::vector<double> gref(cg);
+  // The states entering the chunks of one checkpoint segment [n0, n0 + interval), recomputed from its checkpoint
+  // when the backward reaches the segment's last chunk (interval 1: the saved states themselves).
+  const int64_t interval = checkpoint_interval(N, f.states.size(1));
+  at::Tensor segH, segh;
+  if (interval > 1) {
+    segH = at::empty({interval, D, e}, o);
+    segh = at::empty({interval, D}, o);
+  }
   for (int64_t n = N - 1; n >= 0; --n) {
     const int64_t t0 = n * c;
     const ChunkGates gt = chunk_gates(pr, lp, t0);
     const double mu = mup[n];
-    const at::Tensor Hn = f.states[bh][n], hn = f.norms[bh][n];
+    const int64_t n0 = n / interval * interval;
+    if (interval > 1 && (n == N - 1 || n % interval == interval - 1)) {
+      segH[0].copy_(f.states[bh][n0 / interval]);
+      segh[0].copy_(f.norms[bh][n0 / interval]);
+      for (int64_t j = n0; j < n; ++j) {
+        at::Tensor Hj = segH[j - n0 + 1], hj = segh[j - n0 + 1];
+        Hj.copy_(segH[j - n0]);
+        hj.copy_(segh[j - n0]);
+        const StateStep sj = state_step(chunk_gates(pr, lp, j * c), mup[j], o);
+        advance_state(kh.narrow(0, j * c, c), vh.narrow(0, j * c, c), sj, pr.p, Hj, hj);
+      }
+    }
+    const at::Tensor Hn = interval > 1 ? segH[n - n0] : f.states[bh][n];
+    const at::Tensor hn = interval > 1 ? segh[n - n0] : f.norms[bh][n];
     const at::Tensor qc = qr.narrow(0, t0 * g, cg), kc = kh.narrow(0, t0, c), vc = vh.narrow(0, t0, c);
     const double* G = lp == nullptr ? nullptr : gt.Gc.data();
     const auto sh = tile_shape<T>(pr, cg, c, 0, 0, G, G);
@@ -498,6 +543,30 @@ void decode_head(int64_t bh, int64_t g, int64_t D, int64_t e, const T* phik, con
 
 }  // namespace
 
+int64_t state_interval(const Problem& pr) {
+  if (pr.chunk <= 0) return 1;
+  const int64_t N = pr.T / pr.chunk;
+  if (const char* env = std::getenv("POWER_ATTENTION_CPU_STATE_INTERVAL")) {
+    const long k = std::atol(env);
+    if (k >= 1) return checkpoint_interval(N, (N + std::min<int64_t>(k, N) - 1) / std::min<int64_t>(k, N));
+  }
+  const double elem = 8;  // fp64 bound; fp32 states take half
+  const double state = static_cast<double>(sympow_dim(pr.d, pr.p)) * (pr.e + 1) * elem;
+  const double budget = std::max(kStateBudgetFloor, static_cast<double>(pr.BH) * pr.T * (pr.g * (pr.d + pr.e) + pr.d + pr.e) * elem);
+  const double workers = static_cast<double>(std::min<int64_t>(pr.BH, std::max(1, at::get_num_threads())));
+  int64_t best = 1;
+  double best_bytes = std::numeric_limits<double>::infinity();
+  for (int64_t k = 1; k <= std::max<int64_t>(N, 1); ++k) {
+    const double kept = static_cast<double>(pr.BH) * ((N + k - 1) / k) * state + (k > 1 ? workers * k * state : 0.0);
+    if (kept <= budget) {
+      best = k;
+      break;
+    }
+    if (kept < best_bytes) best = k, best_bytes = kept;
+  }
+  return checkpoint_interval(N, (N + best - 1) / best);
+}
+
 Forward forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                 const at::Tensor& lg, bool save_for_backward, const State& initial, bool want_final) {
   TORCH_CHECK(pr.chunk > 0 || (!initial.S.defined() && !want_final), "power_full: states need the chunked path");
@@ -507,9 +576,9 @@ Forward forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, con
   f.den = at::empty({pr.BH, pr.T * pr.g}, o);
   f.rowmax = at::empty({pr.BH, pr.T * pr.g}, o);
   if (pr.chunk > 0 && save_for_backward) {
-    const int64_t D = sympow_dim(pr.d, pr.p), N = pr.T / pr.chunk;
-    f.states = at::empty({pr.BH, N, D, pr.e}, o);
-    f.norms = at::empty({pr.BH, N, D}, o);
+    const int64_t D = sympow_dim(pr.d, pr.p), N = pr.T / pr.chunk, kept = (N + state_interval(pr) - 1) / state_interval(pr);
+    f.states = at::empty({pr.BH, kept, D, pr.e}, o);
+    f.norms = at::empty({pr.BH, kept, D}, o);
     f.logscale = at::empty({pr.BH, N}, o.dtype(at::kDouble));
   }
   if (want_final) {

@@ -13,6 +13,15 @@
 namespace power_attention {
 namespace cpu {
 
+/// State checkpointing of the chunked form: the forward saved for backward keeps the state entering every k-th
+/// chunk (chunks 0, k, 2k, ...; Forward::states [BH, ceil(N / k), D, e]) and the log-scales of all N; the backward
+/// recomputes the states inside a segment of k chunks from its checkpoint (one extra phi(K)^T V product for each
+/// chunk that is not a checkpoint). k is the smallest interval whose kept states plus the recomputation buffers (k
+/// states per worker thread) fit in max(32 MiB, the bytes of q, k, v and y), counted at 8 bytes a number; where
+/// none fits, the interval with the least memory. POWER_ATTENTION_CPU_STATE_INTERVAL=k (>= 1) sets it instead
+/// (1: every state kept, no recomputation).
+int64_t state_interval(const Problem& pr);
+
 /// initial: the state entering the sequence (chunked form only); want_final: fill final_state / final_norm.
 Forward forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                 const at::Tensor& lg, bool save_for_backward, const State& initial = {}, bool want_final = false);
