@@ -3,7 +3,8 @@
 //   bench <kernel> <t> <chunk> [reps]
 //     kernel: power | sdpa (fwd+bwd), power-fwd | sdpa-fwd (forward, no grad), decode (one step, no grad)
 //     chunk: 0 = quadratic form, -1 = the op's default (no chunk size given)
-// Prints the median, min and max ms of reps timed calls after one warm-up, and the peak resident growth of a call.
+// Prints the median, min and max ms of reps timed calls after one warm-up, the median CPU time of a call (all
+// threads; run with OMP_WAIT_POLICY=passive so that waiting threads do not spin), and its peak resident growth.
 #include "power_attention.h"
 
 #include <ATen/ATen.h>
@@ -13,6 +14,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <ctime>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -27,6 +29,12 @@ static long status_kib(const char* field) {
   while (std::getline(f, line))
     if (line.rfind(field, 0) == 0) return std::atol(line.c_str() + std::string(field).size());
   return 0;
+}
+
+static double cpu_ms() {  // CPU time of the whole process (all threads)
+  timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
 }
 
 static long reset_peak() {
@@ -44,7 +52,7 @@ int main(int argc, char** argv) {
   const int reps = argc > 4 ? std::atoi(argv[4]) : 5;
   const int64_t B = 1, H = 8, D = 64;
   const bool fwd_only = kernel.size() > 4 && kernel.substr(kernel.size() - 4) == "-fwd";
-  std::vector<double> ms;
+  std::vector<double> ms, cpu;
   double peak = 0;
   for (int r = -1; r < reps; ++r) {
     at::manual_seed(r + 2);
@@ -62,6 +70,7 @@ int main(int argc, char** argv) {
     }
     const long base = reset_peak();
     const auto start = std::chrono::steady_clock::now();
+    const double cpu0 = cpu_ms();
     {
       at::AutoGradMode mode(grad);
       at::Tensor y;
@@ -81,11 +90,14 @@ int main(int argc, char** argv) {
     const double el = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
     if (r >= 0) {
       ms.push_back(el);
+      cpu.push_back(cpu_ms() - cpu0);
       peak = std::max(peak, (status_kib("VmHWM:") - base) / 1024.0);
     }
   }
   std::sort(ms.begin(), ms.end());
-  std::printf("%-10s t=%6ld chunk=%5ld threads=%d  median %9.2f ms  min %9.2f  max %9.2f  peak +%7.1f MiB\n",
-              kernel.c_str(), t, chunk, at::get_num_threads(), ms[ms.size() / 2], ms.front(), ms.back(), peak);
+  std::sort(cpu.begin(), cpu.end());
+  std::printf("%-10s t=%6ld chunk=%5ld threads=%d  median %9.2f ms  min %9.2f  max %9.2f  cpu %9.2f ms  peak +%7.1f MiB\n",
+              kernel.c_str(), t, chunk, at::get_num_threads(), ms[ms.size() / 2], ms.front(), ms.back(),
+              cpu[cpu.size() / 2], peak);
   return 0;
 }
