@@ -214,7 +214,7 @@ __attribute__((always_inline)) inline T row_weights(T* row, const T* z, int64_t 
 }
 
 template <typename T>
-POWER_ATTENTION_SIMD_CLONES void tile_weights_forward(const TileShape<T>& sh, T* S, T* m, T* l) {
+POWER_ATTENTION_INLINE void tile_weights_forward_impl(const TileShape<T>& sh, T* S, T* m, T* l) {
   constexpr int64_t W = POWER_ATTENTION_LANES;
   const T p = static_cast<T>(sh.p);
   const bool odd = sh.p % 2 == 1;
@@ -260,6 +260,8 @@ POWER_ATTENTION_SIMD_CLONES void tile_weights_forward(const TileShape<T>& sh, T*
     m[r] = mr;
   }
 }
+
+POWER_ATTENTION_SIMD_VARIANTS(void, tile_weights_forward, (const TileShape<T>& sh, T* S, T* m, T* l), (sh, S, m, l))
 
 // One row of tile_weights_backward over [0, n): srow becomes P, drow becomes dS (scale folded in), dz = dP * P into
 // dz[]; returns sum dz. kLinear: p = 1, where dP/ds = exp(G_i - G_j - m_i) (also at s = 0).
@@ -307,7 +309,7 @@ __attribute__((always_inline)) inline T row_backward(T* srow, T* drow, T* dz, co
 }
 
 template <typename T>
-POWER_ATTENTION_SIMD_CLONES void tile_weights_backward(const TileShape<T>& sh, T* S, T* dP, const T* m, T* dgq,
+POWER_ATTENTION_INLINE void tile_weights_backward_impl(const TileShape<T>& sh, T* S, T* dP, const T* m, T* dgq,
                                                        T* dgk) {
   const T p = static_cast<T>(sh.p);
   const bool odd = sh.p % 2 == 1, linear = sh.p == 1;
@@ -340,6 +342,8 @@ POWER_ATTENTION_SIMD_CLONES void tile_weights_backward(const TileShape<T>& sh, T
     if (dgq != nullptr) dgq[r / sh.g] += dzsum;
   }
 }
+
+POWER_ATTENTION_SIMD_VARIANTS(void, tile_weights_backward, (const TileShape<T>& sh, T* S, T* dP, const T* m, T* dgq, T* dgk), (sh, S, dP, m, dgq, dgk))
 
 template void tile_gate_reference<float>(const TileShape<float>&, double*);
 template void tile_gate_reference<double>(const TileShape<double>&, double*);

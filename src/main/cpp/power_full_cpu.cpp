@@ -95,7 +95,7 @@ void advance_state(const at::Tensor& kc, const at::Tensor& v1, const StateStep& 
 
 // sum_i a_i b_i accumulated in fp64 (in lanes, so that it vectorises).
 template <typename T>
-POWER_ATTENTION_SIMD_CLONES double dot_fp64(const T* a, const T* b, int64_t n) {
+POWER_ATTENTION_INLINE double dot_fp64_impl(const T* a, const T* b, int64_t n) {
   constexpr int64_t W = POWER_ATTENTION_LANES;
   double acc[W] = {};
   const int64_t nb = n / W * W;
@@ -106,6 +106,8 @@ POWER_ATTENTION_SIMD_CLONES double dot_fp64(const T* a, const T* b, int64_t n) {
   for (int64_t u = 0; u < W; ++u) sum += acc[u];
   return sum;
 }
+
+POWER_ATTENTION_SIMD_VARIANTS(double, dot_fp64, (const T* a, const T* b, int64_t n), (a, b, n))
 
 // [x | 1]: a column of ones appended to x [n, e].
 at::Tensor with_ones(const at::Tensor& x) {

@@ -120,7 +120,7 @@ struct RowBackward {
 // Rows [r0, r1) of sympow_forward. Degree 2, the common case, is two plain loops (vectorised in the clones);
 // other degrees walk the multi-indices recursively.
 template <typename T>
-POWER_ATTENTION_SIMD_CLONES void forward_rows(const T* xp, const T* sp, const T* cp, T* op, int64_t d, int64_t D,
+POWER_ATTENTION_INLINE void forward_rows_impl(const T* xp, const T* sp, const T* cp, T* op, int64_t d, int64_t D,
                                               int64_t p, int64_t r0, int64_t r1) {
   for (int64_t r = r0; r < r1; ++r) {
     const T* x = xp + r * d;
@@ -144,9 +144,11 @@ POWER_ATTENTION_SIMD_CLONES void forward_rows(const T* xp, const T* sp, const T*
   }
 }
 
+POWER_ATTENTION_SIMD_VARIANTS(void, forward_rows, (const T* xp, const T* sp, const T* cp, T* op, int64_t d, int64_t D, int64_t p, int64_t r0, int64_t r1), (xp, sp, cp, op, d, D, p, r0, r1))
+
 // Rows [r0, r1) of sympow_backward: as RowBackward, with degree 2 unrolled into two loops.
 template <typename T>
-POWER_ATTENTION_SIMD_CLONES void backward_rows(const T* xp, const T* sp, const T* cp, const T* gp, T* dxp, T* dsp,
+POWER_ATTENTION_INLINE void backward_rows_impl(const T* xp, const T* sp, const T* cp, const T* gp, T* dxp, T* dsp,
                                                int64_t d, int64_t D, int64_t p, int64_t r0, int64_t r1) {
   for (int64_t r = r0; r < r1; ++r) {
     const T* x = xp + r * d;
@@ -196,6 +198,8 @@ POWER_ATTENTION_SIMD_CLONES void backward_rows(const T* xp, const T* sp, const T
     }
   }
 }
+
+POWER_ATTENTION_SIMD_VARIANTS(void, backward_rows, (const T* xp, const T* sp, const T* cp, const T* gp, T* dxp, T* dsp, int64_t d, int64_t D, int64_t p, int64_t r0, int64_t r1), (xp, sp, cp, gp, dxp, dsp, d, D, p, r0, r1))
 
 void check_rows(const at::Tensor& x, const at::Tensor& row_scale) {
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "sympow: x must be a contiguous [n, d] tensor");
