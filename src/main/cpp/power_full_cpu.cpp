@@ -30,6 +30,7 @@ constexpr double kStateBudgetFloor = 32.0 * (1 << 20);
 
 // Query tokens per tile of the quadratic form: about this many weights per tile.
 constexpr int64_t kQuadraticTileWeights = int64_t(1) << 20;
+constexpr int64_t kQuadraticTileTokens = 128;
 
 // 1 / x where x != 0, else 0 (a row with no weight at all gives y = 0 and no gradient).
 at::Tensor safe_reciprocal(const at::Tensor& x) {
@@ -214,8 +215,11 @@ std::vector<double> gate_cumsum(const at::Tensor& lg, int64_t bh, int64_t T) {
   return G;
 }
 
+// Tiles of at most kQuadraticTileTokens query tokens, so that the products skip most of the masked upper triangle
+// (a tile sees only the keys up to its last token).
 int64_t quadratic_tile_tokens(const Problem& pr) {
-  return std::clamp<int64_t>(kQuadraticTileWeights / std::max<int64_t>(1, pr.g * pr.T), 16, std::max<int64_t>(16, pr.T));
+  return std::clamp<int64_t>(kQuadraticTileWeights / std::max<int64_t>(1, pr.g * pr.T), 16,
+                             std::max<int64_t>(16, std::min(pr.T, kQuadraticTileTokens)));
 }
 
 template <typename T>
