@@ -200,6 +200,20 @@ void for_each_head(int64_t BH, const F& fn) {
   }
 }
 
+// A head's gradients: with Grads::api they go straight into the API layout [b, t, heads, w] (no unlayout copy of
+// the whole gradient afterwards, and no compute-layout gradient in memory), else into the compute layout.
+// Query gradient of head bh as [tokens, g, d]; key or value gradient as [tokens, w]; tokens = t (API) or T.
+at::Tensor query_grad_rows(const Problem& pr, const Grads& gr, int64_t bh) {
+  if (!gr.api) return gr.q[bh];
+  const int64_t H = pr.BH / pr.b;
+  return gr.q[bh / H].narrow(1, (bh % H) * pr.g, pr.g);
+}
+at::Tensor kv_grad_rows(const Problem& pr, const Grads& gr, const at::Tensor& x, int64_t bh) {
+  if (!gr.api) return x[bh];
+  const int64_t H = pr.BH / pr.b;
+  return x[bh / H].select(1, bh % H);
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Quadratic form: tiles of query tokens against keys [0, tile end).
 // ---------------------------------------------------------------------------------------------------------------
@@ -250,9 +264,9 @@ void quadratic_backward_head(const Problem& pr, const at::Tensor& q, const at::T
   const at::Tensor qr = q[bh].view({T_ * g, d}), kh = k[bh], vh = v[bh];
   const std::vector<double> G = gate_cumsum(lg, bh, T_);
   std::vector<T> dG(gates ? T_ : 0, T(0));
-  at::Tensor dq = needs.q ? gr.q[bh].view({T_ * g, d}) : at::Tensor();
-  at::Tensor dk = needs.k ? gr.k[bh] : at::Tensor();
-  at::Tensor dv = needs.v ? gr.v[bh] : at::Tensor();
+  at::Tensor dq = needs.q ? query_grad_rows(pr, gr, bh) : at::Tensor();  // [T, g, d]
+  at::Tensor dk = needs.k ? kv_grad_rows(pr, gr, gr.k, bh) : at::Tensor();
+  at::Tensor dv = needs.v ? kv_grad_rows(pr, gr, gr.v, bh) : at::Tensor();
   const at::Tensor yh = f.y[bh].view({T_ * g, e}), dyh = dy[bh].view({T_ * g, e});
   const int64_t tile = quadratic_tile_tokens(pr);
   for (int64_t i0 = 0; i0 < T_; i0 += tile) {
@@ -269,7 +283,7 @@ void quadratic_backward_head(const Problem& pr, const at::Tensor& q, const at::T
     tile_weights_backward<T>(sh, S.data_ptr<T>(), dP.data_ptr<T>(), m.data_ptr<T>(), gates ? dG.data() + i0 : nullptr,
                              gates ? dG.data() : nullptr);
     if (needs.v) dv.narrow(0, 0, i1).add_(at::mm(S.t(), dnum));
-    if (needs.q) dq.narrow(0, i0 * g, R).copy_(at::mm(dP, kt));
+    if (needs.q) dq.narrow(0, i0, i1 - i0).copy_(at::mm(dP, kt).view({i1 - i0, g, d}));
     if (needs.k) dk.narrow(0, 0, i1).add_(at::mm(dP.t(), qt));
   }
   if (gates) {  // G = cumsum(lg): reverse cumsum
@@ -404,9 +418,14 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
   const at::Tensor yh = f.y[bh].view({T_ * g, e}), dyh = dy[bh].view({T_ * g, e});
   const at::Tensor mus = f.logscale[bh].contiguous();
   const double* mup = mus.data_ptr<double>();
-  at::Tensor dq = needs.q ? gr.q[bh].view({T_ * g, d}) : at::Tensor();
-  at::Tensor dk = needs.k ? gr.k[bh] : at::Tensor();
-  at::Tensor dv = needs.v ? gr.v[bh] : at::Tensor();
+  // gradients of one chunk, then stored into the head's rows (API layout: the rows before t only)
+  at::Tensor dq = needs.q ? query_grad_rows(pr, gr, bh) : at::Tensor();  // [tokens, g, d]
+  at::Tensor dk = needs.k ? kv_grad_rows(pr, gr, gr.k, bh) : at::Tensor();
+  at::Tensor dv = needs.v ? kv_grad_rows(pr, gr, gr.v, bh) : at::Tensor();
+  const int64_t tokens = gr.api ? pr.t : T_;
+  at::Tensor dqbuf = needs.q ? at::empty({cg, d}, o) : at::Tensor();
+  at::Tensor dkbuf = needs.k ? at::empty({c, d}, o) : at::Tensor();
+  at::Tensor dvbuf = needs.v ? at::empty({c, e}, o) : at::Tensor();
   double* dlg = gates ? gr.lg[bh].data_ptr<double>() : nullptr;
   // d loss / d (the scaled state leaving the chunk being processed), augmented as the state: dA = [dH | dh]
   at::Tensor dA = at::zeros({D, e + 1}, o);
@@ -481,7 +500,7 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
     }
 
     // --- the state leaving the chunk: A_{n+1} = alpha_n A_n + phi(K')^T [V | 1] (dA is its gradient)
-    at::Tensor dvs = needs.v ? dv.narrow(0, t0, c) : at::Tensor();
+    at::Tensor dvs = dvbuf;
     at::Tensor dxk;
     bool dv_set = false;
     const StateStep st = state_step(gt, mu, o);
@@ -527,7 +546,7 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
       }
     }
     if (needs.q) {
-      at::Tensor dqs = dq.narrow(0, t0 * g, cg);
+      at::Tensor dqs = dqbuf;
       if (dxq.defined()) {
         dqs.copy_(dxq).addmm_(dP, kc);
       } else {
@@ -535,12 +554,18 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
       }
     }
     if (needs.k) {
-      at::Tensor dks = dk.narrow(0, t0, c);
+      at::Tensor dks = dkbuf;
       if (dxk.defined()) {
         dks.copy_(dxk).addmm_(dP.t(), qc);
       } else {
         at::mm_out(dks, dP.t(), qc);
       }
+    }
+    const int64_t valid = std::min(c, tokens - t0);
+    if (valid > 0) {
+      if (needs.q) dq.narrow(0, t0, valid).copy_(dqbuf.view({c, g, d}).narrow(0, 0, valid));
+      if (needs.k) dk.narrow(0, t0, valid).copy_(dkbuf.narrow(0, 0, valid));
+      if (needs.v) dv.narrow(0, t0, valid).copy_(dvbuf.narrow(0, 0, valid));
     }
     if (gates) {  // Gc_j = sum_{l <= j} lg_l, L_n = Gc_{c-1}: reverse cumsum within the chunk
       double acc = dL;
@@ -655,9 +680,15 @@ Grads backward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, cons
     gr.initial.S = at::empty({pr.BH, D, pr.e}, q.options());
     gr.initial.s = at::empty({pr.BH, D}, q.options());
   }
-  if (needs.q) gr.q = at::empty_like(q);
-  if (needs.k) gr.k = pr.chunk > 0 ? at::empty_like(k) : at::zeros_like(k);
-  if (needs.v) gr.v = pr.chunk > 0 ? at::empty_like(v) : at::zeros_like(v);
+  // Problem::api: the gradients in the API layout [b, t, heads, w] directly (Grads::api)
+  gr.api = pr.api && pr.b > 0 && pr.t > 0;
+  const int64_t H = gr.api ? pr.BH / pr.b : 0;
+  const auto qshape = gr.api ? std::vector<int64_t>{pr.b, pr.t, H * pr.g, pr.d} : q.sizes().vec();
+  const auto kshape = gr.api ? std::vector<int64_t>{pr.b, pr.t, H, pr.d} : k.sizes().vec();
+  const auto vshape = gr.api ? std::vector<int64_t>{pr.b, pr.t, H, pr.e} : v.sizes().vec();
+  if (needs.q) gr.q = at::empty(qshape, q.options());
+  if (needs.k) gr.k = pr.chunk > 0 ? at::empty(kshape, k.options()) : at::zeros(kshape, k.options());
+  if (needs.v) gr.v = pr.chunk > 0 ? at::empty(vshape, v.options()) : at::zeros(vshape, v.options());
   if (lg.defined() && needs.g) gr.lg = at::empty_like(lg);
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "power_full_cpu_backward", [&] {
     for_each_head(pr.BH, [&](int64_t bh) {
