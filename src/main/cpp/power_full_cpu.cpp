@@ -25,7 +25,8 @@ namespace cpu {
 namespace {
 
 // State checkpointing in the chunked backward (state_interval): the kept states and the recomputation buffers may
-// take as many bytes as q, k, v and y together, and at least this many.
+// take this share of the bytes of q, k, v and y together, and at least kStateBudgetFloor.
+constexpr double kStateBudgetShare = 0.5;
 constexpr double kStateBudgetFloor = 32.0 * (1 << 20);
 
 // Query tokens per tile of the quadratic form: about this many weights per tile.
@@ -623,7 +624,8 @@ int64_t state_interval(const Problem& pr) {
   }
   const double elem = 8;  // fp64 bound; fp32 states take half
   const double state = static_cast<double>(sympow_dim(pr.d, pr.p)) * (pr.e + 1) * elem;
-  const double budget = std::max(kStateBudgetFloor, static_cast<double>(pr.BH) * pr.T * (pr.g * (pr.d + pr.e) + pr.d + pr.e) * elem);
+  const double qkvy = static_cast<double>(pr.BH) * pr.T * (pr.g * (pr.d + pr.e) + pr.d + pr.e) * elem;
+  const double budget = std::max(kStateBudgetFloor, kStateBudgetShare * qkvy);
   const double workers = static_cast<double>(std::min<int64_t>(pr.BH, std::max(1, at::get_num_threads())));
   int64_t best = 1;
   double best_bytes = std::numeric_limits<double>::infinity();

@@ -17,9 +17,10 @@ namespace cpu {
 /// chunk (chunks 0, k, 2k, ...; Forward::states [BH, ceil(N / k), D, e]) and the log-scales of all N; the backward
 /// recomputes the states inside a segment of k chunks from its checkpoint (one extra phi(K)^T V product for each
 /// chunk that is not a checkpoint). k is the smallest interval whose kept states plus the recomputation buffers (k
-/// states per worker thread) fit in max(32 MiB, the bytes of q, k, v and y), counted at 8 bytes a number; where
-/// none fits, the interval with the least memory. POWER_ATTENTION_CPU_STATE_INTERVAL=k (>= 1) sets it instead
-/// (1: every state kept, no recomputation).
+/// states per worker thread) fit in max(32 MiB, half the bytes of q, k, v and y); where none fits, the interval
+/// with the least memory. So short sequences keep every state (no recomputation) and long ones keep about as much
+/// state as a quarter of their activations. POWER_ATTENTION_CPU_STATE_INTERVAL=k (>= 1) sets k instead (1: every
+/// state kept).
 int64_t state_interval(const Problem& pr);
 
 /// initial: the state entering the sequence (chunked form only); want_final: fill final_state / final_norm.
