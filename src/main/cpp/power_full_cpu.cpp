@@ -8,6 +8,7 @@
 #include "power_full_cpu.h"
 #include "attention_tile_cpu.h"
 #include "platform_util.h"
+#include "cpu_simd.h"
 #include "sympow.h"
 
 #include <ATen/ATen.h>
@@ -15,6 +16,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <vector>
 
@@ -22,8 +24,14 @@ namespace power_attention {
 namespace cpu {
 namespace {
 
+// State checkpointing in the chunked backward (state_interval): the kept states and the recomputation buffers may
+// take this share of the bytes of q, k, v and y together, and at least kStateBudgetFloor.
+constexpr double kStateBudgetShare = 0.5;
+constexpr double kStateBudgetFloor = 32.0 * (1 << 20);
+
 // Query tokens per tile of the quadratic form: about this many weights per tile.
 constexpr int64_t kQuadraticTileWeights = int64_t(1) << 20;
+constexpr int64_t kQuadraticTileTokens = 128;
 
 // 1 / x where x != 0, else 0 (a row with no weight at all gives y = 0 and no gradient).
 at::Tensor safe_reciprocal(const at::Tensor& x) {
@@ -73,6 +81,56 @@ StateStep state_step(const ChunkGates& cg, double mu, const at::TensorOptions& o
   for (int64_t j = 0; j < c; ++j) kp[j] = std::exp(cg.L - cg.Gc[j] - st.mu_next);
   st.kf = kf.to(o.dtype());
   return st;
+}
+
+// The state is held augmented, A = [H | h] [D, e + 1]: the normaliser is the last column, so that one matrix
+// product serves both (phi(Q) A gives B and b; the backward's products with A and its gradient likewise), with
+// no separate passes over [c, D] or [D, e] for the normaliser.
+//
+// The state leaving a chunk from the one entering it: A <- alpha A + phi(K')^T [V | 1], with K' the keys scaled by
+// kf (state_step). The forward and the backward's recomputation both run exactly this, so a recomputed state is
+// the forward's to the bit. v1 is [V | 1] of the chunk.
+void advance_state(const at::Tensor& kc, const at::Tensor& v1, const StateStep& st, int64_t p, at::Tensor& A) {
+  const at::Tensor phiK = sympow_forward(kc, st.kf, p);  // [c, D]
+  A.addmm_(phiK.t(), v1, st.alpha, 1.0);
+}
+
+// sum_i a_i b_i accumulated in fp64 (in lanes, so that it vectorises).
+template <typename T>
+POWER_ATTENTION_INLINE double dot_fp64_impl(const T* a, const T* b, int64_t n) {
+  constexpr int64_t W = POWER_ATTENTION_LANES;
+  double acc[W] = {};
+  const int64_t nb = n / W * W;
+  for (int64_t i0 = 0; i0 < nb; i0 += W)
+    for (int64_t u = 0; u < W; ++u) acc[u] += static_cast<double>(a[i0 + u]) * static_cast<double>(b[i0 + u]);
+  for (int64_t i = nb; i < n; ++i) acc[0] += static_cast<double>(a[i]) * static_cast<double>(b[i]);
+  double sum = 0;
+  for (int64_t u = 0; u < W; ++u) sum += acc[u];
+  return sum;
+}
+
+POWER_ATTENTION_SIMD_VARIANTS(double, dot_fp64, (const T* a, const T* b, int64_t n), (a, b, n))
+
+// [x | 1]: a column of ones appended to x [n, e].
+at::Tensor with_ones(const at::Tensor& x) {
+  at::Tensor out = at::empty({x.size(0), x.size(1) + 1}, x.options());
+  out.narrow(1, 0, x.size(1)).copy_(x);
+  out.select(1, x.size(1)).fill_(1);
+  return out;
+}
+
+// The augmented states of Forward::states / norms (views of one [BH, kept, D, e + 1] buffer).
+at::Tensor augmented_states(const Forward& f) {
+  const at::Tensor& S = f.states;
+  return S.as_strided({S.size(0), S.size(1), S.size(2), S.size(3) + 1}, S.strides(), S.storage_offset());
+}
+
+// The checkpoint interval of N chunks with `kept` states kept: the smallest k with ceil(N / k) = kept (the forward
+// keeps chunks 0, k, 2k, ... for that k; state_interval only returns such k).
+int64_t checkpoint_interval(int64_t N, int64_t kept) {
+  for (int64_t k = 1; k <= N; ++k)
+    if ((N + k - 1) / k == kept) return k;
+  TORCH_CHECK(false, "power_full: ", kept, " checkpoints do not fit ", N, " chunks");
 }
 
 template <typename T>
@@ -141,6 +199,20 @@ void for_each_head(int64_t BH, const F& fn) {
   }
 }
 
+// A head's gradients: with Grads::api they go straight into the API layout [b, t, heads, w] (no unlayout copy of
+// the whole gradient afterwards, and no compute-layout gradient in memory), else into the compute layout.
+// Query gradient of head bh as [tokens, g, d]; key or value gradient as [tokens, w]; tokens = t (API) or T.
+at::Tensor query_grad_rows(const Problem& pr, const Grads& gr, int64_t bh) {
+  if (!gr.api) return gr.q[bh];
+  const int64_t H = pr.BH / pr.b;
+  return gr.q[bh / H].narrow(1, (bh % H) * pr.g, pr.g);
+}
+at::Tensor kv_grad_rows(const Problem& pr, const Grads& gr, const at::Tensor& x, int64_t bh) {
+  if (!gr.api) return x[bh];
+  const int64_t H = pr.BH / pr.b;
+  return x[bh / H].select(1, bh % H);
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Quadratic form: tiles of query tokens against keys [0, tile end).
 // ---------------------------------------------------------------------------------------------------------------
@@ -156,8 +228,11 @@ std::vector<double> gate_cumsum(const at::Tensor& lg, int64_t bh, int64_t T) {
   return G;
 }
 
+// Tiles of at most kQuadraticTileTokens query tokens, so that the products skip most of the masked upper triangle
+// (a tile sees only the keys up to its last token).
 int64_t quadratic_tile_tokens(const Problem& pr) {
-  return std::clamp<int64_t>(kQuadraticTileWeights / std::max<int64_t>(1, pr.g * pr.T), 16, std::max<int64_t>(16, pr.T));
+  return std::clamp<int64_t>(kQuadraticTileWeights / std::max<int64_t>(1, pr.g * pr.T), 16,
+                             std::max<int64_t>(16, std::min(pr.T, kQuadraticTileTokens)));
 }
 
 template <typename T>
@@ -188,9 +263,9 @@ void quadratic_backward_head(const Problem& pr, const at::Tensor& q, const at::T
   const at::Tensor qr = q[bh].view({T_ * g, d}), kh = k[bh], vh = v[bh];
   const std::vector<double> G = gate_cumsum(lg, bh, T_);
   std::vector<T> dG(gates ? T_ : 0, T(0));
-  at::Tensor dq = needs.q ? gr.q[bh].view({T_ * g, d}) : at::Tensor();
-  at::Tensor dk = needs.k ? gr.k[bh] : at::Tensor();
-  at::Tensor dv = needs.v ? gr.v[bh] : at::Tensor();
+  at::Tensor dq = needs.q ? query_grad_rows(pr, gr, bh) : at::Tensor();  // [T, g, d]
+  at::Tensor dk = needs.k ? kv_grad_rows(pr, gr, gr.k, bh) : at::Tensor();
+  at::Tensor dv = needs.v ? kv_grad_rows(pr, gr, gr.v, bh) : at::Tensor();
   const at::Tensor yh = f.y[bh].view({T_ * g, e}), dyh = dy[bh].view({T_ * g, e});
   const int64_t tile = quadratic_tile_tokens(pr);
   for (int64_t i0 = 0; i0 < T_; i0 += tile) {
@@ -207,7 +282,7 @@ void quadratic_backward_head(const Problem& pr, const at::Tensor& q, const at::T
     tile_weights_backward<T>(sh, S.data_ptr<T>(), dP.data_ptr<T>(), m.data_ptr<T>(), gates ? dG.data() + i0 : nullptr,
                              gates ? dG.data() : nullptr);
     if (needs.v) dv.narrow(0, 0, i1).add_(at::mm(S.t(), dnum));
-    if (needs.q) dq.narrow(0, i0 * g, R).copy_(at::mm(dP, kt));
+    if (needs.q) dq.narrow(0, i0, i1 - i0).copy_(at::mm(dP, kt).view({i1 - i0, g, d}));
     if (needs.k) dk.narrow(0, 0, i1).add_(at::mm(dP.t(), qt));
   }
   if (gates) {  // G = cumsum(lg): reverse cumsum
@@ -263,39 +338,40 @@ void chunked_forward_head(const Problem& pr, const at::Tensor& q, const at::Tens
   const at::Tensor qr = q[bh].view({T_ * g, d}), kh = k[bh], vh = v[bh];
   const double* lp = lg.defined() ? lg[bh].data_ptr<double>() : nullptr;
   const at::Tensor yh = f.y[bh].view({T_ * g, e});
-  // The state entering the chunk is exp(mu) * (H, hv); mu = -inf: empty.
-  at::Tensor H = initial.S.defined() ? initial.S[bh].clone() : at::zeros({D, e}, o);
-  at::Tensor hv = initial.s.defined() ? initial.s[bh].clone() : at::zeros({D}, o);
+  // The state entering the chunk is exp(mu) * A, A = [H | h]; mu = -inf: empty.
+  at::Tensor A = at::zeros({D, e + 1}, o);
+  if (initial.S.defined()) {
+    A.narrow(1, 0, e).copy_(initial.S[bh]);
+    A.select(1, e).copy_(initial.s[bh]);
+  }
   double mu = kNegInf;
   if (initial.S.defined()) mu = initial.logscale.defined() ? initial.logscale[bh].item<double>() : 0.0;
   std::vector<double> gref(cg);
-  at::Tensor l = at::empty({cg}, o);
+  at::Tensor l = at::empty({cg}, o), m = at::empty({cg}, o);
+  const at::Tensor qscale = at::full({cg}, sp, o);  // phi(Q) carries scale^p
+  const int64_t interval = save ? checkpoint_interval(N, f.states.size(1)) : 1;
+  const at::Tensor saved = save ? augmented_states(f)[bh] : at::Tensor();
   for (int64_t n = 0; n < N; ++n) {
     const int64_t t0 = n * c;
     const ChunkGates gt = chunk_gates(pr, lp, t0);
     if (save) {
-      f.states[bh][n].copy_(H);
-      f.norms[bh][n].copy_(hv);
+      if (n % interval == 0) saved[n / interval].copy_(A);  // a checkpoint: the backward recomputes the rest
       f.logscale[bh][n].fill_(mu);
     }
     const at::Tensor qc = qr.narrow(0, t0 * g, cg), kc = kh.narrow(0, t0, c), vc = vh.narrow(0, t0, c);
 
     // in-chunk attention
-    at::Tensor S = at::mm(qc, kc.t()).contiguous();
-    at::Tensor m = at::empty({cg}, o);
+    at::Tensor S = at::mm(qc, kc.t());
     const double* G = lp == nullptr ? nullptr : gt.Gc.data();
     const auto sh = tile_shape<T>(pr, cg, c, 0, 0, G, G);
     tile_weights_forward<T>(sh, S.data_ptr<T>(), m.data_ptr<T>(), l.data_ptr<T>());
     tile_gate_reference<T>(sh, gref.data());
     at::Tensor num = at::mm(S, vc);
 
-    // queries against the scaled state entering the chunk: B = sp phi(Q) H, b = sp phi(Q) h
-    at::Tensor Bq, bq;
-    if (mu != kNegInf) {
-      const at::Tensor phiQ = sympow_forward(qc, at::Tensor(), pr.p);  // [cg, D]
-      Bq = at::mm(phiQ, H).mul_(sp);
-      bq = at::mv(phiQ, hv).mul_(sp);
-    }
+    // queries against the scaled state entering the chunk: [B | b] = sp phi(Q) A
+    at::Tensor Bb;
+    if (mu != kNegInf) Bb = at::mm(sympow_forward(qc, qscale, pr.p), A);  // [cg, e + 1]
+    const at::Tensor bq = Bb.defined() ? Bb.select(1, e).contiguous() : at::Tensor();
 
     // combine at the shared row scale
     at::Tensor delta = f.rowmax[bh].narrow(0, t0 * g, cg);
@@ -305,23 +381,21 @@ void chunked_forward_head(const Problem& pr, const at::Tensor& q, const at::Tens
     num.mul_(rs.wa.unsqueeze(1));
     if (bq.defined()) {
       den.add_(bq * rs.ws);
-      num.add_(Bq.mul_(rs.ws.unsqueeze(1)));
+      num.add_(Bb.narrow(1, 0, e) * rs.ws.unsqueeze(1));
     }
     f.den[bh].narrow(0, t0 * g, cg).copy_(den);
     yh.narrow(0, t0 * g, cg).copy_(num.mul_(safe_reciprocal(den).unsqueeze(1)));
 
-    // the state leaving the chunk: H <- alpha H + phi(K')^T V, h <- alpha h + sum phi(K'), mu <- mu'
+    // the state leaving the chunk
     if (n + 1 < N || want_final) {
       const StateStep st = state_step(gt, mu, o);
-      const at::Tensor phiK = sympow_forward(kc, st.kf, pr.p);  // [c, D]
-      H.addmm_(phiK.t(), vc, st.alpha, 1.0);
-      hv.mul_(st.alpha).add_(phiK.sum(0));
+      advance_state(kc, with_ones(vc), st, pr.p, A);
       mu = st.mu_next;
     }
   }
   if (want_final) {
-    f.final_state[bh].copy_(H);
-    f.final_norm[bh].copy_(hv);
+    f.final_state[bh].copy_(A.narrow(1, 0, e));
+    f.final_norm[bh].copy_(A.select(1, e));
     f.final_logscale[bh].fill_(mu);
   }
 }
@@ -343,20 +417,45 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
   const at::Tensor yh = f.y[bh].view({T_ * g, e}), dyh = dy[bh].view({T_ * g, e});
   const at::Tensor mus = f.logscale[bh].contiguous();
   const double* mup = mus.data_ptr<double>();
-  at::Tensor dq = needs.q ? gr.q[bh].view({T_ * g, d}) : at::Tensor();
-  at::Tensor dk = needs.k ? gr.k[bh] : at::Tensor();
-  at::Tensor dv = needs.v ? gr.v[bh] : at::Tensor();
+  // gradients of one chunk, then stored into the head's rows (API layout: the rows before t only)
+  at::Tensor dq = needs.q ? query_grad_rows(pr, gr, bh) : at::Tensor();  // [tokens, g, d]
+  at::Tensor dk = needs.k ? kv_grad_rows(pr, gr, gr.k, bh) : at::Tensor();
+  at::Tensor dv = needs.v ? kv_grad_rows(pr, gr, gr.v, bh) : at::Tensor();
+  const int64_t tokens = gr.api ? pr.t : T_;
+  at::Tensor dqbuf = needs.q ? at::empty({cg, d}, o) : at::Tensor();
+  at::Tensor dkbuf = needs.k ? at::empty({c, d}, o) : at::Tensor();
+  at::Tensor dvbuf = needs.v ? at::empty({c, e}, o) : at::Tensor();
   double* dlg = gates ? gr.lg[bh].data_ptr<double>() : nullptr;
-  // d loss / d (the scaled state leaving the chunk being processed)
-  at::Tensor dH = seeded ? d_final.S[bh].clone() : at::zeros({D, e}, o);
-  at::Tensor dh = seeded ? d_final.s[bh].clone() : at::zeros({D}, o);
+  // d loss / d (the scaled state leaving the chunk being processed), augmented as the state: dA = [dH | dh]
+  at::Tensor dA = at::zeros({D, e + 1}, o);
+  if (seeded) {
+    dA.narrow(1, 0, e).copy_(d_final.S[bh]);
+    dA.select(1, e).copy_(d_final.s[bh]);
+  }
+  const at::Tensor dH = dA.narrow(1, 0, e);
   std::vector<T> dGq(gates ? c : 0), dGk(gates ? c : 0);
   std::vector<double> gref(cg);
+  // The states entering the chunks of one checkpoint segment [n0, n0 + interval), recomputed from its checkpoint
+  // when the backward reaches the segment's last chunk (interval 1: the saved states themselves).
+  const at::Tensor saved = augmented_states(f)[bh];
+  const int64_t interval = checkpoint_interval(N, f.states.size(1));
+  const at::Tensor seg = interval > 1 ? at::empty({interval, D, e + 1}, o) : at::Tensor();
+  at::Tensor dyc1 = at::empty({cg, e + 1}, o);  // [dnum | dden]
   for (int64_t n = N - 1; n >= 0; --n) {
     const int64_t t0 = n * c;
     const ChunkGates gt = chunk_gates(pr, lp, t0);
     const double mu = mup[n];
-    const at::Tensor Hn = f.states[bh][n], hn = f.norms[bh][n];
+    const int64_t n0 = n / interval * interval;
+    if (interval > 1 && (n == N - 1 || n % interval == interval - 1)) {
+      seg[0].copy_(saved[n0 / interval]);
+      for (int64_t j = n0; j < n; ++j) {
+        at::Tensor Aj = seg[j - n0 + 1];
+        Aj.copy_(seg[j - n0]);
+        const StateStep sj = state_step(chunk_gates(pr, lp, j * c), mup[j], o);
+        advance_state(kh.narrow(0, j * c, c), with_ones(vh.narrow(0, j * c, c)), sj, pr.p, Aj);
+      }
+    }
+    const at::Tensor An = interval > 1 ? seg[n - n0] : saved[n];  // [D, e + 1], contiguous
     const at::Tensor qc = qr.narrow(0, t0 * g, cg), kc = kh.narrow(0, t0, c), vc = vh.narrow(0, t0, c);
     const double* G = lp == nullptr ? nullptr : gt.Gc.data();
     const auto sh = tile_shape<T>(pr, cg, c, 0, 0, G, G);
@@ -366,18 +465,18 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
     const at::Tensor inv = safe_reciprocal(f.den[bh].narrow(0, t0 * g, cg));
     const at::Tensor delta = f.rowmax[bh].narrow(0, t0 * g, cg).contiguous();
     const at::Tensor dyc = dyh.narrow(0, t0 * g, cg), yc = yh.narrow(0, t0 * g, cg);
-    const at::Tensor dnum = dyc * inv.unsqueeze(1);
-    const at::Tensor dden = (dyc * yc).sum(1).mul_(inv).neg_();
+    at::Tensor dnum = dyc1.narrow(1, 0, e), dden = dyc1.select(1, e);
+    at::mul_out(dnum, dyc, inv.unsqueeze(1));
+    dden.copy_((dyc * yc).sum(1).mul_(inv).neg_());
     double dL = 0;  // d loss / d L_n (the chunk-end cumsum)
     if (gates) {
       std::fill(dGq.begin(), dGq.end(), T(0));
       std::fill(dGk.begin(), dGk.end(), T(0));
     }
 
-    // --- queries against the state: B = phi(Q) diag(qf) H_n, qf = sp ws (ws at the saved row scale)
+    // --- queries against the state: [B | b] = phi(Q) diag(qf) A_n, qf = sp ws (ws at the saved row scale)
     const bool stateful_chunk = mu != kNegInf;
-    at::Tensor dHdir, dhdir;
-    at::Tensor dqc = needs.q ? at::zeros({cg, d}, o) : at::Tensor();
+    at::Tensor phiQ, dxq;
     if (stateful_chunk) {
       at::Tensor qf = at::empty({cg}, o);
       T* qfp = qf.data_ptr<T>();
@@ -386,16 +485,11 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
         const double Mc = static_cast<double>(dp[i]) + gref[i];
         qfp[i] = static_cast<T>(sp * std::exp(gt.Gc[i / g] + mu - Mc));
       }
-      const at::Tensor phiQ = sympow_forward(qc, qf, pr.p);
-      if (carry && (n > 0 || needs.state)) {
-        dHdir = at::mm(phiQ.t(), dnum);
-        dhdir = at::mv(phiQ.t(), dden);
-      }
+      phiQ = sympow_forward(qc, qf, pr.p);
       if (needs.q || gates) {
-        at::Tensor dphiQ = at::mm(dnum, Hn.t());
-        dphiQ.addr_(dden, hn);
-        auto [dxq, dsq] = sympow_backward(qc, qf, dphiQ, pr.p, needs.q, gates);
-        if (needs.q) dqc.add_(dxq);
+        const at::Tensor dphiQ = at::mm(dyc1, An.t());  // dnum H^T + dden h^T
+        auto [dx, dsq] = sympow_backward(qc, qf, dphiQ, pr.p, needs.q, gates);
+        dxq = dx;
         if (gates) {  // d qf / d Gc = qf
           const at::Tensor u = (dsq * qf).view({c, g}).sum(1).to(at::kDouble);
           const double* up = u.data_ptr<double>();
@@ -404,17 +498,21 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
       }
     }
 
-    // --- the state leaving the chunk: H^_{n+1} = alpha_n H^_n + phi(K')^T V (dH is its gradient)
-    at::Tensor dkc = needs.k ? at::zeros({c, d}, o) : at::Tensor();
-    at::Tensor dvc = needs.v ? at::zeros({c, e}, o) : at::Tensor();
+    // --- the state leaving the chunk: A_{n+1} = alpha_n A_n + phi(K')^T [V | 1] (dA is its gradient)
+    at::Tensor dvs = dvbuf;
+    at::Tensor dxk;
+    bool dv_set = false;
     const StateStep st = state_step(gt, mu, o);
     if (key_side && (n + 1 < N || seeded)) {
       const at::Tensor phiK = sympow_forward(kc, st.kf, pr.p);
-      if (needs.v) dvc.add_(at::mm(phiK, dH));
+      if (needs.v) {
+        at::mm_out(dvs, phiK, dH);
+        dv_set = true;
+      }
       if (needs.k || gates) {
-        at::Tensor dphiK = at::mm(vc, dH.t()).add_(dh.unsqueeze(0));
-        auto [dxk, dsk] = sympow_backward(kc, st.kf, dphiK, pr.p, needs.k, gates);
-        if (needs.k) dkc.add_(dxk);
+        const at::Tensor dphiK = at::mm(with_ones(vc), dA.t());  // V dH^T + 1 dh^T
+        auto [dx, dsk] = sympow_backward(kc, st.kf, dphiK, pr.p, needs.k, gates);
+        dxk = dx;
         if (gates) {  // d kf / d(L - Gc) = kf
           const at::Tensor u = (dsk * st.kf).to(at::kDouble);
           const double* up = u.data_ptr<double>();
@@ -424,31 +522,50 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
           }
         }
       }
-      if (gates && st.alpha != 0) {
-        dL += st.alpha * ((Hn * dH).sum().item<double>() + (hn * dh).sum().item<double>());
-      }
+      if (gates && st.alpha != 0) dL += st.alpha * dot_fp64(An.data_ptr<T>(), dA.data_ptr<T>(), An.numel());
     }
-    if (carry && (n > 0 || needs.state)) {
-      dH.mul_(st.alpha);
-      dh.mul_(st.alpha);
-      if (dHdir.defined()) {
-        dH.add_(dHdir);
-        dh.add_(dhdir);
+    if (carry && (n > 0 || needs.state)) {  // dA <- alpha dA + (phi(Q) diag(qf))^T [dnum | dden]
+      if (stateful_chunk) {
+        dA.addmm_(phiQ.t(), dyc1, st.alpha, 1.0);
+      } else {
+        dA.mul_(st.alpha);
       }
     }
 
     // --- in-chunk attention, its weights exp(z - M) taken at the saved row scale
-    at::Tensor S = at::mm(qc, kc.t()).contiguous();
-    at::Tensor dP = at::mm(dnum, vc.t()).add_(dden.unsqueeze(1)).contiguous();
+    at::Tensor S = at::mm(qc, kc.t());
+    at::Tensor dP = at::mm(dnum, vc.t()).add_(dden.unsqueeze(1));
     tile_weights_backward<T>(sh, S.data_ptr<T>(), dP.data_ptr<T>(), delta.data_ptr<T>(),
                              gates ? dGq.data() : nullptr, gates ? dGk.data() : nullptr);
-    if (needs.v) dvc.add_(at::mm(S.t(), dnum));
-    if (needs.q) dqc.add_(at::mm(dP, kc));
-    if (needs.k) dkc.add_(at::mm(dP.t(), qc));
-
-    if (needs.q) dq.narrow(0, t0 * g, cg).copy_(dqc);
-    if (needs.k) dk.narrow(0, t0, c).copy_(dkc);
-    if (needs.v) dv.narrow(0, t0, c).copy_(dvc);
+    if (needs.v) {
+      if (dv_set) {
+        dvs.addmm_(S.t(), dnum);
+      } else {
+        at::mm_out(dvs, S.t(), dnum);
+      }
+    }
+    if (needs.q) {
+      at::Tensor dqs = dqbuf;
+      if (dxq.defined()) {
+        dqs.copy_(dxq).addmm_(dP, kc);
+      } else {
+        at::mm_out(dqs, dP, kc);
+      }
+    }
+    if (needs.k) {
+      at::Tensor dks = dkbuf;
+      if (dxk.defined()) {
+        dks.copy_(dxk).addmm_(dP.t(), qc);
+      } else {
+        at::mm_out(dks, dP.t(), qc);
+      }
+    }
+    const int64_t valid = std::min(c, tokens - t0);
+    if (valid > 0) {
+      if (needs.q) dq.narrow(0, t0, valid).copy_(dqbuf.view({c, g, d}).narrow(0, 0, valid));
+      if (needs.k) dk.narrow(0, t0, valid).copy_(dkbuf.narrow(0, 0, valid));
+      if (needs.v) dv.narrow(0, t0, valid).copy_(dvbuf.narrow(0, 0, valid));
+    }
     if (gates) {  // Gc_j = sum_{l <= j} lg_l, L_n = Gc_{c-1}: reverse cumsum within the chunk
       double acc = dL;
       for (int64_t j = c - 1; j >= 0; --j) {
@@ -457,9 +574,9 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
       }
     }
   }
-  if (needs.state) {  // after chunk 0, dH is the gradient of the state entering the sequence
-    gr.initial.S[bh].copy_(dH);
-    gr.initial.s[bh].copy_(dh);
+  if (needs.state) {  // after chunk 0, dA is the gradient of the state entering the sequence
+    gr.initial.S[bh].copy_(dA.narrow(1, 0, e));
+    gr.initial.s[bh].copy_(dA.select(1, e));
   }
 }
 
@@ -496,6 +613,31 @@ void decode_head(int64_t bh, int64_t g, int64_t D, int64_t e, const T* phik, con
 
 }  // namespace
 
+int64_t state_interval(const Problem& pr) {
+  if (pr.chunk <= 0) return 1;
+  const int64_t N = pr.T / pr.chunk;
+  if (const char* env = std::getenv("POWER_ATTENTION_CPU_STATE_INTERVAL")) {
+    const long k = std::atol(env);
+    if (k >= 1) return checkpoint_interval(N, (N + std::min<int64_t>(k, N) - 1) / std::min<int64_t>(k, N));
+  }
+  const double elem = 8;  // fp64 bound; fp32 states take half
+  const double state = static_cast<double>(sympow_dim(pr.d, pr.p)) * (pr.e + 1) * elem;
+  const double qkvy = static_cast<double>(pr.BH) * pr.T * (pr.g * (pr.d + pr.e) + pr.d + pr.e) * elem;
+  const double budget = std::max(kStateBudgetFloor, kStateBudgetShare * qkvy);
+  const double workers = static_cast<double>(std::min<int64_t>(pr.BH, std::max(1, at::get_num_threads())));
+  int64_t best = 1;
+  double best_bytes = std::numeric_limits<double>::infinity();
+  for (int64_t k = 1; k <= std::max<int64_t>(N, 1); ++k) {
+    const double kept = static_cast<double>(pr.BH) * ((N + k - 1) / k) * state + (k > 1 ? workers * k * state : 0.0);
+    if (kept <= budget) {
+      best = k;
+      break;
+    }
+    if (kept < best_bytes) best = k, best_bytes = kept;
+  }
+  return checkpoint_interval(N, (N + best - 1) / best);
+}
+
 Forward forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                 const at::Tensor& lg, bool save_for_backward, const State& initial, bool want_final) {
   TORCH_CHECK(pr.chunk > 0 || (!initial.S.defined() && !want_final), "power_full: states need the chunked path");
@@ -505,9 +647,10 @@ Forward forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, con
   f.den = at::empty({pr.BH, pr.T * pr.g}, o);
   f.rowmax = at::empty({pr.BH, pr.T * pr.g}, o);
   if (pr.chunk > 0 && save_for_backward) {
-    const int64_t D = sympow_dim(pr.d, pr.p), N = pr.T / pr.chunk;
-    f.states = at::empty({pr.BH, N, D, pr.e}, o);
-    f.norms = at::empty({pr.BH, N, D}, o);
+    const int64_t D = sympow_dim(pr.d, pr.p), N = pr.T / pr.chunk, kept = (N + state_interval(pr) - 1) / state_interval(pr);
+    const at::Tensor aug = at::empty({pr.BH, kept, D, pr.e + 1}, o);  // [H | h], see augmented_states
+    f.states = aug.narrow(3, 0, pr.e);
+    f.norms = aug.select(3, pr.e);
     f.logscale = at::empty({pr.BH, N}, o.dtype(at::kDouble));
   }
   if (want_final) {
@@ -537,9 +680,15 @@ Grads backward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, cons
     gr.initial.S = at::empty({pr.BH, D, pr.e}, q.options());
     gr.initial.s = at::empty({pr.BH, D}, q.options());
   }
-  if (needs.q) gr.q = at::empty_like(q);
-  if (needs.k) gr.k = pr.chunk > 0 ? at::empty_like(k) : at::zeros_like(k);
-  if (needs.v) gr.v = pr.chunk > 0 ? at::empty_like(v) : at::zeros_like(v);
+  // Problem::api: the gradients in the API layout [b, t, heads, w] directly (Grads::api)
+  gr.api = pr.api && pr.b > 0 && pr.t > 0;
+  const int64_t H = gr.api ? pr.BH / pr.b : 0;
+  const auto qshape = gr.api ? std::vector<int64_t>{pr.b, pr.t, H * pr.g, pr.d} : q.sizes().vec();
+  const auto kshape = gr.api ? std::vector<int64_t>{pr.b, pr.t, H, pr.d} : k.sizes().vec();
+  const auto vshape = gr.api ? std::vector<int64_t>{pr.b, pr.t, H, pr.e} : v.sizes().vec();
+  if (needs.q) gr.q = at::empty(qshape, q.options());
+  if (needs.k) gr.k = pr.chunk > 0 ? at::empty(kshape, k.options()) : at::zeros(kshape, k.options());
+  if (needs.v) gr.v = pr.chunk > 0 ? at::empty(vshape, v.options()) : at::zeros(vshape, v.options());
   if (lg.defined() && needs.g) gr.lg = at::empty_like(lg);
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "power_full_cpu_backward", [&] {
     for_each_head(pr.BH, [&](int64_t bh) {

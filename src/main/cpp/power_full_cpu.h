@@ -23,6 +23,16 @@ Precision precision(at::ScalarType input, int64_t p, int64_t chunk, bool amplify
 /// running state otherwise, plus phi of one chunk of query rows.
 double state_bytes(const Problem& pr, at::ScalarType compute, bool grad);
 
+/// State checkpointing of the chunked form: the forward saved for backward keeps the state entering every k-th
+/// chunk (chunks 0, k, 2k, ...; Forward::states [BH, ceil(N / k), D, e]) and the log-scales of all N; the backward
+/// recomputes the states inside a segment of k chunks from its checkpoint (one extra phi(K)^T V product for each
+/// chunk that is not a checkpoint). k is the smallest interval whose kept states plus the recomputation buffers (k
+/// states per worker thread) fit in max(32 MiB, half the bytes of q, k, v and y); where none fits, the interval
+/// with the least memory. So short sequences keep every state (no recomputation) and long ones keep about as much
+/// state as a quarter of their activations. POWER_ATTENTION_CPU_STATE_INTERVAL=k (>= 1) sets k instead (1: every
+/// state kept).
+int64_t state_interval(const Problem& pr);
+
 /// initial: the state entering the sequence (chunked form only); want_final: fill final_state / final_norm.
 Forward forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                 const at::Tensor& lg, bool save_for_backward, const State& initial = {}, bool want_final = false);

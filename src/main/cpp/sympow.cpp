@@ -2,12 +2,16 @@
 // so the compiler vectorises the leaf loops; rows run in parallel through at::parallel_for.
 #include "sympow.h"
 #include "errors.h"
+#include "cpu_simd.h"
 
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
 #include <cmath>
 #include <limits>
+#include <map>
+#include <mutex>
+#include <tuple>
 
 namespace power_attention {
 
@@ -113,6 +117,90 @@ struct RowBackward {
   }
 };
 
+// Rows [r0, r1) of sympow_forward. Degree 2, the common case, is two plain loops (vectorised in the clones);
+// other degrees walk the multi-indices recursively.
+template <typename T>
+POWER_ATTENTION_INLINE void forward_rows_impl(const T* xp, const T* sp, const T* cp, T* op, int64_t d, int64_t D,
+                                              int64_t p, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* x = xp + r * d;
+    T* out = op + r * D;
+    const T scale = sp != nullptr ? sp[r] : T(1);
+    if (p == 2) {
+      int64_t pos = 0;
+      for (int64_t i = 0; i < d; ++i) {
+        const T pre = scale * x[i];
+        const int64_t n = d - i;
+        const T* xs = x + i;
+        const T* cs = cp + pos;
+        T* os = out + pos;
+        for (int64_t j = 0; j < n; ++j) os[j] = cs[j] * pre * xs[j];
+        pos += n;
+      }
+    } else {
+      RowForward<T> f{x, cp, out, d, p, 0};
+      f.run(0, 0, scale);
+    }
+  }
+}
+
+POWER_ATTENTION_SIMD_VARIANTS(void, forward_rows, (const T* xp, const T* sp, const T* cp, T* op, int64_t d, int64_t D, int64_t p, int64_t r0, int64_t r1), (xp, sp, cp, op, d, D, p, r0, r1))
+
+// Rows [r0, r1) of sympow_backward: as RowBackward, with degree 2 unrolled into two loops.
+template <typename T>
+POWER_ATTENTION_INLINE void backward_rows_impl(const T* xp, const T* sp, const T* cp, const T* gp, T* dxp, T* dsp,
+                                               int64_t d, int64_t D, int64_t p, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* x = xp + r * d;
+    const T* gr = gp + r * D;
+    T* dx = dxp != nullptr ? dxp + r * d : nullptr;
+    T dot = 0;
+    if (p == 2) {
+      int64_t pos = 0;
+      for (int64_t i = 0; i < d; ++i) {
+        const T xi = x[i];
+        const int64_t n = d - i;
+        const T* xs = x + i;
+        const T* cs = cp + pos;
+        const T* gs = gr + pos;
+        // sub = sum_j x_j g_j in lanes (so that it vectorises), dx_j += x_i g_j
+        constexpr int64_t W = POWER_ATTENTION_LANES;
+        const int64_t nb = n / W * W;
+        T acc[W] = {};
+        T* dxs = dx != nullptr ? dx + i : nullptr;
+        for (int64_t j0 = 0; j0 < nb; j0 += W) {
+          for (int64_t u = 0; u < W; ++u) {
+            const T g = gs[j0 + u] * cs[j0 + u];
+            if (dxs != nullptr) dxs[j0 + u] += xi * g;
+            acc[u] += xs[j0 + u] * g;
+          }
+        }
+        for (int64_t j = nb; j < n; ++j) {
+          const T g = gs[j] * cs[j];
+          if (dxs != nullptr) dxs[j] += xi * g;
+          acc[0] += xs[j] * g;
+        }
+        T sub = 0;
+        for (int64_t u = 0; u < W; ++u) sub += acc[u];
+        if (dx != nullptr) dx[i] += sub;
+        dot += xi * sub;
+        pos += n;
+      }
+    } else {
+      // The recursion accumulates J^T dphi into dx (with prefix 1), and returns dphi . phi(x).
+      RowBackward<T> b{x, cp, gr, dx, d, p, 0};
+      dot = b.run(0, 0, T(1));
+    }
+    if (dsp != nullptr) dsp[r] = dot;
+    if (dx != nullptr && sp != nullptr) {
+      const T s = sp[r];
+      for (int64_t i = 0; i < d; ++i) dx[i] *= s;
+    }
+  }
+}
+
+POWER_ATTENTION_SIMD_VARIANTS(void, backward_rows, (const T* xp, const T* sp, const T* cp, const T* gp, T* dxp, T* dsp, int64_t d, int64_t D, int64_t p, int64_t r0, int64_t r1), (xp, sp, cp, gp, dxp, dsp, d, D, p, r0, r1))
+
 void check_rows(const at::Tensor& x, const at::Tensor& row_scale) {
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "sympow: x must be a contiguous [n, d] tensor");
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "sympow: x must be float or double");
@@ -142,9 +230,20 @@ std::vector<double> sympow_coefficients(int64_t d, int64_t p, std::vector<int64_
 
 namespace {
 
+// The coefficients as a tensor of `dtype`, made once per (d, p, dtype) and kept (read only) for the process.
 at::Tensor coefficient_tensor(int64_t d, int64_t p, at::ScalarType dtype) {
+  static std::mutex mutex;
+  static std::map<std::tuple<int64_t, int64_t, at::ScalarType>, at::Tensor> cache;
+  const auto key = std::make_tuple(d, p, dtype);
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    const auto it = cache.find(key);
+    if (it != cache.end()) return it->second;
+  }
   const std::vector<double> c = sympow_coefficients(d, p);
-  return at::tensor(c, at::TensorOptions().dtype(at::kDouble)).to(dtype);
+  at::Tensor t = at::tensor(c, at::TensorOptions().dtype(at::kDouble)).to(dtype);
+  std::lock_guard<std::mutex> lock(mutex);
+  return cache.emplace(key, t).first->second;
 }
 
 // Rows per parallel task: about 64K output numbers each.
@@ -164,10 +263,7 @@ at::Tensor sympow_forward(const at::Tensor& x, const at::Tensor& row_scale, int6
     const scalar_t* cp = coef.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
     at::parallel_for(0, n, grain_rows(D), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        RowForward<scalar_t> f{xp + r * d, cp, op + r * D, d, p, 0};
-        f.run(0, 0, sp != nullptr ? sp[r] : scalar_t(1));
-      }
+      forward_rows<scalar_t>(xp, sp, cp, op, d, D, p, r0, r1);
     });
   });
   return out;
@@ -193,16 +289,7 @@ std::pair<at::Tensor, at::Tensor> sympow_backward(const at::Tensor& x, const at:
     scalar_t* dxp = want_dx ? dx.data_ptr<scalar_t>() : nullptr;
     scalar_t* dsp = want_dscale ? dscale.data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, n, grain_rows(D), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        // The recursion accumulates J^T dphi into dx (with prefix 1), and returns dphi . phi(x).
-        RowBackward<scalar_t> b{xp + r * d, cp, gp + r * D, dxp != nullptr ? dxp + r * d : nullptr, d, p, 0};
-        const scalar_t dot = b.run(0, 0, scalar_t(1));
-        if (dsp != nullptr) dsp[r] = dot;
-        if (dxp != nullptr && sp != nullptr) {
-          const scalar_t s = sp[r];
-          for (int64_t i = 0; i < d; ++i) dxp[r * d + i] *= s;
-        }
-      }
+      backward_rows<scalar_t>(xp, sp, cp, gp, dxp, dsp, d, D, p, r0, r1);
     });
   });
   return {dx, dscale};

@@ -16,8 +16,8 @@ import org.junit.jupiter.params.provider.MethodSource;
 
 /**
  * The chunked form against the quadratic form (the op's own, and the plain-ATen references), for chunk sizes
- * {1, 16, 64, t, > t} and t in {1, 17, 97, 256, 1025}: values and gradients, fp64, so differences are the
- * algorithm's, not rounding's.
+ * {1, 16, 64, t, > t} and t in {1, 17, 97, 256, 1025}, and a case long enough that the CPU backward checkpoints
+ * its states: values and gradients, fp64, so differences are the algorithm's, not rounding's.
  */
 class ChunkedFormTest {
 
@@ -44,6 +44,9 @@ class ChunkedFormTest {
         cases.add(new Case(97, 16, 4, 2, 1, 16, 16, true));
         cases.add(new Case(97, 7, 4, 1, 1, 16, 32, false));
         cases.add(new Case(200, 64, 2, 8, 1, 64, 64, true));
+        // 128 chunks of D = 2080: more states than the CPU backward keeps (power_full_cpu.h, state_interval), so it
+        // recomputes most of them from checkpoints
+        cases.add(new Case(2048, 16, 2, 1, 1, 64, 64, true));
         return cases.stream();
     }
 

@@ -1,0 +1,80 @@
+// cpu_simd.h: the CPU loops' instruction sets. The library is built for baseline x86-64 (it must load anywhere),
+// so each hot loop is compiled three times, for AVX-512 (F, VL, BW, DQ with FMA), for AVX2 with FMA and for the
+// baseline, and a dispatcher calls the best one the machine and its OS support (cpuid and xgetbv, checked once;
+// no runtime library needed). Elsewhere (other compilers, other architectures): the baseline only.
+//
+// Use: write the loop as `template <typename T> POWER_ATTENTION_INLINE R name_impl(params)`, then
+// POWER_ATTENTION_SIMD_VARIANTS(R, name, (params), (args)) defines `template <typename T> R name(params)`.
+#pragma once
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#include <cpuid.h>
+#define POWER_ATTENTION_X86_DISPATCH 1
+#endif
+
+#if defined(_MSC_VER)
+#define POWER_ATTENTION_INLINE __forceinline
+#else
+#define POWER_ATTENTION_INLINE __attribute__((always_inline)) inline
+#endif
+
+// Lanes of the blocked reductions (sums, maxima) in the row loops: a fixed-size inner loop the compiler turns into
+// vector registers without reassociating anything it was not told to.
+#define POWER_ATTENTION_LANES 16
+
+namespace power_attention {
+
+/// 2: AVX-512 (F, VL, BW, DQ) and FMA with the OS saving zmm state; 1: AVX2 and FMA with ymm state; 0: baseline.
+inline int simd_level() {
+#ifdef POWER_ATTENTION_X86_DISPATCH
+  static const int level = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    const bool fma = c & (1u << 12), osxsave = c & (1u << 27), avx = c & (1u << 28);
+    if (!osxsave || !avx) return 0;
+    unsigned xlo = 0, xhi = 0;
+    __asm__ volatile("xgetbv" : "=a"(xlo), "=d"(xhi) : "c"(0));
+    const bool ymm = (xlo & 0x6) == 0x6, zmm = (xlo & 0xe6) == 0xe6;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    const bool avx2 = b & (1u << 5), f = b & (1u << 16), dq = b & (1u << 17), bw = b & (1u << 30),
+               vl = b & (1u << 31);
+    if (zmm && fma && f && dq && bw && vl) return 2;
+    if (ymm && fma && avx2) return 1;
+    return 0;
+  }();
+  return level;
+#else
+  return 0;
+#endif
+}
+
+}  // namespace power_attention
+
+#ifdef POWER_ATTENTION_X86_DISPATCH
+#define POWER_ATTENTION_SIMD_VARIANTS(R, name, params, args)                                              \
+  template <typename T>                                                                                    \
+  __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma"))) R name##_avx512 params {         \
+    return name##_impl<T> args;                                                                            \
+  }                                                                                                        \
+  template <typename T>                                                                                    \
+  __attribute__((target("avx2,fma"))) R name##_avx2 params {                                              \
+    return name##_impl<T> args;                                                                            \
+  }                                                                                                        \
+  template <typename T>                                                                                    \
+  R name params {                                                                                          \
+    switch (::power_attention::simd_level()) {                                                             \
+      case 2:                                                                                              \
+        return name##_avx512<T> args;                                                                      \
+      case 1:                                                                                              \
+        return name##_avx2<T> args;                                                                        \
+      default:                                                                                             \
+        return name##_impl<T> args;                                                                        \
+    }                                                                                                      \
+  }
+#else
+#define POWER_ATTENTION_SIMD_VARIANTS(R, name, params, args) \
+  template <typename T>                                      \
+  R name params {                                            \
+    return name##_impl<T> args;                              \
+  }
+#endif
