@@ -727,8 +727,11 @@ Precision precision(at::ScalarType input, int64_t p, int64_t chunk, bool amplify
 double state_bytes(const Problem& pr, at::ScalarType compute, bool grad) {
   const double elem = compute == at::kDouble ? 8 : 4;
   const double D = static_cast<double>(sympow_dim(pr.d, pr.p));
-  const double N = static_cast<double>(pr.T / pr.chunk);
-  const double states = (grad ? pr.BH * N : 1.0) * D * (pr.e + 1);
+  const int64_t N = pr.T / pr.chunk, k = grad ? state_interval(pr) : 1;
+  const double workers = static_cast<double>(std::min<int64_t>(pr.BH, std::max(1, at::get_num_threads())));
+  // kept for backward: every k-th state, and k states per worker while a segment is recomputed
+  const double kept = static_cast<double>(pr.BH) * static_cast<double>((N + k - 1) / k) + (k > 1 ? workers * k : 0.0);
+  const double states = (grad ? kept : 1.0) * D * (pr.e + 1);
   const double phi = 2.0 * pr.chunk * pr.g * D;
   return (states + phi) * elem;
 }

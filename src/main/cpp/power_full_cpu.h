@@ -19,8 +19,8 @@ namespace cpu {
 /// orthogonal q, k: 1e-3 relative errors at log gates of +5 a token where the quadratic form keeps 1e-7). Gates fp64.
 Precision precision(at::ScalarType input, int64_t p, int64_t chunk, bool amplifying);
 
-/// Bytes the chunked form holds at once for its states: all of them when saved for backward (grad), one head's
-/// running state otherwise, plus phi of one chunk of query rows.
+/// Bytes the chunked form holds at once for its states: the checkpointed ones when saved for backward (grad; see
+/// state_interval), one head's running state otherwise, plus phi of one chunk of query rows.
 double state_bytes(const Problem& pr, at::ScalarType compute, bool grad);
 
 /// State checkpointing of the chunked form: the forward saved for backward keeps the state entering every k-th
