@@ -19,7 +19,8 @@ status=0
 for g in $groups; do
   case $g in
     core) sel=(--select-class io.github.powerattention.CudaOpTest --select-class io.github.powerattention.CudaLoadingTest
-          --select-class io.github.powerattention.CudaReliabilityTest) ;;
+          --select-class io.github.powerattention.CudaReliabilityTest
+          --select-class io.github.powerattention.CudaSecondDerivativeTest) ;;
     trainer) sel=(--select-class io.github.powerattention.trainer.CudaTrainerTest) ;;
     nccl) sel=(--select-class io.github.powerattention.trainer.CudaDistributedTest) ;;
     *) echo "run-suite: unknown group $g (core, trainer, nccl)"; exit 2 ;;

@@ -7,6 +7,7 @@ import static org.junit.jupiter.api.Assertions.fail;
 
 import org.bytedeco.javacpp.PointerScope;
 import org.bytedeco.pytorch.BoolOptional;
+import org.bytedeco.pytorch.Device;
 import org.bytedeco.pytorch.Scalar;
 import org.bytedeco.pytorch.Tensor;
 import org.bytedeco.pytorch.TensorVector;
@@ -25,6 +26,11 @@ class SecondDerivativeTest {
     @ParameterizedTest(name = "chunk{0}-stateful{1}-p{2}")
     @CsvSource({"0,false,2", "5,false,2", "0,true,2", "4,true,2", "5,false,3", "0,false,1"})
     void matchesFiniteDifferences(long chunk, boolean stateful, int p) {
+        check(chunk, stateful, p, null);
+    }
+
+    /** The check on {@code device} (null: the CPU); inputs are made on the CPU in fp64 and moved there. */
+    static void check(long chunk, boolean stateful, int p, Device device) {
         try (PointerScope scope = new PointerScope()) {
             manual_seed(31 + chunk + (stateful ? 7 : 0) + p);
             long t = 13, hq = 2, h = 1, d = 4, e = 3;
@@ -32,14 +38,15 @@ class SecondDerivativeTest {
                 Fixtures.normal(ScalarType.Double, 1, t, hq, d), Fixtures.normal(ScalarType.Double, 1, t, h, d),
                 Fixtures.normal(ScalarType.Double, 1, t, h, e), torch.randn(new long[] {1, t, h}, Fixtures.f64())
             };
-            Tensor dy = Fixtures.normal(ScalarType.Double, 1, t, hq, e);
+            Tensor dy = on(Fixtures.normal(ScalarType.Double, 1, t, hq, e), device);
             long D = PowerAttention.stateDim(d, p);
-            Tensor w = Fixtures.normal(ScalarType.Double, 1, h, D, e);
+            Tensor w = on(Fixtures.normal(ScalarType.Double, 1, h, D, e), device);
             Tensor[] r = new Tensor[4];
             Tensor[] u = new Tensor[4];
             for (int i = 0; i < 4; ++i) {
-                r[i] = torch.randn(x[i].sizes().vec().get(), Fixtures.f64());
-                u[i] = torch.randn(x[i].sizes().vec().get(), Fixtures.f64());
+                r[i] = on(torch.randn(x[i].sizes().vec().get(), Fixtures.f64()), device);
+                u[i] = on(torch.randn(x[i].sizes().vec().get(), Fixtures.f64()), device);
+                x[i] = on(x[i], device);
             }
             // analytic: H with a graph, then its gradient
             Tensor[] leaves = new Tensor[4];
@@ -63,6 +70,10 @@ class SecondDerivativeTest {
                         numeric));
             }
         }
+    }
+
+    private static Tensor on(Tensor x, Device device) {
+        return device == null ? x : x.to(device, ScalarType.Double);
     }
 
     private static double hAt(Tensor[] x, Tensor[] u, double step, Tensor dy, Tensor w, Tensor[] r, long chunk,
