@@ -146,8 +146,8 @@ TileShape<T> tile_shape(const Problem& pr, int64_t R, int64_t C, int64_t tq0, in
 // kernels single-threaded inside at::parallel_for, but an OpenBLAS built with pthreads (Bytedeco's) starts its
 // own threads in every call: 2 heads x 2 BLAS threads on 2 cores was 4x slower than 1 BLAS thread (t = 4096,
 // chunk 64). So OpenBLAS is held at one thread for the duration, in every OpenBLAS the process has loaded: Bytedeco's
-// LibTorch links libopenblas_nolapack.so.0 and its openblas preset loads libopenblas.so.0 beside it (session 3's
-// perf profile found the guard holding only the latter while LibTorch's GEMMs ran on the former, threaded).
+// LibTorch links libopenblas_nolapack.so.0 and its openblas preset loads libopenblas.so.0 beside it (a perf
+// profile found a guard holding only the latter while LibTorch's GEMMs ran on the former, threaded).
 class SingleThreadedBlas {
  public:
   SingleThreadedBlas() {
