@@ -74,18 +74,11 @@ class CudaReliabilityTest {
     void finiteAndRight(Case c) {
         try (PointerScope scope = new PointerScope()) {
             manual_seed(c.toString().hashCode());
-            long b = 1, hq = 4, h = 2, d = 64, e = 64;
-            Tensor q = Fixtures.normal(c.dtype(), b, c.t(), hq, d).mul(new Scalar(c.magnitude()));
-            Tensor k = Fixtures.normal(c.dtype(), b, c.t(), h, d).mul(new Scalar(c.magnitude()));
-            q = q.to(c.dtype()).to(ScalarType.Double);
-            k = k.to(c.dtype()).to(ScalarType.Double);
-            Tensor v = Fixtures.normal(c.dtype(), b, c.t(), h, e);
+            long d = 64;
             ScalarType gateType = ScalarType.Float;
-            Tensor logG = c.gates().draw(b, c.t(), h);
-            if (logG != null) {
-                logG = logG.to(gateType).to(ScalarType.Double);
-            }
-            Tensor dy = Fixtures.normal(c.dtype(), b, c.t(), hq, e);
+            ReliabilityTest.Inputs in = ReliabilityTest.Inputs.draw(c.t(), 4, 2, d, c.magnitude(), c.gates(), c.dtype(),
+                    gateType);
+            Tensor q = in.q(), k = in.k(), v = in.v(), logG = in.logG(), dy = in.dy();
             double scale = 1 / Math.sqrt(d);
             Tensor[] ref = Oracle.logSpaceWithGradients(q, k, v, logG, dy, 2, scale, 0);
             Tensor[] moved = Oracle.logSpaceWithGradients(q, k, v, logG, dy, 2, scale, 0x1p-24);

@@ -61,6 +61,24 @@ class ReliabilityTest {
         }
     }
 
+    /**
+     * The inputs of a hostile case in fp64, rounded through the dtypes the op sees (q and k after their magnitude):
+     * b = 1, t tokens, hq query and h key/value heads, d = e; N(0, 1) values, gates drawn by {@code gates}.
+     */
+    record Inputs(Tensor q, Tensor k, Tensor v, Tensor logG, Tensor dy) {
+        static Inputs draw(long t, long hq, long h, long d, double magnitude, Gates gates, ScalarType dtype,
+                ScalarType gateType) {
+            Tensor q = Fixtures.normal(dtype, 1, t, hq, d).mul(new Scalar(magnitude)).to(dtype).to(ScalarType.Double);
+            Tensor k = Fixtures.normal(dtype, 1, t, h, d).mul(new Scalar(magnitude)).to(dtype).to(ScalarType.Double);
+            Tensor v = Fixtures.normal(dtype, 1, t, h, d);
+            Tensor logG = gates.draw(1, t, h);
+            if (logG != null) {
+                logG = logG.to(gateType).to(ScalarType.Double);
+            }
+            return new Inputs(q, k, v, logG, Fixtures.normal(dtype, 1, t, hq, d));
+        }
+    }
+
     /** One hostile input; {@code chunk == 0} is the quadratic form; q and k are N(0, 1) times {@code magnitude}. */
     record Case(long t, long chunk, int p, Gates gates, double magnitude, double scale, ScalarType dtype) {
         @Override
@@ -109,19 +127,9 @@ class ReliabilityTest {
     void finiteAndRight(Case c) {
         try (PointerScope scope = new PointerScope()) {
             manual_seed(c.toString().hashCode());
-            long b = 1, hq = 2, h = 1, d = 16, e = 16;
-            Tensor q = Fixtures.normal(c.dtype(), b, c.t(), hq, d).mul(new Scalar(c.magnitude()));
-            Tensor k = Fixtures.normal(c.dtype(), b, c.t(), h, d).mul(new Scalar(c.magnitude()));
-            // the values the op sees, rounded through its dtype (the magnitude too)
-            q = q.to(c.dtype()).to(ScalarType.Double);
-            k = k.to(c.dtype()).to(ScalarType.Double);
-            Tensor v = Fixtures.normal(c.dtype(), b, c.t(), h, e);
             ScalarType gateType = c.dtype() == ScalarType.Double ? ScalarType.Double : ScalarType.Float;
-            Tensor logG = c.gates().draw(b, c.t(), h);
-            if (logG != null) {
-                logG = logG.to(gateType).to(ScalarType.Double);  // the gates the op sees
-            }
-            Tensor dy = Fixtures.normal(c.dtype(), b, c.t(), hq, e);
+            Inputs in = Inputs.draw(c.t(), 2, 1, 16, c.magnitude(), c.gates(), c.dtype(), gateType);
+            Tensor q = in.q(), k = in.k(), v = in.v(), logG = in.logG(), dy = in.dy();
 
             Tensor[] ref = Oracle.logSpaceWithGradients(q, k, v, logG, dy, c.p(), c.scale(), 0);
             // The problem's own conditioning: how much the exact answer moves when every input moves by one
