@@ -51,7 +51,9 @@ final class Oracle {
         Tensor s = qh.matmul(kh.transpose(2, 3)).mul(new Scalar(scale));                            // [b, hq, t, t]
         Tensor causal = ones(new long[] {t, t}, new TensorOptions(ScalarType.Double)).tril();
         Tensor visible = causal.gt(new Scalar(0.5)).logical_and(s.ne(new Scalar(0.0)));
-        Tensor logw = s.abs().log().mul(new Scalar((double) p));
+        // log|s| where s != 0 (masked there anyway): keeps log's backward finite at exact zeros
+        Tensor nonzero = torch.where(visible, s.abs(), torch.ones_like(s));
+        Tensor logw = nonzero.log().mul(new Scalar((double) p));
         if (logG != null) {
             Tensor G = repeatHeads(logG.to(ScalarType.Double).cumsum(1), g).permute(0, 2, 1);
             logw = logw.add(G.unsqueeze(3).sub(G.unsqueeze(2)));

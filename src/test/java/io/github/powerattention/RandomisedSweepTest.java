@@ -41,11 +41,12 @@ class RandomisedSweepTest {
         long e = 1 + r.nextInt(20);
         long chunk = r.nextInt(3) == 0 ? 0 : 1 + r.nextInt((int) t + 8);
         int gateKind = r.nextInt(4);  // none, standard, N(0, 2) either sign, strong negative
-        boolean fp32 = r.nextInt(3) == 0;
+        ScalarType[] dtypes = {ScalarType.Double, ScalarType.Double, ScalarType.Float, ScalarType.BFloat16,
+            ScalarType.Half};
+        ScalarType dt = dtypes[r.nextInt(dtypes.length)];
         boolean strided = r.nextBoolean();
         boolean pieces = chunk > 0 && t > 1 && r.nextInt(3) == 0;
-        ScalarType dt = fp32 ? ScalarType.Float : ScalarType.Double;
-        ScalarType gt = fp32 ? ScalarType.Float : ScalarType.Double;
+        ScalarType gt = dt == ScalarType.Double ? ScalarType.Double : ScalarType.Float;
         String what = String.format("seed %d: b%d t%d hq%d h%d d%d e%d p%d chunk %d gates %d %s%s%s", seed, b, t,
                 h * g, h, d, e, p, chunk, gateKind, Fixtures.dtypeName(dt), strided ? " strided" : "",
                 pieces ? " pieces" : "");
@@ -96,20 +97,30 @@ class RandomisedSweepTest {
             double widen = p % 2 == 1 ? 10 : 1;
             double fy = Fixtures.forwardTolerance(dt) * widen, fg = Fixtures.gradientTolerance(dt) * widen;
             assertClose(y, ref.detach(), fy, what + " Y");
-            assertClose(iv.grad(), rv.grad(), fg, what + " dV");
+            // an odd degree's signed normaliser can near zero: gradients past fp16's 65504 are inf there, rightly
+            double limit = dt == ScalarType.Half ? 65504 : Double.POSITIVE_INFINITY;
+            checkGradient(iv.grad(), rv.grad(), fg, limit, what + " dV");
             if (t > 1) {
                 if (d == 1) {
                     // Y depends on a one-dimensional q only through its sign: dQ is zero exactly, noise here
                     Fixtures.assertFinite(iq.grad(), what + " dQ");
                 } else {
-                    assertClose(iq.grad(), rq.grad(), fg, what + " dQ");
+                    checkGradient(iq.grad(), rq.grad(), fg, limit, what + " dQ");
                 }
-                assertClose(ik.grad(), rk.grad(), fg, what + " dK");
+                checkGradient(ik.grad(), rk.grad(), fg, limit, what + " dK");
                 if (xg != null) {
-                    assertClose(xg.grad(), rg.grad(), fg, what + " dlogG");
+                    checkGradient(xg.grad(), rg.grad(), fg, Double.POSITIVE_INFINITY, what + " dlogG");
                 }
             }
         }
+    }
+
+    /** assertClose, unless the true gradient leaves the range of the gradient's dtype ({@code limit}). */
+    private static void checkGradient(Tensor got, Tensor want, double tolerance, double limit, String what) {
+        if (want.abs().max().item_double() > limit) {
+            return;
+        }
+        assertClose(got, want, tolerance, what);
     }
 
     private static PowerAttentionOptions options(Tensor logG, int p, long chunk) {
