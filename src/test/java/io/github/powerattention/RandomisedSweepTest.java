@@ -10,6 +10,7 @@ import java.util.Random;
 import java.util.stream.IntStream;
 
 import org.bytedeco.javacpp.PointerScope;
+import org.bytedeco.pytorch.NoGradGuard;
 import org.bytedeco.pytorch.Scalar;
 import org.bytedeco.pytorch.Tensor;
 import org.bytedeco.pytorch.TensorVector;
@@ -97,6 +98,17 @@ class RandomisedSweepTest {
             double widen = p % 2 == 1 ? 10 : 1;
             double fy = Fixtures.forwardTolerance(dt) * widen, fg = Fixtures.gradientTolerance(dt) * widen;
             assertClose(y, ref.detach(), fy, what + " Y");
+            if (t > 1 && seed % 3 == 0) {
+                // a decode step for the last token from the state of the others equals the full forward there
+                try (NoGradGuard ng = new NoGradGuard()) {
+                    long n = t - 1;
+                    PowerAttentionResult prompt = PowerAttention.prefill(xq.narrow(1, 0, n), xk.narrow(1, 0, n),
+                            xv.narrow(1, 0, n), options(xg == null ? null : xg.narrow(1, 0, n), p, chunk));
+                    PowerAttentionResult step = PowerAttention.decodeStep(xq.select(1, n), xk.select(1, n),
+                            xv.select(1, n), xg == null ? null : xg.select(1, n), prompt.state(), p);
+                    assertClose(step.output(), ref.detach().select(1, n), fy, what + " decode step");
+                }
+            }
             // an odd degree's signed normaliser can near zero: gradients past fp16's 65504 are inf there, rightly
             double limit = dt == ScalarType.Half ? 65504 : Double.POSITIVE_INFINITY;
             checkGradient(iv.grad(), rv.grad(), fg, limit, what + " dV");
