@@ -502,8 +502,8 @@ int run_tests() {
   // weight on the first few tokens), mixed N(0, 1) and N(0, 3), strong decay -20 (a row's weight on its own key). With
   // 16-bit inputs the chunked form's +0.05 counts as concentrated too: nearly all of every row's weight then comes
   // through the bf16 states, and the gate gradient's reverse cumsum cancels their rounding (measured 1.3-4.9e-2 on an
-  // H200; y, dq, dk, dv stay within SPEC §7). Then the t = 1024, chunk 256; the unfused state side (fp32,
-  // degrees 1, 3, 4, d != e).
+  // H200; y, dq, dk, dv stay within SPEC §7). Then t = 1024, chunk 256 (where NaN was first reported); the unfused
+  // state side (fp32, degrees 1, 3, 4, d != e).
   struct Mode {
     double mean, std;
     bool concentrated;

@@ -107,10 +107,7 @@ class CudaReliabilityTest {
                     }
                     continue;
                 }
-                double spec = i == 0 ? Fixtures.forwardTolerance(c.dtype()) : Fixtures.gradientTolerance(c.dtype());
-                double conditioning = Fixtures.relativeError(moved[i], ref[i]);
-                assertClose(x, ref[i], Math.max(spec, 16 * conditioning),
-                        String.format("%s %s (conditioning %.1e)", c, names[i], conditioning));
+                ReliabilityTest.assertWithinConditioning(x, ref[i], moved[i], c.dtype(), i > 0, c + " " + names[i]);
             }
         }
     }

@@ -161,10 +161,7 @@ class ReliabilityTest {
                     assertFinite(got[i], c + " " + names[i]);
                     continue;
                 }
-                double spec = i == 0 ? Fixtures.forwardTolerance(c.dtype()) : Fixtures.gradientTolerance(c.dtype());
-                double conditioning = Fixtures.relativeError(moved[i], ref[i]);
-                assertClose(got[i], ref[i], Math.max(spec, 16 * conditioning),
-                        String.format("%s %s (conditioning %.1e)", c, names[i], conditioning));
+                assertWithinConditioning(got[i], ref[i], moved[i], c.dtype(), i > 0, c + " " + names[i]);
             }
         }
     }
@@ -173,6 +170,18 @@ class ReliabilityTest {
      * The log-space oracle's Y and gradients {dQ, dK, dV, dlogG} (the cotangent dy), on the inputs multiplied by
      * (1 + eps N(0, 1)) elementwise (eps = 0: the inputs themselves).
      */
+    /**
+     * got against the oracle's ref at SPEC §7's tolerance for dtype (forward or gradient), widened to 16 times the
+     * problem's conditioning: ref's relative change when every input moves by one rounding (moved).
+     */
+    static void assertWithinConditioning(Tensor got, Tensor ref, Tensor moved, ScalarType dtype, boolean gradient,
+            String what) {
+        double spec = gradient ? Fixtures.gradientTolerance(dtype) : Fixtures.forwardTolerance(dtype);
+        double conditioning = Fixtures.relativeError(moved, ref);
+        assertClose(got, ref, Math.max(spec, 16 * conditioning), String.format("%s (conditioning %.1e)", what,
+                conditioning));
+    }
+
     /** A state returned after strongly positive gates would overflow: refused before any work, naming log_G. */
     @Test
     void overflowingStateIsRefused() {
