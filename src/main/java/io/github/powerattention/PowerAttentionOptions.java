@@ -4,20 +4,20 @@ import java.util.Objects;
 import java.util.OptionalDouble;
 import java.util.OptionalLong;
 
-import org.bytedeco.pytorch.Tensor;
-
 /**
- * Immutable options of {@link PowerAttention#powerFull}: the gates, the degree, the scale and the chunk size.
+ * The settings of {@link PowerAttention}'s calls: the degree, the scale and the form (quadratic, or chunked with a
+ * chunk size). Immutable and holding no tensor, so one object serves every layer, every call and every thread.
+ * The log gates are an input of each call, not an option.
  *
  * <pre>{@code
- * PowerAttentionOptions o = PowerAttentionOptions.builder()
- *         .logG(logG)        // [b, t, h], optional: per-token log forget gate, e.g. logsigmoid(x)
+ * PowerAttentionOptions options = PowerAttentionOptions.builder()
  *         .degree(2)         // p >= 1, default 2
  *         .chunkSize(128)    // optional: the chunked linear-cost form; absent: the quadratic form
  *         .build();
+ * Tensor y = PowerAttention.powerFull(q, k, v, logG, options);   // logG [b, t, h] or null
  * }</pre>
  *
- * {@link Builder#build()} checks every value; tensor shapes are checked by the op itself.
+ * {@link Builder#build()} checks every value (with the op's own messages); tensor shapes are checked by the op.
  */
 public final class PowerAttentionOptions {
     /** The default degree: 2, the workhorse of the paper. */
@@ -25,40 +25,33 @@ public final class PowerAttentionOptions {
 
     private static final PowerAttentionOptions DEFAULTS = builder().build();
 
-    private final Tensor logG;
     private final int degree;
     private final OptionalDouble scale;
     private final OptionalLong chunkSize;
 
     private PowerAttentionOptions(Builder b) {
-        this.logG = b.logG;
         this.degree = b.degree;
         this.scale = b.scale;
         this.chunkSize = b.chunkSize;
     }
 
-    /** Degree 2, default scale, no gating, the quadratic form. */
+    /** Degree 2, the default scale {@code 1 / sqrt(d)}, the quadratic form. */
     public static PowerAttentionOptions defaults() {
         return DEFAULTS;
     }
 
+    /** A builder starting from {@link #defaults()}. */
     public static Builder builder() {
         return new Builder();
     }
 
-    /** A builder holding this object's values. */
+    /** A builder holding this object's values, to derive other options from it. */
     public Builder toBuilder() {
         Builder b = new Builder();
-        b.logG = logG;
         b.degree = degree;
         b.scale = scale;
         b.chunkSize = chunkSize;
         return b;
-    }
-
-    /** The log forget gates {@code [b, t, h]}, or {@code null} for no gating. */
-    public Tensor logG() {
-        return logG;
     }
 
     /** The power p. */
@@ -80,24 +73,30 @@ public final class PowerAttentionOptions {
     public String toString() {
         return "PowerAttentionOptions{degree=" + degree
                 + ", scale=" + (scale.isPresent() ? scale.getAsDouble() : "1/sqrt(d)")
-                + ", chunkSize=" + (chunkSize.isPresent() ? chunkSize.getAsLong() : "none (quadratic)")
-                + ", gated=" + (logG != null) + "}";
+                + ", chunkSize=" + (chunkSize.isPresent() ? chunkSize.getAsLong() : "none (quadratic)") + "}";
     }
 
-    /** Builds {@link PowerAttentionOptions}; {@link #build()} validates. */
+    @Override
+    public boolean equals(Object o) {
+        if (!(o instanceof PowerAttentionOptions)) {
+            return false;
+        }
+        PowerAttentionOptions x = (PowerAttentionOptions) o;
+        return degree == x.degree && scale.equals(x.scale) && chunkSize.equals(x.chunkSize);
+    }
+
+    @Override
+    public int hashCode() {
+        return Objects.hash(degree, scale, chunkSize);
+    }
+
+    /** Builds {@link PowerAttentionOptions}; {@link #build()} validates. Not thread-safe; what it builds is. */
     public static final class Builder {
-        private Tensor logG;
         private int degree = DEFAULT_DEGREE;
         private OptionalDouble scale = OptionalDouble.empty();
         private OptionalLong chunkSize = OptionalLong.empty();
 
         private Builder() {}
-
-        /** Per-token log forget gates {@code [b, t, h]} (any floating dtype, computed in fp32); null: none. */
-        public Builder logG(Tensor logG) {
-            this.logG = logG;
-            return this;
-        }
 
         /** The power p >= 1. Even powers give positive weights; odd powers are signed (see the README). */
         public Builder degree(int degree) {
@@ -129,7 +128,11 @@ public final class PowerAttentionOptions {
             return this;
         }
 
-        /** @throws IllegalArgumentException naming the bad value */
+        /**
+         * The options; the op checks the same values with the same messages, so these fail where they are made.
+         *
+         * @throws IllegalArgumentException naming the bad value
+         */
         public PowerAttentionOptions build() {
             if (degree < 1) {
                 throw new IllegalArgumentException("power_full: deg must be >= 1, got " + degree);
@@ -142,24 +145,7 @@ public final class PowerAttentionOptions {
                 throw new IllegalArgumentException(
                         "power_full: chunk_size must be >= 1, got " + chunkSize.getAsLong());
             }
-            if (logG != null && logG.isNull()) {
-                throw new IllegalArgumentException("power_full: log_G is a released tensor (null native pointer)");
-            }
             return new PowerAttentionOptions(this);
         }
-    }
-
-    @Override
-    public boolean equals(Object o) {
-        if (!(o instanceof PowerAttentionOptions)) {
-            return false;
-        }
-        PowerAttentionOptions x = (PowerAttentionOptions) o;
-        return degree == x.degree && scale.equals(x.scale) && chunkSize.equals(x.chunkSize) && logG == x.logG;
-    }
-
-    @Override
-    public int hashCode() {
-        return Objects.hash(degree, scale, chunkSize, System.identityHashCode(logG));
     }
 }

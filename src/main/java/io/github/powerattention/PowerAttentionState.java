@@ -17,8 +17,9 @@ import static org.bytedeco.pytorch.global.torch.ScalarType;
  * </pre>
  * with {@code D = PowerAttention.stateDim(d, degree)} and phi's index layout as in the README (multi-indices
  * {@code a_1 <= ... <= a_p} in lexicographic order). The state after a prefix makes the rest of a sequence
- * computable without the prefix: {@link PowerAttention#powerFull(Tensor, Tensor, Tensor, PowerAttentionOptions,
- * PowerAttentionState)} continues from it, {@link PowerAttention#decodeStep} advances it by one token.
+ * computable without the prefix: {@link PowerAttention#prefill} makes one, {@link PowerAttention#continueFrom}
+ * continues a sequence from it, {@link PowerAttention#decodeStep} advances it by one token. Those calls return a new
+ * state and leave the one passed in as it was.
  *
  * <p>Owns its two tensors: {@link #close()} releases them. The state can carry autograd history (so a long
  * sequence can be trained in pieces with gradients through the carried state); {@link #detach()} cuts it.

@@ -8,7 +8,7 @@ import java.util.ArrayList;
 import java.util.List;
 import java.util.stream.Stream;
 
-import io.github.powerattention.global.power_attention;
+import io.github.powerattention.internal.power_attention;
 import org.bytedeco.javacpp.PointerScope;
 import org.bytedeco.pytorch.Tensor;
 import org.junit.jupiter.params.ParameterizedTest;
@@ -85,11 +85,11 @@ class ChunkedFormTest {
         Tensor xq = Fixtures.leaf(q, ScalarType.Double), xk = Fixtures.leaf(k, ScalarType.Double);
         Tensor xv = Fixtures.leaf(v, ScalarType.Double);
         Tensor xg = logG == null ? null : Fixtures.leaf(logG, ScalarType.Double);
-        PowerAttentionOptions.Builder o = PowerAttentionOptions.builder().logG(xg).degree(p);
+        PowerAttentionOptions.Builder o = PowerAttentionOptions.builder().degree(p);
         if (chunk > 0) {
             o.chunkSize(chunk);
         }
-        Tensor y = PowerAttention.powerFull(xq, xk, xv, o.build());
+        Tensor y = PowerAttention.powerFull(xq, xk, xv, xg, o.build());
         y.mul(dy).sum().backward();
         return new Tensor[] {y, xq.grad(), xk.grad(), xv.grad(), xg == null ? null : xg.grad()};
     }

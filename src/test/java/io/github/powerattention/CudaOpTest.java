@@ -93,8 +93,8 @@ class CudaOpTest {
     /** Output and the gradients of {@code sum(Y * dy)} for the inputs marked in {@code want} (q, k, v, logG). */
     record Run(Tensor y, Tensor dq, Tensor dk, Tensor dv, Tensor dlogG) {}
 
-    static PowerAttentionOptions options(Case c, Tensor logG) {
-        PowerAttentionOptions.Builder o = PowerAttentionOptions.builder().logG(logG).degree(c.p());
+    static PowerAttentionOptions options(Case c) {
+        PowerAttentionOptions.Builder o = PowerAttentionOptions.builder().degree(c.p());
         if (c.chunk() > 0) {
             o.chunkSize(c.chunk());
         }
@@ -108,7 +108,7 @@ class CudaOpTest {
         Tensor k = on(in.k(), device, dtype).requires_grad_(want[1]);
         Tensor v = on(in.v(), device, dtype).requires_grad_(want[2]);
         Tensor g = in.logG() == null ? null : on(in.logG(), device, gateType).requires_grad_(want[3]);
-        Tensor y = PowerAttention.powerFull(q, k, v, options(c, g));
+        Tensor y = PowerAttention.powerFull(q, k, v, g, options(c));
         assertEquals(dtype, y.scalar_type().intern(), "output dtype");
         assertEquals(device.is_cuda(), y.is_cuda(), "output device");
         if (want[0] || want[1] || want[2] || want[3]) {
@@ -185,19 +185,18 @@ class CudaOpTest {
             Inputs in = Inputs.of(c);
             Tensor q = on(in.q(), CUDA, dt), k = on(in.k(), CUDA, dt), v = on(in.v(), CUDA, dt);
             Tensor g = on(in.logG(), CUDA, ScalarType.Float);
-            Tensor whole = cpu(PowerAttention.powerFull(q, k, v, options(c, g)));
+            Tensor whole = cpu(PowerAttention.powerFull(q, k, v, g, options(c)));
             Run ref = run(c, in, new Device("cpu"), ScalarType.Double, new boolean[4]);
             assertClose(whole, ref.y(), Fixtures.forwardTolerance(dt), c + " whole");
 
             long split = 77;     // inside the second chunk
             Tensor y;
             try (PowerAttentionResult first = PowerAttention.prefill(q.narrow(1, 0, split), k.narrow(1, 0, split),
-                    v.narrow(1, 0, split), options(c, g.narrow(1, 0, split)))) {
+                    v.narrow(1, 0, split), g.narrow(1, 0, split), options(c))) {
                 assertTrue(first.state().S().is_cuda(), "the state stays on the GPU");
                 long rest = c.t() - split;
-                try (PowerAttentionResult second = PowerAttention.powerFull(q.narrow(1, split, rest),
-                        k.narrow(1, split, rest), v.narrow(1, split, rest), options(c, g.narrow(1, split, rest)),
-                        first.state())) {
+                try (PowerAttentionResult second = PowerAttention.continueFrom(first.state(), q.narrow(1, split, rest),
+                        k.narrow(1, split, rest), v.narrow(1, split, rest), g.narrow(1, split, rest), options(c))) {
                     y = cat(new TensorVector(cpu(first.output()), cpu(second.output())), 1);
                 }
             }
@@ -205,9 +204,9 @@ class CudaOpTest {
 
             long n = c.t() - 1;
             try (PowerAttentionResult prompt = PowerAttention.prefill(q.narrow(1, 0, n), k.narrow(1, 0, n),
-                    v.narrow(1, 0, n), options(c, g.narrow(1, 0, n)));
-                 PowerAttentionResult step = PowerAttention.decodeStep(q.select(1, n), k.select(1, n), v.select(1, n),
-                    g.select(1, n), prompt.state(), c.p())) {
+                    v.narrow(1, 0, n), g.narrow(1, 0, n), options(c));
+                 PowerAttentionResult step = PowerAttention.decodeStep(prompt.state(), q.select(1, n), k.select(1, n),
+                    v.select(1, n), g.select(1, n), options(c))) {
                 assertClose(cpu(step.output()), ref.y().select(1, n), Fixtures.forwardTolerance(dt),
                         c + " decode step");
             }
@@ -226,7 +225,7 @@ class CudaOpTest {
                     e.getMessage());
             Tensor gCpu = zeros(new long[] {1, 8, 2}, new TensorOptions(ScalarType.Float));
             IllegalArgumentException eg = assertThrows(IllegalArgumentException.class, () -> PowerAttention.powerFull(
-                    q, v, v, PowerAttentionOptions.builder().logG(gCpu).build()));
+                    q, v, v, gCpu, PowerAttentionOptions.defaults()));
             assertEquals("power_full: log_G must be on Q's device cuda:0, got cpu", eg.getMessage());
         }
     }
@@ -238,10 +237,10 @@ class CudaOpTest {
             Tensor q = randn(new long[] {1, 8, 2, 16}, new TensorOptions(ScalarType.Float)).to(CUDA, ScalarType.Float);
             PowerAttentionOptions o = PowerAttentionOptions.builder().chunkSize(4).build();
             IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
-                    () -> PowerAttention.powerFull(q, q, q, o, cpuState));
+                    () -> PowerAttention.continueFrom(cpuState, q, q, q, null, o));
             assertEquals("power_full: the state must be on Q's device cuda:0, got S on cpu, s on cpu", e.getMessage());
             IllegalArgumentException d = assertThrows(IllegalArgumentException.class,
-                    () -> PowerAttention.decodeStep(q.select(1, 0), q.select(1, 0), q.select(1, 0), null, cpuState, 2));
+                    () -> PowerAttention.decodeStep(cpuState, q.select(1, 0), q.select(1, 0), q.select(1, 0), null, o));
             assertTrue(d.getMessage().startsWith("power_full: "), d.getMessage());
             assertTrue(d.getMessage().contains("cuda:0") && d.getMessage().contains("cpu"), d.getMessage());
         }
@@ -332,7 +331,7 @@ class CudaOpTest {
                 k.requires_grad_(true);
                 v.requires_grad_(true);
                 g.requires_grad_(true);
-                Tensor y = PowerAttention.powerFull(q, k, v, options(c, g));
+                Tensor y = PowerAttention.powerFull(q, k, v, g, options(c));
                 y2 = y.mul(new Scalar(2.0));                      // queued after the op on the same stream
                 y.to(ScalarType.Double).mul(dySrc).sum().backward();
                 grads = new Tensor[] {q.grad(), k.grad(), v.grad(), g.grad()};

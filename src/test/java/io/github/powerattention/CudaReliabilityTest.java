@@ -85,11 +85,11 @@ class CudaReliabilityTest {
 
             Tensor xq = cudaLeaf(q, c.dtype()), xk = cudaLeaf(k, c.dtype()), xv = cudaLeaf(v, c.dtype());
             Tensor xg = logG != null ? cudaLeaf(logG, gateType) : null;
-            PowerAttentionOptions.Builder o = PowerAttentionOptions.builder().logG(xg);
+            PowerAttentionOptions.Builder o = PowerAttentionOptions.builder();
             if (c.chunk() > 0) {
                 o.chunkSize(c.chunk());
             }
-            Tensor y = PowerAttention.powerFull(xq, xk, xv, o.build());
+            Tensor y = PowerAttention.powerFull(xq, xk, xv, xg, o.build());
             y.to(ScalarType.Double).mul(dy.to(CUDA, ScalarType.Double)).sum().backward();
             Tensor[] got = {y, xq.grad(), xk.grad(), xv.grad(), xg != null ? xg.grad() : null};
             String[] names = {"Y", "dQ", "dK", "dV", "dlogG"};
@@ -126,8 +126,8 @@ class CudaReliabilityTest {
                 Tensor y;
                 try (org.bytedeco.pytorch.NoGradGuard ng = new org.bytedeco.pytorch.NoGradGuard()) {
                     y = PowerAttention.powerFull(q.to(CUDA, dt), k.to(CUDA, dt), v.to(CUDA, dt),
-                            PowerAttentionOptions.builder().logG(logG.to(CUDA, ScalarType.Float)).chunkSize(256)
-                                    .build()).cpu().to(ScalarType.Double);
+                            logG.to(CUDA, ScalarType.Float), PowerAttentionOptions.builder().chunkSize(256).build())
+                            .cpu().to(ScalarType.Double);
                 }
                 assertFinite(y, "t 65536 " + dt + " Y");
                 for (long row : new long[] {0, 255, 256, 4097, 33333, 65535}) {

@@ -20,15 +20,15 @@ import org.junit.jupiter.api.Test;
  */
 class GradientTest {
 
-    private static PowerAttentionOptions options(Tensor logG, int p, long chunk) {
-        PowerAttentionOptions.Builder b = PowerAttentionOptions.builder().logG(logG).degree(p);
+    private static PowerAttentionOptions options(int p, long chunk) {
+        PowerAttentionOptions.Builder b = PowerAttentionOptions.builder().degree(p);
         return chunk > 0 ? b.chunkSize(chunk).build() : b.build();
     }
 
     /** L = sum(Y * W) for a fixed random W. */
     private static double loss(Tensor q, Tensor k, Tensor v, Tensor logG, Tensor w, int p, long chunk) {
         try (NoGradGuard guard = new NoGradGuard()) {
-            return PowerAttention.powerFull(q, k, v, options(logG, p, chunk)).mul(w).sum().item_double();
+            return PowerAttention.powerFull(q, k, v, logG, options(p, chunk)).mul(w).sum().item_double();
         }
     }
 
@@ -42,7 +42,7 @@ class GradientTest {
             Tensor v = Fixtures.normal(ScalarType.Double, 1, 9, 1, 3).requires_grad_(true);
             Tensor logG = Fixtures.gates(1, 9, 1).requires_grad_(true);
             Tensor w = Fixtures.normal(ScalarType.Double, 1, 9, 2, 3);
-            PowerAttention.powerFull(q, k, v, options(logG, p, chunk)).mul(w).sum().backward();
+            PowerAttention.powerFull(q, k, v, logG, options(p, chunk)).mul(w).sum().backward();
             Tensor[] inputs = {q, k, v, logG};
             String[] names = {"Q", "K", "V", "log_G"};
             double h = 1e-6;
@@ -83,10 +83,10 @@ class GradientTest {
             Tensor q = Fixtures.normal(ScalarType.Float, 1, 50, 2, 16).to(ScalarType.Float).requires_grad_(true);
             Tensor k = Fixtures.normal(ScalarType.Float, 1, 50, 2, 16).to(ScalarType.Float);
             Tensor v = Fixtures.normal(ScalarType.Float, 1, 50, 2, 16).to(ScalarType.Float);
-            Tensor with = PowerAttention.powerFull(q, k, v, options(null, 2, 16));
+            Tensor with = PowerAttention.powerFull(q, k, v, null, options(2, 16));
             assertTrue(with.requires_grad(), "grad mode: output requires grad");
             try (NoGradGuard guard = new NoGradGuard()) {
-                Tensor without = PowerAttention.powerFull(q, k, v, options(null, 2, 16));
+                Tensor without = PowerAttention.powerFull(q, k, v, null, options(2, 16));
                 assertFalse(without.requires_grad(), "no-grad: output does not require grad");
                 assertClose(without, with.detach(), 1e-6, "no-grad output");
             }
@@ -106,18 +106,18 @@ class GradientTest {
                 // reference: everything requires grad
                 Tensor rq = Fixtures.leaf(q, ScalarType.Double), rk = Fixtures.leaf(k, ScalarType.Double);
                 Tensor rv = Fixtures.leaf(v, ScalarType.Double), rg = Fixtures.leaf(logG, ScalarType.Double);
-                PowerAttention.powerFull(rq, rk, rv, options(rg, 2, chunk)).mul(dy).sum().backward();
+                PowerAttention.powerFull(rq, rk, rv, rg, options(2, chunk)).mul(dy).sum().backward();
                 // only V, then only log_G, then only K
                 Tensor xv = Fixtures.leaf(v, ScalarType.Double);
-                PowerAttention.powerFull(q, k, xv, options(logG, 2, chunk)).mul(dy).sum().backward();
+                PowerAttention.powerFull(q, k, xv, logG, options(2, chunk)).mul(dy).sum().backward();
                 assertClose(xv.grad(), rv.grad(), 1e-12, "c" + chunk + " dV alone");
                 Tensor xg = Fixtures.leaf(logG, ScalarType.Double);
-                PowerAttention.powerFull(q, k, v, options(xg, 2, chunk)).mul(dy).sum().backward();
+                PowerAttention.powerFull(q, k, v, xg, options(2, chunk)).mul(dy).sum().backward();
                 assertClose(xg.grad(), rg.grad(), 1e-12, "c" + chunk + " dlogG alone");
                 Tensor xk = Fixtures.leaf(k, ScalarType.Double);
-                PowerAttention.powerFull(q, xk, v, options(logG, 2, chunk)).mul(dy).sum().backward();
+                PowerAttention.powerFull(q, xk, v, logG, options(2, chunk)).mul(dy).sum().backward();
                 assertClose(xk.grad(), rk.grad(), 1e-12, "c" + chunk + " dK alone");
-                Tensor none = PowerAttention.powerFull(q, k, v, options(logG, 2, chunk));
+                Tensor none = PowerAttention.powerFull(q, k, v, logG, options(2, chunk));
                 assertFalse(none.requires_grad(), "no input requires grad");
             }
         }
@@ -137,13 +137,13 @@ class GradientTest {
             for (long chunk : new long[] {0, 16}) {
                 Tensor xq = q.detach().requires_grad_(true), xk = k.detach().requires_grad_(true);
                 Tensor xv = v.detach().requires_grad_(true), xg = logG.detach().requires_grad_(true);
-                Tensor y = PowerAttention.powerFull(xq, xk, xv, options(xg, 2, chunk));
+                Tensor y = PowerAttention.powerFull(xq, xk, xv, xg, options(2, chunk));
                 y.mul(dy).sum().backward();
                 Tensor cq = Fixtures.leaf(q.contiguous(), ScalarType.Double);
                 Tensor ck = Fixtures.leaf(k.contiguous(), ScalarType.Double);
                 Tensor cv = Fixtures.leaf(v.contiguous(), ScalarType.Double);
                 Tensor cg = Fixtures.leaf(logG.contiguous(), ScalarType.Double);
-                Tensor yc = PowerAttention.powerFull(cq, ck, cv, options(cg, 2, chunk));
+                Tensor yc = PowerAttention.powerFull(cq, ck, cv, cg, options(2, chunk));
                 yc.mul(dy).sum().backward();
                 assertClose(y, yc, 1e-14, "c" + chunk + " Y");
                 assertClose(xq.grad(), cq.grad(), 1e-14, "c" + chunk + " dQ");

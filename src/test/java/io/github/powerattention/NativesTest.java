@@ -18,7 +18,7 @@ class NativesTest {
     @Test
     void loadsTheNativesOfThisBuild() {
         String expected = System.getProperty("power_attention.natives", Loader.getPlatform());
-        Loader.load(io.github.powerattention.global.power_attention.class);
+        Loader.load(io.github.powerattention.internal.power_attention.class);
         Map<String, String> loaded = Loader.getLoadedLibraries();
         assertEquals(expected, platformFolderOf(loaded, "jnipower_attention"), "our JNI library, loaded " + loaded);
         assertEquals(expected, platformFolderOf(loaded, "jnitorch"), "LibTorch's JNI library, loaded " + loaded);

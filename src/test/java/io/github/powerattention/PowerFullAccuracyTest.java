@@ -75,11 +75,11 @@ class PowerFullAccuracyTest {
             ScalarType gateType = c.dtype() == ScalarType.Double ? ScalarType.Double : ScalarType.Float;
             Tensor xq = Fixtures.leaf(q, c.dtype()), xk = Fixtures.leaf(k, c.dtype()), xv = Fixtures.leaf(v, c.dtype());
             Tensor xg = c.gated() ? Fixtures.leaf(logG, gateType) : null;
-            PowerAttentionOptions.Builder o = PowerAttentionOptions.builder().logG(xg).degree(c.p());
+            PowerAttentionOptions.Builder o = PowerAttentionOptions.builder().degree(c.p());
             if (c.chunk() > 0) {
                 o.chunkSize(c.chunk());
             }
-            Tensor y = PowerAttention.powerFull(xq, xk, xv, o.build());
+            Tensor y = PowerAttention.powerFull(xq, xk, xv, xg, o.build());
             assertEquals(c.dtype(), y.scalar_type().intern(), "output dtype");
             assertEquals(4, y.dim());
             assertEquals(c.e(), y.size(3));

@@ -83,13 +83,13 @@ class RandomisedSweepTest {
                 long cut = 1 + new Random(seed).nextInt((int) t - 1);
                 long rest = t - cut;
                 PowerAttentionResult first = PowerAttention.prefill(xq.narrow(1, 0, cut), xk.narrow(1, 0, cut),
-                        xv.narrow(1, 0, cut), options(xg == null ? null : xg.narrow(1, 0, cut), p, chunk));
-                PowerAttentionResult second = PowerAttention.powerFull(xq.narrow(1, cut, rest),
+                        xv.narrow(1, 0, cut), xg == null ? null : xg.narrow(1, 0, cut), options(p, chunk));
+                PowerAttentionResult second = PowerAttention.continueFrom(first.state(), xq.narrow(1, cut, rest),
                         xk.narrow(1, cut, rest), xv.narrow(1, cut, rest),
-                        options(xg == null ? null : xg.narrow(1, cut, rest), p, chunk), first.state());
+                        xg == null ? null : xg.narrow(1, cut, rest), options(p, chunk));
                 y = cat(new TensorVector(first.output(), second.output()), 1);
             } else {
-                y = PowerAttention.powerFull(xq, xk, xv, options(xg, p, chunk));
+                y = PowerAttention.powerFull(xq, xk, xv, xg, options(p, chunk));
             }
             y.to(ScalarType.Double).mul(dy).sum().backward();
 
@@ -103,9 +103,9 @@ class RandomisedSweepTest {
                 try (NoGradGuard ng = new NoGradGuard()) {
                     long n = t - 1;
                     PowerAttentionResult prompt = PowerAttention.prefill(xq.narrow(1, 0, n), xk.narrow(1, 0, n),
-                            xv.narrow(1, 0, n), options(xg == null ? null : xg.narrow(1, 0, n), p, chunk));
-                    PowerAttentionResult step = PowerAttention.decodeStep(xq.select(1, n), xk.select(1, n),
-                            xv.select(1, n), xg == null ? null : xg.select(1, n), prompt.state(), p);
+                            xv.narrow(1, 0, n), xg == null ? null : xg.narrow(1, 0, n), options(p, chunk));
+                    PowerAttentionResult step = PowerAttention.decodeStep(prompt.state(), xq.select(1, n),
+                            xk.select(1, n), xv.select(1, n), xg == null ? null : xg.select(1, n), options(p, chunk));
                     assertClose(step.output(), ref.detach().select(1, n), fy, what + " decode step");
                 }
             }
@@ -135,8 +135,8 @@ class RandomisedSweepTest {
         assertClose(got, want, tolerance, what);
     }
 
-    private static PowerAttentionOptions options(Tensor logG, int p, long chunk) {
-        PowerAttentionOptions.Builder o = PowerAttentionOptions.builder().logG(logG).degree(p);
+    private static PowerAttentionOptions options(int p, long chunk) {
+        PowerAttentionOptions.Builder o = PowerAttentionOptions.builder().degree(p);
         return chunk > 0 ? o.chunkSize(chunk).build() : o.build();
     }
 

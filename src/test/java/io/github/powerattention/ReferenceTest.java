@@ -5,7 +5,7 @@ import static org.bytedeco.pytorch.global.torch.ScalarType;
 import static org.bytedeco.pytorch.global.torch.manual_seed;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 
-import io.github.powerattention.global.power_attention;
+import io.github.powerattention.internal.power_attention;
 import org.bytedeco.javacpp.PointerScope;
 import org.bytedeco.pytorch.Scalar;
 import org.bytedeco.pytorch.ScalarTypeOptional;

@@ -30,7 +30,7 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.MethodSource;
 
-import io.github.powerattention.global.power_attention;
+import io.github.powerattention.internal.power_attention;
 
 /**
  * Hostile but legal inputs (SPEC §7): log gates of either sign and any size, mixed within a sequence, tiny and huge
@@ -141,11 +141,11 @@ class ReliabilityTest {
 
             Tensor xq = Fixtures.leaf(q, c.dtype()), xk = Fixtures.leaf(k, c.dtype()), xv = Fixtures.leaf(v, c.dtype());
             Tensor xg = logG != null ? Fixtures.leaf(logG, gateType) : null;
-            PowerAttentionOptions.Builder o = PowerAttentionOptions.builder().logG(xg).degree(c.p()).scale(c.scale());
+            PowerAttentionOptions.Builder o = PowerAttentionOptions.builder().degree(c.p()).scale(c.scale());
             if (c.chunk() > 0) {
                 o.chunkSize(c.chunk());
             }
-            Tensor y = PowerAttention.powerFull(xq, xk, xv, o.build());
+            Tensor y = PowerAttention.powerFull(xq, xk, xv, xg, o.build());
             y.to(ScalarType.Double).mul(dy).sum().backward();
 
             Tensor[] got = {y, xq.grad(), xk.grad(), xv.grad(), xg != null ? xg.grad() : null};
@@ -188,18 +188,17 @@ class ReliabilityTest {
         try (PointerScope scope = new PointerScope()) {
             Tensor q = randn(1, 64, 1, 8), k = randn(1, 64, 1, 8), v = randn(1, 64, 1, 8);
             Tensor logG = torch.full(new long[] {1, 64, 1}, new Scalar(5.0));
-            PowerAttentionOptions options = PowerAttentionOptions.builder().logG(logG).chunkSize(16).build();
+            PowerAttentionOptions options = PowerAttentionOptions.builder().chunkSize(16).build();
             IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
-                    () -> PowerAttention.prefill(q, k, v, options));
+                    () -> PowerAttention.prefill(q, k, v, logG, options));
             assertTrue(e.getMessage().startsWith("power_full: log_G adds up to exp(G_t - G_j) = exp(315"),
                     e.getMessage());
             // the same gates without a returned state are served, and finite
-            Tensor y = PowerAttention.powerFull(q, k, v, options);
+            Tensor y = PowerAttention.powerFull(q, k, v, logG, options);
             assertFinite(y, "Y with log gates +5 a token");
             // and mild positive gates with a state are served too, pieces equal to the whole
             Tensor mild = torch.full(new long[] {1, 64, 1}, new Scalar(0.3));
-            PowerAttentionOptions mo = PowerAttentionOptions.builder().logG(mild).chunkSize(16).build();
-            try (PowerAttentionResult whole = PowerAttention.prefill(q, k, v, mo)) {
+            try (PowerAttentionResult whole = PowerAttention.prefill(q, k, v, mild, options)) {
                 assertClose(whole.output(), Oracle.powerFullLogSpace(q, k, v, mild, 2, 1 / Math.sqrt(8)), 1e-5,
                         "Y with log gates +0.3 and a state");
                 assertFinite(whole.state().S(), "state S after log gates +0.3");
@@ -249,8 +248,8 @@ class ReliabilityTest {
             Tensor logG = base.view(2, 77, 2, 16).select(3, 0).narrow(2, 0, 1).mul(new Scalar(2.0)).contiguous()
                     .detach().requires_grad_(true);
             long chunk = id % 2 == 0 ? 16 : 0;
-            PowerAttentionOptions.Builder o = PowerAttentionOptions.builder().logG(logG);
-            Tensor y = PowerAttention.powerFull(q, k, v, chunk > 0 ? o.chunkSize(chunk).build() : o.build());
+            PowerAttentionOptions.Builder o = PowerAttentionOptions.builder();
+            Tensor y = PowerAttention.powerFull(q, k, v, logG, chunk > 0 ? o.chunkSize(chunk).build() : o.build());
             y.mul(y).sum().backward();
             return new double[] {y.sum().item_double(), q.grad().abs().sum().item_double(),
                 k.grad().abs().sum().item_double(), v.grad().abs().sum().item_double(),
@@ -292,8 +291,8 @@ class ReliabilityTest {
                 Tensor logG = torch.full(new long[] {1, 8, 1}, new Scalar(-0.1)).requires_grad_(true);
                 Tensor y;
                 if (op) {
-                    PowerAttentionOptions.Builder o = PowerAttentionOptions.builder().logG(logG);
-                    y = PowerAttention.powerFull(q, k, v, i % 2 == 0 ? o.chunkSize(4).build() : o.build());
+                    PowerAttentionOptions.Builder o = PowerAttentionOptions.builder();
+                    y = PowerAttention.powerFull(q, k, v, logG, i % 2 == 0 ? o.chunkSize(4).build() : o.build());
                 } else {
                     // attention-like work of the same size with plain ops
                     Tensor s = q.view(8, 2, 8).transpose(0, 1).matmul(k.view(8, 8).t()).mul(logG.view(1, 8).exp());

@@ -88,14 +88,14 @@ class SecondDerivativeTest {
     /** H = sum_i <dL/dx_i, r_i>, L = <Y, dy> (+ <S, w>); with a graph when {@code graph}. */
     private static Tensor h(Tensor[] x, Tensor dy, Tensor w, Tensor[] r, long chunk, boolean stateful, int p,
             boolean graph) {
-        PowerAttentionOptions.Builder b = PowerAttentionOptions.builder().logG(x[3]).degree(p);
+        PowerAttentionOptions.Builder b = PowerAttentionOptions.builder().degree(p);
         PowerAttentionOptions options = chunk > 0 ? b.chunkSize(chunk).build() : b.build();
         Tensor loss;
         if (stateful) {
-            PowerAttentionResult out = PowerAttention.prefill(x[0], x[1], x[2], options);
+            PowerAttentionResult out = PowerAttention.prefill(x[0], x[1], x[2], x[3], options);
             loss = out.output().mul(dy).sum().add(out.state().S().mul(w).sum());
         } else {
-            loss = PowerAttention.powerFull(x[0], x[1], x[2], options).mul(dy).sum();
+            loss = PowerAttention.powerFull(x[0], x[1], x[2], x[3], options).mul(dy).sum();
         }
         TensorVector grads = torch.grad(new TensorVector(loss), new TensorVector(x[0], x[1], x[2], x[3]),
                 new TensorVector(), new BoolOptional(true), graph, false);

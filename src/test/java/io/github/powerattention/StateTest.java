@@ -30,8 +30,8 @@ import org.junit.jupiter.params.provider.CsvSource;
  */
 class StateTest {
 
-    private static PowerAttentionOptions options(Tensor logG, int p, long chunk) {
-        PowerAttentionOptions.Builder b = PowerAttentionOptions.builder().logG(logG).degree(p);
+    private static PowerAttentionOptions options(int p, long chunk) {
+        PowerAttentionOptions.Builder b = PowerAttentionOptions.builder().degree(p);
         return chunk > 0 ? b.chunkSize(chunk).build() : b.build();
     }
 
@@ -47,14 +47,15 @@ class StateTest {
             Tensor logG = gated ? Fixtures.gates(2, t, 2).requires_grad_(true) : null;
             Tensor dy = Fixtures.normal(ScalarType.Double, 2, t, 4, 8);
 
-            Tensor whole = PowerAttention.powerFull(q, k, v, options(logG, p, chunk));
+            Tensor whole = PowerAttention.powerFull(q, k, v, logG, options(p, chunk));
             Tensor[] wholeGrads = grads(whole, dy, q, k, v, logG);
 
             long r = t - split;
+            PowerAttentionOptions options = options(p, chunk);
             PowerAttentionResult first = PowerAttention.prefill(q.narrow(1, 0, split), k.narrow(1, 0, split),
-                    v.narrow(1, 0, split), options(gated ? logG.narrow(1, 0, split) : null, p, chunk));
-            PowerAttentionResult second = PowerAttention.powerFull(q.narrow(1, split, r), k.narrow(1, split, r),
-                    v.narrow(1, split, r), options(gated ? logG.narrow(1, split, r) : null, p, chunk), first.state());
+                    v.narrow(1, 0, split), gated ? logG.narrow(1, 0, split) : null, options);
+            PowerAttentionResult second = PowerAttention.continueFrom(first.state(), q.narrow(1, split, r),
+                    k.narrow(1, split, r), v.narrow(1, split, r), gated ? logG.narrow(1, split, r) : null, options);
             Tensor pieces = cat(new TensorVector(first.output(), second.output()), 1);
             assertClose(pieces, whole, 1e-9, "Y in pieces (split " + split + ")");
             Tensor[] pieceGrads = grads(pieces, dy, q, k, v, logG);
@@ -85,11 +86,12 @@ class StateTest {
             Tensor k = Fixtures.normal(ScalarType.Double, 2, t, 1, d);
             Tensor v = Fixtures.normal(ScalarType.Double, 2, t, 1, 8);
             Tensor logG = gated ? Fixtures.gates(2, t, 1) : null;
-            Tensor full = PowerAttention.powerFull(q, k, v, options(logG, p, 64));
+            PowerAttentionOptions options = options(p, 64);
+            Tensor full = PowerAttention.powerFull(q, k, v, logG, options);
             PowerAttentionState state = PowerAttentionState.zeros(2, 1, d, 8, p);
             for (long i = 0; i < t; i++) {
-                PowerAttentionResult r = PowerAttention.decodeStep(q.select(1, i), k.select(1, i), v.select(1, i),
-                        gated ? logG.select(1, i) : null, state, p);
+                PowerAttentionResult r = PowerAttention.decodeStep(state, q.select(1, i), k.select(1, i),
+                        v.select(1, i), gated ? logG.select(1, i) : null, options);
                 assertClose(r.output(), full.select(1, i), 1e-9, "decode step " + i);
                 state.close();  // the old state is no longer needed
                 state = r.state();
@@ -112,20 +114,20 @@ class StateTest {
                 Tensor q0 = Fixtures.normal(ScalarType.Double, 1, 9, hq, d);
                 Tensor k0 = Fixtures.normal(ScalarType.Double, 1, 9, 1, d);
                 Tensor v0 = Fixtures.normal(ScalarType.Double, 1, 9, 1, e);
-                state = PowerAttention.prefill(q0, k0, v0, options(Fixtures.gates(1, 9, 1), p, 4)).state();
+                state = PowerAttention.prefill(q0, k0, v0, Fixtures.gates(1, 9, 1), options(p, 4)).state();
             }
             Tensor q = Fixtures.normal(ScalarType.Double, 1, hq, d);
             Tensor k = Fixtures.normal(ScalarType.Double, 1, 1, d);
             Tensor v = Fixtures.normal(ScalarType.Double, 1, 1, e);
             Tensor logG = Fixtures.gates(1, 1, 1).select(1, 0);
             Tensor qg = q.clone().requires_grad_(true);
-            PowerAttentionResult differentiable = PowerAttention.decodeStep(qg, k, v, logG, state, p);
+            PowerAttentionResult differentiable = PowerAttention.decodeStep(state, qg, k, v, logG, options(p, 0));
             differentiable.output().sum().backward();
             double[] grad = new double[(int) (hq * d)];
             Tensor gq = qg.grad().contiguous();
             for (int i = 0; i < grad.length; i++) grad[i] = gq.view(-1).select(0, i).item_double();
             try (NoGradGuard guard = new NoGradGuard()) {
-                PowerAttentionResult fused = PowerAttention.decodeStep(q, k, v, logG, state, p);
+                PowerAttentionResult fused = PowerAttention.decodeStep(state, q, k, v, logG, options(p, 0));
                 assertClose(differentiable.output().detach(), fused.output(), 1e-12, "output");
                 assertClose(differentiable.state().S().detach(), fused.state().S(), 1e-12, "S");
                 assertClose(differentiable.state().s().detach(), fused.state().s(), 1e-12, "s");
@@ -134,8 +136,8 @@ class StateTest {
                     Tensor qp = q.clone(), qm = q.clone();
                     qp.view(-1).select(0, i).add_(new org.bytedeco.pytorch.Scalar(h));
                     qm.view(-1).select(0, i).sub_(new org.bytedeco.pytorch.Scalar(h));
-                    double fp = PowerAttention.decodeStep(qp, k, v, logG, state, p).output().sum().item_double();
-                    double fm = PowerAttention.decodeStep(qm, k, v, logG, state, p).output().sum().item_double();
+                    double fp = PowerAttention.decodeStep(state, qp, k, v, logG, options(p, 0)).output().sum().item_double();
+                    double fm = PowerAttention.decodeStep(state, qm, k, v, logG, options(p, 0)).output().sum().item_double();
                     double fd = (fp - fm) / (2 * h);
                     assertEquals(fd, grad[i], 1e-6 * Math.max(1, Math.abs(fd)), "d y / d q[" + i + "]");
                 }
@@ -158,7 +160,8 @@ class StateTest {
                     .requires_grad_(true);
             Tensor w = Fixtures.normal(ScalarType.Double, 1, 7, 2, e);
             Tensor wS = Fixtures.normal(ScalarType.Double, 1, 1, D, e);
-            PowerAttentionResult r = PowerAttention.powerFull(q, k, v, options(logG, 2, 3), PowerAttentionState.of(S0, s0));
+            PowerAttentionResult r = PowerAttention.continueFrom(PowerAttentionState.of(S0, s0), q, k, v, logG,
+                    options(2, 3));
             r.output().mul(w).sum().add(r.state().S().mul(wS).sum()).backward();
             for (Tensor x : new Tensor[] {S0, s0}) {
                 Tensor flat = x.detach().view(-1);
@@ -182,7 +185,8 @@ class StateTest {
 
     private static double loss(Tensor q, Tensor k, Tensor v, Tensor logG, Tensor S0, Tensor s0, Tensor w, Tensor wS) {
         try (NoGradGuard guard = new NoGradGuard()) {
-            PowerAttentionResult r = PowerAttention.powerFull(q, k, v, options(logG, 2, 3), PowerAttentionState.of(S0, s0));
+            PowerAttentionResult r = PowerAttention.continueFrom(PowerAttentionState.of(S0, s0), q, k, v, logG,
+                    options(2, 3));
             return r.output().mul(w).sum().item_double() + r.state().S().mul(wS).sum().item_double();
         }
     }
@@ -196,13 +200,13 @@ class StateTest {
             Tensor k = Fixtures.normal(ScalarType.BFloat16, 1, t, 2, 16);
             Tensor v = Fixtures.normal(ScalarType.BFloat16, 1, t, 2, 16);
             Tensor logG = Fixtures.gates(1, t, 2);
-            Tensor ref = PowerAttention.powerFull(q, k, v, options(logG, 2, 256));  // fp64 inputs: the reference
+            Tensor ref = PowerAttention.powerFull(q, k, v, logG, options(2, 256));  // fp64 inputs: the reference
             Tensor qb = q.to(ScalarType.BFloat16), kb = k.to(ScalarType.BFloat16), vb = v.to(ScalarType.BFloat16);
             PowerAttentionState state = PowerAttentionState.zeros(1, 2, 16, 16, 2);
             Tensor[] ys = new Tensor[(int) t];
             for (long i = 0; i < t; i++) {
-                PowerAttentionResult r = PowerAttention.decodeStep(qb.select(1, i), kb.select(1, i),
-                        vb.select(1, i), logG.select(1, i).to(ScalarType.Float), state, 2);
+                PowerAttentionResult r = PowerAttention.decodeStep(state, qb.select(1, i), kb.select(1, i),
+                        vb.select(1, i), logG.select(1, i).to(ScalarType.Float), PowerAttentionOptions.defaults());
                 ys[(int) i] = r.output();
                 state.close();
                 state = r.state();
@@ -220,7 +224,7 @@ class StateTest {
             Tensor q = Fixtures.normal(ScalarType.Float, 1, 20, 2, 8).to(ScalarType.Float);
             Tensor k = Fixtures.normal(ScalarType.Float, 1, 20, 2, 8).to(ScalarType.Float);
             Tensor v = Fixtures.normal(ScalarType.Float, 1, 20, 2, 8).to(ScalarType.Float);
-            PowerAttentionState state = PowerAttention.prefill(q, k, v, options(null, 2, 8)).state();
+            PowerAttentionState state = PowerAttention.prefill(q, k, v, null, options(2, 8)).state();
             File file = Files.createTempFile("state", ".pt").toFile();
             file.deleteOnExit();
             OutputArchive out = new OutputArchive();
@@ -242,7 +246,7 @@ class StateTest {
             Tensor v = Fixtures.normal(ScalarType.Double, 1, 20, 2, 8);
             PowerAttentionState wrong = PowerAttentionState.zeros(1, 2, 8, 4, 2);
             IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
-                    () -> PowerAttention.powerFull(q, k, v, options(null, 2, 8), wrong));
+                    () -> PowerAttention.continueFrom(wrong, q, k, v, null, options(2, 8)));
             assertEquals("power_full: state S must have shape [b, h, D, e] = [1, 2, 36, 8], got [1, 2, 36, 4]",
                     e.getMessage());
         }

@@ -6,7 +6,7 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
-import io.github.powerattention.global.power_attention;
+import io.github.powerattention.internal.power_attention;
 import org.bytedeco.javacpp.PointerScope;
 import org.bytedeco.pytorch.Tensor;
 import org.junit.jupiter.api.AfterEach;
@@ -41,9 +41,6 @@ class ValidationTest {
         assertEquals(message, e.getMessage());
     }
 
-    private static PowerAttentionOptions gated(Tensor logG) {
-        return PowerAttentionOptions.builder().logG(logG).build();
-    }
 
     @Test
     void keyHeadDimension() {
@@ -98,19 +95,19 @@ class ValidationTest {
     @Test
     void gateShape() {
         assertArgument("power_full: log_G must have shape [b, t, h] = [2, 128, 4], got [2, 128, 1]",
-                () -> PowerAttention.powerFull(q, k, v, gated(randn(2, 128, 1))));
+                () -> PowerAttention.powerFull(q, k, v, randn(2, 128, 1), PowerAttentionOptions.defaults()));
     }
 
     @Test
     void gateRank() {
         assertArgument("power_full: log_G must have 3 dimensions [b, t, h], got 4 dimensions [2, 128, 4, 1]",
-                () -> PowerAttention.powerFull(q, k, v, gated(randn(2, 128, 4, 1))));
+                () -> PowerAttention.powerFull(q, k, v, randn(2, 128, 4, 1), PowerAttentionOptions.defaults()));
     }
 
     @Test
     void gateDtype() {
         assertArgument("power_full: log_G must have a floating dtype, got Long",
-                () -> PowerAttention.powerFull(q, k, v, gated(logG.to(ScalarType.Long))));
+                () -> PowerAttention.powerFull(q, k, v, logG.to(ScalarType.Long), PowerAttentionOptions.defaults()));
     }
 
     @Test
@@ -155,6 +152,57 @@ class ValidationTest {
     void nullTensor() {
         NullPointerException e = assertThrows(NullPointerException.class, () -> PowerAttention.powerFull(q, null, v));
         assertEquals("power_full: K must not be null", e.getMessage());
+    }
+
+    @Test
+    void nullOptions() {
+        NullPointerException e = assertThrows(NullPointerException.class,
+                () -> PowerAttention.powerFull(q, k, v, logG, null));
+        assertEquals("power_full: options must not be null (PowerAttentionOptions.defaults())", e.getMessage());
+    }
+
+    @Test
+    void releasedGates() {
+        Tensor released = randn(2, 128, 4);
+        released.close();
+        assertArgument("power_full: log_G is a released tensor (null native pointer)",
+                () -> PowerAttention.powerFull(q, k, v, released, PowerAttentionOptions.defaults()));
+    }
+
+    @Test
+    void nullState() {
+        NullPointerException c = assertThrows(NullPointerException.class,
+                () -> PowerAttention.continueFrom(null, q, k, v, logG, PowerAttentionOptions.defaults()));
+        assertEquals("power_full: continuing from a state needs a state (prefill makes the first one)",
+                c.getMessage());
+        NullPointerException d = assertThrows(NullPointerException.class, () -> PowerAttention.decodeStep(null,
+                q.select(1, 0), k.select(1, 0), v.select(1, 0), null, PowerAttentionOptions.defaults()));
+        assertEquals("power_full: a decode step needs a state (prefill makes the first one)", d.getMessage());
+    }
+
+    @Test
+    void statefulCallsNameTheArgument() {
+        PowerAttentionOptions o = PowerAttentionOptions.builder().chunkSize(32).build();
+        assertArgument("power_full: K must have shape [b, t, h, d] = [2, 128, 4, 64], got [2, 128, 4, 32]",
+                () -> PowerAttention.prefill(q, randn(2, 128, 4, 32), v, logG, o));
+        try (PowerAttentionState state = PowerAttentionState.zeros(2, 4, 64, 32, 2)) {
+            assertArgument("power_full: log_G must have shape [b, t, h] = [2, 128, 4], got [2, 128, 1]",
+                    () -> PowerAttention.continueFrom(state, q, k, v, randn(2, 128, 1), o));
+            assertArgument("power_full: log_G must have shape [b, h] = [2, 4], got [2, 1]",
+                    () -> PowerAttention.decodeStep(state, q.select(1, 0), k.select(1, 0), v.select(1, 0),
+                            randn(2, 1), o));
+            assertArgument("power_full: Q must have 3 dimensions [b, hq, d], got 4 dimensions [2, 128, 4, 64]",
+                    () -> PowerAttention.decodeStep(state, q, k.select(1, 0), v.select(1, 0), null, o));
+        }
+        try (PowerAttentionState wrong = PowerAttentionState.zeros(2, 4, 64, 16, 2)) {
+            assertArgument("power_full: state S must have shape [b, h, D, e] = [2, 4, 2080, 32], got [2, 4, 2080, 16]",
+                    () -> PowerAttention.decodeStep(wrong, q.select(1, 0), k.select(1, 0), v.select(1, 0), null, o));
+        }
+        try (PowerAttentionState degree3 = PowerAttentionState.zeros(2, 4, 64, 32, 3)) {
+            // a state made for another degree than the options': D differs
+            assertArgument("power_full: state S must have shape [b, h, D, e] = [2, 4, 2080, 32], got [2, 4, 45760, 32]",
+                    () -> PowerAttention.decodeStep(degree3, q.select(1, 0), k.select(1, 0), v.select(1, 0), null, o));
+        }
     }
 
     @Test

@@ -77,7 +77,7 @@ public class AttentionJmh {
         v = randn(new long[] {B, t, H, D}, f32).requires_grad_(true);
         logG = log_sigmoid(randn(new long[] {B, t, H}, f32).add(new Scalar(3.0))).detach().requires_grad_(true);
         dy = randn(new long[] {B, t, H, D}, f32);
-        options = PowerAttentionOptions.builder().logG(logG).degree(2).chunkSize(CHUNK).build();
+        options = PowerAttentionOptions.builder().degree(2).chunkSize(CHUNK).build();
     }
 
     @TearDown(Level.Trial)
@@ -90,7 +90,7 @@ public class AttentionJmh {
             return scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                     new TensorOptional(), 0.0, true, new DoubleOptional(), false).transpose(1, 2);
         }
-        return PowerAttention.powerFull(q, k, v, options);
+        return PowerAttention.powerFull(q, k, v, logG, options);
     }
 
     /** The forward alone, without autograd's bookkeeping. */

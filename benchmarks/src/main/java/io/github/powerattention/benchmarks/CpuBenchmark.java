@@ -68,6 +68,9 @@ public final class CpuBenchmark {
     static Row measure(String kernel, long t, long chunk, int runs) {
         double[] ms = new double[runs];
         double peak = 0;
+        PowerAttentionOptions options = chunk > 0
+                ? PowerAttentionOptions.builder().degree(2).chunkSize(chunk).build()
+                : PowerAttentionOptions.defaults();
         for (int r = -1; r < runs; r++) {  // r = -1: warm-up
             try (PointerScope scope = new PointerScope()) {
                 manual_seed(r + 1);
@@ -85,8 +88,7 @@ public final class CpuBenchmark {
                     y = scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                             new TensorOptional(), 0.0, true, new DoubleOptional(), false).transpose(1, 2);
                 } else {
-                    y = PowerAttention.powerFull(q, k, v,
-                            PowerAttentionOptions.builder().logG(logG).degree(2).chunkSize(chunk).build());
+                    y = PowerAttention.powerFull(q, k, v, logG, options);
                 }
                 y.backward(dy, new org.bytedeco.pytorch.BoolOptional(), false, new org.bytedeco.pytorch.TensorArrayRefOptional());
                 double elapsed = (System.nanoTime() - start) / 1e6;

@@ -41,6 +41,8 @@ public final class DecodeBenchmark {
                 CpuBenchmark.cpuName());
         System.out.printf(Locale.ROOT, "%8s  %16s  %14s  %16s  %14s  %16s%n", "context", "power step ms", "state MiB",
                 "power full ms", "sdpa+KV ms", "KV cache MiB");
+        // degree 2; the full forward's chunk size (the decode step uses the degree only)
+        PowerAttentionOptions options = PowerAttentionOptions.builder().degree(2).chunkSize(128).build();
         try (NoGradGuard guard = new NoGradGuard()) {
             for (long t : contexts) {
                 try (PointerScope scope = new PointerScope()) {
@@ -50,7 +52,7 @@ public final class DecodeBenchmark {
                     Tensor q1 = randn(new long[] {1, H, D}, f32), k1 = randn(new long[] {1, H, D}, f32);
                     Tensor v1 = randn(new long[] {1, H, D}, f32);
                     Tensor g1 = log_sigmoid(randn(new long[] {1, H}, f32).add(new Scalar(3.0)));
-                    double step = median(20, () -> PowerAttention.decodeStep(q1, k1, v1, g1, state, 2).close());
+                    double step = median(20, () -> PowerAttention.decodeStep(state, q1, k1, v1, g1, options).close());
                     double stateMiB = (state.S().numel() + state.s().numel()) * 4 / 1048576.0;
 
                     double full = Double.NaN;
@@ -58,8 +60,7 @@ public final class DecodeBenchmark {
                         Tensor q = randn(new long[] {1, t, H, D}, f32), k = randn(new long[] {1, t, H, D}, f32);
                         Tensor v = randn(new long[] {1, t, H, D}, f32);
                         Tensor g = log_sigmoid(randn(new long[] {1, t, H}, f32).add(new Scalar(3.0)));
-                        PowerAttentionOptions o = PowerAttentionOptions.builder().logG(g).chunkSize(128).build();
-                        full = median(3, () -> PowerAttention.powerFull(q, k, v, o).close());
+                        full = median(3, () -> PowerAttention.powerFull(q, k, v, g, options).close());
                     }
 
                     Tensor kc = randn(new long[] {1, H, t, D}, f32), vc = randn(new long[] {1, H, t, D}, f32);

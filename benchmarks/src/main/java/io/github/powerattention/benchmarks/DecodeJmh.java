@@ -10,6 +10,7 @@ import static org.bytedeco.pytorch.global.torch.set_num_threads;
 import java.util.concurrent.TimeUnit;
 
 import io.github.powerattention.PowerAttention;
+import io.github.powerattention.PowerAttentionOptions;
 import io.github.powerattention.PowerAttentionResult;
 import io.github.powerattention.PowerAttentionState;
 import org.bytedeco.javacpp.PointerScope;
@@ -46,6 +47,7 @@ import org.openjdk.jmh.annotations.Warmup;
 @Measurement(iterations = 3, time = 1)
 public class DecodeJmh {
     static final long H = 8, D = 64;
+    static final PowerAttentionOptions OPTIONS = PowerAttentionOptions.builder().degree(2).build();
 
     @Param({"1024", "4096", "16384"})
     public long t;
@@ -93,7 +95,7 @@ public class DecodeJmh {
     public double step() {
         try (PointerScope s = new PointerScope(); NoGradGuard g = new NoGradGuard()) {
             if (kernel.equals("power")) {
-                try (PowerAttentionResult r = PowerAttention.decodeStep(q1, k1, v1, g1, state, 2)) {
+                try (PowerAttentionResult r = PowerAttention.decodeStep(state, q1, k1, v1, g1, OPTIONS)) {
                     return r.output().sum().item_double();
                 }
             }

@@ -205,10 +205,12 @@ public final class Gpt extends Module {
         private final Tensor wo;     // [C, nHead*hd]
         private final Tensor wg;     // [nKvHead, C]   gates (power attention with gating)
         private final Tensor bg;     // [nKvHead]
+        private final PowerAttentionOptions options;   // degree and form, shared by every call
 
         Attention(GptConfig cfg, double std, double projStd) {
             super("Attention");
             this.cfg = cfg;
+            this.options = powerOptions(cfg);
             int c = cfg.nEmbd();
             int hd = cfg.headDim();
             wq = register(this, "q_weight", normal(std, (long) cfg.nHead() * hd, c));
@@ -250,11 +252,11 @@ public final class Gpt extends Module {
 
         private Tensor power(Tensor q, Tensor k, Tensor v, Tensor logG, PowerAttentionState[] slot) {
             if (slot == null) {
-                return PowerAttention.powerFull(q, k, v, options(logG));
+                return PowerAttention.powerFull(q, k, v, logG, options);
             }
             PowerAttentionState previous = slot[0];
             if (previous == null) {
-                PowerAttentionResult r = PowerAttention.prefill(q, k, v, options(logG));
+                PowerAttentionResult r = PowerAttention.prefill(q, k, v, logG, options);
                 slot[0] = r.state();
                 return r.output();
             }
@@ -262,15 +264,15 @@ public final class Gpt extends Module {
                 throw new IllegalArgumentException("decoding from a state takes one token at a time, got t = "
                         + q.size(1));
             }
-            PowerAttentionResult r = PowerAttention.decodeStep(q.select(1, 0), k.select(1, 0), v.select(1, 0),
-                    logG == null ? null : logG.select(1, 0), previous, cfg.degree());
+            PowerAttentionResult r = PowerAttention.decodeStep(previous, q.select(1, 0), k.select(1, 0),
+                    v.select(1, 0), logG == null ? null : logG.select(1, 0), options);
             previous.close();
             slot[0] = r.state();
             return r.output().unsqueeze(1);
         }
 
-        private PowerAttentionOptions options(Tensor logG) {
-            PowerAttentionOptions.Builder o = PowerAttentionOptions.builder().degree(cfg.degree()).logG(logG);
+        private static PowerAttentionOptions powerOptions(GptConfig cfg) {
+            PowerAttentionOptions.Builder o = PowerAttentionOptions.builder().degree(cfg.degree());
             if (cfg.chunkSize() > 0) {
                 o.chunkSize(cfg.chunkSize());
             }

@@ -116,6 +116,7 @@ public final class GpuTrainerBenchmark {
             Tensor v = randn(new long[] {b, t, HEADS, HEAD_DIM}, bf16).requires_grad_(true);
             Tensor g = log_sigmoid(randn(new long[] {b, t, HEADS}, f32).add(new Scalar(3.0))).requires_grad_(true);
             Tensor dy = randn(new long[] {b, t, HEADS, HEAD_DIM}, bf16);
+            PowerAttentionOptions options = PowerAttentionOptions.builder().degree(2).chunkSize(chunk).build();
             double[] ms = new double[7];
             for (int i = 0; i < ms.length; i++) {
                 try (PointerScope s = new PointerScope()) {
@@ -124,8 +125,7 @@ public final class GpuTrainerBenchmark {
                     Tensor y = kernel.equals("sdpa")
                             ? scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                     new TensorOptional(), 0.0, true, new DoubleOptional(), false).transpose(1, 2)
-                            : PowerAttention.powerFull(q, k, v, PowerAttentionOptions.builder().logG(g).degree(2)
-                                    .chunkSize(chunk).build());
+                            : PowerAttention.powerFull(q, k, v, g, options);
                     y.mul(dy).sum().backward();
                     torch_cuda.device_synchronize();
                     ms[i] = (System.nanoTime() - t0) / 1e6;

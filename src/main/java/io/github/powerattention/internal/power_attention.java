@@ -1,4 +1,4 @@
-package io.github.powerattention.global;
+package io.github.powerattention.internal;
 
 import java.io.IOException;
 import java.net.URL;
@@ -19,20 +19,25 @@ import org.bytedeco.pytorch.TensorVector;
 import io.github.powerattention.PowerAttentionException;
 
 /**
- * Raw natives of {@code src/main/cpp/power_attention.h}. Internal: users call
- * {@link io.github.powerattention.PowerAttention}. Errors are typed here already: a bad argument (the C++ checks'
- * {@code ArgumentError}, message {@code "power_full: ..."}) throws {@link IllegalArgumentException}, every other
- * native failure {@link PowerAttentionException} (the C++ binding functions mark them apart, {@code errors.h}).
+ * Raw natives of {@code src/main/cpp/power_attention.h}, and the loading of LibTorch's natives and ours. Internal
+ * (the module does not export this package): users call {@link io.github.powerattention.PowerAttention}. Errors are
+ * typed here already: a bad argument (the C++ checks' {@code ArgumentError}, message {@code "power_full: ..."})
+ * throws {@link IllegalArgumentException}, every other native failure {@link PowerAttentionException} (the C++
+ * binding functions mark them apart, {@code errors.h}).
+ *
+ * <p>JavaCPP finds the JNI library {@code jnipower_attention} as the resource
+ * {@code io/github/powerattention/<platform><extension>/} of the natives JAR ({@code linux-x86_64},
+ * {@code linux-x86_64-gpu}, ...): it looks in this class's package first, then in its parents.
  */
-@Properties(inherit = io.github.powerattention.presets.power_attention.class)
+@Properties(inherit = io.github.powerattention.internal.presets.power_attention.class)
 public class power_attention {
     static {
         // first: JavaCPP's OpenBLAS version check, without its known warning (reading LibTorch's presets, as
         // cacheLinkedLibraries and Loader.load do, initialises OpenBLAS's presets and runs it)
-        io.github.powerattention.presets.OpenBlasVersionCheck.run();
+        io.github.powerattention.internal.presets.OpenBlasVersionCheck.run();
         cacheLinkedLibraries(org.bytedeco.pytorch.global.torch.class);
         Loader.load(org.bytedeco.pytorch.global.torch.class);
-        Loader.load();
+        Loader.load(power_attention.class);
     }
 
     /**

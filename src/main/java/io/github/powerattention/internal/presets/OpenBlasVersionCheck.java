@@ -1,4 +1,4 @@
-package io.github.powerattention.presets;
+package io.github.powerattention.internal.presets;
 
 import java.io.IOException;
 import java.io.InputStream;
@@ -9,7 +9,7 @@ import org.bytedeco.javacpp.Loader;
 
 /**
  * Runs JavaCPP's version check of the OpenBLAS presets without its one known, harmless warning. Internal: called
- * before our natives load ({@link io.github.powerattention.global.power_attention}) and by
+ * before our natives load ({@link io.github.powerattention.internal.power_attention}) and by
  * {@link io.github.powerattention.PowerAttention#loadNatives()}.
  *
  * <p>Bytedeco's {@code pytorch:2.13.0-1.5.14} names {@code openblas:0.3.34-1.5.14}, which is not on Maven Central;

@@ -1,4 +1,4 @@
-package io.github.powerattention.presets;
+package io.github.powerattention.internal.presets;
 
 import java.util.List;
 
@@ -9,7 +9,9 @@ import org.bytedeco.javacpp.annotation.Properties;
 import org.bytedeco.pytorch.presets.torch;
 
 /**
- * JavaCPP presets of the power attention native library. Internal: users call
+ * JavaCPP presets of the power attention native library: what the JavaCPP plugin builds the JNI library
+ * {@code jnipower_attention} with, and what {@link io.github.powerattention.internal.power_attention} inherits. Internal
+ * (the module exports this package to JavaCPP only, which instantiates it as a {@link LoadEnabled}): users call
  * {@link io.github.powerattention.PowerAttention}.
  *
  * <p>Inherits Bytedeco's LibTorch presets for their link and preload lists (and their CUDA preloads in the
