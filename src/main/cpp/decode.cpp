@@ -3,9 +3,9 @@
 #include "errors.h"
 #include "magnitudes.h"
 #include "power_attention.h"
-#include "power_full_cpu.h"
+#include "cpu/power_full_cpu.h"
 #ifdef POWER_ATTENTION_WITH_CUDA
-#include "power_full_cuda.h"
+#include "cuda/power_full_cuda.h"
 #endif
 #include "sympow.h"
 

@@ -2,11 +2,11 @@
 #include "memory_budget.h"
 #include "checks.h"
 #include "errors.h"
-#include "platform_util.h"
-#include "power_full_cpu.h"
+#include "cpu/platform_util.h"
+#include "cpu/power_full_cpu.h"
 #include "sympow.h"
 #ifdef POWER_ATTENTION_WITH_CUDA
-#include "power_full_cuda.h"
+#include "cuda/power_full_cuda.h"
 #endif
 
 #include <cstdlib>

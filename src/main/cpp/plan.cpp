@@ -1,8 +1,8 @@
 // plan.cpp: the plan of one call (plan.h).
 #include "plan.h"
-#include "power_full_cpu.h"
+#include "cpu/power_full_cpu.h"
 #ifdef POWER_ATTENTION_WITH_CUDA
-#include "power_full_cuda.h"
+#include "cuda/power_full_cuda.h"
 #endif
 
 #include <vector>

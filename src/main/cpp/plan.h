@@ -2,7 +2,7 @@
 // the compute layout of power_full_path.h and the conversions to and from the caller's layout.
 #pragma once
 
-#include "power_full_path.h"
+#include "path.h"
 
 #include <ATen/ATen.h>
 

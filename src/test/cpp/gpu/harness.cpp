@@ -6,7 +6,7 @@
 //   power_attention_gpu bench [json]   fwd and fwd+bwd at b*t = 65536, h = 8, d = 64, bf16, deg 2, gated, against
 //                                      at::scaled_dot_product_attention (flash) in the same run
 #include "power_attention.h"
-#include "sympow2_cuda.h"
+#include "cuda/sympow2/sympow2.h"
 
 #include <ATen/ATen.h>
 #include <ATen/cuda/Sleep.h>

@@ -2,8 +2,8 @@
 //
 // fp32 uses branch-free polynomial exp/log (Cephes coefficients, about 1-2 ulp) so that the row loops vectorise;
 // fp64 uses the C library. The kernels are called from inside a per-head parallel region: no threading here.
-#include "attention_tile_cpu.h"
-#include "cpu_simd.h"
+#include "cpu/attention_tile_cpu.h"
+#include "cpu/cpu_simd.h"
 
 // The vector helpers pass 64-byte vectors by value between inlined functions: no ABI is crossed.
 #pragma GCC diagnostic ignored "-Wpsabi"

@@ -3,7 +3,7 @@
 // Compute layout: see power_full_path.h (lg fp64 here, compute dtype fp32 or fp64).
 #pragma once
 
-#include "power_full_path.h"
+#include "path.h"
 
 #include <ATen/ATen.h>
 

@@ -13,7 +13,7 @@
 // the kernels then make the other columns in shared memory.
 #pragma once
 
-#include "row_map.cuh"
+#include "cuda/common/row_map.cuh"
 
 #include <ATen/ATen.h>
 

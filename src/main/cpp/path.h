@@ -1,5 +1,5 @@
-// power_full_path.h: the contract between the API file (power_full.cpp) and a device path (power_full_cpu.h,
-// power_full_cuda.h): the problem, what the forward returns and the backward needs, states and gradients.
+// path.h: the contract between the API file (power_full.cpp) and a device path (cpu/power_full_cpu.h,
+// cuda/power_full_cuda.h): the problem, what the forward returns and the backward needs, states and gradients.
 //
 // Compute layout (made by power_full.cpp): one batch index per (batch, key/value head) pair, BH = b * h;
 //   q   [BH, T, g, d]   the g = hq / h query heads that share a key/value head, token-major

@@ -7,10 +7,10 @@
 //                        rows' dz sums;
 //   tile_bwd_dkv_kernel  64 keys (16 a warp) against steps of query rows: accumulates dk, dv and the keys' dz sums.
 // K/V (or Q/dY) tiles stream through shared memory with cp.async, two stages; fragments come from ldmatrix.
-#include "attention_tile_cuda.h"
+#include "cuda/attention/attention_tile.h"
 
-#include "mma_sm80.cuh"
-#include "row_map.cuh"
+#include "cuda/common/mma_sm80.cuh"
+#include "cuda/common/row_map.cuh"
 
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>

@@ -5,10 +5,11 @@
 // matrix products run single-threaded on their own head. The elementwise log-space work of the in-chunk attention
 // is fused into one pass per row (attention_tile_cpu.cpp); phi and its backward are sympow.cpp's loops.
 // Nothing t x t is formed in the chunked form; backward recomputes phi instead of storing it.
-#include "power_full_cpu.h"
-#include "attention_tile_cpu.h"
-#include "platform_util.h"
-#include "cpu_simd.h"
+#include "cpu/power_full_cpu.h"
+#include "cpu/attention_tile_cpu.h"
+#include "cpu/platform_util.h"
+#include "cpu/cpu_simd.h"
+#include "cpu/sympow_cpu.h"
 #include "sympow.h"
 
 #include <ATen/ATen.h>

@@ -6,10 +6,10 @@
 //                          a warp owns a 16-feature tile of the running state, rows stream in stages of 64
 //   sympow2_query_kernel   B = phi'(X) H        a warp owns 32 rows, H streams one (A, a) group at a time
 //   sympow2_grad_kernel    dx from (Y H^T)      likewise; dphi lives in registers, 16 features at a time
-#include "sympow2_cuda.h"
+#include "cuda/sympow2/sympow2.h"
 
-#include "mma_sm80.cuh"
-#include "state_scale.cuh"
+#include "cuda/common/mma_sm80.cuh"
+#include "cuda/common/state_scale.cuh"
 #include "sympow.h"
 
 #include <c10/cuda/CUDAException.h>

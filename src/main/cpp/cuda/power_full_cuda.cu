@@ -17,13 +17,13 @@
 // Precision: scores, weights' row sums, states and every reduction in fp32 (fp64 for fp64 compute); phi, the
 // weights P and the state-side matrix operands in the input dtype (bf16 for fp16 inputs, whose range the states can
 // exceed).
-#include "power_full_cuda.h"
+#include "cuda/power_full_cuda.h"
 
-#include "attention_tile_cuda.h"
-#include "mma_sm80.cuh"
-#include "state_scale.cuh"
+#include "cuda/attention/attention_tile.h"
+#include "cuda/common/mma_sm80.cuh"
+#include "cuda/common/state_scale.cuh"
 #include "sympow.h"
-#include "sympow2_cuda.h"
+#include "cuda/sympow2/sympow2.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>

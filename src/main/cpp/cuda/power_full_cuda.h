@@ -8,7 +8,7 @@
 // allocator.
 #pragma once
 
-#include "power_full_path.h"
+#include "path.h"
 
 #include <ATen/ATen.h>
 

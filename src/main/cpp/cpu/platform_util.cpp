@@ -1,5 +1,5 @@
 // platform_util.cpp: see platform_util.h.
-#include "platform_util.h"
+#include "cpu/platform_util.h"
 
 #if defined(_WIN32)
 #ifndef WIN32_LEAN_AND_MEAN
