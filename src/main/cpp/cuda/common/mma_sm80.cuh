@@ -6,7 +6,7 @@
 // rows gr / gr + 8, columns 2 tg, 2 tg + 1 (registers 0-1 / 2-3).
 #pragma once
 
-#include "cuda/common/row_map.cuh"
+#include "cuda/common/operand.h"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

@@ -1,5 +1,5 @@
-// state_scale.cuh: the row factors of the stabilised chunked form (docs: SPEC §4 and power_full_path.h), shared by
-// the combination kernels (power_full_cuda.cu) and the query kernel's epilogue (sympow2_cuda.cu).
+// state_scale.cuh: the row factors of the stabilised chunked form (docs/SPEC.md §4), shared by the combination
+// kernels (cuda/rows/combine.cu) and the degree-2 query kernel's epilogue (cuda/sympow2/query.cu).
 //
 // A query row of chunk n sees the in-chunk terms with log-factor m (its in-chunk log-weight maximum) and the state
 // term with log-factor r = Gc + mu_n (Gc: its token's in-chunk gate cumsum, mu_n: the log-scale of the state entering

@@ -1,6 +1,7 @@
-// check.cpp: the native harness's correctness checks. Fast paths (CPU now; CUDA where built) against the
-// plain-ATen references evaluated in fp64 on the CPU: forward and all four gradients, fresh random inputs per
-// case, relative L2 error against SPEC §7 bounds.
+// check.cpp: the CPU path's correctness without the JVM (build.sh check): power_full against the plain-ATen
+// quadratic reference evaluated in fp64, forward and all four gradients, fresh random inputs per case, relative L2
+// error against SPEC §7 bounds; and SPEC §6: a sequence in two pieces carrying the state, and decode steps from it,
+// against the whole.
 #include "power_attention.h"
 
 #include <ATen/ATen.h>
