@@ -100,6 +100,9 @@ class PowerFullFunction : public torch::autograd::Function<PowerFullFunction> {
     const Scaled sc = scale_to_safe_range(q, k, call.problem.p, call.problem.scale);
     Plan plan = call;
     plan.problem.scale = sc.scale;
+    // Whether a log gate is positive is read here, once (a device sync for a gated CUDA call): with the scaling's
+    // kernels already queued, so that they run while the host waits.
+    if (amplifying_gates(log_g, plan.problem.chunk)) amplify(plan, q);
     const Problem& pr = plan.problem;
     State initial;
     if (S0.numel() > 0) {
@@ -239,14 +242,6 @@ class PowerFullFunction : public torch::autograd::Function<PowerFullFunction> {
   }
 };
 
-// The plan of a call to a device path: whether the log gates amplify (one device sync for a gated CUDA call; see
-// amplifying_gates) is read here, once.
-Plan plan_call(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& log_g,
-               const Checked& ck, bool stateful) {
-  const bool amplifying = amplifying_gates(log_g, stateful ? std::max<int64_t>(ck.chunk, 1) : ck.chunk);
-  return make_plan(q, k, v, ck.p, ck.scale, ck.chunk, stateful, amplifying, ck.grad);
-}
-
 }  // namespace
 
 int64_t state_dim(int64_t head_dim, int64_t degree) {
@@ -258,20 +253,18 @@ int64_t state_dim(int64_t head_dim, int64_t degree) {
 at::Tensor power_full(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& log_g,
                       const PowerFullOptions& options) {
   const Checked ck = check_inputs(q, k, v, log_g, options);
+  const Plan plan = make_plan(q, k, v, ck.p, ck.scale, ck.chunk, false, ck.grad);
+  check_affordable(plan, q);
   if (!path::supports(q.device())) {
     // No kernels for this device in this build: the plain-ATen references run on any device, differentiable by
     // autograd, on inputs brought to a safe range (a power of two per row and head, inside the graph).
     const Scaled sc = scale_to_safe_range(q, k, ck.p, ck.scale);
     const at::Tensor qx = sc.applied() ? times_pow2(q, sc.qf) : q;
     const at::Tensor kx = sc.applied() ? times_pow2(k, sc.kf) : k;
-    const Plan plan = make_plan(q, k, v, ck.p, ck.scale, ck.chunk, false, false, ck.grad);
-    check_affordable(plan, q);
     const int64_t c = plan.problem.chunk;
     return c > 0 ? reference::power_full_chunked(qx, kx, v, log_g, ck.p, sc.scale, c)
                  : reference::power_full_quadratic(qx, kx, v, log_g, ck.p, sc.scale);
   }
-  const Plan plan = plan_call(q, k, v, log_g, ck, false);
-  check_affordable(plan, q);
   const at::Tensor none = at::empty({0}, q.options().dtype(at::kFloat));
   const at::Tensor gates = log_g.defined() ? log_g : none;
   return PowerFullFunction::apply(q, k, v, gates, none, none, plan)[0];
@@ -300,11 +293,9 @@ std::vector<at::Tensor> power_full_with_state(const at::Tensor& q, const at::Ten
 #endif
                             " only in this build, got Q on ", q.device());
   ck.grad = ck.grad || (at::GradMode::is_enabled() && S0.defined() && (S0.requires_grad() || s0.requires_grad()));
-  const Plan plan = plan_call(q, k, v, log_g, ck, true);
+  const Plan plan = make_plan(q, k, v, ck.p, ck.scale, ck.chunk, true, ck.grad);
   check_affordable(plan, q);
-  // the gate range a returned state can hold: that of the state dtype of SPEC §6 (fp32, fp64 for fp64 inputs)
-  const Precision spec = path::precision(q.device(), q.scalar_type(), ck.p, plan.problem.chunk, false);
-  check_state_gates(log_g, S0.defined(), spec.states);
+  check_state_gates(log_g, S0.defined(), plan.problem.precision.states);
   const at::Tensor none = at::empty({0}, q.options().dtype(at::kFloat));
   const at::Tensor gates = log_g.defined() ? log_g : none;
   const at::Tensor S = S0.defined() ? S0 : none, s = s0.defined() ? s0 : none;

@@ -3,12 +3,14 @@
 #include "harness.h"
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/cuda/Sleep.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
 #include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/generated/variable_factories.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -149,7 +151,7 @@ int run_bench(const char* json_path) {
   return 0;
 }
 
-// Decode (issue: states): one token's step from the recurrent state against recomputing the forward over the
+// Decode: one token's step from the recurrent state against recomputing the forward over the
 // whole context and against a softmax step over a KV cache; b = 1, h = 8, d = e = 64, bf16, deg 2, gated.
 int run_decode_bench() {
   cudaDeviceProp prop{};

@@ -5,7 +5,10 @@
 #include "cuda/sympow2/sympow2.h"
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+#include <cuda_runtime.h>
 #include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/generated/variable_factories.h>
 
 #include <algorithm>
 #include <cmath>

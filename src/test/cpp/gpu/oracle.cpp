@@ -3,8 +3,10 @@
 #include "harness.h"
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <cuda_runtime.h>
+#include <torch/csrc/autograd/generated/variable_factories.h>
 
 #include <algorithm>
 #include <cmath>

@@ -62,17 +62,23 @@ struct RowMap {
     m.sb = rows * w, m.ld = w, m.sm = w, m.w = static_cast<int>(w);
     return m;
   }
-  // x [b, t, h gg, w] by its strides (the last one 1); c > 0: blocks are chunks of c tokens, else heads.
+  // x [b, t, h gg, w] by its strides (the last one 1); c > 0: blocks are chunks of c tokens, else heads. A dimension
+  // of one element takes the dense stride (its own is arbitrary and never multiplied by more than 0).
   static RowMap of(const at::Tensor& x, int64_t h, int64_t gg, int64_t c = 0) {
-    TORCH_CHECK(x.dim() == 4 && x.size(2) == h * gg && x.stride(3) == 1,
-                "power_full: internal: an operand must be [b, t, h g, w] with rows of unit stride, got ",
-                x.sizes(), " strides ", x.strides());
+    TORCH_CHECK(x.dim() == 4 && x.size(2) == h * gg, "power_full: internal: an operand must be [b, t, h g, w], got ",
+                x.sizes());
+    const auto stride = [&](int i) {
+      int64_t dense = 1;
+      for (int j = i + 1; j < 4; ++j) dense *= x.size(j);
+      return x.size(i) == 1 ? dense : x.stride(i);
+    };
+    TORCH_CHECK(stride(3) == 1, "power_full: internal: an operand's rows must have unit stride, got ", x.strides());
     RowMap m;
-    m.sb = x.stride(0), m.ld = x.stride(1), m.sm = x.stride(2), m.sh = gg * x.stride(2);
+    m.sb = stride(0), m.ld = stride(1), m.sm = stride(2), m.sh = gg * stride(2);
     m.h = static_cast<int>(h), m.g = static_cast<int>(gg), m.w = static_cast<int>(x.size(3));
     if (c > 0) {
       const int64_t t = x.size(1);
-      m.N = static_cast<int>((t + c - 1) / c), m.sn = c * x.stride(1), m.c = c, m.t = t;
+      m.N = static_cast<int>((t + c - 1) / c), m.sn = c * m.ld, m.c = c, m.t = t;
     }
     return m;
   }

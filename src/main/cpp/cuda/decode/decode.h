@@ -24,7 +24,7 @@ inline bool supported(int64_t g, int64_t e, int64_t p) {
 /// One recurrent step: q [BH, g, d], k [BH, d], v [BH, e], lg [BH] or undefined, S [BH, D, e], s [BH, D],
 /// contiguous, one dtype (fp32 or fp64), supported -> {y [BH, g, e], S', s'}.
 std::vector<at::Tensor> step(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& lg,
-                              const at::Tensor& S, const at::Tensor& s, int64_t p);
+                             const at::Tensor& S, const at::Tensor& s, int64_t p);
 
 }  // namespace decode
 }  // namespace cuda
