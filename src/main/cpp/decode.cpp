@@ -2,11 +2,8 @@
 #include "checks.h"
 #include "errors.h"
 #include "magnitudes.h"
+#include "path.h"
 #include "power_attention.h"
-#include "power_full_cpu.h"
-#ifdef POWER_ATTENTION_WITH_CUDA
-#include "power_full_cuda.h"
-#endif
 #include "sympow.h"
 
 #include <ATen/ATen.h>
@@ -57,11 +54,7 @@ std::vector<at::Tensor> power_decode_step(const at::Tensor& q, const at::Tensor&
     }
     qn = q.to(ct) * f;
   }
-  bool fused = q.device().is_cpu();
-#ifdef POWER_ATTENTION_WITH_CUDA
-  fused = fused || (q.is_cuda() && cuda::decode_supported(g, e, degree));
-#endif
-  if (fused && !grad) {
+  if (!grad && path::decode_supported(q.device(), g, e, degree)) {
     // Generation: one fused pass over the state per head (the ATen composition below made ~10 passes).
     const auto flat = [&](const at::Tensor& x, std::vector<int64_t> shape) {
       return x.to(ct).reshape(shape).contiguous();
@@ -69,12 +62,7 @@ std::vector<at::Tensor> power_decode_step(const at::Tensor& q, const at::Tensor&
     const at::Tensor q3 = flat(qn, {b * h, g, d}), k2 = flat(k, {b * h, d}), v2 = flat(v, {b * h, e});
     const at::Tensor lg1 = log_g.defined() ? flat(log_g, {b * h}) : at::Tensor();
     const at::Tensor S3 = flat(S, {b * h, D, e}), s2 = flat(s, {b * h, D});
-#ifdef POWER_ATTENTION_WITH_CUDA
-    const auto out = q.is_cuda() ? cuda::decode_step(q3, k2, v2, lg1, S3, s2, degree)
-                                 : cpu::decode_step(q3, k2, v2, lg1, S3, s2, degree);
-#else
-    const auto out = cpu::decode_step(q3, k2, v2, lg1, S3, s2, degree);
-#endif
+    const auto out = path::decode_step(q3, k2, v2, lg1, S3, s2, degree);
     std::vector<at::Tensor> res = {out[0].view({b, hq, e}).to(q.scalar_type()), out[1].view({b, h, D, e}).to(st),
                                    out[2].view({b, h, D}).to(st)};
     check_step_finite(res[0], res[1], res[2]);

@@ -41,7 +41,7 @@ void check_state_gates(const at::Tensor& log_g, bool has_initial, at::ScalarType
 at::Tensor state_factor(const at::Tensor& final_logscale, const Scaled& sc, int64_t BH);
 
 /// Whether the log gates hold a positive value (the past amplified): the paths then compute in a wider dtype
-/// (plan.h's resolve asks their precision rules). On CUDA this reads one number back: a device sync.
+/// (the plan asks their precision rules, plan.h). On CUDA this reads one number back: a device sync.
 bool amplifying_gates(const at::Tensor& log_g, int64_t chunk);
 
 }  // namespace power_attention

@@ -7,8 +7,8 @@
 
 namespace power_attention {
 
-/// Throws ArgumentError naming D, the bytes and the ways out when the chunked form's states (all of them when grad,
-/// kept for the backward) exceed what the device can hold; the bytes are the path's own count.
-void check_affordable(const Resolved& r, bool grad, const at::Tensor& q);
+/// Throws ArgumentError naming D, the bytes and the ways out when the chunked form's states (all of them when the
+/// plan needs the backward) exceed what the device of q can hold; the bytes and the limit are the path's own.
+void check_affordable(const Plan& plan, const at::Tensor& q);
 
 }  // namespace power_attention

@@ -1,17 +1,15 @@
 // power_full.cpp: the API layer's core: the one autograd Function (optional state in and out) that owns forward and
-// backward, the dispatch between the device paths and the references, and the entry points with their bindings.
-// Checks (checks.h), the plan (plan.h), magnitudes (magnitudes.h) and the memory budget (memory_budget.h) are
-// asked; the device paths are reached only through their entry headers.
+// backward, and the entry points with their bindings. Checks (checks.h), the plan (plan.h), magnitudes
+// (magnitudes.h) and the memory budget (memory_budget.h) are asked; the device paths are reached only through
+// path.h, which this file asks and never looks inside: what a path keeps for its backward (Forward) is saved and
+// handed back whole.
 #include "checks.h"
 #include "errors.h"
 #include "magnitudes.h"
 #include "memory_budget.h"
+#include "path.h"
 #include "plan.h"
 #include "power_attention.h"
-#include "power_full_cpu.h"
-#ifdef POWER_ATTENTION_WITH_CUDA
-#include "power_full_cuda.h"
-#endif
 #include "sympow.h"
 
 #include <ATen/ATen.h>
@@ -19,58 +17,76 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
+#include <utility>
 #include <vector>
 
 namespace power_attention {
 namespace {
 
-// Keeps the forward's compute-layout copies for the backward on CUDA (none with Problem::direct: x is the inputs).
-void keep_for_backward(torch::autograd::AutogradContext* ctx, const Problem& pr, const LaidOut& x) {
-  if (!x.q.is_cuda() || pr.direct) return;
-  ctx->saved_data["lq"] = x.q;
-  ctx->saved_data["lk"] = x.k;
-  ctx->saved_data["lv"] = x.v;
-  if (x.g.defined()) ctx->saved_data["lg"] = x.g;
+// ---------------------------------------------------------------------------------------------------------------
+// The plan and the path's Forward in the autograd context: the plan is made once per call (the entry points) and
+// saved with the forward; the backward reads both back.
+// ---------------------------------------------------------------------------------------------------------------
+
+void save_plan(torch::autograd::AutogradContext* ctx, const Plan& plan) {
+  const Problem& pr = plan.problem;
+  ctx->saved_data["plan.sizes"] = std::vector<int64_t>{pr.b, pr.t, pr.h, pr.g, pr.d, pr.e, pr.p, pr.chunk, pr.BH, pr.T};
+  ctx->saved_data["plan.scale"] = pr.scale;
+  ctx->saved_data["plan.dtypes"] = std::vector<int64_t>{static_cast<int64_t>(pr.precision.compute),
+                                                        static_cast<int64_t>(pr.precision.gates),
+                                                        static_cast<int64_t>(pr.precision.states)};
+  ctx->saved_data["plan.flags"] = std::vector<int64_t>{plan.stateful, plan.amplifying, plan.grad};
 }
 
-// The device path: CUDA kernels for CUDA tensors (when built with them), the CPU path otherwise.
-bool has_device_path(const at::Tensor& q) {
-#ifdef POWER_ATTENTION_WITH_CUDA
-  if (q.is_cuda()) return true;
-#endif
-  return q.device().is_cpu();
+Plan load_plan(torch::autograd::AutogradContext* ctx) {
+  Plan plan;
+  Problem& pr = plan.problem;
+  const std::vector<int64_t> n = ctx->saved_data["plan.sizes"].toIntVector();
+  pr.b = n[0], pr.t = n[1], pr.h = n[2], pr.g = n[3], pr.d = n[4], pr.e = n[5], pr.p = n[6], pr.chunk = n[7];
+  pr.BH = n[8], pr.T = n[9];
+  pr.scale = ctx->saved_data["plan.scale"].toDouble();
+  const std::vector<int64_t> dt = ctx->saved_data["plan.dtypes"].toIntVector();
+  pr.precision = {static_cast<at::ScalarType>(dt[0]), static_cast<at::ScalarType>(dt[1]),
+                  static_cast<at::ScalarType>(dt[2])};
+  const std::vector<int64_t> f = ctx->saved_data["plan.flags"].toIntVector();
+  plan.stateful = f[0] != 0, plan.amplifying = f[1] != 0, plan.grad = f[2] != 0;
+  return plan;
 }
 
-Forward path_forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                     const at::Tensor& lg, bool save, const State& initial = {}, bool want_final = false) {
-#ifdef POWER_ATTENTION_WITH_CUDA
-  if (q.is_cuda()) return cuda::forward(pr, q, k, v, lg, save, initial, want_final);
-#endif
-  return cpu::forward(pr, q, k, v, lg, save, initial, want_final);
+// The tensors of a Forward that its backward takes back (the output and the final state are not among them).
+constexpr std::pair<const char*, at::Tensor Forward::*> kKept[] = {
+    {"f.y", &Forward::y},           {"f.den", &Forward::den},     {"f.rowmax", &Forward::rowmax},
+    {"f.states", &Forward::states}, {"f.norms", &Forward::norms}, {"f.logscale", &Forward::logscale},
+    {"f.q", &Forward::q},           {"f.k", &Forward::k},         {"f.v", &Forward::v},
+    {"f.lg", &Forward::lg}};
+
+void save_forward(torch::autograd::AutogradContext* ctx, const Forward& f) {
+  for (const auto& [name, member] : kKept)
+    if ((f.*member).defined()) ctx->saved_data[name] = f.*member;
 }
 
-Grads path_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                    const at::Tensor& lg, const Forward& saved, const at::Tensor& dy, const Needs& needs,
-                    const State& d_final = {}) {
-#ifdef POWER_ATTENTION_WITH_CUDA
-  if (q.is_cuda()) return cuda::backward(pr, q, k, v, lg, saved, dy, needs, d_final);
-#endif
-  return cpu::backward(pr, q, k, v, lg, saved, dy, needs, d_final);
+Forward load_forward(torch::autograd::AutogradContext* ctx) {
+  Forward f;
+  for (const auto& [name, member] : kKept)
+    if (ctx->saved_data.count(name) > 0) f.*member = ctx->saved_data[name].toTensor();
+  return f;
 }
 
-// The backward's inputs: the forward's compute-layout copies where it kept them (CUDA), else path_inputs again.
-LaidOut laid_out_for_backward(torch::autograd::AutogradContext* ctx, const Resolved& r, const at::Tensor& q,
-                              const at::Tensor& k, const at::Tensor& v, const at::Tensor& log_g) {
-  if (ctx->saved_data.count("lq") == 0) return path_inputs(r, q, k, v, log_g);
-  LaidOut x{ctx->saved_data["lq"].toTensor(), ctx->saved_data["lk"].toTensor(), ctx->saved_data["lv"].toTensor(), {}};
-  if (log_g.defined()) x.g = ctx->saved_data["lg"].toTensor();
-  return x;
+// A state [b, h, D, e] / [b, h, D] as the paths take it: [b h, D, e] / [b h, D] in the state dtype.
+State state_in(const at::Tensor& S, const at::Tensor& s, const Problem& pr) {
+  if (!S.defined()) return {};
+  const at::ScalarType st = pr.precision.states;
+  return {S.to(st).reshape({pr.BH, S.size(2), S.size(3)}).contiguous(),
+          s.to(st).reshape({pr.BH, s.size(2)}).contiguous(), at::Tensor()};
 }
+
 // ---------------------------------------------------------------------------------------------------------------
 // The autograd Function: power_full with an optional state in (S0, s0) and, when stateful, the state out.
-// Inputs q, k, v, gates, S0, s0 (0-element tensors stand for "none": autograd rejects undefined inputs); outputs
-// {Y} or, stateful, {Y, S, s}.
+// Inputs q, k, v, gates, S0, s0 (0-element tensors stand for "none": autograd rejects undefined inputs) and the
+// plan; outputs {Y} or, stateful, {Y, S, s}.
 // ---------------------------------------------------------------------------------------------------------------
+
+constexpr int kInputs = 7;  // q, k, v, gates, S0, s0, plan
 
 at::Tensor or_none(const at::Tensor& x) { return x.numel() > 0 ? x : at::Tensor(); }
 
@@ -79,59 +95,48 @@ class PowerFullFunction : public torch::autograd::Function<PowerFullFunction> {
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q,
                                                 const at::Tensor& k, const at::Tensor& v,
                                                 const at::Tensor& gates, const at::Tensor& S0,
-                                                const at::Tensor& s0, int64_t p, double scale, int64_t chunk,
-                                                bool save, bool stateful) {
+                                                const at::Tensor& s0, const Plan& call) {
     const at::Tensor log_g = or_none(gates);
-    const bool has_initial = S0.numel() > 0;
-    const Scaled sc = scale_to_safe_range(q, k, p, scale);
-    const bool amplifying = amplifying_gates(log_g, stateful ? std::max<int64_t>(chunk, 1) : chunk);
-    const Resolved r = resolve(sc.q, sc.k, v, p, sc.scale, chunk, stateful, amplifying);
-    const Layout& L = r.layout;
+    const Scaled sc = scale_to_safe_range(q, k, call.problem.p, call.problem.scale);
+    Plan plan = call;
+    plan.problem.scale = sc.scale;
+    // Whether a log gate is positive is read here, once (a device sync for a gated CUDA call): with the scaling's
+    // kernels already queued, so that they run while the host waits.
+    if (amplifying_gates(log_g, plan.problem.chunk)) amplify(plan, q);
+    const Problem& pr = plan.problem;
     State initial;
-    if (has_initial) {
-      initial = state_layout(S0, s0, L);
+    if (S0.numel() > 0) {
+      initial = state_in(S0, s0, pr);
       initial.logscale = sc.state_logscale;
     }
-    const LaidOut x = path_inputs(r, sc.q, sc.k, v, log_g);
-    const Forward f = path_forward(r.problem, x.q, x.k, x.v, x.g, save, initial, stateful);
+    const Forward f = path::forward(pr, sc.q, sc.k, v, log_g, plan.grad, initial, plan.stateful);
     at::Tensor factor;
-    if (stateful) factor = state_factor(f.final_logscale, sc, L.b * L.h).to(f.final_state.device());
-    if (save) {
+    if (plan.stateful) factor = state_factor(f.final_logscale, sc, pr.BH).to(f.final_state.device());
+    if (plan.grad) {
       ctx->save_for_backward({q, k, v, gates, S0, s0});
-      keep_for_backward(ctx, r.problem, x);
       if (sc.applied()) {
         ctx->saved_data["q_scaled"] = sc.q;
         ctx->saved_data["k_scaled"] = sc.k;
         ctx->saved_data["q_factor"] = sc.qf;
         ctx->saved_data["k_factor"] = sc.kf;
       }
-      ctx->saved_data["y"] = f.y;
-      ctx->saved_data["den"] = f.den;
-      ctx->saved_data["rowmax"] = f.rowmax;
-      if (f.states.defined()) {
-        ctx->saved_data["states"] = f.states;
-        ctx->saved_data["norms"] = f.norms;
-      }
-      if (f.logscale.defined()) ctx->saved_data["logscale"] = f.logscale;
+      save_forward(ctx, f);
+      save_plan(ctx, plan);
       if (factor.defined()) ctx->saved_data["state_factor"] = factor;
-      ctx->saved_data["p"] = p;
-      ctx->saved_data["scale"] = sc.scale;
-      ctx->saved_data["chunk"] = chunk;
-      ctx->saved_data["stateful"] = stateful;
-      ctx->saved_data["amplifying"] = amplifying;
     }
-    const at::Tensor y = api_output(f, L, q.scalar_type());
-    if (!stateful) return {y};
+    if (!plan.stateful) return {f.out};
     const int64_t D = f.final_state.size(1);
-    const at::Tensor S = (f.final_state.to(at::kDouble) * factor.view({-1, 1, 1})).to(L.st);
-    const at::Tensor s = (f.final_norm.to(at::kDouble) * factor.view({-1, 1})).to(L.st);
-    return {y, S.view({L.b, L.h, D, L.e}), s.view({L.b, L.h, D})};
+    const at::ScalarType st = pr.precision.states;
+    const at::Tensor S = (f.final_state.to(at::kDouble) * factor.view({-1, 1, 1})).to(st);
+    const at::Tensor s = (f.final_norm.to(at::kDouble) * factor.view({-1, 1})).to(st);
+    return {f.out, S.view({pr.b, pr.h, D, pr.e}), s.view({pr.b, pr.h, D})};
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grad_outputs) {
     torch::autograd::variable_list saved = ctx->get_saved_variables();
-    const bool stateful = ctx->saved_data["stateful"].toBool();
+    const Plan plan = load_plan(ctx);
+    const Problem& pr = plan.problem;
     const at::Tensor &q = saved[0], &k = saved[1], &v = saved[2];
     const at::Tensor log_g = or_none(saved[3]), S0 = or_none(saved[4]), s0 = or_none(saved[5]);
     Needs needs;
@@ -141,51 +146,38 @@ class PowerFullFunction : public torch::autograd::Function<PowerFullFunction> {
     needs.g = log_g.defined() && ctx->needs_input_grad(3);
     needs.state = S0.defined() && (ctx->needs_input_grad(4) || ctx->needs_input_grad(5));
     const at::Tensor dy = grad_outputs[0];
-    const bool seeded = stateful && (grad_outputs[1].defined() || grad_outputs[2].defined());
-    torch::autograd::variable_list out(11);
+    const bool seeded = plan.stateful && (grad_outputs[1].defined() || grad_outputs[2].defined());
+    torch::autograd::variable_list out(kInputs);
     if (!(needs.q || needs.k || needs.v || needs.g || needs.state) || !(dy.defined() || seeded)) return out;
-    if (at::GradMode::is_enabled()) return backward_with_graph(ctx, saved, grad_outputs, needs, stateful);
+    if (at::GradMode::is_enabled()) return backward_with_graph(ctx, saved, grad_outputs, needs, plan);
 
     const bool scaled = ctx->saved_data.count("q_factor") > 0;
     const at::Tensor qs = scaled ? ctx->saved_data["q_scaled"].toTensor() : q;
     const at::Tensor ks = scaled ? ctx->saved_data["k_scaled"].toTensor() : k;
-    const Resolved r = resolve(qs, ks, v, ctx->saved_data["p"].toInt(), ctx->saved_data["scale"].toDouble(),
-                               ctx->saved_data["chunk"].toInt(), stateful, ctx->saved_data["amplifying"].toBool());
-    const Layout& L = r.layout;
-    Forward f;
-    f.y = ctx->saved_data["y"].toTensor();
-    f.den = ctx->saved_data["den"].toTensor();
-    f.rowmax = ctx->saved_data["rowmax"].toTensor();
-    if (ctx->saved_data.count("states") > 0) {
-      f.states = ctx->saved_data["states"].toTensor();
-      f.norms = ctx->saved_data["norms"].toTensor();
-    }
-    if (ctx->saved_data.count("logscale") > 0) f.logscale = ctx->saved_data["logscale"].toTensor();
     State d_final;
     if (seeded) {
       // the true state is factor * (S^, s^): the gradient of S^ is factor * dS
-      const int64_t D = sympow_dim(L.d, r.problem.p);
-      const auto o = q.options().dtype(L.st);
-      const at::Tensor dS = grad_outputs[1].defined() ? grad_outputs[1] : at::zeros({L.b, L.h, D, L.e}, o);
-      const at::Tensor ds = grad_outputs[2].defined() ? grad_outputs[2] : at::zeros({L.b, L.h, D}, o);
+      const int64_t D = sympow_dim(pr.d, pr.p);
+      const at::ScalarType st = pr.precision.states;
+      const auto o = q.options().dtype(st);
+      const at::Tensor dS = grad_outputs[1].defined() ? grad_outputs[1] : at::zeros({pr.b, pr.h, D, pr.e}, o);
+      const at::Tensor ds = grad_outputs[2].defined() ? grad_outputs[2] : at::zeros({pr.b, pr.h, D}, o);
       const at::Tensor factor = ctx->saved_data["state_factor"].toTensor();
-      d_final = state_layout(dS, ds, L);
-      d_final.S = (d_final.S.to(at::kDouble) * factor.view({-1, 1, 1})).to(L.st);
-      d_final.s = (d_final.s.to(at::kDouble) * factor.view({-1, 1})).to(L.st);
+      d_final = state_in(dS, ds, pr);
+      d_final.S = (d_final.S.to(at::kDouble) * factor.view({-1, 1, 1})).to(st);
+      d_final.s = (d_final.s.to(at::kDouble) * factor.view({-1, 1})).to(st);
     }
-    const LaidOut x = laid_out_for_backward(ctx, r, qs, ks, v, log_g);
-    const Grads gr = path_backward(r.problem, x.q, x.k, x.v, x.g, f, path_dy(r, dy, qs), needs, d_final);
-    InputGrads g = api_grads(gr, L, needs, qs, ks, v);
+    Grads gr = path::backward(pr, qs, ks, v, log_g, load_forward(ctx), dy, needs, d_final);
     if (scaled) {
-      g.q = unscale_grad(g.q, ctx->saved_data["q_factor"].toTensor());
-      g.k = unscale_grad(g.k, ctx->saved_data["k_factor"].toTensor());
+      gr.q = unscale_grad(gr.q, ctx->saved_data["q_factor"].toTensor());
+      gr.k = unscale_grad(gr.k, ctx->saved_data["k_factor"].toTensor());
     }
-    out[0] = g.q, out[1] = g.k, out[2] = g.v;
-    if (needs.g) out[3] = gate_unlayout(gr.lg, L, log_g.scalar_type());
+    out[0] = gr.q, out[1] = gr.k, out[2] = gr.v;
+    if (needs.g) out[3] = gr.lg;
     if (needs.state) {
       const int64_t D = S0.size(2);
-      out[4] = gr.initial.S.view({L.b, L.h, D, L.e}).to(S0.scalar_type());
-      out[5] = gr.initial.s.view({L.b, L.h, D}).to(s0.scalar_type());
+      out[4] = gr.initial.S.view({pr.b, pr.h, D, pr.e}).to(S0.scalar_type());
+      out[5] = gr.initial.s.view({pr.b, pr.h, D}).to(s0.scalar_type());
     }
     return out;
   }
@@ -197,18 +189,18 @@ class PowerFullFunction : public torch::autograd::Function<PowerFullFunction> {
   static torch::autograd::variable_list backward_with_graph(torch::autograd::AutogradContext* ctx,
                                                             const torch::autograd::variable_list& saved,
                                                             const torch::autograd::variable_list& grad_outputs,
-                                                            const Needs& needs, bool stateful) {
+                                                            const Needs& needs, const Plan& plan) {
     const at::Tensor &q = saved[0], &k = saved[1], &v = saved[2];
     const at::Tensor log_g = or_none(saved[3]), S0 = or_none(saved[4]), s0 = or_none(saved[5]);
-    const int64_t p = ctx->saved_data["p"].toInt(), chunk = ctx->saved_data["chunk"].toInt();
-    const double scale = ctx->saved_data["scale"].toDouble();
+    const int64_t p = plan.problem.p;
+    const double scale = plan.problem.scale;
     const bool scaled = ctx->saved_data.count("q_factor") > 0;
     // the same (exact) scaling as the forward, now inside the graph
     const at::Tensor qx = scaled ? times_pow2(q, ctx->saved_data["q_factor"].toTensor()) : q;
     const at::Tensor kx = scaled ? times_pow2(k, ctx->saved_data["k_factor"].toTensor()) : k;
     std::vector<at::Tensor> outputs, cotangents;
-    if (stateful) {
-      const int64_t t = q.size(1), c = (chunk > 0 && chunk < t) ? chunk : t;
+    if (plan.stateful) {
+      const int64_t c = plan.problem.chunk;
       // the reference's states are in units of the keys it sees: a scaled kx scales them by kf^p
       at::Tensor S0x = S0, s0x = s0;
       at::Tensor unit;  // [b, h] kf^p, or undefined
@@ -244,7 +236,7 @@ class PowerFullFunction : public torch::autograd::Function<PowerFullFunction> {
     }
     const auto grads = torch::autograd::grad(outputs, inputs, cotangents, /*retain_graph=*/true,
                                              /*create_graph=*/true, /*allow_unused=*/true);
-    torch::autograd::variable_list out(11);
+    torch::autograd::variable_list out(kInputs);
     for (size_t i = 0; i < slot.size(); ++i) out[slot[i]] = grads[i];
     return out;
   }
@@ -261,20 +253,21 @@ int64_t state_dim(int64_t head_dim, int64_t degree) {
 at::Tensor power_full(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& log_g,
                       const PowerFullOptions& options) {
   const Checked ck = check_inputs(q, k, v, log_g, options);
-  const Resolved r = resolve(q, k, v, ck.p, ck.scale, ck.chunk);
-  check_affordable(r, ck.grad, q);
-  if (!has_device_path(q)) {
+  const Plan plan = make_plan(q, k, v, ck.p, ck.scale, ck.chunk, false, ck.grad);
+  check_affordable(plan, q);
+  if (!path::supports(q.device())) {
     // No kernels for this device in this build: the plain-ATen references run on any device, differentiable by
     // autograd, on inputs brought to a safe range (a power of two per row and head, inside the graph).
     const Scaled sc = scale_to_safe_range(q, k, ck.p, ck.scale);
     const at::Tensor qx = sc.applied() ? times_pow2(q, sc.qf) : q;
     const at::Tensor kx = sc.applied() ? times_pow2(k, sc.kf) : k;
-    return r.problem.chunk > 0 ? reference::power_full_chunked(qx, kx, v, log_g, ck.p, sc.scale, r.problem.chunk)
-                               : reference::power_full_quadratic(qx, kx, v, log_g, ck.p, sc.scale);
+    const int64_t c = plan.problem.chunk;
+    return c > 0 ? reference::power_full_chunked(qx, kx, v, log_g, ck.p, sc.scale, c)
+                 : reference::power_full_quadratic(qx, kx, v, log_g, ck.p, sc.scale);
   }
   const at::Tensor none = at::empty({0}, q.options().dtype(at::kFloat));
   const at::Tensor gates = log_g.defined() ? log_g : none;
-  return PowerFullFunction::apply(q, k, v, gates, none, none, ck.p, ck.scale, ck.chunk, ck.grad, false)[0];
+  return PowerFullFunction::apply(q, k, v, gates, none, none, plan)[0];
 }
 
 at::Tensor power_full_flat(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& log_g,
@@ -294,19 +287,19 @@ std::vector<at::Tensor> power_full_with_state(const at::Tensor& q, const at::Ten
   Checked ck = check_inputs(q, k, v, log_g, options);
   const int64_t b = q.size(0), h = k.size(2), d = q.size(3), e = v.size(3);
   check_state(S0, s0, q, b, h, sympow_dim(d, ck.p), e);
-  POWER_ATTENTION_CHECK_ARG(has_device_path(q), "power_full: states are implemented on the CPU",
+  POWER_ATTENTION_CHECK_ARG(path::supports(q.device()), "power_full: states are implemented on the CPU",
 #ifdef POWER_ATTENTION_WITH_CUDA
                             " and CUDA",
 #endif
                             " only in this build, got Q on ", q.device());
   ck.grad = ck.grad || (at::GradMode::is_enabled() && S0.defined() && (S0.requires_grad() || s0.requires_grad()));
-  const Resolved r = resolve(q, k, v, ck.p, ck.scale, ck.chunk, true);
-  check_affordable(r, ck.grad, q);
-  check_state_gates(log_g, S0.defined(), r.layout.st);
+  const Plan plan = make_plan(q, k, v, ck.p, ck.scale, ck.chunk, true, ck.grad);
+  check_affordable(plan, q);
+  check_state_gates(log_g, S0.defined(), plan.problem.precision.states);
   const at::Tensor none = at::empty({0}, q.options().dtype(at::kFloat));
   const at::Tensor gates = log_g.defined() ? log_g : none;
   const at::Tensor S = S0.defined() ? S0 : none, s = s0.defined() ? s0 : none;
-  std::vector<at::Tensor> out = PowerFullFunction::apply(q, k, v, gates, S, s, ck.p, ck.scale, ck.chunk, ck.grad, true);
+  std::vector<at::Tensor> out = PowerFullFunction::apply(q, k, v, gates, S, s, plan);
   {
     at::NoGradGuard no_grad;
     const bool finite = at::isfinite(out[1]).all().item<bool>() && at::isfinite(out[2]).all().item<bool>();

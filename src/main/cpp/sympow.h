@@ -1,4 +1,4 @@
-// sympow.h: the symmetric power embedding phi (SPEC §4) on the CPU.
+// sympow.h: the layout of the symmetric power embedding phi (SPEC §4), shared by every path.
 //
 // Layout (stable; states expose it, see stateDim in the Java API):
 //   the multi-indices a_1 <= a_2 <= ... <= a_p over [0, d), in lexicographic order (a_1 slowest), and
@@ -6,8 +6,6 @@
 // so that phi(x) . phi(y) == (x . y)^p. For p = 2 that is (0,0), (0,1), ..., (0,d-1), (1,1), (1,2), ...
 // D = C(d + p - 1, p).
 #pragma once
-
-#include <ATen/ATen.h>
 
 #include <cstdint>
 #include <vector>
@@ -20,17 +18,5 @@ int64_t sympow_dim(int64_t d, int64_t p);
 /// coef[a] = sqrt(p! / prod mult!) for every multi-index a in the layout above; with `indices`, also the
 /// multi-indices themselves, a_1 ... a_p for each a in turn ([D, p] row-major; the CUDA kernels' index table).
 std::vector<double> sympow_coefficients(int64_t d, int64_t p, std::vector<int64_t>* indices = nullptr);
-
-/// out[r] = row_scale[r] * phi(x[r])   (torch: row_scale[:, None] * phi(x))
-///   x [n, d] contiguous, row_scale [n] contiguous or undefined (1), out [n, D]; dtype float or double.
-at::Tensor sympow_forward(const at::Tensor& x, const at::Tensor& row_scale, int64_t p);
-
-/// Backward of sympow_forward:
-///   dx[r]      = row_scale[r] * J_phi(x[r])^T dphi[r]
-///   dscale[r]  = dphi[r] . phi(x[r])          (the gradient of row_scale[r])
-/// Either output may be skipped (want_dx / want_dscale false gives an undefined tensor).
-std::pair<at::Tensor, at::Tensor> sympow_backward(const at::Tensor& x, const at::Tensor& row_scale,
-                                                  const at::Tensor& dphi, int64_t p, bool want_dx,
-                                                  bool want_dscale);
 
 }  // namespace power_attention

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one command of the GPU machine (CUDA 13, CMake, ninja, PyTorch with its LibTorch; no Java, no network):
-#   bash src/test/cpp/gpu/run.sh [test|bench|all|profile]   (from the repository root; default all)
-# profile: PROFILE="chunk:t ..." (per-kernel times under ncu; chunk 0 is the quadratic form).
+#   bash src/test/cpp/gpu/run.sh [test|bench|all|profile|build]   (from the repository root; default all)
+# profile: PROFILE="chunk:t ..." (per-kernel times under ncu; chunk 0 is the quadratic form). build: the build only.
+# BUILD_DIR, OUT and JOBS (parallel compile jobs, default all cores) set where and how.
 # builds the harness with the library's sources, runs the correctness tests, then the benchmarks. Logs and JSON go
 # to $OUT (or target/gpu-harness); the benchmark table is printed last.
 set -euo pipefail
@@ -18,7 +19,7 @@ t0=$(date +%s)
 cmake -S "$root/src/test/cpp/gpu" -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_PREFIX_PATH="$prefix" -DPOWER_ATTENTION_CUDA_ARCHS="$archs" > "$out/cmake.log" 2>&1 \
   || { tail -40 "$out/cmake.log"; exit 1; }
-cmake --build "$build" -j "$(nproc)" > "$out/build.log" 2>&1 || { grep -E "error" -A3 "$out/build.log" | head -60; exit 1; }
+cmake --build "$build" -j "${JOBS:-$(nproc)}" > "$out/build.log" 2>&1 || { grep -E "error" -A3 "$out/build.log" | head -60; exit 1; }
 echo "build: $(( $(date +%s) - t0 )) s"
 status=0
 if [ "$mode" = test ] || [ "$mode" = all ]; then

@@ -1,0 +1,451 @@
+// chunked_cpu.cpp: the CPU path's chunked form, one head (SPEC §4): chunks in order (forward) and in reverse
+// (backward), the running state [D, e] in cache, every temporary one chunk's worth; states checkpointed for the
+// backward (state_interval), phi recomputed rather than stored.
+#include "cpu/cpu_simd.h"
+#include "cpu/heads.h"
+#include "cpu/power_full_cpu.h"
+#include "cpu/sympow_cpu.h"
+#include "sympow.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+#include <vector>
+
+namespace power_attention {
+namespace cpu {
+namespace {
+
+// State checkpointing in the chunked backward (state_interval): the kept states and the recomputation buffers may
+// take this share of the bytes of q, k, v and y together, and at least kStateBudgetFloor.
+constexpr double kStateBudgetShare = 0.5;
+constexpr double kStateBudgetFloor = 32.0 * (1 << 20);
+
+
+constexpr double kNegInf = -std::numeric_limits<double>::infinity();
+
+// The gates of one chunk: the local inclusive cumsum Gc (fp64), L = Gc at its last token, and sigma =
+// max_j (L - Gc_j) >= 0, the largest discount of a key to the chunk end (docs/SPEC.md, the stabilised chunked form).
+struct ChunkGates {
+  std::vector<double> Gc;  // [c] (all 0 without gating)
+  double L = 0;
+  double sigma = 0;
+};
+
+ChunkGates chunk_gates(const Problem& pr, const double* lg, int64_t t0) {
+  const int64_t c = pr.chunk;
+  ChunkGates cg;
+  cg.Gc.assign(c, 0.0);
+  if (lg == nullptr) return cg;
+  double acc = 0, lo = std::numeric_limits<double>::infinity();
+  for (int64_t j = 0; j < c; ++j) {
+    cg.Gc[j] = (acc += lg[t0 + j]);
+    lo = std::min(lo, cg.Gc[j]);
+  }
+  cg.L = acc;
+  cg.sigma = acc - lo;
+  return cg;
+}
+
+// The state's log-scale across chunk n: mu' = max(mu + L, sigma), the decay alpha = exp(mu + L - mu') of the scaled
+// state entering it (0 for an empty state, mu = -inf) and the keys' factors kf_j = exp(L - Gc_j - mu') <= 1.
+struct StateStep {
+  double mu_next = 0;
+  double alpha = 0;
+  at::Tensor kf;  // [c]
+};
+
+StateStep state_step(const ChunkGates& cg, double mu, const at::TensorOptions& o) {
+  StateStep st;
+  st.mu_next = mu == kNegInf ? cg.sigma : std::max(mu + cg.L, cg.sigma);
+  st.alpha = mu == kNegInf ? 0.0 : std::exp(mu + cg.L - st.mu_next);
+  const int64_t c = static_cast<int64_t>(cg.Gc.size());
+  at::Tensor kf = at::empty({c}, o.dtype(at::kDouble));
+  double* kp = kf.data_ptr<double>();
+  for (int64_t j = 0; j < c; ++j) kp[j] = std::exp(cg.L - cg.Gc[j] - st.mu_next);
+  st.kf = kf.to(o.dtype());
+  return st;
+}
+
+// The state is held augmented, A = [H | h] [D, e + 1]: the normaliser is the last column, so that one matrix
+// product serves both (phi(Q) A gives B and b; the backward's products with A and its gradient likewise), with
+// no separate passes over [c, D] or [D, e] for the normaliser.
+//
+// The state leaving a chunk from the one entering it: A <- alpha A + phi(K')^T [V | 1], with K' the keys scaled by
+// kf (state_step). The forward and the backward's recomputation both run exactly this, so a recomputed state is
+// the forward's to the bit. v1 is [V | 1] of the chunk.
+void advance_state(const at::Tensor& kc, const at::Tensor& v1, const StateStep& st, int64_t p, at::Tensor& A) {
+  const at::Tensor phiK = sympow_forward(kc, st.kf, p);  // [c, D]
+  A.addmm_(phiK.t(), v1, st.alpha, 1.0);
+}
+
+// sum_i a_i b_i accumulated in fp64 (in lanes, so that it vectorises).
+template <typename T>
+POWER_ATTENTION_INLINE double dot_fp64_impl(const T* a, const T* b, int64_t n) {
+  constexpr int64_t W = POWER_ATTENTION_LANES;
+  double acc[W] = {};
+  const int64_t nb = n / W * W;
+  for (int64_t i0 = 0; i0 < nb; i0 += W)
+    for (int64_t u = 0; u < W; ++u) acc[u] += static_cast<double>(a[i0 + u]) * static_cast<double>(b[i0 + u]);
+  for (int64_t i = nb; i < n; ++i) acc[0] += static_cast<double>(a[i]) * static_cast<double>(b[i]);
+  double sum = 0;
+  for (int64_t u = 0; u < W; ++u) sum += acc[u];
+  return sum;
+}
+
+POWER_ATTENTION_SIMD_VARIANTS(double, dot_fp64, (const T* a, const T* b, int64_t n), (a, b, n))
+
+// [x | 1]: a column of ones appended to x [n, e].
+at::Tensor with_ones(const at::Tensor& x) {
+  at::Tensor out = at::empty({x.size(0), x.size(1) + 1}, x.options());
+  out.narrow(1, 0, x.size(1)).copy_(x);
+  out.select(1, x.size(1)).fill_(1);
+  return out;
+}
+
+// The augmented states of Forward::states / norms (views of one [BH, kept, D, e + 1] buffer).
+at::Tensor augmented_states(const Forward& f) {
+  const at::Tensor& S = f.states;
+  return S.as_strided({S.size(0), S.size(1), S.size(2), S.size(3) + 1}, S.strides(), S.storage_offset());
+}
+
+// The checkpoint interval of N chunks with `kept` states kept: the smallest k with ceil(N / k) = kept (the forward
+// keeps chunks 0, k, 2k, ... for that k; state_interval only returns such k).
+int64_t checkpoint_interval(int64_t N, int64_t kept) {
+  for (int64_t k = 1; k <= N; ++k)
+    if ((N + k - 1) / k == kept) return k;
+  TORCH_CHECK(false, "power_full: ", kept, " checkpoints do not fit ", N, " chunks");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Chunked form, SPEC §4: per head, chunks in order (forward) and in reverse (backward).
+// ---------------------------------------------------------------------------------------------------------------
+
+// The combination of chunk n's rows (docs/SPEC.md, the stabilised chunked form): the in-chunk attention (numA, l,
+// row max m relative to the gate reference gref) and the state term (B, b: sp phi(q) times the scaled state) meet
+// at a shared row scale M_i = max(m_i + gref_i, r_i + log|b_i|), r_i = Gc_i + mu_n the state's log-factor, so that
+// both weights wa = exp(m_i + gref_i - M_i) and ws = exp(r_i - M_i) are <= 1 (up to |b|). Kept as delta_i =
+// M_i - gref_i (the saved row scale): the backward rebuilds ws from it and takes the tile's weights against it.
+struct RowScales {
+  at::Tensor wa, ws;  // [cg] in T
+};
+
+template <typename T>
+RowScales combine_scales(int64_t cg, int64_t g, const std::vector<double>& Gc, double mu,
+                            const std::vector<double>& gref, const T* m, const T* l, const T* b, T* delta,
+                            const at::TensorOptions& o) {
+  RowScales rs{at::empty({cg}, o), at::empty({cg}, o)};
+  T* wa = rs.wa.data_ptr<T>();
+  T* ws = rs.ws.data_ptr<T>();
+  for (int64_t i = 0; i < cg; ++i) {
+    const double A = l[i] != T(0) ? static_cast<double>(m[i]) + gref[i] : kNegInf;
+    const double r = mu == kNegInf ? kNegInf : Gc[i / g] + mu;
+    double rho = r;
+    if (r != kNegInf && b != nullptr && b[i] != T(0)) rho = r + std::log(std::abs(static_cast<double>(b[i])));
+    double M = std::max(A, rho);
+    if (M == kNegInf) M = gref[i];
+    delta[i] = static_cast<T>(M - gref[i]);
+    const double Mc = static_cast<double>(delta[i]) + gref[i];  // the rounded scale, used alike in backward
+    wa[i] = l[i] != T(0) ? static_cast<T>(std::exp(static_cast<double>(m[i]) - static_cast<double>(delta[i]))) : T(0);
+    ws[i] = r == kNegInf ? T(0) : static_cast<T>(std::exp(r - Mc));
+  }
+  return rs;
+}
+
+}  // namespace
+
+template <typename T>
+void chunked_forward_head(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                          const at::Tensor& lg, Forward& f, bool save, const State& initial, bool want_final,
+                          int64_t bh) {
+  const int64_t T_ = pr.T, g = pr.g, d = pr.d, e = pr.e, c = pr.chunk, N = T_ / c, cg = c * g;
+  const int64_t D = sympow_dim(d, pr.p);
+  const double sp = std::pow(pr.scale, static_cast<double>(pr.p));
+  const auto o = q.options();
+  const at::Tensor qr = q[bh].view({T_ * g, d}), kh = k[bh], vh = v[bh];
+  const double* lp = lg.defined() ? lg[bh].data_ptr<double>() : nullptr;
+  const at::Tensor yh = f.y[bh].view({T_ * g, e});
+  // The state entering the chunk is exp(mu) * A, A = [H | h]; mu = -inf: empty.
+  at::Tensor A = at::zeros({D, e + 1}, o);
+  if (initial.S.defined()) {
+    A.narrow(1, 0, e).copy_(initial.S[bh]);
+    A.select(1, e).copy_(initial.s[bh]);
+  }
+  double mu = kNegInf;
+  if (initial.S.defined()) mu = initial.logscale.defined() ? initial.logscale[bh].item<double>() : 0.0;
+  std::vector<double> gref(cg);
+  at::Tensor l = at::empty({cg}, o), m = at::empty({cg}, o);
+  const at::Tensor qscale = at::full({cg}, sp, o);  // phi(Q) carries scale^p
+  const int64_t interval = save ? checkpoint_interval(N, f.states.size(1)) : 1;
+  const at::Tensor saved = save ? augmented_states(f)[bh] : at::Tensor();
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t t0 = n * c;
+    const ChunkGates gt = chunk_gates(pr, lp, t0);
+    if (save) {
+      if (n % interval == 0) saved[n / interval].copy_(A);  // a checkpoint: the backward recomputes the rest
+      f.logscale[bh][n].fill_(mu);
+    }
+    const at::Tensor qc = qr.narrow(0, t0 * g, cg), kc = kh.narrow(0, t0, c), vc = vh.narrow(0, t0, c);
+
+    // in-chunk attention
+    at::Tensor S = at::mm(qc, kc.t());
+    const double* G = lp == nullptr ? nullptr : gt.Gc.data();
+    const auto sh = tile_shape<T>(pr, cg, c, 0, 0, G, G);
+    tile_weights_forward<T>(sh, S.data_ptr<T>(), m.data_ptr<T>(), l.data_ptr<T>());
+    tile_gate_reference<T>(sh, gref.data());
+    at::Tensor num = at::mm(S, vc);
+
+    // queries against the scaled state entering the chunk: [B | b] = sp phi(Q) A
+    at::Tensor Bb;
+    if (mu != kNegInf) Bb = at::mm(sympow_forward(qc, qscale, pr.p), A);  // [cg, e + 1]
+    const at::Tensor bq = Bb.defined() ? Bb.select(1, e).contiguous() : at::Tensor();
+
+    // combine at the shared row scale
+    at::Tensor delta = f.rowmax[bh].narrow(0, t0 * g, cg);
+    const RowScales rs = combine_scales<T>(cg, g, gt.Gc, mu, gref, m.data_ptr<T>(), l.data_ptr<T>(),
+                                              bq.defined() ? bq.data_ptr<T>() : nullptr, delta.data_ptr<T>(), o);
+    at::Tensor den = l * rs.wa;
+    num.mul_(rs.wa.unsqueeze(1));
+    if (bq.defined()) {
+      den.add_(bq * rs.ws);
+      num.add_(Bb.narrow(1, 0, e) * rs.ws.unsqueeze(1));
+    }
+    f.den[bh].narrow(0, t0 * g, cg).copy_(den);
+    yh.narrow(0, t0 * g, cg).copy_(num.mul_(safe_reciprocal(den).unsqueeze(1)));
+
+    // the state leaving the chunk
+    if (n + 1 < N || want_final) {
+      const StateStep st = state_step(gt, mu, o);
+      advance_state(kc, with_ones(vc), st, pr.p, A);
+      mu = st.mu_next;
+    }
+  }
+  if (want_final) {
+    f.final_state[bh].copy_(A.narrow(1, 0, e));
+    f.final_norm[bh].copy_(A.select(1, e));
+    f.final_logscale[bh].fill_(mu);
+  }
+}
+
+template <typename T>
+void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                           const at::Tensor& lg, const Forward& f, const at::Tensor& dy, const Needs& needs,
+                           const State& d_final, HeadGrads& gr, int64_t bh) {
+  const int64_t T_ = pr.T, g = pr.g, d = pr.d, e = pr.e, c = pr.chunk, N = T_ / c, cg = c * g;
+  const int64_t D = sympow_dim(d, pr.p);
+  const double sp = std::pow(pr.scale, static_cast<double>(pr.p));
+  const auto o = q.options();
+  const bool gates = lg.defined() && needs.g;
+  const bool key_side = needs.k || needs.v || gates;  // anything downstream of the states
+  const bool carry = key_side || needs.state;         // the state gradient travels backwards
+  const bool seeded = d_final.S.defined();            // the final state is used downstream
+  const at::Tensor qr = q[bh].view({T_ * g, d}), kh = k[bh], vh = v[bh];
+  const double* lp = lg.defined() ? lg[bh].data_ptr<double>() : nullptr;
+  const at::Tensor yh = f.y[bh].view({T_ * g, e}), dyh = dy[bh].view({T_ * g, e});
+  const at::Tensor mus = f.logscale[bh].contiguous();
+  const double* mup = mus.data_ptr<double>();
+  // gradients of one chunk, then stored into the head's rows (API layout: the rows before t only)
+  at::Tensor dq = needs.q ? query_grad_rows(pr, gr, bh) : at::Tensor();  // [tokens, g, d]
+  at::Tensor dk = needs.k ? kv_grad_rows(pr, gr, gr.k, bh) : at::Tensor();
+  at::Tensor dv = needs.v ? kv_grad_rows(pr, gr, gr.v, bh) : at::Tensor();
+  const int64_t tokens = gr.direct ? pr.t : T_;
+  at::Tensor dqbuf = needs.q ? at::empty({cg, d}, o) : at::Tensor();
+  at::Tensor dkbuf = needs.k ? at::empty({c, d}, o) : at::Tensor();
+  at::Tensor dvbuf = needs.v ? at::empty({c, e}, o) : at::Tensor();
+  double* dlg = gates ? gr.lg[bh].data_ptr<double>() : nullptr;
+  // d loss / d (the scaled state leaving the chunk being processed), augmented as the state: dA = [dH | dh]
+  at::Tensor dA = at::zeros({D, e + 1}, o);
+  if (seeded) {
+    dA.narrow(1, 0, e).copy_(d_final.S[bh]);
+    dA.select(1, e).copy_(d_final.s[bh]);
+  }
+  const at::Tensor dH = dA.narrow(1, 0, e);
+  std::vector<T> dGq(gates ? c : 0), dGk(gates ? c : 0);
+  std::vector<double> gref(cg);
+  // The states entering the chunks of one checkpoint segment [n0, n0 + interval), recomputed from its checkpoint
+  // when the backward reaches the segment's last chunk (interval 1: the saved states themselves).
+  const at::Tensor saved = augmented_states(f)[bh];
+  const int64_t interval = checkpoint_interval(N, f.states.size(1));
+  const at::Tensor seg = interval > 1 ? at::empty({interval, D, e + 1}, o) : at::Tensor();
+  at::Tensor dyc1 = at::empty({cg, e + 1}, o);  // [dnum | dden]
+  for (int64_t n = N - 1; n >= 0; --n) {
+    const int64_t t0 = n * c;
+    const ChunkGates gt = chunk_gates(pr, lp, t0);
+    const double mu = mup[n];
+    const int64_t n0 = n / interval * interval;
+    if (interval > 1 && (n == N - 1 || n % interval == interval - 1)) {
+      seg[0].copy_(saved[n0 / interval]);
+      for (int64_t j = n0; j < n; ++j) {
+        at::Tensor Aj = seg[j - n0 + 1];
+        Aj.copy_(seg[j - n0]);
+        const StateStep sj = state_step(chunk_gates(pr, lp, j * c), mup[j], o);
+        advance_state(kh.narrow(0, j * c, c), with_ones(vh.narrow(0, j * c, c)), sj, pr.p, Aj);
+      }
+    }
+    const at::Tensor An = interval > 1 ? seg[n - n0] : saved[n];  // [D, e + 1], contiguous
+    const at::Tensor qc = qr.narrow(0, t0 * g, cg), kc = kh.narrow(0, t0, c), vc = vh.narrow(0, t0, c);
+    const double* G = lp == nullptr ? nullptr : gt.Gc.data();
+    const auto sh = tile_shape<T>(pr, cg, c, 0, 0, G, G);
+    tile_gate_reference<T>(sh, gref.data());
+
+    // y = num / den:  dnum = dy / den,  dden = -(dy . y) / den
+    const at::Tensor inv = safe_reciprocal(f.den[bh].narrow(0, t0 * g, cg));
+    const at::Tensor delta = f.rowmax[bh].narrow(0, t0 * g, cg).contiguous();
+    const at::Tensor dyc = dyh.narrow(0, t0 * g, cg), yc = yh.narrow(0, t0 * g, cg);
+    at::Tensor dnum = dyc1.narrow(1, 0, e), dden = dyc1.select(1, e);
+    at::mul_out(dnum, dyc, inv.unsqueeze(1));
+    dden.copy_((dyc * yc).sum(1).mul_(inv).neg_());
+    double dL = 0;  // d loss / d L_n (the chunk-end cumsum)
+    if (gates) {
+      std::fill(dGq.begin(), dGq.end(), T(0));
+      std::fill(dGk.begin(), dGk.end(), T(0));
+    }
+
+    // --- queries against the state: [B | b] = phi(Q) diag(qf) A_n, qf = sp ws (ws at the saved row scale)
+    const bool stateful_chunk = mu != kNegInf;
+    at::Tensor phiQ, dxq;
+    if (stateful_chunk) {
+      at::Tensor qf = at::empty({cg}, o);
+      T* qfp = qf.data_ptr<T>();
+      const T* dp = delta.data_ptr<T>();
+      for (int64_t i = 0; i < cg; ++i) {
+        const double Mc = static_cast<double>(dp[i]) + gref[i];
+        qfp[i] = static_cast<T>(sp * std::exp(gt.Gc[i / g] + mu - Mc));
+      }
+      phiQ = sympow_forward(qc, qf, pr.p);
+      if (needs.q || gates) {
+        const at::Tensor dphiQ = at::mm(dyc1, An.t());  // dnum H^T + dden h^T
+        auto [dx, dsq] = sympow_backward(qc, qf, dphiQ, pr.p, needs.q, gates);
+        dxq = dx;
+        if (gates) {  // d qf / d Gc = qf
+          const at::Tensor u = (dsq * qf).view({c, g}).sum(1).to(at::kDouble);
+          const double* up = u.data_ptr<double>();
+          for (int64_t j = 0; j < c; ++j) dGq[j] += static_cast<T>(up[j]);
+        }
+      }
+    }
+
+    // --- the state leaving the chunk: A_{n+1} = alpha_n A_n + phi(K')^T [V | 1] (dA is its gradient)
+    at::Tensor dvs = dvbuf;
+    at::Tensor dxk;
+    bool dv_set = false;
+    const StateStep st = state_step(gt, mu, o);
+    if (key_side && (n + 1 < N || seeded)) {
+      const at::Tensor phiK = sympow_forward(kc, st.kf, pr.p);
+      if (needs.v) {
+        at::mm_out(dvs, phiK, dH);
+        dv_set = true;
+      }
+      if (needs.k || gates) {
+        const at::Tensor dphiK = at::mm(with_ones(vc), dA.t());  // V dH^T + 1 dh^T
+        auto [dx, dsk] = sympow_backward(kc, st.kf, dphiK, pr.p, needs.k, gates);
+        dxk = dx;
+        if (gates) {  // d kf / d(L - Gc) = kf
+          const at::Tensor u = (dsk * st.kf).to(at::kDouble);
+          const double* up = u.data_ptr<double>();
+          for (int64_t j = 0; j < c; ++j) {
+            dGk[j] -= static_cast<T>(up[j]);
+            dL += up[j];
+          }
+        }
+      }
+      if (gates && st.alpha != 0) dL += st.alpha * dot_fp64(An.data_ptr<T>(), dA.data_ptr<T>(), An.numel());
+    }
+    if (carry && (n > 0 || needs.state)) {  // dA <- alpha dA + (phi(Q) diag(qf))^T [dnum | dden]
+      if (stateful_chunk) {
+        dA.addmm_(phiQ.t(), dyc1, st.alpha, 1.0);
+      } else {
+        dA.mul_(st.alpha);
+      }
+    }
+
+    // --- in-chunk attention, its weights exp(z - M) taken at the saved row scale
+    at::Tensor S = at::mm(qc, kc.t());
+    at::Tensor dP = at::mm(dnum, vc.t()).add_(dden.unsqueeze(1));
+    tile_weights_backward<T>(sh, S.data_ptr<T>(), dP.data_ptr<T>(), delta.data_ptr<T>(),
+                             gates ? dGq.data() : nullptr, gates ? dGk.data() : nullptr);
+    if (needs.v) {
+      if (dv_set) {
+        dvs.addmm_(S.t(), dnum);
+      } else {
+        at::mm_out(dvs, S.t(), dnum);
+      }
+    }
+    if (needs.q) {
+      at::Tensor dqs = dqbuf;
+      if (dxq.defined()) {
+        dqs.copy_(dxq).addmm_(dP, kc);
+      } else {
+        at::mm_out(dqs, dP, kc);
+      }
+    }
+    if (needs.k) {
+      at::Tensor dks = dkbuf;
+      if (dxk.defined()) {
+        dks.copy_(dxk).addmm_(dP.t(), qc);
+      } else {
+        at::mm_out(dks, dP.t(), qc);
+      }
+    }
+    const int64_t valid = std::min(c, tokens - t0);
+    if (valid > 0) {
+      if (needs.q) dq.narrow(0, t0, valid).copy_(dqbuf.view({c, g, d}).narrow(0, 0, valid));
+      if (needs.k) dk.narrow(0, t0, valid).copy_(dkbuf.narrow(0, 0, valid));
+      if (needs.v) dv.narrow(0, t0, valid).copy_(dvbuf.narrow(0, 0, valid));
+    }
+    if (gates) {  // Gc_j = sum_{l <= j} lg_l, L_n = Gc_{c-1}: reverse cumsum within the chunk
+      double acc = dL;
+      for (int64_t j = c - 1; j >= 0; --j) {
+        acc += static_cast<double>(dGq[j]) + static_cast<double>(dGk[j]);
+        dlg[t0 + j] = acc;
+      }
+    }
+  }
+  if (needs.state) {  // after chunk 0, dA is the gradient of the state entering the sequence
+    gr.initial.S[bh].copy_(dA.narrow(1, 0, e));
+    gr.initial.s[bh].copy_(dA.select(1, e));
+  }
+}
+
+int64_t state_interval(const Problem& pr) {
+  if (pr.chunk <= 0) return 1;
+  const int64_t N = pr.T / pr.chunk;
+  if (const char* env = std::getenv("POWER_ATTENTION_CPU_STATE_INTERVAL")) {
+    const long k = std::atol(env);
+    if (k >= 1) return checkpoint_interval(N, (N + std::min<int64_t>(k, N) - 1) / std::min<int64_t>(k, N));
+  }
+  const double elem = 8;  // fp64 bound; fp32 states take half
+  const double state = static_cast<double>(sympow_dim(pr.d, pr.p)) * (pr.e + 1) * elem;
+  const double qkvy = static_cast<double>(pr.BH) * pr.T * (pr.g * (pr.d + pr.e) + pr.d + pr.e) * elem;
+  const double budget = std::max(kStateBudgetFloor, kStateBudgetShare * qkvy);
+  const double workers = static_cast<double>(std::min<int64_t>(pr.BH, std::max(1, at::get_num_threads())));
+  int64_t best = 1;
+  double best_bytes = std::numeric_limits<double>::infinity();
+  for (int64_t k = 1; k <= std::max<int64_t>(N, 1); ++k) {
+    const double kept = static_cast<double>(pr.BH) * ((N + k - 1) / k) * state + (k > 1 ? workers * k * state : 0.0);
+    if (kept <= budget) {
+      best = k;
+      break;
+    }
+    if (kept < best_bytes) best = k, best_bytes = kept;
+  }
+  return checkpoint_interval(N, (N + best - 1) / best);
+}
+
+template void chunked_forward_head<float>(const Problem&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                          const at::Tensor&, Forward&, bool, const State&, bool, int64_t);
+template void chunked_forward_head<double>(const Problem&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                           const at::Tensor&, Forward&, bool, const State&, bool, int64_t);
+template void chunked_backward_head<float>(const Problem&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                           const at::Tensor&, const Forward&, const at::Tensor&, const Needs&,
+                                           const State&, HeadGrads&, int64_t);
+template void chunked_backward_head<double>(const Problem&, const at::Tensor&, const at::Tensor&,
+                                            const at::Tensor&, const at::Tensor&, const Forward&, const at::Tensor&,
+                                            const Needs&, const State&, HeadGrads&, int64_t);
+
+}  // namespace cpu
+}  // namespace power_attention

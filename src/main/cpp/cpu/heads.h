@@ -1,0 +1,72 @@
+// heads.h: the CPU path's work on one key/value head, shared by its files: the quadratic form (quadratic_cpu.cpp),
+// the chunked form (chunked_cpu.cpp), and the helpers both use. Tensors in the compute layout (compute_layout.h),
+// T in {float, double}.
+#pragma once
+
+#include "cpu/attention_tile_cpu.h"
+#include "path.h"
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+
+namespace power_attention {
+namespace cpu {
+
+/// The gradients as this path writes them: q, k, v in the caller's layout directly when `direct` (the compute
+/// dtype is the inputs'), else in the compute layout like the log gates.
+struct HeadGrads : Grads {
+  bool direct = false;
+};
+
+// 1 / x where x != 0, else 0 (a row with no weight at all gives y = 0 and no gradient).
+inline at::Tensor safe_reciprocal(const at::Tensor& x) {
+  return at::where(x == 0, at::zeros_like(x), x.reciprocal());
+}
+
+template <typename T>
+TileShape<T> tile_shape(const Problem& pr, int64_t R, int64_t C, int64_t tq0, int64_t tk0, const double* gq,
+                        const double* gk) {
+  TileShape<T> sh;
+  sh.R = R, sh.C = C, sh.g = pr.g, sh.tq0 = tq0, sh.tk0 = tk0, sh.p = pr.p;
+  sh.scale = static_cast<T>(pr.scale), sh.gq = gq, sh.gk = gk;
+  return sh;
+}
+
+// A head's gradients: with HeadGrads::direct they go straight into the caller's layout [b, t, heads, w] (no
+// unlayout copy of the whole gradient afterwards, and no compute-layout gradient in memory), else into the compute
+// layout. Query gradient of head bh as [tokens, g, d]; key or value gradient as [tokens, w]; tokens = t (direct)
+// or T.
+inline at::Tensor query_grad_rows(const Problem& pr, const HeadGrads& gr, int64_t bh) {
+  if (!gr.direct) return gr.q[bh];
+  const int64_t H = pr.BH / pr.b;
+  return gr.q[bh / H].narrow(1, (bh % H) * pr.g, pr.g);
+}
+inline at::Tensor kv_grad_rows(const Problem& pr, const HeadGrads& gr, const at::Tensor& x, int64_t bh) {
+  if (!gr.direct) return x[bh];
+  const int64_t H = pr.BH / pr.b;
+  return x[bh / H].select(1, bh % H);
+}
+
+/// The quadratic form of head bh: y, den (the row sums l), rowmax.
+template <typename T>
+void quadratic_forward_head(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            const at::Tensor& lg, Forward& f, int64_t bh);
+template <typename T>
+void quadratic_backward_head(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                             const at::Tensor& lg, const Forward& f, const at::Tensor& dy, const Needs& needs,
+                             HeadGrads& gr, int64_t bh);
+
+/// The chunked form of head bh, chunks in order (forward) and in reverse (backward); states checkpointed by
+/// state_interval (power_full_cpu.h).
+template <typename T>
+void chunked_forward_head(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                          const at::Tensor& lg, Forward& f, bool save, const State& initial, bool want_final,
+                          int64_t bh);
+template <typename T>
+void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                           const at::Tensor& lg, const Forward& f, const at::Tensor& dy, const Needs& needs,
+                           const State& d_final, HeadGrads& gr, int64_t bh);
+
+}  // namespace cpu
+}  // namespace power_attention

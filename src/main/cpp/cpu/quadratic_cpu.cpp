@@ -1,0 +1,111 @@
+// quadratic_cpu.cpp: the CPU path's quadratic form, one head: tiles of query tokens against the keys up to the
+// tile's end, the log-space weights fused per row (attention_tile_cpu.h), the products by ATen.
+#include "cpu/heads.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace power_attention {
+namespace cpu {
+namespace {
+
+// Query tokens per tile of the quadratic form: about this many weights per tile.
+constexpr int64_t kQuadraticTileWeights = int64_t(1) << 20;
+constexpr int64_t kQuadraticTileTokens = 128;
+
+// ---------------------------------------------------------------------------------------------------------------
+// Quadratic form: tiles of query tokens against keys [0, tile end).
+// ---------------------------------------------------------------------------------------------------------------
+
+// G = cumsum(lg[bh]) in fp64, or empty without gating.
+std::vector<double> gate_cumsum(const at::Tensor& lg, int64_t bh, int64_t T) {
+  std::vector<double> G;
+  if (!lg.defined()) return G;
+  G.resize(T);
+  const double* lp = lg[bh].data_ptr<double>();
+  double acc = 0;
+  for (int64_t i = 0; i < T; ++i) G[i] = (acc += lp[i]);
+  return G;
+}
+
+// Tiles of at most kQuadraticTileTokens query tokens, so that the products skip most of the masked upper triangle
+// (a tile sees only the keys up to its last token).
+int64_t quadratic_tile_tokens(const Problem& pr) {
+  return std::clamp<int64_t>(kQuadraticTileWeights / std::max<int64_t>(1, pr.g * pr.T), 16,
+                             std::max<int64_t>(16, std::min(pr.T, kQuadraticTileTokens)));
+}
+
+}  // namespace
+
+template <typename T>
+void quadratic_forward_head(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            const at::Tensor& lg, Forward& f, int64_t bh) {
+  const int64_t T_ = pr.T, g = pr.g, d = pr.d, e = pr.e;
+  const at::Tensor qr = q[bh].view({T_ * g, d}), kh = k[bh], vh = v[bh];
+  const std::vector<double> G = gate_cumsum(lg, bh, T_);
+  const at::Tensor yh = f.y[bh].view({T_ * g, e});
+  const at::Tensor lh = f.den[bh], mh = f.rowmax[bh];
+  const int64_t tile = quadratic_tile_tokens(pr);
+  for (int64_t i0 = 0; i0 < T_; i0 += tile) {
+    const int64_t i1 = std::min(T_, i0 + tile), R = (i1 - i0) * g;
+    at::Tensor S = at::mm(qr.narrow(0, i0 * g, R), kh.narrow(0, 0, i1).t()).contiguous();
+    const auto sh = tile_shape<T>(pr, R, i1, i0, 0, G.empty() ? nullptr : G.data() + i0, G.empty() ? nullptr : G.data());
+    at::Tensor m = mh.narrow(0, i0 * g, R), l = lh.narrow(0, i0 * g, R);
+    tile_weights_forward<T>(sh, S.data_ptr<T>(), m.data_ptr<T>(), l.data_ptr<T>());
+    yh.narrow(0, i0 * g, R).copy_(at::mm(S, vh.narrow(0, 0, i1)).mul_(safe_reciprocal(l).unsqueeze(1)));
+  }
+}
+
+template <typename T>
+void quadratic_backward_head(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                             const at::Tensor& lg, const Forward& f, const at::Tensor& dy, const Needs& needs,
+                             HeadGrads& gr, int64_t bh) {
+  const int64_t T_ = pr.T, g = pr.g, d = pr.d, e = pr.e;
+  const bool gates = lg.defined() && needs.g;
+  const at::Tensor qr = q[bh].view({T_ * g, d}), kh = k[bh], vh = v[bh];
+  const std::vector<double> G = gate_cumsum(lg, bh, T_);
+  std::vector<T> dG(gates ? T_ : 0, T(0));
+  at::Tensor dq = needs.q ? query_grad_rows(pr, gr, bh) : at::Tensor();  // [T, g, d]
+  at::Tensor dk = needs.k ? kv_grad_rows(pr, gr, gr.k, bh) : at::Tensor();
+  at::Tensor dv = needs.v ? kv_grad_rows(pr, gr, gr.v, bh) : at::Tensor();
+  const at::Tensor yh = f.y[bh].view({T_ * g, e}), dyh = dy[bh].view({T_ * g, e});
+  const int64_t tile = quadratic_tile_tokens(pr);
+  for (int64_t i0 = 0; i0 < T_; i0 += tile) {
+    const int64_t i1 = std::min(T_, i0 + tile), R = (i1 - i0) * g;
+    const at::Tensor inv = safe_reciprocal(f.den[bh].narrow(0, i0 * g, R));
+    const at::Tensor dyt = dyh.narrow(0, i0 * g, R), yt = yh.narrow(0, i0 * g, R);
+    const at::Tensor dnum = dyt * inv.unsqueeze(1);                     // y = num / l
+    const at::Tensor dl = (dyt * yt).sum(1).mul_(inv).neg_();
+    const at::Tensor qt = qr.narrow(0, i0 * g, R), kt = kh.narrow(0, 0, i1), vt = vh.narrow(0, 0, i1);
+    at::Tensor S = at::mm(qt, kt.t()).contiguous();
+    at::Tensor dP = at::mm(dnum, vt.t()).add_(dl.unsqueeze(1)).contiguous();
+    const at::Tensor m = f.rowmax[bh].narrow(0, i0 * g, R).contiguous();
+    const auto sh = tile_shape<T>(pr, R, i1, i0, 0, G.empty() ? nullptr : G.data() + i0, G.empty() ? nullptr : G.data());
+    tile_weights_backward<T>(sh, S.data_ptr<T>(), dP.data_ptr<T>(), m.data_ptr<T>(), gates ? dG.data() + i0 : nullptr,
+                             gates ? dG.data() : nullptr);
+    if (needs.v) dv.narrow(0, 0, i1).add_(at::mm(S.t(), dnum));
+    if (needs.q) dq.narrow(0, i0, i1 - i0).copy_(at::mm(dP, kt).view({i1 - i0, g, d}));
+    if (needs.k) dk.narrow(0, 0, i1).add_(at::mm(dP.t(), qt));
+  }
+  if (gates) {  // G = cumsum(lg): reverse cumsum
+    double* out = gr.lg[bh].data_ptr<double>();
+    double acc = 0;
+    for (int64_t i = T_ - 1; i >= 0; --i) out[i] = (acc += static_cast<double>(dG[i]));
+  }
+}
+
+template void quadratic_forward_head<float>(const Problem&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                            const at::Tensor&, Forward&, int64_t);
+template void quadratic_forward_head<double>(const Problem&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                             const at::Tensor&, Forward&, int64_t);
+template void quadratic_backward_head<float>(const Problem&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                             const at::Tensor&, const Forward&, const at::Tensor&, const Needs&,
+                                             HeadGrads&, int64_t);
+template void quadratic_backward_head<double>(const Problem&, const at::Tensor&, const at::Tensor&,
+                                              const at::Tensor&, const at::Tensor&, const Forward&,
+                                              const at::Tensor&, const Needs&, HeadGrads&, int64_t);
+
+}  // namespace cpu
+}  // namespace power_attention

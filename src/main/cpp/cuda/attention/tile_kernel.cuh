@@ -1,0 +1,152 @@
+// tile_kernel.cuh: what the three tile kernels of attention_tile.h share: the launch arguments, sizes, the log2-unit
+// score helpers, the stores of accumulator tiles, and the launchers each kernel's file defines.
+//
+// Three kernels, each a CTA of 4 warps:
+//   tile_fwd_kernel      (tile_fwd.cu)      64 query rows (16 a warp) against key tiles of 64, online row maximum
+//                                           (flash style);
+//   tile_bwd_dq_kernel   (tile_bwd_dq.cu)   64 query rows against key tiles: recomputes P with the saved m,
+//                                           accumulates dq and the rows' dz sums;
+//   tile_bwd_dkv_kernel  (tile_bwd_dkv.cu)  64 keys (16 a warp) against steps of query rows: accumulates dk, dv and
+//                                           the keys' dz sums.
+// K/V (or Q/dY) tiles stream through shared memory with cp.async, two stages; fragments come from ldmatrix. Every
+// operand is read (and every output in the input dtype written) through its row map (operand.h): the caller's
+// layout and a dense one alike.
+#pragma once
+
+#include "cuda/common/mma_sm80.cuh"
+#include "cuda/common/operand.h"
+
+#include <c10/util/Exception.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace power_attention {
+namespace cuda {
+namespace tile {
+
+using namespace mma;
+
+constexpr int kThreads = 128;  // 4 warps
+constexpr int kRows = 64;      // query rows of a forward / dq CTA, keys of a dkv CTA
+constexpr float kNegInf = -__builtin_huge_valf();
+
+constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
+
+struct Args {
+  int64_t X, R, C;
+  int g, p;
+  float lp2;          // p log2(scale)
+  const float* gmin;  // [X]: min over the block's keys of G, or null (no gates)
+  RowMap mq, mk, mv, my;  // loads: q, k, v, dy (the forward: its output y)
+  RowMap oq, ok, ov;      // outputs in the input dtype: dq, dk, dv
+};
+
+// Degree 2 in the backward: w = s^2 2^(c_i - G_j log2 e) and dz p / s = 2 t s 2^(...) need one MUFU a score instead
+// of three (lg2, ex2 and the division's reciprocal). The factor 2^(...) is finite while c_i - min_j G_j log2 e < 120
+// (the row's "room"; the product itself is a weight <= 1); rows without room take the log form.
+constexpr float kRoom = 120.f;
+
+// Scores work in log2 units: z2 = p log2|s| + (p log2 scale + G_i log2 e) - G_j log2 e, weights 2^(z2 - m2).
+// MUFU approximations (ex2.approx, lg2.approx): a few ulp, far under the bf16 operands' rounding.
+__device__ __forceinline__ float ex2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+__device__ __forceinline__ float lg2(float x) {
+  float y;
+  asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// Stores a [16 x W] accumulator tile (rows ra / ra + 8 of the warp) to out [rows, W] (fp32).
+template <int W>
+__device__ __forceinline__ void store_rows(float* out, const float (&acc)[W / 8][4], int64_t ra, int64_t n) {
+  const int tg = threadIdx.x & 3;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int64_t r = ra + 8 * half;
+    if (r >= n) continue;
+    float* o = out + r * W;
+#pragma unroll
+    for (int f = 0; f < W / 8; ++f) {
+      float2* p = reinterpret_cast<float2*>(o + f * 8 + tg * 2);
+      *p = make_float2(acc[f][2 * half], acc[f][2 * half + 1]);
+    }
+  }
+}
+
+
+// Stores a [16 x W] accumulator tile (rows ra / ra + 8 of the warp, those under n) in the input dtype through map
+// mp (out at the block's base), plus `add` (fp32, the block's rows of W in the compute layout) when given.
+template <bool BF, int W>
+__device__ __forceinline__ void store_mapped(u16* out, const RowMap& mp, const float (&acc)[W / 8][4], int64_t ra,
+                                             int64_t n, const float* add = nullptr) {
+  const int tg = threadIdx.x & 3;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int64_t r = ra + 8 * half;
+    if (r >= n) continue;
+    u16* o = out + mp.row(r);
+#pragma unroll
+    for (int f = 0; f < W / 8; ++f) {
+      float2 v = make_float2(acc[f][2 * half], acc[f][2 * half + 1]);
+      if (add) {
+        const float2 p = *reinterpret_cast<const float2*>(add + r * W + f * 8 + tg * 2);
+        v.x += p.x;
+        v.y += p.y;
+      }
+      *reinterpret_cast<u32*>(o + f * 8 + tg * 2) = pack2<BF>(v.x, v.y);
+    }
+  }
+}
+
+template <int D, int E>
+constexpr size_t fwd_smem() {
+  return sizeof(u16) * (kRows * (D + 8) + 2 * 64 * (D + 8) + 2 * 64 * (E + 8)) + sizeof(float) * 2 * 64;
+}
+
+template <int D, int E>
+constexpr int dq_keys() {
+  return (D > 64 || E > 64) ? 32 : 64;
+}
+template <int D, int E>
+constexpr size_t dq_smem() {
+  constexpr int BN = dq_keys<D, E>();
+  return sizeof(u16) * (kRows * (D + 8) + kRows * (E + 8) + 2 * BN * (D + 8) + 2 * BN * (E + 8)) +
+         sizeof(float) * 2 * BN;
+}
+
+template <int D, int E>
+constexpr int dkv_rows() {
+  return (D > 64 || E > 64) ? 32 : 64;
+}
+template <int D, int E>
+constexpr size_t dkv_smem() {
+  constexpr int BM = dkv_rows<D, E>();
+  return sizeof(u16) * (kRows * (D + 8) + kRows * (E + 8) + 2 * BM * (D + 8) + 2 * BM * (E + 8)) +
+         sizeof(float) * 2 * 5 * BM;
+}
+
+// One CTA a tile of each block.
+inline unsigned grid_of(int64_t tiles, int64_t X) {
+  const int64_t n = tiles * X;
+  TORCH_CHECK(n < (int64_t(1) << 31), "power_full: internal: too many tiles for one CUDA launch (", n, ")");
+  return static_cast<unsigned>(n);
+}
+
+// The launchers, one kernel each (bf: bf16, else fp16; d = e in {16, 32, 64, 128}). Pointers: the input dtype's bits
+// (u16) or fp32; null where not wanted (see each kernel).
+void launch_fwd(const Args& a, bool bf, int64_t d, const u16* q, const u16* k, const u16* v, const float* G,
+                float* num, float* m, float* l, bool normalize, u16* y);
+void launch_bwd_dq(const Args& a, bool bf, int64_t d, const u16* q, const u16* k, const u16* v, const float* G,
+                   const u16* dy, const float* m, const float* rf, const float* dd, const float* dq_add,
+                   float* rowdz, u16* dq);
+void launch_bwd_dkv(const Args& a, bool bf, int64_t d, const u16* q, const u16* k, const u16* v, const float* G,
+                    const u16* dy, const float* m, const float* rf, const float* dd, const float* dk_add,
+                    const float* dv_add, float* coldz, u16* dk, u16* dv);
+
+}  // namespace tile
+}  // namespace cuda
+}  // namespace power_attention

@@ -1,0 +1,81 @@
+// path.cpp: the device-path interface of path.h, answered by the CPU path or the CUDA path (when built with it). The
+// only file outside cpu/ and cuda/ that includes their entry headers.
+#include "path.h"
+
+#include "cpu/power_full_cpu.h"
+#ifdef POWER_ATTENTION_WITH_CUDA
+#include "cuda/power_full_cuda.h"
+#endif
+
+namespace power_attention {
+namespace path {
+namespace {
+
+bool on_cuda(const at::Device& device) {
+#ifdef POWER_ATTENTION_WITH_CUDA
+  return device.is_cuda();
+#else
+  (void)device;
+  return false;
+#endif
+}
+
+}  // namespace
+
+bool supports(const at::Device& device) { return on_cuda(device) || device.is_cpu(); }
+
+Precision precision(const at::Device& device, at::ScalarType input, int64_t p, int64_t chunk, bool amplifying) {
+#ifdef POWER_ATTENTION_WITH_CUDA
+  if (on_cuda(device)) return cuda::precision(input, p, chunk, amplifying);
+#endif
+  return cpu::precision(input, p, chunk, amplifying);
+}
+
+double state_bytes(const at::Device& device, const Problem& pr, bool grad) {
+#ifdef POWER_ATTENTION_WITH_CUDA
+  if (on_cuda(device)) return cuda::state_bytes(pr, grad);
+#endif
+  return cpu::state_bytes(pr, grad);
+}
+
+MemoryLimit memory_limit(const at::Tensor& q) {
+#ifdef POWER_ATTENTION_WITH_CUDA
+  if (on_cuda(q.device())) return cuda::memory_limit(q);
+#endif
+  return cpu::memory_limit();
+}
+
+bool decode_supported(const at::Device& device, int64_t g, int64_t e, int64_t p) {
+#ifdef POWER_ATTENTION_WITH_CUDA
+  if (on_cuda(device)) return cuda::decode_supported(g, e, p);
+#endif
+  return device.is_cpu();
+}
+
+Forward forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                const at::Tensor& log_g, bool save, const State& initial, bool want_final) {
+#ifdef POWER_ATTENTION_WITH_CUDA
+  if (on_cuda(q.device())) return cuda::forward(pr, q, k, v, log_g, save, initial, want_final);
+#endif
+  return cpu::forward(pr, q, k, v, log_g, save, initial, want_final);
+}
+
+Grads backward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+               const at::Tensor& log_g, const Forward& saved, const at::Tensor& dy, const Needs& needs,
+               const State& d_final) {
+#ifdef POWER_ATTENTION_WITH_CUDA
+  if (on_cuda(q.device())) return cuda::backward(pr, q, k, v, log_g, saved, dy, needs, d_final);
+#endif
+  return cpu::backward(pr, q, k, v, log_g, saved, dy, needs, d_final);
+}
+
+std::vector<at::Tensor> decode_step(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                    const at::Tensor& lg, const at::Tensor& S, const at::Tensor& s, int64_t p) {
+#ifdef POWER_ATTENTION_WITH_CUDA
+  if (on_cuda(q.device())) return cuda::decode_step(q, k, v, lg, S, s, p);
+#endif
+  return cpu::decode_step(q, k, v, lg, S, s, p);
+}
+
+}  // namespace path
+}  // namespace power_attention

@@ -1,0 +1,375 @@
+// cases.cpp: the harness's correctness cases (SPEC §7/§8 on CUDA against the fp64 oracle of oracle.cpp: forward
+// and all gradients, outputs poisoned with NaN, fresh random inputs per case), long sequences on sampled rows, and
+// states in pieces with a decode step.
+#include "harness.h"
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+#include <cuda_runtime.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/generated/variable_factories.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace harness {
+namespace {
+
+int failure_count = 0, over_count = 0;
+
+struct Inputs {
+  at::Tensor q, k, v, lg;  // fp64 CPU, rounded to the case's dtype
+};
+
+Inputs make_inputs(const Case& c, std::mt19937_64& rng) {
+  at::manual_seed(static_cast<uint64_t>(rng()));
+  const auto o = at::TensorOptions().dtype(at::kDouble);
+  Inputs in;
+  in.q = (at::randn({c.b, c.t, c.hq, c.d}, o) * c.qk).to(c.dtype).to(at::kDouble);
+  in.k = (at::randn({c.b, c.t, c.h, c.d}, o) * c.qk).to(c.dtype).to(at::kDouble);
+  in.v = at::randn({c.b, c.t, c.h, c.e}, o).to(c.dtype).to(at::kDouble);
+  // gates in fp32 (fp64 for fp64 cases), as a user would pass them
+  if (c.gate) {
+    const at::ScalarType gt = c.dtype == at::kDouble ? at::kDouble : at::kFloat;
+    const at::Tensor z = at::randn({c.b, c.t, c.h}, o);
+    in.lg = (std::isnan(c.gate_mean) ? at::log_sigmoid(z + c.shift) : z * c.gate_std + c.gate_mean)
+                .to(gt)
+                .to(at::kDouble);
+  }
+  return in;
+}
+
+at::Tensor leaf(const at::Tensor& x, at::ScalarType dt, at::Device dev) {
+  return x.to(dev, dt).detach().requires_grad_(true);
+}
+
+// The forward's worst row: where it is (token, query head, position in its chunk), its relative error, and how its
+// weights spread (from the oracle): the share carried by keys before its chunk (the states) and by its largest key.
+std::string worst_row(const Case& c, const Inputs& in, const at::Tensor& y, const at::Tensor& y0, double scale) {
+  const at::Tensor a = y.to(at::kCPU, at::kDouble), r = y0.detach();
+  const at::Tensor err = (a - r).norm(2, {3}) / r.norm(2, {3}).clamp_min(1e-300);  // [b, t, hq]
+  if (!at::isfinite(err).all().item<bool>()) return "non-finite rows";
+  const int64_t flat = err.argmax().item<int64_t>(), hq = c.hq, t = c.t;
+  const int64_t bi = flat / (t * hq), i = flat / hq % t, qh = flat % hq, kh = qh / (hq / c.h);
+  const at::Tensor s = at::matmul(in.k.select(0, bi).select(1, kh).narrow(0, 0, i + 1),
+                                  in.q.select(0, bi).select(0, i).select(0, qh)) * scale;  // [i + 1]
+  at::Tensor logw = static_cast<double>(c.p) * at::log(s.abs());
+  if (c.gate) {
+    const at::Tensor G = in.lg.select(0, bi).select(1, kh).cumsum(0);
+    logw = logw + (G[i] - G.narrow(0, 0, i + 1));
+  }
+  const at::Tensor w = at::exp(logw - logw.max()), share = w / w.sum();
+  const int64_t start = c.chunk > 0 ? i / c.chunk * c.chunk : 0;
+  const double state = start > 0 ? share.narrow(0, 0, start).sum().item<double>() : 0.0;
+  char buf[200];
+  std::snprintf(buf, sizeof buf, "worst row: b %ld token %ld (chunk position %ld) head %ld, error %.2e; weight %.3f "
+                "from keys before its chunk, %.3f on its largest key (token %ld)", bi, i, c.chunk ? i % c.chunk : i, qh,
+                err.view({-1})[flat].item<double>(), state, share.max().item<double>(), share.argmax().item<int64_t>());
+  return buf;
+}
+
+// A case's outcome, or a failure naming the exception it threw (the other cases still run).
+template <typename F>
+Outcome guarded(F&& fn) {
+  try {
+    return fn();
+  } catch (const std::exception& e) {
+    Outcome o{};
+    o.ok = o.within = false;
+    o.y = o.dq = o.dk = o.dv = o.dg = INFINITY;
+    std::string what = e.what();
+    o.note = "threw: " + what.substr(0, what.find('\n'));
+    return o;
+  }
+}
+
+// Long sequences: the chunked form's forward on sampled query rows against the oracle on those rows.
+Outcome run_long(int64_t t, int64_t chunk, at::ScalarType dt, std::mt19937_64& rng, double gate_mean = NAN,
+                 double gate_std = 0) {
+  Case c{1, t, 2, 2, 64, 64, 2, chunk, true, dt};
+  c.gate_mean = gate_mean, c.gate_std = gate_std;
+  const Inputs in = make_inputs(c, rng);
+  const at::Device dev(at::kCUDA);
+  pa::PowerFullOptions opt;
+  opt.chunk_size = chunk;
+  poison();
+  at::Tensor y = pa::power_full(in.q.to(dev, dt), in.k.to(dev, dt), in.v.to(dev, dt), in.lg.to(dev, at::kFloat), opt);
+  at::Tensor rows = at::cat({at::arange(0, 64, at::kLong), at::randint(0, t, {192}, at::kLong),
+                             at::arange(t - 64, t, at::kLong)});
+  at::Tensor y0 = oracle(in.q, in.k, in.v, in.lg, 2, 1.0 / 8.0, rows);
+  Outcome o{};
+  o.y = rel(y.cpu().index_select(1, rows), y0);
+  o.ok = o.within = o.y <= tolerance(dt).fwd;
+  return o;
+}
+
+// States on CUDA: two pieces carrying the state equal the whole (values and gradients); prefill + one decode
+// step equals the forward at the last position.
+Outcome run_states(const Case& c, std::mt19937_64& rng) {
+  const Inputs in = make_inputs(c, rng);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(c.d));
+  at::Tensor q0 = in.q.clone().requires_grad_(true), k0 = in.k.clone().requires_grad_(true),
+             v0 = in.v.clone().requires_grad_(true), g0 = in.lg.clone().requires_grad_(true);
+  at::Tensor y0 = oracle(q0, k0, v0, g0, c.p, scale);
+  const at::Tensor dy = at::randn(y0.sizes(), at::TensorOptions().dtype(at::kDouble)).to(c.dtype).to(at::kDouble);
+  const auto ref = torch::autograd::grad({y0}, {q0, k0, v0, g0}, {dy});
+
+  const at::Device dev(at::kCUDA);
+  at::Tensor q = leaf(in.q, c.dtype, dev), k = leaf(in.k, c.dtype, dev), v = leaf(in.v, c.dtype, dev),
+             lg = leaf(in.lg, at::kFloat, dev);
+  const int64_t cut = 1 + static_cast<int64_t>(rng() % static_cast<uint64_t>(c.t - 2));
+  pa::PowerFullOptions opt;
+  opt.degree = c.p;
+  if (c.chunk > 0) opt.chunk_size = c.chunk;
+  poison();
+  auto first = pa::power_full_with_state(q.narrow(1, 0, cut), k.narrow(1, 0, cut), v.narrow(1, 0, cut),
+                                         lg.narrow(1, 0, cut), opt, at::Tensor(), at::Tensor());
+  auto second = pa::power_full_with_state(q.narrow(1, cut, c.t - cut), k.narrow(1, cut, c.t - cut),
+                                          v.narrow(1, cut, c.t - cut), lg.narrow(1, cut, c.t - cut), opt, first[1],
+                                          first[2]);
+  at::Tensor y = at::cat({first[0], second[0]}, 1);
+  const auto got = torch::autograd::grad({y}, {q, k, v, lg}, {dy.to(dev, c.dtype)});
+  Outcome o{};
+  o.y = rel(y, y0.detach());
+  o.dq = rel(got[0], ref[0]);
+  o.dk = rel(got[1], ref[1]);
+  o.dv = rel(got[2], ref[2]);
+  o.dg = rel(got[3], ref[3]);
+  // decode the last token from the state after t - 1 tokens
+  {
+    const at::NoGradGuard no_grad;
+    const int64_t n = c.t - 1;
+    auto pre = pa::power_full_with_state(q.narrow(1, 0, n), k.narrow(1, 0, n), v.narrow(1, 0, n), lg.narrow(1, 0, n),
+                                         opt, at::Tensor(), at::Tensor());
+    auto step = pa::power_decode_step(q.select(1, n), k.select(1, n), v.select(1, n), lg.select(1, n), pre[1], pre[2],
+                                      c.p);
+    const double dec = rel(step[0], y0.detach().select(1, n));
+    o.y = std::max(o.y, dec);
+  }
+  const Tol tol = tolerance(c.dtype);
+  o.within = o.y <= tol.fwd && o.dq <= tol.grad && o.dk <= tol.grad && o.dv <= tol.grad && o.dg <= tol.grad;
+  o.ok = c.concentrated ? std::isfinite(o.y) && std::isfinite(o.dq) && std::isfinite(o.dk) && std::isfinite(o.dv) &&
+                              std::isfinite(o.dg)
+                        : o.within;
+  return o;
+}
+
+}  // namespace
+
+// A case with log gates gate_mean + gate_std N(0, 1) a token; `concentrated`: see Case.
+Case gated(Case c, double mean, double std, bool concentrated) {
+  c.gate = true;
+  c.gate_mean = mean;
+  c.gate_std = std;
+  c.concentrated = concentrated;
+  return c;
+}
+
+std::string name(const Case& c) {
+  char buf[200];
+  std::snprintf(buf, sizeof buf, "b%ld-t%ld-hq%ld-h%ld-d%ld-e%ld-p%ld-%s%ld-%s-%s", c.b, c.t, c.hq, c.h, c.d, c.e,
+                c.p, c.chunk ? "c" : "quad", c.chunk, c.gate ? "gated" : "nogate", c10::toString(c.dtype));
+  std::string n = buf;
+  if (c.qk != 1) n += "-qk" + std::to_string(c.qk);
+  if (c.shift != 3) n += "-shift" + std::to_string(c.shift);
+  if (c.want != 15) n += "-grads" + std::to_string(c.want);
+  if (!std::isnan(c.gate_mean)) {
+    char g[64];
+    std::snprintf(g, sizeof g, "-lg%+g~%g", c.gate_mean, c.gate_std);
+    n += g;
+  }
+  return n;
+}
+
+int failures() { return failure_count; }
+int overs() { return over_count; }
+
+void report(const std::string& id, const Outcome& o, const Tol& tol) {
+  const char* status = !o.ok ? "FAIL" : (o.within ? "ok" : "over");
+  std::printf("%-4s %-62s y %.2e  dq %.2e  dk %.2e  dv %.2e  dg %.2e  (tol %.0e / %.0e)\n", status, id.c_str(), o.y,
+              o.dq, o.dk, o.dv, o.dg, tol.fwd, tol.grad);
+  if (!o.note.empty()) std::printf("     %s\n", o.note.c_str());
+  std::fflush(stdout);
+  if (!o.ok) ++failure_count;
+  if (o.ok && !o.within) ++over_count;
+}
+
+Outcome run_case(const Case& c, std::mt19937_64& rng) {
+  const Inputs in = make_inputs(c, rng);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(c.d));
+  // oracle: values and the vector-Jacobian product with a random cotangent
+  at::Tensor q0 = in.q.clone().requires_grad_(true), k0 = in.k.clone().requires_grad_(true),
+             v0 = in.v.clone().requires_grad_(true);
+  at::Tensor g0 = c.gate ? in.lg.clone().requires_grad_(true) : at::Tensor();
+  at::Tensor y0 = oracle(q0, k0, v0, g0, c.p, scale);
+  const at::Tensor dy = at::randn(y0.sizes(), at::TensorOptions().dtype(at::kDouble)).to(c.dtype).to(at::kDouble);
+  std::vector<at::Tensor> ins0 = {q0, k0, v0};
+  if (c.gate) ins0.push_back(g0);
+  const auto ref = torch::autograd::grad({y0}, ins0, {dy});
+
+  // the op on CUDA; inputs whose gradient the case does not ask for need none
+  const at::Device dev(at::kCUDA);
+  auto input = [&](const at::Tensor& x, at::ScalarType dt, int bit) {
+    return (c.want & bit) ? leaf(x, dt, dev) : x.to(dev, dt);
+  };
+  at::Tensor q = input(in.q, c.dtype, 1), k = input(in.k, c.dtype, 2), v = input(in.v, c.dtype, 4);
+  at::Tensor lg = c.gate ? input(in.lg, c.dtype == at::kDouble ? at::kDouble : at::kFloat, 8) : at::Tensor();
+  pa::PowerFullOptions opt;
+  opt.degree = c.p;
+  if (c.chunk > 0) opt.chunk_size = c.chunk;
+  poison();
+  at::Tensor y = pa::power_full(q, k, v, lg, opt);
+  std::vector<at::Tensor> ins;
+  for (const at::Tensor& x : {q, k, v, lg})
+    if (x.defined() && x.requires_grad()) ins.push_back(x);
+  poison();
+  const auto asked = torch::autograd::grad({y}, ins, {dy.to(dev, c.dtype)});
+  cudaDeviceSynchronize();
+  std::vector<at::Tensor> got(4);  // q, k, v, gates; undefined where not asked for
+  for (size_t i = 0, j = 0; i < 4; ++i)
+    if ((c.want & (1 << i)) && (i < 3 || c.gate)) got[i] = asked[j++];
+
+  const Tol tol = tolerance(c.dtype);
+  Outcome o{};
+  // At t = 1 the gradients of q and k are zero by symmetry; what comes out is rounding noise (dy.v_0 - dy.y_0,
+  // summed in two orders, divided by s_00), so there the error is measured against 10 |dy|.
+  const double floor = (c.t == 1 ? 10.0 : 1e-6) * dy.norm().item<double>();
+  o.y = rel(y, y0.detach());
+  o.dq = got[0].defined() ? rel(got[0], ref[0], floor) : 0.0;
+  o.dk = got[1].defined() ? rel(got[1], ref[1], floor) : 0.0;
+  o.dv = got[2].defined() ? rel(got[2], ref[2], floor) : 0.0;
+  o.dg = got[3].defined() ? rel(got[3], ref[3], floor) : 0.0;
+  o.within = o.y <= tol.fwd && o.dq <= tol.grad && o.dk <= tol.grad && o.dv <= tol.grad && o.dg <= tol.grad;
+  const bool finite = std::isfinite(o.y) && std::isfinite(o.dq) && std::isfinite(o.dk) && std::isfinite(o.dv) &&
+                      std::isfinite(o.dg);
+  o.finite_only = c.concentrated;
+  o.ok = (c.concentrated ? finite : o.within) && y.dtype() == q.dtype() && y.device().is_cuda();
+  if (!o.within) o.note = worst_row(c, in, y, y0, scale);
+  return o;
+}
+
+int run_tests() {
+  std::mt19937_64 rng(std::random_device{}());
+  check_sympow2_kernels();
+  const at::ScalarType bf = at::kBFloat16, hf = at::kHalf, f32 = at::kFloat, f64 = at::kDouble;
+  std::vector<Case> cases;
+  // dtypes x forms at the workhorse shape, odd t
+  for (auto dt : {bf, hf, f32, f64})
+    for (int64_t chunk : {0, 64})
+      for (bool gate : {true, false}) cases.push_back({2, 97, 4, 2, 64, 64, 2, chunk, gate, dt});
+  // degrees 1-4 (odd degrees compute in fp64 internally)
+  for (int64_t p : {1, 2, 3, 4})
+    for (int64_t chunk : {0, 16}) {
+      const int64_t d = p >= 3 ? 16 : 32;
+      cases.push_back({1, 97, 2, 1, d, d, p, chunk, true, f32});
+      cases.push_back({1, 97, 2, 1, d, d, p, chunk, true, bf});
+    }
+  cases.push_back({1, 33, 1, 1, 64, 64, 4, 0, true, bf});
+  cases.push_back({1, 40, 1, 1, 64, 64, 3, 16, true, f32});
+  // head dims d, e in {16, 32, 64, 128}, e != d, and an odd size (fallback)
+  for (int64_t d : {16, 32, 64, 128})
+    for (int64_t e : {16, 128}) cases.push_back({1, 130, 2, 2, d, e, 2, 32, true, bf});
+  cases.push_back({1, 61, 3, 1, 24, 40, 2, 16, true, f32});
+  // grouped-query heads
+  for (int64_t g : {1, 2, 4, 8}) {
+    cases.push_back({2, 100, 2 * g, 2, 32, 32, 2, 32, true, bf});
+    cases.push_back({1, 100, g, 1, 32, 32, 2, 0, true, f32});
+  }
+  // lengths: 1, primes, 1025; chunk sizes around t
+  for (int64_t t : {1, 2, 17, 1025})
+    for (int64_t chunk : {0, 1, 16, 128, 2048}) cases.push_back({1, t, 2, 1, 32, 32, 2, chunk, true, f32});
+  cases.push_back({1, 1025, 4, 4, 64, 64, 2, 256, true, bf});
+  cases.push_back({1, 1025, 4, 4, 64, 64, 2, 0, true, bf});
+  cases.push_back({2, 1025, 8, 2, 64, 64, 2, 1024, false, hf});
+  // the fused tile kernels (bf16 / fp16, d == e): sizes, tile edges (64 rows / keys), grouped heads, both forms
+  for (int64_t d : {16, 32, 128})
+    for (auto dt : {bf, hf}) cases.push_back({1, 130, 4, 2, d, d, 2, 0, true, dt});
+  for (int64_t t : {1, 2, 65, 200})
+    for (int64_t chunk : {0, 1, 64, 128}) cases.push_back({1, t, 4, 2, 64, 64, 2, chunk, true, bf});
+  cases.push_back({2, 300, 8, 1, 64, 64, 2, 0, false, hf});
+  // the forward's degree-2 form and its way back to the log form: tiny scores (squares under 2^-126), strong
+  // decay (gates spanning more than 2^64 inside a key tile), both, and a chunked case of each
+  // (chunked: 1e-5, squares under 2^-60; smaller ones would underflow the fp32 state products, a known limit)
+  for (int64_t chunk : {0, 64}) {
+    cases.push_back({1, 200, 2, 1, 64, 64, 2, chunk, true, bf, chunk ? 1e-5 : 1e-12});
+    cases.push_back({1, 200, 2, 1, 64, 64, 2, chunk, true, bf, 1, -2});
+    cases.push_back({1, 200, 4, 2, 32, 32, 2, chunk, true, hf, 1, -1});
+  }
+  cases.push_back({1, 513, 2, 2, 128, 128, 2, 256, true, bf});
+  // some gradients only (the kernels make dk and dv together; the chunked form adds the state side's parts)
+  for (int64_t chunk : {0, 64})
+    for (int want : {1, 2, 4, 8, 3, 12}) {
+      Case c{1, 150, 4, 2, 64, 64, 2, chunk, true, bf};
+      c.want = want;
+      cases.push_back(c);
+    }
+
+  // log gates of either sign and any size (the stabilised chunked form), both forms, chunks 16 / 64 / 256, t = 600
+  // (a multiple of none of them): positive +0.05 a token (the states' log-scale grows to 30 nats) and tiny
+  // N(0, 1e-6); and the concentrated ones (Case::concentrated: finite, errors reported): +0.5 and +5 a token (a row's
+  // weight on the first few tokens), mixed N(0, 1) and N(0, 3), strong decay -20 (a row's weight on its own key). With
+  // 16-bit inputs the chunked form's +0.05 counts as concentrated too: nearly all of every row's weight then comes
+  // through the bf16 states, and the gate gradient's reverse cumsum cancels their rounding (measured 1.3-4.9e-2 on an
+  // H200; y, dq, dk, dv stay within SPEC §7). Then t = 1024, chunk 256 (where NaN was first reported); the unfused
+  // state side (fp32, degrees 1, 3, 4, d != e).
+  struct Mode {
+    double mean, std;
+    bool concentrated;
+  };
+  const std::vector<Mode> modes = {{0.05, 0, false}, {0, 1e-6, false}, {-20, 0, true}, {0.5, 0, true},
+                                   {5, 0, true},     {0, 1, true},     {0, 3, true}};
+  auto states_in_16bit = [&](at::ScalarType dt, int64_t chunk) { return chunk > 0 && (dt == bf || dt == hf); };
+  for (auto dt : {bf, hf, f32})
+    for (int64_t chunk : {0, 16, 64, 256})
+      for (const Mode& m : modes)
+        cases.push_back(gated({1, 600, 4, 2, 64, 64, 2, chunk, true, dt}, m.mean, m.std,
+                              m.concentrated || (m.mean > 0 && states_in_16bit(dt, chunk))));
+  for (auto dt : {bf, f32})
+    for (double mean : {0.5, 5.0}) cases.push_back(gated({1, 1024, 4, 2, 64, 64, 2, 256, true, dt}, mean, 0, true));
+  for (int64_t p : {1, 3, 4})
+    for (const Mode& m : std::vector<Mode>{{0.05, 0, false}, {-20, 0, true}, {5, 0, true}, {0, 3, true}})
+      cases.push_back(gated({1, 97, 2, 1, 16, 16, p, 16, true, f32}, m.mean, m.std, m.concentrated));
+  for (const Mode& m : std::vector<Mode>{{0.05, 0, true}, {5, 0, true}})  // bf16 states (see above)
+    cases.push_back(gated({1, 130, 2, 2, 32, 16, 2, 32, true, bf}, m.mean, m.std, m.concentrated));
+
+  std::printf("== correctness: %zu cases against the fp64 oracle of SPEC §2 ==\n", cases.size());
+  for (const Case& c : cases) report(name(c), guarded([&] { return run_case(c, rng); }), tolerance(c.dtype));
+  for (auto dt : {bf, f32}) {
+    for (int64_t t : {65536, 131072}) {
+      char id[100];
+      std::snprintf(id, sizeof id, "long-t%ld-c1024-%s (256 sampled rows)", t, c10::toString(dt));
+      report(id, run_long(t, 1024, dt, rng), tolerance(dt));
+    }
+    // mixed gates over a long sequence (the log-scales wander far both ways), and positive ones (they grow to
+    // 3300 nats: e^3300 overflows fp64)
+    for (const auto& [mean, std] : std::vector<std::pair<double, double>>{{0.0, 0.3}, {0.05, 0.0}})
+      for (int64_t chunk : {256, 1024}) {
+        char id[100];
+        std::snprintf(id, sizeof id, "long-t65536-c%ld-%s-lg%+g~%g (256 sampled rows)", chunk, c10::toString(dt), mean,
+                      std);
+        report(id, guarded([&] { return run_long(65536, chunk, dt, rng, mean, std); }), tolerance(dt));
+      }
+  }
+  for (auto dt : {bf, f32}) {
+    for (int64_t chunk : {0, 32}) {
+      const Case c{2, 150, 4, 2, 32, 32, 2, chunk, true, dt};
+      report("states-" + name(c), guarded([&] { return run_states(c, rng); }), tolerance(dt));
+      // positive gates: the returned (true-scale) state grows to e^7.5 (+0.05 a token) and e^37.5 (+0.25,
+      // concentrated: finite, errors reported), under the exp(44) that the API lets an fp32 state hold; +0.05 through
+      // bf16 states counts as concentrated (see above)
+      for (const auto& [mean, conc] : std::vector<std::pair<double, bool>>{{0.05, false}, {0.25, true}}) {
+        const Case cg = gated(c, mean, 0, conc || states_in_16bit(dt, chunk));
+        report("states-" + name(cg), guarded([&] { return run_states(cg, rng); }), tolerance(dt));
+      }
+    }
+  }
+  std::printf("== %d failure(s); %d concentrated case(s) finite but over the tolerances ==\n", failures(), overs());
+  return failures() == 0 ? 0 : 1;
+}
+
+}  // namespace harness

@@ -1,0 +1,108 @@
+// harness.h: what the GPU harness's files share (main.cpp: the modes; oracle.cpp: the fp64 oracle of SPEC §2 and
+// the error measure; cases.cpp: the correctness cases; kernel_checks.cpp: the degree-2 kernels against ATen;
+// bench.cpp: the benchmarks). Built by CMake against the GPU machine's LibTorch together with the same src/main/cpp
+// sources as the JARs (run.sh beside this file does all of it).
+#pragma once
+
+#include "power_attention.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <stdexcept>
+#include <string>
+
+namespace harness {
+
+namespace pa = power_attention;
+
+// ---------------------------------------------------------------------------------------------------------------
+// oracle.cpp
+// ---------------------------------------------------------------------------------------------------------------
+
+/// SPEC §2 directly, fp64 on the CPU, differentiable by autograd: q [b, t, hq, d], k [b, t, h, d], v [b, t, h, e],
+/// lg [b, t, h] or undefined -> y [b, t, hq, e] for the query rows `rows` (all when undefined).
+at::Tensor oracle(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& lg, int64_t p,
+                  double scale, const at::Tensor& rows = at::Tensor());
+
+/// Relative L2 error (inf when x is not finite). floor: the denominator's floor, for references that are zero by
+/// symmetry.
+double rel(const at::Tensor& x, const at::Tensor& ref, double floor = 1e-300);
+
+/// Fills the caching allocator's free blocks with NaN, so that an output the op forgets to write shows up.
+void poison();
+
+// ---------------------------------------------------------------------------------------------------------------
+// cases.cpp
+// ---------------------------------------------------------------------------------------------------------------
+
+struct Case {
+  int64_t b, t, hq, h, d, e, p;
+  int64_t chunk;  // 0: quadratic
+  bool gate;
+  at::ScalarType dtype;
+  double qk = 1;     // q and k drawn times this (tiny: scores whose squares leave fp32's range)
+  double shift = 3;  // log gates = log_sigmoid(randn + shift) (very negative: strong decay within a tile)
+  int want = 15;     // the gradients asked for: q 1, k 2, v 4, gates 8 (the other inputs need none)
+  // log gates gate_mean + gate_std N(0, 1) a token instead (either sign: positive gates amplify the past), when set
+  double gate_mean = NAN, gate_std = 0;
+  // Gates that give a few keys nearly all of many rows' weight (positive or widely mixed): SPEC §7's tolerances are
+  // stated for ordinary gates, and such rows are ill-conditioned for the chunked form's state products (they resolve
+  // (q . k)^2 as phi(q) . phi(k), to the rounding of |q|^2 |k|^2) and for the gate gradient. Such a case must be
+  // finite; its errors are reported ("over" when above the tolerances), not failed.
+  bool concentrated = false;
+};
+
+/// A case with log gates mean + std N(0, 1) a token; `concentrated`: see Case.
+Case gated(Case c, double mean, double std, bool concentrated = false);
+
+std::string name(const Case& c);
+
+struct Tol {
+  double fwd, grad;
+};
+inline Tol tolerance(at::ScalarType t) {
+  if (t == at::kDouble) return {1e-10, 1e-9};
+  if (t == at::kFloat) return {1e-5, 1e-4};
+  return {5e-3, 1e-2};
+}
+
+struct Outcome {
+  bool ok;
+  double y, dq, dk, dv, dg;
+  bool finite_only = false;  // a concentrated case (Case::concentrated): ok needs finite outputs only
+  bool within = true;        // ... and whether it met the tolerances all the same
+  std::string note;          // the worst row, when not within the tolerances
+};
+
+/// Prints a case's line and counts failures (and concentrated cases over the tolerances).
+void report(const std::string& id, const Outcome& o, const Tol& tol);
+int failures();
+int overs();
+
+/// One case on CUDA against the oracle: forward and the asked gradients (outputs poisoned with NaN first).
+Outcome run_case(const Case& c, std::mt19937_64& rng);
+
+/// Every correctness case (the degree-2 kernel checks first); 0 when all pass.
+int run_tests();
+
+// ---------------------------------------------------------------------------------------------------------------
+// kernel_checks.cpp, bench.cpp
+// ---------------------------------------------------------------------------------------------------------------
+
+/// The degree-2 state kernels (cuda/sympow2/sympow2.h) against phi made in ATen; reported like cases.
+void check_sympow2_kernels();
+
+/// fwd and fwd+bwd at b*t = 65536, h = 8, d = 64, bf16, deg 2, gated, against SDPA (flash); the table to stdout and,
+/// with json_path, to a JSON file.
+int run_bench(const char* json_path);
+
+/// One decode step from the state against recomputing the forward and against SDPA over a KV cache.
+int run_decode_bench();
+
+/// One fwd+bwd of the benchmark's shape at length t (chunk 0: the quadratic form) between cudaProfilerStart/Stop.
+int run_profile(int64_t chunk, int64_t t);
+
+}  // namespace harness

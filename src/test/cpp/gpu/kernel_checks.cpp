@@ -1,0 +1,116 @@
+// kernel_checks.cpp: the degree-2 state kernels (cuda/sympow2/sympow2.h) called directly, against phi made in ATen
+// (fp32) from the documented internal layout.
+#include "harness.h"
+
+#include "cuda/sympow2/sympow2.h"
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+#include <cuda_runtime.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/generated/variable_factories.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <vector>
+
+namespace harness {
+
+// The degree-2 state kernels (cuda/sympow2/sympow2.h) against phi made in ATen (fp32) from the documented internal layout:
+// the fused scan (forward: Hs and the final state; backward: An, dL, dH0) over N chunks with random decays and
+// starting states, B = phi'(x) H, and dx, u of phi'(x) . (y H^T) by autograd; plus the layout maps' round trip.
+void check_sympow2_kernels() {
+  const auto o = at::TensorOptions().device(at::kCUDA);
+  for (int64_t d : {16, 64, 128})
+    for (auto dt : {at::kBFloat16, at::kHalf}) {
+      const int64_t BH = 2, N = 3, c = 100, X = BH * N, n = c, E = d + 8, nb = d / 16;
+      std::vector<int64_t> ia, ib;
+      std::vector<float> cf;
+      for (int64_t A = 0; A < nb; ++A)
+        for (int64_t a = 0; a < 16; ++a)
+          for (int64_t B = A; B < nb; ++B)
+            for (int64_t b = 0; b < 16; ++b) {
+              ia.push_back(16 * A + a);
+              ib.push_back(16 * B + b);
+              cf.push_back(A == B ? 1.f : std::sqrt(2.f));
+            }
+      const int64_t D2 = static_cast<int64_t>(ia.size());
+      const at::Tensor tia = at::tensor(ia).to(at::kCUDA), tib = at::tensor(ib).to(at::kCUDA);
+      const at::Tensor tcf = at::tensor(cf).to(at::kCUDA);
+      const at::Tensor x = at::randn({X, n, d}, o.dtype(dt));
+      const at::Tensor rs = at::rand({X * n}, o.dtype(at::kFloat)) + 0.5;
+      const at::Tensor y = at::randn({X, n, E}, o.dtype(at::kBFloat16));
+      const at::Tensor H = (at::randn({X, D2, E}, o.dtype(at::kFloat)) * 0.1).to(at::kBFloat16);
+      const at::Tensor decay = at::rand({X}, o.dtype(at::kFloat));
+      const at::Tensor H0 = at::randn({BH, D2, E}, o.dtype(at::kFloat));
+      at::Tensor xf = x.to(at::kFloat).requires_grad_(true);
+      const at::Tensor phi = xf.index_select(2, tia) * xf.index_select(2, tib) * tcf * rs.view({X, n, 1});
+      // scan references: H_{k+1} = decay_k H_k + S_k (forward), A_{k-1} = S_k + decay_k A_k (backward)
+      const at::Tensor Sk = at::bmm(phi.detach().transpose(1, 2), y.to(at::kFloat)).view({BH, N, D2, E});
+      const at::Tensor dec = decay.view({BH, N, 1, 1});
+      std::vector<at::Tensor> hs, as(N);
+      at::Tensor h = H0, acc = H0;
+      for (int64_t k = 0; k < N; ++k) {
+        hs.push_back(h);
+        h = dec.select(1, k) * h + Sk.select(1, k);
+      }
+      at::Tensor dL_ref = at::zeros({BH, N}, o.dtype(at::kFloat));
+      for (int64_t k = N - 1; k >= 0; --k) {
+        as[k] = acc;
+        dL_ref.select(1, k).copy_(decay.view({BH, N}).select(1, k) * (hs[k] * acc).sum({1, 2}));
+        acc = Sk.select(1, k) + dec.select(1, k) * acc;
+      }
+      at::Tensor Hs = at::empty({BH, N, D2, E}, o.dtype(at::kBFloat16)), fin = at::empty({BH, D2, E}, o.dtype(at::kFloat));
+      pa::cuda::sympow2_scan_forward(x.view({BH, N * n, d}), rs, y.view({BH, N * n, E}), decay, H0, N, Hs, fin);
+      at::Tensor An = at::empty_like(Hs), dL = at::zeros({BH * N}, o.dtype(at::kFloat)), dH0 = at::empty_like(fin);
+      const at::Tensor Hs_ref = at::stack(hs, 1).to(at::kBFloat16);  // the backward reads the bf16 states
+      pa::cuda::sympow2_scan_backward(x.view({BH, N * n, d}), rs, y.view({BH, N * n, E}), decay, Hs_ref, H0, N, An,
+                                      dL, dH0);
+      const double fwd = std::max(rel(Hs, at::stack(hs, 1)), rel(fin, h));
+      const double bwd_an = rel(An, at::stack(as, 1)), bwd_h0 = rel(dH0, acc), bwd_dl = rel(dL.view({BH, N}), dL_ref);
+      const double bwd = std::max({bwd_an, bwd_h0, bwd_dl});
+      // products against a given state
+      const at::Tensor B_ref = at::bmm(phi, H.to(at::kFloat));
+      const at::Tensor dphi = at::bmm(y.to(at::kFloat), H.to(at::kFloat).transpose(1, 2));
+      const at::Tensor u_ref = (phi * dphi).sum(2).reshape({X * n});
+      const at::Tensor dx_ref = torch::autograd::grad({(phi * dphi).sum()}, {xf})[0];
+      const at::Tensor B = pa::cuda::sympow2_query(x, rs, H);
+      auto [dx, u] = pa::cuda::sympow2_grad(x, rs, y, H);
+      // the layout maps: to_official(to_internal(S)) = S (their composition is the identity)
+      const at::Tensor ext = at::randn({2, pa::state_dim(d, 2), E}, o.dtype(at::kFloat));
+      const double trip = rel(pa::cuda::sympow2_to_official(pa::cuda::sympow2_to_internal(ext, d), d), ext);
+      // values given without their extended columns (bf16): the kernels make [v | 1 | 0] themselves, and must
+      // match the same rows given whole
+      double ones = 0;
+      if (dt == at::kBFloat16) {
+        const at::Tensor ve = y.narrow(2, 0, d).contiguous();
+        const at::Tensor vx = at::cat({ve, at::ones({X, n, 1}, ve.options()), at::zeros({X, n, E - d - 1}, ve.options())}, 2);
+        at::Tensor Hs1 = at::empty_like(Hs), Hs2 = at::empty_like(Hs), f1 = at::empty_like(fin), f2 = at::empty_like(fin);
+        pa::cuda::sympow2_scan_forward(x.view({BH, N * n, d}), rs, ve.view({BH, N * n, d}), decay, H0, N, Hs1, f1);
+        pa::cuda::sympow2_scan_forward(x.view({BH, N * n, d}), rs, vx.view({BH, N * n, E}), decay, H0, N, Hs2, f2);
+        auto [dx1, u1] = pa::cuda::sympow2_grad(x, rs, ve, H);
+        auto [dx2, u2] = pa::cuda::sympow2_grad(x, rs, vx, H);
+        ones = std::max({rel(Hs1, Hs2), rel(f1, f2), rel(dx1, dx2), rel(u1, u2)});
+      }
+      Outcome oc;
+      oc.y = fwd;
+      oc.dq = bwd;
+      oc.dk = rel(B, B_ref);
+      oc.dv = std::max(rel(dx, dx_ref), rel(u, u_ref));
+      oc.dg = std::max(trip, ones);  // both exact up to fp32 rounding
+      const double tol = 1e-2;
+      oc.ok = oc.y < tol && oc.dq < tol && oc.dk < tol && oc.dv < tol && oc.dg < 1e-6;
+      char id[120];
+      std::snprintf(id, sizeof id, "sympow2-kernels-d%ld-%s (scan fwd, scan bwd, B, dx+u, maps + ones)", d, c10::toString(dt));
+      report(id, oc, Tol{tol, tol});
+      if (!oc.ok) {
+        std::printf("     scan bwd: An %.2e  dH0 %.2e  dL %.2e; dL / ref:", bwd_an, bwd_h0, bwd_dl);
+        const at::Tensor a = dL.cpu(), r = dL_ref.reshape({BH * N}).cpu();
+        for (int64_t i = 0; i < BH * N; ++i) std::printf(" %.4g/%.4g", a[i].item<double>(), r[i].item<double>());
+        std::printf("\n");
+      }
+    }
+}
+
+}  // namespace harness

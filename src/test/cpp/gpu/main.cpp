@@ -1,0 +1,53 @@
+// main.cpp: the GPU harness's modes (harness.h names the files behind each).
+//
+//   power_attention_gpu test            SPEC §7/§8 cases on CUDA against an fp64 CPU evaluation of SPEC §2 (forward
+//                                       and all gradients; outputs poisoned with NaN; fresh random inputs per case)
+//   power_attention_gpu bench [json]    fwd and fwd+bwd at b*t = 65536, h = 8, d = 64, bf16, deg 2, gated, against
+//                                       at::scaled_dot_product_attention (flash) in the same run
+//   power_attention_gpu decode          the decode step against recomputing and against SDPA over a KV cache
+//   power_attention_gpu repeat [n]      a few cases drawn n times (fresh inputs each time), to see their spread
+//   power_attention_gpu kernels [n]     the degree-2 kernel checks alone, n times
+//   power_attention_gpu profile c t     one fwd+bwd at chunk c (0: quadratic) and length t, for ncu
+#include "harness.h"
+
+#include <ATen/ATen.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <random>
+#include <string>
+#include <vector>
+
+int main(int argc, char** argv) {
+  using namespace harness;
+  const std::string mode = argc > 1 ? argv[1] : "test";
+  try {
+    if (mode == "test") return run_tests();
+    if (mode == "bench") return run_bench(argc > 2 ? argv[2] : nullptr);
+    if (mode == "decode") return run_decode_bench();
+    if (mode == "repeat") {
+      const int n = argc > 2 ? std::atoi(argv[2]) : 10;
+      std::mt19937_64 rng(std::random_device{}());
+      const std::vector<Case> cs = {{1, 200, 4, 2, 32, 32, 2, 64, true, at::kHalf, 1, -1},
+                                    {1, 200, 4, 2, 32, 32, 2, 64, true, at::kBFloat16, 1, -1},
+                                    {1, 200, 4, 2, 32, 32, 2, 64, true, at::kHalf},
+                                    {2, 100, 8, 2, 32, 32, 2, 32, true, at::kBFloat16},
+                                    {2, 100, 8, 2, 32, 32, 2, 0, true, at::kBFloat16}};
+      for (const Case& c : cs)
+        for (int i = 0; i < n; ++i) report(name(c), run_case(c, rng), tolerance(c.dtype));
+      return failures() > 0 ? 1 : 0;
+    }
+    if (mode == "kernels") {
+      for (int i = 0; i < (argc > 2 ? std::atoi(argv[2]) : 1); ++i) check_sympow2_kernels();
+      return 0;
+    }
+    if (mode == "profile")
+      return run_profile(argc > 2 ? std::atoll(argv[2]) : 256, argc > 3 ? std::atoll(argv[3]) : 65536);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 2;
+  }
+  std::fprintf(stderr, "usage: %s test | bench [json] | decode | repeat [n] | kernels [n] | profile chunk t\n", argv[0]);
+  return 2;
+}
