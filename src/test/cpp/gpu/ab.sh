@@ -14,7 +14,7 @@ mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv > "$out/gpu.txt"
 jobs=$(( $(nproc) / 2 ))
 prefix="$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')"
-archs="${POWER_ATTENTION_CUDA_ARCHS:-90-real}"
+archs="${POWER_ATTENTION_CUDA_ARCHS:-90a-real}"
 TIMEFORMAT='%R s wall, %U s user'
 build() {  # build <tree> <name>: the harness of <tree> in /tmp/gpu-ab-<name>, the build's time last in its log
   local dir="/tmp/gpu-ab-$2" log="$out/$2-build.txt"

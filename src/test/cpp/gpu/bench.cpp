@@ -1,9 +1,10 @@
-// bench.cpp: the harness's benchmarks: the forward and fwd+bwd table against SDPA, the decode step, and one
-// profiled step for ncu.
+// bench.cpp: the harness's benchmarks: the forward and fwd+bwd table of every kernel set against SDPA's flash and
+// cuDNN backends, the decode step, and one profiled step for ncu.
 #include "harness.h"
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
+#include <ATen/Context.h>
 #include <ATen/cuda/Sleep.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAStream.h>
@@ -13,7 +14,9 @@
 #include <torch/csrc/autograd/generated/variable_factories.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
+#include <exception>
 #include <functional>
 #include <string>
 #include <vector>
@@ -61,36 +64,132 @@ double peak_mib(const std::function<void()>& fn) {
   return static_cast<double>(peak - before) / (1 << 20);
 }
 
-struct Row {
-  std::string impl, pass;
-  int64_t t, b, chunk;
-  double ms, tflops, mib;
-  double gpu_ms;  // time_ms(.., queued): the GPU's work alone
+// SDPA with one backend (flash or cuDNN) while alive: the others and the math fallback disabled, so that a call
+// runs that backend or throws; the flags come back after.
+class SdpaBackend {
+ public:
+  explicit SdpaBackend(bool cudnn)
+      : flash_(ctx().userEnabledFlashSDP()),
+        cudnn_(ctx().userEnabledCuDNNSDP()),
+        mem_(ctx().userEnabledMemEfficientSDP()),
+        math_(ctx().userEnabledMathSDP()) {
+    ctx().setSDPUseFlash(!cudnn);
+    ctx().setSDPUseCuDNN(cudnn);
+    ctx().setSDPUseMemEfficient(false);
+    ctx().setSDPUseMath(false);
+  }
+  ~SdpaBackend() {
+    ctx().setSDPUseFlash(flash_);
+    ctx().setSDPUseCuDNN(cudnn_);
+    ctx().setSDPUseMemEfficient(mem_);
+    ctx().setSDPUseMath(math_);
+  }
+  SdpaBackend(const SdpaBackend&) = delete;
+  SdpaBackend& operator=(const SdpaBackend&) = delete;
+
+ private:
+  static at::Context& ctx() { return at::globalContext(); }
+  bool flash_, cudnn_, mem_, math_;
 };
+
+// The backend at::_fused_sdp_choice names (its values are those of at::SDPBackend).
+const char* sdpa_backend_name(int64_t choice) {
+  switch (choice) {
+    case 0:
+      return "math";
+    case 1:
+      return "flash";
+    case 2:
+      return "memory-efficient";
+    case 3:
+      return "cuDNN";
+    default:
+      return "other";
+  }
+}
+
+struct Row {
+  std::string impl, pass;  // impl: sdpa-flash, sdpa-cudnn, power-<kernel set>
+  int64_t t, b, chunk;     // chunk: the option asked (power), 0 (SDPA)
+  bool quadratic;          // the form that ran (power: t <= chunk)
+  double ms, tflops, mib;
+  double gpu_ms;           // time_ms(.., queued): the GPU's work alone
+  std::string note;        // why a row has no numbers
+};
+
+// One row's forward and fwd+bwd (two rows): times, TFLOP/s from `flops` (a forward; fwd+bwd 3x), peak memory; a
+// measurement that throws gives rows without numbers (NaN) and its message.
+template <typename F, typename B>
+void measure(std::vector<Row>& rows, const std::string& impl, int64_t t, int64_t b, int64_t chunk, bool quadratic,
+             double flops, F&& fwd, B&& both) {
+  Row f{impl, "fwd", t, b, chunk, quadratic, NAN, NAN, NAN, NAN, ""}, fb = f;
+  fb.pass = "fwd+bwd";
+  try {
+    f.ms = time_ms(fwd);
+    fb.ms = time_ms(both);
+    f.gpu_ms = time_ms(fwd, 3, 15, true);
+    fb.gpu_ms = time_ms(both, 3, 15, true);
+    f.mib = peak_mib(fwd);
+    fb.mib = peak_mib(both);
+    f.tflops = flops / f.ms / 1e9;
+    fb.tflops = 3.0 * flops / fb.ms / 1e9;
+  } catch (const std::exception& e) {
+    const std::string msg = e.what();
+    f.note = fb.note = msg.substr(0, msg.find('\n'));
+    std::printf("%s t %ld chunk %ld: %s\n", impl.c_str(), t, chunk, f.note.c_str());
+  }
+  rows.push_back(f);
+  rows.push_back(fb);
+}
+
+const Row* find(const std::vector<Row>& rows, const std::string& impl, const char* pass, int64_t t, int64_t chunk) {
+  for (const Row& r : rows)
+    if (r.impl == impl && r.pass == pass && r.t == t && r.chunk == chunk) return &r;
+  return nullptr;
+}
+
+// "ms (TFLOP/s)" of a row, "-" where there is none, "failed" where its measurement threw.
+std::string cell(const Row* r) {
+  if (!r) return "-";
+  if (std::isnan(r->ms)) return "failed";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.3f (%.0f)", r->ms, r->tflops);
+  return buf;
+}
 
 }  // namespace
 
 int run_bench(const char* json_path) {
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);
-  std::printf("== benchmark on %s (%d SMs): b*t = 65536, h = 8, d = e = 64, bf16, deg 2, gated ==\n", prop.name,
+  const std::string def = default_kernel_set();
+  std::vector<std::string> sets = {def};
+  for (const std::string& s : other_kernel_sets()) sets.push_back(s);
+  std::printf("== benchmark on %s (%d SMs): b*t = 65536, h = 8, d = e = 64, bf16, deg 2, gated; kernel sets:", prop.name,
               prop.multiProcessorCount);
-  const int64_t tokens = 65536, h = 8, d = 64;
+  for (const std::string& s : sets) std::printf(" %s", s.c_str());
+  std::printf(" (the first the default here) ==\n");
+  const int64_t tokens = 65536, h = 8, d = 64, e = 64, D = pa::state_dim(d, 2);
   std::vector<Row> rows;
+  std::string sdpa_choice;
   const auto o = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
-  for (int64_t t : {1024, 4096, 16384, 65536}) {
+  const std::vector<int64_t> lengths = {1024, 4096, 16384, 65536}, chunks = {256, 512, 1024};
+  for (int64_t t : lengths) {
     const int64_t b = tokens / t;
     at::Tensor q = at::randn({b, t, h, d}, o).requires_grad_(true);
     at::Tensor k = at::randn({b, t, h, d}, o).requires_grad_(true);
-    at::Tensor v = at::randn({b, t, h, d}, o).requires_grad_(true);
+    at::Tensor v = at::randn({b, t, h, e}, o).requires_grad_(true);
     at::Tensor lg = at::log_sigmoid(at::randn({b, t, h}, o.dtype(at::kFloat)) + 3.0).requires_grad_(true);
-    at::Tensor dy = at::randn({b, t, h, d}, o);
-    // SDPA: [b, h, t, d], causal (flash backend for bf16 on Hopper)
+    at::Tensor dy = at::randn({b, t, h, e}, o);
+    // the quadratic work: causal, b h (t^2 / 2) query-key pairs of 2 d (scores) + 2 e (values) FLOP
+    const double quad_flops = static_cast<double>(b) * h * (static_cast<double>(t) * t / 2) * (2.0 * d + 2.0 * e);
+    // SDPA: [b, h, t, d], causal, each backend forced in turn
     {
       at::Tensor qs = q.detach().transpose(1, 2).contiguous().requires_grad_(true);
       at::Tensor ks = k.detach().transpose(1, 2).contiguous().requires_grad_(true);
       at::Tensor vs = v.detach().transpose(1, 2).contiguous().requires_grad_(true);
       at::Tensor dys = dy.transpose(1, 2).contiguous();
+      if (sdpa_choice.empty()) sdpa_choice = sdpa_backend_name(at::_fused_sdp_choice(qs, ks, vs, {}, 0.0, true));
       auto fwd = [&] {
         const at::NoGradGuard ng;
         at::scaled_dot_product_attention(qs, ks, vs, {}, 0.0, true);
@@ -99,13 +198,18 @@ int run_bench(const char* json_path) {
         at::Tensor y = at::scaled_dot_product_attention(qs, ks, vs, {}, 0.0, true);
         torch::autograd::grad({y}, {qs, ks, vs}, {dys});
       };
-      const double flops = 4.0 * b * h * t * t * d / 2;  // two causal matrix products
-      const double f_ms = time_ms(fwd), b_ms = time_ms(both);
-      const double fq = time_ms(fwd, 3, 15, true), bq = time_ms(both, 3, 15, true);
-      rows.push_back({"sdpa-flash", "fwd", t, b, 0, f_ms, flops / f_ms / 1e9, peak_mib(fwd), fq});
-      rows.push_back({"sdpa-flash", "fwd+bwd", t, b, 0, b_ms, 3.5 * flops / b_ms / 1e9, peak_mib(both), bq});
+      for (bool cudnn : {false, true}) {
+        const SdpaBackend backend(cudnn);
+        measure(rows, cudnn ? "sdpa-cudnn" : "sdpa-flash", t, b, 0, true, quad_flops, fwd, both);
+      }
     }
-    for (int64_t chunk : {256, 512, 1024}) {
+    for (int64_t chunk : chunks) {
+      const bool quadratic = t <= chunk;  // the plan's quadratic form: no state stage, no sm_90a kernel
+      const int64_t c = std::min(chunk, t);
+      // the chunked form's work: states (2 D e a token) + queries (2 D e) + causal in-chunk attention (c/2 keys of
+      // 2 d + 2 e a token, = 2 c d at d = e)
+      const double flops =
+          quadratic ? quad_flops : static_cast<double>(b) * h * t * (4.0 * D * e + static_cast<double>(c) * 2 * d);
       pa::PowerFullOptions opt;
       opt.chunk_size = chunk;
       auto fwd = [&] {
@@ -116,38 +220,66 @@ int run_bench(const char* json_path) {
         at::Tensor y = pa::power_full(q, k, v, lg, opt);
         torch::autograd::grad({y}, {q, k, v, lg}, {dy});
       };
-      const int64_t c = std::min(chunk, t), D = pa::state_dim(d, 2);
-      // required work of the chunked algorithm: states (2 D e per token) + queries (2 D e) + causal in-chunk c(d+e)
-      const double flops = static_cast<double>(b) * h * t * (4.0 * D * d + static_cast<double>(c) * 2 * d);
-      const double f_ms = time_ms(fwd), b_ms = time_ms(both);
-      const double fq = time_ms(fwd, 3, 15, true), bq = time_ms(both, 3, 15, true);
-      rows.push_back({"power", "fwd", t, b, chunk, f_ms, flops / f_ms / 1e9, peak_mib(fwd), fq});
-      rows.push_back({"power", "fwd+bwd", t, b, chunk, b_ms, 3.0 * flops / b_ms / 1e9, peak_mib(both), bq});
+      for (const std::string& set : sets) {
+        if (quadratic && set != def) continue;
+        const ForceKernels force(set);
+        measure(rows, "power-" + set, t, b, chunk, quadratic, flops, fwd, both);
+      }
     }
   }
-  std::printf("%-11s %-8s %6s %4s %6s %10s %14s %9s %10s %8s\n", "impl", "pass", "t", "b", "chunk", "ms", "tokens/s",
-              "TFLOP/s", "peak MiB", "gpu ms");
+  std::printf("%-16s %-8s %6s %4s %6s %-9s %10s %14s %9s %10s %8s\n", "impl", "pass", "t", "b", "chunk", "form", "ms",
+              "tokens/s", "TFLOP/s", "peak MiB", "gpu ms");
   for (const Row& r : rows)
-    std::printf("%-11s %-8s %6ld %4ld %6ld %10.3f %14.0f %9.1f %10.0f %8.3f\n", r.impl.c_str(), r.pass.c_str(), r.t,
-                r.b, r.chunk, r.ms, 65536.0 / (r.ms / 1e3), r.tflops, r.mib, r.gpu_ms);
+    std::printf("%-16s %-8s %6ld %4ld %6ld %-9s %10.3f %14.0f %9.1f %10.0f %8.3f\n", r.impl.c_str(), r.pass.c_str(),
+                r.t, r.b, r.chunk, r.quadratic ? "quadratic" : "chunked", r.ms, 65536.0 / (r.ms / 1e3), r.tflops,
+                r.mib, r.gpu_ms);
   std::printf("(ms: from an idle GPU, the host's work before the first kernel included; gpu ms: queued behind a spin "
-              "kernel, the GPU's work alone)\n");
+              "kernel, the GPU's work alone; peak MiB: the caching allocator's peak during one call, above what was "
+              "allocated before it)\n");
   if (json_path) {
     FILE* f = std::fopen(json_path, "w");
     if (f) {
-      std::fprintf(f, "{\"device\": \"%s\", \"rows\": [\n", prop.name);
+      std::fprintf(f, "{\"device\": \"%s\", \"sdpa_default\": \"%s\", \"rows\": [\n", prop.name,
+                   sdpa_choice.c_str());
       for (size_t i = 0; i < rows.size(); ++i) {
         const Row& r = rows[i];
         std::fprintf(f,
-                     "  {\"impl\": \"%s\", \"pass\": \"%s\", \"t\": %ld, \"b\": %ld, \"chunk\": %ld, \"ms\": %.4f, "
-                     "\"tokens_per_s\": %.0f, \"tflops\": %.2f, \"peak_mib\": %.1f, \"gpu_ms\": %.4f}%s\n",
-                     r.impl.c_str(), r.pass.c_str(), r.t, r.b, r.chunk, r.ms, 65536.0 / (r.ms / 1e3), r.tflops, r.mib,
-                     r.gpu_ms, i + 1 < rows.size() ? "," : "");
+                     "  {\"impl\": \"%s\", \"pass\": \"%s\", \"t\": %ld, \"b\": %ld, \"chunk\": %ld, "
+                     "\"form\": \"%s\", \"ms\": %.4f, \"tflops\": %.2f, \"peak_mib\": %.1f, \"gpu_ms\": %.4f}%s\n",
+                     r.impl.c_str(), r.pass.c_str(), r.t, r.b, r.chunk, r.quadratic ? "quadratic" : "chunked",
+                     std::isnan(r.ms) ? -1.0 : r.ms, std::isnan(r.tflops) ? -1.0 : r.tflops,
+                     std::isnan(r.mib) ? -1.0 : r.mib, std::isnan(r.gpu_ms) ? -1.0 : r.gpu_ms,
+                     i + 1 < rows.size() ? "," : "");
       }
       std::fprintf(f, "]}\n");
       std::fclose(f);
     }
   }
+  // the summary, last: fwd+bwd of every kernel set next to both SDPA backends
+  std::printf("\n== summary: fwd+bwd ms (TFLOP/s) on %s, b t = 65536, h = 8, d = e = 64, bf16, deg 2, gated ==\n",
+              prop.name);
+  std::printf("FLOP counted (the work the algorithm needs): chunked forward b h t (4 D e + 2 c d), D = %ld; quadratic "
+              "form and SDPA b h (t^2 / 2)(2 d + 2 e); fwd+bwd 3x the forward. ms from an idle GPU. SDPA's own "
+              "choice here: %s. Peak: MiB above the inputs, one fwd+bwd.\n",
+              D, sdpa_choice.c_str());
+  std::printf("| t | chunk | SDPA flash | SDPA cuDNN |");
+  for (const std::string& s : sets) std::printf(" power %s |", s.c_str());
+  std::printf(" peak MiB: power; flash, cuDNN |\n|---|---|---|---|");
+  for (size_t i = 0; i < sets.size(); ++i) std::printf("---|");
+  std::printf("---|\n");
+  for (int64_t t : lengths)
+    for (int64_t chunk : chunks) {
+      const bool first = chunk == chunks.front();
+      const Row* fl = first ? find(rows, "sdpa-flash", "fwd+bwd", t, 0) : nullptr;
+      const Row* cu = first ? find(rows, "sdpa-cudnn", "fwd+bwd", t, 0) : nullptr;
+      const Row* pd = find(rows, "power-" + def, "fwd+bwd", t, chunk);
+      std::printf("| %ld | %ld%s | %s | %s |", t, chunk, pd && pd->quadratic ? " (quadratic)" : "",
+                  first ? cell(fl).c_str() : "", first ? cell(cu).c_str() : "");
+      for (const std::string& s : sets) std::printf(" %s |", cell(find(rows, "power-" + s, "fwd+bwd", t, chunk)).c_str());
+      std::printf(" %.0f", pd ? pd->mib : NAN);
+      if (first) std::printf("; %.0f, %.0f", fl ? fl->mib : NAN, cu ? cu->mib : NAN);
+      std::printf(" |\n");
+    }
   return 0;
 }
 

@@ -1,6 +1,7 @@
 // cases.cpp: the harness's correctness cases (SPEC §7/§8 on CUDA against the fp64 oracle of oracle.cpp: forward
 // and all gradients, outputs poisoned with NaN, fresh random inputs per case), long sequences on sampled rows, and
-// states in pieces with a decode step.
+// states in pieces with a decode step; on Hopper, the cases that reach an sm_90a kernel once more on each other
+// kernel set (kernel_sets.cpp), on the same inputs.
 #include "harness.h"
 
 #include <ATen/ATen.h>
@@ -159,6 +160,30 @@ Outcome run_states(const Case& c, std::mt19937_64& rng) {
   return o;
 }
 
+// Whether a case reaches a stage with an sm_90a kernel (the degree-2 query product: the chunked form, 16-bit, d == e
+// in {64, 128}); where the plan sends such a case elsewhere, its second pass only repeats the first.
+bool reaches_sm90(const Case& c) {
+  return c.p == 2 && c.chunk > 0 && c.chunk < c.t && (c.dtype == at::kBFloat16 || c.dtype == at::kHalf) &&
+         c.d == c.e && (c.d == 64 || c.d == 128);
+}
+
+// Runs a kernel check; a check that throws (a CUDA error, say) is reported as a failure and the run goes on.
+template <typename F>
+bool checked(const std::string& what, F&& fn) {
+  try {
+    fn();
+    return true;
+  } catch (const std::exception& e) {
+    Outcome o{};
+    o.ok = o.within = false;
+    o.y = o.dq = o.dk = o.dv = o.dg = INFINITY;
+    const std::string msg = e.what();
+    o.note = "threw: " + msg.substr(0, msg.find('\n'));
+    report(what, o, Tol{0, 0});
+    return false;
+  }
+}
+
 }  // namespace
 
 // A case with log gates gate_mean + gate_std N(0, 1) a token; `concentrated`: see Case.
@@ -255,7 +280,13 @@ Outcome run_case(const Case& c, std::mt19937_64& rng) {
 
 int run_tests() {
   std::mt19937_64 rng(std::random_device{}());
+  const std::string def = default_kernel_set();
+  const std::vector<std::string> others = other_kernel_sets();
+  std::printf("== kernel sets: %s (the default here)", def.c_str());
+  for (const std::string& set : others) std::printf(", then %s", set.c_str());
+  std::printf(" ==\n");
   check_sympow2_kernels();
+  if (def != "sm80") checked("query kernels of " + def, [&] { check_query_set(def); });
   const at::ScalarType bf = at::kBFloat16, hf = at::kHalf, f32 = at::kFloat, f64 = at::kDouble;
   std::vector<Case> cases;
   // dtypes x forms at the workhorse shape, odd t
@@ -337,36 +368,90 @@ int run_tests() {
   for (const Mode& m : std::vector<Mode>{{0.05, 0, true}, {5, 0, true}})  // bf16 states (see above)
     cases.push_back(gated({1, 130, 2, 2, 32, 16, 2, 32, true, bf}, m.mean, m.std, m.concentrated));
 
-  std::printf("== correctness: %zu cases against the fp64 oracle of SPEC §2 ==\n", cases.size());
-  for (const Case& c : cases) report(name(c), guarded([&] { return run_case(c, rng); }), tolerance(c.dtype));
+  // every case draws its inputs from a seed of its own, so that a later pass on another kernel set sees the same
+  // inputs
+  std::vector<uint64_t> seeds(cases.size());
+  for (uint64_t& s : seeds) s = rng();
+  auto run_seeded = [&](size_t i) {
+    return guarded([&] {
+      std::mt19937_64 r(seeds[i]);
+      return run_case(cases[i], r);
+    });
+  };
+  // long sequences (forward, 256 sampled rows): t, chunk, dtype, log gates (mean, std; NaN: log_sigmoid(N + 3))
+  struct Long {
+    int64_t t, chunk;
+    at::ScalarType dtype;
+    double mean = NAN, std = 0;
+    uint64_t seed = 0;
+  };
+  std::vector<Long> longs;
   for (auto dt : {bf, f32}) {
-    for (int64_t t : {65536, 131072}) {
-      char id[100];
-      std::snprintf(id, sizeof id, "long-t%ld-c1024-%s (256 sampled rows)", t, c10::toString(dt));
-      report(id, run_long(t, 1024, dt, rng), tolerance(dt));
-    }
+    for (int64_t t : {65536, 131072}) longs.push_back({t, 1024, dt});
     // mixed gates over a long sequence (the log-scales wander far both ways), and positive ones (they grow to
     // 3300 nats: e^3300 overflows fp64)
     for (const auto& [mean, std] : std::vector<std::pair<double, double>>{{0.0, 0.3}, {0.05, 0.0}})
-      for (int64_t chunk : {256, 1024}) {
-        char id[100];
-        std::snprintf(id, sizeof id, "long-t65536-c%ld-%s-lg%+g~%g (256 sampled rows)", chunk, c10::toString(dt), mean,
-                      std);
-        report(id, guarded([&] { return run_long(65536, chunk, dt, rng, mean, std); }), tolerance(dt));
-      }
+      for (int64_t chunk : {256, 1024}) longs.push_back({65536, chunk, dt, mean, std});
   }
+  for (Long& lr : longs) lr.seed = rng();
+  auto long_name = [](const Long& lr) {
+    char id[100];
+    if (std::isnan(lr.mean)) {
+      std::snprintf(id, sizeof id, "long-t%ld-c%ld-%s (256 sampled rows)", lr.t, lr.chunk, c10::toString(lr.dtype));
+    } else {
+      std::snprintf(id, sizeof id, "long-t%ld-c%ld-%s-lg%+g~%g (256 sampled rows)", lr.t, lr.chunk,
+                    c10::toString(lr.dtype), lr.mean, lr.std);
+    }
+    return std::string(id);
+  };
+  auto run_long_case = [&](const Long& lr) {
+    return guarded([&] {
+      std::mt19937_64 r(lr.seed);
+      return run_long(lr.t, lr.chunk, lr.dtype, r, lr.mean, lr.std);
+    });
+  };
+
+  std::printf("== correctness: %zu cases against the fp64 oracle of SPEC §2 ==\n", cases.size());
+  const int f0 = failures();
+  int ran = 0, threw = 0;  // cases of the pass, and those that threw
+  auto count = [&](const Outcome& o) {
+    ++ran;
+    if (o.note.rfind("threw", 0) == 0) ++threw;
+    return o;
+  };
+  for (size_t i = 0; i < cases.size(); ++i) report(name(cases[i]), count(run_seeded(i)), tolerance(cases[i].dtype));
+  for (const Long& lr : longs) report(long_name(lr), count(run_long_case(lr)), tolerance(lr.dtype));
   for (auto dt : {bf, f32}) {
     for (int64_t chunk : {0, 32}) {
       const Case c{2, 150, 4, 2, 32, 32, 2, chunk, true, dt};
-      report("states-" + name(c), guarded([&] { return run_states(c, rng); }), tolerance(dt));
+      report("states-" + name(c), count(guarded([&] { return run_states(c, rng); })), tolerance(dt));
       // positive gates: the returned (true-scale) state grows to e^7.5 (+0.05 a token) and e^37.5 (+0.25,
       // concentrated: finite, errors reported), under the exp(44) that the API lets an fp32 state hold; +0.05 through
       // bf16 states counts as concentrated (see above)
       for (const auto& [mean, conc] : std::vector<std::pair<double, bool>>{{0.05, false}, {0.25, true}}) {
         const Case cg = gated(c, mean, 0, conc || states_in_16bit(dt, chunk));
-        report("states-" + name(cg), guarded([&] { return run_states(cg, rng); }), tolerance(dt));
+        report("states-" + name(cg), count(guarded([&] { return run_states(cg, rng); })), tolerance(dt));
       }
     }
+  }
+  std::printf("pass %s: %d cases, %d failure(s), %d threw\n", def.c_str(), ran, failures() - f0, threw);
+
+  // the other kernel sets (Hopper): the cases that reach a stage with an sm_90a kernel once more, on the same inputs
+  for (const std::string& set : others) {
+    const ForceKernels force(set);
+    std::printf("== kernel set %s: the cases that reach an sm_90a stage again, on the same inputs ==\n", set.c_str());
+    const int f1 = failures();
+    ran = threw = 0;
+    if (set != "sm80" && !checked("query kernels of " + set, [&] { check_query_set(set); })) ++threw;
+    for (size_t i = 0; i < cases.size(); ++i) {
+      if (!reaches_sm90(cases[i])) continue;
+      report(name(cases[i]) + " [" + set + "]", count(run_seeded(i)), tolerance(cases[i].dtype));
+    }
+    for (const Long& lr : longs) {
+      if (lr.dtype != bf) continue;
+      report(long_name(lr) + " [" + set + "]", count(run_long_case(lr)), tolerance(lr.dtype));
+    }
+    std::printf("pass %s: %d cases, %d failure(s), %d threw\n", set.c_str(), ran, failures() - f1, threw);
   }
   std::printf("== %d failure(s); %d concentrated case(s) finite but over the tolerances ==\n", failures(), overs());
   return failures() == 0 ? 0 : 1;

@@ -1,5 +1,6 @@
 // harness.h: what the GPU harness's files share (main.cpp: the modes; oracle.cpp: the fp64 oracle of SPEC §2 and
-// the error measure; cases.cpp: the correctness cases; kernel_checks.cpp: the degree-2 kernels against ATen;
+// the error measure; kernel_sets.cpp: the library's CUDA kernel sets, forced one at a time; cases.cpp: the
+// correctness cases; kernel_checks.cpp: the degree-2 kernels against ATen and the kernel sets against each other;
 // bench.cpp: the benchmarks). Built by CMake against the GPU machine's LibTorch together with the same src/main/cpp
 // sources as the JARs (run.sh beside this file does all of it).
 #pragma once
@@ -13,6 +14,7 @@
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace harness {
 
@@ -33,6 +35,32 @@ double rel(const at::Tensor& x, const at::Tensor& ref, double floor = 1e-300);
 
 /// Fills the caching allocator's free blocks with NaN, so that an output the op forgets to write shows up.
 void poison();
+
+// ---------------------------------------------------------------------------------------------------------------
+// kernel_sets.cpp
+// ---------------------------------------------------------------------------------------------------------------
+
+/// While alive, the CUDA stages run the kernel set named (POWER_ATTENTION_CUDA_KERNELS = sm80 | sm90a | sm90a-wg4,
+/// cuda/common/sm90_select.h); the variable's earlier value comes back after.
+class ForceKernels {
+ public:
+  explicit ForceKernels(const std::string& set);
+  ~ForceKernels();
+  ForceKernels(const ForceKernels&) = delete;
+  ForceKernels& operator=(const ForceKernels&) = delete;
+
+ private:
+  bool had_ = false;
+  std::string old_;
+};
+
+/// Whether device 0 runs the library's sm_90a kernels (a Hopper card and their image in this build).
+bool hopper();
+/// The kernel set the library runs on device 0 as the process started (the default, or what the environment asks).
+std::string default_kernel_set();
+/// The kernel sets checked and timed after the default one: on Hopper every other set (sm80 first), or those
+/// POWER_ATTENTION_HARNESS_SETS lists (comma-separated; empty: none); elsewhere none.
+std::vector<std::string> other_kernel_sets();
 
 // ---------------------------------------------------------------------------------------------------------------
 // cases.cpp
@@ -95,8 +123,14 @@ int run_tests();
 /// The degree-2 state kernels (cuda/sympow2/sympow2.h) against phi made in ATen; reported like cases.
 void check_sympow2_kernels();
 
-/// fwd and fwd+bwd at b*t = 65536, h = 8, d = 64, bf16, deg 2, gated, against SDPA (flash); the table to stdout and,
-/// with json_path, to a JSON file.
+/// The query products of kernel set `set` (an sm_90a one) against the sm_80 kernel's on the same inputs (bitwise:
+/// both round phi' once to bf16 and sum in fp32 in the same order a row): B, its first e columns, and the
+/// combination (y, den, y in the input dtype through the caller's layout), plus the combination against ATen.
+void check_query_set(const std::string& set);
+
+/// fwd and fwd+bwd at b*t = 65536, h = 8, d = 64, bf16, deg 2, gated, for the default kernel set and every other
+/// one (other_kernel_sets), against SDPA's flash and cuDNN backends; the rows and a summary table (last) to stdout
+/// and, with json_path, the rows to a JSON file.
 int run_bench(const char* json_path);
 
 /// One decode step from the state against recomputing the forward and against SDPA over a KV cache.

@@ -1,5 +1,5 @@
 // kernel_checks.cpp: the degree-2 state kernels (cuda/sympow2/sympow2.h) called directly, against phi made in ATen
-// (fp32) from the documented internal layout.
+// (fp32) from the documented internal layout; the query products of each kernel set against the sm_80 kernel's.
 #include "harness.h"
 
 #include "cuda/sympow2/sympow2.h"
@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <string>
 #include <vector>
 
 namespace harness {
@@ -110,6 +111,84 @@ void check_sympow2_kernels() {
         for (int64_t i = 0; i < BH * N; ++i) std::printf(" %.4g/%.4g", a[i].item<double>(), r[i].item<double>());
         std::printf("\n");
       }
+    }
+}
+
+}  // namespace harness
+
+namespace harness {
+
+// The query products of `set` against the sm_80 kernel's on the same inputs, x in the caller's layout through a
+// chunk map (b = 1, t = 300, h = 2, g = 2, c = 128: X = 6 blocks of n = 256 rows, the last chunk of each head 44
+// tokens, the rest of its rows padding), and the combination of each set against ATen (fp64) from the sm_80 B.
+void check_query_set(const std::string& set) {
+  namespace pc = pa::cuda;
+  const auto o = at::TensorOptions().device(at::kCUDA);
+  const auto f32 = o.dtype(at::kFloat);
+  for (int64_t d : {64, 128})
+    for (auto dt : {at::kBFloat16, at::kHalf}) {
+      const int64_t b = 1, t = 300, h = 2, g = 2, c = 128, N = (t + c - 1) / c, X = b * h * N, n = c * g;
+      const int64_t E = d + 8, e = d, D2 = pc::sympow2_dim(d);
+      const at::Tensor x = at::randn({b, t, h * g, d}, o.dtype(dt));
+      const pc::Operand xo = pc::Operand::caller(x, h, g, c);
+      const at::Tensor rs = at::rand({X * n}, f32) + 0.5;
+      const at::Tensor H = (at::randn({X, D2, E}, f32) * 0.1).to(at::kBFloat16);
+      // the combination's row terms: |r - m| <= 2 (wa >= e^-2) and l = 1000 + U(0, 1), so that den = l wa + B[e] ws
+      // (|B[e]| ~ 6-13 here) stays far from 0; block 0 an empty state (mu = -inf)
+      const at::Tensor numA = at::randn({X, n, e}, f32);
+      const at::Tensor l = at::rand({X * n}, f32) + 1000.0;
+      const at::Tensor m = (at::rand({X * n}, f32) - 0.5) * 1.5;
+      const at::Tensor gc = -at::rand({X, c}, f32) * 0.5;
+      at::Tensor mu = ((at::rand({X}, o.dtype(at::kDouble)) - 0.5) * 1.5);
+      mu.narrow(0, 0, 1).fill_(-INFINITY);
+      struct Out {
+        at::Tensor B, Be, y, den, yo;
+      };
+      auto run = [&](const std::string& which) {
+        const ForceKernels force(which);
+        Out r;
+        r.B = pc::sympow2_query(xo, rs, H);
+        r.Be = pc::sympow2_query(xo, rs, H, e);
+        r.y = at::full({X, n, e}, NAN, f32);
+        r.den = at::full({X * n}, NAN, f32);
+        r.yo = at::full({b, t, h * g, e}, NAN, o.dtype(dt));
+        pc::sympow2_query_combine(xo, rs, H, numA, l, m, gc, mu, r.y, r.den, pc::Operand::caller(r.yo, h, g, c));
+        return r;
+      };
+      const Out s80 = run("sm80"), ss = run(set);
+      // ATen from the sm_80 B: d = float((gc - m) + mu) as state_scale.cuh forms it (gc - m in fp32, + mu in fp64)
+      const at::Tensor gcr = gc.repeat_interleave(g, 1).reshape({X * n});
+      const at::Tensor dd = ((gcr - m).to(at::kDouble) + mu.repeat_interleave(n)).to(at::kFloat).to(at::kDouble);
+      const at::Tensor wa = at::exp(at::clamp_max(-dd, 0.0)).view({X, n, 1});
+      const at::Tensor ws = at::exp(at::clamp_max(dd, 0.0)).view({X, n, 1});
+      const at::Tensor B = s80.B.to(at::kDouble);
+      const at::Tensor den_ref = l.to(at::kDouble).view({X, n, 1}) * wa + B.narrow(2, e, 1) * ws;
+      const at::Tensor y_ref = (numA.to(at::kDouble) * wa + B.narrow(2, 0, e) * ws) / den_ref;
+      // y in the caller's layout: block (bh, chunk), row r -> token chunk c + r / g, head bh % h, member r % g
+      auto caller = [&](const at::Tensor& y) {
+        return y.view({b, h, N, c, g, e}).permute({0, 2, 3, 1, 4, 5}).reshape({b, N * c, h * g, e}).narrow(1, 0, t);
+      };
+      for (const std::string& which : {std::string("sm80"), set}) {
+        const Out& r = which == "sm80" ? s80 : ss;
+        Outcome q{};
+        q.y = rel(r.y, y_ref);
+        q.dq = rel(r.den, den_ref.view({X * n}));
+        q.dk = rel(r.yo, caller(r.y).to(dt));  // the kernel's rounding of its own y: exact
+        q.ok = q.y < 1e-5 && q.dq < 1e-5 && q.dk < 1e-6;
+        char id[160];
+        std::snprintf(id, sizeof id, "sympow2-combine-d%ld-%s-%s (y, den vs ATen from B; y out vs y)", d,
+                      c10::toString(dt), which.c_str());
+        report(id, q, Tol{1e-5, 1e-6});
+      }
+      Outcome q{};
+      q.y = rel(ss.B, s80.B);
+      q.dq = rel(ss.Be, s80.Be);
+      q.dk = std::max({rel(ss.y, s80.y), rel(ss.den, s80.den), rel(ss.yo, s80.yo)});
+      q.ok = q.y < 1e-5 && q.dq < 1e-5 && q.dk < 1e-5;
+      char id[160];
+      std::snprintf(id, sizeof id, "sympow2-query-d%ld-%s-%s vs sm80 (B, first e, combination)", d, c10::toString(dt),
+                    set.c_str());
+      report(id, q, Tol{1e-5, 1e-5});
     }
 }
 

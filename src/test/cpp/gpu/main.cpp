@@ -1,13 +1,20 @@
 // main.cpp: the GPU harness's modes (harness.h names the files behind each).
 //
 //   power_attention_gpu test            SPEC §7/§8 cases on CUDA against an fp64 CPU evaluation of SPEC §2 (forward
-//                                       and all gradients; outputs poisoned with NaN; fresh random inputs per case)
-//   power_attention_gpu bench [json]    fwd and fwd+bwd at b*t = 65536, h = 8, d = 64, bf16, deg 2, gated, against
-//                                       at::scaled_dot_product_attention (flash) in the same run
+//                                       and all gradients; outputs poisoned with NaN; fresh random inputs per case);
+//                                       on Hopper then the cases that reach an sm_90a kernel again on each other
+//                                       kernel set, on the same inputs
+//   power_attention_gpu bench [json]    fwd and fwd+bwd at b*t = 65536, h = 8, d = 64, bf16, deg 2, gated, for each
+//                                       kernel set, against at::scaled_dot_product_attention's flash and cuDNN
+//                                       backends in the same run; a summary table last
 //   power_attention_gpu decode          the decode step against recomputing and against SDPA over a KV cache
 //   power_attention_gpu repeat [n]      a few cases drawn n times (fresh inputs each time), to see their spread
-//   power_attention_gpu kernels [n]     the degree-2 kernel checks alone, n times
+//   power_attention_gpu kernels [n]     the degree-2 kernel checks alone, n times (and, on Hopper, each sm_90a
+//                                       kernel set's query products against the sm_80 kernel's)
 //   power_attention_gpu profile c t     one fwd+bwd at chunk c (0: quadratic) and length t, for ncu
+// The kernel sets (cuda/common/sm90_select.h: sm80, sm90a, sm90a-wg4): the default is what the library runs here
+// (POWER_ATTENTION_CUDA_KERNELS, when set, decides it); on Hopper every other set follows it, or those
+// POWER_ATTENTION_HARNESS_SETS lists (comma-separated; empty: none).
 #include "harness.h"
 
 #include <ATen/ATen.h>
@@ -39,8 +46,12 @@ int main(int argc, char** argv) {
       return failures() > 0 ? 1 : 0;
     }
     if (mode == "kernels") {
-      for (int i = 0; i < (argc > 2 ? std::atoi(argv[2]) : 1); ++i) check_sympow2_kernels();
-      return 0;
+      for (int i = 0; i < (argc > 2 ? std::atoi(argv[2]) : 1); ++i) {
+        check_sympow2_kernels();
+        if (hopper())
+          for (const char* set : {"sm90a", "sm90a-wg4"}) check_query_set(set);
+      }
+      return failures() > 0 ? 1 : 0;
     }
     if (mode == "profile")
       return run_profile(argc > 2 ? std::atoll(argv[2]) : 256, argc > 3 ? std::atoll(argv[3]) : 65536);

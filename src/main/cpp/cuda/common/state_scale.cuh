@@ -1,5 +1,5 @@
 // state_scale.cuh: the row factors of the stabilised chunked form (docs/SPEC.md §4), shared by the combination
-// kernels (cuda/rows/combine.cu) and the degree-2 query kernel's epilogue (cuda/sympow2/query.cu).
+// kernels (cuda/rows/combine.cu) and the degree-2 query kernels' epilogue (cuda/sympow2/query_epilogue.cuh).
 //
 // A query row of chunk n sees the in-chunk terms with log-factor m (its in-chunk log-weight maximum) and the state
 // term with log-factor r = Gc + mu_n (Gc: its token's in-chunk gate cumsum, mu_n: the log-scale of the state entering

@@ -1,8 +1,11 @@
 // query.cu: the degree-2 queries against a state, B = phi'(x) H, alone or with the chunked form's combination in
-// the epilogue (sympow2.h: sympow2_query, sympow2_query_combine).
+// the epilogue (sympow2.h: sympow2_query, sympow2_query_combine): the sm_80 kernel (mma.sync) and the launch, which
+// takes the sm_90a kernel (query_sm90.cuh) where cuda/common/sm90_select.h says the device runs it.
 #include "cuda/common/launch.cuh"
-#include "cuda/common/state_scale.cuh"
+#include "cuda/common/sm90_select.h"
 #include "cuda/common/static_switch.h"
+#include "cuda/sympow2/query_epilogue.cuh"
+#include "cuda/sympow2/query_sm90.h"
 #include "cuda/sympow2/sympow2_kernel.cuh"
 
 #include <c10/cuda/CUDAGuard.h>
@@ -16,23 +19,6 @@ namespace cuda {
 namespace sympow2 {
 namespace {
 
-// The chunked form's combination (SPEC §4) in the query kernel's epilogue: with B = phi'(q) H the row's state
-// term and wa, ws the row factors of state_scale.cuh (from m, the token's gc and the chunk's mu): den = l wa + B[e] ws,
-// y = (numA wa + B[:e] ws) / den (0 where den is). numA, y [rows, e], l, m, den [rows], fp32; gc [X rows / g] fp32
-// (null: 0), mu [X] fp64; y also to yo (the input dtype) through map, when given.
-struct Combine {
-  const float* numA = nullptr;
-  const float* l = nullptr;
-  const float* m = nullptr;
-  const float* gc = nullptr;
-  const double* mu = nullptr;
-  int g = 1;
-  float* y = nullptr;
-  float* den = nullptr;
-  u16* yo = nullptr;
-  RowMap map;
-};
-
 template <bool BFX, int D, int E>
 __global__ void __launch_bounds__(kRowThreads, 2) sympow2_query_kernel(const u16* __restrict__ x, RowMap xm,
                                                                     const float* __restrict__ rs,
@@ -44,7 +30,7 @@ __global__ void __launch_bounds__(kRowThreads, 2) sympow2_query_kernel(const u16
   extern __shared__ __align__(16) unsigned char smem[];
   u16* sX = reinterpret_cast<u16*>(smem);
   u16* sH = sX + ROWS * SD;
-  const int warp = threadIdx.x >> 5, tg = threadIdx.x & 3;
+  const int warp = threadIdx.x >> 5;
   const int64_t parts = (n + ROWS - 1) / ROWS;
   const int64_t bx = blockIdx.x / parts, r0 = (blockIdx.x % parts) * ROWS;
   const u16* Hb = H + bx * D2 * E;
@@ -108,47 +94,7 @@ __global__ void __launch_bounds__(kRowThreads, 2) sympow2_query_kernel(const u16
       __syncthreads();
     }
   });
-  if (cmb.y) {
-    constexpr int e = E - 8;  // B[:, e] is the normaliser's column: element 0 of lane tg = 0 in tile e / 8
-    const int lane = threadIdx.x & 31;
-#pragma unroll
-    for (int i = 0; i < MT; ++i)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const float be = __shfl_sync(0xffffffffu, acc[i][e / 8][2 * h], lane & ~3);
-        const int64_t r = r0 + L.row[i][h];
-        if (r >= n) continue;
-        const int64_t row = bx * n + r;
-        float wa, ws;
-        state_row_weights<float>(cmb.m[row], cmb.gc ? cmb.gc[bx * (n / cmb.g) + r / cmb.g] : 0.f, cmb.mu[bx], wa, ws);
-        const float dn = cmb.l[row] * wa + be * ws;
-        u16* yo = cmb.yo && r < cmb.map.rows(bx, n) ? cmb.yo + cmb.map.base(bx) + cmb.map.row(r) : nullptr;
-#pragma unroll
-        for (int nt = 0; nt < e / 8; ++nt) {
-          const int64_t at = row * e + nt * 8 + 2 * tg;
-          const float2 na = *reinterpret_cast<const float2*>(cmb.numA + at);
-          const float y0 = na.x * wa + acc[i][nt][2 * h] * ws, y1 = na.y * wa + acc[i][nt][2 * h + 1] * ws;
-          const float2 yv = dn != 0.f ? make_float2(y0 / dn, y1 / dn) : make_float2(0.f, 0.f);
-          *reinterpret_cast<float2*>(cmb.y + at) = yv;
-          if (yo) *reinterpret_cast<u32*>(yo + nt * 8 + 2 * tg) = pack2<BFX>(yv.x, yv.y);
-        }
-        if (tg == 0) cmb.den[row] = dn;
-      }
-    return;
-  }
-  float* ob = out + bx * n * cols;  // the first `cols` columns (a multiple of 8)
-#pragma unroll
-  for (int i = 0; i < MT; ++i)
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int64_t r = r0 + L.row[i][h];
-      if (r >= n) continue;
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
-        if (nt * 8 < cols)
-          *reinterpret_cast<float2*>(ob + r * cols + nt * 8 + 2 * tg) =
-              make_float2(acc[i][nt][2 * h], acc[i][nt][2 * h + 1]);
-    }
+  query_epilogue<BFX, E, MT>(acc, L.row, bx, r0, n, out, cols, cmb);
 }
 
 void query_launch(const Operand& x, const Blocks& ox, const at::Tensor& rs, const at::Tensor& H, at::Tensor& out,
@@ -156,6 +102,13 @@ void query_launch(const Operand& x, const Blocks& ox, const at::Tensor& rs, cons
   const int64_t X = ox.X, n = ox.n, d = x.data.size(-1);
   if (X == 0 || n == 0) return;
   const c10::cuda::CUDAGuard guard(x.data.device());
+  const KernelSet set = kernel_set(x.data.device().index());
+  if (set != KernelSet::sm80 && sm90::query_supported(d)) {  // wgmma (query_sm90.cuh)
+    sm90::query_launch(x.data.scalar_type() == at::kBFloat16, d, set == KernelSet::sm90a_wg4, bits(x.data), ox.map,
+                       fptr(rs), bits(H), out.defined() ? out.data_ptr<float>() : nullptr, X, n,
+                       static_cast<int>(cols), cmb, c10::cuda::getCurrentCUDAStream());
+    return;
+  }
   switch_half_dim(x.data.scalar_type() == at::kBFloat16, d, "degree-2 kernel", [&](auto bf, auto dd) {
     constexpr bool BF = decltype(bf)::value;
     constexpr int D = decltype(dd)::value, Ee = D + 8;

@@ -1,0 +1,34 @@
+// sm90_select.h: which CUDA kernels a device runs. A stage with an sm_90a kernel (wgmma) runs it on devices of
+// compute capability 9.x when this build holds its sm_90a image and the request allows it; every stage keeps its
+// sm_80 kernel, which runs on all supported GPUs. The request is read at every call (so that one process, the GPU
+// harness, can check and time every set on one card):
+//   POWER_ATTENTION_CUDA_KERNELS=sm80       every stage on its sm_80 kernel (POWER_ATTENTION_CUDA_FORCE_SM80=1: the
+//                                           same, whatever POWER_ATTENTION_CUDA_KERNELS says)
+//   POWER_ATTENTION_CUDA_KERNELS=sm90a      the sm_90a kernels wherever the device runs them
+//   POWER_ATTENTION_CUDA_KERNELS=sm90a-wg4  the same, the degree-2 query kernel at d = 64 in its four-warpgroup
+//                                           shape (256 rows a CTA; cuda/sympow2/query_sm90.cuh)
+//   unset (or auto)                         the measured default (sm90_select.cu: kDefault)
+// Any other value is the default too. On a device without the sm_90a kernels every request runs the sm_80 ones.
+#pragma once
+
+namespace power_attention {
+namespace cuda {
+
+/// The kernel sets of the CUDA stages (above).
+enum class KernelSet { sm80, sm90a, sm90a_wg4 };
+
+/// Its name as POWER_ATTENTION_CUDA_KERNELS spells it.
+const char* kernel_set_name(KernelSet s);
+
+/// Whether this build's sm_90a kernels run on `device` (capability 9.x and their image present: a probe kernel
+/// compiled only for sm_90a reports it, once per device), whatever the request.
+bool sm90a_present(int device);
+
+/// The set the stages run on `device` now: the request (or the default) where the device runs it, else sm80.
+KernelSet kernel_set(int device);
+
+/// Whether the stages with an sm_90a kernel run it on `device` now.
+inline bool use_sm90a(int device) { return kernel_set(device) != KernelSet::sm80; }
+
+}  // namespace cuda
+}  // namespace power_attention
