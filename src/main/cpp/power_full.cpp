@@ -126,7 +126,8 @@ class PowerFullFunction : public torch::autograd::Function<PowerFullFunction> {
     }
     if (!plan.stateful) return {f.out};
     const int64_t D = f.final_state.size(1);
-    const at::ScalarType st = pr.precision.states;
+    // a returned state is fp32 (fp64 for fp64 inputs) whatever the path computed it in (SPEC §6)
+    const at::ScalarType st = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
     const at::Tensor S = (f.final_state.to(at::kDouble) * factor.view({-1, 1, 1})).to(st);
     const at::Tensor s = (f.final_norm.to(at::kDouble) * factor.view({-1, 1})).to(st);
     return {f.out, S.view({pr.b, pr.h, D, pr.e}), s.view({pr.b, pr.h, D})};

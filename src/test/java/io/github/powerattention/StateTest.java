@@ -217,6 +217,29 @@ class StateTest {
         }
     }
 
+    /** SPEC §6: a returned state is fp32 for non-fp64 inputs, whatever precision the path computes in (positive
+     *  log gates send the computation to fp64), and holds the true state (the fp64 inputs' state). */
+    @ParameterizedTest(name = "{0}-c{1}")
+    @CsvSource({"Float,8", "Float,0", "BFloat16,8"})
+    void positiveGatesReturnTheStateInFloat32(String dtypeName, long chunk) {
+        try (PointerScope scope = new PointerScope(); NoGradGuard guard = new NoGradGuard()) {
+            manual_seed(23);
+            ScalarType dtype = ScalarType.valueOf(dtypeName);
+            long t = 20;
+            Tensor q = Fixtures.normal(ScalarType.Double, 1, t, 2, 8).to(dtype).to(ScalarType.Double);
+            Tensor k = Fixtures.normal(ScalarType.Double, 1, t, 2, 8).to(dtype).to(ScalarType.Double);
+            Tensor v = Fixtures.normal(ScalarType.Double, 1, t, 2, 8).to(dtype).to(ScalarType.Double);
+            Tensor logG = Fixtures.gates(1, t, 2).add(new org.bytedeco.pytorch.Scalar(1.0));  // some above 0
+            PowerAttentionState ref = PowerAttention.prefill(q, k, v, logG, options(2, chunk)).state();
+            PowerAttentionState got = PowerAttention.prefill(q.to(dtype), k.to(dtype), v.to(dtype), logG,
+                    options(2, chunk)).state();
+            assertEquals(ScalarType.Float, got.S().scalar_type().intern(), "S dtype");
+            assertEquals(ScalarType.Float, got.s().scalar_type().intern(), "s dtype");
+            assertClose(got.S().to(ScalarType.Double), ref.S(), 1e-5, "S");
+            assertClose(got.s().to(ScalarType.Double), ref.s(), 1e-5, "s");
+        }
+    }
+
     @Test
     void saveAndLoad() throws IOException {
         try (PointerScope scope = new PointerScope()) {
