@@ -14,10 +14,11 @@ import java.util.Set;
 public final class TrainConfig {
     /** Flags that fix the model's shape: on resume they come from the checkpoint and may not be changed. */
     static final Set<String> MODEL_FLAGS = Set.of("block_size", "n_layer", "n_head", "n_kv_head", "n_embd",
-            "attention_kernel", "degree", "chunk_size", "disable_gating", "rope_base");
+            "attention_kernel", "degree", "chunk_size", "disable_gating", "disable_token_shift", "rope_base");
     /** Flags that fix the shapes of the weights: {@code --init_from=PATH} takes them from that checkpoint. */
-    static final Set<String> WEIGHT_FLAGS = Set.of("n_layer", "n_head", "n_kv_head", "n_embd", "rope_base");
-    static final Set<String> BOOLEAN_FLAGS = Set.of("disable_gating");
+    static final Set<String> WEIGHT_FLAGS = Set.of("n_layer", "n_head", "n_kv_head", "n_embd", "disable_token_shift",
+            "rope_base");
+    static final Set<String> BOOLEAN_FLAGS = Set.of("disable_gating", "disable_token_shift");
     /** The recall task's default difficulty: key letters, value digits, pairs per sample (0: half the context). */
     static final int[] RECALL_DEFAULTS = {2, 2, 0};
     /** Flags that only steer this invocation (where to write, whether to resume), never stored. */
@@ -46,6 +47,7 @@ public final class TrainConfig {
     public final int degree;
     public final int chunkSize;            // 0: the quadratic form
     public final boolean disableGating;
+    public final boolean disableTokenShift;
     public final double ropeBase;
     // optimizer
     public final double learningRate;
@@ -105,6 +107,7 @@ public final class TrainConfig {
             }
         }
         disableGating = f.bool("disable_gating", false);
+        disableTokenShift = f.bool("disable_token_shift", false);
         ropeBase = f.real("rope_base", 10000.0, 1.0, false);
         learningRate = f.real("learning_rate", 1e-3, 0.0, false);
         maxIters = f.integer("max_iters", 2000, 0);
@@ -163,7 +166,8 @@ public final class TrainConfig {
         return new LinkedHashSet<>(List.of("out_dir", "init_from", "dataset", "recall_key_letters",
                 "recall_value_digits", "recall_pairs", "eval_interval", "eval_iters",
                 "log_interval", "batch_size", "block_size", "gradient_accumulation_steps", "n_layer", "n_head",
-                "n_kv_head", "n_embd", "attention_kernel", "degree", "chunk_size", "disable_gating", "rope_base",
+                "n_kv_head", "n_embd", "attention_kernel", "degree", "chunk_size", "disable_gating", "disable_token_shift",
+                "rope_base",
                 "learning_rate", "max_iters", "weight_decay", "beta1", "beta2", "grad_clip", "warmup_iters",
                 "lr_decay_iters", "min_lr", "device", "dtype", "seed", "threads", "dist_timeout"));
     }
@@ -177,7 +181,7 @@ public final class TrainConfig {
     public GptConfig model() {
         return new GptConfig(256, blockSize, nLayer, nHead, nKvHead, nEmbd,
                 attentionKernel.equals("power") ? GptConfig.Attention.POWER : GptConfig.Attention.SDPA, degree,
-                chunkSize, !disableGating, ropeBase);
+                chunkSize, !disableGating, !disableTokenShift, ropeBase);
     }
 
     /** This config as {@code --name=value} arguments (run flags excluded), to store and to re-parse. */
@@ -218,6 +222,7 @@ public final class TrainConfig {
             case "degree": return Integer.toString(degree);
             case "chunk_size": return chunkSize == 0 ? "none" : Integer.toString(chunkSize);
             case "disable_gating": return Boolean.toString(disableGating);
+            case "disable_token_shift": return Boolean.toString(disableTokenShift);
             case "rope_base": return Double.toString(ropeBase);
             case "learning_rate": return Double.toString(learningRate);
             case "max_iters": return Integer.toString(maxIters);
