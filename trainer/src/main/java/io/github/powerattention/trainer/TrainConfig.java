@@ -19,8 +19,11 @@ public final class TrainConfig {
     static final Set<String> WEIGHT_FLAGS = Set.of("n_layer", "n_head", "n_kv_head", "n_embd", "disable_token_shift",
             "rope_base");
     static final Set<String> BOOLEAN_FLAGS = Set.of("disable_gating", "disable_token_shift");
-    /** The recall task's default difficulty: key letters, value digits, pairs per sample (0: half the context). */
-    static final int[] RECALL_DEFAULTS = {2, 2, 0};
+    /**
+     * The recall task's default difficulty: key letters, value digits, pairs per sample (0: half the context). The
+     * hard setting of the long-context comparison is 2, 2, 0.
+     */
+    static final int[] RECALL_DEFAULTS = {1, 1, 8};
     /** Flags that only steer this invocation (where to write, whether to resume), never stored. */
     static final Set<String> RUN_FLAGS = Set.of("init_from", "out_dir");
 
@@ -63,7 +66,7 @@ public final class TrainConfig {
     public final String device;            // cpu | cuda
     public final String dtype;             // float32 | bfloat16 | float16
     public final long seed;
-    public final int threads;              // 0: LibTorch's default
+    public final int threads;              // LibTorch's intra-op threads on the CPU; 0: LibTorch's default
     public final int distTimeoutSeconds;
 
     /** The flag values this config was built from (for the checkpoint), in flag-name form. */
@@ -121,7 +124,7 @@ public final class TrainConfig {
         device = f.choice("device", "cpu", "cpu", "cuda");
         dtype = f.choice("dtype", "float32", "float32", "bfloat16", "float16");
         seed = f.integer("seed", 1337, 0);
-        threads = f.integer("threads", 0, 0);
+        threads = f.integer("threads", 1, 0);
         distTimeoutSeconds = f.integer("dist_timeout", 120, 1);
 
         if (nEmbd % nHead != 0) {
@@ -141,6 +144,14 @@ public final class TrainConfig {
         if (minLr > learningRate) {
             throw new UsageException("--min_lr must be <= --learning_rate, got min_lr=" + minLr + ", learning_rate="
                     + learningRate);
+        }
+        if (dataset.equals("recall") && recallPairs > 0) {
+            int record = RecallTask.recordLength(recallKeyLetters, recallValueDigits);
+            if ((long) recallPairs * record + record > blockSize + 1L) {
+                throw new UsageException("--recall_pairs=" + recallPairs + " definitions take " + recallPairs * record
+                        + " bytes and leave no query in --block_size=" + blockSize + ": use fewer pairs or a block of "
+                        + "at least " + (recallPairs * record + record - 1));
+            }
         }
         if (attentionKernel.equals("power") && degree > 8) {
             throw new UsageException("--degree expects 1..8 for power attention, got " + degree);

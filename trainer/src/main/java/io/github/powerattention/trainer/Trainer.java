@@ -73,7 +73,7 @@ public final class Trainer {
                     + "linux-x86_64-gpu natives, built with -Pgpu, and CUDA 13 libraries); use --device=cpu");
         }
         if (cfg.threads > 0) {
-            set_num_threads(cfg.threads);
+            cpuThreads(cfg.threads);
         }
         Distributed dist = Distributed.requested(env) ? Distributed.fromEnvironment(env, cuda, cfg.distTimeoutSeconds)
                 : null;
@@ -128,12 +128,14 @@ public final class Trainer {
         long tokensPerStep = cfg.tokensPerRankStep() * world;
         if (master) {
             GptConfig m = cfg.model();
-            out.printf(Locale.ROOT, "model: %d layers, %d heads (%d kv), n_embd %d, %s attention%s, %.2fM parameters%n",
-                    m.nLayer(), m.nHead(), m.nKvHead(), m.nEmbd(), m.attention().name().toLowerCase(Locale.ROOT),
+            out.printf(Locale.ROOT, "model: %d layers, %d heads (%d kv), n_embd %d, %s attention%s%s, %.2fM "
+                    + "parameters%n", m.nLayer(), m.nHead(), m.nKvHead(), m.nEmbd(),
+                    m.attention().name().toLowerCase(Locale.ROOT),
                     m.attention() == GptConfig.Attention.POWER ? String.format(Locale.ROOT,
                             " (degree %d, %s, %s)", m.degree(),
                             m.chunkSize() > 0 ? "chunk " + m.chunkSize() : "quadratic form",
-                            m.gating() ? "gated" : "no gating") : "", paramCount / 1e6);
+                            m.gating() ? "gated" : "no gating") : "",
+                    m.tokenShift() ? ", token shift" : "", paramCount / 1e6);
             if (transfer != null) {
                 Checkpoint from = Checkpoint.read(initDir, "--init_from=" + cfg.initFrom);
                 out.printf(Locale.ROOT, "init: %d of %d parameter tensors from %s (a %s model at step %d); "
@@ -283,6 +285,16 @@ public final class Trainer {
                     recall != null ? String.format(Locale.ROOT, ", val recall accuracy %.1f%% (no-recall floor %.1f%%)",
                             100 * valRecall, 100 * results[1][4] / Math.max(1, results[1][3])) : "");
         }
+    }
+
+    /**
+     * Sets the threads of CPU kernels: LibTorch's intra-op threads and OpenBLAS's own pool (which set_num_threads
+     * leaves at one per core; its idle threads spin, which on cores shared with other work makes small models
+     * several times slower).
+     */
+    static void cpuThreads(int n) {
+        set_num_threads(n);
+        org.bytedeco.openblas.presets.openblas_nolapack.blas_set_num_threads(n);
     }
 
     /**
