@@ -47,7 +47,7 @@ public final class TrainerBenchmark {
         System.out.printf(Locale.ROOT, "machine: %d cores (%s), load average %.2f, java %s, threads %s%n",
                 Runtime.getRuntime().availableProcessors(), System.getProperty("os.arch"),
                 ManagementFactory.getOperatingSystemMXBean().getSystemLoadAverage(), System.getProperty("java.version"),
-                Integer.getInteger("bench.threads", 1) > 0 ? Integer.getInteger("bench.threads") : "LibTorch default");
+                Integer.getInteger("bench.threads", 1) > 0 ? Integer.getInteger("bench.threads", 1) : "LibTorch default");
         if (what.contains("throughput")) {
             throughput(dir);
         }
