@@ -210,7 +210,7 @@ public final class Gpt extends Module {
             return x.add(m.to(ScalarType.Float));
         }
 
-        /** {@code ln_1(e_{t-1})} at every position t of {@code e [b, t, C]}, {@code ln_1(ePrevious)} (or zero) at t = 0. */
+        /** {@code ln_1(e_{t-1})} at every position t of {@code e [b, t, C]}; at t = 0 {@code ln_1(ePrevious)} or 0. */
         private Tensor shifted(Tensor e, Tensor ePrevious) {
             long t = e.size(1);
             Tensor first = ePrevious == null ? zeros_like(e.narrow(1, 0, 1)) : layerNorm(ePrevious, ln1Weight, ln1Bias);

@@ -152,7 +152,7 @@ public final class RecallTask implements TokenSource {
         return guess;
     }
 
-    /** Answer counts of one or more samples: answers, answers predicted right, answers the no-recall guess gets right. */
+    /** Answer counts of a sample: answers, answers predicted right, answers the no-recall guess gets right. */
     record Score(long answers, long correct, long floorHits) {}
 
     /**

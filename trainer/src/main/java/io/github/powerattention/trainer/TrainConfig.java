@@ -177,8 +177,8 @@ public final class TrainConfig {
         return new LinkedHashSet<>(List.of("out_dir", "init_from", "dataset", "recall_key_letters",
                 "recall_value_digits", "recall_pairs", "eval_interval", "eval_iters",
                 "log_interval", "batch_size", "block_size", "gradient_accumulation_steps", "n_layer", "n_head",
-                "n_kv_head", "n_embd", "attention_kernel", "degree", "chunk_size", "disable_gating", "disable_token_shift",
-                "rope_base",
+                "n_kv_head", "n_embd", "attention_kernel", "degree", "chunk_size", "disable_gating",
+                "disable_token_shift", "rope_base",
                 "learning_rate", "max_iters", "weight_decay", "beta1", "beta2", "grad_clip", "warmup_iters",
                 "lr_decay_iters", "min_lr", "device", "dtype", "seed", "threads", "dist_timeout"));
     }
