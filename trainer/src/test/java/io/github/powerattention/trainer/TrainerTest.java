@@ -103,7 +103,8 @@ class TrainerTest {
     @Test
     void adamWTakesBeta1AndBeta2InTheirPlaces() {
         // two steps of lr 1 on p = 0 with gradients 1 then 0, eps 0: by hand, p1 = -1 and
-        // p2 = -1 - (b1 (1 - b1) / (1 - b1^2)) / sqrt(b2 (1 - b2) / (1 - b2^2)) = -1 - (b1 / (1 + b1)) / sqrt(b2 / (1 + b2))
+        // p2 = -1 - (b1 (1 - b1) / (1 - b1^2)) / sqrt(b2 (1 - b2) / (1 - b2^2))
+        //    = -1 - (b1 / (1 + b1)) / sqrt(b2 / (1 + b2))
         double b1 = 0.9;
         double b2 = 0.5;
         Tensor p = org.bytedeco.pytorch.global.torch.zeros(new long[] {1},
@@ -111,7 +112,8 @@ class TrainerTest {
                 .set_requires_grad(true);
         org.bytedeco.pytorch.AdamWOptions opts = Trainer.adamWOptions(1.0, b1, b2);
         opts.eps().put(0.0);
-        org.bytedeco.pytorch.AdamW adam = new org.bytedeco.pytorch.AdamW(new org.bytedeco.pytorch.TensorVector(p), opts);
+        org.bytedeco.pytorch.AdamW adam = new org.bytedeco.pytorch.AdamW(new org.bytedeco.pytorch.TensorVector(p),
+                opts);
         double[] after = new double[2];
         double[] grads = {1.0, 0.0};
         for (int i = 0; i < 2; i++) {

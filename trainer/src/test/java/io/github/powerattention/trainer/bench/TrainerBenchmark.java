@@ -25,8 +25,8 @@ import io.github.powerattention.trainer.Main;
  * mvn -q -f trainer test-compile exec:java -Dexec.classpathScope=test \
  *     -Dexec.mainClass=io.github.powerattention.trainer.bench.TrainerBenchmark [-Dexec.args="throughput compare"]
  * </pre>
- * Results (run from the repository root): trainer/target/bench/trainer-{throughput,compare}.csv. {@code -Dbench.threads=N} is
- * the trainer's {@code --threads} (default 1, as the trainer's; 0: LibTorch's default, one per core).
+ * Results (run from the repository root): trainer/target/bench/trainer-{throughput,compare}.csv.
+ * {@code -Dbench.threads=N} is the trainer's {@code --threads} (default 1, as the trainer's; 0: LibTorch's default).
  */
 public final class TrainerBenchmark {
     private static final Pattern STEP = Pattern.compile("\\| ([0-9,]+) tok/s \\|");
@@ -44,10 +44,11 @@ public final class TrainerBenchmark {
         List<String> what = args.length == 0 ? List.of("throughput", "compare") : Arrays.asList(args);
         Path dir = Path.of(System.getProperty("bench.dir", "trainer/target/bench"));
         Files.createDirectories(dir);
+        int threads = Integer.getInteger("bench.threads", 1);
         System.out.printf(Locale.ROOT, "machine: %d cores (%s), load average %.2f, java %s, threads %s%n",
                 Runtime.getRuntime().availableProcessors(), System.getProperty("os.arch"),
                 ManagementFactory.getOperatingSystemMXBean().getSystemLoadAverage(), System.getProperty("java.version"),
-                Integer.getInteger("bench.threads", 1) > 0 ? Integer.getInteger("bench.threads", 1) : "LibTorch default");
+                threads > 0 ? Integer.toString(threads) : "LibTorch default");
         if (what.contains("throughput")) {
             throughput(dir);
         }
