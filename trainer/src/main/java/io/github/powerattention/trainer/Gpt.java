@@ -13,6 +13,7 @@ import static org.bytedeco.pytorch.global.torch.ones;
 import static org.bytedeco.pytorch.global.torch.randn;
 import static org.bytedeco.pytorch.global.torch.scaled_dot_product_attention;
 import static org.bytedeco.pytorch.global.torch.zeros;
+import static org.bytedeco.pytorch.global.torch.zeros_like;
 
 import java.util.ArrayList;
 import java.util.Collections;
@@ -40,6 +41,12 @@ import org.bytedeco.pytorch.global.torch.ScalarType;
  * <p>Attention is LibTorch's causal {@code scaled_dot_product_attention} or symmetric power attention
  * ({@link PowerAttention#powerFull}), with per-key/value-head gates {@code log_g = logsigmoid(b + x W_g)} computed
  * in fp32 from the normed input, initialised to {@code W_g = 0}, {@code sigmoid(b) = 0.999}.
+ *
+ * <p>Token shift (on unless {@link GptConfig#tokenShift} is off): each layer's keys and values are projected from
+ * {@code ln_1(x_t) + mu * ln_1(e_{t-1})}, {@code e_{t-1}} the previous token's embedding (zero before the first token
+ * of a window), {@code mu} learned per channel and initialised to 1; queries and gates see {@code ln_1(x_t)} alone.
+ * A position then carries the token before it into its key, so one attention layer can find "the value after key
+ * a" (associative recall) without first learning a previous-token head in another layer.
  *
  * <p>Parameters are fp32. With a lower compute dtype ({@link #computeDtype}) the matrix products run in that dtype
  * and the residual stream, norms, gates and loss stay in fp32 (what autocast does in the Python trainer).
@@ -92,9 +99,9 @@ public final class Gpt extends Module {
         return computeDtype;
     }
 
-    /** Logits {@code [b, t, vocab]} (fp32) for tokens {@code idx [b, t]} (int64). */
+    /** Logits {@code [b, t, vocab]} (fp32) for tokens {@code idx [b, t]} (int64), a window with nothing before it. */
     public Tensor forward(Tensor idx) {
-        return forward(idx, 0, null);
+        return forward(idx, null, 0, null);
     }
 
     /** Mean cross-entropy of predicting {@code targets [b, t]} from {@code idx [b, t]}. */
@@ -104,20 +111,24 @@ public final class Gpt extends Module {
     }
 
     /**
-     * The forward pass from absolute position {@code pos0}; with {@code states} (one slot per layer, power attention
-     * only) each layer starts from its slot's state (none: an empty prefix) and leaves the state after the last
-     * token there.
+     * The forward pass from absolute position {@code pos0}; {@code previous [b, 1]} (int64) is the token before
+     * {@code idx} for the token shift (null: none, as at the start of a training window). With {@code states} (one
+     * slot per layer, power attention only) each layer starts from its slot's state (none: an empty prefix) and leaves
+     * the state after the last token there.
      */
-    Tensor forward(Tensor idx, long pos0, List<PowerAttentionState[]> states) {
+    Tensor forward(Tensor idx, Tensor previous, long pos0, List<PowerAttentionState[]> states) {
         Tensor x = embedding(wte, idx);
+        Tensor e = config.tokenShift() ? x : null;
+        Tensor ePrevious = config.tokenShift() && previous != null ? embedding(wte, previous) : null;
         for (int i = 0; i < blocks.size(); i++) {
-            x = blocks.get(i).forward(x, pos0, rotary, computeDtype, states == null ? null : states.get(i));
+            x = blocks.get(i).forward(x, e, ePrevious, pos0, rotary, computeDtype,
+                    states == null ? null : states.get(i));
         }
         x = layerNorm(x, lnfWeight, lnfBias);
         return linear(x.to(computeDtype), cast(wte, computeDtype)).to(ScalarType.Float);
     }
 
-    /** One slot per layer for {@link #forward(Tensor, long, List)}. */
+    /** One slot per layer for {@link #forward(Tensor, Tensor, long, List)}. */
     List<PowerAttentionState[]> newStateSlots() {
         if (config.attention() != GptConfig.Attention.POWER) {
             throw new IllegalStateException("recurrent states need power attention, this model uses sdpa");
@@ -189,11 +200,24 @@ public final class Gpt extends Module {
             proj = register(this, "mlp_proj_weight", normal(projStd, c, 4L * c));
         }
 
-        Tensor forward(Tensor x, long pos0, Rotary rotary, ScalarType dt, PowerAttentionState[] slot) {
-            x = x.add(attn.forward(layerNorm(x, ln1Weight, ln1Bias), pos0, rotary, dt, slot));
+        /** {@code e}: the token embeddings (token shift), {@code ePrevious}: the embedding before them or null. */
+        Tensor forward(Tensor x, Tensor e, Tensor ePrevious, long pos0, Rotary rotary, ScalarType dt,
+                PowerAttentionState[] slot) {
+            Tensor shifted = e == null ? null : shifted(e, ePrevious);
+            x = x.add(attn.forward(layerNorm(x, ln1Weight, ln1Bias), shifted, pos0, rotary, dt, slot));
             Tensor h = layerNorm(x, ln2Weight, ln2Bias).to(dt);
             Tensor m = linear(gelu(linear(h, cast(fc, dt))), cast(proj, dt));
             return x.add(m.to(ScalarType.Float));
+        }
+
+        /** {@code ln_1(e_{t-1})} at every position t of {@code e [b, t, C]}; at t = 0 {@code ln_1(ePrevious)} or 0. */
+        private Tensor shifted(Tensor e, Tensor ePrevious) {
+            long t = e.size(1);
+            Tensor first = ePrevious == null ? zeros_like(e.narrow(1, 0, 1)) : layerNorm(ePrevious, ln1Weight, ln1Bias);
+            if (t == 1) {
+                return first;
+            }
+            return cat(new TensorVector(first, layerNorm(e.narrow(1, 0, t - 1), ln1Weight, ln1Bias)), 1);
         }
     }
 
@@ -206,6 +230,7 @@ public final class Gpt extends Module {
         private final Tensor wg;     // [nKvHead, C]   gates (power attention with gating)
         private final Tensor bg;     // [nKvHead]
         private final PowerAttentionOptions options;   // degree and form, shared by every call
+        private final Tensor mu;     // [C]   token shift: the previous token's share in the key/value input
 
         Attention(GptConfig cfg, double std, double projStd) {
             super("Attention");
@@ -224,16 +249,21 @@ public final class Gpt extends Module {
                 wg = null;
                 bg = null;
             }
+            mu = cfg.tokenShift() ? register(this, "shift_mix", ones(new long[] {c}, f32())) : null;
         }
 
-        /** {@code h [b, t, C]} is the normed input (fp32); returns {@code [b, t, C]} in fp32. */
-        Tensor forward(Tensor h, long pos0, Rotary rotary, ScalarType dt, PowerAttentionState[] slot) {
+        /**
+         * {@code h [b, t, C]} is the normed input (fp32), {@code shifted} the normed previous-token embeddings (token
+         * shift) or null; returns {@code [b, t, C]} in fp32.
+         */
+        Tensor forward(Tensor h, Tensor shifted, long pos0, Rotary rotary, ScalarType dt, PowerAttentionState[] slot) {
             long b = h.size(0);
             long t = h.size(1);
             int hd = cfg.headDim();
             Tensor hc = h.to(dt);
+            Tensor kvIn = shifted == null ? hc : h.add(shifted.mul(mu)).to(dt);
             Tensor q = linear(hc, cast(wq, dt)).view(b, t, cfg.nHead(), hd);
-            Tensor kv = linear(hc, cast(wkv, dt)).view(b, t, 2, cfg.nKvHead(), hd);
+            Tensor kv = linear(kvIn, cast(wkv, dt)).view(b, t, 2, cfg.nKvHead(), hd);
             Tensor k = kv.select(2, 0);
             Tensor v = kv.select(2, 1);
             q = rotary.apply(q, pos0);

@@ -13,10 +13,11 @@ package io.github.powerattention.trainer;
  * @param degree     the power p of power attention
  * @param chunkSize  chunk length of power attention's chunked form; 0 for the quadratic form
  * @param gating     per-head forget gates {@code log_g = logsigmoid(b + x W_g)} (power attention only)
+ * @param tokenShift keys and values also see the previous token's embedding (see {@link Gpt})
  * @param ropeBase   rotary embedding base
  */
 public record GptConfig(int vocabSize, int blockSize, int nLayer, int nHead, int nKvHead, int nEmbd,
-        Attention attention, int degree, int chunkSize, boolean gating, double ropeBase) {
+        Attention attention, int degree, int chunkSize, boolean gating, boolean tokenShift, double ropeBase) {
 
     public enum Attention { SDPA, POWER }
 

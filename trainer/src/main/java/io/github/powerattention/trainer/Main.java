@@ -30,7 +30,7 @@ public final class Main {
             "                 the recall task's difficulty: --recall_key_letters=1|2 --recall_value_digits=1|2",
             "                 --recall_pairs=N (pairs defined per sample, 0: as many as fill half the context)",
             "           model: --n_layer --n_head --n_kv_head --n_embd --block_size --attention_kernel=sdpa|power",
-            "                  --degree --chunk_size=N|none --disable_gating",
+            "                  --degree --chunk_size=N|none --disable_gating --disable_token_shift",
             "           optimizer: --learning_rate --min_lr --warmup_iters --lr_decay_iters --max_iters",
             "                  --weight_decay --beta1 --beta2 --grad_clip --batch_size --gradient_accumulation_steps",
             "           run: --out_dir --init_from=scratch|resume|PATH --eval_interval --eval_iters --log_interval",
@@ -176,13 +176,13 @@ public final class Main {
         int topK = f.integer("top_k", 0, 0);
         int numSamples = f.integer("num_samples", 1, 1);
         long seed = f.integer("seed", 1337, 0);
-        int threads = f.integer("threads", 0, 0);
+        int threads = f.integer("threads", 1, 0);
         String modeName = f.choice("mode", "", "state", "full");
         String deviceName = f.choice("device", "", "cpu", "cuda");
         f.requireAllUsed(new LinkedHashSet<>(List.of("out_dir", "start", "max_new_tokens", "temperature", "top_k",
                 "num_samples", "seed", "mode", "threads", "device")));
         if (threads > 0) {
-            org.bytedeco.pytorch.global.torch.set_num_threads(threads);
+            Trainer.cpuThreads(threads);
         }
         Checkpoint ckpt = Checkpoint.read(outDir);
         TrainConfig cfg = TrainConfig.parse(ckpt.args.toArray(new String[0]));

@@ -65,15 +65,19 @@ public final class Sampler {
                 }
                 try (PointerScope scope = new PointerScope()) {
                     Tensor x;
+                    Tensor previous = null;     // the token before x (token shift); none before a window
                     long pos0;
                     if (mode == Mode.STATE) {
                         pos0 = i == 0 ? 0 : length - 1;
                         x = tokens(text, (int) pos0, length, model.device());
+                        if (pos0 > 0) {
+                            previous = tokens(text, (int) pos0 - 1, (int) pos0, model.device());
+                        }
                     } else {
                         pos0 = 0;
                         x = tokens(text, Math.max(0, length - model.config().blockSize()), length, model.device());
                     }
-                    Tensor out = model.forward(x, pos0, slots);
+                    Tensor out = model.forward(x, previous, pos0, slots);
                     logits = lastRow(out);
                     if (slots != null) {
                         for (PowerAttentionState[] slot : slots) {

@@ -14,12 +14,16 @@ import java.util.Set;
 public final class TrainConfig {
     /** Flags that fix the model's shape: on resume they come from the checkpoint and may not be changed. */
     static final Set<String> MODEL_FLAGS = Set.of("block_size", "n_layer", "n_head", "n_kv_head", "n_embd",
-            "attention_kernel", "degree", "chunk_size", "disable_gating", "rope_base");
+            "attention_kernel", "degree", "chunk_size", "disable_gating", "disable_token_shift", "rope_base");
     /** Flags that fix the shapes of the weights: {@code --init_from=PATH} takes them from that checkpoint. */
-    static final Set<String> WEIGHT_FLAGS = Set.of("n_layer", "n_head", "n_kv_head", "n_embd", "rope_base");
-    static final Set<String> BOOLEAN_FLAGS = Set.of("disable_gating");
-    /** The recall task's default difficulty: key letters, value digits, pairs per sample (0: half the context). */
-    static final int[] RECALL_DEFAULTS = {2, 2, 0};
+    static final Set<String> WEIGHT_FLAGS = Set.of("n_layer", "n_head", "n_kv_head", "n_embd", "disable_token_shift",
+            "rope_base");
+    static final Set<String> BOOLEAN_FLAGS = Set.of("disable_gating", "disable_token_shift");
+    /**
+     * The recall task's default difficulty: key letters, value digits, pairs per sample (0: half the context). The
+     * hard setting of the long-context comparison is 2, 2, 0.
+     */
+    static final int[] RECALL_DEFAULTS = {1, 1, 8};
     /** Flags that only steer this invocation (where to write, whether to resume), never stored. */
     static final Set<String> RUN_FLAGS = Set.of("init_from", "out_dir");
 
@@ -46,6 +50,7 @@ public final class TrainConfig {
     public final int degree;
     public final int chunkSize;            // 0: the quadratic form
     public final boolean disableGating;
+    public final boolean disableTokenShift;
     public final double ropeBase;
     // optimizer
     public final double learningRate;
@@ -61,7 +66,7 @@ public final class TrainConfig {
     public final String device;            // cpu | cuda
     public final String dtype;             // float32 | bfloat16 | float16
     public final long seed;
-    public final int threads;              // 0: LibTorch's default
+    public final int threads;              // LibTorch's intra-op threads on the CPU; 0: LibTorch's default
     public final int distTimeoutSeconds;
 
     /** The flag values this config was built from (for the checkpoint), in flag-name form. */
@@ -105,6 +110,7 @@ public final class TrainConfig {
             }
         }
         disableGating = f.bool("disable_gating", false);
+        disableTokenShift = f.bool("disable_token_shift", false);
         ropeBase = f.real("rope_base", 10000.0, 1.0, false);
         learningRate = f.real("learning_rate", 1e-3, 0.0, false);
         maxIters = f.integer("max_iters", 2000, 0);
@@ -118,7 +124,7 @@ public final class TrainConfig {
         device = f.choice("device", "cpu", "cpu", "cuda");
         dtype = f.choice("dtype", "float32", "float32", "bfloat16", "float16");
         seed = f.integer("seed", 1337, 0);
-        threads = f.integer("threads", 0, 0);
+        threads = f.integer("threads", 1, 0);
         distTimeoutSeconds = f.integer("dist_timeout", 120, 1);
 
         if (nEmbd % nHead != 0) {
@@ -138,6 +144,14 @@ public final class TrainConfig {
         if (minLr > learningRate) {
             throw new UsageException("--min_lr must be <= --learning_rate, got min_lr=" + minLr + ", learning_rate="
                     + learningRate);
+        }
+        if (dataset.equals("recall") && recallPairs > 0) {
+            int record = RecallTask.recordLength(recallKeyLetters, recallValueDigits);
+            if ((long) recallPairs * record + record > blockSize + 1L) {
+                throw new UsageException("--recall_pairs=" + recallPairs + " definitions take " + recallPairs * record
+                        + " bytes and leave no query in --block_size=" + blockSize + ": use fewer pairs or a block of "
+                        + "at least " + (recallPairs * record + record - 1));
+            }
         }
         if (attentionKernel.equals("power") && degree > 8) {
             throw new UsageException("--degree expects 1..8 for power attention, got " + degree);
@@ -163,7 +177,8 @@ public final class TrainConfig {
         return new LinkedHashSet<>(List.of("out_dir", "init_from", "dataset", "recall_key_letters",
                 "recall_value_digits", "recall_pairs", "eval_interval", "eval_iters",
                 "log_interval", "batch_size", "block_size", "gradient_accumulation_steps", "n_layer", "n_head",
-                "n_kv_head", "n_embd", "attention_kernel", "degree", "chunk_size", "disable_gating", "rope_base",
+                "n_kv_head", "n_embd", "attention_kernel", "degree", "chunk_size", "disable_gating",
+                "disable_token_shift", "rope_base",
                 "learning_rate", "max_iters", "weight_decay", "beta1", "beta2", "grad_clip", "warmup_iters",
                 "lr_decay_iters", "min_lr", "device", "dtype", "seed", "threads", "dist_timeout"));
     }
@@ -177,7 +192,7 @@ public final class TrainConfig {
     public GptConfig model() {
         return new GptConfig(256, blockSize, nLayer, nHead, nKvHead, nEmbd,
                 attentionKernel.equals("power") ? GptConfig.Attention.POWER : GptConfig.Attention.SDPA, degree,
-                chunkSize, !disableGating, ropeBase);
+                chunkSize, !disableGating, !disableTokenShift, ropeBase);
     }
 
     /** This config as {@code --name=value} arguments (run flags excluded), to store and to re-parse. */
@@ -218,6 +233,7 @@ public final class TrainConfig {
             case "degree": return Integer.toString(degree);
             case "chunk_size": return chunkSize == 0 ? "none" : Integer.toString(chunkSize);
             case "disable_gating": return Boolean.toString(disableGating);
+            case "disable_token_shift": return Boolean.toString(disableTokenShift);
             case "rope_base": return Double.toString(ropeBase);
             case "learning_rate": return Double.toString(learningRate);
             case "max_iters": return Integer.toString(maxIters);

@@ -73,7 +73,7 @@ public final class Trainer {
                     + "linux-x86_64-gpu natives, built with -Pgpu, and CUDA 13 libraries); use --device=cpu");
         }
         if (cfg.threads > 0) {
-            set_num_threads(cfg.threads);
+            cpuThreads(cfg.threads);
         }
         Distributed dist = Distributed.requested(env) ? Distributed.fromEnvironment(env, cuda, cfg.distTimeoutSeconds)
                 : null;
@@ -106,11 +106,8 @@ public final class Trainer {
             params.add(new Tensor(pv.get(i)));
         }
         List<Tensor> decayed = model.parameterList(true);
-        AdamWOptions opts = new AdamWOptions(cfg.learningRate);
-        opts.betas().put(0, cfg.beta1).put(1, cfg.beta2);
-        opts.eps().put(1e-8);
-        opts.weight_decay().put(0.0);     // decoupled decay is applied to matrices only, below
-        AdamW optimizer = new AdamW(new TensorVector(params.toArray(new Tensor[0])), opts);
+        AdamW optimizer = new AdamW(new TensorVector(params.toArray(new Tensor[0])),
+                adamWOptions(cfg.learningRate, cfg.beta1, cfg.beta2));
 
         int startStep = 0;
         List<Checkpoint.Point> history = new ArrayList<>();
@@ -131,12 +128,14 @@ public final class Trainer {
         long tokensPerStep = cfg.tokensPerRankStep() * world;
         if (master) {
             GptConfig m = cfg.model();
-            out.printf(Locale.ROOT, "model: %d layers, %d heads (%d kv), n_embd %d, %s attention%s, %.2fM parameters%n",
-                    m.nLayer(), m.nHead(), m.nKvHead(), m.nEmbd(), m.attention().name().toLowerCase(Locale.ROOT),
+            out.printf(Locale.ROOT, "model: %d layers, %d heads (%d kv), n_embd %d, %s attention%s%s, %.2fM "
+                    + "parameters%n", m.nLayer(), m.nHead(), m.nKvHead(), m.nEmbd(),
+                    m.attention().name().toLowerCase(Locale.ROOT),
                     m.attention() == GptConfig.Attention.POWER ? String.format(Locale.ROOT,
                             " (degree %d, %s, %s)", m.degree(),
                             m.chunkSize() > 0 ? "chunk " + m.chunkSize() : "quadratic form",
-                            m.gating() ? "gated" : "no gating") : "", paramCount / 1e6);
+                            m.gating() ? "gated" : "no gating") : "",
+                    m.tokenShift() ? ", token shift" : "", paramCount / 1e6);
             if (transfer != null) {
                 Checkpoint from = Checkpoint.read(initDir, "--init_from=" + cfg.initFrom);
                 out.printf(Locale.ROOT, "init: %d of %d parameter tensors from %s (a %s model at step %d); "
@@ -267,19 +266,10 @@ public final class Trainer {
                         long[] p = new long[(int) pred.numel()];
                         pred.data_ptr_long().get(p);
                         for (int r = 0; r < raw.length; r++) {
-                            byte[] x = java.util.Arrays.copyOf(raw[r], cfg.blockSize);
-                            int[] floor = recall.noRecallGuesses(x);
-                            for (int j = 0; j < cfg.blockSize; j++) {
-                                if (recall.isAnswer(raw[r], j)) {
-                                    sums[3] += 1;
-                                    if (p[r * cfg.blockSize + j] == (raw[r][j + 1] & 0xFF)) {
-                                        sums[2] += 1;
-                                    }
-                                    if (floor[j] == (raw[r][j + 1] & 0xFF)) {
-                                        sums[4] += 1;
-                                    }
-                                }
-                            }
+                            RecallTask.Score score = recall.score(raw[r], p, r * cfg.blockSize);
+                            sums[2] += score.correct();
+                            sums[3] += score.answers();
+                            sums[4] += score.floorHits();
                         }
                     }
                 }
@@ -295,6 +285,40 @@ public final class Trainer {
                     recall != null ? String.format(Locale.ROOT, ", val recall accuracy %.1f%% (no-recall floor %.1f%%)",
                             100 * valRecall, 100 * results[1][4] / Math.max(1, results[1][3])) : "");
         }
+    }
+
+    /**
+     * Sets the threads of CPU kernels: LibTorch's intra-op threads and OpenBLAS's own pool (which set_num_threads
+     * leaves at one per core; its idle threads spin, which on cores shared with other work makes small models
+     * several times slower).
+     */
+    static void cpuThreads(int n) {
+        set_num_threads(n);
+        org.bytedeco.openblas.presets.openblas_nolapack.blas_set_num_threads(n);
+    }
+
+    /**
+     * AdamW's options: {@code lr}, betas, eps 1e-8 and no weight decay (decoupled decay is applied to matrices only,
+     * in the loop). The betas are a {@code std::tuple<double, double>} seen from Java as two doubles in memory order,
+     * which is the tuple's order under libc++ and the reverse under libstdc++ and MSVC: LibTorch's defaults
+     * (0.9, 0.999) show which, so that beta1 lands in {@code std::get<0>}.
+     */
+    static AdamWOptions adamWOptions(double lr, double beta1, double beta2) {
+        AdamWOptions opts = new AdamWOptions(lr);
+        org.bytedeco.javacpp.DoublePointer betas = opts.betas();
+        int first;
+        if (betas.get(0) == 0.9 && betas.get(1) == 0.999) {
+            first = 0;
+        } else if (betas.get(0) == 0.999 && betas.get(1) == 0.9) {
+            first = 1;
+        } else {
+            throw new IllegalStateException("AdamW's default betas read as (" + betas.get(0) + ", " + betas.get(1)
+                    + ") in memory order, neither (0.9, 0.999) nor its reverse: cannot tell where beta1 goes");
+        }
+        betas.put(first, beta1).put(1 - first, beta2);
+        opts.eps().put(1e-8);
+        opts.weight_decay().put(0.0);
+        return opts;
     }
 
     /** Scales all gradients so that their global L2 norm is at most {@code maxNorm}; returns the norm before. */

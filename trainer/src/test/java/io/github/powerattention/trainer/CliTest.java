@@ -25,6 +25,8 @@ class CliTest {
         "--n_kv_head=3|--n_head must be a multiple of --n_kv_head (grouped-query heads): got n_head=4, n_kv_head=3",
         "--disable_gating=maybe|--disable_gating expects true or false, got 'maybe'",
         "--max_iters|flag --max_iters needs a value (--max_iters=VALUE)",
+        "--block_size=24|--recall_pairs=8 definitions take 24 bytes and leave no query in --block_size=24: use fewer "
+                + "pairs or a block of at least 26",
     })
     void badFlagIsNamed(String flag, String message) {
         String[] args = flag.startsWith("--n_embd") ? new String[] {"train", "--n_head=8", flag}

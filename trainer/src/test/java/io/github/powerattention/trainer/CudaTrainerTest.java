@@ -88,7 +88,7 @@ class CudaTrainerTest {
     @ParameterizedTest(name = "chunk{0}")
     @ValueSource(ints = {16, 0})
     void stateSamplingEqualsFullForwardOnCuda(int chunk) {
-        GptConfig cfg = new GptConfig(256, 64, 2, 4, 2, 32, GptConfig.Attention.POWER, 2, chunk, true, 10000.0);
+        GptConfig cfg = new GptConfig(256, 64, 2, 4, 2, 32, GptConfig.Attention.POWER, 2, chunk, true, true, 10000.0);
         Gpt model = new Gpt(cfg, 7);
         try (NoGradGuard g = new NoGradGuard()) {
             TensorVector ps = model.parameters();

@@ -74,22 +74,49 @@ class DataTest {
     @Test
     void theNoRecallFloorGuessesTheMostFrequentDefinedDigit() {
         RecallTask few = new RecallTask(1, 1, 4);
-        byte[] x = "a=3 b=3 c=7 d=1 a?3 c?7 b?3 d?1 ".getBytes(StandardCharsets.US_ASCII);
-        int[] g = few.noRecallGuesses(x);
-        int answers = 0;
-        for (int j = 0; j < x.length; j++) {
-            if (x[j] == '?') {
-                assertEquals('3', g[j], "position " + j);
-                answers++;
-            } else {
-                assertEquals(-1, g[j], "position " + j);
-            }
+        byte[] sample = "a3 b3 c7 d1 a3 c7 b3 d1 ".getBytes(StandardCharsets.US_ASCII);
+        int[] g = few.noRecallGuesses(sample);
+        assertEquals(sample.length - 1, g.length);
+        for (int j = 0; j < g.length; j++) {
+            // the answers are the digits of the last four records: targets 13, 16, 19, 22
+            boolean answer = j == 12 || j == 15 || j == 18 || j == 21;
+            assertEquals(answer ? '3' : -1, g[j], "input position " + j);
         }
-        assertEquals(4, answers);
         // on average over samples: at least 1 in 4 with 4 pairs, near 1 in 10 with many
         assertTrue(floorAccuracy(few, 128) >= 0.25, "4 pairs: " + floorAccuracy(few, 128));
         double many = floorAccuracy(new RecallTask(), 1024);
         assertTrue(many > 0.08 && many < 0.2, "half-context pairs: " + many);
+    }
+
+    @Test
+    void recallScoreCountsOnlyAnswerDigitsAgainstAHandCount() {
+        // inputs "a3 b3 c7 d1 a3 c7 b3 d1" and the last target ' '; the answers are predicted at the queries' keys
+        byte[] one = "a3 b3 c7 d1 a3 c7 b3 d1 ".getBytes(StandardCharsets.US_ASCII);
+        long[] predicted = new long[one.length - 1];
+        for (int j = 0; j < predicted.length; j++) {
+            predicted[j] = one[j + 1];      // right everywhere ...
+        }
+        predicted[12] = '4';                // ... except the answer of the query a (3)
+        predicted[15] = '3';                // and of c (7)
+        predicted[0] = '9';                 // a definition's digit: not an answer, not counted
+        RecallTask.Score s = new RecallTask(1, 1, 4).score(one, predicted, 0);
+        assertEquals(4, s.answers());
+        assertEquals(2, s.correct());       // b 3, d 1
+        assertEquals(2, s.floorHits());     // the floor guesses 3 (defined twice): right for a and b
+
+        // two-digit values, a prediction array holding another sample first, the sample cut inside an answer
+        byte[] two = "ab12 cd34 cd34 ab1".getBytes(StandardCharsets.US_ASCII);
+        long[] both = new long[100 + two.length - 1];
+        Arrays.fill(both, '1');
+        int at = 100;
+        both[at + 11] = '3';                // the query cd's first digit: right
+        both[at + 12] = '3';                // its second digit (4): wrong
+        both[at + 16] = '1';                // ab's first digit, the last target: right
+        RecallTask.Score t = new RecallTask(2, 2, 2).score(two, both, at);
+        assertEquals(3, t.answers());
+        assertEquals(2, t.correct());
+        // floor: first digits 1, 3 (a tie: the smallest, 1); second digits 2, 4 (2): it hits only ab's first digit
+        assertEquals(1, t.floorHits());
     }
 
     private static double floorAccuracy(RecallTask t, int blockSize) {
@@ -98,10 +125,9 @@ class DataTest {
         for (long seed = 0; seed < 200; seed++) {
             byte[] b = new byte[blockSize + 1];
             t.sample(TokenSource.Split.TRAIN, seed, b);
-            byte[] x = java.util.Arrays.copyOf(b, blockSize);
-            int[] g = t.noRecallGuesses(x);
+            int[] g = t.noRecallGuesses(b);
             for (int j = 0; j < blockSize; j++) {
-                if (t.isAnswer(x, j)) {
+                if (g[j] >= 0) {
                     answers++;
                     hits += g[j] == b[j + 1] ? 1 : 0;
                 }
@@ -111,28 +137,34 @@ class DataTest {
     }
 
     @Test
-    void recallAnswersRepeatTheirDefinitions() {
+    void recallQueriesRepeatTheirDefinitions() {
         RecallTask t = new RecallTask();
-        Pattern def = Pattern.compile("([a-z]{2})=([0-9]{2}) ");
-        Pattern query = Pattern.compile("([a-z]{2})\\?([0-9]{2}) ");
+        Pattern rec = Pattern.compile("([a-z]{2})([0-9]{2}) ");
         for (int blockSize : new int[] {64, 256, 1024}) {
             for (long seed = 0; seed < 20; seed++) {
                 byte[] b = new byte[blockSize + 1];
                 t.sample(TokenSource.Split.TRAIN, seed, b);
                 String text = new String(b, StandardCharsets.US_ASCII);
                 Map<String, String> defs = new HashMap<>();
-                Matcher m = def.matcher(text);
-                while (m.find()) {
-                    assertEquals(null, defs.put(m.group(1), m.group(2)), "key defined twice in " + text);
-                }
-                assertTrue(defs.size() >= blockSize / 12 - 1, "too few definitions: " + text);
-                Matcher q = query.matcher(text);
+                Matcher m = rec.matcher(text);
+                int records = 0;
                 int queries = 0;
-                while (q.find()) {
-                    assertEquals(defs.get(q.group(1)), q.group(2), "answer of " + q.group(1) + " in " + text);
-                    queries++;
+                while (m.find()) {
+                    assertEquals(records * 5, m.start(), "records are back to back in " + text);
+                    records++;
+                    String value = defs.get(m.group(1));
+                    if (value == null) {
+                        assertEquals(0, queries, "a definition after the first query in " + text);
+                        defs.put(m.group(1), m.group(2));
+                    } else {
+                        assertEquals(value, m.group(2), "answer of " + m.group(1) + " in " + text);
+                        queries++;
+                    }
                 }
-                assertTrue(queries >= blockSize / 12 - 2, "too few queries: " + text);
+                // half the context: (blockSize + 1) / 5 records, rounded up, half of them definitions
+                int all = (blockSize + 1 + 4) / 5;
+                assertEquals(all / 2, defs.size(), "definitions in " + text);
+                assertTrue(queries >= all - all / 2 - 1, "too few queries: " + text);
             }
         }
         byte[] a = new byte[65];

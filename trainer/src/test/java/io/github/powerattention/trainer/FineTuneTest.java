@@ -54,7 +54,7 @@ class FineTuneTest {
         String log = Runs.train(List.of("--out_dir=" + tuned, "--init_from=" + sdpa.resolve("ckpt"),
                 "--attention_kernel=power", "--chunk_size=16", "--max_iters=6", "--eval_interval=6",
                 "--eval_iters=2", "--batch_size=4", "--block_size=64", "--threads=1", "--log_interval=1"));
-        assertTrue(log.contains("init: 21 of 25 parameter tensors from " + sdpa + " (a sdpa model at step 40)"), log);
+        assertTrue(log.contains("init: 23 of 27 parameter tensors from " + sdpa + " (a sdpa model at step 40)"), log);
         assertTrue(log.contains("power attention (degree 2, chunk 16, gated)"), log);
         assertTrue(log.contains("fine-tuning from " + sdpa), log);
         assertTrue(log.contains("step      0/6"), "a fresh schedule starts at step 0:\n" + log);

@@ -18,11 +18,11 @@ import org.junit.jupiter.params.provider.CsvSource;
 
 /** Sampling with the recurrent state equals sampling by re-running the full forward at every token. */
 class SampleTest {
-    @ParameterizedTest(name = "deg{0}-chunk{1}-gating{2}")
-    @CsvSource({"2, 16, true", "2, 0, false", "1, 8, true"})
-    void stateSamplingEqualsFullForward(int degree, int chunk, boolean gating) {
+    @ParameterizedTest(name = "deg{0}-chunk{1}-gating{2}-shift{3}")
+    @CsvSource({"2, 16, true, true", "2, 0, false, true", "1, 8, true, false"})
+    void stateSamplingEqualsFullForward(int degree, int chunk, boolean gating, boolean tokenShift) {
         GptConfig cfg = new GptConfig(256, 64, 2, 4, 2, 32, GptConfig.Attention.POWER, degree, chunk, gating,
-                10000.0);
+                tokenShift, 10000.0);
         Gpt model = new Gpt(cfg, 7);
         // random weights everywhere (gates included), so every path of the state matters
         try (NoGradGuard g = new NoGradGuard()) {

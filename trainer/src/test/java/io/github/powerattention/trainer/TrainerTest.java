@@ -101,6 +101,33 @@ class TrainerTest {
     }
 
     @Test
+    void adamWTakesBeta1AndBeta2InTheirPlaces() {
+        // two steps of lr 1 on p = 0 with gradients 1 then 0, eps 0: by hand, p1 = -1 and
+        // p2 = -1 - (b1 (1 - b1) / (1 - b1^2)) / sqrt(b2 (1 - b2) / (1 - b2^2))
+        //    = -1 - (b1 / (1 + b1)) / sqrt(b2 / (1 + b2))
+        double b1 = 0.9;
+        double b2 = 0.5;
+        Tensor p = org.bytedeco.pytorch.global.torch.zeros(new long[] {1},
+                new org.bytedeco.pytorch.TensorOptions(org.bytedeco.pytorch.global.torch.ScalarType.Float))
+                .set_requires_grad(true);
+        org.bytedeco.pytorch.AdamWOptions opts = Trainer.adamWOptions(1.0, b1, b2);
+        opts.eps().put(0.0);
+        org.bytedeco.pytorch.AdamW adam = new org.bytedeco.pytorch.AdamW(new org.bytedeco.pytorch.TensorVector(p),
+                opts);
+        double[] after = new double[2];
+        double[] grads = {1.0, 0.0};
+        for (int i = 0; i < 2; i++) {
+            adam.zero_grad();
+            p.mul(new org.bytedeco.pytorch.Scalar(grads[i])).sum().backward();
+            adam.step();
+            after[i] = p.item_double();
+        }
+        assertEquals(-1.0, after[0], 1e-6);
+        assertEquals(-1 - (b1 / (1 + b1)) / Math.sqrt(b2 / (1 + b2)), after[1], 1e-6,
+                "(with beta1 and beta2 swapped it would be " + (-1 - (b2 / (1 + b2)) / Math.sqrt(b1 / (1 + b1))) + ")");
+    }
+
+    @Test
     void learningRateScheduleWarmsUpThenDecays() {
         TrainConfig c = TrainConfig.parse("--learning_rate=1e-3", "--min_lr=1e-4", "--warmup_iters=10",
                 "--lr_decay_iters=110", "--max_iters=200");

@@ -25,8 +25,8 @@ import io.github.powerattention.trainer.Main;
  * mvn -q -f trainer test-compile exec:java -Dexec.classpathScope=test \
  *     -Dexec.mainClass=io.github.powerattention.trainer.bench.TrainerBenchmark [-Dexec.args="throughput compare"]
  * </pre>
- * Results (run from the repository root): trainer/target/bench/trainer-{throughput,compare}.csv. {@code -Dbench.threads=N} sets
- * LibTorch's intra-op threads (on a machine shared with other work, 1 avoids OpenMP spinning against it).
+ * Results (run from the repository root): trainer/target/bench/trainer-{throughput,compare}.csv.
+ * {@code -Dbench.threads=N} is the trainer's {@code --threads} (default 1, as the trainer's; 0: LibTorch's default).
  */
 public final class TrainerBenchmark {
     private static final Pattern STEP = Pattern.compile("\\| ([0-9,]+) tok/s \\|");
@@ -44,10 +44,11 @@ public final class TrainerBenchmark {
         List<String> what = args.length == 0 ? List.of("throughput", "compare") : Arrays.asList(args);
         Path dir = Path.of(System.getProperty("bench.dir", "trainer/target/bench"));
         Files.createDirectories(dir);
+        int threads = Integer.getInteger("bench.threads", 1);
         System.out.printf(Locale.ROOT, "machine: %d cores (%s), load average %.2f, java %s, threads %s%n",
                 Runtime.getRuntime().availableProcessors(), System.getProperty("os.arch"),
                 ManagementFactory.getOperatingSystemMXBean().getSystemLoadAverage(), System.getProperty("java.version"),
-                Integer.getInteger("bench.threads", 0) > 0 ? Integer.getInteger("bench.threads") : "LibTorch default");
+                threads > 0 ? Integer.toString(threads) : "LibTorch default");
         if (what.contains("throughput")) {
             throughput(dir);
         }
@@ -109,11 +110,8 @@ public final class TrainerBenchmark {
     }
 
     private static String run(List<String> args) {
-        int threads = Integer.getInteger("bench.threads", 0);
-        if (threads > 0) {
-            args = new ArrayList<>(args);
-            args.add("--threads=" + threads);
-        }
+        args = new ArrayList<>(args);
+        args.add("--threads=" + Integer.getInteger("bench.threads", 1));
         ByteArrayOutputStream out = new ByteArrayOutputStream();
         ByteArrayOutputStream err = new ByteArrayOutputStream();
         int code = Main.run(args.toArray(new String[0]), new PrintStream(out, true, StandardCharsets.UTF_8),
