@@ -49,10 +49,10 @@ bool probe(int device) {
 
 }  // namespace
 
-// The set where nothing is requested: the sm_80 kernels, on every device. The sm_90a query kernel (fwd+bwd 1.3-2.0%
-// faster on the H200, bitwise equal products: NOTES-KERNELS.md v24) is opt-in (POWER_ATTENTION_CUDA_KERNELS=sm90a)
-// until the GPU harness has passed it in this build: `run.sh all` tests and times every set on the same inputs.
-constexpr KernelSet kDefault = KernelSet::sm80;
+// The set where nothing is requested, on a device that runs the sm_90a kernels: the four-warpgroup query kernel at
+// d = 64 (the two-warpgroup one at d = 128), products bitwise equal to the sm_80 kernel's on the H200 harness and
+// the fastest set there (NOTES-KERNELS.md v24); elsewhere the sm_80 kernels.
+constexpr KernelSet kDefault = KernelSet::sm90a_wg4;
 
 const char* kernel_set_name(KernelSet s) {
   switch (s) {
