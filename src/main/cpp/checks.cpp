@@ -67,7 +67,11 @@ Checked check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   double scale = 1.0 / std::sqrt(static_cast<double>(d));
   if (options.scale.has_value()) {
     scale = *options.scale;
-    POWER_ATTENTION_CHECK_ARG(std::isfinite(scale) && scale > 0, "power_full: scale must be finite and > 0, got ", scale);
+    POWER_ATTENTION_CHECK_ARG(std::isfinite(scale) && scale != 0, "power_full: scale must be finite and nonzero, got ",
+                              scale);
+    // Every weight of a row carries scale^p (SPEC §2), so Y is the same for scale and -scale (for odd p the
+    // numerator and the normaliser both change sign): the kernels work with |scale|.
+    scale = std::abs(scale);
   }
   int64_t chunk = 0;
   if (options.chunk_size.has_value()) {

@@ -21,7 +21,8 @@ namespace power_attention {
 struct PowerFullOptions {
   /// The power p (>= 1). Even powers give positive weights; 2 is the workhorse, 4 the paper's best.
   int64_t degree = 2;
-  /// Applied inside the power: s_ij = scale * <q_i, k_j>. Default 1/sqrt(d). Must be finite and > 0.
+  /// Applied inside the power: s_ij = scale * <q_i, k_j>. Default 1/sqrt(d). Finite and nonzero; Y is the
+  /// same for scale and -scale (every weight of a row carries scale^p).
   std::optional<double> scale;
   /// Unset: the quadratic (attention) form. Set: the chunked linear-cost form with chunks of this many tokens.
   std::optional<int64_t> chunk_size;

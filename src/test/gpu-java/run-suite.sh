@@ -13,7 +13,7 @@ log=${OUT:-/tmp/gpu-suite}
 mkdir -p "$log"
 # shellcheck disable=SC1091
 source "${JGPU_STORE:-/root/jgpu}/env.sh"
-export GPU_SUITE_CP="$here/power-attention.jar:$here/power-attention-trainer.jar:$here/power-attention-tests.jar:$here/power-attention-trainer-tests.jar:$here/junit-console.jar:$JGPU_CP"
+export GPU_SUITE_CP="$here/power-attention.jar:$here/power-attention-trainer.jar:$here/power-attention-tests.jar:$here/power-attention-trainer-tests.jar:$here/junit-console.jar:$here/lib/*:$JGPU_CP"
 groups=${*:-core trainer nccl}
 status=0
 for g in $groups; do

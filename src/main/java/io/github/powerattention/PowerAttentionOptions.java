@@ -104,7 +104,10 @@ public final class PowerAttentionOptions {
             return this;
         }
 
-        /** The scale inside the power, finite and > 0; default {@code 1 / sqrt(d)}. */
+        /**
+         * The scale inside the power, finite and nonzero; default {@code 1 / sqrt(d)}. Every weight of a row carries
+         * {@code scale^p}, so the output is the same for {@code scale} and {@code -scale}.
+         */
         public Builder scale(double scale) {
             this.scale = OptionalDouble.of(scale);
             return this;
@@ -137,9 +140,9 @@ public final class PowerAttentionOptions {
             if (degree < 1) {
                 throw new IllegalArgumentException("power_full: deg must be >= 1, got " + degree);
             }
-            if (scale.isPresent() && !(Double.isFinite(scale.getAsDouble()) && scale.getAsDouble() > 0)) {
+            if (scale.isPresent() && !(Double.isFinite(scale.getAsDouble()) && scale.getAsDouble() != 0)) {
                 throw new IllegalArgumentException(
-                        "power_full: scale must be finite and > 0, got " + scale.getAsDouble());
+                        "power_full: scale must be finite and nonzero, got " + scale.getAsDouble());
             }
             if (chunkSize.isPresent() && chunkSize.getAsLong() < 1) {
                 throw new IllegalArgumentException(

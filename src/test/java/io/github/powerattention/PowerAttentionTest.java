@@ -185,6 +185,43 @@ class PowerAttentionTest {
         }
     }
 
+    /**
+     * A negative scale is SPEC §2's math as written: every weight of a row carries {@code scale^p}, so for odd p
+     * the numerator and the normaliser change sign together. Forward and every gradient against the fp64 oracle
+     * evaluated at the negative scale itself, both forms, degrees 1-4, gated.
+     */
+    @ParameterizedTest(name = "p{0}")
+    @ValueSource(ints = {1, 2, 3, 4})
+    void negativeScaleMatchesOracle(int p) {
+        for (long chunk : new long[] {0, 4}) {
+            try (PointerScope scope = new PointerScope()) {
+                manual_seed(70 + p);
+                long t = 11, d = p >= 3 ? 3 : 5;
+                double scale = -0.8;
+                Tensor q = Fixtures.normal(ScalarType.Double, 1, t, 2, d), k = Fixtures.normal(ScalarType.Double, 1, t, 1, d);
+                Tensor v = Fixtures.normal(ScalarType.Double, 1, t, 1, 3), logG = Fixtures.gates(1, t, 1);
+                Tensor dy = Fixtures.normal(ScalarType.Double, 1, t, 2, 3);
+                Tensor[] x = {q.detach().requires_grad_(true), k.detach().requires_grad_(true),
+                    v.detach().requires_grad_(true), logG.detach().requires_grad_(true)};
+                Tensor[] r = {q.detach().requires_grad_(true), k.detach().requires_grad_(true),
+                    v.detach().requires_grad_(true), logG.detach().requires_grad_(true)};
+                PowerAttentionOptions.Builder o = PowerAttentionOptions.builder().degree(p).scale(scale);
+                PowerAttentionOptions options = chunk > 0 ? o.chunkSize(chunk).build() : o.build();
+                Tensor y = PowerAttention.powerFull(x[0], x[1], x[2], x[3], options);
+                Tensor ref = Oracle.powerFull(r[0], r[1], r[2], r[3], p, scale);
+                y.mul(dy).sum().backward();
+                ref.mul(dy).sum().backward();
+                String what = "p" + p + (chunk > 0 ? " chunk " + chunk : " quadratic") + ", scale " + scale;
+                double tol = p % 2 == 1 ? 1e-8 : 1e-9;
+                assertClose(y, ref, tol, what + ": y");
+                String[] names = {"dq", "dk", "dv", "dlogG"};
+                for (int i = 0; i < 4; ++i) {
+                    assertClose(x[i].grad(), r[i].grad(), tol, what + ": " + names[i]);
+                }
+            }
+        }
+    }
+
     @Test
     void optionsAreValues() {
         PowerAttentionOptions a = PowerAttentionOptions.builder().degree(3).scale(0.5).chunkSize(64).build();

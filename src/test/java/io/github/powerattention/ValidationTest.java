@@ -129,10 +129,12 @@ class ValidationTest {
 
     @Test
     void scaleInBuilder() {
-        assertArgument("power_full: scale must be finite and > 0, got NaN",
+        assertArgument("power_full: scale must be finite and nonzero, got NaN",
                 () -> PowerAttentionOptions.builder().scale(Double.NaN).build());
-        assertArgument("power_full: scale must be finite and > 0, got -1.0",
-                () -> PowerAttentionOptions.builder().scale(-1).build());
+        assertArgument("power_full: scale must be finite and nonzero, got 0.0",
+                () -> PowerAttentionOptions.builder().scale(0).build());
+        assertArgument("power_full: scale must be finite and nonzero, got Infinity",
+                () -> PowerAttentionOptions.builder().scale(Double.POSITIVE_INFINITY).build());
     }
 
     @Test
@@ -145,7 +147,7 @@ class ValidationTest {
         assertTrue(chunk.getMessage().startsWith("power_full: chunk_size must be >= 1, got -3"), chunk.getMessage());
         RuntimeException scale = assertThrows(RuntimeException.class,
                 () -> power_attention.power_full_flat(q, k, v, new Tensor(), 2, true, 0, false, 0));
-        assertTrue(scale.getMessage().startsWith("power_full: scale must be finite and > 0, got 0"), scale.getMessage());
+        assertTrue(scale.getMessage().startsWith("power_full: scale must be finite and nonzero, got 0"), scale.getMessage());
     }
 
     @Test
