@@ -8,6 +8,7 @@
 
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAStream.h>
+#include <torch/csrc/autograd/autograd.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -85,7 +86,7 @@ const uint16_t* u16p(const at::Tensor& t) { return static_cast<const uint16_t*>(
 ScanOutputs run_shape(const ScanInputs& s, const at::Tensor& Hs_in, int wg) {
   const cudaStream_t st = c10::cuda::getCurrentCUDAStream();
   const bool bf = s.k.scalar_type() == at::kBFloat16;
-  const pc::RowMap dBm = pc::RowMap::dense(s.N * s.c * s.g, s.E);
+  const pc::RowMap dBm = pc::RowMap::dense(s.c * s.g, s.E);  // dB's blocks: the chunks, c g rows each
   return run_scans(
       s,
       [&](ScanOutputs& r) {
@@ -130,6 +131,29 @@ void compare(const std::string& id, const ScanOutputs& r, const ScanOutputs& ref
               static_cast<long>(r.dL.numel()));
 }
 
+// Median time of fn over reps runs after 2 warm-ups, by events on the current stream.
+double median_ms(const std::function<void()>& fn, int reps) {
+  for (int i = 0; i < 2; ++i) fn();
+  cudaDeviceSynchronize();
+  cudaEvent_t a, e;
+  cudaEventCreate(&a);
+  cudaEventCreate(&e);
+  std::vector<float> ms;
+  for (int i = 0; i < reps; ++i) {
+    cudaEventRecord(a, c10::cuda::getCurrentCUDAStream());
+    fn();
+    cudaEventRecord(e, c10::cuda::getCurrentCUDAStream());
+    cudaEventSynchronize(e);
+    float x = 0;
+    cudaEventElapsedTime(&x, a, e);
+    ms.push_back(x);
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(e);
+  std::sort(ms.begin(), ms.end());
+  return static_cast<double>(ms[ms.size() / 2]);
+}
+
 }  // namespace
 
 void check_scan_set(const std::string& set) {
@@ -172,27 +196,6 @@ int run_scan_bench() {
       const ForceKernels force("sm80");
       ref = run_library(s, at::Tensor());
     }
-    auto time_it = [&](const std::function<void()>& fn) {
-      for (int i = 0; i < 2; ++i) fn();
-      cudaDeviceSynchronize();
-      cudaEvent_t a, e;
-      cudaEventCreate(&a);
-      cudaEventCreate(&e);
-      std::vector<float> ms;
-      for (int i = 0; i < 9; ++i) {
-        cudaEventRecord(a, c10::cuda::getCurrentCUDAStream());
-        fn();
-        cudaEventRecord(e, c10::cuda::getCurrentCUDAStream());
-        cudaEventSynchronize(e);
-        float x = 0;
-        cudaEventElapsedTime(&x, a, e);
-        ms.push_back(x);
-      }
-      cudaEventDestroy(a);
-      cudaEventDestroy(e);
-      std::sort(ms.begin(), ms.end());
-      return static_cast<double>(ms[ms.size() / 2]);
-    };
     const double flop = 2.0 * static_cast<double>(s.BH * sh.t) * static_cast<double>(s.D2 * s.E);  // one scan
     std::printf("== scans alone: b h = %ld, t = %ld, chunk %ld, d = 64, bf16 (%.3g FLOP a scan) ==\n",
                 static_cast<long>(s.BH), static_cast<long>(sh.t), static_cast<long>(sh.c), flop);
@@ -201,7 +204,7 @@ int run_scan_bench() {
       ScanOutputs r = run_scans(s, fwd, bwd);
       cudaDeviceSynchronize();
       compare("scan-bench-t" + std::to_string(sh.t) + "-" + what + " vs sm80", r, ref);
-      const double f = time_it([&] { fwd(r); }), bk = time_it([&] { bwd(r); });
+      const double f = median_ms([&] { fwd(r); }, 9), bk = median_ms([&] { bwd(r); }, 9);
       std::printf("scan-time %-10s t %6ld c %4ld: forward %.3f ms (%.0f TFLOP/s), reverse %.3f ms (%.0f TFLOP/s), "
                   "both %.3f ms\n",
                   what.c_str(), static_cast<long>(sh.t), static_cast<long>(sh.c), f, flop / f * 1e-9, bk,
@@ -218,12 +221,12 @@ int run_scan_bench() {
             pc::sympow2_scan_backward(s.qo, s.qf, s.dB, s.decay, ref.Hs, s.dfin, s.N, r.An, r.dL, r.dH0);
           }));
     };
-    const auto s80 = lib("sm80"), s90 = lib("sm90a");
+    const auto s80 = lib("sm80"), s90 = lib("sm90a-scan");
     row("sm80", s80.first, s80.second);
-    row("sm90a", s90.first, s90.second);
+    row("sm90a-scan", s90.first, s90.second);
     for (int wg : {1, 2, 4}) {
       const cudaStream_t st = c10::cuda::getCurrentCUDAStream();
-      const pc::RowMap dBm = pc::RowMap::dense(s.N * s.c * s.g, s.E);
+      const pc::RowMap dBm = pc::RowMap::dense(s.c * s.g, s.E);
       row("wg" + std::to_string(wg),
           [&, wg](ScanOutputs& r) {
             pc::sympow2::sm90::scan_launch(true, 64, false, true, u16p(s.k), s.ko.map, s.kf.data_ptr<float>(),
@@ -237,6 +240,30 @@ int run_scan_bench() {
                                            u16p(ref.Hs), static_cast<uint16_t*>(r.An.data_ptr()),
                                            r.dH0.data_ptr<float>(), r.dL.data_ptr<float>(), s.BH, s.N, s.c, wg, st);
           });
+    }
+  }
+  // one fwd+bwd of power_full (the benchmark's case: h = 8, d = 64, bf16, degree 2, gated) on the sets that differ
+  // only in their scans
+  for (const Shape sh : {Shape{16384, 256}, Shape{65536, 512}}) {
+    const auto o = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
+    const int64_t h = 8, d = 64, b = 65536 / sh.t;
+    at::Tensor q = at::randn({b, sh.t, h, d}, o).requires_grad_(true);
+    at::Tensor k = at::randn({b, sh.t, h, d}, o).requires_grad_(true);
+    at::Tensor v = at::randn({b, sh.t, h, d}, o).requires_grad_(true);
+    at::Tensor lg = at::log_sigmoid(at::randn({b, sh.t, h}, o.dtype(at::kFloat)) + 3.0).requires_grad_(true);
+    const at::Tensor dy = at::randn({b, sh.t, h, d}, o);
+    pa::PowerFullOptions opt;
+    opt.chunk_size = sh.c;
+    for (const char* set : {"sm90a-wg4", "sm90a-scan", "sm90a-wg4", "sm90a-scan"}) {
+      const ForceKernels force(set);
+      const double ms = median_ms(
+          [&] {
+            const at::Tensor y = pa::power_full(q, k, v, lg, opt);
+            torch::autograd::grad({y}, {q, k, v, lg}, {dy});
+          },
+          7);
+      std::printf("fwdbwd-time %-10s t %6ld c %4ld: %.3f ms\n", set, static_cast<long>(sh.t),
+                  static_cast<long>(sh.c), ms);
     }
   }
   return failures() > 0 ? 1 : 0;

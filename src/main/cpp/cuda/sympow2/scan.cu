@@ -249,7 +249,7 @@ void scan_launch(const Operand& x, const at::Tensor& rs, const Operand& y, const
   if (REV) check_bf16(Hs, BH, N * D2, E, "Hs");
   if (BH == 0) return;
   const c10::cuda::CUDAGuard guard(out.device());
-  if (kernel_set(out.device().index()) != KernelSet::sm80 && sm90::scan_supported(d)) {  // wgmma (scan_sm90.cuh)
+  if (sm90a_scans(kernel_set(out.device().index())) && sm90::scan_supported(d)) {  // wgmma (scan_sm90.cuh)
     sm90::scan_launch(x.data.scalar_type() == at::kBFloat16, d, REV, ones, bits(x.data), ox.map, fptr(rs),
                       bits(y.data), oy.map, dec, hin, REV ? bits(Hs) : nullptr, static_cast<u16*>(out.data_ptr()), lst,
                       dl, BH, N, ox.n, 0, c10::cuda::getCurrentCUDAStream());

@@ -8,14 +8,16 @@
 //   over its rows        H += phi'(x)^T y   (per 16 rows: one m64 n E k16 wgmma a warpgroup)
 // The A operand phi'(x)^T (features x rows) is built in registers, each warp its 16 features: the x block of its
 // feature tile (ldmatrix.trans from the row-major x tile) scaled per row by c_AB rs x[16 A + a] in fp32, rounded once
-// to bf16 (the sm_80 kernel's operand, bit for bit). The B operand y (rows x E) is read by the tensor cores from
+// to bf16 (the sm_80 kernel's operand, bit for bit); the warp forms a stage's 64 row scalars once, two a lane, into a
+// shared row of its own. The B operand y (rows x E) is read by the tensor cores from
 // shared memory as no-swizzle core matrices, MN-major: for each 8-column chunk the stage's 64 rows are consecutive
 // 16-byte rows (LBO 128 bytes: the next 8 rows; SBO 1024 bytes: the next 8 columns). A stage is 64 rows; the warps
-// build stage q + 1's operands while the tensor cores run stage q's four wgmma, and the copies of stages q + 2,
-// q + 3 are in flight (PIPE = 4 buffers: the one being built, the one in the tensor cores, two loading).
+// build stage q + 1's operands while the tensor cores run stage q's four wgmma, and the copies of stages
+// q + 2 .. q + PIPE - 1 are in flight (ScanTraits::PIPE buffers).
 //
-// Shared memory a CTA (PIPE stages): sX [64][D + 8] (ldmatrix-friendly stride) + sY [E / 8][64][8] bf16 + sR [64]
-// fp32: d = 64 4 x 18.7 KiB = 75 KiB; d = 128 4 x 35 KiB = 140 KiB.
+// Shared memory a CTA: PIPE x (sX [64][D + 8] (ldmatrix-friendly stride) + sY [E / 8][64][8] bf16 + sR [64] fp32),
+// plus sU [4 WG][64] fp32 (each warp's row scalars): d = 64 four warpgroups 6 x 18.3 + 4 = 114 KiB, two 4 x 18.3 + 3 =
+// 76 KiB; d = 128 two warpgroups 4 x 34.3 + 3 = 140 KiB.
 #pragma once
 
 #include "cuda/common/mma_sm80.cuh"
@@ -42,12 +44,15 @@ struct ScanTraits {
   // CTAs of 75 KiB), one CTA of 140 KiB at d = 128
   static constexpr int MIN_CTAS = D >= 128 ? 1 : WG >= 4 ? 1 : WG == 2 ? 2 : 3;
   static constexpr int ROWS = 64;                  // rows a stage
-  static constexpr int PIPE = 4;                   // stage buffers (above)
+  // stage buffers: the one being built, the one in the tensor cores, PIPE - 2 loading (six at d = 64 in four
+  // warpgroups, one CTA a SM; four where two or three CTAs share a SM, and at d = 128)
+  static constexpr int PIPE = D == 64 && WG >= 4 ? 6 : 4;
   static constexpr int SD = D + 8;                 // x tile row stride (elements): an odd number of 16-byte units
   static constexpr int TILES = D2 / 64;            // m64 tiles of a head's state
   static constexpr int PARTS = TILES / WG;         // CTAs a head
   static constexpr int XS = ROWS * SD, YS = ROWS * E;  // elements of a stage's x and y buffers
-  static constexpr size_t smem = sizeof(uint16_t) * PIPE * (XS + YS) + sizeof(float) * PIPE * ROWS;
+  static constexpr size_t smem =
+      sizeof(uint16_t) * PIPE * (XS + YS) + sizeof(float) * (PIPE * ROWS + 4 * WG * ROWS);
   static_assert(TILES % WG == 0, "a head's m64 tiles split evenly over the CTAs");
   static_assert(E == 72 || E == 136, "wgmma shapes instantiated for E = 72, 136 (wgmma_sm90.cuh)");
 };
@@ -87,6 +92,7 @@ __global__ void __launch_bounds__(ScanTraits<D, WG>::THREADS, ScanTraits<D, WG>:
   u16* sX = reinterpret_cast<u16*>(smem);                      // [PIPE][64][SD]
   u16* sY = sX + PIPE * XS;                                    // [PIPE][NT][64][8]
   float* sR = reinterpret_cast<float*>(sY + PIPE * YS);        // [PIPE][64]
+  float* sU = sR + PIPE * ROWS + (threadIdx.x >> 5) * ROWS;    // this warp's row scalars of the stage it builds
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gr = lane >> 2, tg = lane & 3;
   const int64_t bh = blockIdx.x / T::PARTS;
   // this warp's 16-feature tile k (features 16 k ..): m64 tile WG p + warp / 4, its warp warp % 4. Tile k is tile
@@ -192,20 +198,22 @@ __global__ void __launch_bounds__(ScanTraits<D, WG>::THREADS, ScanTraits<D, WG>:
     constexpr int P = decltype(P_)::value;
     const u16* cX = sX + buf * XS;
     const float* cR = sR + buf * ROWS;
+    // the row scalars c_AB rs x[colA] of the stage's 64 rows, two a lane, into this warp's sU (the warp's reads of
+    // the last stage's are behind the barrier before this)
+#pragma unroll
+    for (int i = lane; i < ROWS; i += 32) sU[i] = (cab * cR[i]) * to_float<BFX>(cX[i * SD + colA]);
+    __syncwarp();
 #pragma unroll
     for (int kk = 0; kk < ROWS / 16; ++kk) {
       const int t0 = kk * 16 + 2 * tg;
       u32 xf[4];
       ldsm4t(xf, at_b(cX, SD, kk * 16, colB));
-      // row scalars c_AB rs x[colA] of rows t0, t0 + 1, t0 + 8, t0 + 9
-      float u[4];
-      const int tr[4] = {t0, t0 + 1, t0 + 8, t0 + 9};
-#pragma unroll
-      for (int i = 0; i < 4; ++i) u[i] = (cab * cR[tr[i]]) * to_float<BFX>(cX[tr[i] * SD + colA]);
-      af[P][kk][0] = scale2<BFX>(xf[0], u[0], u[1]);
-      af[P][kk][1] = scale2<BFX>(xf[1], u[0], u[1]);
-      af[P][kk][2] = scale2<BFX>(xf[2], u[2], u[3]);
-      af[P][kk][3] = scale2<BFX>(xf[3], u[2], u[3]);
+      const float2 u01 = *reinterpret_cast<const float2*>(sU + t0);      // rows t0, t0 + 1
+      const float2 u89 = *reinterpret_cast<const float2*>(sU + t0 + 8);  // rows t0 + 8, t0 + 9
+      af[P][kk][0] = scale2<BFX>(xf[0], u01.x, u01.y);
+      af[P][kk][1] = scale2<BFX>(xf[1], u01.x, u01.y);
+      af[P][kk][2] = scale2<BFX>(xf[2], u89.x, u89.y);
+      af[P][kk][3] = scale2<BFX>(xf[3], u89.x, u89.y);
     }
   };
   // stage q (operands in set P) through the tensor cores while the warps build stage q + 1's into the other set
@@ -221,7 +229,7 @@ __global__ void __launch_bounds__(ScanTraits<D, WG>::THREADS, ScanTraits<D, WG>:
     advance(cur);
     const bool more = q + 1 < stages;
     if (more) {
-      cp_async_wait<PIPE - 3>();  // this thread's copies of stage q + 1 have landed (q + 2's may still run)
+      cp_async_wait<PIPE - 3>();  // this thread's copies of stage q + 1 have landed (later stages' may still run)
       wgmma::fence_proxy_async();
       __syncthreads();  // everyone's copies of q + 1 visible; everyone past stage q - 1's wait
       if (q + PIPE - 1 < stages) load(pre, static_cast<int>((q + PIPE - 1) % PIPE)), advance(pre);
