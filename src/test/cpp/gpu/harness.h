@@ -40,8 +40,8 @@ void poison();
 // kernel_sets.cpp
 // ---------------------------------------------------------------------------------------------------------------
 
-/// While alive, the CUDA stages run the kernel set named (POWER_ATTENTION_CUDA_KERNELS = sm80 | sm90a | sm90a-wg4,
-/// cuda/common/sm90_select.h); the variable's earlier value comes back after.
+/// While alive, the CUDA stages run the kernel set named (POWER_ATTENTION_CUDA_KERNELS = sm80 | sm90a | sm90a-wg4 |
+/// sm90a-scan, cuda/common/sm90_select.h); the variable's earlier value comes back after.
 class ForceKernels {
  public:
   explicit ForceKernels(const std::string& set);
