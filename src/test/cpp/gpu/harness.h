@@ -40,8 +40,8 @@ void poison();
 // kernel_sets.cpp
 // ---------------------------------------------------------------------------------------------------------------
 
-/// While alive, the CUDA stages run the kernel set named (POWER_ATTENTION_CUDA_KERNELS = sm80 | sm90a | sm90a-wg4,
-/// cuda/common/sm90_select.h); the variable's earlier value comes back after.
+/// While alive, the CUDA stages run the kernel set named (POWER_ATTENTION_CUDA_KERNELS = sm80 | sm90a | sm90a-wg4 |
+/// sm90a-scan, cuda/common/sm90_select.h); the variable's earlier value comes back after.
 class ForceKernels {
  public:
   explicit ForceKernels(const std::string& set);
@@ -117,7 +117,7 @@ Outcome run_case(const Case& c, std::mt19937_64& rng);
 int run_tests();
 
 // ---------------------------------------------------------------------------------------------------------------
-// kernel_checks.cpp, bench.cpp
+// kernel_checks.cpp, scan_checks.cpp, bench.cpp
 // ---------------------------------------------------------------------------------------------------------------
 
 /// The degree-2 state kernels (cuda/sympow2/sympow2.h) against phi made in ATen; reported like cases.
@@ -127,6 +127,15 @@ void check_sympow2_kernels();
 /// both round phi' once to bf16 and sum in fp32 in the same order a row): B, its first e columns, and the
 /// combination (y, den, y in the input dtype through the caller's layout), plus the combination against ATen.
 void check_query_set(const std::string& set);
+
+/// The fused scans (forward and reverse) of kernel set `set` (an sm_90a one), and of each CTA shape of the sm_90a scan
+/// kernel, against the sm_80 kernel's on the same inputs (x through chunk maps, partial chunks and stages, g = 2
+/// query rows a token): the states within bf16 rounding flips, the fp32 outputs within 1e-5 (scan_checks.cpp).
+void check_scan_set(const std::string& set);
+
+/// The scans alone at the benchmark's long shapes (t = 16384 chunk 256, t = 65536 chunk 512): the sm_80 kernel, the
+/// sm90a set and each CTA shape of the sm_90a kernel, each checked against the sm_80 kernel first.
+int run_scan_bench();
 
 /// fwd and fwd+bwd at b*t = 65536, h = 8, d = 64, bf16, deg 2, gated, for the default kernel set and every other
 /// one (other_kernel_sets), against SDPA's flash and cuDNN backends; the rows and a summary table (last) to stdout

@@ -47,7 +47,7 @@ std::vector<std::string> other_kernel_sets() {
       if (!s.empty() && s != def) sets.push_back(s);
     return sets;
   }
-  for (const char* s : {"sm80", "sm90a", "sm90a-wg4"})
+  for (const char* s : {"sm80", "sm90a", "sm90a-wg4", "sm90a-scan"})
     if (s != def) sets.push_back(s);
   return sets;
 }

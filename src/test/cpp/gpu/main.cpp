@@ -11,8 +11,10 @@
 //   power_attention_gpu repeat [n]      a few cases drawn n times (fresh inputs each time), to see their spread
 //   power_attention_gpu kernels [n]     the degree-2 kernel checks alone, n times (and, on Hopper, each sm_90a
 //                                       kernel set's query products against the sm_80 kernel's)
+//   power_attention_gpu scans           the fused scans alone at the benchmark's long shapes: the sm_80 kernel and
+//                                       each sm_90a shape, checked against it, then timed
 //   power_attention_gpu profile c t     one fwd+bwd at chunk c (0: quadratic) and length t, for ncu
-// The kernel sets (cuda/common/sm90_select.h: sm80, sm90a, sm90a-wg4): the default is what the library runs here
+// The kernel sets (cuda/common/sm90_select.h: sm80, sm90a, sm90a-wg4, sm90a-scan): the default is what the library runs here
 // (POWER_ATTENTION_CUDA_KERNELS, when set, decides it); on Hopper every other set follows it, or those
 // POWER_ATTENTION_HARNESS_SETS lists (comma-separated; empty: none).
 #include "harness.h"
@@ -49,16 +51,17 @@ int main(int argc, char** argv) {
       for (int i = 0; i < (argc > 2 ? std::atoi(argv[2]) : 1); ++i) {
         check_sympow2_kernels();
         if (hopper())
-          for (const char* set : {"sm90a", "sm90a-wg4"}) check_query_set(set);
+          for (const char* set : {"sm90a", "sm90a-wg4", "sm90a-scan"}) check_query_set(set), check_scan_set(set);
       }
       return failures() > 0 ? 1 : 0;
     }
+    if (mode == "scans") return hopper() ? run_scan_bench() : 0;
     if (mode == "profile")
       return run_profile(argc > 2 ? std::atoll(argv[2]) : 256, argc > 3 ? std::atoll(argv[3]) : 65536);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 2;
   }
-  std::fprintf(stderr, "usage: %s test | bench [json] | decode | repeat [n] | kernels [n] | profile chunk t\n", argv[0]);
+  std::fprintf(stderr, "usage: %s test | bench [json] | decode | repeat [n] | kernels [n] | scans | profile chunk t\n", argv[0]);
   return 2;
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one command of the GPU machine (CUDA 13, CMake, ninja, PyTorch with its LibTorch; no Java, no network):
-#   bash src/test/cpp/gpu/run.sh [test|bench|all|profile|build]   (from the repository root; default all)
-# profile: PROFILE="chunk:t ..." (per-kernel times under ncu; chunk 0 is the quadratic form). build: the build only.
+#   bash src/test/cpp/gpu/run.sh [test|bench|all|profile|scans|build]   (from the repository root; default all)
+# profile: PROFILE="chunk:t ..." (per-kernel times under ncu; chunk 0 is the quadratic form). scans: the fused scans
+# alone at the long shapes, each kernel and CTA shape checked against the sm_80 one, then timed. build: the build only.
 # BUILD_DIR, OUT and JOBS (parallel compile jobs, default all cores) set where and how; POWER_ATTENTION_CUDA_ARCHS
 # the architectures (default 90a-real: the Hopper kernels with the sm_80 ones); SM90_CHECK=1 also builds (beside
 # the harness) and runs the standalone sm_90a query check and its variants' times (sm90/run.sh).
@@ -54,6 +55,10 @@ if [ "$mode" = profile ]; then
     echo "== profile: chunk $chunk, t $t =="
     python3 "$root/src/test/cpp/gpu/profile_summary.py" "$out/profile-$chunk-$t.csv" | tee "$out/profile-$chunk-$t.txt"
   done
+fi
+if [ "$mode" = scans ]; then
+  "$build/power_attention_gpu" scans > "$out/scans.log" 2>&1 || status=1
+  grep -E "^(FAIL|== scans)|scan-time|fwdbwd-time" "$out/scans.log" || true
 fi
 if [ "$mode" = bench ] || [ "$mode" = all ]; then
   # the kernel sets after the default: those whose test pass threw nothing (a CUDA error there would take every

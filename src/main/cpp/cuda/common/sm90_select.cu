@@ -62,6 +62,8 @@ const char* kernel_set_name(KernelSet s) {
       return "sm90a";
     case KernelSet::sm90a_wg4:
       return "sm90a-wg4";
+    case KernelSet::sm90a_scan:
+      return "sm90a-scan";
   }
   return "?";
 }
@@ -81,7 +83,7 @@ KernelSet kernel_set(int device) {
   const char* k = std::getenv("POWER_ATTENTION_CUDA_KERNELS");
   KernelSet want = kDefault;
   if (k) {
-    for (KernelSet s : {KernelSet::sm80, KernelSet::sm90a, KernelSet::sm90a_wg4})
+    for (KernelSet s : {KernelSet::sm80, KernelSet::sm90a, KernelSet::sm90a_wg4, KernelSet::sm90a_scan})
       if (std::strcmp(k, kernel_set_name(s)) == 0) want = s;
   }
   return want != KernelSet::sm80 && sm90a_present(device) ? want : KernelSet::sm80;

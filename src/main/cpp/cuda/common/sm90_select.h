@@ -7,6 +7,8 @@
 //   POWER_ATTENTION_CUDA_KERNELS=sm90a      the sm_90a kernels wherever the device runs them
 //   POWER_ATTENTION_CUDA_KERNELS=sm90a-wg4  the same, the degree-2 query kernel at d = 64 in its four-warpgroup
 //                                           shape (256 rows a CTA; cuda/sympow2/query_sm90.cuh)
+//   POWER_ATTENTION_CUDA_KERNELS=sm90a-scan sm90a-wg4 and the degree-2 fused scans on wgmma too
+//                                           (cuda/sympow2/scan_sm90.cuh); the other sets run the sm_80 scans
 //   unset (or auto)                         the measured default (sm90_select.cu: kDefault)
 // Any other value is the default too. On a device without the sm_90a kernels every request runs the sm_80 ones.
 #pragma once
@@ -15,7 +17,7 @@ namespace power_attention {
 namespace cuda {
 
 /// The kernel sets of the CUDA stages (above).
-enum class KernelSet { sm80, sm90a, sm90a_wg4 };
+enum class KernelSet { sm80, sm90a, sm90a_wg4, sm90a_scan };
 
 /// Its name as POWER_ATTENTION_CUDA_KERNELS spells it.
 const char* kernel_set_name(KernelSet s);
@@ -26,6 +28,12 @@ bool sm90a_present(int device);
 
 /// The set the stages run on `device` now: the request (or the default) where the device runs it, else sm80.
 KernelSet kernel_set(int device);
+
+/// Whether set s runs the degree-2 query kernel at d = 64 in its four-warpgroup shape.
+inline bool wide_query(KernelSet s) { return s == KernelSet::sm90a_wg4 || s == KernelSet::sm90a_scan; }
+
+/// Whether set s runs the degree-2 fused scans on their sm_90a kernel.
+inline bool sm90a_scans(KernelSet s) { return s == KernelSet::sm90a_scan; }
 
 /// Whether the stages with an sm_90a kernel run it on `device` now.
 inline bool use_sm90a(int device) { return kernel_set(device) != KernelSet::sm80; }

@@ -1,6 +1,10 @@
-// scan.cu: the degree-2 chunk states fused with the gated prefix (sympow2.h: sympow2_scan_forward / backward).
+// scan.cu: the degree-2 chunk states fused with the gated prefix (sympow2.h: sympow2_scan_forward / backward): the
+// sm_80 kernel (mma.sync) and the launch, which takes the sm_90a kernel (scan_sm90.cuh) where
+// cuda/common/sm90_select.h says the device runs it.
 #include "cuda/common/launch.cuh"
+#include "cuda/common/sm90_select.h"
 #include "cuda/common/static_switch.h"
+#include "cuda/sympow2/scan_sm90.h"
 #include "cuda/sympow2/sympow2_kernel.cuh"
 
 #include <c10/cuda/CUDAGuard.h>
@@ -245,6 +249,12 @@ void scan_launch(const Operand& x, const at::Tensor& rs, const Operand& y, const
   if (REV) check_bf16(Hs, BH, N * D2, E, "Hs");
   if (BH == 0) return;
   const c10::cuda::CUDAGuard guard(out.device());
+  if (sm90a_scans(kernel_set(out.device().index())) && sm90::scan_supported(d)) {  // wgmma (scan_sm90.cuh)
+    sm90::scan_launch(x.data.scalar_type() == at::kBFloat16, d, REV, ones, bits(x.data), ox.map, fptr(rs),
+                      bits(y.data), oy.map, dec, hin, REV ? bits(Hs) : nullptr, static_cast<u16*>(out.data_ptr()), lst,
+                      dl, BH, N, ox.n, 0, c10::cuda::getCurrentCUDAStream());
+    return;
+  }
   switch_half_dim(x.data.scalar_type() == at::kBFloat16, d, "degree-2 kernel", [&](auto bf, auto dd) {
     constexpr bool BF = decltype(bf)::value;
     constexpr int D = decltype(dd)::value, Ee = D + 8, PAIRS = 256 * (D / 16) * (D / 16 + 1) / 2 / 32;
