@@ -10,7 +10,8 @@
 //   power_attention_gpu decode          the decode step against recomputing and against SDPA over a KV cache
 //   power_attention_gpu repeat [n]      a few cases drawn n times (fresh inputs each time), to see their spread
 //   power_attention_gpu kernels [n]     the degree-2 kernel checks alone, n times (and, on Hopper, each sm_90a
-//                                       kernel set's query products against the sm_80 kernel's)
+//                                       kernel set's query products and gradients through phi against the sm_80
+//                                       kernel's)
 //   power_attention_gpu profile c t     one fwd+bwd at chunk c (0: quadratic) and length t, for ncu
 // The kernel sets (cuda/common/sm90_select.h: sm80, sm90a, sm90a-wg4): the default is what the library runs here
 // (POWER_ATTENTION_CUDA_KERNELS, when set, decides it); on Hopper every other set follows it, or those
@@ -49,7 +50,10 @@ int main(int argc, char** argv) {
       for (int i = 0; i < (argc > 2 ? std::atoi(argv[2]) : 1); ++i) {
         check_sympow2_kernels();
         if (hopper())
-          for (const char* set : {"sm90a", "sm90a-wg4"}) check_query_set(set);
+          for (const char* set : {"sm90a", "sm90a-wg4"}) {
+            check_query_set(set);
+            check_grad_set(set);
+          }
       }
       return failures() > 0 ? 1 : 0;
     }
