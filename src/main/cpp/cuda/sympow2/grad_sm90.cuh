@@ -13,14 +13,15 @@
 // (a group's feature rows hold their E columns, as H does in memory). A group's product runs in units of UB
 // blocks (16 UB features, one m64 n(16 UB) k16 wgmma per k step): the unit after the current one (of this group or
 // the next) runs in the tensor cores while the warps run the current unit's epilogue from the other of two
-// accumulator sets, so a warpgroup keeps the tensor cores busy through its own epilogue and the CTA needs no
-// barrier between units, only one a group (its H buffer).
+// accumulator sets, so a warpgroup keeps the tensor cores busy through its own epilogue; the CTA meets at one
+// barrier every two groups (their H buffers), and the tensor cores drain every four groups (the loop's back edge).
 //
-// Shared memory (d = 64, four warpgroups: 36 + 44 + 50 KiB): sX [ROWS][D + 8] (the x rows), sY [ROWS][SY] (the y
-// rows, read into registers once; columns E .. SY zero), sH [PIPE][NK][16 nb][8] bf16 (a group's features as
-// no-swizzle core matrices: for each 8-column chunk k of E the group's feature rows are consecutive 16-byte rows at
-// k 16 nb 16 bytes, so that one descriptor shape serves every group: LBO = 256 nb bytes (next 8 columns, the k
-// direction), SBO = 128 bytes (next 8 features); chunks past E / 8 stay zero).
+// Shared memory (d = 64, four warpgroups: 36 + 44 + 80 KiB): sX [ROWS][D + 8] (the x rows as loaded), sY
+// [ROWS][SY] (the y rows, read into registers once; columns E .. SY zero), then over both sXf [ROWS][D + 8] fp32
+// (the x rows converted once: the epilogue reads x pairs without unpacking), and sH [PIPE][NK][16 nb][8] bf16 (a
+// group's features as no-swizzle core matrices: for each 8-column chunk k of E the group's feature rows are
+// consecutive 16-byte rows at k 16 nb 16 bytes, so that one descriptor shape serves every group: LBO = 256 nb bytes
+// (next 8 columns, the k direction), SBO = 128 bytes (next 8 features); chunks past E / 8 stay zero).
 #pragma once
 
 #include "cuda/common/mma_sm80.cuh"
@@ -39,16 +40,18 @@ namespace cuda {
 namespace sympow2 {
 namespace sm90 {
 
-// The shape of a CTA: WG warpgroups of one m64 tile each; UB blocks of 16 features a unit of the product.
-template <int WG_, int UB_, int MIN_CTAS_ = (WG_ >= 4 ? 1 : 2)>
+// The shape of a CTA: WG warpgroups of one m64 tile each; UB blocks of 16 features a unit of the product; PIPE
+// group buffers (buffer gi % PIPE: a mask where PIPE is a power of 2), up to PIPE - 3 loads in flight; MIN_CTAS a SM
+// (__launch_bounds__: registers).
+template <int WG_, int UB_, int PIPE_, int MIN_CTAS_ = (WG_ >= 4 ? 1 : 2)>
 struct GradShape {
-  static constexpr int WG = WG_, UB = UB_, MIN_CTAS = MIN_CTAS_;
+  static constexpr int WG = WG_, UB = UB_, PIPE = PIPE_, MIN_CTAS = MIN_CTAS_;
 };
 
-// The library's shapes at d = 64 (grad_sm90.cu): four warpgroups (256 rows a CTA, one CTA a SM) and two (128 rows,
-// two CTAs a SM), both in units of two blocks.
-using GradWide = GradShape<4, 2>;
-using GradNarrow = GradShape<2, 2>;
+// The library's shapes at d = 64 (grad_sm90.cu): four warpgroups (256 rows a CTA, one CTA a SM, eight buffers) and
+// two (128 rows, two CTAs a SM, five buffers), both in units of two blocks.
+using GradWide = GradShape<4, 2, 8>;
+using GradNarrow = GradShape<2, 2, 5>;
 
 template <int D, typename S>
 struct GradTraits {
@@ -60,13 +63,17 @@ struct GradTraits {
   static constexpr int NC = E / 8;                   // chunks that hold H
   static constexpr int FMAX = 16 * NB;               // features of the largest group (A = 0)
   static constexpr int GROUP = NK * FMAX * 8;        // elements of a group buffer
-  static constexpr int PIPE = 5;                     // group buffers: one in the tensor cores, one landed, three
-                                                     // loads in flight
+  static constexpr int PIPE = S::PIPE;               // group buffers: two in the tensor cores (a unit of one
+                                                     // group, its successor), the rest landed or in flight
+  static_assert(PIPE >= 5, "a barrier for two groups: two groups landed, one in use, loads in flight");
   static constexpr int SD = D + 8;                   // x tile row stride (elements)
+  static constexpr int SF = D + 8;                   // x tile row stride in fp32 (floats; 8 mod 32: the epilogue's
+                                                     // float2 reads of a half-warp hit 32 different banks)
   static constexpr int SY = EK * 16 + 8;             // y tile row stride: whole k16 steps, ldmatrix-friendly
   static constexpr size_t smem =
       sizeof(uint16_t) * (static_cast<size_t>(ROWS) * (SD + SY) + static_cast<size_t>(PIPE) * GROUP);
   static_assert(E % 8 == 0 && NC < NK, "the padded k step needs at least one zero chunk");
+  static_assert(ROWS * SF * 4 <= ROWS * (SD + SY) * 2, "the fp32 x rows replace the x and y tiles");
 };
 
 #ifdef POWER_ATTENTION_SM90A
@@ -130,17 +137,25 @@ __device__ __forceinline__ void fence_regs(float* d) {
 }
 }  // namespace gradmma
 
-// Group (A, a) of H (rows [off, off + R) of [D2, E]) into a buffer: piece (f, chunk k) at k 8 FMAX + 8 f elements.
-// Thread i takes f = i % 8 + 8 (i / (8 NC)), chunk (i / 8) % NC: each 8-thread phase writes 128 consecutive bytes.
+// Group gi = 16 A + a of H (rows [off, off + R) of [D2, E], R = 16 (nb - A)) into a buffer: piece (f, chunk k) at
+// k 8 FMAX + 8 f elements. Piece p = i + j THREADS of thread i (j = 0, 1, ..) is chunk p / FMAX, feature
+// p % FMAX (so at 8 p elements): each 8-thread phase writes 128 consecutive bytes, and a thread's pieces cost a shift
+// and a mask. The thread index is read anew each call: kept across groups, the pieces' offsets take registers the
+// kernel has none to spare for (ptxas then spills).
 template <int D, typename S>
-__device__ __forceinline__ void grad_load_group(mma::u16* dst, const mma::u16* H, int A, int a) {
+__device__ __forceinline__ void grad_load_group(mma::u16* dst, const mma::u16* H, int gi) {
   using T = GradTraits<D, S>;
-  constexpr int NB = T::NB, E = T::E, NC = T::NC;
-  const int R = 16 * (NB - A);
-  const mma::u16* src = H + static_cast<int64_t>(group_offset(NB, A, a)) * E;
-  for (int i = threadIdx.x; i < R * NC; i += T::THREADS) {
-    const int f = (i & 7) + 8 * (i / (8 * NC)), ch = (i >> 3) % NC;
-    mma::cp_async16(dst + ch * (T::FMAX * 8) + f * 8, src + f * E + ch * 8, true);
+  constexpr int NB = T::NB, E = T::E, NC = T::NC, FMAX = T::FMAX;
+  static_assert((FMAX & (FMAX - 1)) == 0 && T::THREADS % FMAX == 0, "pieces by shift and mask");
+  const int A = gi >> 4, R = 16 * (NB - A);
+  const mma::u16* src = H + group_offset(NB, A, gi & 15) * E;
+  unsigned tid;
+  asm volatile("mov.u32 %0, %%tid.x;" : "=r"(tid));
+#pragma unroll
+  for (int j = 0; j < (NC * FMAX + T::THREADS - 1) / T::THREADS; ++j) {
+    const int p = static_cast<int>(tid) + j * T::THREADS, ch = p / FMAX, f = p % FMAX;
+    if ((j + 1) * T::THREADS <= NC * FMAX || ch < NC)
+      if (f < R) mma::cp_async16(dst + 8 * p, src + f * E + ch * 8, true);
   }
 }
 #endif
@@ -155,11 +170,12 @@ __global__ void __launch_bounds__(GradTraits<D, S>::THREADS, GradTraits<D, S>::M
   using namespace mma;
   using T = GradTraits<D, S>;
   constexpr int NB = T::NB, E = T::E, EK = T::EK, UB = T::UB, ROWS = T::ROWS, PIPE = T::PIPE, SD = T::SD;
-  constexpr int SY = T::SY, THREADS = T::THREADS, NG = 16 * NB;
+  constexpr int SY = T::SY, SF = T::SF, THREADS = T::THREADS, NG = 16 * NB;
   extern __shared__ __align__(128) unsigned char smem[];
   u16* sX = reinterpret_cast<u16*>(smem);
   u16* sY = sX + ROWS * SD;
   u16* sH = sY + ROWS * SY;
+  float* sXf = reinterpret_cast<float*>(smem);  // the x rows in fp32, over sX and sY once Y is in registers
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gr = lane >> 2, tg = lane & 3;
   const int wg = warp >> 2, wl = warp & 3;
   const int64_t parts = (n + ROWS - 1) / ROWS;
@@ -182,24 +198,25 @@ __global__ void __launch_bounds__(GradTraits<D, S>::THREADS, GradTraits<D, S>::M
     const int buf = i / ((T::NK - T::NC) * T::FMAX), rest = i % ((T::NK - T::NC) * T::FMAX);
     *reinterpret_cast<uint4*>(sH + buf * T::GROUP + (T::NC * T::FMAX + rest) * 8) = make_uint4(0u, 0u, 0u, 0u);
   }
-  // copies: the x and y rows, then groups 0 .. PIPE - 3, one commit group each (the rows go with group 0)
+  // copies: the x and y rows, then groups 0 .. PIPE - 4, one commit group each (the rows go with group 0)
   load_rows_mapped<D, ROWS, THREADS, SD>(sX, x + xm.base(bx), xm, r0, xm.rows(bx, n));
   constexpr int YW = ONES ? E - 8 : E;  // columns of y in memory
   load_rows_mapped<YW, ROWS, THREADS, SY>(sY, y + ym.base(bx), ym, r0, ym.rows(bx, n));
   if constexpr (ONES) ones_column<YW, ROWS, SY, THREADS>(sY, n - r0);
   auto prefetch = [&](int gi) {
-    if (gi < NG) grad_load_group<D, S>(sH + (gi % PIPE) * T::GROUP, Hb, gi / 16, gi % 16);
+    if (gi < NG) grad_load_group<D, S>(sH + (static_cast<unsigned>(gi) % PIPE) * T::GROUP, Hb, gi);
     cp_async_commit();
   };
 #pragma unroll
-  for (int i = 0; i < PIPE - 2; ++i) prefetch(i);
+  for (int i = 0; i < PIPE - 3; ++i) prefetch(i);
 
-  // group gi's copies landed and visible to the tensor cores; every warpgroup done with group gi - 2, whose buffer
-  // takes group gi + PIPE - 2
+  // one barrier for two groups (gi even): the copies of groups gi and gi + 1 landed and visible to the tensor cores;
+  // every warpgroup done with groups gi - 3 and gi - 2, whose buffers take groups gi + PIPE - 3 and gi + PIPE - 2
   auto arrive = [&](int gi) {
-    cp_async_wait<PIPE - 3>();
+    cp_async_wait<PIPE - 5>();
     wgmma::fence_proxy_async();
     __syncthreads();
+    prefetch(gi + PIPE - 3);
     prefetch(gi + PIPE - 2);
   };
 
@@ -208,17 +225,20 @@ __global__ void __launch_bounds__(GradTraits<D, S>::THREADS, GradTraits<D, S>::M
   float g[D / 8][4];     // dx of this lane's rows, in the accumulator layout
   zero(g);
 
-  // unit U of group gi = 16 A + a (blocks A + UB U ..) into accumulator set P
+  // unit U of group gi = 16 A + a (blocks A + UB U ..) into accumulator set P; d0: the descriptor of buffer 0's
+  // start, LBO: next 8 columns (k), SBO: next 8 features (n)
+  constexpr u32 LBO = T::FMAX * 16, SBO = 128;
+  const uint64_t d0 = wgmma::desc_noswizzle(smem_addr(sH), LBO, SBO);
   auto issue = [&](auto A_, auto U_, auto P_, int gi) {
     constexpr int A = decltype(A_)::value, U = decltype(U_)::value, P = decltype(P_)::value;
     constexpr int B0 = A + UB * U, NBK = (NB - B0) < UB ? (NB - B0) : UB;
-    const u32 base = smem_addr(sH + (gi % PIPE) * T::GROUP + 16 * (B0 - A) * 8);
+    // the descriptor of sH moved by this unit's offset (the address field counts 16 bytes; no carry out of it:
+    // shared addresses stay below 2^18)
+    const uint64_t d = d0 + (static_cast<unsigned>(gi) % PIPE) * (T::GROUP * 2 / 16) + 16 * (B0 - A) * 16 / 16;
     wgmma::fence();
-    constexpr u32 LBO = T::FMAX * 16, SBO = 128;  // next 8 columns (k), next 8 features (n)
-    gradmma::KMajor<16 * NBK>::first(acc[P], yf[0], wgmma::desc_noswizzle(base, LBO, SBO));
+    gradmma::KMajor<16 * NBK>::first(acc[P], yf[0], d);
 #pragma unroll
-    for (int kk = 1; kk < EK; ++kk)
-      gradmma::KMajor<16 * NBK>::rs(acc[P], yf[kk], wgmma::desc_noswizzle(base + kk * 2 * LBO, LBO, SBO));
+    for (int kk = 1; kk < EK; ++kk) gradmma::KMajor<16 * NBK>::rs(acc[P], yf[kk], d + kk * 2 * LBO / 16);
     wgmma::commit();
   };
 
@@ -227,8 +247,8 @@ __global__ void __launch_bounds__(GradTraits<D, S>::THREADS, GradTraits<D, S>::M
   auto epilogue = [&](auto A_, auto U_, auto P_) {
     constexpr int A = decltype(A_)::value, U = decltype(U_)::value, P = decltype(P_)::value;
     constexpr int B0 = A + UB * U, B1 = (B0 + UB) < NB ? (B0 + UB) : NB;
-    const u16* xa_row = sX + row[0] * SD;
-    const u16* xb_row = sX + row[1] * SD;
+    const float* xa_row = sXf + row[0] * SF;
+    const float* xb_row = sXf + row[1] * SF;
 #pragma unroll
     for (int B = B0; B < B1; ++B) {
       const float c = B == A ? 1.f : kSqrt2;
@@ -241,8 +261,8 @@ __global__ void __launch_bounds__(GradTraits<D, S>::THREADS, GradTraits<D, S>::M
         g[2 * B + h][2] += cb * dp[2];
         g[2 * B + h][3] += cb * dp[3];
         const int col = 16 * B + 8 * h + 2 * tg;
-        const float2 xa = unpack2<BFX>(*reinterpret_cast<const u32*>(xa_row + col));
-        const float2 xb = unpack2<BFX>(*reinterpret_cast<const u32*>(xb_row + col));
+        const float2 xa = *reinterpret_cast<const float2*>(xa_row + col);
+        const float2 xb = *reinterpret_cast<const float2*>(xb_row + col);
         p[0] += c * (dp[0] * xa.x + dp[1] * xa.y);
         p[1] += c * (dp[2] * xb.x + dp[3] * xb.y);
       }
@@ -259,12 +279,12 @@ __global__ void __launch_bounds__(GradTraits<D, S>::THREADS, GradTraits<D, S>::M
     constexpr int NU = (NB - A + UB - 1) / UB;
     const int gi = 16 * A + a;
     if constexpr (FIRST) {
-      if (gi > 0) arrive(gi);  // group 0's barrier came with the rows
+      if (gi > 0) arrive(gi);  // groups 0 and 1: their barrier came with the rows
       issue(A_, std::integral_constant<int, 0>{}, std::integral_constant<int, (Q * NU) & 1>{}, gi);
     }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      w[h] = scale[h] * to_float<BFX>(sX[row[h] * SD + 16 * A + a]);
+      w[h] = scale[h] * sXf[row[h] * SF + 16 * A + a];
       p[h] = 0.f;
     }
     static_for<NU>([&](auto U_) {
@@ -274,7 +294,7 @@ __global__ void __launch_bounds__(GradTraits<D, S>::THREADS, GradTraits<D, S>::M
         issue(A_, std::integral_constant<int, U + 1>{}, next, gi);
         wgmma::wait<1>();
       } else if constexpr (!LAST) {
-        arrive(gi + 1);
+        if constexpr (Q % 2 == 1) arrive(gi + 1);  // group gi + 1 even: its pair's barrier
         issue(A_, std::integral_constant<int, 0>{}, next, gi + 1);
         wgmma::wait<1>();
       } else {
@@ -297,9 +317,28 @@ __global__ void __launch_bounds__(GradTraits<D, S>::THREADS, GradTraits<D, S>::M
     }
   };
 
-  arrive(0);  // the x and y rows and group 0
+  arrive(0);  // the x and y rows and groups 0, 1
 #pragma unroll
   for (int kk = 0; kk < EK; ++kk) ldsm4(yf[kk], at_a(sY, SY, 64 * wg + 16 * wl, kk * 16));
+  {  // the x rows to fp32 (exact), so that the epilogue reads them without unpacking
+    constexpr int PIECES = ROWS * D / 8 / THREADS;  // 8 values each
+    static_assert(ROWS * D % (8 * THREADS) == 0, "whole pieces a thread");
+    uint4 v[PIECES];
+#pragma unroll
+    for (int k = 0; k < PIECES; ++k) {
+      const int i = threadIdx.x + k * THREADS, r = i / (D / 8), c = (i % (D / 8)) * 8;
+      v[k] = *reinterpret_cast<const uint4*>(sX + r * SD + c);
+    }
+    __syncthreads();  // every read of sX and sY done
+#pragma unroll
+    for (int k = 0; k < PIECES; ++k) {
+      const int i = threadIdx.x + k * THREADS, r = i / (D / 8), c = (i % (D / 8)) * 8;
+      const float2 a = unpack2<BFX>(v[k].x), b = unpack2<BFX>(v[k].y), e = unpack2<BFX>(v[k].z), f = unpack2<BFX>(v[k].w);
+      *reinterpret_cast<float4*>(sXf + r * SF + c) = make_float4(a.x, a.y, b.x, b.y);
+      *reinterpret_cast<float4*>(sXf + r * SF + c + 4) = make_float4(e.x, e.y, f.x, f.y);
+    }
+    __syncthreads();
+  }
   // four groups a loop body
   static_for<NB>([&](auto A_) {
     using std::integral_constant;
@@ -317,13 +356,13 @@ __global__ void __launch_bounds__(GradTraits<D, S>::THREADS, GradTraits<D, S>::M
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int64_t r = r0 + row[h];
-    const u16* xrow = sX + row[h] * SD;
+    const float* xrow = sXf + row[h] * SF;
     float uu = 0.f;
 #pragma unroll
     for (int nt = 0; nt < D / 8; ++nt) {
       const float g0 = g[nt][2 * h], g1 = g[nt][2 * h + 1];
       if (r < n) *reinterpret_cast<float2*>(ob + r * D + nt * 8 + 2 * tg) = make_float2(g0, g1);
-      const float2 xv = unpack2<BFX>(*reinterpret_cast<const u32*>(xrow + nt * 8 + 2 * tg));
+      const float2 xv = *reinterpret_cast<const float2*>(xrow + nt * 8 + 2 * tg);
       uu += xv.x * g0 + xv.y * g1;
     }
     uu = quad_sum(uu) * 0.5f;  // Euler: x . grad of a degree-2 form is twice the form
