@@ -4,9 +4,10 @@
 // harness, can check and time every set on one card):
 //   POWER_ATTENTION_CUDA_KERNELS=sm80       every stage on its sm_80 kernel (POWER_ATTENTION_CUDA_FORCE_SM80=1: the
 //                                           same, whatever POWER_ATTENTION_CUDA_KERNELS says)
-//   POWER_ATTENTION_CUDA_KERNELS=sm90a      the sm_90a kernels wherever the device runs them
-//   POWER_ATTENTION_CUDA_KERNELS=sm90a-wg4  the same, the degree-2 query kernel at d = 64 in its four-warpgroup
-//                                           shape (256 rows a CTA; cuda/sympow2/query_sm90.cuh)
+//   POWER_ATTENTION_CUDA_KERNELS=sm90a      the sm_90a kernels wherever the device runs them (at d = 64 the degree-2
+//                                           query kernel and gradient through phi in their two-warpgroup shapes)
+//   POWER_ATTENTION_CUDA_KERNELS=sm90a-wg4  the same, both at d = 64 in their four-warpgroup shapes (256 rows a
+//                                           CTA; cuda/sympow2/query_sm90.cuh, grad_sm90.cuh)
 //   unset (or auto)                         the measured default (sm90_select.cu: kDefault)
 // Any other value is the default too. On a device without the sm_90a kernels every request runs the sm_80 ones.
 #pragma once
