@@ -288,6 +288,7 @@ int run_tests() {
   check_sympow2_kernels();
   if (def != "sm80") checked("query kernels of " + def, [&] { check_query_set(def); });
   if (def != "sm80") checked("scan kernels of " + def, [&] { check_scan_set(def); });
+  if (def != "sm80") checked("gradient kernels of " + def, [&] { check_grad_set(def); });
   const at::ScalarType bf = at::kBFloat16, hf = at::kHalf, f32 = at::kFloat, f64 = at::kDouble;
   std::vector<Case> cases;
   // dtypes x forms at the workhorse shape, odd t
@@ -445,6 +446,7 @@ int run_tests() {
     ran = threw = 0;
     if (set != "sm80" && !checked("query kernels of " + set, [&] { check_query_set(set); })) ++threw;
     if (set != "sm80" && !checked("scan kernels of " + set, [&] { check_scan_set(set); })) ++threw;
+    if (set != "sm80" && !checked("gradient kernels of " + set, [&] { check_grad_set(set); })) ++threw;
     for (size_t i = 0; i < cases.size(); ++i) {
       if (!reaches_sm90(cases[i])) continue;
       report(name(cases[i]) + " [" + set + "]", count(run_seeded(i)), tolerance(cases[i].dtype));

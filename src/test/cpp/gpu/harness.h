@@ -137,6 +137,11 @@ void check_scan_set(const std::string& set);
 /// sm90a set and each CTA shape of the sm_90a kernel, each checked against the sm_80 kernel first.
 int run_scan_bench();
 
+/// The gradients through phi (dx, u) of kernel set `set` (an sm_90a one) against the sm_80 kernel's on the same
+/// inputs (bitwise: the same products, the same epilogue in the same order) and both against ATen, on the queries'
+/// and the keys' operands as the op passes them (chunk maps of the caller's layout, the values' ones column).
+void check_grad_set(const std::string& set);
+
 /// fwd and fwd+bwd at b*t = 65536, h = 8, d = 64, bf16, deg 2, gated, for the default kernel set and every other
 /// one (other_kernel_sets), against SDPA's flash and cuDNN backends; the rows and a summary table (last) to stdout
 /// and, with json_path, the rows to a JSON file.

@@ -193,3 +193,77 @@ void check_query_set(const std::string& set) {
 }
 
 }  // namespace harness
+
+namespace harness {
+
+// The gradients through phi (sympow2_grad) of `set` against the sm_80 kernel's on the same inputs, and both against
+// ATen (phi in fp32 from the internal layout, dx by autograd, u = phi' . dphi), on the operands the op passes: the
+// queries' side (x in the caller's layout through a chunk map, b = 1, t = 300, h = 2, g = 2, c = 128: X = 6 blocks
+// of n = 256 rows, the last chunk of each head 44 tokens; y = dB [X, n, E] bf16; row scales) and the keys' side
+// (x and the values v through chunk maps of the caller's layout, g = 1: n = 128 rows, [v | 1 | 0] made in the
+// kernel; no row scales).
+void check_grad_set(const std::string& set) {
+  namespace pc = pa::cuda;
+  const auto o = at::TensorOptions().device(at::kCUDA);
+  const auto f32 = o.dtype(at::kFloat);
+  for (int64_t d : {64, 128})
+    for (auto dt : {at::kBFloat16, at::kHalf})
+      for (bool keys : {false, true}) {
+        const int64_t b = 1, t = 300, h = 2, g = keys ? 1 : 2, c = 128, N = (t + c - 1) / c, X = b * h * N, n = c * g;
+        const int64_t E = d + 8, nb = d / 16, D2 = pc::sympow2_dim(d);
+        const at::Tensor x = at::randn({b, t, h * g, d}, o.dtype(dt));
+        const pc::Operand xo = pc::Operand::caller(x, h, g, c);
+        const at::Tensor rs = keys ? at::Tensor() : at::rand({X * n}, f32) + 0.5;
+        const at::Tensor v = at::randn({b, t, h, d}, o.dtype(at::kBFloat16));
+        const at::Tensor dB = at::randn({X, n, E}, o.dtype(at::kBFloat16));
+        const pc::Operand yo = keys ? pc::Operand::caller(v, h, 1, c) : pc::Operand{dB};
+        const at::Tensor H = (at::randn({X, D2, E}, f32) * 0.1).to(at::kBFloat16);
+        auto run = [&](const std::string& which) {
+          const ForceKernels force(which);
+          return pc::sympow2_grad(xo, rs, yo, H);
+        };
+        const auto [dx80, u80] = run("sm80");
+        const auto [dxs, us] = run(set);
+        // ATen: the rows in the compute layout (block (bh, chunk), row r = token chunk c + r / g, member r % g;
+        // tokens >= t zeros), y likewise ([v | 1 | 0] on the keys' side, zeros past t)
+        auto blocks = [&](const at::Tensor& a, int64_t gg) {
+          const int64_t w = a.size(-1);
+          const at::Tensor p = at::constant_pad_nd(a, {0, 0, 0, 0, 0, N * c - t});
+          return p.view({b, N, c, h, gg, w}).permute({0, 3, 1, 2, 4, 5}).reshape({X, c * gg, w});
+        };
+        at::Tensor xf = blocks(x, g).to(at::kFloat).requires_grad_(true);
+        at::Tensor yf = dB.to(at::kFloat);
+        if (keys) {
+          const at::Tensor ve = at::cat({v, at::ones({b, t, h, 1}, v.options()), at::zeros({b, t, h, 7}, v.options())}, 3);
+          yf = blocks(ve, 1).to(at::kFloat);
+        }
+        std::vector<int64_t> ia, ib;
+        std::vector<float> cf;
+        for (int64_t A = 0; A < nb; ++A)
+          for (int64_t a = 0; a < 16; ++a)
+            for (int64_t B = A; B < nb; ++B)
+              for (int64_t bb = 0; bb < 16; ++bb) {
+                ia.push_back(16 * A + a);
+                ib.push_back(16 * B + bb);
+                cf.push_back(A == B ? 1.f : std::sqrt(2.f));
+              }
+        at::Tensor phi = xf.index_select(2, at::tensor(ia).to(at::kCUDA)) *
+                         xf.index_select(2, at::tensor(ib).to(at::kCUDA)) * at::tensor(cf).to(at::kCUDA);
+        if (rs.defined()) phi = phi * rs.view({X, n, 1});
+        const at::Tensor dphi = at::bmm(yf, H.to(at::kFloat).transpose(1, 2));
+        const at::Tensor u_ref = (phi * dphi).sum(2).detach().reshape({X * n});
+        const at::Tensor dx_ref = torch::autograd::grad({(phi * dphi).sum()}, {xf})[0];
+        Outcome q{};
+        q.y = rel(dxs, dx80);                       // dx against the sm_80 kernel's
+        q.dq = rel(us, u80);                        // u likewise
+        q.dk = std::max(rel(dxs, dx_ref), rel(us, u_ref));  // against ATen
+        q.dv = std::max(rel(dx80, dx_ref), rel(u80, u_ref));
+        q.ok = q.y < 1e-6 && q.dq < 1e-6 && q.dk < 1e-4 && q.dv < 1e-4;
+        char id[180];
+        std::snprintf(id, sizeof id, "sympow2-grad-d%ld-%s-%s-%s vs sm80 (dx, u; both vs ATen)", d, c10::toString(dt),
+                      keys ? "keys" : "queries", set.c_str());
+        report(id, q, Tol{1e-6, 1e-4});
+      }
+}
+
+}  // namespace harness

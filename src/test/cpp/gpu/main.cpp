@@ -10,7 +10,8 @@
 //   power_attention_gpu decode          the decode step against recomputing and against SDPA over a KV cache
 //   power_attention_gpu repeat [n]      a few cases drawn n times (fresh inputs each time), to see their spread
 //   power_attention_gpu kernels [n]     the degree-2 kernel checks alone, n times (and, on Hopper, each sm_90a
-//                                       kernel set's query products against the sm_80 kernel's)
+//                                       kernel set's query products and gradients through phi against the sm_80
+//                                       kernel's)
 //   power_attention_gpu scans           the fused scans alone at the benchmark's long shapes: the sm_80 kernel and
 //                                       each sm_90a shape, checked against it, then timed
 //   power_attention_gpu profile c t     one fwd+bwd at chunk c (0: quadratic) and length t, for ncu
@@ -51,7 +52,11 @@ int main(int argc, char** argv) {
       for (int i = 0; i < (argc > 2 ? std::atoi(argv[2]) : 1); ++i) {
         check_sympow2_kernels();
         if (hopper())
-          for (const char* set : {"sm90a", "sm90a-wg4", "sm90a-scan"}) check_query_set(set), check_scan_set(set);
+          for (const char* set : {"sm90a", "sm90a-wg4", "sm90a-scan"}) {
+            check_query_set(set);
+            check_scan_set(set);
+            check_grad_set(set);
+          }
       }
       return failures() > 0 ? 1 : 0;
     }

@@ -4,9 +4,10 @@
 // harness, can check and time every set on one card):
 //   POWER_ATTENTION_CUDA_KERNELS=sm80       every stage on its sm_80 kernel (POWER_ATTENTION_CUDA_FORCE_SM80=1: the
 //                                           same, whatever POWER_ATTENTION_CUDA_KERNELS says)
-//   POWER_ATTENTION_CUDA_KERNELS=sm90a      the sm_90a kernels wherever the device runs them
-//   POWER_ATTENTION_CUDA_KERNELS=sm90a-wg4  the same, the degree-2 query kernel at d = 64 in its four-warpgroup
-//                                           shape (256 rows a CTA; cuda/sympow2/query_sm90.cuh)
+//   POWER_ATTENTION_CUDA_KERNELS=sm90a      the sm_90a kernels wherever the device runs them (at d = 64 the degree-2
+//                                           query kernel and gradient through phi in their two-warpgroup shapes)
+//   POWER_ATTENTION_CUDA_KERNELS=sm90a-wg4  the same, both at d = 64 in their four-warpgroup shapes (256 rows a
+//                                           CTA; cuda/sympow2/query_sm90.cuh, grad_sm90.cuh)
 //   POWER_ATTENTION_CUDA_KERNELS=sm90a-scan sm90a-wg4 and the degree-2 fused scans on wgmma too
 //                                           (cuda/sympow2/scan_sm90.cuh); the other sets run the sm_80 scans
 //   unset (or auto)                         the measured default (sm90_select.cu: kDefault)
@@ -29,8 +30,8 @@ bool sm90a_present(int device);
 /// The set the stages run on `device` now: the request (or the default) where the device runs it, else sm80.
 KernelSet kernel_set(int device);
 
-/// Whether set s runs the degree-2 query kernel at d = 64 in its four-warpgroup shape.
-inline bool wide_query(KernelSet s) { return s == KernelSet::sm90a_wg4 || s == KernelSet::sm90a_scan; }
+/// Whether set s runs the degree-2 query kernel and gradient through phi at d = 64 in their four-warpgroup shapes.
+inline bool four_warpgroups(KernelSet s) { return s == KernelSet::sm90a_wg4 || s == KernelSet::sm90a_scan; }
 
 /// Whether set s runs the degree-2 fused scans on their sm_90a kernel.
 inline bool sm90a_scans(KernelSet s) { return s == KernelSet::sm90a_scan; }

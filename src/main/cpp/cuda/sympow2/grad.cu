@@ -1,6 +1,8 @@
 // grad.cu: the degree-2 gradient through phi against a state (sympow2.h: sympow2_grad).
 #include "cuda/common/launch.cuh"
+#include "cuda/common/sm90_select.h"
 #include "cuda/common/static_switch.h"
+#include "cuda/sympow2/grad_sm90.h"
 #include "cuda/sympow2/sympow2_kernel.cuh"
 
 #include <c10/cuda/CUDAGuard.h>
@@ -161,6 +163,13 @@ std::pair<at::Tensor, at::Tensor> sympow2_grad(const Operand& x, const at::Tenso
   at::Tensor u = at::empty({X * n}, H.options().dtype(at::kFloat));
   if (X == 0 || n == 0) return {dx, u};
   const c10::cuda::CUDAGuard guard(H.device());
+  const KernelSet set = kernel_set(H.device().index());
+  if (set != KernelSet::sm80 && sm90::grad_supported(d)) {  // wgmma (grad_sm90.cuh)
+    sm90::grad_launch(x.data.scalar_type() == at::kBFloat16, d, ones, four_warpgroups(set), bits(x.data), ox.map,
+                      fptr(rs), bits(y.data), oy.map, bits(H), dx.data_ptr<float>(), u.data_ptr<float>(), X, n,
+                      c10::cuda::getCurrentCUDAStream());
+    return {dx, u};
+  }
   switch_half_dim(x.data.scalar_type() == at::kBFloat16, d, "degree-2 kernel", [&](auto bf, auto dd) {
     constexpr bool BF = decltype(bf)::value;
     constexpr int D = decltype(dd)::value, Ee = D + 8;

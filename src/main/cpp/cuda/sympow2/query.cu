@@ -104,7 +104,7 @@ void query_launch(const Operand& x, const Blocks& ox, const at::Tensor& rs, cons
   const c10::cuda::CUDAGuard guard(x.data.device());
   const KernelSet set = kernel_set(x.data.device().index());
   if (set != KernelSet::sm80 && sm90::query_supported(d)) {  // wgmma (query_sm90.cuh)
-    sm90::query_launch(x.data.scalar_type() == at::kBFloat16, d, wide_query(set), bits(x.data), ox.map,
+    sm90::query_launch(x.data.scalar_type() == at::kBFloat16, d, four_warpgroups(set), bits(x.data), ox.map,
                        fptr(rs), bits(H), out.defined() ? out.data_ptr<float>() : nullptr, X, n,
                        static_cast<int>(cols), cmb, c10::cuda::getCurrentCUDAStream());
     return;
