@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <limits>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -359,8 +360,17 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
       if (!fused) phiQ = sympow_forward(qc, qf, pr.p);
       qfs = qf;
       if (needs.q || gates) {
-        const at::Tensor dphiQ = at::mm(dyc1, An.t());  // dnum H^T + dden h^T
-        auto [dx, dsq] = sympow_backward(qc, qf, dphiQ, pr.p, needs.q, gates);
+        // through dphi(Q) = dnum H^T + dden h^T
+        at::Tensor dx, dsq;
+        if (fused) {
+          if (needs.q) dx = at::empty({cg, d}, o);
+          if (gates) dsq = at::empty({cg}, o);
+          const float* r = dyc1.data_ptr<float>();
+          phi_grad(phi_rows(qc, qf, coef), An.data_ptr<float>(), e + 1, r, e + 1, r + e, e + 1, e,
+                   needs.q ? dx.data_ptr<float>() : nullptr, gates ? dsq.data_ptr<float>() : nullptr);
+        } else {
+          std::tie(dx, dsq) = sympow_backward(qc, qf, at::mm(dyc1, An.t()), pr.p, needs.q, gates);
+        }
         dxq = dx;
         if (gates) {  // d qf / d Gc = qf
           const at::Tensor u = (dsq * qf).view({c, g}).sum(1).to(at::kDouble);
@@ -385,8 +395,16 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
         dv_set = true;
       }
       if (needs.k || gates) {
-        const at::Tensor dphiK = at::mm(with_ones(vc), dA.t());  // V dH^T + 1 dh^T
-        auto [dx, dsk] = sympow_backward(kc, st.kf, dphiK, pr.p, needs.k, gates);
+        // through dphi(K) = V dH^T + 1 dh^T
+        at::Tensor dx, dsk;
+        if (fused) {
+          if (needs.k) dx = at::empty({c, d}, o);
+          if (gates) dsk = at::empty({c}, o);
+          phi_grad(phi_rows(kc, st.kf, coef), dA.data_ptr<float>(), e + 1, vc.data_ptr<float>(), vc.stride(0),
+                   nullptr, 0, e, needs.k ? dx.data_ptr<float>() : nullptr, gates ? dsk.data_ptr<float>() : nullptr);
+        } else {
+          std::tie(dx, dsk) = sympow_backward(kc, st.kf, at::mm(with_ones(vc), dA.t()), pr.p, needs.k, gates);
+        }
         dxk = dx;
         if (gates) {  // d kf / d(L - Gc) = kf
           const at::Tensor u = (dsk * st.kf).to(at::kDouble);

@@ -298,8 +298,117 @@ PA_AVX512 void apply_avx512(const PhiRows& x, const float* A, int64_t lda, int64
   }
 }
 
+// phi_grad's micro-kernel: g[r][0..32) = sum_{j < nc} M[f0 + r, j] Rt[j][i0 .. i0 + 32) for FB features r, two
+// vectors of rows each (24 accumulators for FB = 12).
+#define PA_GDECL(r) __m512 g##r##0 = _mm512_setzero_ps(), g##r##1 = _mm512_setzero_ps();
+#define PA_GFMA(r)                                       \
+  if constexpr (FB > r) {                                \
+    const __m512 p = _mm512_set1_ps(mj[r * ldm]);        \
+    g##r##0 = _mm512_fmadd_ps(p, r0, g##r##0);           \
+    g##r##1 = _mm512_fmadd_ps(p, r1, g##r##1);           \
+  }
+#define PA_GSTORE(r)                              \
+  if constexpr (FB > r) {                         \
+    _mm512_store_ps(g + r * 32, g##r##0);         \
+    _mm512_store_ps(g + r * 32 + 16, g##r##1);    \
+  }
+
+template <int FB>
+PA_AVX512 void grad_kernel(const float* M, int64_t ldm, int64_t nc, const float* Rt, int64_t ld, float* g) {
+  static_assert(FB >= 1 && FB <= 12, "register block");
+  PA_GDECL(0) PA_GDECL(1) PA_GDECL(2) PA_GDECL(3) PA_GDECL(4) PA_GDECL(5)
+  PA_GDECL(6) PA_GDECL(7) PA_GDECL(8) PA_GDECL(9) PA_GDECL(10) PA_GDECL(11)
+  for (int64_t j = 0; j < nc; ++j) {
+    const float* mj = M + j;
+    const __m512 r0 = _mm512_load_ps(Rt + j * ld), r1 = _mm512_load_ps(Rt + j * ld + 16);
+    PA_GFMA(0) PA_GFMA(1) PA_GFMA(2) PA_GFMA(3) PA_GFMA(4) PA_GFMA(5)
+    PA_GFMA(6) PA_GFMA(7) PA_GFMA(8) PA_GFMA(9) PA_GFMA(10) PA_GFMA(11)
+  }
+  PA_GSTORE(0) PA_GSTORE(1) PA_GSTORE(2) PA_GSTORE(3) PA_GSTORE(4) PA_GSTORE(5)
+  PA_GSTORE(6) PA_GSTORE(7) PA_GSTORE(8) PA_GSTORE(9) PA_GSTORE(10) PA_GSTORE(11)
+}
+
+#undef PA_GDECL
+#undef PA_GFMA
+#undef PA_GSTORE
+
+constexpr int64_t kGradFeat = 12;  // features of phi_grad's register block
+constexpr int64_t kGradRows = 256;  // rows transposed at a time
+
+PA_AVX512 void grad_avx512(const PhiRows& x, const float* M, int64_t ldm, const float* R, int64_t ldr, const float* r,
+                           int64_t ldr_norm, int64_t e, float* dx, float* ds) {
+  const int64_t d = x.d, D = d * (d + 1) / 2, nc = e + 1;
+  Work& w = work();
+  const int64_t ldmax = (std::min(x.n, kGradRows) + 31) / 32 * 32;
+  float* xt = w.xt.get(d * ldmax);
+  float* dxt = w.ut.get(d * ldmax);
+  float* rt = w.tile.get(nc * ldmax);
+  float* gb = w.out.get(kGradFeat * 32);
+  for (int64_t i0 = 0; i0 < x.n; i0 += kGradRows) {
+    const int64_t nb = std::min(kGradRows, x.n - i0), ld = (nb + 31) / 32 * 32;
+    // x and [R | r] of the rows transposed (rows nb..ld zero), dx accumulated transposed
+    std::memset(xt, 0, sizeof(float) * d * ld);
+    std::memset(dxt, 0, sizeof(float) * d * ld);
+    std::memset(rt, 0, sizeof(float) * nc * ld);
+    for (int64_t i = 0; i < nb; ++i) {
+      const float* xi = x.x + (i0 + i) * x.ldx;
+      for (int64_t a = 0; a < d; ++a) xt[a * ld + i] = xi[a];
+      const float* ri = R + (i0 + i) * ldr;
+      for (int64_t j = 0; j < e; ++j) rt[j * ld + i] = ri[j];
+      rt[e * ld + i] = r != nullptr ? r[(i0 + i) * ldr_norm] : 1.0f;
+    }
+    Feature ft;
+    for (int64_t f0 = 0; f0 < D; f0 += kGradFeat) {
+      const int64_t nf = std::min(kGradFeat, D - f0);
+      const float* Mf = M + f0 * ldm;
+      for (int64_t c0 = 0; c0 < ld; c0 += 32) {
+        if (nf == kGradFeat) {
+          grad_kernel<kGradFeat>(Mf, ldm, nc, rt + c0, ld, gb);
+        } else {
+          for (int64_t rr = 0; rr < nf; ++rr) grad_kernel<1>(Mf + rr * ldm, ldm, nc, rt + c0, ld, gb + rr * 32);
+        }
+        // dx_a += coef g x_b, dx_b += coef g x_a for each feature f = (a, b) of the block
+        Feature fr = ft;
+        for (int64_t rr = 0; rr < nf; ++rr, fr.next(d)) {
+          const __m512 c = _mm512_set1_ps(x.coef[f0 + rr]);
+          float* da = dxt + fr.a * ld + c0;
+          float* db = dxt + fr.b * ld + c0;
+          const float* xa = xt + fr.a * ld + c0;
+          const float* xb = xt + fr.b * ld + c0;
+          for (int v = 0; v < 2; ++v) {
+            const __m512 gv = _mm512_mul_ps(c, _mm512_load_ps(gb + rr * 32 + 16 * v));
+            _mm512_store_ps(da + 16 * v, _mm512_fmadd_ps(gv, _mm512_load_ps(xb + 16 * v), _mm512_load_ps(da + 16 * v)));
+            _mm512_store_ps(db + 16 * v, _mm512_fmadd_ps(gv, _mm512_load_ps(xa + 16 * v), _mm512_load_ps(db + 16 * v)));
+          }
+        }
+      }
+      for (int64_t rr = 0; rr < nf; ++rr) ft.next(d);
+    }
+    // ds = g . phi(x) = x . (J^T g) / 2 (phi is homogeneous of degree 2); dx = scale J^T g
+    for (int64_t i = 0; i < nb; ++i) {
+      const float s = x.scale != nullptr ? x.scale[i0 + i] : 1.0f;
+      float dot = 0;
+      for (int64_t a = 0; a < d; ++a) {
+        const float ja = dxt[a * ld + i];
+        dot += xt[a * ld + i] * ja;
+        if (dx != nullptr) dx[(i0 + i) * d + a] = s * ja;
+      }
+      if (ds != nullptr) ds[i0 + i] = 0.5f * dot;
+    }
+  }
+}
+
 }  // namespace
 #endif
+
+void phi_grad(const PhiRows& x, const float* M, int64_t ldm, const float* R, int64_t ldr, const float* r,
+              int64_t ldr_norm, int64_t e, float* dx, float* ds) {
+#ifdef POWER_ATTENTION_X86_DISPATCH
+  grad_avx512(x, M, ldm, R, ldr, r, ldr_norm, e, dx, ds);
+#else
+  (void)x, (void)M, (void)ldm, (void)R, (void)ldr, (void)r, (void)ldr_norm, (void)e, (void)dx, (void)ds;
+#endif
+}
 
 void phi_outer(const PhiRows& x, const float* R, int64_t ldr, const float* r, int64_t ldr_norm, int64_t e, bool norm,
                float beta, float* A, int64_t lda) {

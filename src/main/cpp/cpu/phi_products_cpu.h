@@ -35,5 +35,11 @@ void phi_outer(const PhiRows& x, const float* R, int64_t ldr, const float* r, in
 /// A [D, lda], Out [n, ldo] (overwritten).
 void phi_apply(const PhiRows& x, const float* A, int64_t lda, int64_t e, bool norm, float* Out, int64_t ldo);
 
+/// The backward of phi through a product with the state: with G[i, f] = sum_{j < e} R[i, j] M[f, j] + r_i M[f, e]
+/// (r null: every r_i 1; else r_i = r[i * ldr_norm]),  dx[i] = scale_i J_phi(x_i)^T G[i]  ([n, d], null: skipped)
+/// and  ds[i] = G[i] . phi(x_i) without the scale  ([n], null: skipped).  M [D, ldm] (e + 1 columns), R [n, ldr].
+void phi_grad(const PhiRows& x, const float* M, int64_t ldm, const float* R, int64_t ldr, const float* r,
+              int64_t ldr_norm, int64_t e, float* dx, float* ds);
+
 }  // namespace cpu
 }  // namespace power_attention
