@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <exception>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -94,10 +95,14 @@ void for_each_head(int64_t BH, const F& fn) {
   std::vector<std::thread> pool;
   pool.reserve(workers - 1);
   for (int64_t i = 1; i < workers; ++i) {
-    pool.emplace_back([&] {
-      at::ThreadLocalStateGuard tls(state);
-      work();
-    });
+    try {
+      pool.emplace_back([&] {
+        at::ThreadLocalStateGuard tls(state);
+        work();
+      });
+    } catch (const std::system_error&) {
+      break;  // no thread to be had: the workers started so far (at least the caller) take every head
+    }
   }
   work();
   for (std::thread& t : pool) t.join();
