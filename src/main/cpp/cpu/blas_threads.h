@@ -4,8 +4,16 @@
 #include "cpu/platform_util.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
+#include <c10/util/ParallelGuard.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
+#include <exception>
+#include <mutex>
+#include <system_error>
+#include <thread>
 #include <vector>
 
 namespace power_attention {
@@ -55,17 +63,50 @@ class SingleThreadedBlas {
   std::vector<int> previous_;
 };
 
-// Runs fn(bh) for every head, heads in parallel (one head per task).
+// Runs fn(bh) for every head, heads in parallel: at::get_num_threads() workers (the caller and threads started for
+// the call) take the next head in turn. Not at::parallel_for: its inline OpenMP loop is serial in code compiled
+// without -fopenmp, as this library is (the build links no OpenMP runtime of its own). Each worker runs with the
+// caller's thread-local state (grad mode, dispatch keys) and ATen's parallel guard set, so that ATen's kernels stay
+// on the worker's thread as they do inside at::parallel_for; the first exception is rethrown in the caller.
 template <typename F>
 void for_each_head(int64_t BH, const F& fn) {
-  if (BH > 1 && at::get_num_threads() > 1) {
-    SingleThreadedBlas blas;
-    at::parallel_for(0, BH, 1, [&](int64_t h0, int64_t h1) {
-      for (int64_t bh = h0; bh < h1; ++bh) fn(bh);
-    });
-  } else {
+  const int64_t workers = std::min<int64_t>(BH, at::get_num_threads());
+  if (workers <= 1 || at::in_parallel_region()) {
     for (int64_t bh = 0; bh < BH; ++bh) fn(bh);
+    return;
   }
+  SingleThreadedBlas blas;
+  const at::ThreadLocalState state;
+  std::atomic<int64_t> next{0};
+  std::mutex mutex;
+  std::exception_ptr error;
+  auto work = [&] {
+    c10::ParallelGuard guard(true);
+    for (int64_t bh = next.fetch_add(1); bh < BH; bh = next.fetch_add(1)) {
+      try {
+        fn(bh);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(mutex);
+        if (!error) error = std::current_exception();
+        next.store(BH);
+      }
+    }
+  };
+  std::vector<std::thread> pool;
+  pool.reserve(workers - 1);
+  for (int64_t i = 1; i < workers; ++i) {
+    try {
+      pool.emplace_back([&] {
+        at::ThreadLocalStateGuard tls(state);
+        work();
+      });
+    } catch (const std::system_error&) {
+      break;  // no thread to be had: the workers started so far (at least the caller) take every head
+    }
+  }
+  work();
+  for (std::thread& t : pool) t.join();
+  if (error) std::rethrow_exception(error);
 }
 
 }  // namespace cpu

@@ -3,6 +3,7 @@
 // backward (state_interval), phi recomputed rather than stored.
 #include "cpu/cpu_simd.h"
 #include "cpu/heads.h"
+#include "cpu/phi_products_cpu.h"
 #include "cpu/power_full_cpu.h"
 #include "cpu/sympow_cpu.h"
 #include "sympow.h"
@@ -14,6 +15,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <limits>
+#include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace power_attention {
@@ -71,16 +74,51 @@ StateStep state_step(const ChunkGates& cg, double mu, const at::TensorOptions& o
   return st;
 }
 
+// [x | 1]: a column of ones appended to x [n, e].
+at::Tensor with_ones(const at::Tensor& x) {
+  at::Tensor out = at::empty({x.size(0), x.size(1) + 1}, x.options());
+  out.narrow(1, 0, x.size(1)).copy_(x);
+  out.select(1, x.size(1)).fill_(1);
+  return out;
+}
+
+// Whether the state products of degree 2 in fp32 run in phi_products_cpu.h's kernels (phi built in L1, no BLAS);
+// otherwise phi is materialised per chunk ([c, D]) and the products are ATen's.
+template <typename T>
+bool fused_products(const Problem& pr) {
+  if constexpr (std::is_same_v<T, float>) {
+    return pr.p == 2 && phi_products_available();
+  } else {
+    return false;
+  }
+}
+
+// The rows of phi(x) scaled by `scale` (one per row), for phi_products_cpu.h; x [n, d] with unit column stride.
+inline PhiRows phi_rows(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& coef) {
+  return PhiRows{x.data_ptr<float>(), x.stride(0), x.size(0), x.size(1), scale.data_ptr<float>(),
+                 coef.data_ptr<float>()};
+}
+
 // The state is held augmented, A = [H | h] [D, e + 1]: the normaliser is the last column, so that one matrix
 // product serves both (phi(Q) A gives B and b; the backward's products with A and its gradient likewise), with
 // no separate passes over [c, D] or [D, e] for the normaliser.
 //
 // The state leaving a chunk from the one entering it: A <- alpha A + phi(K')^T [V | 1], with K' the keys scaled by
 // kf (state_step). The forward and the backward's recomputation both run exactly this, so a recomputed state is
-// the forward's to the bit. v1 is [V | 1] of the chunk.
-void advance_state(const at::Tensor& kc, const at::Tensor& v1, const StateStep& st, int64_t p, at::Tensor& A) {
-  const at::Tensor phiK = sympow_forward(kc, st.kf, p);  // [c, D]
-  A.addmm_(phiK.t(), v1, st.alpha, 1.0);
+// the forward's to the bit.
+template <typename T>
+void advance_state(const Problem& pr, const at::Tensor& kc, const at::Tensor& vc, const StateStep& st,
+                   at::Tensor& A) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (fused_products<T>(pr)) {
+      const at::Tensor coef = sympow_coefficient_tensor(pr.d, pr.p, at::kFloat);
+      phi_outer(phi_rows(kc, st.kf, coef), vc.data_ptr<float>(), vc.stride(0), nullptr, 0, pr.e, true,
+                static_cast<float>(st.alpha), A.data_ptr<float>(), A.stride(0));
+      return;
+    }
+  }
+  const at::Tensor phiK = sympow_forward(kc, st.kf, pr.p);  // [c, D]
+  A.addmm_(phiK.t(), with_ones(vc), st.alpha, 1.0);
 }
 
 // sum_i a_i b_i accumulated in fp64 (in lanes, so that it vectorises).
@@ -98,14 +136,6 @@ POWER_ATTENTION_INLINE double dot_fp64_impl(const T* a, const T* b, int64_t n) {
 }
 
 POWER_ATTENTION_SIMD_VARIANTS(double, dot_fp64, (const T* a, const T* b, int64_t n), (a, b, n))
-
-// [x | 1]: a column of ones appended to x [n, e].
-at::Tensor with_ones(const at::Tensor& x) {
-  at::Tensor out = at::empty({x.size(0), x.size(1) + 1}, x.options());
-  out.narrow(1, 0, x.size(1)).copy_(x);
-  out.select(1, x.size(1)).fill_(1);
-  return out;
-}
 
 // The augmented states of Forward::states / norms (views of one [BH, kept, D, e + 1] buffer).
 at::Tensor augmented_states(const Forward& f) {
@@ -180,6 +210,8 @@ void chunked_forward_head(const Problem& pr, const at::Tensor& q, const at::Tens
   std::vector<double> gref(cg);
   at::Tensor l = at::empty({cg}, o), m = at::empty({cg}, o);
   const at::Tensor qscale = at::full({cg}, sp, o);  // phi(Q) carries scale^p
+  const bool fused = fused_products<T>(pr);
+  const at::Tensor coef = fused ? sympow_coefficient_tensor(d, pr.p, at::kFloat) : at::Tensor();
   const int64_t interval = save ? checkpoint_interval(N, f.states.size(1)) : 1;
   const at::Tensor saved = save ? augmented_states(f)[bh] : at::Tensor();
   for (int64_t n = 0; n < N; ++n) {
@@ -201,7 +233,14 @@ void chunked_forward_head(const Problem& pr, const at::Tensor& q, const at::Tens
 
     // queries against the scaled state entering the chunk: [B | b] = sp phi(Q) A
     at::Tensor Bb;
-    if (mu != kNegInf) Bb = at::mm(sympow_forward(qc, qscale, pr.p), A);  // [cg, e + 1]
+    if (mu != kNegInf) {
+      if (fused) {
+        Bb = at::empty({cg, e + 1}, o);
+        phi_apply(phi_rows(qc, qscale, coef), A.data_ptr<float>(), e + 1, e, true, Bb.data_ptr<float>(), e + 1);
+      } else {
+        Bb = at::mm(sympow_forward(qc, qscale, pr.p), A);  // [cg, e + 1]
+      }
+    }
     const at::Tensor bq = Bb.defined() ? Bb.select(1, e).contiguous() : at::Tensor();
 
     // combine at the shared row scale
@@ -220,7 +259,7 @@ void chunked_forward_head(const Problem& pr, const at::Tensor& q, const at::Tens
     // the state leaving the chunk
     if (n + 1 < N || want_final) {
       const StateStep st = state_step(gt, mu, o);
-      advance_state(kc, with_ones(vc), st, pr.p, A);
+      advance_state<T>(pr, kc, vc, st, A);
       mu = st.mu_next;
     }
   }
@@ -272,6 +311,8 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
   const int64_t interval = checkpoint_interval(N, f.states.size(1));
   const at::Tensor seg = interval > 1 ? at::empty({interval, D, e + 1}, o) : at::Tensor();
   at::Tensor dyc1 = at::empty({cg, e + 1}, o);  // [dnum | dden]
+  const bool fused = fused_products<T>(pr);
+  const at::Tensor coef = fused ? sympow_coefficient_tensor(d, pr.p, at::kFloat) : at::Tensor();
   for (int64_t n = N - 1; n >= 0; --n) {
     const int64_t t0 = n * c;
     const ChunkGates gt = chunk_gates(pr, lp, t0);
@@ -283,7 +324,7 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
         at::Tensor Aj = seg[j - n0 + 1];
         Aj.copy_(seg[j - n0]);
         const StateStep sj = state_step(chunk_gates(pr, lp, j * c), mup[j], o);
-        advance_state(kh.narrow(0, j * c, c), with_ones(vh.narrow(0, j * c, c)), sj, pr.p, Aj);
+        advance_state<T>(pr, kh.narrow(0, j * c, c), vh.narrow(0, j * c, c), sj, Aj);
       }
     }
     const at::Tensor An = interval > 1 ? seg[n - n0] : saved[n];  // [D, e + 1], contiguous
@@ -307,7 +348,7 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
 
     // --- queries against the state: [B | b] = phi(Q) diag(qf) A_n, qf = sp ws (ws at the saved row scale)
     const bool stateful_chunk = mu != kNegInf;
-    at::Tensor phiQ, dxq;
+    at::Tensor phiQ, qfs, dxq;
     if (stateful_chunk) {
       at::Tensor qf = at::empty({cg}, o);
       T* qfp = qf.data_ptr<T>();
@@ -316,10 +357,20 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
         const double Mc = static_cast<double>(dp[i]) + gref[i];
         qfp[i] = static_cast<T>(sp * std::exp(gt.Gc[i / g] + mu - Mc));
       }
-      phiQ = sympow_forward(qc, qf, pr.p);
+      if (!fused) phiQ = sympow_forward(qc, qf, pr.p);
+      qfs = qf;
       if (needs.q || gates) {
-        const at::Tensor dphiQ = at::mm(dyc1, An.t());  // dnum H^T + dden h^T
-        auto [dx, dsq] = sympow_backward(qc, qf, dphiQ, pr.p, needs.q, gates);
+        // through dphi(Q) = dnum H^T + dden h^T
+        at::Tensor dx, dsq;
+        if (fused) {
+          if (needs.q) dx = at::empty({cg, d}, o);
+          if (gates) dsq = at::empty({cg}, o);
+          const float* r = dyc1.data_ptr<float>();
+          phi_grad(phi_rows(qc, qf, coef), An.data_ptr<float>(), e + 1, r, e + 1, r + e, e + 1, e,
+                   needs.q ? dx.data_ptr<float>() : nullptr, gates ? dsq.data_ptr<float>() : nullptr);
+        } else {
+          std::tie(dx, dsq) = sympow_backward(qc, qf, at::mm(dyc1, An.t()), pr.p, needs.q, gates);
+        }
         dxq = dx;
         if (gates) {  // d qf / d Gc = qf
           const at::Tensor u = (dsq * qf).view({c, g}).sum(1).to(at::kDouble);
@@ -335,14 +386,25 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
     bool dv_set = false;
     const StateStep st = state_step(gt, mu, o);
     if (key_side && (n + 1 < N || seeded)) {
-      const at::Tensor phiK = sympow_forward(kc, st.kf, pr.p);
       if (needs.v) {
-        at::mm_out(dvs, phiK, dH);
+        if (fused) {
+          phi_apply(phi_rows(kc, st.kf, coef), dA.data_ptr<float>(), e + 1, e, false, dvs.data_ptr<float>(), e);
+        } else {
+          at::mm_out(dvs, sympow_forward(kc, st.kf, pr.p), dH);
+        }
         dv_set = true;
       }
       if (needs.k || gates) {
-        const at::Tensor dphiK = at::mm(with_ones(vc), dA.t());  // V dH^T + 1 dh^T
-        auto [dx, dsk] = sympow_backward(kc, st.kf, dphiK, pr.p, needs.k, gates);
+        // through dphi(K) = V dH^T + 1 dh^T
+        at::Tensor dx, dsk;
+        if (fused) {
+          if (needs.k) dx = at::empty({c, d}, o);
+          if (gates) dsk = at::empty({c}, o);
+          phi_grad(phi_rows(kc, st.kf, coef), dA.data_ptr<float>(), e + 1, vc.data_ptr<float>(), vc.stride(0),
+                   nullptr, 0, e, needs.k ? dx.data_ptr<float>() : nullptr, gates ? dsk.data_ptr<float>() : nullptr);
+        } else {
+          std::tie(dx, dsk) = sympow_backward(kc, st.kf, at::mm(with_ones(vc), dA.t()), pr.p, needs.k, gates);
+        }
         dxk = dx;
         if (gates) {  // d kf / d(L - Gc) = kf
           const at::Tensor u = (dsk * st.kf).to(at::kDouble);
@@ -356,7 +418,11 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
       if (gates && st.alpha != 0) dL += st.alpha * dot_fp64(An.data_ptr<T>(), dA.data_ptr<T>(), An.numel());
     }
     if (carry && (n > 0 || needs.state)) {  // dA <- alpha dA + (phi(Q) diag(qf))^T [dnum | dden]
-      if (stateful_chunk) {
+      if (stateful_chunk && fused) {
+        const float* r = dyc1.data_ptr<float>();
+        phi_outer(phi_rows(qc, qfs, coef), r, e + 1, r + e, e + 1, e, true, static_cast<float>(st.alpha),
+                  dA.data_ptr<float>(), e + 1);
+      } else if (stateful_chunk) {
         dA.addmm_(phiQ.t(), dyc1, st.alpha, 1.0);
       } else {
         dA.mul_(st.alpha);

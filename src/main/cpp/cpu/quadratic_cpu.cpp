@@ -85,9 +85,9 @@ void quadratic_backward_head(const Problem& pr, const at::Tensor& q, const at::T
     const auto sh = tile_shape<T>(pr, R, i1, i0, 0, G.empty() ? nullptr : G.data() + i0, G.empty() ? nullptr : G.data());
     tile_weights_backward<T>(sh, S.data_ptr<T>(), dP.data_ptr<T>(), m.data_ptr<T>(), gates ? dG.data() + i0 : nullptr,
                              gates ? dG.data() : nullptr);
-    if (needs.v) dv.narrow(0, 0, i1).add_(at::mm(S.t(), dnum));
+    if (needs.v) dv.narrow(0, 0, i1).addmm_(S.t(), dnum);
     if (needs.q) dq.narrow(0, i0, i1 - i0).copy_(at::mm(dP, kt).view({i1 - i0, g, d}));
-    if (needs.k) dk.narrow(0, 0, i1).add_(at::mm(dP.t(), qt));
+    if (needs.k) dk.narrow(0, 0, i1).addmm_(dP.t(), qt);
   }
   if (gates) {  // G = cumsum(lg): reverse cumsum
     double* out = gr.lg[bh].data_ptr<double>();

@@ -168,8 +168,12 @@ void check_rows(const at::Tensor& x, const at::Tensor& row_scale) {
   }
 }
 
-// The coefficients as a tensor of `dtype`, made once per (d, p, dtype) and kept (read only) for the process.
-at::Tensor coefficient_tensor(int64_t d, int64_t p, at::ScalarType dtype) {
+// Rows per parallel task: about 64K output numbers each.
+int64_t grain_rows(int64_t D) { return std::max<int64_t>(1, 65536 / std::max<int64_t>(D, 1)); }
+
+}  // namespace
+
+at::Tensor sympow_coefficient_tensor(int64_t d, int64_t p, at::ScalarType dtype) {
   static std::mutex mutex;
   static std::map<std::tuple<int64_t, int64_t, at::ScalarType>, at::Tensor> cache;
   const auto key = std::make_tuple(d, p, dtype);
@@ -184,17 +188,12 @@ at::Tensor coefficient_tensor(int64_t d, int64_t p, at::ScalarType dtype) {
   return cache.emplace(key, t).first->second;
 }
 
-// Rows per parallel task: about 64K output numbers each.
-int64_t grain_rows(int64_t D) { return std::max<int64_t>(1, 65536 / std::max<int64_t>(D, 1)); }
-
-}  // namespace
-
 at::Tensor sympow_forward(const at::Tensor& x, const at::Tensor& row_scale, int64_t p) {
   check_rows(x, row_scale);
   const int64_t n = x.size(0), d = x.size(1), D = sympow_dim(d, p);
   at::Tensor out = at::empty({n, D}, x.options());
   if (n == 0) return out;
-  const at::Tensor coef = coefficient_tensor(d, p, x.scalar_type());
+  const at::Tensor coef = sympow_coefficient_tensor(d, p, x.scalar_type());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sympow_forward", [&] {
     const scalar_t* xp = x.data_ptr<scalar_t>();
     const scalar_t* sp = row_scale.defined() ? row_scale.data_ptr<scalar_t>() : nullptr;
@@ -218,7 +217,7 @@ std::pair<at::Tensor, at::Tensor> sympow_backward(const at::Tensor& x, const at:
   at::Tensor dx = want_dx ? at::zeros({n, d}, x.options()) : at::Tensor();
   at::Tensor dscale = want_dscale ? at::empty({n}, x.options()) : at::Tensor();
   if (n == 0 || (!want_dx && !want_dscale)) return {dx, dscale};
-  const at::Tensor coef = coefficient_tensor(d, p, x.scalar_type());
+  const at::Tensor coef = sympow_coefficient_tensor(d, p, x.scalar_type());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sympow_backward", [&] {
     const scalar_t* xp = x.data_ptr<scalar_t>();
     const scalar_t* sp = row_scale.defined() ? row_scale.data_ptr<scalar_t>() : nullptr;

@@ -8,6 +8,10 @@
 
 namespace power_attention {
 
+/// The layout's coefficients (sympow.h) as a [D] tensor of `dtype`, made once per (d, p, dtype) and kept, read
+/// only, for the process.
+at::Tensor sympow_coefficient_tensor(int64_t d, int64_t p, at::ScalarType dtype);
+
 /// out[r] = row_scale[r] * phi(x[r])   (torch: row_scale[:, None] * phi(x))
 ///   x [n, d] contiguous, row_scale [n] contiguous or undefined (1), out [n, D]; dtype float or double.
 at::Tensor sympow_forward(const at::Tensor& x, const at::Tensor& row_scale, int64_t p);

@@ -133,6 +133,17 @@ int main(int argc, char** argv) {
     cases.push_back({1, 33, 2, 1, 8, 16, 1, 0, true, dt});
     cases.push_back({1, 30, 2, 1, 8, 16, 3, 1, true, dt});
   }
+  // The degree-2 fp32 state products (phi_products_cpu.h) at their edges: D not a multiple of the 48-feature tile
+  // (d = 13: D = 91; d = 7: D = 28 < 48), e not a multiple of 16 and over the 64 columns of a micro-kernel (17, 40,
+  // 70, 130), rows over the 128 of a tile (chunk 150; grouped queries, 3 x 64 rows), t not a multiple of the chunk,
+  // e != d, no gates; and the shape the benchmarks run.
+  for (auto dt : {at::kFloat, at::kDouble}) {
+    cases.push_back({1, 331, 3, 1, 13, 40, 2, 64, true, dt});
+    cases.push_back({1, 200, 2, 2, 7, 70, 2, 48, true, dt});
+    cases.push_back({1, 301, 1, 1, 20, 17, 2, 150, true, dt});
+    cases.push_back({2, 190, 2, 1, 16, 130, 2, 32, false, dt});
+    cases.push_back({1, 520, 8, 8, 64, 64, 2, 128, true, dt});
+  }
   int failed = 0, passed = 0;
   for (const Case& c : cases) {
     const Result r = run_case(c);

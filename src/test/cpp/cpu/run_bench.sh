@@ -16,7 +16,7 @@ for r in $(seq "$rounds"); do
     reps=$([ "$t" -ge 4096 ] && echo 3 || echo 5)
     "$bench" sdpa "$t" 0 "$reps"
     "$bench" power "$t" 0 "$reps"
-    for c in 128 256; do "$bench" power "$t" "$c" "$reps"; done
+    for c in 128 256 512; do "$bench" power "$t" "$c" "$reps"; done
     [ -n "$base" ] && "$base" power "$t" 128 "$reps"
   done
   "$bench" sdpa 16384 0 1

@@ -17,7 +17,8 @@ import org.junit.jupiter.params.provider.MethodSource;
 
 /**
  * Forward and all four gradients against the fp64 oracle of SPEC §2, at the SPEC §7 tolerances, over dtypes, both
- * forms, degrees 1-4, gating, grouped-query heads, e != d and odd lengths.
+ * forms, degrees 1-4, gating, grouped-query heads, e != d and odd lengths, and the edges of the CPU's fp32 state
+ * product kernels.
  */
 class PowerFullAccuracyTest {
 
@@ -51,6 +52,14 @@ class PowerFullAccuracyTest {
         cases.add(new Case(1, 1025, 2, 2, 32, 16, 2, 0, true, ScalarType.BFloat16));
         cases.add(new Case(1, 1025, 4, 1, 64, 64, 2, 128, true, ScalarType.Float));
         cases.add(new Case(1, 300, 2, 1, 16, 16, 4, 32, false, ScalarType.Float));
+        // the CPU's degree-2 fp32 state products (cpu/phi_products_cpu.h) at their edges: D not a multiple of the
+        // 48-feature tile (d = 13, 7), e not a multiple of 16 and over 64 columns, more than 128 rows in a chunk
+        // (chunk 150; 3 x 64 grouped query rows), t not a multiple of the chunk, e != d, with and without gates
+        cases.add(new Case(1, 331, 3, 1, 13, 40, 2, 64, true, ScalarType.Float));
+        cases.add(new Case(1, 200, 2, 2, 7, 70, 2, 48, true, ScalarType.Float));
+        cases.add(new Case(1, 301, 1, 1, 20, 17, 2, 150, true, ScalarType.Float));
+        cases.add(new Case(2, 190, 2, 1, 16, 130, 2, 32, false, ScalarType.Float));
+        cases.add(new Case(1, 160, 4, 1, 24, 24, 2, 50, true, ScalarType.BFloat16));
         return cases.stream();
     }
 
