@@ -16,8 +16,12 @@ template <bool BF, int D, bool REV, bool ONES, int WG>
 void launch(const uint16_t* x, const RowMap& xm, const float* rs, const uint16_t* y, const RowMap& ym,
             const float* decay, const float* Hin, const uint16_t* Hs, uint16_t* out, float* last, float* dL,
             int64_t BH, int64_t N, int64_t c, cudaStream_t stream) {
+  const bool g1 = xm.g == 1 && ym.g == 1;  // one row stride (scan_sm90.cuh: G1)
   const cudaError_t err =
-      scan_launch_shape<BF, D, REV, ONES, WG>(x, xm, rs, y, ym, decay, Hin, Hs, out, last, dL, BH, N, c, stream);
+      g1 ? scan_launch_shape<BF, D, REV, ONES, WG, true>(x, xm, rs, y, ym, decay, Hin, Hs, out, last, dL, BH, N, c,
+                                                         stream)
+         : scan_launch_shape<BF, D, REV, ONES, WG, false>(x, xm, rs, y, ym, decay, Hin, Hs, out, last, dL, BH, N, c,
+                                                          stream);
   if (err != cudaSuccess)
     throw std::runtime_error(std::string("power_full: sm_90a scan kernel (d = ") + std::to_string(D) + ", " +
                              std::to_string(WG) + " warpgroups): " + cudaGetErrorString(err));
