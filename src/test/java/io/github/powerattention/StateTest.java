@@ -6,6 +6,7 @@ import static org.bytedeco.pytorch.global.torch.cat;
 import static org.bytedeco.pytorch.global.torch.manual_seed;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.junit.jupiter.api.Assertions.fail;
 
 import java.io.File;
@@ -259,6 +260,45 @@ class StateTest {
             assertClose(loaded.S(), state.S(), 0, "S after save/load");
             assertClose(loaded.s(), state.s(), 0, "s after save/load");
         }
+    }
+
+    /**
+     * A decode step whose new state leaves fp32's range (a log gate of +89: exp(89) ~ 4.5e38 times a state of order
+     * 1) is refused with an IllegalArgumentException naming log_G, on the fused path (no grad) and on the autograd
+     * one, instead of returning a state of inf and a NaN output; the same step with a gate of +1 is served.
+     */
+    @ParameterizedTest(name = "grad {0}")
+    @CsvSource({"false", "true"})
+    void decodeStepThatOverflowsIsRefused(boolean grad) {
+        try (PointerScope scope = new PointerScope()) {
+            manual_seed(61);
+            long d = 4, e = 3;
+            PowerAttentionState state;
+            try (NoGradGuard guard = new NoGradGuard()) {
+                Tensor q0 = float32(1, 6, 1, d), k0 = float32(1, 6, 1, d), v0 = float32(1, 6, 1, e);
+                state = PowerAttention.prefill(q0, k0, v0, null, options(2, 0)).state();
+            }
+            Tensor q = float32(1, 1, d), k = float32(1, 1, d), v = float32(1, 1, e);
+            if (grad) {
+                q = q.requires_grad_(true);
+            }
+            Tensor q1 = q, k1 = k, v1 = v;
+            Tensor huge = org.bytedeco.pytorch.global.torch.full(new long[] {1, 1},
+                    new org.bytedeco.pytorch.Scalar(89.0)).to(ScalarType.Float);
+            IllegalArgumentException ex = assertThrows(IllegalArgumentException.class,
+                    () -> PowerAttention.decodeStep(state, q1, k1, v1, huge, options(2, 0)));
+            assertTrue(ex.getMessage().startsWith("power_full: the state after this decode step overflows"),
+                    ex.getMessage());
+            assertTrue(ex.getMessage().contains("log_G"), ex.getMessage());
+            Tensor mild = org.bytedeco.pytorch.global.torch.full(new long[] {1, 1},
+                    new org.bytedeco.pytorch.Scalar(1.0)).to(ScalarType.Float);
+            Fixtures.assertFinite(PowerAttention.decodeStep(state, q1, k1, v1, mild, options(2, 0)).output(),
+                    "a step with log_G = +1");
+        }
+    }
+
+    private static Tensor float32(long... shape) {
+        return Fixtures.normal(ScalarType.Float, shape).to(ScalarType.Float);
     }
 
     @Test
