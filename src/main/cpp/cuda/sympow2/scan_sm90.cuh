@@ -162,7 +162,7 @@ __global__ void __launch_bounds__(ScanTraits<D, WG>::THREADS, ScanTraits<D, WG>:
 
   const int spc = static_cast<int>((c + ROWS - 1) / ROWS);  // stages a chunk
   const int stages = static_cast<int>(N) * spc;
-  // the next stage to load: stage ps of the pk-th chunk in walking order, chunk pn; its rows that exist (nx, ny)
+  // the next stage to load: stage ps of the pk-th chunk in walking order; the rows of that chunk that exist (nx, ny)
   int pk = 0, ps = 0, nx = 0, ny = 0;
   const u16 *px = x, *py = y;  // g == 1: this thread's x and y pieces of the stage's first rows
   auto enter_chunk = [&]() {
