@@ -250,7 +250,7 @@ int run_scan_bench() {
   }
   // one fwd+bwd of power_full (the benchmark's case: h = 8, d = 64, bf16, degree 2, gated) on the sets that differ
   // only in their scans
-  for (const Shape sh : {Shape{16384, 256}, Shape{65536, 512}}) {
+  for (const Shape sh : {Shape{1024, 256}, Shape{4096, 256}, Shape{16384, 256}, Shape{65536, 512}}) {
     const auto o = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
     const int64_t h = 8, d = 64, b = 65536 / sh.t;
     at::Tensor q = at::randn({b, sh.t, h, d}, o).requires_grad_(true);

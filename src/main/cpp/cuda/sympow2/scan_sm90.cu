@@ -16,8 +16,12 @@ template <bool BF, int D, bool REV, bool ONES, int WG>
 void launch(const uint16_t* x, const RowMap& xm, const float* rs, const uint16_t* y, const RowMap& ym,
             const float* decay, const float* Hin, const uint16_t* Hs, uint16_t* out, float* last, float* dL,
             int64_t BH, int64_t N, int64_t c, cudaStream_t stream) {
+  const bool g1 = xm.g == 1 && ym.g == 1;  // one row stride (scan_sm90.cuh: G1)
   const cudaError_t err =
-      scan_launch_shape<BF, D, REV, ONES, WG>(x, xm, rs, y, ym, decay, Hin, Hs, out, last, dL, BH, N, c, stream);
+      g1 ? scan_launch_shape<BF, D, REV, ONES, WG, true>(x, xm, rs, y, ym, decay, Hin, Hs, out, last, dL, BH, N, c,
+                                                         stream)
+         : scan_launch_shape<BF, D, REV, ONES, WG, false>(x, xm, rs, y, ym, decay, Hin, Hs, out, last, dL, BH, N, c,
+                                                          stream);
   if (err != cudaSuccess)
     throw std::runtime_error(std::string("power_full: sm_90a scan kernel (d = ") + std::to_string(D) + ", " +
                              std::to_string(WG) + " warpgroups): " + cudaGetErrorString(err));
@@ -49,10 +53,12 @@ void launch_wg(bool bf16_x, bool rev, bool ones, const uint16_t* x, const RowMap
 
 bool scan_supported(int64_t d) { return d == 64 || d == 128; }
 
-// d = 64: four warpgroups a CTA (256 features, 10 CTAs a head: the head's rows read once for 256 features) where
-// that gives a CTA to every multiprocessor, else two (20 a head); d = 128: two (four do not fit the registers).
+// d = 64: two warpgroups a CTA (20 CTAs a head) where that leaves every CTA a multiprocessor of its own, else four
+// (256 features, 10 CTAs a head: the head's rows read once for 256 features; at b h = 8 on the H200 four warpgroups
+// in 80 CTAs take both scans in 3.17 ms, two in 160 CTAs, some multiprocessors holding two, 3.48); d = 128: two
+// (four do not fit the registers).
 int scan_default_wg(int64_t d, int64_t BH, int sms) {
-  if (d == 64) return BH * (ScanTraits<64, 4>::PARTS) >= sms ? 4 : 2;
+  if (d == 64) return BH * (ScanTraits<64, 2>::PARTS) <= sms ? 2 : 4;
   return 2;
 }
 

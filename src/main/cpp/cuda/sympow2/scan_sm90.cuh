@@ -29,6 +29,7 @@
 
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 
 namespace power_attention {
 namespace cuda {
@@ -58,25 +59,50 @@ struct ScanTraits {
 };
 
 #ifdef POWER_ATTENTION_SM90A
-// Rows [row0, row0 + 64) of a block through map mp (src at the block's base) into a stage's y buffer as core matrices:
-// piece (r, ch) at ch 64 8 + r 8 elements, for the W / 8 chunks in memory; rows past n are zeros. Thread i takes
-// r = i % 8 + 8 (i / (8 NC)), ch = (i / 8) % NC: each 8-thread phase writes 8 consecutive 16-byte rows (no bank
-// conflicts) and a warp reads 64 contiguous bytes of each of eight rows.
-template <int W, int THREADS>
-__device__ __forceinline__ void scan_load_y(mma::u16* dst, const mma::u16* src, const RowMap& mp, int64_t row0,
-                                            int64_t n) {
-  constexpr int NC = W / 8, ROWS = 64;
-  for (int i = threadIdx.x; i < ROWS * NC; i += THREADS) {
-    const int r = (i & 7) + 8 * (i / (8 * NC)), ch = (i >> 3) % NC;
-    const bool ok = row0 + r < n;
-    mma::cp_async16(dst + ch * ROWS * 8 + r * 8, ok ? src + mp.row(row0 + r) + ch * 8 : src, ok);
-  }
+// f(integral_constant<int, 0>) .. f(integral_constant<int, N - 1>): a loop whose index is a compile-time constant in
+// the body (shared-memory offsets as instruction immediates).
+template <class F, int... I>
+__device__ __forceinline__ void static_for_seq(F& f, std::integer_sequence<int, I...>) {
+  (f(std::integral_constant<int, I>{}), ...);
+}
+template <int N, class F>
+__device__ __forceinline__ void static_for(F&& f) {
+  static_for_seq(f, std::make_integer_sequence<int, N>{});
+}
+
+// cp.async of 16 / 4 bytes from global src to shared address dst + OFF bytes; ok false: zeros, nothing read.
+template <int OFF>
+__device__ __forceinline__ void cp16_at(mma::u32 dst, const void* src, bool ok) {
+  asm volatile("cp.async.cg.shared.global [%0+%3], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(ok ? 16 : 0),
+               "n"(OFF));
+}
+__device__ __forceinline__ void cp4_at(mma::u32 dst, const void* src, bool ok) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(ok ? 4 : 0));
+}
+// ldmatrix.x4.trans at shared address addr + OFF bytes
+template <int OFF>
+__device__ __forceinline__ void ldsm4t_at(mma::u32* r, mma::u32 addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4+%5];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr), "n"(OFF));
 }
 #endif
 
 // The scan over the N chunks of head blockIdx.x / PARTS, features [64 WG p, 64 WG (p + 1)) with p = blockIdx.x % PARTS.
 // Same arguments as the sm_80 kernel; ONES: y holds e = E - 8 columns and the kernel makes [y | 1 | 0].
-template <bool BFX, int D, bool REV, bool ONES, int WG>
+//
+// A stage's copies, one 16-byte piece each, at fixed places of the thread for every stage (compile-time trip
+// counts, the shared offsets as immediates, one global pointer a stage from the chunk's base):
+//  - x (64 rows x D / 8 pieces, row-major, stride SD): row xr + k XR, column piece tid % (D / 8); a warp reads
+//    whole 128-byte row segments;
+//  - y (core matrices): the first YM (8 or 16) column chunks by all threads, row (tid % 8) + 8 (tid / 8 YM) + k YR,
+//    chunk (tid / 8) % YM (each 8-thread phase writes 128 contiguous bytes; a warp reads 64 or 128 bytes of eight
+//    rows); threads 0-63 the last chunk, row tid (y's ninth / seventeenth chunk, or the ones column when ONES);
+//  - the row scalars: threads 64-127, row tid - 64.
+// G1: both maps have g == 1 (row r at r ld: a piece's pointer steps by 64 ld a stage); else the same pieces through
+// RowMap::row (rows r / g, members r % g), a kernel of its own (the general path beside the other in one loop takes
+// registers the stepped one needs: ptxas spilled at 128).
+template <bool BFX, int D, bool REV, bool ONES, int WG, bool G1>
 __global__ void __launch_bounds__(ScanTraits<D, WG>::THREADS, ScanTraits<D, WG>::MIN_CTAS)
     sympow2_scan_sm90_kernel(const mma::u16* __restrict__ x, RowMap xm, const float* __restrict__ rs,
                              const mma::u16* __restrict__ y, RowMap ym, const float* __restrict__ decay,
@@ -87,13 +113,19 @@ __global__ void __launch_bounds__(ScanTraits<D, WG>::THREADS, ScanTraits<D, WG>:
   using T = ScanTraits<D, WG>;
   constexpr int NB = T::NB, D2 = T::D2, E = T::E, NT = T::NT, ROWS = T::ROWS, PIPE = T::PIPE, SD = T::SD;
   constexpr int THREADS = T::THREADS, XS = T::XS, YS = T::YS;
-  constexpr int YW = ONES ? E - 8 : E;  // columns of y in memory
+  constexpr int YW = ONES ? E - 8 : E;         // columns of y in memory
+  constexpr int XC = D / 8, XR = THREADS / XC;  // x pieces a row, rows a pass
+  constexpr int YM = YW / 8 >= 16 ? 16 : 8, YR = THREADS / YM;  // y chunks of the main passes, rows a pass
+  static_assert(THREADS % XC == 0 && ROWS % XR == 0, "x: whole rows a pass, whole passes a stage");
+  static_assert(YR % 8 == 0 && ROWS % YR == 0, "y: whole 8-row groups a pass, whole passes a stage");
+  static_assert(YW / 8 - YM == (ONES ? 0 : 1) && YM == NT - 1, "y: the main chunks, then one chunk (or the ones)");
+  static_assert(THREADS >= 2 * ROWS, "threads 0-127 take the last chunk and the row scalars");
   extern __shared__ __align__(128) unsigned char smem[];
   u16* sX = reinterpret_cast<u16*>(smem);                      // [PIPE][64][SD]
   u16* sY = sX + PIPE * XS;                                    // [PIPE][NT][64][8]
   float* sR = reinterpret_cast<float*>(sY + PIPE * YS);        // [PIPE][64]
   float* sU = sR + PIPE * ROWS + (threadIdx.x >> 5) * ROWS;    // this warp's row scalars of the stage it builds
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gr = lane >> 2, tg = lane & 3;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, gr = lane >> 2, tg = lane & 3;
   const int64_t bh = blockIdx.x / T::PARTS;
   // this warp's 16-feature tile k (features 16 k ..): m64 tile WG p + warp / 4, its warp warp % 4. Tile k is tile
   // a W + j of group A (W = nb - A tiles a group, 16 groups a block A): features (A, a, A + j, .), row scalar
@@ -104,56 +136,101 @@ __global__ void __launch_bounds__(ScanTraits<D, WG>::THREADS, ScanTraits<D, WG>:
   const int W = NB - A, a = t / W, j = t % W;
   const int colA = 16 * A + a, colB = 16 * (A + j);
   const float cab = j == 0 ? 1.f : kSqrt2;
-  const int64_t f0 = static_cast<int64_t>(tile) * 16 + gr;  // this lane's feature rows f0, f0 + 8
+  const int f0 = tile * 16 + gr;  // this lane's feature rows f0, f0 + 8
   const u16* xh = x + xm.base(bh * N);
   const u16* yh = y + ym.base(bh * N);
-  const int64_t xstep = xm.step(), ystep = ym.step();
-  const float* rb = rs ? rs + bh * N * c : nullptr;
+  constexpr bool g1 = G1;
 
   float acc[NT * 4];
 #pragma unroll
   for (int i = 0; i < NT * 4; ++i) acc[i] = 0.f;
   if (Hin) {
-    const float* h = Hin + bh * D2 * E;
+    const float* h = Hin + bh * D2 * E + static_cast<int64_t>(f0) * E + 2 * tg;
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
-      const float2 u = *reinterpret_cast<const float2*>(h + f0 * E + nt * 8 + 2 * tg);
-      const float2 v = *reinterpret_cast<const float2*>(h + (f0 + 8) * E + nt * 8 + 2 * tg);
+      const float2 u = *reinterpret_cast<const float2*>(h + nt * 8);
+      const float2 v = *reinterpret_cast<const float2*>(h + 8 * E + nt * 8);
       acc[4 * nt] = u.x, acc[4 * nt + 1] = u.y, acc[4 * nt + 2] = v.x, acc[4 * nt + 3] = v.y;
     }
   }
+  // this thread's pieces: shared addresses in buffer 0; global pointers at the pieces of the next stage to load
+  // (g == 1: stepped by 64 rows a stage), the kernel's arguments x, y, rs where a piece is past the rows
+  const int xr = tid / XC, xcol = (tid % XC) * 8;
+  const int yr = (tid & 7) + 8 * (tid / (8 * YM)), ych = (tid >> 3) & (YM - 1), er = tid & (ROWS - 1);
+  const u32 xdst = smem_addr(sX + xr * SD + xcol), ydst = smem_addr(sY + ych * ROWS * 8 + yr * 8);
+  const u32 edst = smem_addr(sY + (NT - 1) * ROWS * 8 + er * 8), rdst = smem_addr(sR + er);
+
   const int spc = static_cast<int>((c + ROWS - 1) / ROWS);  // stages a chunk
-  const int64_t stages = N * spc;
-  struct Pos {  // stage s of the k-th chunk in walking order (chunk N - 1 - k when REV)
-    int64_t k;
-    int s;
-  };
-  auto advance = [&](Pos& p) {
-    if (++p.s == spc) p.s = 0, ++p.k;
-  };
-  auto load = [&](const Pos& p, int buf) {
-    const int64_t n = REV ? N - 1 - p.k : p.k, s0 = static_cast<int64_t>(p.s) * ROWS;
-    load_rows_mapped<D, ROWS, THREADS, SD>(sX + buf * XS, xh + n * xstep, xm, s0, xm.chunk_rows(n, c));
-    scan_load_y<YW, THREADS>(sY + buf * YS, yh + n * ystep, ym, s0, ym.chunk_rows(n, c));
-    if constexpr (ONES) {
-      for (int i = threadIdx.x; i < ROWS; i += THREADS)  // chunk NT - 1: 1 then zeros in rows below c - s0
-        *reinterpret_cast<uint4*>(sY + buf * YS + (NT - 1) * ROWS * 8 + i * 8) =
-            make_uint4(s0 + i < c ? 0x3F80u : 0u, 0u, 0u, 0u);  // bf16 1.0
+  const int stages = static_cast<int>(N) * spc;
+  // the next stage to load: stage ps of the pk-th chunk in walking order; the rows of that chunk that exist (nx, ny)
+  int pk = 0, ps = 0, nx = 0, ny = 0;
+  const u16 *px = x, *py = y;  // g == 1: this thread's x and y pieces of the stage's first rows
+  auto enter_chunk = [&]() {
+    const int64_t pn = REV ? N - 1 - pk : pk;
+    nx = static_cast<int>(xm.chunk_rows(pn, c)), ny = static_cast<int>(ym.chunk_rows(pn, c));
+    if constexpr (g1) {
+      px = xh + pn * xm.step() + xr * xm.ld + xcol;
+      py = yh + pn * ym.step() + yr * ym.ld + ych * 8;
     }
-    for (int i = threadIdx.x; i < ROWS; i += THREADS) {
-      float* dst = sR + buf * ROWS + i;
-      const bool ok = s0 + i < c;
-      if (rb) {
-        cp_async4(dst, rb + (ok ? n * c + s0 + i : 0), ok);
+  };
+  enter_chunk();
+  auto load = [&](int buf) {
+    const int s0 = ps * ROWS, lx = nx - s0, ly = ny - s0, lc = static_cast<int>(c) - s0;
+    const int64_t pn = REV ? N - 1 - pk : pk;
+    const u32 bx = xdst + buf * (2 * XS), by = ydst + buf * (2 * YS);
+    if constexpr (g1) {
+      static_for<ROWS / XR>([&](auto K) {
+        constexpr int k = decltype(K)::value;
+        const bool ok = xr + k * XR < lx;
+        cp16_at<2 * k * XR * SD>(bx, ok ? px + k * XR * xm.ld : x, ok);
+      });
+      static_for<ROWS / YR>([&](auto K) {
+        constexpr int k = decltype(K)::value;
+        const bool ok = yr + k * YR < ly;
+        cp16_at<2 * k * YR * 8>(by, ok ? py + k * YR * ym.ld : y, ok);
+      });
+    } else {
+      const u16* xc = xh + pn * xm.step() + xcol;
+      const u16* yc = yh + pn * ym.step() + ych * 8;
+      static_for<ROWS / XR>([&](auto K) {
+        constexpr int k = decltype(K)::value;
+        const bool ok = xr + k * XR < lx;
+        cp16_at<2 * k * XR * SD>(bx, ok ? xc + xm.row(s0 + xr + k * XR) : x, ok);
+      });
+      static_for<ROWS / YR>([&](auto K) {
+        constexpr int k = decltype(K)::value;
+        const bool ok = yr + k * YR < ly;
+        cp16_at<2 * k * YR * 8>(by, ok ? yc + ym.row(s0 + yr + k * YR) : y, ok);
+      });
+    }
+    if (tid < ROWS) {  // the last column chunk: y's, or 1 then zeros in rows below c - s0
+      if constexpr (ONES) {
+        *reinterpret_cast<uint4*>(sY + buf * YS + (NT - 1) * ROWS * 8 + er * 8) =
+            make_uint4(er < lc ? 0x3F80u : 0u, 0u, 0u, 0u);  // bf16 1.0
       } else {
-        *dst = ok ? 1.f : 0.f;
+        const bool ok = er < ly;
+        // (threads 0-63: from this thread's main piece, row yr chunk ych, to row er chunk YM)
+        const u16* p = g1 ? py + ((er - yr) * ym.ld + (YM - ych) * 8) : yh + pn * ym.step() + ym.row(s0 + er) + YM * 8;
+        cp16_at<0>(edst + buf * (2 * YS), ok ? p : y, ok);
+      }
+    } else if (tid < 2 * ROWS) {  // the row scalars
+      const bool ok = er < lc;
+      if (rs) {
+        cp4_at(rdst + buf * (4 * ROWS), ok ? rs + (bh * N + pn) * c + s0 + er : rs, ok);
+      } else {
+        sR[buf * ROWS + er] = ok ? 1.f : 0.f;
       }
     }
+    if (++ps == spc) {
+      ps = 0;
+      if (++pk < N) enter_chunk();
+    } else if constexpr (g1) {
+      px += ROWS * xm.ld, py += ROWS * ym.ld;
+    }
   };
-  Pos cur{0, 0}, pre{0, 0};
 #pragma unroll
   for (int i = 0; i < PIPE - 1; ++i) {  // stages 0 .. PIPE - 2: one commit group each
-    if (i < stages) load(pre, i), advance(pre);
+    if (i < stages) load(i);
     cp_async_commit();
   }
   u32 af[2][4][4];  // the A operands of two stages (4 k16 steps each): one read by the running wgmma, one being built
@@ -163,20 +240,21 @@ __global__ void __launch_bounds__(ScanTraits<D, WG>::THREADS, ScanTraits<D, WG>:
 #pragma unroll
       for (int k = 0; k < 4; ++k) asm volatile("" : "+r"(r[i][k])::"memory");
   };
+  // the stage the tensor cores take next: stage cs of the ck-th chunk in walking order, in buffer cb
+  int ck = 0, cs = 0, cb = 0, pb = PIPE - 1;
   // chunk start (stage cur, s = 0, no wgmma running): hand out H, then decay it
   auto chunk_start = [&]() {
-    const int64_t n = REV ? N - 1 - cur.k : cur.k;
-    u16* o = out + (bh * N + n) * D2 * E;
+    const int64_t n = REV ? N - 1 - ck : ck, e0 = (bh * N + n) * (D2 * E) + f0 * E + 2 * tg;  // this lane's first
+    u16* o = out + e0;
     [[maybe_unused]] float dot = 0.f;
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
-      const int64_t c0 = f0 * E + nt * 8 + 2 * tg, c1 = c0 + 8 * E;
-      *reinterpret_cast<u32*>(o + c0) = pack2<true>(acc[4 * nt], acc[4 * nt + 1]);
-      *reinterpret_cast<u32*>(o + c1) = pack2<true>(acc[4 * nt + 2], acc[4 * nt + 3]);
+      *reinterpret_cast<u32*>(o + nt * 8) = pack2<true>(acc[4 * nt], acc[4 * nt + 1]);
+      *reinterpret_cast<u32*>(o + 8 * E + nt * 8) = pack2<true>(acc[4 * nt + 2], acc[4 * nt + 3]);
       if constexpr (REV) {
-        const u16* hs = Hs + (bh * N + n) * D2 * E;
-        const float2 u = unpack2<true>(*reinterpret_cast<const u32*>(hs + c0));
-        const float2 v = unpack2<true>(*reinterpret_cast<const u32*>(hs + c1));
+        const u16* hs = Hs + e0;
+        const float2 u = unpack2<true>(*reinterpret_cast<const u32*>(hs + nt * 8));
+        const float2 v = unpack2<true>(*reinterpret_cast<const u32*>(hs + 8 * E + nt * 8));
         dot += u.x * acc[4 * nt] + u.y * acc[4 * nt + 1] + v.x * acc[4 * nt + 2] + v.y * acc[4 * nt + 3];
       }
     }
@@ -193,6 +271,9 @@ __global__ void __launch_bounds__(ScanTraits<D, WG>::THREADS, ScanTraits<D, WG>:
       for (int i = 0; i < NT * 4; ++i) acc[i] *= dec;
     }
   };
+  // this lane's ldmatrix address (buffer 0, k16 step 0) of its warp's x block: the A operand's rows are the x
+  // tile's columns colB .. colB + 15 (ldmatrix.trans of rows kk 16 ..)
+  const u32 xa = smem_addr(sX + ((lane & 7) + (lane >> 4) * 8) * SD + colB + ((lane >> 3) & 1) * 8);
   // the A operands of the stage in buffer buf into set P
   auto build = [&](auto P_, int buf) {
     constexpr int P = decltype(P_)::value;
@@ -203,60 +284,66 @@ __global__ void __launch_bounds__(ScanTraits<D, WG>::THREADS, ScanTraits<D, WG>:
 #pragma unroll
     for (int i = lane; i < ROWS; i += 32) sU[i] = (cab * cR[i]) * to_float<BFX>(cX[i * SD + colA]);
     __syncwarp();
-#pragma unroll
-    for (int kk = 0; kk < ROWS / 16; ++kk) {
+    const u32 ba = xa + buf * (2 * XS);
+    static_for<ROWS / 16>([&](auto K) {
+      constexpr int kk = decltype(K)::value;
       const int t0 = kk * 16 + 2 * tg;
       u32 xf[4];
-      ldsm4t(xf, at_b(cX, SD, kk * 16, colB));
+      ldsm4t_at<2 * kk * 16 * SD>(xf, ba);
       const float2 u01 = *reinterpret_cast<const float2*>(sU + t0);      // rows t0, t0 + 1
       const float2 u89 = *reinterpret_cast<const float2*>(sU + t0 + 8);  // rows t0 + 8, t0 + 9
       af[P][kk][0] = scale2<BFX>(xf[0], u01.x, u01.y);
       af[P][kk][1] = scale2<BFX>(xf[1], u01.x, u01.y);
       af[P][kk][2] = scale2<BFX>(xf[2], u89.x, u89.y);
       af[P][kk][3] = scale2<BFX>(xf[3], u89.x, u89.y);
-    }
+    });
   };
+  // the descriptor of buffer 0's y as no-swizzle core matrices, MN-major (LBO 128 bytes: the next 8 rows, SBO 1024
+  // bytes: the next 8 columns); a buffer, a k16 step are added to its address field (14 bits, below 256 KiB)
+  const uint64_t ydesc = wgmma::desc_noswizzle(smem_addr(sY), 128, 16 * ROWS);
   // stage q (operands in set P) through the tensor cores while the warps build stage q + 1's into the other set
-  auto step = [&](auto P_, int64_t q) {
+  auto step = [&](auto P_, int q) {
     constexpr int P = decltype(P_)::value;
     constexpr auto Q = std::integral_constant<int, 1 - P>{};
     wgmma::fence();
-    const u32 base = smem_addr(sY + static_cast<int>(q % PIPE) * YS);
-#pragma unroll
-    for (int kk = 0; kk < ROWS / 16; ++kk)
-      wgmma::Wgmma<E>::rs(acc, af[P][kk], wgmma::desc_noswizzle(base + 256 * kk, 128, 16 * ROWS));
+    const uint64_t d = ydesc + static_cast<uint64_t>(cb * (2 * YS / 16));
+    static_for<ROWS / 16>([&](auto K) {
+      constexpr int kk = decltype(K)::value;
+      wgmma::Wgmma<E>::rs(acc, af[P][kk], d + 256 / 16 * kk);
+    });
     wgmma::commit();
-    advance(cur);
+    cb = cb + 1 == PIPE ? 0 : cb + 1;
+    if (++cs == spc) cs = 0, ++ck;
     const bool more = q + 1 < stages;
     if (more) {
       cp_async_wait<PIPE - 3>();  // this thread's copies of stage q + 1 have landed (later stages' may still run)
       wgmma::fence_proxy_async();
       __syncthreads();  // everyone's copies of q + 1 visible; everyone past stage q - 1's wait
-      if (q + PIPE - 1 < stages) load(pre, static_cast<int>((q + PIPE - 1) % PIPE)), advance(pre);
+      if (q + PIPE - 1 < stages) load(pb), pb = pb + 1 == PIPE ? 0 : pb + 1;
     }
     cp_async_commit();
-    if (more) build(Q, static_cast<int>((q + 1) % PIPE));
+    if (more) build(Q, cb);
     wgmma::wait<0>();
     wgmma::Wgmma<E>::fence_operand(acc);
     keep(af[P]);
-    if (more && cur.s == 0) chunk_start();
+    if (more && cs == 0) chunk_start();
   };
   cp_async_wait<PIPE - 2>();  // stage 0
   wgmma::fence_proxy_async();
   __syncthreads();
   chunk_start();
   build(std::integral_constant<int, 0>{}, 0);
-  for (int64_t q = 0; q < stages; q += 2) {
+  for (int q = 0; q < stages; q += 2) {
     step(std::integral_constant<int, 0>{}, q);
     if (q + 1 < stages) step(std::integral_constant<int, 1>{}, q + 1);
   }
   wgmma::Wgmma<E>::fence_operand(acc);
   if (last) {
-    float* l = last + bh * D2 * E;
+    float* l = last + bh * D2 * E + static_cast<int64_t>(f0) * E + 2 * tg;
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
-      *reinterpret_cast<float2*>(l + f0 * E + nt * 8 + 2 * tg) = make_float2(acc[4 * nt], acc[4 * nt + 1]);
-      *reinterpret_cast<float2*>(l + (f0 + 8) * E + nt * 8 + 2 * tg) = make_float2(acc[4 * nt + 2], acc[4 * nt + 3]);
+      *reinterpret_cast<float2*>(l + nt * 8) = make_float2(acc[4 * nt], acc[4 * nt + 1]);
+      *reinterpret_cast<float2*>(l + 8 * E + nt * 8) = make_float2(acc[4 * nt + 2], acc[4 * nt + 3]);
     }
   }
 #endif
@@ -264,13 +351,13 @@ __global__ void __launch_bounds__(ScanTraits<D, WG>::THREADS, ScanTraits<D, WG>:
 
 // Grid and shared memory of the kernel for WG warpgroups a CTA; the launch's error (cudaSuccess where it was queued;
 // cudaErrorInvalidConfiguration for a grid over 2^31 - 1 CTAs).
-template <bool BF, int D, bool REV, bool ONES, int WG>
+template <bool BF, int D, bool REV, bool ONES, int WG, bool G1>
 cudaError_t scan_launch_shape(const mma::u16* x, const RowMap& xm, const float* rs, const mma::u16* y,
                               const RowMap& ym, const float* decay, const float* Hin, const mma::u16* Hs,
                               mma::u16* out, float* last, float* dL, int64_t BH, int64_t N, int64_t c,
                               cudaStream_t stream) {
   using T = ScanTraits<D, WG>;
-  auto kernel = sympow2_scan_sm90_kernel<BF, D, REV, ONES, WG>;
+  auto kernel = sympow2_scan_sm90_kernel<BF, D, REV, ONES, WG, G1>;
   const int64_t blocks = BH * T::PARTS;
   if (blocks <= 0) return cudaSuccess;
   if (blocks >= (int64_t(1) << 31)) return cudaErrorInvalidConfiguration;
