@@ -106,18 +106,21 @@ inline PhiRows phi_rows(const at::Tensor& x, const at::Tensor& scale, const at::
 //
 // The state leaving a chunk from the one entering it: A <- alpha A + phi(K')^T [V | 1], with K' the keys scaled by
 // kf (state_step). The forward and the backward's recomputation both run exactly this, so a recomputed state is
-// the forward's to the bit.
+// the forward's to the bit. With `from` given (contiguous, as A) the state entering is `from` and A only receives
+// the state leaving.
 template <typename T>
-void advance_state(const Problem& pr, const at::Tensor& kc, const at::Tensor& vc, const StateStep& st,
-                   at::Tensor& A) {
+void advance_state(const Problem& pr, const at::Tensor& kc, const at::Tensor& vc, const StateStep& st, at::Tensor& A,
+                   const at::Tensor& from = at::Tensor()) {
   if constexpr (std::is_same_v<T, float>) {
     if (fused_products<T>(pr)) {
       const at::Tensor coef = sympow_coefficient_tensor(pr.d, pr.p, at::kFloat);
       phi_outer(phi_rows(kc, st.kf, coef), vc.data_ptr<float>(), vc.stride(0), nullptr, 0, pr.e, true,
-                static_cast<float>(st.alpha), A.data_ptr<float>(), A.stride(0));
+                static_cast<float>(st.alpha), A.data_ptr<float>(), A.stride(0),
+                from.defined() ? from.data_ptr<float>() : nullptr);
       return;
     }
   }
+  if (from.defined()) A.copy_(from);
   const at::Tensor phiK = sympow_forward(kc, st.kf, pr.p);  // [c, D]
   A.addmm_(phiK.t(), with_ones(vc), st.alpha, 1.0);
 }
@@ -341,7 +344,8 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
   std::vector<T> dGq(gates ? c : 0), dGk(gates ? c : 0);
   std::vector<double> gref(cg);
   // The states entering the chunks of one checkpoint segment [n0, n0 + interval), recomputed from its checkpoint
-  // when the backward reaches the segment's last chunk (interval 1: the saved states themselves).
+  // when the backward reaches the segment's last chunk (interval 1: the saved states themselves): the one entering
+  // chunk n0 is the checkpoint itself, the one entering n0 + j (j >= 1) seg[j].
   const at::Tensor saved = augmented_states(f)[bh];
   const int64_t interval = checkpoint_interval(N, f.states.size(1));
   const at::Tensor seg = interval > 1 ? at::empty({interval, D, e + 1}, o) : at::Tensor();
@@ -357,15 +361,14 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
     const double mu = mup[n];
     const int64_t n0 = n / interval * interval;
     if (interval > 1 && (n == N - 1 || n % interval == interval - 1)) {
-      seg[0].copy_(saved[n0 / interval]);
       for (int64_t j = n0; j < n; ++j) {
         at::Tensor Aj = seg[j - n0 + 1];
-        Aj.copy_(seg[j - n0]);
         const StateStep sj = state_step(chunk_gates(pr, lp, j * c), mup[j], o);
-        advance_state<T>(pr, kh.narrow(0, j * c, c), vh.narrow(0, j * c, c), sj, Aj);
+        advance_state<T>(pr, kh.narrow(0, j * c, c), vh.narrow(0, j * c, c), sj, Aj,
+                         j == n0 ? saved[n0 / interval] : seg[j - n0]);
       }
     }
-    const at::Tensor An = interval > 1 ? seg[n - n0] : saved[n];  // [D, e + 1], contiguous
+    const at::Tensor An = interval > 1 && n > n0 ? seg[n - n0] : saved[n0 / interval];  // [D, e + 1], contiguous
     const at::Tensor qc = qr.narrow(0, t0 * g, cg), kc = kh.narrow(0, t0, c), vc = vh.narrow(0, t0, c);
     const double* G = lp == nullptr ? nullptr : gt.Gc.data();
     const auto sh = tile_shape<T>(pr, cg, c, 0, 0, G, G);
