@@ -67,10 +67,11 @@ StateStep state_step(const ChunkGates& cg, double mu, const at::TensorOptions& o
   st.mu_next = mu == kNegInf ? cg.sigma : std::max(mu + cg.L, cg.sigma);
   st.alpha = mu == kNegInf ? 0.0 : std::exp(mu + cg.L - st.mu_next);
   const int64_t c = static_cast<int64_t>(cg.Gc.size());
-  at::Tensor kf = at::empty({c}, o.dtype(at::kDouble));
-  double* kp = kf.data_ptr<double>();
-  for (int64_t j = 0; j < c; ++j) kp[j] = std::exp(cg.L - cg.Gc[j] - st.mu_next);
-  st.kf = kf.to(o.dtype());
+  st.kf = at::empty({c}, o);
+  AT_DISPATCH_FLOATING_TYPES(st.kf.scalar_type(), "power_full_cpu_state_step", [&] {
+    scalar_t* kp = st.kf.data_ptr<scalar_t>();
+    for (int64_t j = 0; j < c; ++j) kp[j] = static_cast<scalar_t>(std::exp(cg.L - cg.Gc[j] - st.mu_next));
+  });
   return st;
 }
 
@@ -105,18 +106,21 @@ inline PhiRows phi_rows(const at::Tensor& x, const at::Tensor& scale, const at::
 //
 // The state leaving a chunk from the one entering it: A <- alpha A + phi(K')^T [V | 1], with K' the keys scaled by
 // kf (state_step). The forward and the backward's recomputation both run exactly this, so a recomputed state is
-// the forward's to the bit.
+// the forward's to the bit. With `from` given (contiguous, as A) the state entering is `from` and A only receives
+// the state leaving.
 template <typename T>
-void advance_state(const Problem& pr, const at::Tensor& kc, const at::Tensor& vc, const StateStep& st,
-                   at::Tensor& A) {
+void advance_state(const Problem& pr, const at::Tensor& kc, const at::Tensor& vc, const StateStep& st, at::Tensor& A,
+                   const at::Tensor& from = at::Tensor()) {
   if constexpr (std::is_same_v<T, float>) {
     if (fused_products<T>(pr)) {
       const at::Tensor coef = sympow_coefficient_tensor(pr.d, pr.p, at::kFloat);
       phi_outer(phi_rows(kc, st.kf, coef), vc.data_ptr<float>(), vc.stride(0), nullptr, 0, pr.e, true,
-                static_cast<float>(st.alpha), A.data_ptr<float>(), A.stride(0));
+                static_cast<float>(st.alpha), A.data_ptr<float>(), A.stride(0),
+                from.defined() ? from.data_ptr<float>() : nullptr);
       return;
     }
   }
+  if (from.defined()) A.copy_(from);
   const at::Tensor phiK = sympow_forward(kc, st.kf, pr.p);  // [c, D]
   A.addmm_(phiK.t(), with_ones(vc), st.alpha, 1.0);
 }
@@ -160,22 +164,16 @@ int64_t checkpoint_interval(int64_t N, int64_t kept) {
 // at a shared row scale M_i = max(m_i + gref_i, r_i + log|b_i|), r_i = Gc_i + mu_n the state's log-factor, so that
 // both weights wa = exp(m_i + gref_i - M_i) and ws = exp(r_i - M_i) are <= 1 (up to |b|). Kept as delta_i =
 // M_i - gref_i (the saved row scale): the backward rebuilds ws from it and takes the tile's weights against it.
-struct RowScales {
-  at::Tensor wa, ws;  // [cg] in T
-};
-
+// b_i = b[i * ldb] (null: no state term); wa, ws [cg] are written.
 template <typename T>
-RowScales combine_scales(int64_t cg, int64_t g, const std::vector<double>& Gc, double mu,
-                            const std::vector<double>& gref, const T* m, const T* l, const T* b, T* delta,
-                            const at::TensorOptions& o) {
-  RowScales rs{at::empty({cg}, o), at::empty({cg}, o)};
-  T* wa = rs.wa.data_ptr<T>();
-  T* ws = rs.ws.data_ptr<T>();
+void combine_scales(int64_t cg, int64_t g, const std::vector<double>& Gc, double mu, const std::vector<double>& gref,
+                    const T* m, const T* l, const T* b, int64_t ldb, T* delta, T* wa, T* ws) {
   for (int64_t i = 0; i < cg; ++i) {
     const double A = l[i] != T(0) ? static_cast<double>(m[i]) + gref[i] : kNegInf;
     const double r = mu == kNegInf ? kNegInf : Gc[i / g] + mu;
     double rho = r;
-    if (r != kNegInf && b != nullptr && b[i] != T(0)) rho = r + std::log(std::abs(static_cast<double>(b[i])));
+    if (r != kNegInf && b != nullptr && b[i * ldb] != T(0))
+      rho = r + std::log(std::abs(static_cast<double>(b[i * ldb])));
     double M = std::max(A, rho);
     if (M == kNegInf) M = gref[i];
     delta[i] = static_cast<T>(M - gref[i]);
@@ -183,7 +181,48 @@ RowScales combine_scales(int64_t cg, int64_t g, const std::vector<double>& Gc, d
     wa[i] = l[i] != T(0) ? static_cast<T>(std::exp(static_cast<double>(m[i]) - static_cast<double>(delta[i]))) : T(0);
     ws[i] = r == kNegInf ? T(0) : static_cast<T>(std::exp(r - Mc));
   }
-  return rs;
+}
+
+// The chunk's rows of y and den at the shared row scale: den_i = l_i wa_i + b_i ws_i and
+// y_i = (num_i wa_i + B_i ws_i) / den_i (0 where den_i = 0), with [B | b] = Bb [cg, e + 1] (null: no state term).
+// num [cg, e], y [cg, e] and den [cg] contiguous.
+template <typename T>
+void combine_rows(int64_t cg, int64_t e, const T* num, const T* Bb, const T* l, const T* wa, const T* ws, T* y,
+                  T* den) {
+  for (int64_t i = 0; i < cg; ++i) {
+    const T* ni = num + i * e;
+    T* yi = y + i * e;
+    T di = l[i] * wa[i];
+    if (Bb != nullptr) di = di + Bb[i * (e + 1) + e] * ws[i];
+    den[i] = di;
+    const T inv = di == T(0) ? T(0) : T(1) / di;
+    const T a = wa[i];
+    if (Bb != nullptr) {
+      const T s = ws[i];
+      const T* Bi = Bb + i * (e + 1);
+      for (int64_t j = 0; j < e; ++j) yi[j] = (ni[j] * a + Bi[j] * s) * inv;
+    } else {
+      for (int64_t j = 0; j < e; ++j) yi[j] = (ni[j] * a) * inv;
+    }
+  }
+}
+
+// The backward of y = num / den for the chunk's rows: dnum_i = dy_i / den_i and dden_i = -(dy_i . y_i) / den_i
+// (both 0 where den_i = 0), into R [cg, e + 1] = [dnum | dden]. dy, y [cg, e] and den [cg] contiguous.
+template <typename T>
+void output_grad_rows(int64_t cg, int64_t e, const T* dy, const T* y, const T* den, T* R) {
+  for (int64_t i = 0; i < cg; ++i) {
+    const T inv = den[i] == T(0) ? T(0) : T(1) / den[i];
+    const T* dyi = dy + i * e;
+    const T* yi = y + i * e;
+    T* ri = R + i * (e + 1);
+    double dot = 0;
+    for (int64_t j = 0; j < e; ++j) {
+      ri[j] = dyi[j] * inv;
+      dot += static_cast<double>(dyi[j]) * static_cast<double>(yi[j]);
+    }
+    ri[e] = -(static_cast<T>(dot) * inv);
+  }
 }
 
 }  // namespace
@@ -208,7 +247,14 @@ void chunked_forward_head(const Problem& pr, const at::Tensor& q, const at::Tens
   double mu = kNegInf;
   if (initial.S.defined()) mu = initial.logscale.defined() ? initial.logscale[bh].item<double>() : 0.0;
   std::vector<double> gref(cg);
+  std::vector<T> wa(cg), ws(cg);
+  // the chunk's temporaries, reused from chunk to chunk
   at::Tensor l = at::empty({cg}, o), m = at::empty({cg}, o);
+  at::Tensor S = at::empty({cg, c}, o), num = at::empty({cg, e}, o), Bb = at::empty({cg, e + 1}, o);
+  T* const yp = yh.data_ptr<T>();
+  T* const denp = f.den[bh].data_ptr<T>();
+  T* const deltap = f.rowmax[bh].data_ptr<T>();
+  double* const lsp = save ? f.logscale[bh].data_ptr<double>() : nullptr;
   const at::Tensor qscale = at::full({cg}, sp, o);  // phi(Q) carries scale^p
   const bool fused = fused_products<T>(pr);
   const at::Tensor coef = fused ? sympow_coefficient_tensor(d, pr.p, at::kFloat) : at::Tensor();
@@ -219,42 +265,34 @@ void chunked_forward_head(const Problem& pr, const at::Tensor& q, const at::Tens
     const ChunkGates gt = chunk_gates(pr, lp, t0);
     if (save) {
       if (n % interval == 0) saved[n / interval].copy_(A);  // a checkpoint: the backward recomputes the rest
-      f.logscale[bh][n].fill_(mu);
+      lsp[n] = mu;
     }
     const at::Tensor qc = qr.narrow(0, t0 * g, cg), kc = kh.narrow(0, t0, c), vc = vh.narrow(0, t0, c);
 
     // in-chunk attention
-    at::Tensor S = at::mm(qc, kc.t());
+    at::mm_out(S, qc, kc.t());
     const double* G = lp == nullptr ? nullptr : gt.Gc.data();
     const auto sh = tile_shape<T>(pr, cg, c, 0, 0, G, G);
     tile_weights_forward<T>(sh, S.data_ptr<T>(), m.data_ptr<T>(), l.data_ptr<T>());
     tile_gate_reference<T>(sh, gref.data());
-    at::Tensor num = at::mm(S, vc);
+    at::mm_out(num, S, vc);
 
     // queries against the scaled state entering the chunk: [B | b] = sp phi(Q) A
-    at::Tensor Bb;
-    if (mu != kNegInf) {
+    const bool stateful = mu != kNegInf;
+    if (stateful) {
       if (fused) {
-        Bb = at::empty({cg, e + 1}, o);
         phi_apply(phi_rows(qc, qscale, coef), A.data_ptr<float>(), e + 1, e, true, Bb.data_ptr<float>(), e + 1);
       } else {
-        Bb = at::mm(sympow_forward(qc, qscale, pr.p), A);  // [cg, e + 1]
+        at::mm_out(Bb, sympow_forward(qc, qscale, pr.p), A);  // [cg, e + 1]
       }
     }
-    const at::Tensor bq = Bb.defined() ? Bb.select(1, e).contiguous() : at::Tensor();
+    const T* Bp = stateful ? Bb.data_ptr<T>() : nullptr;
 
     // combine at the shared row scale
-    at::Tensor delta = f.rowmax[bh].narrow(0, t0 * g, cg);
-    const RowScales rs = combine_scales<T>(cg, g, gt.Gc, mu, gref, m.data_ptr<T>(), l.data_ptr<T>(),
-                                              bq.defined() ? bq.data_ptr<T>() : nullptr, delta.data_ptr<T>(), o);
-    at::Tensor den = l * rs.wa;
-    num.mul_(rs.wa.unsqueeze(1));
-    if (bq.defined()) {
-      den.add_(bq * rs.ws);
-      num.add_(Bb.narrow(1, 0, e) * rs.ws.unsqueeze(1));
-    }
-    f.den[bh].narrow(0, t0 * g, cg).copy_(den);
-    yh.narrow(0, t0 * g, cg).copy_(num.mul_(safe_reciprocal(den).unsqueeze(1)));
+    combine_scales<T>(cg, g, gt.Gc, mu, gref, m.data_ptr<T>(), l.data_ptr<T>(), stateful ? Bp + e : nullptr, e + 1,
+                      deltap + t0 * g, wa.data(), ws.data());
+    combine_rows<T>(cg, e, num.data_ptr<T>(), Bp, l.data_ptr<T>(), wa.data(), ws.data(), yp + t0 * g * e,
+                    denp + t0 * g);
 
     // the state leaving the chunk
     if (n + 1 < N || want_final) {
@@ -306,11 +344,15 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
   std::vector<T> dGq(gates ? c : 0), dGk(gates ? c : 0);
   std::vector<double> gref(cg);
   // The states entering the chunks of one checkpoint segment [n0, n0 + interval), recomputed from its checkpoint
-  // when the backward reaches the segment's last chunk (interval 1: the saved states themselves).
+  // when the backward reaches the segment's last chunk (interval 1: the saved states themselves): the one entering
+  // chunk n0 is the checkpoint itself, the one entering n0 + j (j >= 1) seg[j].
   const at::Tensor saved = augmented_states(f)[bh];
   const int64_t interval = checkpoint_interval(N, f.states.size(1));
   const at::Tensor seg = interval > 1 ? at::empty({interval, D, e + 1}, o) : at::Tensor();
+  // the chunk's temporaries, reused from chunk to chunk
   at::Tensor dyc1 = at::empty({cg, e + 1}, o);  // [dnum | dden]
+  at::Tensor S = at::empty({cg, c}, o), dP = at::empty({cg, c}, o), qf = at::empty({cg}, o);
+  at::Tensor dsq = gates ? at::empty({cg}, o) : at::Tensor(), dsk = gates ? at::empty({c}, o) : at::Tensor();
   const bool fused = fused_products<T>(pr);
   const at::Tensor coef = fused ? sympow_coefficient_tensor(d, pr.p, at::kFloat) : at::Tensor();
   for (int64_t n = N - 1; n >= 0; --n) {
@@ -319,27 +361,25 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
     const double mu = mup[n];
     const int64_t n0 = n / interval * interval;
     if (interval > 1 && (n == N - 1 || n % interval == interval - 1)) {
-      seg[0].copy_(saved[n0 / interval]);
       for (int64_t j = n0; j < n; ++j) {
         at::Tensor Aj = seg[j - n0 + 1];
-        Aj.copy_(seg[j - n0]);
         const StateStep sj = state_step(chunk_gates(pr, lp, j * c), mup[j], o);
-        advance_state<T>(pr, kh.narrow(0, j * c, c), vh.narrow(0, j * c, c), sj, Aj);
+        advance_state<T>(pr, kh.narrow(0, j * c, c), vh.narrow(0, j * c, c), sj, Aj,
+                         j == n0 ? saved[n0 / interval] : seg[j - n0]);
       }
     }
-    const at::Tensor An = interval > 1 ? seg[n - n0] : saved[n];  // [D, e + 1], contiguous
+    const at::Tensor An = interval > 1 && n > n0 ? seg[n - n0] : saved[n0 / interval];  // [D, e + 1], contiguous
     const at::Tensor qc = qr.narrow(0, t0 * g, cg), kc = kh.narrow(0, t0, c), vc = vh.narrow(0, t0, c);
     const double* G = lp == nullptr ? nullptr : gt.Gc.data();
     const auto sh = tile_shape<T>(pr, cg, c, 0, 0, G, G);
     tile_gate_reference<T>(sh, gref.data());
 
     // y = num / den:  dnum = dy / den,  dden = -(dy . y) / den
-    const at::Tensor inv = safe_reciprocal(f.den[bh].narrow(0, t0 * g, cg));
+    const at::Tensor den = f.den[bh].narrow(0, t0 * g, cg).contiguous();
     const at::Tensor delta = f.rowmax[bh].narrow(0, t0 * g, cg).contiguous();
-    const at::Tensor dyc = dyh.narrow(0, t0 * g, cg), yc = yh.narrow(0, t0 * g, cg);
-    at::Tensor dnum = dyc1.narrow(1, 0, e), dden = dyc1.select(1, e);
-    at::mul_out(dnum, dyc, inv.unsqueeze(1));
-    dden.copy_((dyc * yc).sum(1).mul_(inv).neg_());
+    const at::Tensor dyc = dyh.narrow(0, t0 * g, cg).contiguous(), yc = yh.narrow(0, t0 * g, cg).contiguous();
+    const at::Tensor dnum = dyc1.narrow(1, 0, e), dden = dyc1.select(1, e);
+    output_grad_rows<T>(cg, e, dyc.data_ptr<T>(), yc.data_ptr<T>(), den.data_ptr<T>(), dyc1.data_ptr<T>());
     double dL = 0;  // d loss / d L_n (the chunk-end cumsum)
     if (gates) {
       std::fill(dGq.begin(), dGq.end(), T(0));
@@ -348,9 +388,9 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
 
     // --- queries against the state: [B | b] = phi(Q) diag(qf) A_n, qf = sp ws (ws at the saved row scale)
     const bool stateful_chunk = mu != kNegInf;
-    at::Tensor phiQ, qfs, dxq;
+    at::Tensor phiQ, dxq;
+    bool dq_set = false;  // dqbuf holds the gradient through the state term
     if (stateful_chunk) {
-      at::Tensor qf = at::empty({cg}, o);
       T* qfp = qf.data_ptr<T>();
       const T* dp = delta.data_ptr<T>();
       for (int64_t i = 0; i < cg; ++i) {
@@ -358,24 +398,26 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
         qfp[i] = static_cast<T>(sp * std::exp(gt.Gc[i / g] + mu - Mc));
       }
       if (!fused) phiQ = sympow_forward(qc, qf, pr.p);
-      qfs = qf;
       if (needs.q || gates) {
         // through dphi(Q) = dnum H^T + dden h^T
-        at::Tensor dx, dsq;
+        at::Tensor ds;
         if (fused) {
-          if (needs.q) dx = at::empty({cg, d}, o);
-          if (gates) dsq = at::empty({cg}, o);
           const float* r = dyc1.data_ptr<float>();
           phi_grad(phi_rows(qc, qf, coef), An.data_ptr<float>(), e + 1, r, e + 1, r + e, e + 1, e,
-                   needs.q ? dx.data_ptr<float>() : nullptr, gates ? dsq.data_ptr<float>() : nullptr);
+                   needs.q ? dqbuf.data_ptr<float>() : nullptr, gates ? dsq.data_ptr<float>() : nullptr);
+          dq_set = needs.q;
+          ds = dsq;
         } else {
-          std::tie(dx, dsq) = sympow_backward(qc, qf, at::mm(dyc1, An.t()), pr.p, needs.q, gates);
+          std::tie(dxq, ds) = sympow_backward(qc, qf, at::mm(dyc1, An.t()), pr.p, needs.q, gates);
         }
-        dxq = dx;
         if (gates) {  // d qf / d Gc = qf
-          const at::Tensor u = (dsq * qf).view({c, g}).sum(1).to(at::kDouble);
-          const double* up = u.data_ptr<double>();
-          for (int64_t j = 0; j < c; ++j) dGq[j] += static_cast<T>(up[j]);
+          const at::Tensor dsc = ds.contiguous();
+          const T* dsp = dsc.data_ptr<T>();
+          for (int64_t j = 0; j < c; ++j) {
+            T u = 0;
+            for (int64_t r = 0; r < g; ++r) u += dsp[j * g + r] * qfp[j * g + r];
+            dGq[j] += u;
+          }
         }
       }
     }
@@ -383,7 +425,7 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
     // --- the state leaving the chunk: A_{n+1} = alpha_n A_n + phi(K')^T [V | 1] (dA is its gradient)
     at::Tensor dvs = dvbuf;
     at::Tensor dxk;
-    bool dv_set = false;
+    bool dv_set = false, dk_set = false;  // dvbuf, dkbuf hold the gradients through the state
     const StateStep st = state_step(gt, mu, o);
     if (key_side && (n + 1 < N || seeded)) {
       if (needs.v) {
@@ -396,22 +438,23 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
       }
       if (needs.k || gates) {
         // through dphi(K) = V dH^T + 1 dh^T
-        at::Tensor dx, dsk;
+        at::Tensor ds;
         if (fused) {
-          if (needs.k) dx = at::empty({c, d}, o);
-          if (gates) dsk = at::empty({c}, o);
           phi_grad(phi_rows(kc, st.kf, coef), dA.data_ptr<float>(), e + 1, vc.data_ptr<float>(), vc.stride(0),
-                   nullptr, 0, e, needs.k ? dx.data_ptr<float>() : nullptr, gates ? dsk.data_ptr<float>() : nullptr);
+                   nullptr, 0, e, needs.k ? dkbuf.data_ptr<float>() : nullptr, gates ? dsk.data_ptr<float>() : nullptr);
+          dk_set = needs.k;
+          ds = dsk;
         } else {
-          std::tie(dx, dsk) = sympow_backward(kc, st.kf, at::mm(with_ones(vc), dA.t()), pr.p, needs.k, gates);
+          std::tie(dxk, ds) = sympow_backward(kc, st.kf, at::mm(with_ones(vc), dA.t()), pr.p, needs.k, gates);
         }
-        dxk = dx;
         if (gates) {  // d kf / d(L - Gc) = kf
-          const at::Tensor u = (dsk * st.kf).to(at::kDouble);
-          const double* up = u.data_ptr<double>();
+          const at::Tensor dsc = ds.contiguous();
+          const T* dsp = dsc.data_ptr<T>();
+          const T* kfp = st.kf.data_ptr<T>();
           for (int64_t j = 0; j < c; ++j) {
-            dGk[j] -= static_cast<T>(up[j]);
-            dL += up[j];
+            const T u = dsp[j] * kfp[j];
+            dGk[j] -= u;
+            dL += static_cast<double>(u);
           }
         }
       }
@@ -420,7 +463,7 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
     if (carry && (n > 0 || needs.state)) {  // dA <- alpha dA + (phi(Q) diag(qf))^T [dnum | dden]
       if (stateful_chunk && fused) {
         const float* r = dyc1.data_ptr<float>();
-        phi_outer(phi_rows(qc, qfs, coef), r, e + 1, r + e, e + 1, e, true, static_cast<float>(st.alpha),
+        phi_outer(phi_rows(qc, qf, coef), r, e + 1, r + e, e + 1, e, true, static_cast<float>(st.alpha),
                   dA.data_ptr<float>(), e + 1);
       } else if (stateful_chunk) {
         dA.addmm_(phiQ.t(), dyc1, st.alpha, 1.0);
@@ -430,8 +473,8 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
     }
 
     // --- in-chunk attention, its weights exp(z - M) taken at the saved row scale
-    at::Tensor S = at::mm(qc, kc.t());
-    at::Tensor dP = at::mm(dnum, vc.t()).add_(dden.unsqueeze(1));
+    at::mm_out(S, qc, kc.t());
+    at::mm_out(dP, dnum, vc.t()).add_(dden.unsqueeze(1));
     tile_weights_backward<T>(sh, S.data_ptr<T>(), dP.data_ptr<T>(), delta.data_ptr<T>(),
                              gates ? dGq.data() : nullptr, gates ? dGk.data() : nullptr);
     if (needs.v) {
@@ -443,16 +486,18 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
     }
     if (needs.q) {
       at::Tensor dqs = dqbuf;
-      if (dxq.defined()) {
-        dqs.copy_(dxq).addmm_(dP, kc);
+      if (dxq.defined()) dqs.copy_(dxq), dq_set = true;
+      if (dq_set) {
+        dqs.addmm_(dP, kc);
       } else {
         at::mm_out(dqs, dP, kc);
       }
     }
     if (needs.k) {
       at::Tensor dks = dkbuf;
-      if (dxk.defined()) {
-        dks.copy_(dxk).addmm_(dP.t(), qc);
+      if (dxk.defined()) dks.copy_(dxk), dk_set = true;
+      if (dk_set) {
+        dks.addmm_(dP.t(), qc);
       } else {
         at::mm_out(dks, dP.t(), qc);
       }

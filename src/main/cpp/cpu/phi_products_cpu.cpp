@@ -179,7 +179,8 @@ PA_AVX512 float tile_dot(const float* row, const float* w, int64_t ld) {
 }
 
 PA_AVX512 void outer_avx512(const PhiRows& x, const float* R, int64_t ldr, const float* r, int64_t ldr_norm,
-                            int64_t e, bool norm, float beta, float* A, int64_t lda) {
+                            int64_t e, bool norm, float beta, float* A, int64_t lda, const float* A0) {
+  if (A0 == nullptr) A0 = A;
   const int64_t d = x.d, D = d * (d + 1) / 2;
   Work& w = work();
   const int64_t ldmax = (std::min(x.n, kRows) + 15) / 16 * 16;
@@ -190,7 +191,7 @@ PA_AVX512 void outer_avx512(const PhiRows& x, const float* R, int64_t ldr, const
   float* rw = acc + kFeat * kCols;  // the normaliser's weights, zero-padded
   if (x.n == 0) {
     for (int64_t f = 0; f < D; ++f)
-      for (int64_t j = 0; j < e + (norm ? 1 : 0); ++j) A[f * lda + j] = beta == 0.0f ? 0.0f : beta * A[f * lda + j];
+      for (int64_t j = 0; j < e + (norm ? 1 : 0); ++j) A[f * lda + j] = beta == 0.0f ? 0.0f : beta * A0[f * lda + j];
     return;
   }
   for (int64_t i0 = 0; i0 < x.n; i0 += kRows) {
@@ -217,6 +218,7 @@ PA_AVX512 void outer_avx512(const PhiRows& x, const float* R, int64_t ldr, const
         }
         for (int64_t rr = 0; rr < nf; ++rr) {
           float* dst = A + (f0 + rr) * lda + j0;
+          const float* prev = (first ? A0 : A) + (f0 + rr) * lda + j0;  // what this block adds to
           const float* src = acc + rr * kCols;
           for (int v = 0; v < nv; ++v) {
             const __mmask16 m = v == nv - 1 ? last : static_cast<__mmask16>(0xffff);
@@ -225,7 +227,7 @@ PA_AVX512 void outer_avx512(const PhiRows& x, const float* R, int64_t ldr, const
             if (first && beta == 0.0f) {
               out = s;
             } else {
-              const __m512 old = _mm512_maskz_loadu_ps(m, dst + 16 * v);
+              const __m512 old = _mm512_maskz_loadu_ps(m, prev + 16 * v);
               out = first ? _mm512_fmadd_ps(_mm512_set1_ps(beta), old, s) : _mm512_add_ps(old, s);
             }
             _mm512_mask_storeu_ps(dst + 16 * v, m, out);
@@ -236,7 +238,7 @@ PA_AVX512 void outer_avx512(const PhiRows& x, const float* R, int64_t ldr, const
         for (int64_t rr = 0; rr < nf; ++rr) {
           const float s = tile_dot(tile + rr * ld, rw, ld);
           float& h = A[(f0 + rr) * lda + e];
-          h = first ? (beta == 0.0f ? s : beta * h + s) : h + s;
+          h = first ? (beta == 0.0f ? s : beta * A0[(f0 + rr) * lda + e] + s) : h + s;
         }
       }
       for (int64_t rr = 0; rr < nf; ++rr) ft.next(d);
@@ -411,11 +413,11 @@ void phi_grad(const PhiRows& x, const float* M, int64_t ldm, const float* R, int
 }
 
 void phi_outer(const PhiRows& x, const float* R, int64_t ldr, const float* r, int64_t ldr_norm, int64_t e, bool norm,
-               float beta, float* A, int64_t lda) {
+               float beta, float* A, int64_t lda, const float* A0) {
 #ifdef POWER_ATTENTION_X86_DISPATCH
-  outer_avx512(x, R, ldr, r, ldr_norm, e, norm, beta, A, lda);
+  outer_avx512(x, R, ldr, r, ldr_norm, e, norm, beta, A, lda, A0);
 #else
-  (void)x, (void)R, (void)ldr, (void)r, (void)ldr_norm, (void)e, (void)norm, (void)beta, (void)A, (void)lda;
+  (void)x, (void)R, (void)ldr, (void)r, (void)ldr_norm, (void)e, (void)norm, (void)beta, (void)A, (void)lda, (void)A0;
 #endif
 }
 

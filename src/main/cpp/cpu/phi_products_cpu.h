@@ -27,9 +27,10 @@ struct PhiRows {
 
 /// A[f, j] = beta A[f, j] + sum_i phi_f(x_i) R[i, j] for j < e, and, with norm, the normaliser column
 /// A[f, e] = beta A[f, e] + sum_i phi_f(x_i) r_i (r null: every r_i 1; else r_i = r[i * ldr_norm]).  A [D, lda],
-/// R [n, ldr]. beta 0 overwrites A (whatever it held).
+/// R [n, ldr]. beta 0 overwrites A (whatever it held). With A0 [D, lda] given, beta scales A0 instead of A:
+/// A = beta A0 + ..., A0 left as it is (A's old values unread; A0 may be A).
 void phi_outer(const PhiRows& x, const float* R, int64_t ldr, const float* r, int64_t ldr_norm, int64_t e, bool norm,
-               float beta, float* A, int64_t lda);
+               float beta, float* A, int64_t lda, const float* A0 = nullptr);
 
 /// Out[i, j] = sum_f phi_f(x_i) A[f, j] for j < e and, with norm, Out[i, e] = sum_f phi_f(x_i) A[f, e].
 /// A [D, lda], Out [n, ldo] (overwritten).
