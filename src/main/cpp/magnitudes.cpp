@@ -1,10 +1,12 @@
 // magnitudes.cpp: inputs brought into range, the gate range of returned states (magnitudes.h).
 #include "magnitudes.h"
 #include "errors.h"
+#include "path.h"
 
 #include <c10/core/GradMode.h>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 namespace power_attention {
 
@@ -20,35 +22,43 @@ at::Tensor times_pow2(const at::Tensor& x, const at::Tensor& f) {
   return x * f.to(x.scalar_type());
 }
 
-Scaled scale_to_safe_range(const at::Tensor& q, const at::Tensor& k, int64_t p, double scale) {
+Scaled scale_to_safe_range(const at::Tensor& q, const at::Tensor& k, int64_t p, double scale,
+                           const at::Tensor& log_g) {
   Scaled sc;
   sc.q = q, sc.k = k, sc.scale = scale;
-  const auto wide = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const double d = static_cast<double>(q.size(3));
   at::Tensor qa, ka;
   {
     at::NoGradGuard no_grad;
-    qa = at::linalg_vector_norm(q, std::numeric_limits<double>::infinity(), {-1}, true, wide);       // [b, t, hq, 1]
-    ka = at::linalg_vector_norm(k, std::numeric_limits<double>::infinity(), {1, 3}, true, wide);     // [b, 1, h, 1]
+    qa = path::row_max_abs(q);   // [b, t, hq, 1]
+    ka = path::head_max_abs(k);  // [b, 1, h, 1]
   }
-  // On the CPU the factors are applied only where needed. On CUDA they always are: deciding would read the maxima
-  // back to the host, a device sync on every call, which costs more than the two scaling passes.
-  if (!q.is_cuda()) {
+  // fp16 on CUDA: always brought into range (its tile products run in fp16, whose range is narrow), with no read
+  // back. Everywhere else the factors are applied only where needed, decided from one read of the extremes (a device
+  // sync on CUDA, which also reads the largest log gate for amplifying_gates: the sync a gated call makes anyway).
+  if (!(q.is_cuda() && q.scalar_type() == at::kHalf)) {
     double qmax, qmin, kmax, kmin;
     {
       at::NoGradGuard no_grad;
       const at::Tensor inf = at::full({}, std::numeric_limits<double>::infinity(), qa.options());
-      const at::Tensor stats = at::stack({qa.max(), at::where(qa > 0, qa, inf).min(), ka.max(),
-                                          at::where(ka > 0, ka, inf).min()}).to(at::kDouble).cpu();
+      std::vector<at::Tensor> parts = {qa.max(), at::where(qa > 0, qa, inf).min(), ka.max(),
+                                       at::where(ka > 0, ka, inf).min()};
+      if (log_g.defined()) parts.push_back(log_g.max().to(qa.scalar_type()).to(qa.device()));
+      const at::Tensor stats = at::stack(parts).to(at::kDouble).cpu();
       const double* st = stats.data_ptr<double>();
       qmax = st[0], qmin = st[1], kmax = st[2], kmin = st[3];
+      if (log_g.defined()) sc.gate_max = st[4], sc.gate_max_read = true;
     }
     if (qmax == 0 || kmax == 0) return sc;  // all weights are zero: nothing to bring into range
-    // the largest score scale d |q| |k| and the smallest relevant one |q| |k| (per row and head) must stay well
-    // inside the range where their p-th powers, summed over the sequence, are finite and normal in fp32
+    // The largest score scale d |q| |k| and the smallest relevant one |q| |k| (per row and head) must stay well
+    // inside the range where their p-th powers, summed over the sequence, are finite and normal in fp32; and so
+    // must |q|^p and |k|^p each (the chunked form's states hold sums of |k|^p |v|, its queries |q|^p times those:
+    // |q| = 1e-19 against |k| = 1e19 keeps every score at 1 but no state in fp32).
     const double hi = std::exp2(64.0 / static_cast<double>(p)), lo = std::exp2(-64.0 / static_cast<double>(p));
+    const double each = std::exp2(32.0 / static_cast<double>(p));
     const bool safe = std::isfinite(qmax) && std::isfinite(kmax) && scale * d * qmax * kmax <= hi &&
-                      scale * qmin * kmin >= lo && scale <= hi && scale >= lo;
+                      scale * qmin * kmin >= lo && scale <= hi && scale >= lo && qmax <= each && kmax <= each &&
+                      qmin >= 1 / each && kmin >= 1 / each;
     if (safe) return sc;
   }
   at::NoGradGuard no_grad;
@@ -99,10 +109,11 @@ at::Tensor state_factor(const at::Tensor& final_logscale, const Scaled& sc, int6
   return at::exp(lf);
 }
 
-// Read for every gated CUDA call (one device sync: the only one the op makes) and for the CPU's chunked form (its
-// quadratic form keeps fp32 precision there).
-bool amplifying_gates(const at::Tensor& log_g, int64_t chunk) {
+// Read for every gated CUDA call (one device sync: the only one the op makes, shared with scale_to_safe_range's
+// read where that made one) and for the CPU's chunked form (its quadratic form keeps fp32 precision there).
+bool amplifying_gates(const at::Tensor& log_g, int64_t chunk, const Scaled& sc) {
   if (!log_g.defined() || (log_g.device().is_cpu() && chunk <= 0)) return false;
+  if (sc.gate_max_read) return sc.gate_max > 0;
   at::NoGradGuard no_grad;
   return log_g.max().item<double>() > 0;
 }

@@ -18,6 +18,8 @@ struct Scaled {
   at::Tensor kf;      // [b, 1, h, 1] likewise for each head's keys
   at::Tensor state_logscale;  // [b * h] fp64: p log(kf), the log-scale of a state in the path's units of k
   double scale = 1;   // the scale the path uses
+  double gate_max = 0;         // the largest log gate, when read with the magnitudes (gate_max_read)
+  bool gate_max_read = false;
   bool applied() const { return qf.defined(); }
 };
 
@@ -27,9 +29,11 @@ at::Tensor pow2_factor(const at::Tensor& amax);
 /// x * f with f a power of two per row or head, in x's dtype where that is exact.
 at::Tensor times_pow2(const at::Tensor& x, const at::Tensor& f);
 
-/// q, k as the path should see them, with the factors applied (CUDA: always, no device sync to decide; CPU: where
-/// the scores or states would leave fp32's range).
-Scaled scale_to_safe_range(const at::Tensor& q, const at::Tensor& k, int64_t p, double scale);
+/// q, k as the path should see them, with the factors applied where the scores or states would leave fp32's range
+/// (fp16 on CUDA: always, without a device sync). Deciding reads the extremes back (a device sync on CUDA); the
+/// largest of log_g (when defined) is read with them, for amplifying_gates.
+Scaled scale_to_safe_range(const at::Tensor& q, const at::Tensor& k, int64_t p, double scale,
+                           const at::Tensor& log_g = at::Tensor());
 
 /// The gradient of x from that of x * f.
 at::Tensor unscale_grad(const at::Tensor& grad, const at::Tensor& f);
@@ -41,7 +45,8 @@ void check_state_gates(const at::Tensor& log_g, bool has_initial, at::ScalarType
 at::Tensor state_factor(const at::Tensor& final_logscale, const Scaled& sc, int64_t BH);
 
 /// Whether the log gates hold a positive value (the past amplified): the paths then compute in a wider dtype
-/// (the plan asks their precision rules, plan.h). On CUDA this reads one number back: a device sync.
-bool amplifying_gates(const at::Tensor& log_g, int64_t chunk);
+/// (the plan asks their precision rules, plan.h). From sc's read where it made one, else (on CUDA) one number read
+/// back: a device sync.
+bool amplifying_gates(const at::Tensor& log_g, int64_t chunk, const Scaled& sc);
 
 }  // namespace power_attention

@@ -7,6 +7,8 @@
 #include "cuda/power_full_cuda.h"
 #endif
 
+#include <limits>
+
 namespace power_attention {
 namespace path {
 namespace {
@@ -67,6 +69,22 @@ Grads backward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, cons
   if (on_cuda(q.device())) return cuda::backward(pr, q, k, v, log_g, saved, dy, needs, d_final);
 #endif
   return cpu::backward(pr, q, k, v, log_g, saved, dy, needs, d_final);
+}
+
+at::Tensor row_max_abs(const at::Tensor& x) {
+#ifdef POWER_ATTENTION_WITH_CUDA
+  if (on_cuda(x.device()) && cuda::max_abs_supported(x)) return cuda::row_max_abs(x);
+#endif
+  const auto wide = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  return at::linalg_vector_norm(x, std::numeric_limits<double>::infinity(), {-1}, true, wide);
+}
+
+at::Tensor head_max_abs(const at::Tensor& x) {
+#ifdef POWER_ATTENTION_WITH_CUDA
+  if (on_cuda(x.device()) && cuda::max_abs_supported(x)) return cuda::head_max_abs(x);
+#endif
+  const auto wide = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  return at::linalg_vector_norm(x, std::numeric_limits<double>::infinity(), {1, 3}, true, wide);
 }
 
 std::vector<at::Tensor> decode_step(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,

@@ -116,6 +116,11 @@ Grads backward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, cons
                const at::Tensor& log_g, const Forward& saved, const at::Tensor& dy, const Needs& needs,
                const State& d_final = {});
 
+/// The largest |x| of each row of x [b, t, H, w] ([b, t, H, 1]) and of each head's rows ([b, 1, H, 1]), in fp32
+/// (fp64 for fp64 x), NaN where the row or head holds one; without autograd.
+at::Tensor row_max_abs(const at::Tensor& x);
+at::Tensor head_max_abs(const at::Tensor& x);
+
 /// One recurrent step without autograd (SPEC §6): q [BH, g, d], k [BH, d], v [BH, e], lg [BH] or undefined,
 /// S [BH, D, e], s [BH, D], contiguous, one dtype (fp32 or fp64) -> {y [BH, g, e], S', s'}.
 std::vector<at::Tensor> decode_step(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,

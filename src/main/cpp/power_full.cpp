@@ -97,12 +97,11 @@ class PowerFullFunction : public torch::autograd::Function<PowerFullFunction> {
                                                 const at::Tensor& gates, const at::Tensor& S0,
                                                 const at::Tensor& s0, const Plan& call) {
     const at::Tensor log_g = or_none(gates);
-    const Scaled sc = scale_to_safe_range(q, k, call.problem.p, call.problem.scale);
+    // the magnitudes and whether a log gate is positive, read once (a device sync on CUDA)
+    const Scaled sc = scale_to_safe_range(q, k, call.problem.p, call.problem.scale, log_g);
     Plan plan = call;
     plan.problem.scale = sc.scale;
-    // Whether a log gate is positive is read here, once (a device sync for a gated CUDA call): with the scaling's
-    // kernels already queued, so that they run while the host waits.
-    if (amplifying_gates(log_g, plan.problem.chunk)) amplify(plan, q);
+    if (amplifying_gates(log_g, plan.problem.chunk, sc)) amplify(plan, q);
     const Problem& pr = plan.problem;
     State initial;
     if (S0.numel() > 0) {

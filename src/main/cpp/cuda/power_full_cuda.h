@@ -45,6 +45,13 @@ Grads backward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, cons
                const at::Tensor& log_g, const Forward& saved, const at::Tensor& dy, const Needs& needs,
                const State& d_final = {});
 
+/// Whether row_max_abs / head_max_abs take x (fp32 or 16-bit [b, t, H, w], rows of unit stride, not empty).
+bool max_abs_supported(const at::Tensor& x);
+
+/// path::row_max_abs / head_max_abs for CUDA tensors that max_abs_supported takes (one pass, cuda/rows/max_abs.cu).
+at::Tensor row_max_abs(const at::Tensor& x);
+at::Tensor head_max_abs(const at::Tensor& x);
+
 /// path::decode_step for CUDA tensors (decode_supported problems).
 std::vector<at::Tensor> decode_step(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                     const at::Tensor& lg, const at::Tensor& S, const at::Tensor& s, int64_t p);

@@ -285,6 +285,7 @@ int run_tests() {
   std::printf("== kernel sets: %s (the default here)", def.c_str());
   for (const std::string& set : others) std::printf(", then %s", set.c_str());
   std::printf(" ==\n");
+  check_max_abs();
   check_sympow2_kernels();
   if (def != "sm80") checked("query kernels of " + def, [&] { check_query_set(def); });
   if (def != "sm80") checked("scan kernels of " + def, [&] { check_scan_set(def); });

@@ -120,6 +120,9 @@ int run_tests();
 // kernel_checks.cpp, scan_checks.cpp, bench.cpp
 // ---------------------------------------------------------------------------------------------------------------
 
+/// The magnitudes' max-abs kernel against ATen, bitwise; reported like cases.
+void check_max_abs();
+
 /// The degree-2 state kernels (cuda/sympow2/sympow2.h) against phi made in ATen; reported like cases.
 void check_sympow2_kernels();
 

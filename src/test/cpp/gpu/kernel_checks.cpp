@@ -2,6 +2,7 @@
 // (fp32) from the documented internal layout; the query products of each kernel set against the sm_80 kernel's.
 #include "harness.h"
 
+#include "cuda/power_full_cuda.h"
 #include "cuda/sympow2/sympow2.h"
 
 #include <ATen/ATen.h>
@@ -266,4 +267,31 @@ void check_grad_set(const std::string& set) {
       }
 }
 
+// The magnitudes' max-abs kernel (cuda/rows/max_abs.cu) against ATen's amax of |x|, bitwise: rows of 16-byte
+// vectors and odd widths, the caller's strides (a transposed view), a NaN in one row, every 16-bit dtype and fp32.
+void check_max_abs() {
+  const auto o = at::TensorOptions().device(at::kCUDA);
+  for (auto dt : {at::kBFloat16, at::kHalf, at::kFloat})
+    for (int64_t w : {16, 64, 128, 17, 40})
+      for (bool strided : {false, true}) {
+        const int64_t b = 2, t = 157, H = 3;
+        at::Tensor x = at::randn({b, t, H, w}, o.dtype(dt)) * 3;
+        if (strided) x = at::randn({b, H, t, w}, o.dtype(dt)).transpose(1, 2);  // [b, t, H, w], head-major memory
+        x.select(1, 100).select(1, 1).select(1, w / 2).fill_(std::nan(""));
+        const at::Tensor ref_rows = x.abs().to(at::kFloat).amax({3}, true);
+        const at::Tensor ref_heads = x.abs().to(at::kFloat).amax({1, 3}, true);
+        const at::Tensor rows = power_attention::cuda::row_max_abs(x), heads = power_attention::cuda::head_max_abs(x);
+        const auto same = [](const at::Tensor& a, const at::Tensor& r) {
+          return a.sizes() == r.sizes() && at::isnan(a).equal(at::isnan(r)) &&
+                 at::where(at::isnan(r), at::zeros_like(r), a).equal(at::where(at::isnan(r), at::zeros_like(r), r));
+        };
+        const bool ok = same(rows, ref_rows) && same(heads, ref_heads);
+        Outcome oc{ok, ok ? 0.0 : 1.0, 0, 0, 0, 0};
+        report(std::string("max-abs ") + (dt == at::kFloat ? "fp32" : dt == at::kHalf ? "fp16" : "bf16") + " w" +
+                   std::to_string(w) + (strided ? " strided" : ""),
+               oc, Tol{0, 0});
+      }
+}
+
 }  // namespace harness
+

@@ -50,10 +50,10 @@ bool probe(int device) {
 }  // namespace
 
 // The set where nothing is requested, on a device that runs the sm_90a kernels: the four-warpgroup query kernel at
-// d = 64 (the two-warpgroup one at d = 128) and the four-warpgroup gradient through phi at d = 64, products and
-// gradients bitwise equal to the sm_80 kernels' on the H200 harness and the fastest set there (NOTES-KERNELS.md v24,
-// v26); elsewhere the sm_80 kernels.
-constexpr KernelSet kDefault = KernelSet::sm90a_wg4;
+// d = 64 (the two-warpgroup one at d = 128), the four-warpgroup gradient through phi at d = 64 and the fused scans
+// on wgmma, products, gradients and states bitwise equal to the sm_80 kernels' on the H200 harness and the fastest
+// set there (NOTES-KERNELS.md v24, v26, v27); elsewhere the sm_80 kernels.
+constexpr KernelSet kDefault = KernelSet::sm90a_scan;
 
 const char* kernel_set_name(KernelSet s) {
   switch (s) {

@@ -41,11 +41,17 @@ class CudaReliabilityTest {
         assertTrue(cuda_is_available(), "no CUDA device is visible to LibTorch: the gpu suite needs one");
     }
 
-    record Case(long t, long chunk, ReliabilityTest.Gates gates, double magnitude, ScalarType dtype) {
+    /** q is N(0, 1) times {@code magnitude * skew}, k N(0, 1) times {@code magnitude / skew}. */
+    record Case(long t, long chunk, ReliabilityTest.Gates gates, double magnitude, double skew, ScalarType dtype) {
+        Case(long t, long chunk, ReliabilityTest.Gates gates, double magnitude, ScalarType dtype) {
+            this(t, chunk, gates, magnitude, 1, dtype);
+        }
+
         @Override
         public String toString() {
-            return String.format("t%d-%s-%s-x%.0e-%s", t, chunk == 0 ? "quadratic" : "c" + chunk,
-                    gates.name().toLowerCase(), magnitude, Fixtures.dtypeName(dtype));
+            return String.format("t%d-%s-%s-x%.0e%s-%s", t, chunk == 0 ? "quadratic" : "c" + chunk,
+                    gates.name().toLowerCase(), magnitude, skew == 1 ? "" : String.format("-skew%.0e", skew),
+                    Fixtures.dtypeName(dtype));
         }
     }
 
@@ -64,6 +70,12 @@ class CudaReliabilityTest {
             for (long chunk : new long[] {0, 64}) {
                 cases.add(new Case(300, chunk, ReliabilityTest.Gates.STANDARD, tiny, dt));
                 cases.add(new Case(300, chunk, ReliabilityTest.Gates.MIXED_3, huge, dt));
+                if (dt != ScalarType.Half) {
+                    // tiny q against huge k (brought into range), and magnitudes the kernels take as they are
+                    cases.add(new Case(300, chunk, ReliabilityTest.Gates.STANDARD, 1, 1e-19, dt));
+                    cases.add(new Case(300, chunk, ReliabilityTest.Gates.STANDARD, 30, dt));
+                    cases.add(new Case(300, chunk, ReliabilityTest.Gates.MIXED_3, 0.1, dt));
+                }
             }
         }
         return cases.stream();
@@ -76,8 +88,8 @@ class CudaReliabilityTest {
             manual_seed(c.toString().hashCode());
             long d = 64;
             ScalarType gateType = ScalarType.Float;
-            ReliabilityTest.Inputs in = ReliabilityTest.Inputs.draw(c.t(), 4, 2, d, c.magnitude(), c.gates(), c.dtype(),
-                    gateType);
+            ReliabilityTest.Inputs in = ReliabilityTest.Inputs.draw(c.t(), 4, 2, d, c.magnitude() * c.skew(),
+                    c.magnitude() / c.skew(), c.gates(), c.dtype(), gateType);
             Tensor q = in.q(), k = in.k(), v = in.v(), logG = in.logG(), dy = in.dy();
             double scale = 1 / Math.sqrt(d);
             Tensor[] ref = Oracle.logSpaceWithGradients(q, k, v, logG, dy, 2, scale, 0);

@@ -68,8 +68,14 @@ class ReliabilityTest {
     record Inputs(Tensor q, Tensor k, Tensor v, Tensor logG, Tensor dy) {
         static Inputs draw(long t, long hq, long h, long d, double magnitude, Gates gates, ScalarType dtype,
                 ScalarType gateType) {
-            Tensor q = Fixtures.normal(dtype, 1, t, hq, d).mul(new Scalar(magnitude)).to(dtype).to(ScalarType.Double);
-            Tensor k = Fixtures.normal(dtype, 1, t, h, d).mul(new Scalar(magnitude)).to(dtype).to(ScalarType.Double);
+            return draw(t, hq, h, d, magnitude, magnitude, gates, dtype, gateType);
+        }
+
+        /** The same with q of magnitude {@code qMagnitude} and k of {@code kMagnitude}. */
+        static Inputs draw(long t, long hq, long h, long d, double qMagnitude, double kMagnitude, Gates gates,
+                ScalarType dtype, ScalarType gateType) {
+            Tensor q = Fixtures.normal(dtype, 1, t, hq, d).mul(new Scalar(qMagnitude)).to(dtype).to(ScalarType.Double);
+            Tensor k = Fixtures.normal(dtype, 1, t, h, d).mul(new Scalar(kMagnitude)).to(dtype).to(ScalarType.Double);
             Tensor v = Fixtures.normal(dtype, 1, t, h, d);
             Tensor logG = gates.draw(1, t, h);
             if (logG != null) {
@@ -79,12 +85,21 @@ class ReliabilityTest {
         }
     }
 
-    /** One hostile input; {@code chunk == 0} is the quadratic form; q and k are N(0, 1) times {@code magnitude}. */
-    record Case(long t, long chunk, int p, Gates gates, double magnitude, double scale, ScalarType dtype) {
+    /**
+     * One hostile input; {@code chunk == 0} is the quadratic form; q is N(0, 1) times {@code magnitude * skew}, k
+     * N(0, 1) times {@code magnitude / skew} (every score is then that of magnitude alone).
+     */
+    record Case(long t, long chunk, int p, Gates gates, double magnitude, double skew, double scale,
+            ScalarType dtype) {
+        Case(long t, long chunk, int p, Gates gates, double magnitude, double scale, ScalarType dtype) {
+            this(t, chunk, p, gates, magnitude, 1, scale, dtype);
+        }
+
         @Override
         public String toString() {
-            return String.format("t%d-%s-p%d-%s-x%.0e-scale%.0e-%s", t, chunk == 0 ? "quadratic" : "c" + chunk, p,
-                    gates.name().toLowerCase(), magnitude, scale, Fixtures.dtypeName(dtype));
+            return String.format("t%d-%s-p%d-%s-x%.0e%s-scale%.0e-%s", t, chunk == 0 ? "quadratic" : "c" + chunk, p,
+                    gates.name().toLowerCase(), magnitude, skew == 1 ? "" : String.format("-skew%.0e", skew), scale,
+                    Fixtures.dtypeName(dtype));
         }
     }
 
@@ -111,6 +126,10 @@ class ReliabilityTest {
                 cases.add(new Case(130, chunk, 4, Gates.STANDARD, huge, 0.25, dt));
                 cases.add(new Case(130, chunk, 2, Gates.STANDARD, 1, 1e-12, dt));
                 cases.add(new Case(130, chunk, 2, Gates.NONE, 1, 1e12, dt));
+                // tiny q against huge k: every score of order 1, phi(k) at the edge of the range
+                double skew = dt == ScalarType.Double ? 1e-150 : 1e-19;
+                cases.add(new Case(130, chunk, 2, Gates.STANDARD, 1, skew, 0.25, dt));
+                cases.add(new Case(130, chunk, 1, Gates.MIXED_3, 1, 1 / skew, 0.25, dt));
             }
         }
         for (ScalarType dt : new ScalarType[] {ScalarType.BFloat16, ScalarType.Half}) {
@@ -128,7 +147,8 @@ class ReliabilityTest {
         try (PointerScope scope = new PointerScope()) {
             manual_seed(c.toString().hashCode());
             ScalarType gateType = c.dtype() == ScalarType.Double ? ScalarType.Double : ScalarType.Float;
-            Inputs in = Inputs.draw(c.t(), 2, 1, 16, c.magnitude(), c.gates(), c.dtype(), gateType);
+            Inputs in = Inputs.draw(c.t(), 2, 1, 16, c.magnitude() * c.skew(), c.magnitude() / c.skew(), c.gates(),
+                    c.dtype(), gateType);
             Tensor q = in.q(), k = in.k(), v = in.v(), logG = in.logG(), dy = in.dy();
 
             Tensor[] ref = Oracle.logSpaceWithGradients(q, k, v, logG, dy, c.p(), c.scale(), 0);
