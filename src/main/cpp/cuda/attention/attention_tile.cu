@@ -50,7 +50,7 @@ void check_inputs(const TileProblem& tp, const Operand& q, const Operand& k, con
                   extent(k, "k") == (Extent{tp.X, tp.C, k.data.size(-1)}) &&
                   extent(v, "v") == (Extent{tp.X, tp.C, v.data.size(-1)}) && tp.R == tp.C * tp.g,
               "power_full: internal: tile kernels: shapes disagree with the problem");
-  TORCH_CHECK(tp.R < (int64_t(1) << 31), "power_full: internal: tile kernels: too many rows in one block (", tp.R,
+  TORCH_CHECK(tp.R < (int64_t(1) << 31) - 128, "power_full: internal: tile kernels: too many rows in one block (", tp.R,
               ")");
   TORCH_CHECK(!G.defined() || (G.scalar_type() == at::kFloat && G.is_contiguous() && G.numel() == tp.X * tp.C),
               "power_full: internal: tile kernels: G must be fp32 [X, C]");

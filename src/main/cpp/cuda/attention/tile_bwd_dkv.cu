@@ -124,8 +124,10 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dkv_kernel(Args a, const u1
       for (int h = 0; h < 2; ++h)
         room_ok = room_ok && a.lp2 + ((Gx ? rw[3 * BM + il + h] : 0.f) - rw[il + h]) * kLog2e < room;
     const bool p2 = __all_sync(0xffffffffu, room_ok);
-    auto scores = [&](auto p2_) {
-      constexpr bool P2 = decltype(p2_)::value;
+    // key tokens in 32-bit units for the masked instance (tok[] holds the rows' tokens as int: -1 past R)
+    const int tka = static_cast<int>(ja), tkb = static_cast<int>(jb);
+    auto scores = [&](auto p2_, auto masked_) {
+      constexpr bool P2 = decltype(p2_)::value, kMasked = decltype(masked_)::value;
 #pragma unroll
       for (int nf = 0; nf < BM / 8; ++nf) {
 #pragma unroll
@@ -137,23 +139,24 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dkv_kernel(Args a, const u1
 #pragma unroll
           for (int half = 0; half < 2; ++half) {
             const float sv = s[nf][2 * half + h];
-            const int64_t jk = half ? jb : ja;
+            const int jk = half ? tkb : tka;
             const float t = dp[nf][2 * half + h] * rfi + ddi;
             float w, ds;
             if constexpr (P2) {
               float f = ex2(ci - (half ? gkb : gka));
-              if (!full) f = jk <= ti ? f : 0.f;
+              if constexpr (kMasked) f = jk <= ti ? f : 0.f;
               const float sf = sv * f;
               w = sf * sv;
               ds = 2.f * t * sf;
             } else {
               w = ex2(pf_ * lg2(fabsf(sv)) + (ci - (half ? gkb : gka)));
               if (odd && sv < 0.f) w = -w;
-              if (!full) w = jk <= ti ? w : 0.f;
+              if constexpr (kMasked) w = jk <= ti ? w : 0.f;
               ds = sv != 0.f ? __fdividef(t * w, sv) * pf_ : 0.f;
             }
             const float dz = t * w;
-            const float dzg = full || jk != ti ? dz : 0.f;  // not the diagonal (see the dq kernel)
+            float dzg = dz;
+            if constexpr (kMasked) dzg = jk != ti ? dz : 0.f;  // not the diagonal (see the dq kernel)
             if (half) csb += dzg; else csa += dzg;
             s[nf][2 * half + h] = w * rfi;
             dp[nf][2 * half + h] = ds;
@@ -162,9 +165,9 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dkv_kernel(Args a, const u1
       }
     };
     if (p2) {
-      scores(std::true_type{});
+      if (full) scores(std::true_type{}, std::false_type{}); else scores(std::true_type{}, std::true_type{});
     } else {
-      scores(std::false_type{});
+      if (full) scores(std::false_type{}, std::false_type{}); else scores(std::false_type{}, std::true_type{});
     }
 #pragma unroll
     for (int kk = 0; kk < BM / 16; ++kk) {

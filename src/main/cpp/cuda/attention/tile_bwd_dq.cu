@@ -108,36 +108,39 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dq_kernel(Args a, const u16
     }
     const int64_t j0 = static_cast<int64_t>(jt) * BN;
     const bool full = j0 + BN < vis_warp;  // every key before every row's diagonal: no mask
-    auto scores = [&](auto p2_) {
-      constexpr bool P2 = decltype(p2_)::value;
+    // in 32-bit tile-relative units: keys each row sees (0..BN), and its diagonal key (-1: not in this tile)
+    const auto seen = [&](int64_t vis) { return static_cast<int>(std::min<int64_t>(std::max<int64_t>(vis - j0, 0), BN)); };
+    const auto diag = [&](int64_t vis) { return vis - j0 >= 1 && vis - j0 <= BN ? static_cast<int>(vis - 1 - j0) : -1; };
+    const int lima = seen(visa), limb = seen(visb), diaga = diag(visa), diagb = diag(visb);
+    auto scores = [&](auto p2_, auto masked_) {
+      constexpr bool P2 = decltype(p2_)::value, kMasked = decltype(masked_)::value;
 #pragma unroll
       for (int nf = 0; nf < BN / 8; ++nf) {
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const int jl = nf * 8 + tg * 2 + h;
-          const int64_t j = j0 + jl;
           const float gk = Gx ? cG[jl] * kLog2e : 0.f;
 #pragma unroll
           for (int half = 0; half < 2; ++half) {
             const float sv = s[nf][2 * half + h];
-            const int64_t vis = half ? visb : visa;
             const float t = dp[nf][2 * half + h] * (half ? rfb : rfa) + (half ? ddb : dda);
             float dz, ds;
             if constexpr (P2) {
               float f = ex2((half ? cb : ca) - gk);
-              if (!full) f = j < vis ? f : 0.f;
+              if constexpr (kMasked) f = jl < (half ? limb : lima) ? f : 0.f;
               const float ts = t * sv * f;
               dz = ts * sv;
               ds = 2.f * ts;
             } else {
               float w = ex2(pf_ * lg2(fabsf(sv)) + ((half ? cb : ca) - gk));
               if (odd && sv < 0.f) w = -w;
-              if (!full) w = j < vis ? w : 0.f;
+              if constexpr (kMasked) w = jl < (half ? limb : lima) ? w : 0.f;
               dz = t * w;
               ds = sv != 0.f ? __fdividef(dz, sv) * pf_ : 0.f;
             }
             // the gate terms skip the diagonal: G_i - G_i does not depend on G (both sums would carry it)
-            const float dzg = full || j + 1 != vis ? dz : 0.f;
+            float dzg = dz;
+            if constexpr (kMasked) dzg = jl != (half ? diagb : diaga) ? dz : 0.f;
             if (half) rsb += dzg; else rsa += dzg;
             s[nf][2 * half + h] = ds;
           }
@@ -145,9 +148,9 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dq_kernel(Args a, const u16
       }
     };
     if (p2) {
-      scores(std::true_type{});
+      if (full) scores(std::true_type{}, std::false_type{}); else scores(std::true_type{}, std::true_type{});
     } else {
-      scores(std::false_type{});
+      if (full) scores(std::false_type{}, std::false_type{}); else scores(std::false_type{}, std::true_type{});
     }
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk) {

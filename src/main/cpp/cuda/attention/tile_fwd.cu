@@ -91,121 +91,135 @@ __global__ void __launch_bounds__(kThreads) tile_fwd_kernel(Args a, const u16* _
     const float* cG = sG + (jt & 1) * BN;
 
     float s[BN / 8][4];
-    zero(s);
+    auto scores = [&] {
+      zero(s);
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
+      for (int kk = 0; kk < D / 16; ++kk) {
 #pragma unroll
-      for (int nn = 0; nn < BN / 16; ++nn) {
-        u32 b[4];
-        ldsm4(b, at_b(cK, SD, nn * 16, kk * 16));
-        mma16816<BF>(s[2 * nn], qf[kk], b[0], b[1]);
-        mma16816<BF>(s[2 * nn + 1], qf[kk], b[2], b[3]);
+        for (int nn = 0; nn < BN / 16; ++nn) {
+          u32 b[4];
+          ldsm4(b, at_b(cK, SD, nn * 16, kk * 16));
+          mma16816<BF>(s[2 * nn], qf[kk], b[0], b[1]);
+          mma16816<BF>(s[2 * nn + 1], qf[kk], b[2], b[3]);
+        }
       }
-    }
+    };
+    scores();
     const int64_t j0 = static_cast<int64_t>(jt) * BN;
-    const bool full = j0 + BN <= vis_warp;  // no causal mask in this tile for this warp
-    // Degree 2 without a MUFU a score: w = s^2 kf_j 2^(c_i + gref - m_i), kf_j = 2^(-g_j - gref) <= 1 with gref the
-    // tile's largest -g_j (a MUFU a key), one lg2 and one ex2 a row. Taken when the whole warp's tile is in range:
-    // the tile's gates span at most 2^64 and every row with visible keys has a largest s^2 kf in [2^-60, 2^100]
-    // (so nothing that matters underflows or overflows); otherwise the log form below.
-    bool powered = false;
-    if (a.p == 2) {
-      float gmax = 0.f, gmin = 0.f;
-      if (Gx) {
-        gmax = kNegInf, gmin = -kNegInf;
-#pragma unroll
-        for (int nf = 0; nf < BN / 8; ++nf)
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const float ng = -cG[nf * 8 + tg * 2 + h] * kLog2e;
-            gmax = fmaxf(gmax, ng);
-            gmin = fminf(gmin, ng);
-          }
-        gmax = quad_max(gmax);  // every quad holds all of the tile's keys: the same in every lane
-        gmin = -quad_max(-gmin);
-      }
-      if (gmax - gmin <= 64.f) {
-        // kf, then the rows' largest s^2 kf over visible keys (s stays: the log form may still be taken)
-        float kf[BN / 8][2], ta = 0.f, tb = 0.f;
-#pragma unroll
-        for (int nf = 0; nf < BN / 8; ++nf)
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            kf[nf][h] = Gx ? ex2(-cG[nf * 8 + tg * 2 + h] * kLog2e - gmax) : 1.f;
-            float wa = s[nf][h] * s[nf][h] * kf[nf][h], wb = s[nf][2 + h] * s[nf][2 + h] * kf[nf][h];
-            if (!full) {
-              const int64_t j = j0 + nf * 8 + tg * 2 + h;
-              wa = j < visa ? wa : 0.f;
-              wb = j < visb ? wb : 0.f;
-            }
-            ta = fmaxf(ta, wa);
-            tb = fmaxf(tb, wb);
-          }
-        ta = quad_max(ta);
-        tb = quad_max(tb);
-        const bool bada = visa > j0 && !(ta >= 0x1p-60f && ta <= 0x1p100f);
-        const bool badb = visb > j0 && !(tb >= 0x1p-60f && tb <= 0x1p100f);
-        if (!__any_sync(0xffffffffu, bada || badb)) {
-          powered = true;
-          raise_max(ta > 0.f ? fmaxf(ma, ca + gmax + lg2(ta)) : ma, tb > 0.f ? fmaxf(mb, cb + gmax + lg2(tb)) : mb);
-          const float qa = ma == kNegInf ? 0.f : ex2(ca + gmax - ma), qb = mb == kNegInf ? 0.f : ex2(cb + gmax - mb);
+    // Keys of this tile each row sees (0..BN; BN: all), in 32-bit tile-relative units; a tile that every row of the
+    // warp sees whole takes the unmasked instance of the weights below (no per-score compares).
+    const int lima = static_cast<int>(std::min<int64_t>(std::max<int64_t>(visa - j0, 0), BN));
+    const int limb = static_cast<int>(std::min<int64_t>(std::max<int64_t>(visb - j0, 0), BN));
+    const bool full = j0 + BN <= vis_warp;
+    auto weights = [&](auto masked_) {
+      constexpr bool kMasked = decltype(masked_)::value;
+      // Degree 2 without a MUFU a score: w = s^2 kf_j 2^(c_i + gref - m_i), kf_j = 2^(-g_j - gref) <= 1 with gref
+      // the tile's largest -g_j (a MUFU a key), one lg2 and one ex2 a row. Taken when the whole warp's tile is in
+      // range: the tile's gates span at most 2^64 and every row with visible keys has a largest s^2 kf in
+      // [2^-60, 2^100] (so nothing that matters underflows or overflows); otherwise the log form below (on s made
+      // again: s^2 kf replaces s here).
+      bool powered = false;
+      if (a.p == 2) {
+        float gmax = 0.f, gmin = 0.f;
+        if (Gx) {
+          gmax = kNegInf, gmin = -kNegInf;
 #pragma unroll
           for (int nf = 0; nf < BN / 8; ++nf)
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
-              float pa = s[nf][h] * s[nf][h] * kf[nf][h] * qa, pb = s[nf][2 + h] * s[nf][2 + h] * kf[nf][h] * qb;
-              if (!full) {
-                const int64_t j = j0 + nf * 8 + tg * 2 + h;
-                pa = j < visa ? pa : 0.f;
-                pb = j < visb ? pb : 0.f;
-              }
-              s[nf][h] = pa;
-              s[nf][2 + h] = pb;
-              la += pa;
-              lb += pb;
+              const float ng = -cG[nf * 8 + tg * 2 + h] * kLog2e;
+              gmax = fmaxf(gmax, ng);
+              gmin = fminf(gmin, ng);
             }
+          gmax = quad_max(gmax);  // every quad holds all of the tile's keys: the same in every lane
+          gmin = -quad_max(-gmin);
         }
-      }
-    }
-    if (!powered) {
-      u32 neg = 0;
-      float ta = kNegInf, tb = kNegInf;
+        if (gmax - gmin <= 64.f) {
+          // w = s^2 kf in place of s, then the rows' largest over visible keys
+          float ta = 0.f, tb = 0.f;
 #pragma unroll
-      for (int nf = 0; nf < BN / 8; ++nf) {
+          for (int nf = 0; nf < BN / 8; ++nf)
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int jl = nf * 8 + tg * 2 + h;
-          const float gk = Gx ? cG[jl] * kLog2e : 0.f;
-          const float sa = s[nf][h], sb = s[nf][2 + h];
-          if (odd) neg |= (sa < 0.f ? 1u : 0u) << (2 * nf + h) | (sb < 0.f ? 1u : 0u) << (16 + 2 * nf + h);
-          float za = pf * lg2(fabsf(sa)) + (ca - gk), zb = pf * lg2(fabsf(sb)) + (cb - gk);
-          if (!full) {
-            const int64_t j = j0 + jl;
-            za = j < visa ? za : kNegInf;
-            zb = j < visb ? zb : kNegInf;
+            for (int h = 0; h < 2; ++h) {
+              const float kf = Gx ? ex2(-cG[nf * 8 + tg * 2 + h] * kLog2e - gmax) : 1.f;
+              float wa = s[nf][h] * s[nf][h] * kf, wb = s[nf][2 + h] * s[nf][2 + h] * kf;
+              if constexpr (kMasked) {
+                const int jl = nf * 8 + tg * 2 + h;
+                wa = jl < lima ? wa : 0.f;
+                wb = jl < limb ? wb : 0.f;
+              }
+              s[nf][h] = wa;
+              s[nf][2 + h] = wb;
+              ta = fmaxf(ta, wa);
+              tb = fmaxf(tb, wb);
+            }
+          ta = quad_max(ta);
+          tb = quad_max(tb);
+          const bool bada = lima > 0 && !(ta >= 0x1p-60f && ta <= 0x1p100f);
+          const bool badb = limb > 0 && !(tb >= 0x1p-60f && tb <= 0x1p100f);
+          if (!__any_sync(0xffffffffu, bada || badb)) {
+            powered = true;
+            raise_max(ta > 0.f ? fmaxf(ma, ca + gmax + lg2(ta)) : ma, tb > 0.f ? fmaxf(mb, cb + gmax + lg2(tb)) : mb);
+            const float qa = ma == kNegInf ? 0.f : ex2(ca + gmax - ma), qb = mb == kNegInf ? 0.f : ex2(cb + gmax - mb);
+#pragma unroll
+            for (int nf = 0; nf < BN / 8; ++nf)
+#pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const float pa = s[nf][h] * qa, pb = s[nf][2 + h] * qb;
+                s[nf][h] = pa;
+                s[nf][2 + h] = pb;
+                la += pa;
+                lb += pb;
+              }
+          } else {
+            scores();
           }
-          s[nf][h] = za;
-          s[nf][2 + h] = zb;
-          ta = fmaxf(ta, za);
-          tb = fmaxf(tb, zb);
         }
       }
-      raise_max(fmaxf(ma, quad_max(ta)), fmaxf(mb, quad_max(tb)));
+      if (!powered) {
+        u32 neg = 0;
+        float ta = kNegInf, tb = kNegInf;
 #pragma unroll
-      for (int nf = 0; nf < BN / 8; ++nf) {
+        for (int nf = 0; nf < BN / 8; ++nf) {
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          float pa = ex2(s[nf][h] - ua), pb = ex2(s[nf][2 + h] - ub);
-          if (odd) {
-            if ((neg >> (2 * nf + h)) & 1u) pa = -pa;
-            if ((neg >> (16 + 2 * nf + h)) & 1u) pb = -pb;
+          for (int h = 0; h < 2; ++h) {
+            const int jl = nf * 8 + tg * 2 + h;
+            const float gk = Gx ? cG[jl] * kLog2e : 0.f;
+            const float sa = s[nf][h], sb = s[nf][2 + h];
+            if (odd) neg |= (sa < 0.f ? 1u : 0u) << (2 * nf + h) | (sb < 0.f ? 1u : 0u) << (16 + 2 * nf + h);
+            float za = pf * lg2(fabsf(sa)) + (ca - gk), zb = pf * lg2(fabsf(sb)) + (cb - gk);
+            if constexpr (kMasked) {
+              za = jl < lima ? za : kNegInf;
+              zb = jl < limb ? zb : kNegInf;
+            }
+            s[nf][h] = za;
+            s[nf][2 + h] = zb;
+            ta = fmaxf(ta, za);
+            tb = fmaxf(tb, zb);
           }
-          s[nf][h] = pa;
-          s[nf][2 + h] = pb;
-          la += pa;
-          lb += pb;
+        }
+        raise_max(fmaxf(ma, quad_max(ta)), fmaxf(mb, quad_max(tb)));
+#pragma unroll
+        for (int nf = 0; nf < BN / 8; ++nf) {
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            float pa = ex2(s[nf][h] - ua), pb = ex2(s[nf][2 + h] - ub);
+            if (odd) {
+              if ((neg >> (2 * nf + h)) & 1u) pa = -pa;
+              if ((neg >> (16 + 2 * nf + h)) & 1u) pb = -pb;
+            }
+            s[nf][h] = pa;
+            s[nf][2 + h] = pb;
+            la += pa;
+            lb += pb;
+          }
         }
       }
+    };
+    if (full) {
+      weights(std::false_type{});
+    } else {
+      weights(std::true_type{});
     }
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk) {
