@@ -18,18 +18,21 @@ namespace {
 
 // A decode step's new state and output must be finite: a state that overflows its dtype (positive log gates that
 // have added up, or values near the dtype's limit) is reported, naming log_G, instead of turning y into NaN.
+constexpr const char* kStepOverflows =
+    ": exp(log_G) times the state (positive log gates add up step after step) or phi(K) V leaves the dtype's range; "
+    "float64 states carry up to 1e308";
+
+// A tensor is finite where its sum in fp64 is: an inf or a NaN anywhere makes the sum inf or NaN, and fp32 / 16-bit
+// values cannot add up to fp64's range (one pass instead of isfinite's several). fp64 tensors element by element.
+at::Tensor all_finite(const at::Tensor& x) {
+  return x.scalar_type() == at::kDouble ? at::isfinite(x).all() : at::isfinite(x.sum(at::kDouble));
+}
+
 void check_step_finite(const at::Tensor& y, const at::Tensor& S1, const at::Tensor& s1) {
   at::NoGradGuard no_grad;
-  // A tensor is finite where its sum in fp64 is: an inf or a NaN anywhere makes the sum inf or NaN, and fp32 / 16-bit
-  // values cannot add up to fp64's range (one pass over the state instead of isfinite's several). fp64 tensors
-  // are checked element by element. One device-to-host read for the three (on CUDA each read is a sync).
-  const auto all_finite = [](const at::Tensor& x) {
-    return x.scalar_type() == at::kDouble ? at::isfinite(x).all() : at::isfinite(x.sum(at::kDouble));
-  };
-  const bool finite = at::stack({all_finite(S1), all_finite(s1), all_finite(y)}).all().item<bool>();
+  const bool finite = at::stack({all_finite(S1), all_finite(s1), all_finite(y)}).all().item<bool>();  // one read
   POWER_ATTENTION_CHECK_ARG(finite, "power_full: the state after this decode step overflows ", S1.scalar_type(),
-                            ": exp(log_G) times the state (positive log gates add up step after step) or phi(K) V "
-                            "leaves the dtype's range; float64 states carry up to 1e308");
+                            kStepOverflows);
 }
 
 }  // namespace
@@ -48,6 +51,29 @@ std::vector<at::Tensor> power_decode_step(const at::Tensor& q, const at::Tensor&
   const bool grad = at::GradMode::is_enabled() &&
                     (q.requires_grad() || k.requires_grad() || v.requires_grad() || S.requires_grad() ||
                      s.requires_grad() || (log_g.defined() && log_g.requires_grad()));
+  if (!grad && path::decode_supported(q.device(), g, e, degree)) {
+    // Generation: one fused pass over the state per head (the ATen composition below made ~10 passes); the path
+    // brings the query rows into range and says whether the step is finite.
+    const auto flat = [&](const at::Tensor& x, std::vector<int64_t> shape) {
+      return x.to(ct).reshape(shape).contiguous();
+    };
+    const at::Tensor q3 = flat(q, {b * h, g, d}), k2 = flat(k, {b * h, d}), v2 = flat(v, {b * h, e});
+    const at::Tensor lg1 = log_g.defined() ? flat(log_g, {b * h}) : at::Tensor();
+    const at::Tensor S3 = flat(S, {b * h, D, e}), s2 = flat(s, {b * h, D});
+    const auto out = path::decode_step(q3, k2, v2, lg1, S3, s2, degree);
+    std::vector<at::Tensor> res = {out[0].view({b, hq, e}).to(q.scalar_type()), out[1].view({b, h, D, e}).to(st),
+                                   out[2].view({b, h, D}).to(st)};
+    // what the returned dtypes may have lost on the way (a narrower dtype's range), read with the path's flag
+    at::Tensor finite = out[3];
+    {
+      at::NoGradGuard no_grad;
+      if (q.scalar_type() != ct) finite = finite.logical_and(all_finite(res[0]));
+      if (st != ct) finite = finite.logical_and(all_finite(res[1])).logical_and(all_finite(res[2]));
+    }
+    POWER_ATTENTION_CHECK_ARG(finite.item<bool>(), "power_full: the state after this decode step overflows ", st,
+                              kStepOverflows);
+    return res;
+  }
   // y is invariant to the scale of each query row: max-abs [1, 2) by a power of two (exact), so phi(q) . S stays
   // finite for any |q|.
   at::Tensor qn;
@@ -58,20 +84,6 @@ std::vector<at::Tensor> power_decode_step(const at::Tensor& q, const at::Tensor&
       f = pow2_factor(at::linalg_vector_norm(q, std::numeric_limits<double>::infinity(), {-1}, true, ct));
     }
     qn = q.to(ct) * f;
-  }
-  if (!grad && path::decode_supported(q.device(), g, e, degree)) {
-    // Generation: one fused pass over the state per head (the ATen composition below made ~10 passes).
-    const auto flat = [&](const at::Tensor& x, std::vector<int64_t> shape) {
-      return x.to(ct).reshape(shape).contiguous();
-    };
-    const at::Tensor q3 = flat(qn, {b * h, g, d}), k2 = flat(k, {b * h, d}), v2 = flat(v, {b * h, e});
-    const at::Tensor lg1 = log_g.defined() ? flat(log_g, {b * h}) : at::Tensor();
-    const at::Tensor S3 = flat(S, {b * h, D, e}), s2 = flat(s, {b * h, D});
-    const auto out = path::decode_step(q3, k2, v2, lg1, S3, s2, degree);
-    std::vector<at::Tensor> res = {out[0].view({b, hq, e}).to(q.scalar_type()), out[1].view({b, h, D, e}).to(st),
-                                   out[2].view({b, h, D}).to(st)};
-    check_step_finite(res[0], res[1], res[2]);
-    return res;
   }
   const at::Tensor phiK = reference::symmetric_power_embedding(k.to(ct), degree);               // [b, h, D]
   at::Tensor S1 = S.to(ct), s1 = s.to(ct);

@@ -3,9 +3,12 @@
 #include "path.h"
 
 #include "cpu/power_full_cpu.h"
+#include "magnitudes.h"
 #ifdef POWER_ATTENTION_WITH_CUDA
 #include "cuda/power_full_cuda.h"
 #endif
+
+#include <c10/core/GradMode.h>
 
 #include <limits>
 
@@ -92,7 +95,20 @@ std::vector<at::Tensor> decode_step(const at::Tensor& q, const at::Tensor& k, co
 #ifdef POWER_ATTENTION_WITH_CUDA
   if (on_cuda(q.device())) return cuda::decode_step(q, k, v, lg, S, s, p);
 #endif
-  return cpu::decode_step(q, k, v, lg, S, s, p);
+  at::Tensor qn;
+  {
+    at::NoGradGuard no_grad;
+    qn = q * pow2_factor(at::linalg_vector_norm(q, std::numeric_limits<double>::infinity(), {-1}, true,
+                                                q.scalar_type()));
+  }
+  std::vector<at::Tensor> out = cpu::decode_step(qn, k, v, lg, S, s, p);
+  // A tensor is finite where its sum in fp64 is: an inf or a NaN anywhere makes the sum inf or NaN, and fp32 values
+  // cannot add up to fp64's range (one pass instead of isfinite's several); fp64 tensors element by element.
+  const auto all_finite = [](const at::Tensor& x) {
+    return x.scalar_type() == at::kDouble ? at::isfinite(x).all() : at::isfinite(x.sum(at::kDouble));
+  };
+  out.push_back(at::stack({all_finite(out[0]), all_finite(out[1]), all_finite(out[2])}).all());
+  return out;
 }
 
 }  // namespace path

@@ -121,8 +121,10 @@ Grads backward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, cons
 at::Tensor row_max_abs(const at::Tensor& x);
 at::Tensor head_max_abs(const at::Tensor& x);
 
-/// One recurrent step without autograd (SPEC §6): q [BH, g, d], k [BH, d], v [BH, e], lg [BH] or undefined,
-/// S [BH, D, e], s [BH, D], contiguous, one dtype (fp32 or fp64) -> {y [BH, g, e], S', s'}.
+/// One recurrent step without autograd (SPEC §6): q [BH, g, d] of any magnitude (each query row is brought to
+/// max-abs [1, 2) by a power of two: y does not depend on a row's scale), k [BH, d], v [BH, e], lg [BH] or
+/// undefined, S [BH, D, e], s [BH, D], contiguous, one dtype (fp32 or fp64) -> {y [BH, g, e], S', s', finite}
+/// (finite: a bool scalar tensor, whether y, S' and s' are all finite).
 std::vector<at::Tensor> decode_step(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                     const at::Tensor& lg, const at::Tensor& S, const at::Tensor& s, int64_t p);
 

@@ -21,8 +21,9 @@ inline bool supported(int64_t g, int64_t e, int64_t p) {
   return g <= kDecodeMaxGroup && e <= kDecodeMaxWidth && p <= kMaxDegree;
 }
 
-/// One recurrent step: q [BH, g, d], k [BH, d], v [BH, e], lg [BH] or undefined, S [BH, D, e], s [BH, D],
-/// contiguous, one dtype (fp32 or fp64), supported -> {y [BH, g, e], S', s'}.
+/// One recurrent step: q [BH, g, d] (any magnitude: each row is brought to max-abs [1, 2) by a power of two), k
+/// [BH, d], v [BH, e], lg [BH] or undefined, S [BH, D, e], s [BH, D], contiguous, one dtype (fp32 or fp64),
+/// supported -> {y [BH, g, e], S', s', finite} (finite: a bool scalar, whether y, S' and s' are all finite).
 std::vector<at::Tensor> step(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& lg,
                              const at::Tensor& S, const at::Tensor& s, int64_t p);
 
