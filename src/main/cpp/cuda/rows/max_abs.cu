@@ -2,8 +2,9 @@
 // over x in its own strides, for the magnitudes the API layer checks before every call (magnitudes.h).
 //
 // A CTA of 8 warps takes kTokens tokens of one (batch, head): rows of 2-32 vectors of 16 bytes spread over its
-// threads (max_abs_vec_kernel), other rows a warp a row, its lanes over the row's w elements (max_abs_kernel). |x| is compared as the bits of a non-negative float (unsigned order is the numeric order there, and a
-// NaN's bits are above every number's), so that a NaN anywhere in a row or head comes out as NaN.
+// threads (max_abs_vec_kernel), other rows a warp a row, its lanes over the row's w elements (max_abs_kernel). |x|
+// is compared as the bits of a non-negative float (unsigned order is the numeric order there, and a NaN's bits are
+// above every number's), so that a NaN anywhere in a row or head comes out as NaN.
 #include "cuda/power_full_cuda.h"
 
 #include "cuda/common/launch.cuh"
@@ -37,6 +38,18 @@ __device__ __forceinline__ uint32_t abs_bits<__half>(__half x) {
   return __float_as_uint(__half2float(x)) & 0x7fffffffu;
 }
 
+// *out = max(*out, the largest of every thread's m): the CTA's part of a head's max-abs (every thread calls it)
+__device__ __forceinline__ void head_max(uint32_t m, uint32_t* out) {
+  __shared__ uint32_t part[kWarps];
+  m = __reduce_max_sync(0xffffffffu, m);
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = m;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int i = 1; i < kWarps; ++i) m = max(m, part[i]);
+    atomicMax(out, m);
+  }
+}
+
 // rows_out [b, t, H] (or null), heads_out [b, H] as fp32 bits, zeroed by the caller (or null)
 template <typename T>
 __global__ void __launch_bounds__(kWarps * 32)
@@ -55,15 +68,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     if (rows_out && lane == 0) rows_out[(bi * t + tok) * H + hi] = __uint_as_float(m);
     head = max(head, m);
   }
-  if (!heads_out) return;
-  __shared__ uint32_t part[kWarps];
-  if (lane == 0) part[warp] = head;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    uint32_t m = part[0];
-    for (int i = 1; i < kWarps; ++i) m = max(m, part[i]);
-    atomicMax(heads_out + bh, m);
-  }
+  if (heads_out) head_max(head, heads_out + bh);
 }
 
 // The same with 16-byte loads: a row is L vectors of 16 bytes (L a power of two up to 32), a CTA's rows laid
@@ -73,7 +78,6 @@ __global__ void __launch_bounds__(kWarps * 32)
     max_abs_vec_kernel(const T* __restrict__ x, int64_t sb, int64_t st, int64_t sh, int64_t t, int64_t H,
                        int64_t tiles, float* __restrict__ rows_out, uint32_t* __restrict__ heads_out) {
   constexpr int kItems = kTokens * L, kStep = kWarps * 32, kPer = 16 / sizeof(T);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t tile = blockIdx.x % tiles, bh = blockIdx.x / tiles, bi = bh / H, hi = bh % H;
   const T* xh = x + bi * sb + hi * sh;
   const int64_t t0 = tile * kTokens, ntok = t0 + kTokens < t ? kTokens : t - t0;
@@ -97,16 +101,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     if (rows_out && item % L == 0 && item < kItems && tl < ntok) rows_out[(bi * t + t0 + tl) * H + hi] = __uint_as_float(m);
     head = max(head, m);
   }
-  if (!heads_out) return;
-  head = __reduce_max_sync(0xffffffffu, head);
-  __shared__ uint32_t part[kWarps];
-  if (lane == 0) part[warp] = head;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    uint32_t m = part[0];
-    for (int i = 1; i < kWarps; ++i) m = max(m, part[i]);
-    atomicMax(heads_out + bh, m);
-  }
+  if (heads_out) head_max(head, heads_out + bh);
 }
 
 // Whether x's rows can be read 16 bytes at a time: aligned, every stride a multiple of 16 bytes, a row 2-32 vectors.
