@@ -213,6 +213,209 @@ __attribute__((always_inline)) inline T row_weights(T* row, const T* z, int64_t 
   return l;
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// The linear form of the weights (fp32, even p): with u_j = s_j / a (a = max |s_j| over the row's visible keys) and
+// the gate factor E_j = exp(gmin - G_j) <= 1 (gmin = G_i - gref_i, the smallest visible key cumsum),
+//   exp(z_ij - m) = u_j^p E_j exp(p log(|scale| a) - m),
+// with no log or exp per weight. E_j = kf_j rf_b for the 16-key block b holding j: kf_j = exp(bmin_b - G_j) (bmin_b
+// the block's smallest G) and rf_b = exp(gmin - bmin_b), both at most 1 where the row sees the whole block, so that
+// the product underflows only where E does; the row's partly visible last block takes exp(gmin - G_j) itself. A row
+// takes the log-space form where a is outside [1e-30, 1e30] or its weights would leave the float range (forward:
+// the largest u^p E below 1e-10; backward: the factor exp(p log(|scale| a) - m) above 1e20).
+// ---------------------------------------------------------------------------------------------------------------
+
+constexpr int64_t kLanes = 16;
+
+// The gate factors of a tile's keys: kf [C rounded up to 16], bmin [blocks].
+struct KeyFactors {
+  std::vector<float> kf;
+  std::vector<double> bmin;
+  void build(const double* gk, int64_t C) {
+    const int64_t nblk = (C + kLanes - 1) / kLanes;
+    kf.assign(static_cast<size_t>(nblk * kLanes), 0.0f);
+    bmin.assign(static_cast<size_t>(nblk), 0.0);
+    for (int64_t b = 0; b < nblk; ++b) {
+      const int64_t j0 = b * kLanes, j1 = std::min(C, j0 + kLanes);
+      double mn = gk[j0];
+      for (int64_t j = j0 + 1; j < j1; ++j) mn = std::min(mn, gk[j]);
+      bmin[b] = mn;
+      for (int64_t j = j0; j < j1; ++j) kf[j] = static_cast<float>(std::exp(mn - gk[j]));
+    }
+  }
+};
+
+// A row's scratch: rf [blocks, rounded up to 16], et [16] (E of the partial block), a [C + 16] (forward's u^p E).
+struct RowScratch {
+  std::vector<float> rf, et, a;
+  explicit RowScratch(int64_t C)
+      : rf(static_cast<size_t>(((C + kLanes - 1) / kLanes + kLanes - 1) / kLanes * kLanes + kLanes)),
+        et(kLanes),
+        a(static_cast<size_t>(C + kLanes)) {}
+};
+
+// max |s_j| over [0, n).
+__attribute__((always_inline)) inline float row_absmax(const float* s, int64_t n) {
+  const int64_t nb = n / kLanes * kLanes;
+  vf16 vm{};
+  for (int64_t j0 = 0; j0 < nb; j0 += kLanes) vm = vmax(vm, vabs(vload(s + j0)));
+  float lanes[kLanes];
+  vstore(lanes, vm);
+  float mx = 0.0f;
+  for (int64_t u = 0; u < kLanes; ++u) mx = std::max(mx, lanes[u]);
+  for (int64_t j = nb; j < n; ++j) mx = std::max(mx, std::abs(s[j]));
+  return mx;
+}
+
+// The row's gate factors: rf[b] for its n / 16 whole blocks, et[u] for the keys of its partial block.
+__attribute__((always_inline)) inline void row_gate_factors(const double* gk, const KeyFactors& kfs, double gmin,
+                                                           int64_t n, RowScratch& rs) {
+  const int64_t nfull = n / kLanes, nv = (nfull + kLanes - 1) / kLanes;
+  float* rf = rs.rf.data();
+  for (int64_t b = 0; b < nfull; ++b) rf[b] = static_cast<float>(gmin - kfs.bmin[b]);
+  for (int64_t b = nfull; b < nv * kLanes; ++b) rf[b] = 0.0f;
+  for (int64_t i = 0; i < nv; ++i) vstore(rf + i * kLanes, vexp(vload(rf + i * kLanes)));
+  for (int64_t j = nfull * kLanes; j < n; ++j) rs.et[j - nfull * kLanes] = fast_exp(static_cast<float>(gmin - gk[j]));
+}
+
+// u^p and u^(p - 1) for even p = 2 half.
+__attribute__((always_inline)) inline vf16 vpow_even(vf16 u, int64_t half) {
+  const vf16 q = u * u;
+  vf16 w = q;
+  for (int64_t k = 1; k < half; ++k) w = w * q;
+  return w;
+}
+__attribute__((always_inline)) inline float pow_even(float u, int64_t half) {
+  const float q = u * u;
+  float w = q;
+  for (int64_t k = 1; k < half; ++k) w = w * q;
+  return w;
+}
+__attribute__((always_inline)) inline vf16 vpow_odd(vf16 u, int64_t half) {
+  const vf16 q = u * u;
+  vf16 w = u;
+  for (int64_t k = 1; k < half; ++k) w = w * q;
+  return w;
+}
+__attribute__((always_inline)) inline float pow_odd(float u, int64_t half) {
+  const float q = u * u;
+  float w = u;
+  for (int64_t k = 1; k < half; ++k) w = w * q;
+  return w;
+}
+
+// x, with the magnitudes below FLT_MIN flushed to 0: subnormal operands slow the matrix products down several times
+// (a weight below 1e-38 of the row's largest is nothing to the sum).
+__attribute__((always_inline)) inline vf16 vflush(vf16 x) { return vabs(x) < 1.17549435e-38f ? vf16{} : x; }
+__attribute__((always_inline)) inline float flush(float x) { return std::abs(x) < 1.17549435e-38f ? 0.0f : x; }
+
+inline bool linear_range(float a, float scale) {
+  const double as = std::abs(static_cast<double>(scale)) * a;
+  return a >= 1e-30f && a <= 1e30f && as >= 1e-30 && as <= 1e30;
+}
+
+// Forward of row r in the linear form (P into row, m, l); false, row untouched, where it needs the log-space form.
+template <bool kGated>
+__attribute__((always_inline)) inline bool row_forward_linear(const TileShape<float>& sh, const KeyFactors& kfs,
+                                                             const std::vector<double>& pmin, RowScratch& rs,
+                                                             float* row, int64_t r, float& m, float& l) {
+  const int64_t n = sh.visible(r), nfull = n / kLanes, nb = nfull * kLanes, half = sh.p / 2;
+  if (n == 0) return false;
+  const float amax = row_absmax(row, n);
+  if (!linear_range(amax, sh.scale)) return false;
+  if constexpr (kGated) row_gate_factors(sh.gk, kfs, pmin[n - 1], n, rs);
+  const vf16 ia = vsplat(1.0f / amax);
+  float* a = rs.a.data();
+  vf16 vm{};
+  for (int64_t b = 0; b < nfull; ++b) {
+    const int64_t j0 = b * kLanes;
+    vf16 w = vpow_even(vload(row + j0) * ia, half);
+    if constexpr (kGated) w = w * (vload(kfs.kf.data() + j0) * rs.rf[b]);
+    vstore(a + j0, w);
+    vm = vmax(vm, w);
+  }
+  float lanes[kLanes];
+  vstore(lanes, vm);
+  float mx = 0.0f;
+  for (int64_t u = 0; u < kLanes; ++u) mx = std::max(mx, lanes[u]);
+  for (int64_t j = nb; j < n; ++j) {
+    float w = pow_even(row[j] * (1.0f / amax), half);
+    if constexpr (kGated) w = w * rs.et[j - nb];
+    a[j] = w;
+    mx = std::max(mx, w);
+  }
+  if (!(mx >= 1e-10f)) return false;
+  const float inv = 1.0f / mx;
+  vf16 va{};
+  for (int64_t j0 = 0; j0 < nb; j0 += kLanes) {
+    const vf16 w = vflush(vload(a + j0) * inv);
+    vstore(row + j0, w);
+    va += w;
+  }
+  vstore(lanes, va);
+  float sum = 0.0f;
+  for (int64_t u = 0; u < kLanes; ++u) sum += lanes[u];
+  for (int64_t j = nb; j < n; ++j) sum += (row[j] = flush(a[j] * inv));
+  for (int64_t j = n; j < sh.C; ++j) row[j] = 0;
+  m = static_cast<float>(static_cast<double>(sh.p) * std::log(std::abs(static_cast<double>(sh.scale)) * amax) +
+                         std::log(static_cast<double>(mx)));
+  l = sum;
+  return true;
+}
+
+// Backward of row r in the linear form (see tile_weights_backward); false, rows untouched, where it needs the
+// log-space form.
+template <bool kGated>
+__attribute__((always_inline)) inline bool row_backward_linear(const TileShape<float>& sh, const KeyFactors& kfs,
+                                                              const std::vector<double>& pmin, RowScratch& rs,
+                                                              float* srow, float* drow, int64_t r, float mr,
+                                                              float* dgq, float* dgk) {
+  const int64_t n = sh.visible(r), nfull = n / kLanes, nb = nfull * kLanes, half = sh.p / 2;
+  if (n == 0) return false;
+  const float amax = row_absmax(srow, n);
+  if (!linear_range(amax, sh.scale)) return false;
+  const double F = std::exp(static_cast<double>(sh.p) * std::log(std::abs(static_cast<double>(sh.scale)) * amax) -
+                            static_cast<double>(mr));
+  if (!(F <= 1e20)) return false;
+  if constexpr (kGated) row_gate_factors(sh.gk, kfs, pmin[n - 1], n, rs);
+  const float cf = static_cast<float>(F), ias = 1.0f / amax;
+  const float dcoef = static_cast<float>(static_cast<double>(sh.p) / amax);
+  const vf16 ia = vsplat(ias);
+  vf16 vz{};
+  for (int64_t b = 0; b < nfull; ++b) {
+    const int64_t j0 = b * kLanes;
+    const vf16 u = vload(srow + j0) * ia;
+    const vf16 c = kGated ? vload(kfs.kf.data() + j0) * (rs.rf[b] * cf) : vsplat(cf);
+    const vf16 up = vpow_odd(u, half) * c;  // u^(p-1) c
+    const vf16 w = vflush(up * u);
+    const vf16 dp = vload(drow + j0);
+    const vf16 dz = dp * w;
+    vstore(srow + j0, w);
+    vstore(drow + j0, vflush(dp * (up * dcoef)));
+    vz += dz;
+    if (dgk != nullptr) vstore(dgk + j0, vload(dgk + j0) - dz);
+  }
+  float lanes[kLanes];
+  vstore(lanes, vz);
+  float sum = 0.0f;
+  for (int64_t u = 0; u < kLanes; ++u) sum += lanes[u];
+  for (int64_t j = nb; j < n; ++j) {
+    const float u = srow[j] * ias;
+    const float c = kGated ? rs.et[j - nb] * cf : cf;
+    const float up = pow_odd(u, half) * c;
+    const float w = flush(up * u), dp = drow[j], dz = dp * w;
+    srow[j] = w;
+    drow[j] = flush(dp * (up * dcoef));
+    sum += dz;
+    if (dgk != nullptr) dgk[j] -= dz;
+  }
+  for (int64_t j = n; j < sh.C; ++j) {
+    srow[j] = 0;
+    drow[j] = 0;
+  }
+  if (dgq != nullptr) dgq[r / sh.g] += sum;
+  return true;
+}
+
 template <typename T>
 POWER_ATTENTION_INLINE void tile_weights_forward_impl(const TileShape<T>& sh, T* S, T* m, T* l) {
   constexpr int64_t W = POWER_ATTENTION_LANES;
@@ -222,8 +425,18 @@ POWER_ATTENTION_INLINE void tile_weights_forward_impl(const TileShape<T>& sh, T*
   const bool gated = sh.gq != nullptr && sh.gk != nullptr;
   const std::vector<double> pmin = gated ? prefix_min(sh.gk, sh.C) : std::vector<double>();
   const T neg_inf = static_cast<T>(kNegInf);
+  constexpr bool kFloat = std::is_same_v<T, float> && W == 16;
+  const bool linear = kFloat && !odd;
+  KeyFactors kfs;
+  if (linear && gated) kfs.build(sh.gk, sh.C);
+  RowScratch rs(linear ? sh.C : 0);
   for (int64_t r = 0; r < sh.R; ++r) {
     T* row = S + r * sh.C;
+    if constexpr (kFloat) {
+      if (linear && (gated ? row_forward_linear<true>(sh, kfs, pmin, rs, row, r, m[r], l[r])
+                           : row_forward_linear<false>(sh, kfs, pmin, rs, row, r, m[r], l[r])))
+        continue;
+    }
     const int64_t n = sh.visible(r), nb = n / W * W;
     if (gated) {
       const double gi = sh.gq[r / sh.g] - row_reference(sh, pmin, r);
@@ -231,7 +444,7 @@ POWER_ATTENTION_INLINE void tile_weights_forward_impl(const TileShape<T>& sh, T*
     }
     T mx[W];
     for (int64_t u = 0; u < W; ++u) mx[u] = neg_inf;
-    if constexpr (std::is_same_v<T, float> && W == 16) {
+    if constexpr (kFloat) {
       vf16 vm = vsplat(neg_inf);
       for (int64_t j0 = 0; j0 < nb; j0 += W) {
         const vf16 zj = p * vlog(vabs(sh.scale * vload(row + j0))) + vload(gd.data() + j0);
@@ -316,9 +529,19 @@ POWER_ATTENTION_INLINE void tile_weights_backward_impl(const TileShape<T>& sh, T
   const bool gated = sh.gq != nullptr && sh.gk != nullptr;
   const std::vector<double> pmin = gated ? prefix_min(sh.gk, sh.C) : std::vector<double>();
   std::vector<T> gd(static_cast<size_t>(sh.C), T(0)), dz(static_cast<size_t>(sh.C));
+  constexpr bool kFloat = std::is_same_v<T, float> && POWER_ATTENTION_LANES == 16;
+  const bool lin_form = kFloat && !odd;
+  KeyFactors kfs;
+  if (lin_form && gated) kfs.build(sh.gk, sh.C);
+  RowScratch rs(lin_form ? sh.C : 0);
   for (int64_t r = 0; r < sh.R; ++r) {
     T* srow = S + r * sh.C;
     T* drow = dP + r * sh.C;
+    if constexpr (kFloat) {
+      if (lin_form && (gated ? row_backward_linear<true>(sh, kfs, pmin, rs, srow, drow, r, m[r], dgq, dgk)
+                             : row_backward_linear<false>(sh, kfs, pmin, rs, srow, drow, r, m[r], dgq, dgk)))
+        continue;
+    }
     const int64_t n = sh.visible(r);
     if (gated) {
       const double gi = sh.gq[r / sh.g] - row_reference(sh, pmin, r);
