@@ -4,16 +4,23 @@
 // fp64 uses the C library. The kernels are called from inside a per-head parallel region: no threading here.
 #include "cpu/attention_tile_cpu.h"
 #include "cpu/cpu_simd.h"
+#include "cpu/phi_products_cpu.h"
 
 // The vector helpers pass 64-byte vectors by value between inlined functions: no ABI is crossed.
 #pragma GCC diagnostic ignored "-Wpsabi"
 
 #include <cmath>
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <new>
 #include <limits>
 #include <type_traits>
 #include <vector>
+
+#ifdef POWER_ATTENTION_X86_DISPATCH
+#include <immintrin.h>
+#endif
 
 namespace power_attention {
 namespace cpu {
@@ -31,7 +38,7 @@ inline int32_t float_to_bits(float f) {
 }
 
 // exp(x) for x <= 88.7; exactly 0 below -87.3 (and for -inf).
-inline float fast_exp(float x) {
+POWER_ATTENTION_INLINE float fast_exp(float x) {
   const float lo = -87.3365447f, hi = 88.7228391f;
   const float xc = x < lo ? lo : (x > hi ? hi : x);
   const float n = std::floor(xc * 1.44269504088896341f + 0.5f);
@@ -274,7 +281,10 @@ __attribute__((always_inline)) inline void row_gate_factors(const double* gk, co
   for (int64_t b = 0; b < nfull; ++b) rf[b] = static_cast<float>(gmin - kfs.bmin[b]);
   for (int64_t b = nfull; b < nv * kLanes; ++b) rf[b] = 0.0f;
   for (int64_t i = 0; i < nv; ++i) vstore(rf + i * kLanes, vexp(vload(rf + i * kLanes)));
-  for (int64_t j = nfull * kLanes; j < n; ++j) rs.et[j - nfull * kLanes] = fast_exp(static_cast<float>(gmin - gk[j]));
+  float* et = rs.et.data();
+  const int64_t nb = nfull * kLanes;
+  for (int64_t u = 0; u < kLanes; ++u) et[u] = nb + u < n ? static_cast<float>(gmin - gk[nb + u]) : 0.0f;
+  vstore(et, vexp(vload(et)));
 }
 
 // u^p and u^(p - 1) for even p = 2 half.
@@ -567,6 +577,274 @@ POWER_ATTENTION_INLINE void tile_weights_backward_impl(const TileShape<T>& sh, T
 }
 
 POWER_ATTENTION_SIMD_VARIANTS(void, tile_weights_backward, (const TileShape<T>& sh, T* S, T* dP, const T* m, T* dgq, T* dgk), (sh, S, dP, m, dgq, dgk))
+
+// ---------------------------------------------------------------------------------------------------------------
+// The quadratic form's products in fp32 (AVX-512): C [M, N] (+)= A B with A(i, k) = A[i ai + k ak] (a row-major
+// matrix or its transpose) and B [K, N] row-major, in a register-blocked micro-kernel: MR rows x 16 NV columns of
+// accumulators (6 x 64 or 8 x 48/32/16, the last vector masked), one broadcast of A(i, k) against NV vector loads of
+// B's row k; K in blocks of 128 rows (B's block in L1). Sums over k in index order within a block.
+// ---------------------------------------------------------------------------------------------------------------
+namespace {
+
+#ifdef POWER_ATTENTION_X86_DISPATCH
+#define PA_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
+
+#define PA_GDECL(r) __m512 c##r##0, c##r##1, c##r##2, c##r##3;
+#define PA_GINIT(r)                                                                                   \
+  if constexpr (MR > r) {                                                                             \
+    float* cr = C + r * ldc;                                                                          \
+    c##r##0 = acc ? _mm512_maskz_loadu_ps(NV == 1 ? last : 0xffff, cr) : _mm512_setzero_ps();         \
+    if constexpr (NV > 1)                                                                             \
+      c##r##1 = acc ? _mm512_maskz_loadu_ps(NV == 2 ? last : 0xffff, cr + 16) : _mm512_setzero_ps();  \
+    if constexpr (NV > 2)                                                                             \
+      c##r##2 = acc ? _mm512_maskz_loadu_ps(NV == 3 ? last : 0xffff, cr + 32) : _mm512_setzero_ps();  \
+    if constexpr (NV > 3) c##r##3 = acc ? _mm512_maskz_loadu_ps(last, cr + 48) : _mm512_setzero_ps(); \
+  }
+#define PA_GFMA(r)                                                     \
+  if constexpr (MR > r) {                                              \
+    const __m512 x = _mm512_set1_ps(ak_[r * ai]);                      \
+    c##r##0 = _mm512_fmadd_ps(x, b0, c##r##0);                         \
+    if constexpr (NV > 1) c##r##1 = _mm512_fmadd_ps(x, b1, c##r##1);   \
+    if constexpr (NV > 2) c##r##2 = _mm512_fmadd_ps(x, b2, c##r##2);   \
+    if constexpr (NV > 3) c##r##3 = _mm512_fmadd_ps(x, b3, c##r##3);   \
+  }
+#define PA_GSTORE(r)                                                                      \
+  if constexpr (MR > r) {                                                                 \
+    float* cr = C + r * ldc;                                                              \
+    _mm512_mask_storeu_ps(cr, NV == 1 ? last : 0xffff, c##r##0);                          \
+    if constexpr (NV > 1) _mm512_mask_storeu_ps(cr + 16, NV == 2 ? last : 0xffff, c##r##1); \
+    if constexpr (NV > 2) _mm512_mask_storeu_ps(cr + 32, NV == 3 ? last : 0xffff, c##r##2); \
+    if constexpr (NV > 3) _mm512_mask_storeu_ps(cr + 48, last, c##r##3);                  \
+  }
+
+template <int MR, int NV>
+PA_AVX512 void gemm_micro(int64_t K, const float* A, int64_t ai, int64_t ak, const float* B, int64_t ldb, float* C,
+                          int64_t ldc, __mmask16 last, bool acc) {
+  static_assert(MR >= 1 && MR <= 8 && NV >= 1 && NV <= 4, "register block");
+  PA_GDECL(0) PA_GDECL(1) PA_GDECL(2) PA_GDECL(3) PA_GDECL(4) PA_GDECL(5) PA_GDECL(6) PA_GDECL(7)
+  PA_GINIT(0) PA_GINIT(1) PA_GINIT(2) PA_GINIT(3) PA_GINIT(4) PA_GINIT(5) PA_GINIT(6) PA_GINIT(7)
+  for (int64_t k = 0; k < K; ++k) {
+    const float* bk = B + k * ldb;
+    const float* ak_ = A + k * ak;
+    const __m512 b0 = _mm512_maskz_loadu_ps(NV == 1 ? last : 0xffff, bk);
+    __m512 b1, b2, b3;
+    if constexpr (NV > 1) b1 = _mm512_maskz_loadu_ps(NV == 2 ? last : 0xffff, bk + 16);
+    if constexpr (NV > 2) b2 = _mm512_maskz_loadu_ps(NV == 3 ? last : 0xffff, bk + 32);
+    if constexpr (NV > 3) b3 = _mm512_maskz_loadu_ps(last, bk + 48);
+    PA_GFMA(0) PA_GFMA(1) PA_GFMA(2) PA_GFMA(3) PA_GFMA(4) PA_GFMA(5) PA_GFMA(6) PA_GFMA(7)
+  }
+  PA_GSTORE(0) PA_GSTORE(1) PA_GSTORE(2) PA_GSTORE(3) PA_GSTORE(4) PA_GSTORE(5) PA_GSTORE(6) PA_GSTORE(7)
+}
+
+#undef PA_GDECL
+#undef PA_GINIT
+#undef PA_GFMA
+#undef PA_GSTORE
+
+// Rows [0, mr) of a register block of MR rows at most.
+template <int MR, int NV>
+PA_AVX512 void gemm_rows(int64_t mr, int64_t K, const float* A, int64_t ai, int64_t ak, const float* B, int64_t ldb,
+                         float* C, int64_t ldc, __mmask16 last, bool acc) {
+  if (mr == MR) {
+    gemm_micro<MR, NV>(K, A, ai, ak, B, ldb, C, ldc, last, acc);
+  } else if constexpr (MR > 1) {
+    gemm_rows<MR - 1, NV>(mr, K, A, ai, ak, B, ldb, C, ldc, last, acc);
+  }
+}
+
+template <int NV>
+PA_AVX512 void gemm_panel(int64_t M, int64_t K, const float* A, int64_t ai, int64_t ak, const float* B, int64_t ldb,
+                          float* C, int64_t ldc, __mmask16 last, bool acc) {
+  constexpr int MR = NV == 4 ? 6 : 8;
+  for (int64_t i0 = 0; i0 < M; i0 += MR)
+    gemm_rows<MR, NV>(std::min<int64_t>(MR, M - i0), K, A + i0 * ai, ai, ak, B, ldb, C + i0 * ldc, ldc, last, acc);
+}
+
+// C [M, N] = A B (acc: C += A B), A(i, k) = A[i ai + k ak], B [K, N] with row stride ldb, C with row stride ldc.
+PA_AVX512 void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t ai, int64_t ak, const float* B,
+                    int64_t ldb, float* C, int64_t ldc, bool acc) {
+  constexpr int64_t kBlockK = 64;
+  for (int64_t c0 = 0; c0 < N; c0 += 64) {
+    const int64_t nc = std::min<int64_t>(64, N - c0);
+    const int nv = static_cast<int>((nc + 15) / 16);
+    const __mmask16 last = static_cast<__mmask16>((1u << (nc - 16 * (nv - 1))) - 1u);
+    if (K == 0 && !acc) {
+      for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc + c0, C + i * ldc + c0 + nc, 0.0f);
+      continue;
+    }
+    for (int64_t k0 = 0; k0 < K; k0 += kBlockK) {
+      const int64_t kn = std::min(kBlockK, K - k0);
+      const bool a = acc || k0 > 0;
+      const float* Ak = A + k0 * ak;
+      const float* Bk = B + k0 * ldb + c0;
+      float* Cc = C + c0;
+      switch (nv) {
+        case 4: gemm_panel<4>(M, kn, Ak, ai, ak, Bk, ldb, Cc, ldc, last, a); break;
+        case 3: gemm_panel<3>(M, kn, Ak, ai, ak, Bk, ldb, Cc, ldc, last, a); break;
+        case 2: gemm_panel<2>(M, kn, Ak, ai, ak, Bk, ldb, Cc, ldc, last, a); break;
+        default: gemm_panel<1>(M, kn, Ak, ai, ak, Bk, ldb, Cc, ldc, last, a); break;
+      }
+    }
+  }
+}
+#endif
+
+// 64-byte aligned scratch of one thread, grown on demand.
+struct Buffer {
+  float* p = nullptr;
+  size_t n = 0;
+  float* get(size_t want) {
+    if (want > n) {
+      std::free(p);
+      n = (want + 15) / 16 * 16;
+      p = static_cast<float*>(std::aligned_alloc(64, n * sizeof(float)));
+      if (p == nullptr) throw std::bad_alloc();
+    }
+    return p;
+  }
+  Buffer() = default;
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  ~Buffer() { std::free(p); }
+};
+struct QuadraticWork {
+  Buffer kt, vt, dkt, dvt, s, dp, dnum;
+  std::vector<double> gp;
+  std::vector<float> dl;
+};
+QuadraticWork& quadratic_work() {
+  thread_local QuadraticWork w;
+  return w;
+}
+
+// n rounded up to a multiple of 16 that is an odd multiple of 16 floats (64 bytes), so that the rows of a panel
+// spread over the L1 sets instead of meeting in one (a stride of 8 KiB maps every row to the same set).
+int64_t padded_ld(int64_t n) { return ((n + 15) / 16 * 16) | 16; }
+
+// xt [w][ld] = x [T, w] transposed, columns T..ld zero.
+void transpose_into(const float* x, int64_t T, int64_t w, int64_t ld, float* xt) {
+  for (int64_t a = 0; a < w; ++a) std::fill(xt + a * ld + T, xt + (a + 1) * ld, 0.0f);
+  constexpr int64_t kB = 16;
+  for (int64_t j0 = 0; j0 < T; j0 += kB) {
+    const int64_t j1 = std::min(T, j0 + kB);
+    for (int64_t a = 0; a < w; ++a)
+      for (int64_t j = j0; j < j1; ++j) xt[a * ld + j] = x[j * w + a];
+  }
+}
+
+// G padded to ld entries with its last value (keys past T are never visible; their factors stay finite).
+const double* padded_gates(const QuadraticHead& h, int64_t ld, QuadraticWork& w) {
+  if (h.G == nullptr) return nullptr;
+  w.gp.assign(static_cast<size_t>(ld), h.T > 0 ? h.G[h.T - 1] : 0.0);
+  std::copy(h.G, h.G + h.T, w.gp.begin());
+  return w.gp.data();
+}
+
+TileShape<float> quadratic_tile(const QuadraticHead& h, int64_t i0, int64_t i1, int64_t C, const double* gp) {
+  TileShape<float> sh;
+  sh.R = (i1 - i0) * h.g, sh.C = C, sh.g = h.g, sh.tq0 = i0, sh.tk0 = 0, sh.p = h.p, sh.scale = h.scale;
+  sh.gq = h.G != nullptr ? h.G + i0 : nullptr;
+  sh.gk = gp;
+  return sh;
+}
+
+#ifdef POWER_ATTENTION_X86_DISPATCH
+PA_AVX512 void quadratic_forward_avx512(const QuadraticHead& h, float* y, float* m, float* l) {
+  const int64_t T = h.T, g = h.g, d = h.d, e = h.e, Tp = padded_ld(T), tile = std::max<int64_t>(1, h.tile);
+  QuadraticWork& w = quadratic_work();
+  float* kt = w.kt.get(d * Tp);
+  float* S = w.s.get(tile * g * Tp);
+  transpose_into(h.k, T, d, Tp, kt);
+  const double* gp = padded_gates(h, Tp, w);
+  for (int64_t i0 = 0; i0 < T; i0 += tile) {
+    const int64_t i1 = std::min(T, i0 + tile), R = (i1 - i0) * g, C = padded_ld(i1);
+    gemm(R, C, d, h.q + i0 * g * d, d, 1, kt, Tp, S, C, false);
+    tile_weights_forward<float>(quadratic_tile(h, i0, i1, C, gp), S, m + i0 * g, l + i0 * g);
+    float* yt = y + i0 * g * e;
+    gemm(R, e, i1, S, C, 1, h.v, e, yt, e, false);
+    for (int64_t r = 0; r < R; ++r) {
+      const float lr = l[i0 * g + r], inv = lr != 0.0f ? 1.0f / lr : 0.0f;
+      for (int64_t c = 0; c < e; ++c) yt[r * e + c] *= inv;
+    }
+  }
+}
+
+PA_AVX512 void quadratic_backward_avx512(const QuadraticHead& h, const float* y, const float* dy, const float* m,
+                                         const float* l, float* dq, float* dk, float* dv, float* dG) {
+  const int64_t T = h.T, g = h.g, d = h.d, e = h.e, Tp = padded_ld(T), tile = std::max<int64_t>(1, h.tile);
+  QuadraticWork& w = quadratic_work();
+  // kt, vt [w][Tp]: K^T and V^T; dkt, dvt [w][Tp]: the key and value gradients transposed (accumulated tile by
+  // tile as dK^T += Q_t^T dS, dV^T += dnum^T P: P and dS stream by rows).
+  float* kt = w.kt.get(d * Tp);
+  float* vt = w.vt.get(e * Tp);
+  float* dkt = w.dkt.get(d * Tp);
+  float* dvt = w.dvt.get(e * Tp);
+  float* S = w.s.get(tile * g * Tp);
+  float* dP = w.dp.get(tile * g * Tp);
+  float* dnum = w.dnum.get(tile * g * e);
+  w.dl.resize(static_cast<size_t>(tile * g));
+  transpose_into(h.k, T, d, Tp, kt);
+  transpose_into(h.v, T, e, Tp, vt);
+  const double* gp = padded_gates(h, Tp, w);
+  if (dk != nullptr) std::fill(dkt, dkt + d * Tp, 0.0f);
+  if (dv != nullptr) std::fill(dvt, dvt + e * Tp, 0.0f);
+  for (int64_t i0 = 0; i0 < T; i0 += tile) {
+    const int64_t i1 = std::min(T, i0 + tile), R = (i1 - i0) * g, C = padded_ld(i1);
+    for (int64_t r = 0; r < R; ++r) {  // y = num / l: dnum = dy / l, dl = -(dy . y) / l
+      const int64_t row = i0 * g + r;
+      const float lr = l[row], inv = lr != 0.0f ? 1.0f / lr : 0.0f;
+      const float* dyr = dy + row * e;
+      const float* yr = y + row * e;
+      double dot = 0;
+      for (int64_t c = 0; c < e; ++c) {
+        dnum[r * e + c] = dyr[c] * inv;
+        dot += static_cast<double>(dyr[c]) * yr[c];
+      }
+      w.dl[r] = -static_cast<float>(dot) * inv;
+    }
+    const float* qt = h.q + i0 * g * d;
+    gemm(R, C, d, qt, d, 1, kt, Tp, S, C, false);
+    gemm(R, C, e, dnum, e, 1, vt, Tp, dP, C, false);
+    for (int64_t r = 0; r < R; ++r) {
+      const float add = w.dl[r];
+      float* pr = dP + r * C;
+      for (int64_t j = 0; j < C; ++j) pr[j] += add;
+    }
+    tile_weights_backward<float>(quadratic_tile(h, i0, i1, C, gp), S, dP, m + i0 * g,
+                                 dG != nullptr ? dG + i0 : nullptr, dG);
+    if (dv != nullptr) gemm(e, C, R, dnum, 1, e, S, C, dvt, Tp, true);
+    if (dq != nullptr) gemm(R, d, i1, dP, C, 1, h.k, d, dq + i0 * g * d, d, false);
+    if (dk != nullptr) gemm(d, C, R, qt, 1, d, dP, C, dkt, Tp, true);
+  }
+  for (int64_t j = 0; dk != nullptr && j < T; ++j)
+    for (int64_t a = 0; a < d; ++a) dk[j * d + a] = dkt[a * Tp + j];
+  for (int64_t j = 0; dv != nullptr && j < T; ++j)
+    for (int64_t c = 0; c < e; ++c) dv[j * e + c] = dvt[c * Tp + j];
+}
+#endif
+
+}  // namespace
+
+bool quadratic_kernels_available(int64_t p) {
+#ifdef POWER_ATTENTION_X86_DISPATCH
+  return p % 2 == 0 && phi_products_available();
+#else
+  return false;
+#endif
+}
+
+void quadratic_forward_f32(const QuadraticHead& h, float* y, float* m, float* l) {
+#ifdef POWER_ATTENTION_X86_DISPATCH
+  quadratic_forward_avx512(h, y, m, l);
+#endif
+}
+
+void quadratic_backward_f32(const QuadraticHead& h, const float* y, const float* dy, const float* m, const float* l,
+                            float* dq, float* dk, float* dv, float* dG) {
+#ifdef POWER_ATTENTION_X86_DISPATCH
+  quadratic_backward_avx512(h, y, dy, m, l, dq, dk, dv, dG);
+#endif
+}
 
 template void tile_gate_reference<float>(const TileShape<float>&, double*);
 template void tile_gate_reference<double>(const TileShape<double>&, double*);

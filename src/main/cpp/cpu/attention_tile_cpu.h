@@ -44,5 +44,30 @@ void tile_weights_forward(const TileShape<T>& sh, T* S, T* m, T* l);
 template <typename T>
 void tile_weights_backward(const TileShape<T>& sh, T* S, T* dP, const T* m, T* dgq, T* dgk);
 
+/// One key/value head of the quadratic form in fp32 at an even degree, for quadratic_forward/backward_f32: rows
+/// contiguous, q [T g, d] (g rows per token), k [T, d], v [T, e]; G [T] the gate cumsum (fp64) or null; query tiles
+/// of `tile` tokens.
+struct QuadraticHead {
+  int64_t T = 0, g = 1, d = 0, e = 0, p = 2, tile = 128;
+  float scale = 1;
+  const float* q = nullptr;
+  const float* k = nullptr;
+  const float* v = nullptr;
+  const double* G = nullptr;
+};
+
+/// Whether quadratic_forward/backward_f32 run on this machine for degree p: AVX-512 (phi_products_available) and
+/// p even.
+bool quadratic_kernels_available(int64_t p);
+
+/// The quadratic form of one head with the tile's products in register-blocked micro-kernels (no BLAS): y [T g, e],
+/// m and l [T g] as tile_weights_forward's (y = P V / l).
+void quadratic_forward_f32(const QuadraticHead& h, float* y, float* m, float* l);
+
+/// Its backward from y, dy [T g, e], m, l: dq [T g, d] written, dk [T, d] and dv [T, e] overwritten (any may be
+/// null: not wanted); with dG [T] given, adds the gradient of G to it.
+void quadratic_backward_f32(const QuadraticHead& h, const float* y, const float* dy, const float* m, const float* l,
+                            float* dq, float* dk, float* dv, float* dG);
+
 }  // namespace cpu
 }  // namespace power_attention

@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 namespace power_attention {
@@ -37,6 +38,17 @@ int64_t quadratic_tile_tokens(const Problem& pr) {
                              std::max<int64_t>(16, std::min(pr.T, kQuadraticTileTokens)));
 }
 
+// The head as quadratic_forward/backward_f32 take it (q, k, v contiguous: the compute layout's are).
+QuadraticHead f32_head(const Problem& pr, const at::Tensor& qh, const at::Tensor& kh, const at::Tensor& vh,
+                       const std::vector<double>& G) {
+  QuadraticHead h;
+  h.T = pr.T, h.g = pr.g, h.d = pr.d, h.e = pr.e, h.p = pr.p, h.tile = std::min<int64_t>(64, quadratic_tile_tokens(pr));
+  h.scale = static_cast<float>(pr.scale);
+  h.q = qh.data_ptr<float>(), h.k = kh.data_ptr<float>(), h.v = vh.data_ptr<float>();
+  h.G = G.empty() ? nullptr : G.data();
+  return h;
+}
+
 }  // namespace
 
 template <typename T>
@@ -47,6 +59,14 @@ void quadratic_forward_head(const Problem& pr, const at::Tensor& q, const at::Te
   const std::vector<double> G = gate_cumsum(lg, bh, T_);
   const at::Tensor yh = f.y[bh].view({T_ * g, e});
   const at::Tensor lh = f.den[bh], mh = f.rowmax[bh];
+  if constexpr (std::is_same_v<T, float>) {
+    if (quadratic_kernels_available(pr.p)) {
+      const at::Tensor qc = qr.contiguous(), kc = kh.contiguous(), vc = vh.contiguous();
+      quadratic_forward_f32(f32_head(pr, qc, kc, vc, G), yh.data_ptr<float>(), mh.data_ptr<float>(),
+                            lh.data_ptr<float>());
+      return;
+    }
+  }
   const int64_t tile = quadratic_tile_tokens(pr);
   for (int64_t i0 = 0; i0 < T_; i0 += tile) {
     const int64_t i1 = std::min(T_, i0 + tile), R = (i1 - i0) * g;
@@ -71,8 +91,27 @@ void quadratic_backward_head(const Problem& pr, const at::Tensor& q, const at::T
   at::Tensor dk = needs.k ? kv_grad_rows(pr, gr, gr.k, bh) : at::Tensor();
   at::Tensor dv = needs.v ? kv_grad_rows(pr, gr, gr.v, bh) : at::Tensor();
   const at::Tensor yh = f.y[bh].view({T_ * g, e}), dyh = dy[bh].view({T_ * g, e});
+  bool fast = false;
+  if constexpr (std::is_same_v<T, float>) {
+    if (quadratic_kernels_available(pr.p)) {
+      const at::Tensor qc = qr.contiguous(), kc = kh.contiguous(), vc = vh.contiguous();
+      const at::Tensor yc = yh.contiguous(), dyc = dyh.contiguous();
+      const at::Tensor mc = f.rowmax[bh].contiguous(), lc = f.den[bh].contiguous();
+      at::Tensor dqc = needs.q ? at::empty({T_ * g, d}, q.options()) : at::Tensor();
+      at::Tensor dkc = needs.k ? at::empty({T_, d}, k.options()) : at::Tensor();
+      at::Tensor dvc = needs.v ? at::empty({T_, e}, v.options()) : at::Tensor();
+      quadratic_backward_f32(f32_head(pr, qc, kc, vc, G), yc.data_ptr<float>(), dyc.data_ptr<float>(),
+                             mc.data_ptr<float>(), lc.data_ptr<float>(), needs.q ? dqc.data_ptr<float>() : nullptr,
+                             needs.k ? dkc.data_ptr<float>() : nullptr, needs.v ? dvc.data_ptr<float>() : nullptr,
+                             gates ? dG.data() : nullptr);
+      if (needs.q) dq.copy_(dqc.view({T_, g, d}));
+      if (needs.k) dk.copy_(dkc);
+      if (needs.v) dv.copy_(dvc);
+      fast = true;
+    }
+  }
   const int64_t tile = quadratic_tile_tokens(pr);
-  for (int64_t i0 = 0; i0 < T_; i0 += tile) {
+  for (int64_t i0 = 0; !fast && i0 < T_; i0 += tile) {
     const int64_t i1 = std::min(T_, i0 + tile), R = (i1 - i0) * g;
     const at::Tensor inv = safe_reciprocal(f.den[bh].narrow(0, i0 * g, R));
     const at::Tensor dyt = dyh.narrow(0, i0 * g, R), yt = yh.narrow(0, i0 * g, R);
