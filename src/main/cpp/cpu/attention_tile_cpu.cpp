@@ -15,6 +15,8 @@
 #include <cstring>
 #include <new>
 #include <limits>
+#include <memory>
+#include <mutex>
 #include <type_traits>
 #include <vector>
 
@@ -708,14 +710,44 @@ struct Buffer {
   ~Buffer() { std::free(p); }
 };
 struct QuadraticWork {
-  Buffer kt, vt, dkt, dvt, s, dp, dnum;
+  Buffer kt, vt, dkt, dvt, s, dp, dnum, dqt;
   std::vector<double> gp;
   std::vector<float> dl;
+  size_t bytes() const {
+    return sizeof(float) * (kt.n + vt.n + dkt.n + dvt.n + s.n + dp.n + dnum.n + dqt.n);
+  }
 };
-QuadraticWork& quadratic_work() {
-  thread_local QuadraticWork w;
-  return w;
+
+// Workspaces outlive the call (for_each_head's threads do not, so thread-local ones would be allocated and
+// page-faulted anew every call): a few kept, each up to kKeptBytes, the rest freed.
+class WorkPool {
+ public:
+  static constexpr size_t kKept = 4, kKeptBytes = size_t(64) << 20;
+  std::unique_ptr<QuadraticWork> take() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (free_.empty()) return std::make_unique<QuadraticWork>();
+    std::unique_ptr<QuadraticWork> w = std::move(free_.back());
+    free_.pop_back();
+    return w;
+  }
+  void give(std::unique_ptr<QuadraticWork> w) {
+    if (w->bytes() > kKeptBytes) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (free_.size() < kKept) free_.push_back(std::move(w));
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::unique_ptr<QuadraticWork>> free_;
+};
+WorkPool& work_pool() {
+  static WorkPool* pool = new WorkPool();  // never destroyed: heads may run while the process exits
+  return *pool;
 }
+struct PooledWork {
+  std::unique_ptr<QuadraticWork> w = work_pool().take();
+  ~PooledWork() { work_pool().give(std::move(w)); }
+};
 
 // n rounded up to a multiple of 16 that is an odd multiple of 16 floats (64 bytes), so that the rows of a panel
 // spread over the L1 sets instead of meeting in one (a stride of 8 KiB maps every row to the same set).
@@ -751,7 +783,8 @@ TileShape<float> quadratic_tile(const QuadraticHead& h, int64_t i0, int64_t i1, 
 #ifdef POWER_ATTENTION_X86_DISPATCH
 PA_AVX512 void quadratic_forward_avx512(const QuadraticHead& h, float* y, float* m, float* l) {
   const int64_t T = h.T, g = h.g, d = h.d, e = h.e, Tp = padded_ld(T), tile = std::max<int64_t>(1, h.tile);
-  QuadraticWork& w = quadratic_work();
+  PooledWork pw;
+  QuadraticWork& w = *pw.w;
   float* kt = w.kt.get(d * Tp);
   float* S = w.s.get(tile * g * Tp);
   transpose_into(h.k, T, d, Tp, kt);
@@ -770,9 +803,12 @@ PA_AVX512 void quadratic_forward_avx512(const QuadraticHead& h, float* y, float*
 }
 
 PA_AVX512 void quadratic_backward_avx512(const QuadraticHead& h, const float* y, const float* dy, const float* m,
-                                         const float* l, float* dq, float* dk, float* dv, float* dG) {
+                                         const float* l, const QuadraticGrads& gr, float* dG) {
   const int64_t T = h.T, g = h.g, d = h.d, e = h.e, Tp = padded_ld(T), tile = std::max<int64_t>(1, h.tile);
-  QuadraticWork& w = quadratic_work();
+  float *dq = gr.dq, *dk = gr.dk, *dv = gr.dv;
+  PooledWork pw;
+  QuadraticWork& w = *pw.w;
+  float* dqt = w.dqt.get(tile * g * d);
   // kt, vt [w][Tp]: K^T and V^T; dkt, dvt [w][Tp]: the key and value gradients transposed (accumulated tile by
   // tile as dK^T += Q_t^T dS, dV^T += dnum^T P: P and dS stream by rows).
   float* kt = w.kt.get(d * Tp);
@@ -804,22 +840,24 @@ PA_AVX512 void quadratic_backward_avx512(const QuadraticHead& h, const float* y,
     }
     const float* qt = h.q + i0 * g * d;
     gemm(R, C, d, qt, d, 1, kt, Tp, S, C, false);
-    gemm(R, C, e, dnum, e, 1, vt, Tp, dP, C, false);
-    for (int64_t r = 0; r < R; ++r) {
-      const float add = w.dl[r];
-      float* pr = dP + r * C;
-      for (int64_t j = 0; j < C; ++j) pr[j] += add;
-    }
+    for (int64_t r = 0; r < R; ++r) std::fill(dP + r * C, dP + (r + 1) * C, w.dl[r]);
+    gemm(R, C, e, dnum, e, 1, vt, Tp, dP, C, true);  // dP = dnum V^T + dl
     tile_weights_backward<float>(quadratic_tile(h, i0, i1, C, gp), S, dP, m + i0 * g,
                                  dG != nullptr ? dG + i0 : nullptr, dG);
     if (dv != nullptr) gemm(e, C, R, dnum, 1, e, S, C, dvt, Tp, true);
-    if (dq != nullptr) gemm(R, d, i1, dP, C, 1, h.k, d, dq + i0 * g * d, d, false);
+    if (dq != nullptr) {
+      gemm(R, d, i1, dP, C, 1, h.k, d, dqt, d, false);
+      for (int64_t r = 0; r < R; ++r) {
+        const int64_t tok = i0 + r / g;
+        std::copy(dqt + r * d, dqt + (r + 1) * d, dq + tok * gr.ldq + (r % g) * d);
+      }
+    }
     if (dk != nullptr) gemm(d, C, R, qt, 1, d, dP, C, dkt, Tp, true);
   }
   for (int64_t j = 0; dk != nullptr && j < T; ++j)
-    for (int64_t a = 0; a < d; ++a) dk[j * d + a] = dkt[a * Tp + j];
+    for (int64_t a = 0; a < d; ++a) dk[j * gr.ldk + a] = dkt[a * Tp + j];
   for (int64_t j = 0; dv != nullptr && j < T; ++j)
-    for (int64_t c = 0; c < e; ++c) dv[j * e + c] = dvt[c * Tp + j];
+    for (int64_t c = 0; c < e; ++c) dv[j * gr.ldv + c] = dvt[c * Tp + j];
 }
 #endif
 
@@ -840,9 +878,9 @@ void quadratic_forward_f32(const QuadraticHead& h, float* y, float* m, float* l)
 }
 
 void quadratic_backward_f32(const QuadraticHead& h, const float* y, const float* dy, const float* m, const float* l,
-                            float* dq, float* dk, float* dv, float* dG) {
+                            const QuadraticGrads& gr, float* dG) {
 #ifdef POWER_ATTENTION_X86_DISPATCH
-  quadratic_backward_avx512(h, y, dy, m, l, dq, dk, dv, dG);
+  quadratic_backward_avx512(h, y, dy, m, l, gr, dG);
 #endif
 }
 

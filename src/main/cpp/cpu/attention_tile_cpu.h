@@ -64,10 +64,19 @@ bool quadratic_kernels_available(int64_t p);
 /// m and l [T g] as tile_weights_forward's (y = P V / l).
 void quadratic_forward_f32(const QuadraticHead& h, float* y, float* m, float* l);
 
-/// Its backward from y, dy [T g, e], m, l: dq [T g, d] written, dk [T, d] and dv [T, e] overwritten (any may be
-/// null: not wanted); with dG [T] given, adds the gradient of G to it.
+/// Where quadratic_backward_f32 writes the gradients (null: not wanted): dq's rows of token i at dq + i ldq (its g
+/// rows d apart), dk's row j at dk + j ldk, dv's at dv + j ldv.
+struct QuadraticGrads {
+  float* dq = nullptr;
+  float* dk = nullptr;
+  float* dv = nullptr;
+  int64_t ldq = 0, ldk = 0, ldv = 0;
+};
+
+/// Its backward from y, dy [T g, e], m, l: dq, dk, dv written (QuadraticGrads); with dG [T] given, adds the gradient
+/// of G to it.
 void quadratic_backward_f32(const QuadraticHead& h, const float* y, const float* dy, const float* m, const float* l,
-                            float* dq, float* dk, float* dv, float* dG);
+                            const QuadraticGrads& gr, float* dG);
 
 }  // namespace cpu
 }  // namespace power_attention

@@ -97,16 +97,24 @@ void quadratic_backward_head(const Problem& pr, const at::Tensor& q, const at::T
       const at::Tensor qc = qr.contiguous(), kc = kh.contiguous(), vc = vh.contiguous();
       const at::Tensor yc = yh.contiguous(), dyc = dyh.contiguous();
       const at::Tensor mc = f.rowmax[bh].contiguous(), lc = f.den[bh].contiguous();
-      at::Tensor dqc = needs.q ? at::empty({T_ * g, d}, q.options()) : at::Tensor();
-      at::Tensor dkc = needs.k ? at::empty({T_, d}, k.options()) : at::Tensor();
-      at::Tensor dvc = needs.v ? at::empty({T_, e}, v.options()) : at::Tensor();
+      // the gradients in place where their rows are unit-stride (the compute and the caller's layouts), else
+      // through contiguous copies
+      const bool rows = (!needs.q || (dq.stride(2) == 1 && dq.stride(1) == d)) && (!needs.k || dk.stride(1) == 1) &&
+                        (!needs.v || dv.stride(1) == 1);
+      at::Tensor dqc = needs.q ? (rows ? dq : at::empty({T_, g, d}, q.options())) : at::Tensor();
+      at::Tensor dkc = needs.k ? (rows ? dk : at::empty({T_, d}, k.options())) : at::Tensor();
+      at::Tensor dvc = needs.v ? (rows ? dv : at::empty({T_, e}, v.options())) : at::Tensor();
+      QuadraticGrads out;
+      if (needs.q) out.dq = dqc.data_ptr<float>(), out.ldq = dqc.stride(0);
+      if (needs.k) out.dk = dkc.data_ptr<float>(), out.ldk = dkc.stride(0);
+      if (needs.v) out.dv = dvc.data_ptr<float>(), out.ldv = dvc.stride(0);
       quadratic_backward_f32(f32_head(pr, qc, kc, vc, G), yc.data_ptr<float>(), dyc.data_ptr<float>(),
-                             mc.data_ptr<float>(), lc.data_ptr<float>(), needs.q ? dqc.data_ptr<float>() : nullptr,
-                             needs.k ? dkc.data_ptr<float>() : nullptr, needs.v ? dvc.data_ptr<float>() : nullptr,
-                             gates ? dG.data() : nullptr);
-      if (needs.q) dq.copy_(dqc.view({T_, g, d}));
-      if (needs.k) dk.copy_(dkc);
-      if (needs.v) dv.copy_(dvc);
+                             mc.data_ptr<float>(), lc.data_ptr<float>(), out, gates ? dG.data() : nullptr);
+      if (!rows) {
+        if (needs.q) dq.copy_(dqc);
+        if (needs.k) dk.copy_(dkc);
+        if (needs.v) dv.copy_(dvc);
+      }
       fast = true;
     }
   }

@@ -21,12 +21,14 @@ struct Case {
   bool gate;
   at::ScalarType dtype;
   at::Device device = at::kCPU;
+  double gmul = 1;  // the log gates times this (negative: gates above 1)
 };
 
 static std::string name(const Case& c) {
   char buf[200];
-  std::snprintf(buf, sizeof buf, "b%ld-t%ld-hq%ld-h%ld-d%ld-e%ld-p%ld-c%ld-%s-%s-%s", c.b, c.t, c.hq, c.h, c.d, c.e,
-                c.p, c.chunk, c.gate ? "gated" : "nogate", c10::toString(c.dtype), c.device.str().c_str());
+  std::snprintf(buf, sizeof buf, "b%ld-t%ld-hq%ld-h%ld-d%ld-e%ld-p%ld-c%ld-%s-%s-%s%s", c.b, c.t, c.hq, c.h, c.d,
+                c.e, c.p, c.chunk, c.gate ? "gated" : "nogate", c10::toString(c.dtype), c.device.str().c_str(),
+                c.gmul == 1 ? "" : ("-gx" + std::to_string(static_cast<int>(c.gmul))).c_str());
   return buf;
 }
 
@@ -44,7 +46,7 @@ static Result run_case(const Case& c) {
   at::Tensor q = at::randn({c.b, c.t, c.hq, c.d}, at::kDouble);
   at::Tensor k = at::randn({c.b, c.t, c.h, c.d}, at::kDouble);
   at::Tensor v = at::randn({c.b, c.t, c.h, c.e}, at::kDouble);
-  at::Tensor lg = c.gate ? at::log_sigmoid(at::randn({c.b, c.t, c.h}, at::kDouble) + 3) : at::Tensor();
+  at::Tensor lg = c.gate ? at::log_sigmoid(at::randn({c.b, c.t, c.h}, at::kDouble) + 3) * c.gmul : at::Tensor();
   at::Tensor dy = at::randn({c.b, c.t, c.hq, c.e}, at::kDouble);
   // inputs rounded to the tested dtype, so reference and kernel see the same numbers
   auto cast = [&](const at::Tensor& x) { return x.to(c.dtype).to(at::kDouble); };
@@ -143,6 +145,16 @@ int main(int argc, char** argv) {
     cases.push_back({1, 301, 1, 1, 20, 17, 2, 150, true, dt});
     cases.push_back({2, 190, 2, 1, 16, 130, 2, 32, false, dt});
     cases.push_back({1, 520, 8, 8, 64, 64, 2, 128, true, dt});
+  }
+  // The fp32 quadratic form's kernels (attention_tile_cpu.h) at their edges: t not a multiple of the 64-token tile
+  // or of 16 keys, grouped queries, e and d not multiples of 16 and e over 64 columns, degree 4, no gates, strong
+  // decay (rows whose weights leave the float range take the log-space form) and gates above 1.
+  for (auto dt : {at::kFloat, at::kDouble}) {
+    cases.push_back({1, 301, 3, 1, 20, 17, 2, 0, true, dt});
+    cases.push_back({2, 150, 2, 2, 16, 130, 4, 0, true, dt});
+    cases.push_back({1, 200, 1, 1, 64, 64, 2, 0, false, dt});
+    cases.push_back({1, 257, 2, 2, 32, 48, 2, 0, true, dt, at::kCPU, 40});
+    cases.push_back({1, 160, 2, 1, 16, 32, 2, 0, true, dt, at::kCPU, -15});
   }
   int failed = 0, passed = 0;
   for (const Case& c : cases) {
