@@ -764,6 +764,16 @@ void transpose_into(const float* x, int64_t T, int64_t w, int64_t ld, float* xt)
   }
 }
 
+// x [j][a] (row stride ldx) = xt [a][j] (row stride ld) for j < T, a < w; 16 tokens at a time.
+void transpose_out(const float* xt, int64_t ld, int64_t T, int64_t w, float* x, int64_t ldx) {
+  constexpr int64_t kB = 16;
+  for (int64_t j0 = 0; j0 < T; j0 += kB) {
+    const int64_t j1 = std::min(T, j0 + kB);
+    for (int64_t a = 0; a < w; ++a)
+      for (int64_t j = j0; j < j1; ++j) x[j * ldx + a] = xt[a * ld + j];
+  }
+}
+
 // G padded to ld entries with its last value (keys past T are never visible; their factors stay finite).
 const double* padded_gates(const QuadraticHead& h, int64_t ld, QuadraticWork& w) {
   if (h.G == nullptr) return nullptr;
@@ -854,10 +864,8 @@ PA_AVX512 void quadratic_backward_avx512(const QuadraticHead& h, const float* y,
     }
     if (dk != nullptr) gemm(d, C, R, qt, 1, d, dP, C, dkt, Tp, true);
   }
-  for (int64_t j = 0; dk != nullptr && j < T; ++j)
-    for (int64_t a = 0; a < d; ++a) dk[j * gr.ldk + a] = dkt[a * Tp + j];
-  for (int64_t j = 0; dv != nullptr && j < T; ++j)
-    for (int64_t c = 0; c < e; ++c) dv[j * gr.ldv + c] = dvt[c * Tp + j];
+  if (dk != nullptr) transpose_out(dkt, Tp, T, d, dk, gr.ldk);
+  if (dv != nullptr) transpose_out(dvt, Tp, T, e, dv, gr.ldv);
 }
 #endif
 
