@@ -289,29 +289,22 @@ __attribute__((always_inline)) inline void row_gate_factors(const double* gk, co
   vstore(et, vexp(vload(et)));
 }
 
-// u^p and u^(p - 1) for even p = 2 half.
-__attribute__((always_inline)) inline vf16 vpow_even(vf16 u, int64_t half) {
-  const vf16 q = u * u;
-  vf16 w = q;
-  for (int64_t k = 1; k < half; ++k) w = w * q;
+// u^p and u^(p - 1) for even p = 2 half (kP2: p = 2, no loop).
+template <bool kP2, typename V>
+__attribute__((always_inline)) inline V pow_even(V u, int64_t half) {
+  const V q = u * u;
+  V w = q;
+  if constexpr (!kP2)
+    for (int64_t k = 1; k < half; ++k) w = w * q;
   return w;
 }
-__attribute__((always_inline)) inline float pow_even(float u, int64_t half) {
-  const float q = u * u;
-  float w = q;
-  for (int64_t k = 1; k < half; ++k) w = w * q;
-  return w;
-}
-__attribute__((always_inline)) inline vf16 vpow_odd(vf16 u, int64_t half) {
-  const vf16 q = u * u;
-  vf16 w = u;
-  for (int64_t k = 1; k < half; ++k) w = w * q;
-  return w;
-}
-__attribute__((always_inline)) inline float pow_odd(float u, int64_t half) {
-  const float q = u * u;
-  float w = u;
-  for (int64_t k = 1; k < half; ++k) w = w * q;
+template <bool kP2, typename V>
+__attribute__((always_inline)) inline V pow_odd(V u, int64_t half) {
+  V w = u;
+  if constexpr (!kP2) {
+    const V q = u * u;
+    for (int64_t k = 1; k < half; ++k) w = w * q;
+  }
   return w;
 }
 
@@ -326,7 +319,7 @@ inline bool linear_range(float a, float scale) {
 }
 
 // Forward of row r in the linear form (P into row, m, l); false, row untouched, where it needs the log-space form.
-template <bool kGated>
+template <bool kGated, bool kP2>
 __attribute__((always_inline)) inline bool row_forward_linear(const TileShape<float>& sh, const KeyFactors& kfs,
                                                              const std::vector<double>& pmin, RowScratch& rs,
                                                              float* row, int64_t r, float& m, float& l) {
@@ -340,7 +333,7 @@ __attribute__((always_inline)) inline bool row_forward_linear(const TileShape<fl
   vf16 vm{};
   for (int64_t b = 0; b < nfull; ++b) {
     const int64_t j0 = b * kLanes;
-    vf16 w = vpow_even(vload(row + j0) * ia, half);
+    vf16 w = pow_even<kP2>(vload(row + j0) * ia, half);
     if constexpr (kGated) w = w * (vload(kfs.kf.data() + j0) * rs.rf[b]);
     vstore(a + j0, w);
     vm = vmax(vm, w);
@@ -350,7 +343,7 @@ __attribute__((always_inline)) inline bool row_forward_linear(const TileShape<fl
   float mx = 0.0f;
   for (int64_t u = 0; u < kLanes; ++u) mx = std::max(mx, lanes[u]);
   for (int64_t j = nb; j < n; ++j) {
-    float w = pow_even(row[j] * (1.0f / amax), half);
+    float w = pow_even<kP2>(row[j] * (1.0f / amax), half);
     if constexpr (kGated) w = w * rs.et[j - nb];
     a[j] = w;
     mx = std::max(mx, w);
@@ -376,7 +369,7 @@ __attribute__((always_inline)) inline bool row_forward_linear(const TileShape<fl
 
 // Backward of row r in the linear form (see tile_weights_backward); false, rows untouched, where it needs the
 // log-space form.
-template <bool kGated>
+template <bool kGated, bool kP2>
 __attribute__((always_inline)) inline bool row_backward_linear(const TileShape<float>& sh, const KeyFactors& kfs,
                                                               const std::vector<double>& pmin, RowScratch& rs,
                                                               float* srow, float* drow, int64_t r, float mr,
@@ -397,7 +390,7 @@ __attribute__((always_inline)) inline bool row_backward_linear(const TileShape<f
     const int64_t j0 = b * kLanes;
     const vf16 u = vload(srow + j0) * ia;
     const vf16 c = kGated ? vload(kfs.kf.data() + j0) * (rs.rf[b] * cf) : vsplat(cf);
-    const vf16 up = vpow_odd(u, half) * c;  // u^(p-1) c
+    const vf16 up = pow_odd<kP2>(u, half) * c;  // u^(p-1) c
     const vf16 w = vflush(up * u);
     const vf16 dp = vload(drow + j0);
     const vf16 dz = dp * w;
@@ -413,7 +406,7 @@ __attribute__((always_inline)) inline bool row_backward_linear(const TileShape<f
   for (int64_t j = nb; j < n; ++j) {
     const float u = srow[j] * ias;
     const float c = kGated ? rs.et[j - nb] * cf : cf;
-    const float up = pow_odd(u, half) * c;
+    const float up = pow_odd<kP2>(u, half) * c;
     const float w = flush(up * u), dp = drow[j], dz = dp * w;
     srow[j] = w;
     drow[j] = flush(dp * (up * dcoef));
@@ -445,9 +438,13 @@ POWER_ATTENTION_INLINE void tile_weights_forward_impl(const TileShape<T>& sh, T*
   for (int64_t r = 0; r < sh.R; ++r) {
     T* row = S + r * sh.C;
     if constexpr (kFloat) {
-      if (linear && (gated ? row_forward_linear<true>(sh, kfs, pmin, rs, row, r, m[r], l[r])
-                           : row_forward_linear<false>(sh, kfs, pmin, rs, row, r, m[r], l[r])))
-        continue;
+      if (linear) {
+        const bool done = sh.p == 2 ? (gated ? row_forward_linear<true, true>(sh, kfs, pmin, rs, row, r, m[r], l[r])
+                                             : row_forward_linear<false, true>(sh, kfs, pmin, rs, row, r, m[r], l[r]))
+                                    : (gated ? row_forward_linear<true, false>(sh, kfs, pmin, rs, row, r, m[r], l[r])
+                                             : row_forward_linear<false, false>(sh, kfs, pmin, rs, row, r, m[r], l[r]));
+        if (done) continue;
+      }
     }
     const int64_t n = sh.visible(r), nb = n / W * W;
     if (gated) {
@@ -550,9 +547,14 @@ POWER_ATTENTION_INLINE void tile_weights_backward_impl(const TileShape<T>& sh, T
     T* srow = S + r * sh.C;
     T* drow = dP + r * sh.C;
     if constexpr (kFloat) {
-      if (lin_form && (gated ? row_backward_linear<true>(sh, kfs, pmin, rs, srow, drow, r, m[r], dgq, dgk)
-                             : row_backward_linear<false>(sh, kfs, pmin, rs, srow, drow, r, m[r], dgq, dgk)))
-        continue;
+      if (lin_form) {
+        const bool done =
+            sh.p == 2 ? (gated ? row_backward_linear<true, true>(sh, kfs, pmin, rs, srow, drow, r, m[r], dgq, dgk)
+                               : row_backward_linear<false, true>(sh, kfs, pmin, rs, srow, drow, r, m[r], dgq, dgk))
+                      : (gated ? row_backward_linear<true, false>(sh, kfs, pmin, rs, srow, drow, r, m[r], dgq, dgk)
+                               : row_backward_linear<false, false>(sh, kfs, pmin, rs, srow, drow, r, m[r], dgq, dgk));
+        if (done) continue;
+      }
     }
     const int64_t n = sh.visible(r);
     if (gated) {
