@@ -597,12 +597,11 @@ namespace {
 #define PA_GINIT(r)                                                                                   \
   if constexpr (MR > r) {                                                                             \
     float* cr = C + r * ldc;                                                                          \
-    c##r##0 = acc ? _mm512_maskz_loadu_ps(NV == 1 ? last : 0xffff, cr) : _mm512_setzero_ps();         \
-    if constexpr (NV > 1)                                                                             \
-      c##r##1 = acc ? _mm512_maskz_loadu_ps(NV == 2 ? last : 0xffff, cr + 16) : _mm512_setzero_ps();  \
-    if constexpr (NV > 2)                                                                             \
-      c##r##2 = acc ? _mm512_maskz_loadu_ps(NV == 3 ? last : 0xffff, cr + 32) : _mm512_setzero_ps();  \
-    if constexpr (NV > 3) c##r##3 = acc ? _mm512_maskz_loadu_ps(last, cr + 48) : _mm512_setzero_ps(); \
+    const __m512 z = bias != nullptr ? _mm512_set1_ps(bias[r]) : _mm512_setzero_ps();                 \
+    c##r##0 = acc ? _mm512_maskz_loadu_ps(NV == 1 ? last : 0xffff, cr) : z;                           \
+    if constexpr (NV > 1) c##r##1 = acc ? _mm512_maskz_loadu_ps(NV == 2 ? last : 0xffff, cr + 16) : z; \
+    if constexpr (NV > 2) c##r##2 = acc ? _mm512_maskz_loadu_ps(NV == 3 ? last : 0xffff, cr + 32) : z; \
+    if constexpr (NV > 3) c##r##3 = acc ? _mm512_maskz_loadu_ps(last, cr + 48) : z;                   \
   }
 #define PA_GFMA(r)                                                     \
   if constexpr (MR > r) {                                              \
@@ -623,7 +622,7 @@ namespace {
 
 template <int MR, int NV>
 PA_AVX512 void gemm_micro(int64_t K, const float* A, int64_t ai, int64_t ak, const float* B, int64_t ldb, float* C,
-                          int64_t ldc, __mmask16 last, bool acc) {
+                          int64_t ldc, __mmask16 last, bool acc, const float* bias) {
   static_assert(MR >= 1 && MR <= 8 && NV >= 1 && NV <= 4, "register block");
   PA_GDECL(0) PA_GDECL(1) PA_GDECL(2) PA_GDECL(3) PA_GDECL(4) PA_GDECL(5) PA_GDECL(6) PA_GDECL(7)
   PA_GINIT(0) PA_GINIT(1) PA_GINIT(2) PA_GINIT(3) PA_GINIT(4) PA_GINIT(5) PA_GINIT(6) PA_GINIT(7)
@@ -648,45 +647,49 @@ PA_AVX512 void gemm_micro(int64_t K, const float* A, int64_t ai, int64_t ak, con
 // Rows [0, mr) of a register block of MR rows at most.
 template <int MR, int NV>
 PA_AVX512 void gemm_rows(int64_t mr, int64_t K, const float* A, int64_t ai, int64_t ak, const float* B, int64_t ldb,
-                         float* C, int64_t ldc, __mmask16 last, bool acc) {
+                         float* C, int64_t ldc, __mmask16 last, bool acc, const float* bias) {
   if (mr == MR) {
-    gemm_micro<MR, NV>(K, A, ai, ak, B, ldb, C, ldc, last, acc);
+    gemm_micro<MR, NV>(K, A, ai, ak, B, ldb, C, ldc, last, acc, bias);
   } else if constexpr (MR > 1) {
-    gemm_rows<MR - 1, NV>(mr, K, A, ai, ak, B, ldb, C, ldc, last, acc);
+    gemm_rows<MR - 1, NV>(mr, K, A, ai, ak, B, ldb, C, ldc, last, acc, bias);
   }
 }
 
 template <int NV>
 PA_AVX512 void gemm_panel(int64_t M, int64_t K, const float* A, int64_t ai, int64_t ak, const float* B, int64_t ldb,
-                          float* C, int64_t ldc, __mmask16 last, bool acc) {
+                          float* C, int64_t ldc, __mmask16 last, bool acc, const float* bias) {
   constexpr int MR = NV == 4 ? 6 : 8;
   for (int64_t i0 = 0; i0 < M; i0 += MR)
-    gemm_rows<MR, NV>(std::min<int64_t>(MR, M - i0), K, A + i0 * ai, ai, ak, B, ldb, C + i0 * ldc, ldc, last, acc);
+    gemm_rows<MR, NV>(std::min<int64_t>(MR, M - i0), K, A + i0 * ai, ai, ak, B, ldb, C + i0 * ldc, ldc, last, acc,
+                      bias != nullptr ? bias + i0 : nullptr);
 }
 
-// C [M, N] = A B (acc: C += A B), A(i, k) = A[i ai + k ak], B [K, N] with row stride ldb, C with row stride ldc.
+// C [M, N] = A B (acc: C += A B; bias [M] given: C = A B + bias[i] on row i), A(i, k) = A[i ai + k ak], B [K, N]
+// with row stride ldb, C with row stride ldc.
 PA_AVX512 void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t ai, int64_t ak, const float* B,
-                    int64_t ldb, float* C, int64_t ldc, bool acc) {
+                    int64_t ldb, float* C, int64_t ldc, bool acc, const float* bias = nullptr) {
   constexpr int64_t kBlockK = 64;
   for (int64_t c0 = 0; c0 < N; c0 += 64) {
     const int64_t nc = std::min<int64_t>(64, N - c0);
     const int nv = static_cast<int>((nc + 15) / 16);
     const __mmask16 last = static_cast<__mmask16>((1u << (nc - 16 * (nv - 1))) - 1u);
     if (K == 0 && !acc) {
-      for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc + c0, C + i * ldc + c0 + nc, 0.0f);
+      for (int64_t i = 0; i < M; ++i)
+        std::fill(C + i * ldc + c0, C + i * ldc + c0 + nc, bias != nullptr ? bias[i] : 0.0f);
       continue;
     }
     for (int64_t k0 = 0; k0 < K; k0 += kBlockK) {
       const int64_t kn = std::min(kBlockK, K - k0);
       const bool a = acc || k0 > 0;
+      const float* bs = k0 == 0 ? bias : nullptr;
       const float* Ak = A + k0 * ak;
       const float* Bk = B + k0 * ldb + c0;
       float* Cc = C + c0;
       switch (nv) {
-        case 4: gemm_panel<4>(M, kn, Ak, ai, ak, Bk, ldb, Cc, ldc, last, a); break;
-        case 3: gemm_panel<3>(M, kn, Ak, ai, ak, Bk, ldb, Cc, ldc, last, a); break;
-        case 2: gemm_panel<2>(M, kn, Ak, ai, ak, Bk, ldb, Cc, ldc, last, a); break;
-        default: gemm_panel<1>(M, kn, Ak, ai, ak, Bk, ldb, Cc, ldc, last, a); break;
+        case 4: gemm_panel<4>(M, kn, Ak, ai, ak, Bk, ldb, Cc, ldc, last, a, bs); break;
+        case 3: gemm_panel<3>(M, kn, Ak, ai, ak, Bk, ldb, Cc, ldc, last, a, bs); break;
+        case 2: gemm_panel<2>(M, kn, Ak, ai, ak, Bk, ldb, Cc, ldc, last, a, bs); break;
+        default: gemm_panel<1>(M, kn, Ak, ai, ak, Bk, ldb, Cc, ldc, last, a, bs); break;
       }
     }
   }
@@ -852,8 +855,7 @@ PA_AVX512 void quadratic_backward_avx512(const QuadraticHead& h, const float* y,
     }
     const float* qt = h.q + i0 * g * d;
     gemm(R, C, d, qt, d, 1, kt, Tp, S, C, false);
-    for (int64_t r = 0; r < R; ++r) std::fill(dP + r * C, dP + (r + 1) * C, w.dl[r]);
-    gemm(R, C, e, dnum, e, 1, vt, Tp, dP, C, true);  // dP = dnum V^T + dl
+    gemm(R, C, e, dnum, e, 1, vt, Tp, dP, C, false, w.dl.data());  // dP = dnum V^T + dl
     tile_weights_backward<float>(quadratic_tile(h, i0, i1, C, gp), S, dP, m + i0 * g,
                                  dG != nullptr ? dG + i0 : nullptr, dG);
     if (dv != nullptr) gemm(e, C, R, dnum, 1, e, S, C, dvt, Tp, true);
