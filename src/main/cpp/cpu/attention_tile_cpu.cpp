@@ -1,7 +1,10 @@
-// attention_tile_cpu.cpp: fused log-space weights of the in-chunk attention, forward and backward.
+// attention_tile_cpu.cpp: the fused weights of the in-chunk attention, forward and backward, and the fp32
+// quadratic form's tile products.
 //
-// fp32 uses branch-free polynomial exp/log (Cephes coefficients, about 1-2 ulp) so that the row loops vectorise;
-// fp64 uses the C library. The kernels are called from inside a per-head parallel region: no threading here.
+// fp32 at an even degree computes the weights in linear form (u^p times gate factors, see below), rows out of its
+// range in log space; log space uses branch-free polynomial exp/log (Cephes coefficients, about 1-2 ulp) so that the
+// row loops vectorise; fp64 uses the C library. Everything here runs inside a per-head parallel region: no
+// threading here.
 #include "cpu/attention_tile_cpu.h"
 #include "cpu/cpu_simd.h"
 #include "cpu/phi_products_cpu.h"
@@ -94,6 +97,8 @@ inline double log_(double x) { return x == 0 ? -std::numeric_limits<double>::inf
 // elsewhere); the same operations, constants and results as fast_exp / fast_log above.
 typedef float vf16 __attribute__((vector_size(64)));
 typedef int32_t vi16 __attribute__((vector_size(64)));
+typedef double vd8 __attribute__((vector_size(64)));
+typedef float vf8 __attribute__((vector_size(32)));
 
 __attribute__((always_inline)) inline vf16 vload(const float* p) {
   vf16 v;
@@ -278,9 +283,16 @@ __attribute__((always_inline)) inline float row_absmax(const float* s, int64_t n
 // The row's gate factors: rf[b] for its n / 16 whole blocks, et[u] for the keys of its partial block.
 __attribute__((always_inline)) inline void row_gate_factors(const double* gk, const KeyFactors& kfs, double gmin,
                                                            int64_t n, RowScratch& rs) {
-  const int64_t nfull = n / kLanes, nv = (nfull + kLanes - 1) / kLanes;
+  const int64_t nfull = n / kLanes, nv = (nfull + kLanes - 1) / kLanes, n8 = nfull / 8 * 8;
   float* rf = rs.rf.data();
-  for (int64_t b = 0; b < nfull; ++b) rf[b] = static_cast<float>(gmin - kfs.bmin[b]);
+  const double* bmin = kfs.bmin.data();
+  for (int64_t b = 0; b < n8; b += 8) {  // 8 blocks at a time, the difference in fp64
+    vd8 x;
+    std::memcpy(&x, bmin + b, sizeof x);
+    const vf8 f = __builtin_convertvector((vd8{} + gmin) - x, vf8);
+    std::memcpy(rf + b, &f, sizeof f);
+  }
+  for (int64_t b = n8; b < nfull; ++b) rf[b] = static_cast<float>(gmin - bmin[b]);
   for (int64_t b = nfull; b < nv * kLanes; ++b) rf[b] = 0.0f;
   for (int64_t i = 0; i < nv; ++i) vstore(rf + i * kLanes, vexp(vload(rf + i * kLanes)));
   float* et = rs.et.data();

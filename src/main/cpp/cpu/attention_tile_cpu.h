@@ -1,5 +1,6 @@
 // attention_tile_cpu.h: the in-chunk (or in-tile) attention of SPEC §3 on the CPU, the elementwise part fused
-// into one pass per row. Matrix products stay with ATen (S = Q K^T before, P V and friends after).
+// per row (tile_weights_*; the products around it are the caller's), and the quadratic form of one head in fp32 with
+// its products in AVX-512 micro-kernels (quadratic_*_f32).
 //
 // A tile is one head's query rows r in [0, R) (token tq0 + r / g, g rows per token) against keys j in [0, C)
 // (token tk0 + j); row r sees the keys with tk0 + j <= tq0 + r / g (causal).
