@@ -727,11 +727,11 @@ struct Buffer {
   ~Buffer() { std::free(p); }
 };
 struct QuadraticWork {
-  Buffer kt, vt, dkt, dvt, s, dp, dnum, dqt;
+  Buffer kt, vt, dkt, dvt, s, dp, dnum, dqt, rows;
   std::vector<double> gp;
   std::vector<float> dl;
   size_t bytes() const {
-    return sizeof(float) * (kt.n + vt.n + dkt.n + dvt.n + s.n + dp.n + dnum.n + dqt.n);
+    return sizeof(float) * (kt.n + vt.n + dkt.n + dvt.n + s.n + dp.n + dnum.n + dqt.n + rows.n);
   }
 };
 
@@ -770,14 +770,14 @@ struct PooledWork {
 // spread over the L1 sets instead of meeting in one (a stride of 8 KiB maps every row to the same set).
 int64_t padded_ld(int64_t n) { return ((n + 15) / 16 * 16) | 16; }
 
-// xt [w][ld] = x [T, w] transposed, columns T..ld zero.
-void transpose_into(const float* x, int64_t T, int64_t w, int64_t ld, float* xt) {
+// xt [w][ld] = x [T, w] (row stride ldx) transposed, columns T..ld zero.
+void transpose_into(const float* x, int64_t ldx, int64_t T, int64_t w, int64_t ld, float* xt) {
   for (int64_t a = 0; a < w; ++a) std::fill(xt + a * ld + T, xt + (a + 1) * ld, 0.0f);
   constexpr int64_t kB = 16;
   for (int64_t j0 = 0; j0 < T; j0 += kB) {
     const int64_t j1 = std::min(T, j0 + kB);
     for (int64_t a = 0; a < w; ++a)
-      for (int64_t j = j0; j < j1; ++j) xt[a * ld + j] = x[j * w + a];
+      for (int64_t j = j0; j < j1; ++j) xt[a * ld + j] = x[j * ldx + a];
   }
 }
 
@@ -791,6 +791,15 @@ void transpose_out(const float* xt, int64_t ld, int64_t T, int64_t w, float* x, 
   }
 }
 
+// x [T, w] with row stride ldx as the B operand of a product: x itself when its rows are contiguous, else copied
+// into buf (a stride of a few KiB puts a panel's rows in a few L1 sets).
+const float* unit_stride_rows(const float* x, int64_t ldx, int64_t T, int64_t w, Buffer& buf) {
+  if (ldx == w) return x;
+  float* out = buf.get(T * w);
+  for (int64_t j = 0; j < T; ++j) std::copy(x + j * ldx, x + j * ldx + w, out + j * w);
+  return out;
+}
+
 // G padded to ld entries with its last value (keys past T are never visible; their factors stay finite).
 const double* padded_gates(const QuadraticHead& h, int64_t ld, QuadraticWork& w) {
   if (h.G == nullptr) return nullptr;
@@ -798,6 +807,22 @@ const double* padded_gates(const QuadraticHead& h, int64_t ld, QuadraticWork& w)
   std::copy(h.G, h.G + h.T, w.gp.begin());
   return w.gp.data();
 }
+
+// The row strides of a head (QuadraticHead's, 0: contiguous) and of its query-row operands: the g rows of a token
+// are w apart, so rows are evenly spaced when g = 1 or the token stride is g w.
+struct Strides {
+  int64_t q, k, v, y, dy;     // token strides
+  int64_t qr, yr, dyr;        // row strides of the query-row operands
+  explicit Strides(const QuadraticHead& h)
+      : q(h.ldq != 0 ? h.ldq : h.g * h.d),
+        k(h.ldk != 0 ? h.ldk : h.d),
+        v(h.ldv != 0 ? h.ldv : h.e),
+        y(h.ldy != 0 ? h.ldy : h.g * h.e),
+        dy(h.lddy != 0 ? h.lddy : h.g * h.e),
+        qr(h.g == 1 ? q : h.d),
+        yr(h.g == 1 ? y : h.e),
+        dyr(h.g == 1 ? dy : h.e) {}
+};
 
 TileShape<float> quadratic_tile(const QuadraticHead& h, int64_t i0, int64_t i1, int64_t C, const double* gp) {
   TileShape<float> sh;
@@ -812,19 +837,21 @@ PA_AVX512 void quadratic_forward_avx512(const QuadraticHead& h, float* y, float*
   const int64_t T = h.T, g = h.g, d = h.d, e = h.e, Tp = padded_ld(T), tile = std::max<int64_t>(1, h.tile);
   PooledWork pw;
   QuadraticWork& w = *pw.w;
+  const Strides st(h);
   float* kt = w.kt.get(d * Tp);
   float* S = w.s.get(tile * g * Tp);
-  transpose_into(h.k, T, d, Tp, kt);
+  transpose_into(h.k, st.k, T, d, Tp, kt);
+  const float* vr = unit_stride_rows(h.v, st.v, T, e, w.rows);
   const double* gp = padded_gates(h, Tp, w);
   for (int64_t i0 = 0; i0 < T; i0 += tile) {
     const int64_t i1 = std::min(T, i0 + tile), R = (i1 - i0) * g, C = padded_ld(i1);
-    gemm(R, C, d, h.q + i0 * g * d, d, 1, kt, Tp, S, C, false);
+    gemm(R, C, d, h.q + i0 * st.q, st.qr, 1, kt, Tp, S, C, false);
     tile_weights_forward<float>(quadratic_tile(h, i0, i1, C, gp), S, m + i0 * g, l + i0 * g);
-    float* yt = y + i0 * g * e;
-    gemm(R, e, i1, S, C, 1, h.v, e, yt, e, false);
+    float* yt = y + i0 * st.y;
+    gemm(R, e, i1, S, C, 1, vr, e, yt, st.yr, false);
     for (int64_t r = 0; r < R; ++r) {
       const float lr = l[i0 * g + r], inv = lr != 0.0f ? 1.0f / lr : 0.0f;
-      for (int64_t c = 0; c < e; ++c) yt[r * e + c] *= inv;
+      for (int64_t c = 0; c < e; ++c) yt[r * st.yr + c] *= inv;
     }
   }
 }
@@ -846,8 +873,10 @@ PA_AVX512 void quadratic_backward_avx512(const QuadraticHead& h, const float* y,
   float* dP = w.dp.get(tile * g * Tp);
   float* dnum = w.dnum.get(tile * g * e);
   w.dl.resize(static_cast<size_t>(tile * g));
-  transpose_into(h.k, T, d, Tp, kt);
-  transpose_into(h.v, T, e, Tp, vt);
+  const Strides st(h);
+  transpose_into(h.k, st.k, T, d, Tp, kt);
+  transpose_into(h.v, st.v, T, e, Tp, vt);
+  const float* kr = dq != nullptr ? unit_stride_rows(h.k, st.k, T, d, w.rows) : h.k;
   const double* gp = padded_gates(h, Tp, w);
   if (dk != nullptr) std::fill(dkt, dkt + d * Tp, 0.0f);
   if (dv != nullptr) std::fill(dvt, dvt + e * Tp, 0.0f);
@@ -856,8 +885,8 @@ PA_AVX512 void quadratic_backward_avx512(const QuadraticHead& h, const float* y,
     for (int64_t r = 0; r < R; ++r) {  // y = num / l: dnum = dy / l, dl = -(dy . y) / l
       const int64_t row = i0 * g + r;
       const float lr = l[row], inv = lr != 0.0f ? 1.0f / lr : 0.0f;
-      const float* dyr = dy + row * e;
-      const float* yr = y + row * e;
+      const float* dyr = dy + i0 * st.dy + r * st.dyr;
+      const float* yr = y + i0 * st.y + r * st.yr;
       double dot = 0;
       for (int64_t c = 0; c < e; ++c) {
         dnum[r * e + c] = dyr[c] * inv;
@@ -865,20 +894,20 @@ PA_AVX512 void quadratic_backward_avx512(const QuadraticHead& h, const float* y,
       }
       w.dl[r] = -static_cast<float>(dot) * inv;
     }
-    const float* qt = h.q + i0 * g * d;
-    gemm(R, C, d, qt, d, 1, kt, Tp, S, C, false);
+    const float* qt = h.q + i0 * st.q;
+    gemm(R, C, d, qt, st.qr, 1, kt, Tp, S, C, false);
     gemm(R, C, e, dnum, e, 1, vt, Tp, dP, C, false, w.dl.data());  // dP = dnum V^T + dl
     tile_weights_backward<float>(quadratic_tile(h, i0, i1, C, gp), S, dP, m + i0 * g,
                                  dG != nullptr ? dG + i0 : nullptr, dG);
     if (dv != nullptr) gemm(e, C, R, dnum, 1, e, S, C, dvt, Tp, true);
     if (dq != nullptr) {
-      gemm(R, d, i1, dP, C, 1, h.k, d, dqt, d, false);
+      gemm(R, d, i1, dP, C, 1, kr, d, dqt, d, false);
       for (int64_t r = 0; r < R; ++r) {
         const int64_t tok = i0 + r / g;
         std::copy(dqt + r * d, dqt + (r + 1) * d, dq + tok * gr.ldq + (r % g) * d);
       }
     }
-    if (dk != nullptr) gemm(d, C, R, qt, 1, d, dP, C, dkt, Tp, true);
+    if (dk != nullptr) gemm(d, C, R, qt, 1, st.qr, dP, C, dkt, Tp, true);
   }
   if (dk != nullptr) transpose_out(dkt, Tp, T, d, dk, gr.ldk);
   if (dv != nullptr) transpose_out(dvt, Tp, T, e, dv, gr.ldv);

@@ -45,9 +45,10 @@ void tile_weights_forward(const TileShape<T>& sh, T* S, T* m, T* l);
 template <typename T>
 void tile_weights_backward(const TileShape<T>& sh, T* S, T* dP, const T* m, T* dgq, T* dgk);
 
-/// One key/value head of the quadratic form in fp32 at an even degree, for quadratic_forward/backward_f32: rows
-/// contiguous, q [T g, d] (g rows per token), k [T, d], v [T, e]; G [T] the gate cumsum (fp64) or null; query tiles
-/// of `tile` tokens.
+/// One key/value head of the quadratic form in fp32 at an even degree, for quadratic_forward/backward_f32: q
+/// [T, g, d] (g rows per token), k [T, d], v [T, e], each token's rows at a stride (ldq, ldk, ldv; 0: contiguous,
+/// g d, d, e), the g rows of a token d apart, and with g > 1 the token stride g d; y and dy [T, g, e] likewise
+/// (ldy, lddy); G [T] the gate cumsum (fp64) or null; query tiles of `tile` tokens.
 struct QuadraticHead {
   int64_t T = 0, g = 1, d = 0, e = 0, p = 2, tile = 128;
   float scale = 1;
@@ -55,14 +56,15 @@ struct QuadraticHead {
   const float* k = nullptr;
   const float* v = nullptr;
   const double* G = nullptr;
+  int64_t ldq = 0, ldk = 0, ldv = 0, ldy = 0, lddy = 0;
 };
 
 /// Whether quadratic_forward/backward_f32 run on this machine for degree p: AVX-512 (phi_products_available) and
 /// p even.
 bool quadratic_kernels_available(int64_t p);
 
-/// The quadratic form of one head with the tile's products in register-blocked micro-kernels (no BLAS): y [T g, e],
-/// m and l [T g] as tile_weights_forward's (y = P V / l).
+/// The quadratic form of one head with the tile's products in register-blocked micro-kernels (no BLAS): y (rows at
+/// QuadraticHead's ldy), m and l [T g] as tile_weights_forward's (y = P V / l).
 void quadratic_forward_f32(const QuadraticHead& h, float* y, float* m, float* l);
 
 /// Where quadratic_backward_f32 writes the gradients (null: not wanted): dq's rows of token i at dq + i ldq (its g
@@ -74,8 +76,8 @@ struct QuadraticGrads {
   int64_t ldq = 0, ldk = 0, ldv = 0;
 };
 
-/// Its backward from y, dy [T g, e], m, l: dq, dk, dv written (QuadraticGrads); with dG [T] given, adds the gradient
-/// of G to it.
+/// Its backward from y, dy (rows at ldy, lddy), m, l: dq, dk, dv written (QuadraticGrads); with dG [T] given, adds
+/// the gradient of G to it.
 void quadratic_backward_f32(const QuadraticHead& h, const float* y, const float* dy, const float* m, const float* l,
                             const QuadraticGrads& gr, float* dG);
 

@@ -2,6 +2,8 @@
 // tile's end, the weights fused per row (attention_tile_cpu.h). fp32 at an even degree on AVX-512 machines runs
 // attention_tile_cpu.h's quadratic_forward/backward_f32 (the products in micro-kernels, 64-token tiles); otherwise
 // the products are ATen's.
+#include "compute_layout.h"
+#include "cpu/blas_threads.h"
 #include "cpu/heads.h"
 
 #include <ATen/ATen.h>
@@ -143,6 +145,100 @@ void quadratic_backward_head(const Problem& pr, const at::Tensor& q, const at::T
     double acc = 0;
     for (int64_t i = T_ - 1; i >= 0; --i) out[i] = (acc += static_cast<double>(dG[i]));
   }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The fp32 kernels from the caller's layout (quadratic_from_caller_layout): q, k, v, dy read in place, no copies.
+// ---------------------------------------------------------------------------------------------------------------
+namespace {
+
+// x with unit-stride rows and a nonzero token stride (x itself when it has them; an expanded x is copied).
+at::Tensor unit_rows(const at::Tensor& x) { return x.stride(-1) == 1 && x.stride(1) != 0 ? x : x.contiguous(); }
+
+// The gate cumsum of head (bi, hi) from the caller's log gates [b, t, h] (fp64, contiguous), or empty.
+std::vector<double> caller_gate_cumsum(const at::Tensor& lgd, int64_t bi, int64_t hi, int64_t t, int64_t H) {
+  std::vector<double> G;
+  if (!lgd.defined()) return G;
+  G.resize(t);
+  const double* lp = lgd.data_ptr<double>() + bi * t * H + hi;
+  double acc = 0;
+  for (int64_t i = 0; i < t; ++i) G[i] = (acc += lp[i * H]);
+  return G;
+}
+
+// Head (bi, hi) of the caller's [b, t, heads, w] tensors (one query head per key/value head).
+QuadraticHead caller_head(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t bi,
+                          int64_t hi, const std::vector<double>& G) {
+  QuadraticHead h;
+  h.T = pr.T, h.g = pr.g, h.d = pr.d, h.e = pr.e, h.p = pr.p, h.tile = std::min<int64_t>(64, quadratic_tile_tokens(pr));
+  h.scale = static_cast<float>(pr.scale);
+  h.q = q.data_ptr<float>() + bi * q.stride(0) + hi * q.stride(2), h.ldq = q.stride(1);
+  h.k = k.data_ptr<float>() + bi * k.stride(0) + hi * k.stride(2), h.ldk = k.stride(1);
+  h.v = v.data_ptr<float>() + bi * v.stride(0) + hi * v.stride(2), h.ldv = v.stride(1);
+  h.G = G.empty() ? nullptr : G.data();
+  return h;
+}
+
+}  // namespace
+
+bool quadratic_from_caller_layout(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  return pr.chunk == 0 && pr.g == 1 && pr.b > 0 && pr.t > 0 && pr.T == pr.t && pr.precision.compute == at::kFloat &&
+         q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat &&
+         quadratic_kernels_available(pr.p);
+}
+
+Forward quadratic_forward_caller(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                 const at::Tensor& log_g) {
+  const at::Tensor qc = unit_rows(q), kc = unit_rows(k), vc = unit_rows(v);
+  const at::Tensor lgd = log_g.defined() ? log_g.to(at::kDouble).contiguous() : at::Tensor();
+  Forward f;
+  f.y = at::empty({pr.BH, pr.T, pr.g, pr.e}, q.options());
+  f.den = at::empty({pr.BH, pr.T * pr.g}, q.options());
+  f.rowmax = at::empty({pr.BH, pr.T * pr.g}, q.options());
+  const int64_t H = pr.BH / pr.b;
+  for_each_head(pr.BH, [&](int64_t bh) {
+    const int64_t bi = bh / H, hi = bh % H;
+    const std::vector<double> G = caller_gate_cumsum(lgd, bi, hi, pr.t, H);
+    quadratic_forward_f32(caller_head(pr, qc, kc, vc, bi, hi, G), f.y[bh].data_ptr<float>(),
+                          f.rowmax[bh].data_ptr<float>(), f.den[bh].data_ptr<float>());
+  });
+  f.out = layout::query_unlayout(f.y, pr, q.scalar_type());
+  return f;
+}
+
+Grads quadratic_backward_caller(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                const at::Tensor& log_g, const Forward& f, const at::Tensor& dy, const Needs& needs) {
+  const at::Tensor qc = unit_rows(q), kc = unit_rows(k), vc = unit_rows(v);
+  const at::Tensor dyc = dy.defined() ? unit_rows(dy) : at::zeros({pr.b, pr.t, pr.h * pr.g, pr.e}, q.options());
+  const at::Tensor lgd = log_g.defined() ? log_g.to(at::kDouble).contiguous() : at::Tensor();
+  const bool gates = log_g.defined() && needs.g;
+  Grads gr;
+  if (needs.q) gr.q = at::empty(q.sizes(), q.options());
+  if (needs.k) gr.k = at::empty(k.sizes(), k.options());
+  if (needs.v) gr.v = at::empty(v.sizes(), v.options());
+  const at::Tensor dlg = gates ? at::empty({pr.BH, pr.T}, q.options().dtype(at::kDouble)) : at::Tensor();
+  const int64_t H = pr.BH / pr.b;
+  for_each_head(pr.BH, [&](int64_t bh) {
+    const int64_t bi = bh / H, hi = bh % H;
+    const std::vector<double> G = caller_gate_cumsum(lgd, bi, hi, pr.t, H);
+    QuadraticHead h = caller_head(pr, qc, kc, vc, bi, hi, G);
+    const float* dyp = dyc.data_ptr<float>() + bi * dyc.stride(0) + hi * dyc.stride(2);
+    h.lddy = dyc.stride(1);
+    QuadraticGrads out;
+    if (needs.q) out.dq = gr.q.data_ptr<float>() + bi * gr.q.stride(0) + hi * gr.q.stride(2), out.ldq = gr.q.stride(1);
+    if (needs.k) out.dk = gr.k.data_ptr<float>() + bi * gr.k.stride(0) + hi * gr.k.stride(2), out.ldk = gr.k.stride(1);
+    if (needs.v) out.dv = gr.v.data_ptr<float>() + bi * gr.v.stride(0) + hi * gr.v.stride(2), out.ldv = gr.v.stride(1);
+    std::vector<float> dG(gates ? pr.T : 0, 0.0f);
+    quadratic_backward_f32(h, f.y[bh].data_ptr<float>(), dyp, f.rowmax[bh].data_ptr<float>(),
+                           f.den[bh].data_ptr<float>(), out, gates ? dG.data() : nullptr);
+    if (gates) {  // G = cumsum(lg): reverse cumsum
+      double* o = dlg[bh].data_ptr<double>();
+      double acc = 0;
+      for (int64_t i = pr.T - 1; i >= 0; --i) o[i] = (acc += static_cast<double>(dG[i]));
+    }
+  });
+  if (gates) gr.lg = layout::gate_unlayout(dlg, pr, log_g.scalar_type());
+  return gr;
 }
 
 template void quadratic_forward_head<float>(const Problem&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
