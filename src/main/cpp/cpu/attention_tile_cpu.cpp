@@ -1,19 +1,31 @@
-// attention_tile_cpu.cpp: fused log-space weights of the in-chunk attention, forward and backward.
+// attention_tile_cpu.cpp: the fused weights of the in-chunk attention, forward and backward, and the fp32
+// quadratic form's tile products.
 //
-// fp32 uses branch-free polynomial exp/log (Cephes coefficients, about 1-2 ulp) so that the row loops vectorise;
-// fp64 uses the C library. The kernels are called from inside a per-head parallel region: no threading here.
+// fp32 at an even degree computes the weights in linear form (u^p times gate factors, see below), rows out of its
+// range in log space; log space uses branch-free polynomial exp/log (Cephes coefficients, about 1-2 ulp) so that the
+// row loops vectorise; fp64 uses the C library. Everything here runs inside a per-head parallel region: no
+// threading here.
 #include "cpu/attention_tile_cpu.h"
 #include "cpu/cpu_simd.h"
+#include "cpu/phi_products_cpu.h"
 
 // The vector helpers pass 64-byte vectors by value between inlined functions: no ABI is crossed.
 #pragma GCC diagnostic ignored "-Wpsabi"
 
 #include <cmath>
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <new>
 #include <limits>
+#include <memory>
+#include <mutex>
 #include <type_traits>
 #include <vector>
+
+#ifdef POWER_ATTENTION_X86_DISPATCH
+#include <immintrin.h>
+#endif
 
 namespace power_attention {
 namespace cpu {
@@ -31,7 +43,7 @@ inline int32_t float_to_bits(float f) {
 }
 
 // exp(x) for x <= 88.7; exactly 0 below -87.3 (and for -inf).
-inline float fast_exp(float x) {
+POWER_ATTENTION_INLINE float fast_exp(float x) {
   const float lo = -87.3365447f, hi = 88.7228391f;
   const float xc = x < lo ? lo : (x > hi ? hi : x);
   const float n = std::floor(xc * 1.44269504088896341f + 0.5f);
@@ -85,6 +97,8 @@ inline double log_(double x) { return x == 0 ? -std::numeric_limits<double>::inf
 // elsewhere); the same operations, constants and results as fast_exp / fast_log above.
 typedef float vf16 __attribute__((vector_size(64)));
 typedef int32_t vi16 __attribute__((vector_size(64)));
+typedef double vd8 __attribute__((vector_size(64)));
+typedef float vf8 __attribute__((vector_size(32)));
 
 __attribute__((always_inline)) inline vf16 vload(const float* p) {
   vf16 v;
@@ -213,6 +227,212 @@ __attribute__((always_inline)) inline T row_weights(T* row, const T* z, int64_t 
   return l;
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// The linear form of the weights (fp32, even p): with u_j = s_j / a (a = max |s_j| over the row's visible keys) and
+// the gate factor E_j = exp(gmin - G_j) <= 1 (gmin = G_i - gref_i, the smallest visible key cumsum),
+//   exp(z_ij - m) = u_j^p E_j exp(p log(|scale| a) - m),
+// with no log or exp per weight. E_j = kf_j rf_b for the 16-key block b holding j: kf_j = exp(bmin_b - G_j) (bmin_b
+// the block's smallest G) and rf_b = exp(gmin - bmin_b), both at most 1 where the row sees the whole block, so that
+// the product underflows only where E does; the row's partly visible last block takes exp(gmin - G_j) itself. A row
+// takes the log-space form where a is outside [1e-30, 1e30] or its weights would leave the float range (forward:
+// the largest u^p E below 1e-10; backward: the factor exp(p log(|scale| a) - m) above 1e20).
+// ---------------------------------------------------------------------------------------------------------------
+
+constexpr int64_t kLanes = 16;
+
+// The gate factors of a tile's keys: kf [C rounded up to 16], bmin [blocks].
+struct KeyFactors {
+  std::vector<float> kf;
+  std::vector<double> bmin;
+  void build(const double* gk, int64_t C) {
+    const int64_t nblk = (C + kLanes - 1) / kLanes;
+    kf.assign(static_cast<size_t>(nblk * kLanes), 0.0f);
+    bmin.assign(static_cast<size_t>(nblk), 0.0);
+    for (int64_t b = 0; b < nblk; ++b) {
+      const int64_t j0 = b * kLanes, j1 = std::min(C, j0 + kLanes);
+      double mn = gk[j0];
+      for (int64_t j = j0 + 1; j < j1; ++j) mn = std::min(mn, gk[j]);
+      bmin[b] = mn;
+      for (int64_t j = j0; j < j1; ++j) kf[j] = static_cast<float>(std::exp(mn - gk[j]));
+    }
+  }
+};
+
+// A row's scratch: rf [blocks, rounded up to 16], et [16] (E of the partial block), a [C + 16] (forward's u^p E).
+struct RowScratch {
+  std::vector<float> rf, et, a;
+  explicit RowScratch(int64_t C)
+      : rf(static_cast<size_t>(((C + kLanes - 1) / kLanes + kLanes - 1) / kLanes * kLanes + kLanes)),
+        et(kLanes),
+        a(static_cast<size_t>(C + kLanes)) {}
+};
+
+// max |s_j| over [0, n).
+__attribute__((always_inline)) inline float row_absmax(const float* s, int64_t n) {
+  const int64_t nb = n / kLanes * kLanes;
+  vf16 vm{};
+  for (int64_t j0 = 0; j0 < nb; j0 += kLanes) vm = vmax(vm, vabs(vload(s + j0)));
+  float lanes[kLanes];
+  vstore(lanes, vm);
+  float mx = 0.0f;
+  for (int64_t u = 0; u < kLanes; ++u) mx = std::max(mx, lanes[u]);
+  for (int64_t j = nb; j < n; ++j) mx = std::max(mx, std::abs(s[j]));
+  return mx;
+}
+
+// The row's gate factors: rf[b] for its n / 16 whole blocks, et[u] for the keys of its partial block.
+__attribute__((always_inline)) inline void row_gate_factors(const double* gk, const KeyFactors& kfs, double gmin,
+                                                           int64_t n, RowScratch& rs) {
+  const int64_t nfull = n / kLanes, nv = (nfull + kLanes - 1) / kLanes, n8 = nfull / 8 * 8;
+  float* rf = rs.rf.data();
+  const double* bmin = kfs.bmin.data();
+  for (int64_t b = 0; b < n8; b += 8) {  // 8 blocks at a time, the difference in fp64
+    vd8 x;
+    std::memcpy(&x, bmin + b, sizeof x);
+    const vf8 f = __builtin_convertvector((vd8{} + gmin) - x, vf8);
+    std::memcpy(rf + b, &f, sizeof f);
+  }
+  for (int64_t b = n8; b < nfull; ++b) rf[b] = static_cast<float>(gmin - bmin[b]);
+  for (int64_t b = nfull; b < nv * kLanes; ++b) rf[b] = 0.0f;
+  for (int64_t i = 0; i < nv; ++i) vstore(rf + i * kLanes, vexp(vload(rf + i * kLanes)));
+  float* et = rs.et.data();
+  const int64_t nb = nfull * kLanes;
+  for (int64_t u = 0; u < kLanes; ++u) et[u] = nb + u < n ? static_cast<float>(gmin - gk[nb + u]) : 0.0f;
+  vstore(et, vexp(vload(et)));
+}
+
+// u^p and u^(p - 1) for even p = 2 half (kP2: p = 2, no loop).
+template <bool kP2, typename V>
+__attribute__((always_inline)) inline V pow_even(V u, int64_t half) {
+  const V q = u * u;
+  V w = q;
+  if constexpr (!kP2)
+    for (int64_t k = 1; k < half; ++k) w = w * q;
+  return w;
+}
+template <bool kP2, typename V>
+__attribute__((always_inline)) inline V pow_odd(V u, int64_t half) {
+  V w = u;
+  if constexpr (!kP2) {
+    const V q = u * u;
+    for (int64_t k = 1; k < half; ++k) w = w * q;
+  }
+  return w;
+}
+
+// x, with the magnitudes below FLT_MIN flushed to 0: subnormal operands slow the matrix products down several times
+// (a weight below 1e-38 of the row's largest is nothing to the sum).
+__attribute__((always_inline)) inline vf16 vflush(vf16 x) { return vabs(x) < 1.17549435e-38f ? vf16{} : x; }
+__attribute__((always_inline)) inline float flush(float x) { return std::abs(x) < 1.17549435e-38f ? 0.0f : x; }
+
+inline bool linear_range(float a, float scale) {
+  const double as = std::abs(static_cast<double>(scale)) * a;
+  return a >= 1e-30f && a <= 1e30f && as >= 1e-30 && as <= 1e30;
+}
+
+// Forward of row r in the linear form (P into row, m, l); false, row untouched, where it needs the log-space form.
+template <bool kGated, bool kP2>
+__attribute__((always_inline)) inline bool row_forward_linear(const TileShape<float>& sh, const KeyFactors& kfs,
+                                                             const std::vector<double>& pmin, RowScratch& rs,
+                                                             float* row, int64_t r, float& m, float& l) {
+  const int64_t n = sh.visible(r), nfull = n / kLanes, nb = nfull * kLanes, half = sh.p / 2;
+  if (n == 0) return false;
+  const float amax = row_absmax(row, n);
+  if (!linear_range(amax, sh.scale)) return false;
+  if constexpr (kGated) row_gate_factors(sh.gk, kfs, pmin[n - 1], n, rs);
+  const vf16 ia = vsplat(1.0f / amax);
+  float* a = rs.a.data();
+  vf16 vm{};
+  for (int64_t b = 0; b < nfull; ++b) {
+    const int64_t j0 = b * kLanes;
+    vf16 w = pow_even<kP2>(vload(row + j0) * ia, half);
+    if constexpr (kGated) w = w * (vload(kfs.kf.data() + j0) * rs.rf[b]);
+    vstore(a + j0, w);
+    vm = vmax(vm, w);
+  }
+  float lanes[kLanes];
+  vstore(lanes, vm);
+  float mx = 0.0f;
+  for (int64_t u = 0; u < kLanes; ++u) mx = std::max(mx, lanes[u]);
+  for (int64_t j = nb; j < n; ++j) {
+    float w = pow_even<kP2>(row[j] * (1.0f / amax), half);
+    if constexpr (kGated) w = w * rs.et[j - nb];
+    a[j] = w;
+    mx = std::max(mx, w);
+  }
+  if (!(mx >= 1e-10f)) return false;
+  const float inv = 1.0f / mx;
+  vf16 va{};
+  for (int64_t j0 = 0; j0 < nb; j0 += kLanes) {
+    const vf16 w = vflush(vload(a + j0) * inv);
+    vstore(row + j0, w);
+    va += w;
+  }
+  vstore(lanes, va);
+  float sum = 0.0f;
+  for (int64_t u = 0; u < kLanes; ++u) sum += lanes[u];
+  for (int64_t j = nb; j < n; ++j) sum += (row[j] = flush(a[j] * inv));
+  for (int64_t j = n; j < sh.C; ++j) row[j] = 0;
+  m = static_cast<float>(static_cast<double>(sh.p) * std::log(std::abs(static_cast<double>(sh.scale)) * amax) +
+                         std::log(static_cast<double>(mx)));
+  l = sum;
+  return true;
+}
+
+// Backward of row r in the linear form (see tile_weights_backward); false, rows untouched, where it needs the
+// log-space form.
+template <bool kGated, bool kP2>
+__attribute__((always_inline)) inline bool row_backward_linear(const TileShape<float>& sh, const KeyFactors& kfs,
+                                                              const std::vector<double>& pmin, RowScratch& rs,
+                                                              float* srow, float* drow, int64_t r, float mr,
+                                                              float* dgq, float* dgk) {
+  const int64_t n = sh.visible(r), nfull = n / kLanes, nb = nfull * kLanes, half = sh.p / 2;
+  if (n == 0) return false;
+  const float amax = row_absmax(srow, n);
+  if (!linear_range(amax, sh.scale)) return false;
+  const double F = std::exp(static_cast<double>(sh.p) * std::log(std::abs(static_cast<double>(sh.scale)) * amax) -
+                            static_cast<double>(mr));
+  if (!(F <= 1e20)) return false;
+  if constexpr (kGated) row_gate_factors(sh.gk, kfs, pmin[n - 1], n, rs);
+  const float cf = static_cast<float>(F), ias = 1.0f / amax;
+  const float dcoef = static_cast<float>(static_cast<double>(sh.p) / amax);
+  const vf16 ia = vsplat(ias);
+  vf16 vz{};
+  for (int64_t b = 0; b < nfull; ++b) {
+    const int64_t j0 = b * kLanes;
+    const vf16 u = vload(srow + j0) * ia;
+    const vf16 c = kGated ? vload(kfs.kf.data() + j0) * (rs.rf[b] * cf) : vsplat(cf);
+    const vf16 up = pow_odd<kP2>(u, half) * c;  // u^(p-1) c
+    const vf16 w = vflush(up * u);
+    const vf16 dp = vload(drow + j0);
+    const vf16 dz = dp * w;
+    vstore(srow + j0, w);
+    vstore(drow + j0, vflush(dp * (up * dcoef)));
+    vz += dz;
+    if (dgk != nullptr) vstore(dgk + j0, vload(dgk + j0) - dz);
+  }
+  float lanes[kLanes];
+  vstore(lanes, vz);
+  float sum = 0.0f;
+  for (int64_t u = 0; u < kLanes; ++u) sum += lanes[u];
+  for (int64_t j = nb; j < n; ++j) {
+    const float u = srow[j] * ias;
+    const float c = kGated ? rs.et[j - nb] * cf : cf;
+    const float up = pow_odd<kP2>(u, half) * c;
+    const float w = flush(up * u), dp = drow[j], dz = dp * w;
+    srow[j] = w;
+    drow[j] = flush(dp * (up * dcoef));
+    sum += dz;
+    if (dgk != nullptr) dgk[j] -= dz;
+  }
+  for (int64_t j = n; j < sh.C; ++j) {
+    srow[j] = 0;
+    drow[j] = 0;
+  }
+  if (dgq != nullptr) dgq[r / sh.g] += sum;
+  return true;
+}
+
 template <typename T>
 POWER_ATTENTION_INLINE void tile_weights_forward_impl(const TileShape<T>& sh, T* S, T* m, T* l) {
   constexpr int64_t W = POWER_ATTENTION_LANES;
@@ -222,8 +442,22 @@ POWER_ATTENTION_INLINE void tile_weights_forward_impl(const TileShape<T>& sh, T*
   const bool gated = sh.gq != nullptr && sh.gk != nullptr;
   const std::vector<double> pmin = gated ? prefix_min(sh.gk, sh.C) : std::vector<double>();
   const T neg_inf = static_cast<T>(kNegInf);
+  constexpr bool kFloat = std::is_same_v<T, float> && W == 16;
+  const bool linear = kFloat && !odd;
+  KeyFactors kfs;
+  if (linear && gated) kfs.build(sh.gk, sh.C);
+  RowScratch rs(linear ? sh.C : 0);
   for (int64_t r = 0; r < sh.R; ++r) {
     T* row = S + r * sh.C;
+    if constexpr (kFloat) {
+      if (linear) {
+        const bool done = sh.p == 2 ? (gated ? row_forward_linear<true, true>(sh, kfs, pmin, rs, row, r, m[r], l[r])
+                                             : row_forward_linear<false, true>(sh, kfs, pmin, rs, row, r, m[r], l[r]))
+                                    : (gated ? row_forward_linear<true, false>(sh, kfs, pmin, rs, row, r, m[r], l[r])
+                                             : row_forward_linear<false, false>(sh, kfs, pmin, rs, row, r, m[r], l[r]));
+        if (done) continue;
+      }
+    }
     const int64_t n = sh.visible(r), nb = n / W * W;
     if (gated) {
       const double gi = sh.gq[r / sh.g] - row_reference(sh, pmin, r);
@@ -231,7 +465,7 @@ POWER_ATTENTION_INLINE void tile_weights_forward_impl(const TileShape<T>& sh, T*
     }
     T mx[W];
     for (int64_t u = 0; u < W; ++u) mx[u] = neg_inf;
-    if constexpr (std::is_same_v<T, float> && W == 16) {
+    if constexpr (kFloat) {
       vf16 vm = vsplat(neg_inf);
       for (int64_t j0 = 0; j0 < nb; j0 += W) {
         const vf16 zj = p * vlog(vabs(sh.scale * vload(row + j0))) + vload(gd.data() + j0);
@@ -316,9 +550,24 @@ POWER_ATTENTION_INLINE void tile_weights_backward_impl(const TileShape<T>& sh, T
   const bool gated = sh.gq != nullptr && sh.gk != nullptr;
   const std::vector<double> pmin = gated ? prefix_min(sh.gk, sh.C) : std::vector<double>();
   std::vector<T> gd(static_cast<size_t>(sh.C), T(0)), dz(static_cast<size_t>(sh.C));
+  constexpr bool kFloat = std::is_same_v<T, float> && POWER_ATTENTION_LANES == 16;
+  const bool lin_form = kFloat && !odd;
+  KeyFactors kfs;
+  if (lin_form && gated) kfs.build(sh.gk, sh.C);
+  RowScratch rs(lin_form ? sh.C : 0);
   for (int64_t r = 0; r < sh.R; ++r) {
     T* srow = S + r * sh.C;
     T* drow = dP + r * sh.C;
+    if constexpr (kFloat) {
+      if (lin_form) {
+        const bool done =
+            sh.p == 2 ? (gated ? row_backward_linear<true, true>(sh, kfs, pmin, rs, srow, drow, r, m[r], dgq, dgk)
+                               : row_backward_linear<false, true>(sh, kfs, pmin, rs, srow, drow, r, m[r], dgq, dgk))
+                      : (gated ? row_backward_linear<true, false>(sh, kfs, pmin, rs, srow, drow, r, m[r], dgq, dgk)
+                               : row_backward_linear<false, false>(sh, kfs, pmin, rs, srow, drow, r, m[r], dgq, dgk));
+        if (done) continue;
+      }
+    }
     const int64_t n = sh.visible(r);
     if (gated) {
       const double gi = sh.gq[r / sh.g] - row_reference(sh, pmin, r);
@@ -344,6 +593,349 @@ POWER_ATTENTION_INLINE void tile_weights_backward_impl(const TileShape<T>& sh, T
 }
 
 POWER_ATTENTION_SIMD_VARIANTS(void, tile_weights_backward, (const TileShape<T>& sh, T* S, T* dP, const T* m, T* dgq, T* dgk), (sh, S, dP, m, dgq, dgk))
+
+// ---------------------------------------------------------------------------------------------------------------
+// The quadratic form's products in fp32 (AVX-512): C [M, N] (+)= A B with A(i, k) = A[i ai + k ak] (a row-major
+// matrix or its transpose) and B [K, N] row-major, in a register-blocked micro-kernel: MR rows x 16 NV columns of
+// accumulators (6 x 64 or 8 x 48/32/16, the last vector masked), one broadcast of A(i, k) against NV vector loads of
+// B's row k; K in blocks of 128 rows (B's block in L1). Sums over k in index order within a block.
+// ---------------------------------------------------------------------------------------------------------------
+namespace {
+
+#ifdef POWER_ATTENTION_X86_DISPATCH
+#define PA_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
+
+#define PA_GDECL(r) __m512 c##r##0, c##r##1, c##r##2, c##r##3;
+#define PA_GINIT(r)                                                                                   \
+  if constexpr (MR > r) {                                                                             \
+    float* cr = C + r * ldc;                                                                          \
+    const __m512 z = bias != nullptr ? _mm512_set1_ps(bias[r]) : _mm512_setzero_ps();                 \
+    c##r##0 = acc ? _mm512_maskz_loadu_ps(NV == 1 ? last : 0xffff, cr) : z;                           \
+    if constexpr (NV > 1) c##r##1 = acc ? _mm512_maskz_loadu_ps(NV == 2 ? last : 0xffff, cr + 16) : z; \
+    if constexpr (NV > 2) c##r##2 = acc ? _mm512_maskz_loadu_ps(NV == 3 ? last : 0xffff, cr + 32) : z; \
+    if constexpr (NV > 3) c##r##3 = acc ? _mm512_maskz_loadu_ps(last, cr + 48) : z;                   \
+  }
+#define PA_GFMA(r)                                                     \
+  if constexpr (MR > r) {                                              \
+    const __m512 x = _mm512_set1_ps(ak_[r * ai]);                      \
+    c##r##0 = _mm512_fmadd_ps(x, b0, c##r##0);                         \
+    if constexpr (NV > 1) c##r##1 = _mm512_fmadd_ps(x, b1, c##r##1);   \
+    if constexpr (NV > 2) c##r##2 = _mm512_fmadd_ps(x, b2, c##r##2);   \
+    if constexpr (NV > 3) c##r##3 = _mm512_fmadd_ps(x, b3, c##r##3);   \
+  }
+#define PA_GSTORE(r)                                                                      \
+  if constexpr (MR > r) {                                                                 \
+    float* cr = C + r * ldc;                                                              \
+    _mm512_mask_storeu_ps(cr, NV == 1 ? last : 0xffff, c##r##0);                          \
+    if constexpr (NV > 1) _mm512_mask_storeu_ps(cr + 16, NV == 2 ? last : 0xffff, c##r##1); \
+    if constexpr (NV > 2) _mm512_mask_storeu_ps(cr + 32, NV == 3 ? last : 0xffff, c##r##2); \
+    if constexpr (NV > 3) _mm512_mask_storeu_ps(cr + 48, last, c##r##3);                  \
+  }
+
+template <int MR, int NV>
+PA_AVX512 void gemm_micro(int64_t K, const float* A, int64_t ai, int64_t ak, const float* B, int64_t ldb, float* C,
+                          int64_t ldc, __mmask16 last, bool acc, const float* bias) {
+  static_assert(MR >= 1 && MR <= 8 && NV >= 1 && NV <= 4, "register block");
+  PA_GDECL(0) PA_GDECL(1) PA_GDECL(2) PA_GDECL(3) PA_GDECL(4) PA_GDECL(5) PA_GDECL(6) PA_GDECL(7)
+  PA_GINIT(0) PA_GINIT(1) PA_GINIT(2) PA_GINIT(3) PA_GINIT(4) PA_GINIT(5) PA_GINIT(6) PA_GINIT(7)
+  for (int64_t k = 0; k < K; ++k) {
+    const float* bk = B + k * ldb;
+    const float* ak_ = A + k * ak;
+    const __m512 b0 = _mm512_maskz_loadu_ps(NV == 1 ? last : 0xffff, bk);
+    __m512 b1, b2, b3;
+    if constexpr (NV > 1) b1 = _mm512_maskz_loadu_ps(NV == 2 ? last : 0xffff, bk + 16);
+    if constexpr (NV > 2) b2 = _mm512_maskz_loadu_ps(NV == 3 ? last : 0xffff, bk + 32);
+    if constexpr (NV > 3) b3 = _mm512_maskz_loadu_ps(last, bk + 48);
+    PA_GFMA(0) PA_GFMA(1) PA_GFMA(2) PA_GFMA(3) PA_GFMA(4) PA_GFMA(5) PA_GFMA(6) PA_GFMA(7)
+  }
+  PA_GSTORE(0) PA_GSTORE(1) PA_GSTORE(2) PA_GSTORE(3) PA_GSTORE(4) PA_GSTORE(5) PA_GSTORE(6) PA_GSTORE(7)
+}
+
+#undef PA_GDECL
+#undef PA_GINIT
+#undef PA_GFMA
+#undef PA_GSTORE
+
+// Rows [0, mr) of a register block of MR rows at most.
+template <int MR, int NV>
+PA_AVX512 void gemm_rows(int64_t mr, int64_t K, const float* A, int64_t ai, int64_t ak, const float* B, int64_t ldb,
+                         float* C, int64_t ldc, __mmask16 last, bool acc, const float* bias) {
+  if (mr == MR) {
+    gemm_micro<MR, NV>(K, A, ai, ak, B, ldb, C, ldc, last, acc, bias);
+  } else if constexpr (MR > 1) {
+    gemm_rows<MR - 1, NV>(mr, K, A, ai, ak, B, ldb, C, ldc, last, acc, bias);
+  }
+}
+
+template <int NV>
+PA_AVX512 void gemm_panel(int64_t M, int64_t K, const float* A, int64_t ai, int64_t ak, const float* B, int64_t ldb,
+                          float* C, int64_t ldc, __mmask16 last, bool acc, const float* bias) {
+  constexpr int MR = NV == 4 ? 6 : 8;
+  for (int64_t i0 = 0; i0 < M; i0 += MR)
+    gemm_rows<MR, NV>(std::min<int64_t>(MR, M - i0), K, A + i0 * ai, ai, ak, B, ldb, C + i0 * ldc, ldc, last, acc,
+                      bias != nullptr ? bias + i0 : nullptr);
+}
+
+// C [M, N] = A B (acc: C += A B; bias [M] given: C = A B + bias[i] on row i), A(i, k) = A[i ai + k ak], B [K, N]
+// with row stride ldb, C with row stride ldc.
+PA_AVX512 void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t ai, int64_t ak, const float* B,
+                    int64_t ldb, float* C, int64_t ldc, bool acc, const float* bias = nullptr) {
+  constexpr int64_t kBlockK = 64;
+  for (int64_t c0 = 0; c0 < N; c0 += 64) {
+    const int64_t nc = std::min<int64_t>(64, N - c0);
+    const int nv = static_cast<int>((nc + 15) / 16);
+    const __mmask16 last = static_cast<__mmask16>((1u << (nc - 16 * (nv - 1))) - 1u);
+    if (K == 0 && !acc) {
+      for (int64_t i = 0; i < M; ++i)
+        std::fill(C + i * ldc + c0, C + i * ldc + c0 + nc, bias != nullptr ? bias[i] : 0.0f);
+      continue;
+    }
+    for (int64_t k0 = 0; k0 < K; k0 += kBlockK) {
+      const int64_t kn = std::min(kBlockK, K - k0);
+      const bool a = acc || k0 > 0;
+      const float* bs = k0 == 0 ? bias : nullptr;
+      const float* Ak = A + k0 * ak;
+      const float* Bk = B + k0 * ldb + c0;
+      float* Cc = C + c0;
+      switch (nv) {
+        case 4: gemm_panel<4>(M, kn, Ak, ai, ak, Bk, ldb, Cc, ldc, last, a, bs); break;
+        case 3: gemm_panel<3>(M, kn, Ak, ai, ak, Bk, ldb, Cc, ldc, last, a, bs); break;
+        case 2: gemm_panel<2>(M, kn, Ak, ai, ak, Bk, ldb, Cc, ldc, last, a, bs); break;
+        default: gemm_panel<1>(M, kn, Ak, ai, ak, Bk, ldb, Cc, ldc, last, a, bs); break;
+      }
+    }
+  }
+}
+#endif
+
+// 64-byte aligned scratch of one thread, grown on demand.
+struct Buffer {
+  float* p = nullptr;
+  size_t n = 0;
+  float* get(size_t want) {
+    if (want > n) {
+      std::free(p);
+      n = (want + 15) / 16 * 16;
+      p = static_cast<float*>(std::aligned_alloc(64, n * sizeof(float)));
+      if (p == nullptr) throw std::bad_alloc();
+    }
+    return p;
+  }
+  Buffer() = default;
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  ~Buffer() { std::free(p); }
+};
+struct QuadraticWork {
+  Buffer kt, vt, dkt, dvt, s, dp, dnum, dqt, rows;
+  std::vector<double> gp;
+  std::vector<float> dl;
+  size_t bytes() const {
+    return sizeof(float) * (kt.n + vt.n + dkt.n + dvt.n + s.n + dp.n + dnum.n + dqt.n + rows.n);
+  }
+};
+
+// Workspaces outlive the call (for_each_head's threads do not, so thread-local ones would be allocated and
+// page-faulted anew every call): a few kept, each up to kKeptBytes, the rest freed.
+class WorkPool {
+ public:
+  static constexpr size_t kKept = 4, kKeptBytes = size_t(64) << 20;
+  std::unique_ptr<QuadraticWork> take() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (free_.empty()) return std::make_unique<QuadraticWork>();
+    std::unique_ptr<QuadraticWork> w = std::move(free_.back());
+    free_.pop_back();
+    return w;
+  }
+  void give(std::unique_ptr<QuadraticWork> w) {
+    if (w->bytes() > kKeptBytes) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (free_.size() < kKept) free_.push_back(std::move(w));
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::unique_ptr<QuadraticWork>> free_;
+};
+WorkPool& work_pool() {
+  static WorkPool* pool = new WorkPool();  // never destroyed: heads may run while the process exits
+  return *pool;
+}
+struct PooledWork {
+  std::unique_ptr<QuadraticWork> w = work_pool().take();
+  ~PooledWork() { work_pool().give(std::move(w)); }
+};
+
+// n rounded up to a multiple of 16 that is an odd multiple of 16 floats (64 bytes), so that the rows of a panel
+// spread over the L1 sets instead of meeting in one (a stride of 8 KiB maps every row to the same set).
+int64_t padded_ld(int64_t n) { return ((n + 15) / 16 * 16) | 16; }
+
+// xt [w][ld] = x [T, w] (row stride ldx) transposed, columns T..ld zero.
+void transpose_into(const float* x, int64_t ldx, int64_t T, int64_t w, int64_t ld, float* xt) {
+  for (int64_t a = 0; a < w; ++a) std::fill(xt + a * ld + T, xt + (a + 1) * ld, 0.0f);
+  constexpr int64_t kB = 16;
+  for (int64_t j0 = 0; j0 < T; j0 += kB) {
+    const int64_t j1 = std::min(T, j0 + kB);
+    for (int64_t a = 0; a < w; ++a)
+      for (int64_t j = j0; j < j1; ++j) xt[a * ld + j] = x[j * ldx + a];
+  }
+}
+
+// x [j][a] (row stride ldx) = xt [a][j] (row stride ld) for j < T, a < w; 16 tokens at a time.
+void transpose_out(const float* xt, int64_t ld, int64_t T, int64_t w, float* x, int64_t ldx) {
+  constexpr int64_t kB = 16;
+  for (int64_t j0 = 0; j0 < T; j0 += kB) {
+    const int64_t j1 = std::min(T, j0 + kB);
+    for (int64_t a = 0; a < w; ++a)
+      for (int64_t j = j0; j < j1; ++j) x[j * ldx + a] = xt[a * ld + j];
+  }
+}
+
+// x [T, w] with row stride ldx as the B operand of a product: x itself when its rows are contiguous, else copied
+// into buf (a stride of a few KiB puts a panel's rows in a few L1 sets).
+const float* unit_stride_rows(const float* x, int64_t ldx, int64_t T, int64_t w, Buffer& buf) {
+  if (ldx == w) return x;
+  float* out = buf.get(T * w);
+  for (int64_t j = 0; j < T; ++j) std::copy(x + j * ldx, x + j * ldx + w, out + j * w);
+  return out;
+}
+
+// G padded to ld entries with its last value (keys past T are never visible; their factors stay finite).
+const double* padded_gates(const QuadraticHead& h, int64_t ld, QuadraticWork& w) {
+  if (h.G == nullptr) return nullptr;
+  w.gp.assign(static_cast<size_t>(ld), h.T > 0 ? h.G[h.T - 1] : 0.0);
+  std::copy(h.G, h.G + h.T, w.gp.begin());
+  return w.gp.data();
+}
+
+// The row strides of a head (QuadraticHead's, 0: contiguous) and of its query-row operands: the g rows of a token
+// are w apart, so rows are evenly spaced when g = 1 or the token stride is g w.
+struct Strides {
+  int64_t q, k, v, y, dy;     // token strides
+  int64_t qr, yr, dyr;        // row strides of the query-row operands
+  explicit Strides(const QuadraticHead& h)
+      : q(h.ldq != 0 ? h.ldq : h.g * h.d),
+        k(h.ldk != 0 ? h.ldk : h.d),
+        v(h.ldv != 0 ? h.ldv : h.e),
+        y(h.ldy != 0 ? h.ldy : h.g * h.e),
+        dy(h.lddy != 0 ? h.lddy : h.g * h.e),
+        qr(h.g == 1 ? q : h.d),
+        yr(h.g == 1 ? y : h.e),
+        dyr(h.g == 1 ? dy : h.e) {}
+};
+
+TileShape<float> quadratic_tile(const QuadraticHead& h, int64_t i0, int64_t i1, int64_t C, const double* gp) {
+  TileShape<float> sh;
+  sh.R = (i1 - i0) * h.g, sh.C = C, sh.g = h.g, sh.tq0 = i0, sh.tk0 = 0, sh.p = h.p, sh.scale = h.scale;
+  sh.gq = h.G != nullptr ? h.G + i0 : nullptr;
+  sh.gk = gp;
+  return sh;
+}
+
+#ifdef POWER_ATTENTION_X86_DISPATCH
+PA_AVX512 void quadratic_forward_avx512(const QuadraticHead& h, float* y, float* m, float* l) {
+  const int64_t T = h.T, g = h.g, d = h.d, e = h.e, Tp = padded_ld(T), tile = std::max<int64_t>(1, h.tile);
+  PooledWork pw;
+  QuadraticWork& w = *pw.w;
+  const Strides st(h);
+  float* kt = w.kt.get(d * Tp);
+  float* S = w.s.get(tile * g * Tp);
+  transpose_into(h.k, st.k, T, d, Tp, kt);
+  const float* vr = unit_stride_rows(h.v, st.v, T, e, w.rows);
+  const double* gp = padded_gates(h, Tp, w);
+  for (int64_t i0 = 0; i0 < T; i0 += tile) {
+    const int64_t i1 = std::min(T, i0 + tile), R = (i1 - i0) * g, C = padded_ld(i1);
+    gemm(R, C, d, h.q + i0 * st.q, st.qr, 1, kt, Tp, S, C, false);
+    tile_weights_forward<float>(quadratic_tile(h, i0, i1, C, gp), S, m + i0 * g, l + i0 * g);
+    float* yt = y + i0 * st.y;
+    gemm(R, e, i1, S, C, 1, vr, e, yt, st.yr, false);
+    for (int64_t r = 0; r < R; ++r) {
+      const float lr = l[i0 * g + r], inv = lr != 0.0f ? 1.0f / lr : 0.0f;
+      for (int64_t c = 0; c < e; ++c) yt[r * st.yr + c] *= inv;
+    }
+  }
+}
+
+PA_AVX512 void quadratic_backward_avx512(const QuadraticHead& h, const float* y, const float* dy, const float* m,
+                                         const float* l, const QuadraticGrads& gr, float* dG) {
+  const int64_t T = h.T, g = h.g, d = h.d, e = h.e, Tp = padded_ld(T), tile = std::max<int64_t>(1, h.tile);
+  float *dq = gr.dq, *dk = gr.dk, *dv = gr.dv;
+  PooledWork pw;
+  QuadraticWork& w = *pw.w;
+  float* dqt = w.dqt.get(tile * g * d);
+  // kt, vt [w][Tp]: K^T and V^T; dkt, dvt [w][Tp]: the key and value gradients transposed (accumulated tile by
+  // tile as dK^T += Q_t^T dS, dV^T += dnum^T P: P and dS stream by rows).
+  float* kt = w.kt.get(d * Tp);
+  float* vt = w.vt.get(e * Tp);
+  float* dkt = w.dkt.get(d * Tp);
+  float* dvt = w.dvt.get(e * Tp);
+  float* S = w.s.get(tile * g * Tp);
+  float* dP = w.dp.get(tile * g * Tp);
+  float* dnum = w.dnum.get(tile * g * e);
+  w.dl.resize(static_cast<size_t>(tile * g));
+  const Strides st(h);
+  transpose_into(h.k, st.k, T, d, Tp, kt);
+  transpose_into(h.v, st.v, T, e, Tp, vt);
+  const float* kr = dq != nullptr ? unit_stride_rows(h.k, st.k, T, d, w.rows) : h.k;
+  const double* gp = padded_gates(h, Tp, w);
+  if (dk != nullptr) std::fill(dkt, dkt + d * Tp, 0.0f);
+  if (dv != nullptr) std::fill(dvt, dvt + e * Tp, 0.0f);
+  for (int64_t i0 = 0; i0 < T; i0 += tile) {
+    const int64_t i1 = std::min(T, i0 + tile), R = (i1 - i0) * g, C = padded_ld(i1);
+    for (int64_t r = 0; r < R; ++r) {  // y = num / l: dnum = dy / l, dl = -(dy . y) / l
+      const int64_t row = i0 * g + r;
+      const float lr = l[row], inv = lr != 0.0f ? 1.0f / lr : 0.0f;
+      const float* dyr = dy + i0 * st.dy + r * st.dyr;
+      const float* yr = y + i0 * st.y + r * st.yr;
+      double dot = 0;
+      for (int64_t c = 0; c < e; ++c) {
+        dnum[r * e + c] = dyr[c] * inv;
+        dot += static_cast<double>(dyr[c]) * yr[c];
+      }
+      w.dl[r] = -static_cast<float>(dot) * inv;
+    }
+    const float* qt = h.q + i0 * st.q;
+    gemm(R, C, d, qt, st.qr, 1, kt, Tp, S, C, false);
+    gemm(R, C, e, dnum, e, 1, vt, Tp, dP, C, false, w.dl.data());  // dP = dnum V^T + dl
+    tile_weights_backward<float>(quadratic_tile(h, i0, i1, C, gp), S, dP, m + i0 * g,
+                                 dG != nullptr ? dG + i0 : nullptr, dG);
+    if (dv != nullptr) gemm(e, C, R, dnum, 1, e, S, C, dvt, Tp, true);
+    if (dq != nullptr) {
+      gemm(R, d, i1, dP, C, 1, kr, d, dqt, d, false);
+      for (int64_t r = 0; r < R; ++r) {
+        const int64_t tok = i0 + r / g;
+        std::copy(dqt + r * d, dqt + (r + 1) * d, dq + tok * gr.ldq + (r % g) * d);
+      }
+    }
+    if (dk != nullptr) gemm(d, C, R, qt, 1, st.qr, dP, C, dkt, Tp, true);
+  }
+  if (dk != nullptr) transpose_out(dkt, Tp, T, d, dk, gr.ldk);
+  if (dv != nullptr) transpose_out(dvt, Tp, T, e, dv, gr.ldv);
+}
+#endif
+
+}  // namespace
+
+bool quadratic_kernels_available(int64_t p) {
+#ifdef POWER_ATTENTION_X86_DISPATCH
+  return p % 2 == 0 && phi_products_available();
+#else
+  return false;
+#endif
+}
+
+void quadratic_forward_f32(const QuadraticHead& h, float* y, float* m, float* l) {
+#ifdef POWER_ATTENTION_X86_DISPATCH
+  quadratic_forward_avx512(h, y, m, l);
+#endif
+}
+
+void quadratic_backward_f32(const QuadraticHead& h, const float* y, const float* dy, const float* m, const float* l,
+                            const QuadraticGrads& gr, float* dG) {
+#ifdef POWER_ATTENTION_X86_DISPATCH
+  quadratic_backward_avx512(h, y, dy, m, l, gr, dG);
+#endif
+}
 
 template void tile_gate_reference<float>(const TileShape<float>&, double*);
 template void tile_gate_reference<double>(const TileShape<double>&, double*);

@@ -1,5 +1,6 @@
 // attention_tile_cpu.h: the in-chunk (or in-tile) attention of SPEC §3 on the CPU, the elementwise part fused
-// into one pass per row. Matrix products stay with ATen (S = Q K^T before, P V and friends after).
+// per row (tile_weights_*; the products around it are the caller's), and the quadratic form of one head in fp32 with
+// its products in AVX-512 micro-kernels (quadratic_*_f32).
 //
 // A tile is one head's query rows r in [0, R) (token tq0 + r / g, g rows per token) against keys j in [0, C)
 // (token tk0 + j); row r sees the keys with tk0 + j <= tq0 + r / g (causal).
@@ -43,6 +44,42 @@ void tile_weights_forward(const TileShape<T>& sh, T* S, T* m, T* l);
 /// dgq[r / g] and -sum_i dz_ij into dgk[j] (dz = dP * P).
 template <typename T>
 void tile_weights_backward(const TileShape<T>& sh, T* S, T* dP, const T* m, T* dgq, T* dgk);
+
+/// One key/value head of the quadratic form in fp32 at an even degree, for quadratic_forward/backward_f32: q
+/// [T, g, d] (g rows per token), k [T, d], v [T, e], each token's rows at a stride (ldq, ldk, ldv; 0: contiguous,
+/// g d, d, e), the g rows of a token d apart, and with g > 1 the token stride g d; y and dy [T, g, e] likewise
+/// (ldy, lddy); G [T] the gate cumsum (fp64) or null; query tiles of `tile` tokens.
+struct QuadraticHead {
+  int64_t T = 0, g = 1, d = 0, e = 0, p = 2, tile = 128;
+  float scale = 1;
+  const float* q = nullptr;
+  const float* k = nullptr;
+  const float* v = nullptr;
+  const double* G = nullptr;
+  int64_t ldq = 0, ldk = 0, ldv = 0, ldy = 0, lddy = 0;
+};
+
+/// Whether quadratic_forward/backward_f32 run on this machine for degree p: AVX-512 (phi_products_available) and
+/// p even.
+bool quadratic_kernels_available(int64_t p);
+
+/// The quadratic form of one head with the tile's products in register-blocked micro-kernels (no BLAS): y (rows at
+/// QuadraticHead's ldy), m and l [T g] as tile_weights_forward's (y = P V / l).
+void quadratic_forward_f32(const QuadraticHead& h, float* y, float* m, float* l);
+
+/// Where quadratic_backward_f32 writes the gradients (null: not wanted): dq's rows of token i at dq + i ldq (its g
+/// rows d apart), dk's row j at dk + j ldk, dv's at dv + j ldv.
+struct QuadraticGrads {
+  float* dq = nullptr;
+  float* dk = nullptr;
+  float* dv = nullptr;
+  int64_t ldq = 0, ldk = 0, ldv = 0;
+};
+
+/// Its backward from y, dy (rows at ldy, lddy), m, l: dq, dk, dv written (QuadraticGrads); with dG [T] given, adds
+/// the gradient of G to it.
+void quadratic_backward_f32(const QuadraticHead& h, const float* y, const float* dy, const float* m, const float* l,
+                            const QuadraticGrads& gr, float* dG);
 
 }  // namespace cpu
 }  // namespace power_attention

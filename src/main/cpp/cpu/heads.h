@@ -57,6 +57,17 @@ void quadratic_backward_head(const Problem& pr, const at::Tensor& q, const at::T
                              const at::Tensor& lg, const Forward& f, const at::Tensor& dy, const Needs& needs,
                              HeadGrads& gr, int64_t bh);
 
+/// Whether the quadratic form runs from the caller's layout (no compute-layout copies of q, k, v, dy): fp32 inputs
+/// and compute, one query head per key/value head, quadratic_kernels_available. y, den and rowmax stay in the
+/// compute layout for the backward.
+bool quadratic_from_caller_layout(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
+/// The op's forward and backward that way: q, k, v [b, t, h, w], log gates [b, t, h] (or undefined), dy [b, t, h, e]
+/// (or undefined: zeros), all in the caller's layout.
+Forward quadratic_forward_caller(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                 const at::Tensor& log_g);
+Grads quadratic_backward_caller(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                const at::Tensor& log_g, const Forward& f, const at::Tensor& dy, const Needs& needs);
+
 /// The chunked form of head bh, chunks in order (forward) and in reverse (backward); states checkpointed by
 /// state_interval (power_full_cpu.h).
 template <typename T>

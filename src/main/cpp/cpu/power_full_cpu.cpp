@@ -128,6 +128,7 @@ HeadGrads backward_laid_out(const Problem& pr, const at::Tensor& q, const at::Te
 Forward forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                 const at::Tensor& log_g, bool save, const State& initial, bool want_final) {
   TORCH_CHECK(pr.chunk > 0 || (!initial.S.defined() && !want_final), "power_full: internal: states need the chunked path");
+  if (quadratic_from_caller_layout(pr, q, k, v)) return quadratic_forward_caller(pr, q, k, v, log_g);
   const layout::Inputs x = layout::lay_out(pr, q, k, v, log_g);
   Forward f = forward_laid_out(pr, x.q, x.k, x.v, x.g, save, initial, want_final);
   f.out = layout::query_unlayout(f.y, pr, q.scalar_type());
@@ -137,6 +138,8 @@ Forward forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, con
 Grads backward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                const at::Tensor& log_g, const Forward& saved, const at::Tensor& dy, const Needs& needs,
                const State& d_final) {
+  if (quadratic_from_caller_layout(pr, q, k, v) && !needs.state)
+    return quadratic_backward_caller(pr, q, k, v, log_g, saved, dy, needs);
   const layout::Inputs x = layout::lay_out(pr, q, k, v, log_g);
   const bool direct = q.scalar_type() == pr.precision.compute && pr.b > 0 && pr.t > 0;
   const HeadGrads gr = backward_laid_out(pr, x.q, x.k, x.v, x.g, saved, layout::dy_layout(dy, pr, q.options()),

@@ -21,12 +21,14 @@ struct Case {
   bool gate;
   at::ScalarType dtype;
   at::Device device = at::kCPU;
+  double gmul = 1;  // the log gates times this (negative: gates above 1)
 };
 
 static std::string name(const Case& c) {
   char buf[200];
-  std::snprintf(buf, sizeof buf, "b%ld-t%ld-hq%ld-h%ld-d%ld-e%ld-p%ld-c%ld-%s-%s-%s", c.b, c.t, c.hq, c.h, c.d, c.e,
-                c.p, c.chunk, c.gate ? "gated" : "nogate", c10::toString(c.dtype), c.device.str().c_str());
+  std::snprintf(buf, sizeof buf, "b%ld-t%ld-hq%ld-h%ld-d%ld-e%ld-p%ld-c%ld-%s-%s-%s%s", c.b, c.t, c.hq, c.h, c.d,
+                c.e, c.p, c.chunk, c.gate ? "gated" : "nogate", c10::toString(c.dtype), c.device.str().c_str(),
+                c.gmul == 1 ? "" : ("-gx" + std::to_string(static_cast<int>(c.gmul))).c_str());
   return buf;
 }
 
@@ -44,7 +46,7 @@ static Result run_case(const Case& c) {
   at::Tensor q = at::randn({c.b, c.t, c.hq, c.d}, at::kDouble);
   at::Tensor k = at::randn({c.b, c.t, c.h, c.d}, at::kDouble);
   at::Tensor v = at::randn({c.b, c.t, c.h, c.e}, at::kDouble);
-  at::Tensor lg = c.gate ? at::log_sigmoid(at::randn({c.b, c.t, c.h}, at::kDouble) + 3) : at::Tensor();
+  at::Tensor lg = c.gate ? at::log_sigmoid(at::randn({c.b, c.t, c.h}, at::kDouble) + 3) * c.gmul : at::Tensor();
   at::Tensor dy = at::randn({c.b, c.t, c.hq, c.e}, at::kDouble);
   // inputs rounded to the tested dtype, so reference and kernel see the same numbers
   auto cast = [&](const at::Tensor& x) { return x.to(c.dtype).to(at::kDouble); };
@@ -78,6 +80,40 @@ static Result run_case(const Case& c) {
   r.dv = rel(xgrads[2], rgrads[2]);
   r.dg = c.gate ? rel(xgrads[3], rgrads[3]) : 0.0;
   return r;
+}
+
+// The fp32 quadratic form reads the caller's layout in place: strided views (every fourth token of a larger tensor,
+// heads of a wider one), dy broadcast over batch and heads (stride 0); and k broadcast over the tokens (token
+// stride 0), where the gradients of q and k vanish in exact arithmetic (all keys equal), so y, dv and dg are
+// compared there. Against the fp64 reference on the same values.
+static bool check_strided() {
+  const int64_t b = 2, t = 150, h = 3, d = 32, e = 48;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+  at::Tensor qb = at::randn({b, 4 * t, h + 1, d}), vb = at::randn({b, t, 2 * h, e}), kb = at::randn({b, t, h, 2 * d});
+  at::Tensor q = qb.slice(1, 0, 4 * t, 4).narrow(2, 1, h), v = vb.narrow(2, h, h);
+  at::Tensor lg = at::log_sigmoid(at::randn({b, t, h}) + 3);
+  at::Tensor dy = at::randn({1, t, 1, e}).expand({b, t, h, e});
+  bool ok = true;
+  for (bool broadcast_k : {false, true}) {
+    at::Tensor k = broadcast_k ? at::randn({b, 1, h, d}).expand({b, t, h, d}) : kb.narrow(3, d, d);
+    auto leaf = [](const at::Tensor& x, at::ScalarType dt) { return x.to(dt).detach().requires_grad_(true); };
+    at::Tensor rq = leaf(q, at::kDouble), rk = leaf(k, at::kDouble), rv = leaf(v, at::kDouble);
+    at::Tensor rg = leaf(lg, at::kDouble);
+    at::Tensor ry = pa::reference::power_full_quadratic(rq, rk, rv, rg, 2, scale);
+    auto rgr = torch::autograd::grad({ry}, {rq, rk, rv, rg}, {dy.to(at::kDouble)});
+    at::Tensor xq = q.detach().requires_grad_(true), xk = k.detach().requires_grad_(true);
+    at::Tensor xv = v.detach().requires_grad_(true), xg = lg.detach().requires_grad_(true);
+    at::Tensor xy = pa::power_full(xq, xk, xv, xg, pa::PowerFullOptions());
+    auto xgr = torch::autograd::grad({xy}, {xq, xk, xv, xg}, {dy});
+    const double ey = rel(xy, ry);
+    double eg = 0;
+    for (int i = broadcast_k ? 2 : 0; i < 4; ++i) eg = std::max(eg, rel(xgr[i], rgr[i]));
+    const bool good = ey <= 1e-5 && eg <= 1e-4;
+    std::printf("%-4s strided views, dy broadcast%s, fp32 quadratic: y %.2e, gradients %.2e\n", good ? "ok" : "FAIL",
+                broadcast_k ? ", k broadcast over tokens (dv, dg)" : "", ey, eg);
+    ok = ok && good;
+  }
+  return ok;
 }
 
 // SPEC §6: a sequence in two pieces, carrying the state, equals the whole; gradients too (fp64).
@@ -144,6 +180,16 @@ int main(int argc, char** argv) {
     cases.push_back({2, 190, 2, 1, 16, 130, 2, 32, false, dt});
     cases.push_back({1, 520, 8, 8, 64, 64, 2, 128, true, dt});
   }
+  // The fp32 quadratic form's kernels (attention_tile_cpu.h) at their edges: t not a multiple of the 64-token tile
+  // or of 16 keys, grouped queries, e and d not multiples of 16 and e over 64 columns, degree 4, no gates, strong
+  // decay (rows whose weights leave the float range take the log-space form) and gates above 1.
+  for (auto dt : {at::kFloat, at::kDouble}) {
+    cases.push_back({1, 301, 3, 1, 20, 17, 2, 0, true, dt});
+    cases.push_back({2, 150, 2, 2, 16, 130, 4, 0, true, dt});
+    cases.push_back({1, 200, 1, 1, 64, 64, 2, 0, false, dt});
+    cases.push_back({1, 257, 2, 2, 32, 48, 2, 0, true, dt, at::kCPU, 40});
+    cases.push_back({1, 160, 2, 1, 16, 32, 2, 0, true, dt, at::kCPU, -15});
+  }
   int failed = 0, passed = 0;
   for (const Case& c : cases) {
     const Result r = run_case(c);
@@ -154,6 +200,7 @@ int main(int argc, char** argv) {
                 r.dk, r.dv, r.dg);
     (ok ? passed : failed)++;
   }
+  (check_strided() ? passed : failed)++;
   for (auto [t, split, chunk, p, gate] : std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t, bool>>{
            {97, 40, 16, 2, true}, {97, 1, 16, 2, true}, {50, 33, 0, 2, true}, {61, 30, 7, 3, false},
            {40, 20, 8, 4, true}, {33, 10, 5, 1, true}}) {
