@@ -22,12 +22,6 @@ constexpr const char* kStepOverflows =
     ": exp(log_G) times the state (positive log gates add up step after step) or phi(K) V leaves the dtype's range; "
     "float64 states carry up to 1e308";
 
-// A tensor is finite where its sum in fp64 is: an inf or a NaN anywhere makes the sum inf or NaN, and fp32 / 16-bit
-// values cannot add up to fp64's range (one pass instead of isfinite's several). fp64 tensors element by element.
-at::Tensor all_finite(const at::Tensor& x) {
-  return x.scalar_type() == at::kDouble ? at::isfinite(x).all() : at::isfinite(x.sum(at::kDouble));
-}
-
 void check_step_finite(const at::Tensor& y, const at::Tensor& S1, const at::Tensor& s1) {
   at::NoGradGuard no_grad;
   const bool finite = at::stack({all_finite(S1), all_finite(s1), all_finite(y)}).all().item<bool>();  // one read

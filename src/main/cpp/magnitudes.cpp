@@ -71,6 +71,11 @@ Scaled scale_to_safe_range(const at::Tensor& q, const at::Tensor& k, int64_t p, 
   return sc;
 }
 
+at::Tensor all_finite(const at::Tensor& x) {
+  at::NoGradGuard no_grad;
+  return x.scalar_type() == at::kDouble ? at::isfinite(x).all() : at::isfinite(x.sum(at::kDouble));
+}
+
 // The gradient of x from that of x * f (f a constant power of two per row or head), in x's dtype.
 at::Tensor unscale_grad(const at::Tensor& grad, const at::Tensor& f) {
   if (!grad.defined() || !f.defined()) return grad;

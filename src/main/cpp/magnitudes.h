@@ -35,6 +35,11 @@ at::Tensor times_pow2(const at::Tensor& x, const at::Tensor& f);
 Scaled scale_to_safe_range(const at::Tensor& q, const at::Tensor& k, int64_t p, double scale,
                            const at::Tensor& log_g = at::Tensor());
 
+/// Whether every element of x is finite, as a bool scalar tensor on x's device (no read back): fp32 / 16-bit x by its
+/// sum in fp64 (an inf or a NaN anywhere makes it inf or NaN, and such values cannot add up to fp64's range: one
+/// pass), fp64 x element by element.
+at::Tensor all_finite(const at::Tensor& x);
+
 /// The gradient of x from that of x * f.
 at::Tensor unscale_grad(const at::Tensor& grad, const at::Tensor& f);
 

@@ -102,11 +102,6 @@ std::vector<at::Tensor> decode_step(const at::Tensor& q, const at::Tensor& k, co
                                                 q.scalar_type()));
   }
   std::vector<at::Tensor> out = cpu::decode_step(qn, k, v, lg, S, s, p);
-  // A tensor is finite where its sum in fp64 is: an inf or a NaN anywhere makes the sum inf or NaN, and fp32 values
-  // cannot add up to fp64's range (one pass instead of isfinite's several); fp64 tensors element by element.
-  const auto all_finite = [](const at::Tensor& x) {
-    return x.scalar_type() == at::kDouble ? at::isfinite(x).all() : at::isfinite(x.sum(at::kDouble));
-  };
   out.push_back(at::stack({all_finite(out[0]), all_finite(out[1]), all_finite(out[2])}).all());
   return out;
 }
