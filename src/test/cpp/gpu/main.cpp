@@ -43,7 +43,9 @@ int main(int argc, char** argv) {
                                     {1, 200, 4, 2, 32, 32, 2, 64, true, at::kBFloat16, 1, -1},
                                     {1, 200, 4, 2, 32, 32, 2, 64, true, at::kHalf},
                                     {2, 100, 8, 2, 32, 32, 2, 32, true, at::kBFloat16},
-                                    {2, 100, 8, 2, 32, 32, 2, 0, true, at::kBFloat16}};
+                                    {2, 100, 8, 2, 32, 32, 2, 0, true, at::kBFloat16},
+                                    {1, 200, 2, 1, 64, 64, 2, 64, true, at::kBFloat16, 1, -2},
+                                    {1, 200, 2, 1, 64, 64, 2, 0, true, at::kBFloat16, 1, -2}};
       for (const Case& c : cs)
         for (int i = 0; i < n; ++i) report(name(c), run_case(c, rng), tolerance(c.dtype));
       return failures() > 0 ? 1 : 0;
