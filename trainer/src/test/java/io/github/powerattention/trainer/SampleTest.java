@@ -18,9 +18,12 @@ import org.junit.jupiter.params.provider.CsvSource;
 
 /** Sampling with the recurrent state equals sampling by re-running the full forward at every token. */
 class SampleTest {
+    // tol: the largest logit difference allowed. Odd degree has signed normalizers (SPEC §2: defined, can be
+    // ill-conditioned), which magnify the two evaluations' rounding: 2.6e-4 of logits up to 7.2 measured on an AMD
+    // EPYC (AVX2), under 2e-4 on an Intel AVX-512 machine; a wrong state gives differences of order the logits.
     @ParameterizedTest(name = "deg{0}-chunk{1}-gating{2}-shift{3}")
-    @CsvSource({"2, 16, true, true", "2, 0, false, true", "1, 8, true, false"})
-    void stateSamplingEqualsFullForward(int degree, int chunk, boolean gating, boolean tokenShift) {
+    @CsvSource({"2, 16, true, true, 2e-4", "2, 0, false, true, 2e-4", "1, 8, true, false, 1e-3"})
+    void stateSamplingEqualsFullForward(int degree, int chunk, boolean gating, boolean tokenShift, double tol) {
         GptConfig cfg = new GptConfig(256, 64, 2, 4, 2, 32, GptConfig.Attention.POWER, degree, chunk, gating,
                 tokenShift, 10000.0);
         Gpt model = new Gpt(cfg, 7);
@@ -40,13 +43,15 @@ class SampleTest {
         byte[] viaState = sampler.generate(prompt, n, Sampler.Mode.STATE, 11, stateLogits);
         byte[] viaFull = sampler.generate(prompt, n, Sampler.Mode.FULL, 11, fullLogits);
         assertEquals(n, stateLogits.size());
-        double worst = 0;
+        double worst = 0, scale = 0;
         for (int i = 0; i < n; i++) {
             for (int v = 0; v < 256; v++) {
                 worst = Math.max(worst, Math.abs(stateLogits.get(i)[v] - fullLogits.get(i)[v]));
+                scale = Math.max(scale, Math.abs(fullLogits.get(i)[v]));
             }
         }
-        assertTrue(worst < 2e-4, "logits of state decoding differ from the full forward by up to " + worst);
+        assertTrue(worst < tol, "logits of state decoding differ from the full forward by up to " + worst
+                + " (largest logit " + scale + ")");
         assertArrayEquals(viaFull, viaState, "generated text differs:\nstate: "
                 + new String(viaState, StandardCharsets.ISO_8859_1) + "\nfull:  "
                 + new String(viaFull, StandardCharsets.ISO_8859_1));
