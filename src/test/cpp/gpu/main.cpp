@@ -9,6 +9,7 @@
 //                                       backends in the same run; a summary table last
 //   power_attention_gpu decode          the decode step against recomputing and against SDPA over a KV cache
 //   power_attention_gpu repeat [n]      a few cases drawn n times (fresh inputs each time), to see their spread
+//                                       (among them strong decay: log_sigmoid(N - 1), (N - 2), and -20 a token)
 //   power_attention_gpu kernels [n]     the degree-2 kernel checks alone, n times (and, on Hopper, each sm_90a
 //                                       kernel set's query products and gradients through phi against the sm_80
 //                                       kernel's)
@@ -45,7 +46,9 @@ int main(int argc, char** argv) {
                                     {2, 100, 8, 2, 32, 32, 2, 32, true, at::kBFloat16},
                                     {2, 100, 8, 2, 32, 32, 2, 0, true, at::kBFloat16},
                                     {1, 200, 2, 1, 64, 64, 2, 64, true, at::kBFloat16, 1, -2},
-                                    {1, 200, 2, 1, 64, 64, 2, 0, true, at::kBFloat16, 1, -2}};
+                                    {1, 200, 2, 1, 64, 64, 2, 0, true, at::kBFloat16, 1, -2},
+                                    gated({1, 600, 4, 2, 64, 64, 2, 0, true, at::kHalf}, -20, 0, true),
+                                    gated({1, 600, 4, 2, 64, 64, 2, 64, true, at::kHalf}, -20, 0, true)};
       for (const Case& c : cs)
         for (int i = 0; i < n; ++i) report(name(c), run_case(c, rng), tolerance(c.dtype));
       return failures() > 0 ? 1 : 0;

@@ -77,6 +77,7 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dkv_kernel(Args a, const u1
   zero(ka);
   zero(va);
   float csa = 0.f, csb = 0.f;
+  int ea = 0, eb = 0;  // fp16: the keys' ds exponents (tile_kernel.cuh, fit_half_range)
 
   for (int st = 0; st < nsteps; ++st) {
     if (st + 1 < nsteps) load_q(st + 1, (st + 1) & 1);
@@ -169,6 +170,7 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dkv_kernel(Args a, const u1
     } else {
       if (full) scores(std::false_type{}, std::false_type{}); else scores(std::false_type{}, std::true_type{});
     }
+    if constexpr (!BF) fit_half_range<BM / 8, D>(dp, ka, ea, eb);
 #pragma unroll
     for (int kk = 0; kk < BM / 16; ++kk) {
       const u32 pa[4] = {pack2<BF>(s[2 * kk][0], s[2 * kk][1]), pack2<BF>(s[2 * kk][2], s[2 * kk][3]),
@@ -193,6 +195,7 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dkv_kernel(Args a, const u1
     }
     __syncthreads();
   }
+  if constexpr (!BF) restore_exp<D>(ka, ea, eb);
   const int64_t nko = a.ok.rows(x, C);
   if (dkT) store_mapped<BF, D>(dkT + a.ok.base(x), a.ok, ka, ja, nko, dk_add ? dk_add + x * C * D : nullptr);
   if (dvT) store_mapped<BF, E>(dvT + a.ov.base(x), a.ov, va, ja, nko, dv_add ? dv_add + x * C * E : nullptr);

@@ -71,6 +71,7 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dq_kernel(Args a, const u16
   float acc[D / 8][4];
   zero(acc);
   float rsa = 0.f, rsb = 0.f;
+  int ea = 0, eb = 0;  // fp16: the rows' ds exponents (tile_kernel.cuh, fit_half_range)
 
   for (int jt = 0; jt < ntiles; ++jt) {
     if (jt + 1 < ntiles) load_kv(jt + 1, (jt + 1) & 1);
@@ -152,6 +153,7 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dq_kernel(Args a, const u16
     } else {
       if (full) scores(std::false_type{}, std::false_type{}); else scores(std::false_type{}, std::true_type{});
     }
+    if constexpr (!BF) fit_half_range<BN / 8, D>(s, acc, ea, eb);
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk) {
       const u32 af[4] = {pack2<BF>(s[2 * kk][0], s[2 * kk][1]), pack2<BF>(s[2 * kk][2], s[2 * kk][3]),
@@ -166,6 +168,7 @@ __global__ void __launch_bounds__(kThreads) tile_bwd_dq_kernel(Args a, const u16
     }
     __syncthreads();
   }
+  if constexpr (!BF) restore_exp<D>(acc, ea, eb);
   if (dqT)
     store_mapped<BF, D>(dqT + a.oq.base(x), a.oq, acc, ra, a.oq.rows(x, R), dq_add ? dq_add + x * R * D : nullptr);
   rsa = quad_sum(rsa);

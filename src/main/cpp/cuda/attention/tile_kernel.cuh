@@ -60,6 +60,69 @@ __device__ __forceinline__ float lg2(float x) {
   return y;
 }
 
+// fp16 operands hold |x| <= 65504 only, and a score gradient ds = dz p / s can pass that where dq = ds k and
+// dk = ds^T q do not (a tiny score carrying a row's weight). With fp16 inputs the backward's ds rows are packed as
+// ds 2^-e, e >= 0 the row's (or key's) exponent: raised where a tile's largest |ds| would pass 2^15, the fp32 sum
+// of the products then kept times 2^-e too (rescaled by the same power of two, exact) and multiplied by 2^e once
+// at the end. e stays 0 (nothing changes, to the bit) for rows whose ds stay in range.
+__device__ __forceinline__ float pow2f(int e) { return __int_as_float((127 + e) << 23); }  // 2^e, |e| <= 126
+
+// Raises e so that amax 2^-e <= 2^15 and returns the factor 2^(e_old - e_new) for a sum kept at the old exponent
+// (1 where e stays; an inf or NaN amax leaves it).
+__device__ __forceinline__ float raise_exp(int& e, float amax) {
+  if (!(amax * pow2f(-e) > 0x1p15f) || !(amax <= 0x1p127f)) return 1.f;
+  int top;
+  frexpf(amax, &top);  // amax < 2^top
+  const float f = pow2f(e - (top - 15));
+  e = top - 15;
+  return f;
+}
+
+// The fp16 backward's ds tile of a warp (rows gr / gr + 8 in registers 0-1 / 2-3 of each n8 tile) brought to its
+// rows' exponents ea / eb, with acc (the rows' sums, W / 8 n8 tiles) rescaled where they rise.
+template <int NT, int W>
+__device__ __forceinline__ void fit_half_range(float (&ds)[NT][4], float (&acc)[W / 8][4], int& ea, int& eb) {
+  float xa = 0.f, xb = 0.f;
+#pragma unroll
+  for (int i = 0; i < NT; ++i) {
+    xa = fmaxf(xa, fmaxf(fabsf(ds[i][0]), fabsf(ds[i][1])));
+    xb = fmaxf(xb, fmaxf(fabsf(ds[i][2]), fabsf(ds[i][3])));
+  }
+  const float fa = raise_exp(ea, mma::quad_max(xa)), fb = raise_exp(eb, mma::quad_max(xb));
+  if (fa != 1.f || fb != 1.f) {
+#pragma unroll
+    for (int f = 0; f < W / 8; ++f) {
+      acc[f][0] *= fa;
+      acc[f][1] *= fa;
+      acc[f][2] *= fb;
+      acc[f][3] *= fb;
+    }
+  }
+  if (ea != 0 || eb != 0) {
+    const float sa = pow2f(-ea), sb = pow2f(-eb);
+#pragma unroll
+    for (int i = 0; i < NT; ++i) {
+      ds[i][0] *= sa;
+      ds[i][1] *= sa;
+      ds[i][2] *= sb;
+      ds[i][3] *= sb;
+    }
+  }
+}
+// acc times 2^ea / 2^eb (rows gr / gr + 8): the sums at their true scale.
+template <int W>
+__device__ __forceinline__ void restore_exp(float (&acc)[W / 8][4], int ea, int eb) {
+  if (ea == 0 && eb == 0) return;
+  const float fa = pow2f(ea), fb = pow2f(eb);
+#pragma unroll
+  for (int f = 0; f < W / 8; ++f) {
+    acc[f][0] *= fa;
+    acc[f][1] *= fa;
+    acc[f][2] *= fb;
+    acc[f][3] *= fb;
+  }
+}
+
 // Stores a [16 x W] accumulator tile (rows ra / ra + 8 of the warp) to out [rows, W] (fp32).
 template <int W>
 __device__ __forceinline__ void store_rows(float* out, const float (&acc)[W / 8][4], int64_t ra, int64_t n) {
