@@ -706,6 +706,113 @@ PA_AVX512 void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t ai,
     }
   }
 }
+
+// The same products for AVX2 machines (16 ymm registers): MR rows x 8 NV columns of accumulators (6 x 16 or 8 x 8),
+// one broadcast of A(i, k) against NV vector loads of B's row k, the last vector masked where the columns end
+// inside it (kMasked). K in blocks of 64 rows taken outermost, so that A's block (up to 64 x 64) stays in L1 while
+// the 16-column panels of B pass over it (a 6 x 64 block does not fit in 16 registers). Sums over k in index order.
+#define PA_AVX2 __attribute__((target("avx2,fma")))
+
+#define PA_YDECL(r) __m256 c##r##0, c##r##1;
+#define PA_YLOAD(v, p) (kMasked && NV == (v) + 1 ? _mm256_maskload_ps((p), last) : _mm256_loadu_ps(p))
+#define PA_YINIT(r)                                                                \
+  if constexpr (MR > r) {                                                          \
+    float* cr = C + r * ldc;                                                       \
+    const __m256 z = bias != nullptr ? _mm256_set1_ps(bias[r]) : _mm256_setzero_ps(); \
+    c##r##0 = acc ? PA_YLOAD(0, cr) : z;                                           \
+    if constexpr (NV > 1) c##r##1 = acc ? PA_YLOAD(1, cr + 8) : z;                 \
+  }
+#define PA_YFMA(r)                                                   \
+  if constexpr (MR > r) {                                            \
+    const __m256 x = _mm256_broadcast_ss(ak_ + r * ai);              \
+    c##r##0 = _mm256_fmadd_ps(x, b0, c##r##0);                       \
+    if constexpr (NV > 1) c##r##1 = _mm256_fmadd_ps(x, b1, c##r##1); \
+  }
+#define PA_YSTORE1(v, p, x)                                        \
+  if (kMasked && NV == (v) + 1) _mm256_maskstore_ps((p), last, (x)); \
+  else _mm256_storeu_ps((p), (x));
+#define PA_YSTORE(r)                                     \
+  if constexpr (MR > r) {                                \
+    float* cr = C + r * ldc;                             \
+    PA_YSTORE1(0, cr, c##r##0)                           \
+    if constexpr (NV > 1) { PA_YSTORE1(1, cr + 8, c##r##1) } \
+  }
+
+template <int MR, int NV, bool kMasked>
+PA_AVX2 void gemm_micro_avx2(int64_t K, const float* A, int64_t ai, int64_t ak, const float* B, int64_t ldb,
+                             float* C, int64_t ldc, __m256i last, bool acc, const float* bias) {
+  static_assert(MR >= 1 && MR <= 8 && NV >= 1 && NV <= 2, "register block");
+  PA_YDECL(0) PA_YDECL(1) PA_YDECL(2) PA_YDECL(3) PA_YDECL(4) PA_YDECL(5) PA_YDECL(6) PA_YDECL(7)
+  PA_YINIT(0) PA_YINIT(1) PA_YINIT(2) PA_YINIT(3) PA_YINIT(4) PA_YINIT(5) PA_YINIT(6) PA_YINIT(7)
+  for (int64_t k = 0; k < K; ++k) {
+    const float* bk = B + k * ldb;
+    const float* ak_ = A + k * ak;
+    const __m256 b0 = PA_YLOAD(0, bk);
+    __m256 b1;
+    if constexpr (NV > 1) b1 = PA_YLOAD(1, bk + 8);
+    PA_YFMA(0) PA_YFMA(1) PA_YFMA(2) PA_YFMA(3) PA_YFMA(4) PA_YFMA(5) PA_YFMA(6) PA_YFMA(7)
+  }
+  PA_YSTORE(0) PA_YSTORE(1) PA_YSTORE(2) PA_YSTORE(3) PA_YSTORE(4) PA_YSTORE(5) PA_YSTORE(6) PA_YSTORE(7)
+}
+
+#undef PA_YDECL
+#undef PA_YLOAD
+#undef PA_YINIT
+#undef PA_YFMA
+#undef PA_YSTORE1
+#undef PA_YSTORE
+
+// Rows [0, mr) of a register block of MR rows at most.
+template <int MR, int NV, bool kMasked>
+PA_AVX2 void gemm_rows_avx2(int64_t mr, int64_t K, const float* A, int64_t ai, int64_t ak, const float* B,
+                            int64_t ldb, float* C, int64_t ldc, __m256i last, bool acc, const float* bias) {
+  if (mr == MR) {
+    gemm_micro_avx2<MR, NV, kMasked>(K, A, ai, ak, B, ldb, C, ldc, last, acc, bias);
+  } else if constexpr (MR > 1) {
+    gemm_rows_avx2<MR - 1, NV, kMasked>(mr, K, A, ai, ak, B, ldb, C, ldc, last, acc, bias);
+  }
+}
+
+template <int NV, bool kMasked>
+PA_AVX2 void gemm_panel_avx2(int64_t M, int64_t K, const float* A, int64_t ai, int64_t ak, const float* B,
+                             int64_t ldb, float* C, int64_t ldc, __m256i last, bool acc, const float* bias) {
+  constexpr int MR = NV == 2 ? 6 : 8;
+  for (int64_t i0 = 0; i0 < M; i0 += MR)
+    gemm_rows_avx2<MR, NV, kMasked>(std::min<int64_t>(MR, M - i0), K, A + i0 * ai, ai, ak, B, ldb, C + i0 * ldc,
+                                    ldc, last, acc, bias != nullptr ? bias + i0 : nullptr);
+}
+
+// As gemm above, for AVX2.
+PA_AVX2 void gemm_avx2(int64_t M, int64_t N, int64_t K, const float* A, int64_t ai, int64_t ak, const float* B,
+                       int64_t ldb, float* C, int64_t ldc, bool acc, const float* bias) {
+  constexpr int64_t kBlockK = 64;
+  if (K == 0 && !acc) {
+    for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, bias != nullptr ? bias[i] : 0.0f);
+    return;
+  }
+  for (int64_t k0 = 0; k0 < K; k0 += kBlockK) {
+    const int64_t kn = std::min(kBlockK, K - k0);
+    const bool a = acc || k0 > 0;
+    const float* bs = k0 == 0 ? bias : nullptr;
+    const float* Ak = A + k0 * ak;
+    for (int64_t c0 = 0; c0 < N; c0 += 16) {
+      const int64_t nc = std::min<int64_t>(16, N - c0);
+      const int nv = static_cast<int>((nc + 7) / 8);
+      const int64_t rem = nc - 8 * (nv - 1);
+      const __m256i last = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(rem)),
+                                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+      const float* Bk = B + k0 * ldb + c0;
+      float* Cc = C + c0;
+      if (rem == 8) {
+        if (nv == 2) gemm_panel_avx2<2, false>(M, kn, Ak, ai, ak, Bk, ldb, Cc, ldc, last, a, bs);
+        else gemm_panel_avx2<1, false>(M, kn, Ak, ai, ak, Bk, ldb, Cc, ldc, last, a, bs);
+      } else {
+        if (nv == 2) gemm_panel_avx2<2, true>(M, kn, Ak, ai, ak, Bk, ldb, Cc, ldc, last, a, bs);
+        else gemm_panel_avx2<1, true>(M, kn, Ak, ai, ak, Bk, ldb, Cc, ldc, last, a, bs);
+      }
+    }
+  }
+}
 #endif
 
 // 64-byte aligned scratch of one thread, grown on demand.
@@ -833,7 +940,11 @@ TileShape<float> quadratic_tile(const QuadraticHead& h, int64_t i0, int64_t i1, 
 }
 
 #ifdef POWER_ATTENTION_X86_DISPATCH
-PA_AVX512 void quadratic_forward_avx512(const QuadraticHead& h, float* y, float* m, float* l) {
+using GemmFn = void (*)(int64_t, int64_t, int64_t, const float*, int64_t, int64_t, const float*, int64_t, float*,
+                        int64_t, bool, const float*);
+
+template <GemmFn kGemm>
+POWER_ATTENTION_INLINE void quadratic_forward_with(const QuadraticHead& h, float* y, float* m, float* l) {
   const int64_t T = h.T, g = h.g, d = h.d, e = h.e, Tp = padded_ld(T), tile = std::max<int64_t>(1, h.tile);
   PooledWork pw;
   QuadraticWork& w = *pw.w;
@@ -845,10 +956,10 @@ PA_AVX512 void quadratic_forward_avx512(const QuadraticHead& h, float* y, float*
   const double* gp = padded_gates(h, Tp, w);
   for (int64_t i0 = 0; i0 < T; i0 += tile) {
     const int64_t i1 = std::min(T, i0 + tile), R = (i1 - i0) * g, C = padded_ld(i1);
-    gemm(R, C, d, h.q + i0 * st.q, st.qr, 1, kt, Tp, S, C, false);
+    kGemm(R, C, d, h.q + i0 * st.q, st.qr, 1, kt, Tp, S, C, false, nullptr);
     tile_weights_forward<float>(quadratic_tile(h, i0, i1, C, gp), S, m + i0 * g, l + i0 * g);
     float* yt = y + i0 * st.y;
-    gemm(R, e, i1, S, C, 1, vr, e, yt, st.yr, false);
+    kGemm(R, e, i1, S, C, 1, vr, e, yt, st.yr, false, nullptr);
     for (int64_t r = 0; r < R; ++r) {
       const float lr = l[i0 * g + r], inv = lr != 0.0f ? 1.0f / lr : 0.0f;
       for (int64_t c = 0; c < e; ++c) yt[r * st.yr + c] *= inv;
@@ -856,8 +967,10 @@ PA_AVX512 void quadratic_forward_avx512(const QuadraticHead& h, float* y, float*
   }
 }
 
-PA_AVX512 void quadratic_backward_avx512(const QuadraticHead& h, const float* y, const float* dy, const float* m,
-                                         const float* l, const QuadraticGrads& gr, float* dG) {
+template <GemmFn kGemm>
+POWER_ATTENTION_INLINE void quadratic_backward_with(const QuadraticHead& h, const float* y, const float* dy,
+                                                   const float* m, const float* l, const QuadraticGrads& gr,
+                                                   float* dG) {
   const int64_t T = h.T, g = h.g, d = h.d, e = h.e, Tp = padded_ld(T), tile = std::max<int64_t>(1, h.tile);
   float *dq = gr.dq, *dk = gr.dk, *dv = gr.dv;
   PooledWork pw;
@@ -895,22 +1008,37 @@ PA_AVX512 void quadratic_backward_avx512(const QuadraticHead& h, const float* y,
       w.dl[r] = -static_cast<float>(dot) * inv;
     }
     const float* qt = h.q + i0 * st.q;
-    gemm(R, C, d, qt, st.qr, 1, kt, Tp, S, C, false);
-    gemm(R, C, e, dnum, e, 1, vt, Tp, dP, C, false, w.dl.data());  // dP = dnum V^T + dl
+    kGemm(R, C, d, qt, st.qr, 1, kt, Tp, S, C, false, nullptr);
+    kGemm(R, C, e, dnum, e, 1, vt, Tp, dP, C, false, w.dl.data());  // dP = dnum V^T + dl
     tile_weights_backward<float>(quadratic_tile(h, i0, i1, C, gp), S, dP, m + i0 * g,
                                  dG != nullptr ? dG + i0 : nullptr, dG);
-    if (dv != nullptr) gemm(e, C, R, dnum, 1, e, S, C, dvt, Tp, true);
+    if (dv != nullptr) kGemm(e, C, R, dnum, 1, e, S, C, dvt, Tp, true, nullptr);
     if (dq != nullptr) {
-      gemm(R, d, i1, dP, C, 1, kr, d, dqt, d, false);
+      kGemm(R, d, i1, dP, C, 1, kr, d, dqt, d, false, nullptr);
       for (int64_t r = 0; r < R; ++r) {
         const int64_t tok = i0 + r / g;
         std::copy(dqt + r * d, dqt + (r + 1) * d, dq + tok * gr.ldq + (r % g) * d);
       }
     }
-    if (dk != nullptr) gemm(d, C, R, qt, 1, st.qr, dP, C, dkt, Tp, true);
+    if (dk != nullptr) kGemm(d, C, R, qt, 1, st.qr, dP, C, dkt, Tp, true, nullptr);
   }
   if (dk != nullptr) transpose_out(dkt, Tp, T, d, dk, gr.ldk);
   if (dv != nullptr) transpose_out(dvt, Tp, T, e, dv, gr.ldv);
+}
+// The row loops around the products compiled for the products' instruction set.
+PA_AVX512 void quadratic_forward_avx512(const QuadraticHead& h, float* y, float* m, float* l) {
+  quadratic_forward_with<gemm>(h, y, m, l);
+}
+PA_AVX2 void quadratic_forward_avx2(const QuadraticHead& h, float* y, float* m, float* l) {
+  quadratic_forward_with<gemm_avx2>(h, y, m, l);
+}
+PA_AVX512 void quadratic_backward_avx512(const QuadraticHead& h, const float* y, const float* dy, const float* m,
+                                         const float* l, const QuadraticGrads& gr, float* dG) {
+  quadratic_backward_with<gemm>(h, y, dy, m, l, gr, dG);
+}
+PA_AVX2 void quadratic_backward_avx2(const QuadraticHead& h, const float* y, const float* dy, const float* m,
+                                     const float* l, const QuadraticGrads& gr, float* dG) {
+  quadratic_backward_with<gemm_avx2>(h, y, dy, m, l, gr, dG);
 }
 #endif
 
@@ -918,7 +1046,12 @@ PA_AVX512 void quadratic_backward_avx512(const QuadraticHead& h, const float* y,
 
 bool quadratic_kernels_available(int64_t p) {
 #ifdef POWER_ATTENTION_X86_DISPATCH
-  return p % 2 == 0 && phi_products_available();
+  // POWER_ATTENTION_CPU_FUSED=0 switches these off as it does the state products (phi_products_available)
+  static const bool on = [] {
+    const char* env = std::getenv("POWER_ATTENTION_CPU_FUSED");
+    return !(env != nullptr && std::strcmp(env, "0") == 0) && simd_level() >= 1;
+  }();
+  return p % 2 == 0 && on;
 #else
   return false;
 #endif
@@ -926,14 +1059,16 @@ bool quadratic_kernels_available(int64_t p) {
 
 void quadratic_forward_f32(const QuadraticHead& h, float* y, float* m, float* l) {
 #ifdef POWER_ATTENTION_X86_DISPATCH
-  quadratic_forward_avx512(h, y, m, l);
+  if (simd_level() == 2) quadratic_forward_avx512(h, y, m, l);
+  else quadratic_forward_avx2(h, y, m, l);
 #endif
 }
 
 void quadratic_backward_f32(const QuadraticHead& h, const float* y, const float* dy, const float* m, const float* l,
                             const QuadraticGrads& gr, float* dG) {
 #ifdef POWER_ATTENTION_X86_DISPATCH
-  quadratic_backward_avx512(h, y, dy, m, l, gr, dG);
+  if (simd_level() == 2) quadratic_backward_avx512(h, y, dy, m, l, gr, dG);
+  else quadratic_backward_avx2(h, y, dy, m, l, gr, dG);
 #endif
 }
 

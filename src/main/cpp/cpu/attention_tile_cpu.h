@@ -1,6 +1,6 @@
 // attention_tile_cpu.h: the in-chunk (or in-tile) attention of SPEC §3 on the CPU, the elementwise part fused
 // per row (tile_weights_*; the products around it are the caller's), and the quadratic form of one head in fp32 with
-// its products in AVX-512 micro-kernels (quadratic_*_f32).
+// its products in AVX-512 or AVX2 micro-kernels (quadratic_*_f32).
 //
 // A tile is one head's query rows r in [0, R) (token tq0 + r / g, g rows per token) against keys j in [0, C)
 // (token tk0 + j); row r sees the keys with tk0 + j <= tq0 + r / g (causal).
@@ -59,8 +59,8 @@ struct QuadraticHead {
   int64_t ldq = 0, ldk = 0, ldv = 0, ldy = 0, lddy = 0;
 };
 
-/// Whether quadratic_forward/backward_f32 run on this machine for degree p: AVX-512 (phi_products_available) and
-/// p even.
+/// Whether quadratic_forward/backward_f32 run on this machine for degree p: AVX-512 or AVX2 with FMA (simd_level()
+/// >= 1, not switched off with POWER_ATTENTION_CPU_FUSED=0) and p even.
 bool quadratic_kernels_available(int64_t p);
 
 /// The quadratic form of one head with the tile's products in register-blocked micro-kernels (no BLAS): y (rows at

@@ -1,5 +1,5 @@
 // quadratic_cpu.cpp: the CPU path's quadratic form, one head: tiles of query tokens against the keys up to the
-// tile's end, the weights fused per row (attention_tile_cpu.h). fp32 at an even degree on AVX-512 machines runs
+// tile's end, the weights fused per row (attention_tile_cpu.h). fp32 at an even degree on AVX-512 or AVX2 machines runs
 // attention_tile_cpu.h's quadratic_forward/backward_f32 (the products in micro-kernels, 64-token tiles); otherwise
 // the products are ATen's.
 #include "compute_layout.h"
