@@ -93,56 +93,86 @@ inline double exp_(double x) { return std::exp(x); }
 inline double log_(double x) { return x == 0 ? -std::numeric_limits<double>::infinity() : std::log(x); }
 
 
-// 16 floats at a time (GCC vector extensions: one zmm register in the AVX-512 clone, two ymm or four xmm
-// elsewhere); the same operations, constants and results as fast_exp / fast_log above.
+// V floats at a time (GCC vector extensions), V one register of the variant's instruction set: vf16 (zmm) in the
+// AVX-512 variant, vf8 (ymm) in the AVX2 one, vf4 (xmm) in the baseline (a vector wider than the machine's registers
+// lives on the stack: the AVX2 variant of 16-float vectors spent a third of the forward in spills); the same
+// operations, constants and results as fast_exp / fast_log above.
 typedef float vf16 __attribute__((vector_size(64)));
-typedef int32_t vi16 __attribute__((vector_size(64)));
-typedef double vd8 __attribute__((vector_size(64)));
 typedef float vf8 __attribute__((vector_size(32)));
+typedef float vf4 __attribute__((vector_size(16)));
+template <class V>
+struct VecTraits;
+template <>
+struct VecTraits<vf16> {
+  static constexpr int64_t lanes = 16;
+  typedef int32_t I __attribute__((vector_size(64)));
+};
+template <>
+struct VecTraits<vf8> {
+  static constexpr int64_t lanes = 8;
+  typedef int32_t I __attribute__((vector_size(32)));
+};
+template <>
+struct VecTraits<vf4> {
+  static constexpr int64_t lanes = 4;
+  typedef int32_t I __attribute__((vector_size(16)));
+};
+template <class V>
+using VInt = typename VecTraits<V>::I;
+template <class V>
+constexpr int64_t kVL = VecTraits<V>::lanes;
 
-__attribute__((always_inline)) inline vf16 vload(const float* p) {
-  vf16 v;
+template <class V>
+__attribute__((always_inline)) inline V vload(const float* p) {
+  V v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
-__attribute__((always_inline)) inline void vstore(float* p, vf16 v) { std::memcpy(p, &v, sizeof v); }
-__attribute__((always_inline)) inline vf16 vsplat(float x) { return vf16{} + x; }
-__attribute__((always_inline)) inline vf16 vabs(vf16 x) { return (vf16)((vi16)x & 0x7fffffff); }
-__attribute__((always_inline)) inline vf16 vmax(vf16 a, vf16 b) { return a > b ? a : b; }
+template <class V>
+__attribute__((always_inline)) inline void vstore(float* p, V v) { std::memcpy(p, &v, sizeof v); }
+template <class V>
+__attribute__((always_inline)) inline V vsplat(float x) { return V{} + x; }
+template <class V>
+__attribute__((always_inline)) inline V vabs(V x) { return (V)((VInt<V>)x & 0x7fffffff); }
+template <class V>
+__attribute__((always_inline)) inline V vmax(V a, V b) { return a > b ? a : b; }
 // floor for |x| < 2^22 (round to nearest by the 1.5 * 2^23 trick, then down where that went up)
-__attribute__((always_inline)) inline vf16 vfloor(vf16 x) {
-  const vf16 magic = vsplat(12582912.0f);
-  const vf16 t = (x + magic) - magic;
+template <class V>
+__attribute__((always_inline)) inline V vfloor(V x) {
+  const V magic = vsplat<V>(12582912.0f);
+  const V t = (x + magic) - magic;
   return t > x ? t - 1.0f : t;
 }
 
-__attribute__((always_inline)) inline vf16 vexp(vf16 x) {
-  const vf16 lo = vsplat(-87.3365447f), hi = vsplat(88.7228391f);
-  const vf16 xc = x < lo ? lo : (x > hi ? hi : x);
-  const vf16 n = vfloor(xc * 1.44269504088896341f + 0.5f);
-  vf16 r = xc - n * 0.693359375f;
+template <class V>
+__attribute__((always_inline)) inline V vexp(V x) {
+  const V lo = vsplat<V>(-87.3365447f), hi = vsplat<V>(88.7228391f);
+  const V xc = x < lo ? lo : (x > hi ? hi : x);
+  const V n = vfloor(xc * 1.44269504088896341f + 0.5f);
+  V r = xc - n * 0.693359375f;
   r = r + n * 2.12194440e-4f;
-  vf16 y = vsplat(1.9875691500e-4f);
+  V y = vsplat<V>(1.9875691500e-4f);
   y = y * r + 1.3981999507e-3f;
   y = y * r + 8.3334519073e-3f;
   y = y * r + 4.1665795894e-2f;
   y = y * r + 1.6666665459e-1f;
   y = y * r + 5.0000001201e-1f;
   y = y * r * r + r + 1.0f;
-  const vf16 scale = (vf16)((__builtin_convertvector(n, vi16) + 127) << 23);
-  const vf16 out = y * scale;
-  return x < lo ? vf16{} : out;
+  const V scale = (V)((__builtin_convertvector(n, VInt<V>) + 127) << 23);
+  const V out = y * scale;
+  return x < lo ? V{} : out;
 }
 
-__attribute__((always_inline)) inline vf16 vlog(vf16 a) {
-  const vi16 bits = (vi16)a;
-  vf16 e = __builtin_convertvector(((bits >> 23) & 0xff) - 126, vf16);
-  const vf16 mant = (vf16)((bits & 0x007fffff) | 0x3f000000);
+template <class V>
+__attribute__((always_inline)) inline V vlog(V a) {
+  const VInt<V> bits = (VInt<V>)a;
+  V e = __builtin_convertvector(((bits >> 23) & 0xff) - 126, V);
+  const V mant = (V)((bits & 0x007fffff) | 0x3f000000);
   const auto small = mant < 0.707106781186547524f;
   e = small ? e - 1.0f : e;
-  const vf16 x = small ? mant + mant - 1.0f : mant - 1.0f;
-  const vf16 z = x * x;
-  vf16 y = vsplat(7.0376836292e-2f);
+  const V x = small ? mant + mant - 1.0f : mant - 1.0f;
+  const V z = x * x;
+  V y = vsplat<V>(7.0376836292e-2f);
   y = y * x - 1.1514610310e-1f;
   y = y * x + 1.1676998740e-1f;
   y = y * x - 1.2420140846e-1f;
@@ -154,9 +184,9 @@ __attribute__((always_inline)) inline vf16 vlog(vf16 a) {
   y = y * x * z;
   y = y + e * -2.12194440e-4f;
   y = y - 0.5f * z;
-  vf16 out = x + y;
+  V out = x + y;
   out = out + e * 0.693359375f;
-  return a < 1.17549435e-38f ? vsplat(-std::numeric_limits<float>::infinity()) : out;
+  return a < 1.17549435e-38f ? vsplat<V>(-std::numeric_limits<float>::infinity()) : out;
 }
 
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
@@ -188,19 +218,49 @@ void tile_gate_reference(const TileShape<T>& sh, double* gref) {
   for (int64_t r = 0; r < sh.R; ++r) gref[r] = row_reference(sh, pmin, r);
 }
 
+// As POWER_ATTENTION_SIMD_VARIANTS (cpu_simd.h), with the vector type of each variant's registers passed to the loop.
+#ifdef POWER_ATTENTION_X86_DISPATCH
+#define TILE_VARIANTS(R, name, params, args)                                              \
+  template <typename T>                                                                  \
+  __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma"))) R name##_avx512 params { \
+    return name##_impl<T, vf16> args;                                                    \
+  }                                                                                      \
+  template <typename T>                                                                  \
+  __attribute__((target("avx2,fma"))) R name##_avx2 params {                            \
+    return name##_impl<T, vf8> args;                                                     \
+  }                                                                                      \
+  template <typename T>                                                                  \
+  R name params {                                                                        \
+    switch (::power_attention::simd_level()) {                                           \
+      case 2:                                                                            \
+        return name##_avx512<T> args;                                                    \
+      case 1:                                                                            \
+        return name##_avx2<T> args;                                                      \
+      default:                                                                           \
+        return name##_impl<T, vf4> args;                                                 \
+    }                                                                                    \
+  }
+#else
+#define TILE_VARIANTS(R, name, params, args) \
+  template <typename T>                      \
+  R name params {                            \
+    return name##_impl<T, vf4> args;         \
+  }
+#endif
+
 // P = exp(z - mr) (signed by s for odd p) over row[0, n), z in z[]; returns sum P. Blocked into lanes so that the
-// sum vectorises.
-template <bool kOdd, typename T>
+// sum vectorises (fp32: in vectors V).
+template <class V, bool kOdd, typename T>
 __attribute__((always_inline)) inline T row_weights(T* row, const T* z, int64_t n, T mr) {
-  constexpr int64_t W = POWER_ATTENTION_LANES;
-  const int64_t nb = n / W * W;
+  constexpr int64_t W = POWER_ATTENTION_LANES, step = std::is_same_v<T, float> ? kVL<V> : W;
+  const int64_t nb = n / step * step;
   T acc[W] = {};
-  if constexpr (std::is_same_v<T, float> && W == 16) {
-    vf16 va{};
-    for (int64_t j0 = 0; j0 < nb; j0 += W) {
-      const vf16 e = vexp(vload(z + j0) - mr);
-      const vf16 x = vload(row + j0);
-      const vf16 w = kOdd ? (x < 0.0f ? -e : e) : e;
+  if constexpr (std::is_same_v<T, float>) {
+    V va{};
+    for (int64_t j0 = 0; j0 < nb; j0 += step) {
+      const V e = vexp(vload<V>(z + j0) - mr);
+      const V x = vload<V>(row + j0);
+      const V w = kOdd ? (x < 0.0f ? -e : e) : e;
       vstore(row + j0, w);
       va += w;
     }
@@ -267,38 +327,50 @@ struct RowScratch {
         a(static_cast<size_t>(C + kLanes)) {}
 };
 
+// The largest lane of v.
+template <class V>
+__attribute__((always_inline)) inline float hmax(V v) {
+  float lanes[kVL<V>];
+  vstore(lanes, v);
+  float mx = lanes[0];
+  for (int64_t u = 1; u < kVL<V>; ++u) mx = std::max(mx, lanes[u]);
+  return mx;
+}
+// The sum of v's lanes in lane order.
+template <class V>
+__attribute__((always_inline)) inline float hsum(V v) {
+  float lanes[kVL<V>];
+  vstore(lanes, v);
+  float sum = 0.0f;
+  for (int64_t u = 0; u < kVL<V>; ++u) sum += lanes[u];
+  return sum;
+}
+
 // max |s_j| over [0, n).
+template <class V>
 __attribute__((always_inline)) inline float row_absmax(const float* s, int64_t n) {
-  const int64_t nb = n / kLanes * kLanes;
-  vf16 vm{};
-  for (int64_t j0 = 0; j0 < nb; j0 += kLanes) vm = vmax(vm, vabs(vload(s + j0)));
-  float lanes[kLanes];
-  vstore(lanes, vm);
-  float mx = 0.0f;
-  for (int64_t u = 0; u < kLanes; ++u) mx = std::max(mx, lanes[u]);
+  const int64_t nb = n / kVL<V> * kVL<V>;
+  V vm{};
+  for (int64_t j0 = 0; j0 < nb; j0 += kVL<V>) vm = vmax(vm, vabs(vload<V>(s + j0)));
+  float mx = hmax(vm);
   for (int64_t j = nb; j < n; ++j) mx = std::max(mx, std::abs(s[j]));
   return mx;
 }
 
 // The row's gate factors: rf[b] for its n / 16 whole blocks, et[u] for the keys of its partial block.
+template <class V>
 __attribute__((always_inline)) inline void row_gate_factors(const double* gk, const KeyFactors& kfs, double gmin,
                                                            int64_t n, RowScratch& rs) {
-  const int64_t nfull = n / kLanes, nv = (nfull + kLanes - 1) / kLanes, n8 = nfull / 8 * 8;
+  const int64_t nfull = n / kLanes, nv = (nfull + kLanes - 1) / kLanes;
   float* rf = rs.rf.data();
   const double* bmin = kfs.bmin.data();
-  for (int64_t b = 0; b < n8; b += 8) {  // 8 blocks at a time, the difference in fp64
-    vd8 x;
-    std::memcpy(&x, bmin + b, sizeof x);
-    const vf8 f = __builtin_convertvector((vd8{} + gmin) - x, vf8);
-    std::memcpy(rf + b, &f, sizeof f);
-  }
-  for (int64_t b = n8; b < nfull; ++b) rf[b] = static_cast<float>(gmin - bmin[b]);
+  for (int64_t b = 0; b < nfull; ++b) rf[b] = static_cast<float>(gmin - bmin[b]);  // the difference in fp64
   for (int64_t b = nfull; b < nv * kLanes; ++b) rf[b] = 0.0f;
-  for (int64_t i = 0; i < nv; ++i) vstore(rf + i * kLanes, vexp(vload(rf + i * kLanes)));
+  for (int64_t i = 0; i < nv * kLanes; i += kVL<V>) vstore(rf + i, vexp(vload<V>(rf + i)));
   float* et = rs.et.data();
   const int64_t nb = nfull * kLanes;
   for (int64_t u = 0; u < kLanes; ++u) et[u] = nb + u < n ? static_cast<float>(gmin - gk[nb + u]) : 0.0f;
-  vstore(et, vexp(vload(et)));
+  for (int64_t u = 0; u < kLanes; u += kVL<V>) vstore(et + u, vexp(vload<V>(et + u)));
 }
 
 // u^p and u^(p - 1) for even p = 2 half (kP2: p = 2, no loop).
@@ -322,7 +394,8 @@ __attribute__((always_inline)) inline V pow_odd(V u, int64_t half) {
 
 // x, with the magnitudes below FLT_MIN flushed to 0: subnormal operands slow the matrix products down several times
 // (a weight below 1e-38 of the row's largest is nothing to the sum).
-__attribute__((always_inline)) inline vf16 vflush(vf16 x) { return vabs(x) < 1.17549435e-38f ? vf16{} : x; }
+template <class V>
+__attribute__((always_inline)) inline V vflush(V x) { return vabs(x) < 1.17549435e-38f ? V{} : x; }
 __attribute__((always_inline)) inline float flush(float x) { return std::abs(x) < 1.17549435e-38f ? 0.0f : x; }
 
 inline bool linear_range(float a, float scale) {
@@ -331,29 +404,27 @@ inline bool linear_range(float a, float scale) {
 }
 
 // Forward of row r in the linear form (P into row, m, l); false, row untouched, where it needs the log-space form.
-template <bool kGated, bool kP2>
+template <class V, bool kGated, bool kP2>
 __attribute__((always_inline)) inline bool row_forward_linear(const TileShape<float>& sh, const KeyFactors& kfs,
                                                              const std::vector<double>& pmin, RowScratch& rs,
                                                              float* row, int64_t r, float& m, float& l) {
   const int64_t n = sh.visible(r), nfull = n / kLanes, nb = nfull * kLanes, half = sh.p / 2;
   if (n == 0) return false;
-  const float amax = row_absmax(row, n);
+  const float amax = row_absmax<V>(row, n);
   if (!linear_range(amax, sh.scale)) return false;
-  if constexpr (kGated) row_gate_factors(sh.gk, kfs, pmin[n - 1], n, rs);
-  const vf16 ia = vsplat(1.0f / amax);
+  if constexpr (kGated) row_gate_factors<V>(sh.gk, kfs, pmin[n - 1], n, rs);
+  const V ia = vsplat<V>(1.0f / amax);
   float* a = rs.a.data();
-  vf16 vm{};
+  V vm{};
   for (int64_t b = 0; b < nfull; ++b) {
-    const int64_t j0 = b * kLanes;
-    vf16 w = pow_even<kP2>(vload(row + j0) * ia, half);
-    if constexpr (kGated) w = w * (vload(kfs.kf.data() + j0) * rs.rf[b]);
-    vstore(a + j0, w);
-    vm = vmax(vm, w);
+    for (int64_t j0 = b * kLanes; j0 < (b + 1) * kLanes; j0 += kVL<V>) {
+      V w = pow_even<kP2>(vload<V>(row + j0) * ia, half);
+      if constexpr (kGated) w = w * (vload<V>(kfs.kf.data() + j0) * rs.rf[b]);
+      vstore(a + j0, w);
+      vm = vmax(vm, w);
+    }
   }
-  float lanes[kLanes];
-  vstore(lanes, vm);
-  float mx = 0.0f;
-  for (int64_t u = 0; u < kLanes; ++u) mx = std::max(mx, lanes[u]);
+  float mx = std::max(0.0f, hmax(vm));
   for (int64_t j = nb; j < n; ++j) {
     float w = pow_even<kP2>(row[j] * (1.0f / amax), half);
     if constexpr (kGated) w = w * rs.et[j - nb];
@@ -362,15 +433,13 @@ __attribute__((always_inline)) inline bool row_forward_linear(const TileShape<fl
   }
   if (!(mx >= 1e-10f)) return false;
   const float inv = 1.0f / mx;
-  vf16 va{};
-  for (int64_t j0 = 0; j0 < nb; j0 += kLanes) {
-    const vf16 w = vflush(vload(a + j0) * inv);
+  V va{};
+  for (int64_t j0 = 0; j0 < nb; j0 += kVL<V>) {
+    const V w = vflush(vload<V>(a + j0) * inv);
     vstore(row + j0, w);
     va += w;
   }
-  vstore(lanes, va);
-  float sum = 0.0f;
-  for (int64_t u = 0; u < kLanes; ++u) sum += lanes[u];
+  float sum = hsum(va);
   for (int64_t j = nb; j < n; ++j) sum += (row[j] = flush(a[j] * inv));
   for (int64_t j = n; j < sh.C; ++j) row[j] = 0;
   m = static_cast<float>(static_cast<double>(sh.p) * std::log(std::abs(static_cast<double>(sh.scale)) * amax) +
@@ -381,40 +450,38 @@ __attribute__((always_inline)) inline bool row_forward_linear(const TileShape<fl
 
 // Backward of row r in the linear form (see tile_weights_backward); false, rows untouched, where it needs the
 // log-space form.
-template <bool kGated, bool kP2>
+template <class V, bool kGated, bool kP2>
 __attribute__((always_inline)) inline bool row_backward_linear(const TileShape<float>& sh, const KeyFactors& kfs,
                                                               const std::vector<double>& pmin, RowScratch& rs,
                                                               float* srow, float* drow, int64_t r, float mr,
                                                               float* dgq, float* dgk) {
   const int64_t n = sh.visible(r), nfull = n / kLanes, nb = nfull * kLanes, half = sh.p / 2;
   if (n == 0) return false;
-  const float amax = row_absmax(srow, n);
+  const float amax = row_absmax<V>(srow, n);
   if (!linear_range(amax, sh.scale)) return false;
   const double F = std::exp(static_cast<double>(sh.p) * std::log(std::abs(static_cast<double>(sh.scale)) * amax) -
                             static_cast<double>(mr));
   if (!(F <= 1e20)) return false;
-  if constexpr (kGated) row_gate_factors(sh.gk, kfs, pmin[n - 1], n, rs);
+  if constexpr (kGated) row_gate_factors<V>(sh.gk, kfs, pmin[n - 1], n, rs);
   const float cf = static_cast<float>(F), ias = 1.0f / amax;
   const float dcoef = static_cast<float>(static_cast<double>(sh.p) / amax);
-  const vf16 ia = vsplat(ias);
-  vf16 vz{};
+  const V ia = vsplat<V>(ias);
+  V vz{};
   for (int64_t b = 0; b < nfull; ++b) {
-    const int64_t j0 = b * kLanes;
-    const vf16 u = vload(srow + j0) * ia;
-    const vf16 c = kGated ? vload(kfs.kf.data() + j0) * (rs.rf[b] * cf) : vsplat(cf);
-    const vf16 up = pow_odd<kP2>(u, half) * c;  // u^(p-1) c
-    const vf16 w = vflush(up * u);
-    const vf16 dp = vload(drow + j0);
-    const vf16 dz = dp * w;
-    vstore(srow + j0, w);
-    vstore(drow + j0, vflush(dp * (up * dcoef)));
-    vz += dz;
-    if (dgk != nullptr) vstore(dgk + j0, vload(dgk + j0) - dz);
+    for (int64_t j0 = b * kLanes; j0 < (b + 1) * kLanes; j0 += kVL<V>) {
+      const V u = vload<V>(srow + j0) * ia;
+      const V c = kGated ? vload<V>(kfs.kf.data() + j0) * (rs.rf[b] * cf) : vsplat<V>(cf);
+      const V up = pow_odd<kP2>(u, half) * c;  // u^(p-1) c
+      const V w = vflush(up * u);
+      const V dp = vload<V>(drow + j0);
+      const V dz = dp * w;
+      vstore(srow + j0, w);
+      vstore(drow + j0, vflush(dp * (up * dcoef)));
+      vz += dz;
+      if (dgk != nullptr) vstore(dgk + j0, vload<V>(dgk + j0) - dz);
+    }
   }
-  float lanes[kLanes];
-  vstore(lanes, vz);
-  float sum = 0.0f;
-  for (int64_t u = 0; u < kLanes; ++u) sum += lanes[u];
+  float sum = hsum(vz);
   for (int64_t j = nb; j < n; ++j) {
     const float u = srow[j] * ias;
     const float c = kGated ? rs.et[j - nb] * cf : cf;
@@ -433,7 +500,7 @@ __attribute__((always_inline)) inline bool row_backward_linear(const TileShape<f
   return true;
 }
 
-template <typename T>
+template <typename T, class V>
 POWER_ATTENTION_INLINE void tile_weights_forward_impl(const TileShape<T>& sh, T* S, T* m, T* l) {
   constexpr int64_t W = POWER_ATTENTION_LANES;
   const T p = static_cast<T>(sh.p);
@@ -442,7 +509,7 @@ POWER_ATTENTION_INLINE void tile_weights_forward_impl(const TileShape<T>& sh, T*
   const bool gated = sh.gq != nullptr && sh.gk != nullptr;
   const std::vector<double> pmin = gated ? prefix_min(sh.gk, sh.C) : std::vector<double>();
   const T neg_inf = static_cast<T>(kNegInf);
-  constexpr bool kFloat = std::is_same_v<T, float> && W == 16;
+  constexpr bool kFloat = std::is_same_v<T, float>;
   const bool linear = kFloat && !odd;
   KeyFactors kfs;
   if (linear && gated) kfs.build(sh.gk, sh.C);
@@ -451,14 +518,14 @@ POWER_ATTENTION_INLINE void tile_weights_forward_impl(const TileShape<T>& sh, T*
     T* row = S + r * sh.C;
     if constexpr (kFloat) {
       if (linear) {
-        const bool done = sh.p == 2 ? (gated ? row_forward_linear<true, true>(sh, kfs, pmin, rs, row, r, m[r], l[r])
-                                             : row_forward_linear<false, true>(sh, kfs, pmin, rs, row, r, m[r], l[r]))
-                                    : (gated ? row_forward_linear<true, false>(sh, kfs, pmin, rs, row, r, m[r], l[r])
-                                             : row_forward_linear<false, false>(sh, kfs, pmin, rs, row, r, m[r], l[r]));
+        const bool done = sh.p == 2 ? (gated ? row_forward_linear<V, true, true>(sh, kfs, pmin, rs, row, r, m[r], l[r])
+                                             : row_forward_linear<V, false, true>(sh, kfs, pmin, rs, row, r, m[r], l[r]))
+                                    : (gated ? row_forward_linear<V, true, false>(sh, kfs, pmin, rs, row, r, m[r], l[r])
+                                             : row_forward_linear<V, false, false>(sh, kfs, pmin, rs, row, r, m[r], l[r]));
         if (done) continue;
       }
     }
-    const int64_t n = sh.visible(r), nb = n / W * W;
+    const int64_t n = sh.visible(r), nb = n / (kFloat ? kVL<V> : W) * (kFloat ? kVL<V> : W);
     if (gated) {
       const double gi = sh.gq[r / sh.g] - row_reference(sh, pmin, r);
       for (int64_t j = 0; j < n; ++j) gd[j] = static_cast<T>(gi - sh.gk[j]);
@@ -466,9 +533,9 @@ POWER_ATTENTION_INLINE void tile_weights_forward_impl(const TileShape<T>& sh, T*
     T mx[W];
     for (int64_t u = 0; u < W; ++u) mx[u] = neg_inf;
     if constexpr (kFloat) {
-      vf16 vm = vsplat(neg_inf);
-      for (int64_t j0 = 0; j0 < nb; j0 += W) {
-        const vf16 zj = p * vlog(vabs(sh.scale * vload(row + j0))) + vload(gd.data() + j0);
+      V vm = vsplat<V>(neg_inf);
+      for (int64_t j0 = 0; j0 < nb; j0 += kVL<V>) {
+        const V zj = p * vlog(vabs(sh.scale * vload<V>(row + j0))) + vload<V>(gd.data() + j0);
         vstore(z.data() + j0, zj);
         vm = vmax(vm, zj);
       }
@@ -489,20 +556,20 @@ POWER_ATTENTION_INLINE void tile_weights_forward_impl(const TileShape<T>& sh, T*
     T mr = neg_inf;
     for (int64_t u = 0; u < W; ++u) mr = std::max(mr, mx[u]);
     if (mr == neg_inf) mr = 0;
-    l[r] = odd ? row_weights<true>(row, z.data(), n, mr) : row_weights<false>(row, z.data(), n, mr);
+    l[r] = odd ? row_weights<V, true>(row, z.data(), n, mr) : row_weights<V, false>(row, z.data(), n, mr);
     for (int64_t j = n; j < sh.C; ++j) row[j] = 0;
     m[r] = mr;
   }
 }
 
-POWER_ATTENTION_SIMD_VARIANTS(void, tile_weights_forward, (const TileShape<T>& sh, T* S, T* m, T* l), (sh, S, m, l))
+TILE_VARIANTS(void, tile_weights_forward, (const TileShape<T>& sh, T* S, T* m, T* l), (sh, S, m, l))
 
 // One row of tile_weights_backward over [0, n): srow becomes P, drow becomes dS (scale folded in), dz = dP * P into
 // dz[]; returns sum dz. kLinear: p = 1, where dP/ds = exp(G_i - G_j - m_i) (also at s = 0).
-template <bool kOdd, bool kLinear, typename T>
+template <class V, bool kOdd, bool kLinear, typename T>
 __attribute__((always_inline)) inline T row_backward(T* srow, T* drow, T* dz, const T* gd, int64_t n, T mr, T p, T scale) {
-  constexpr int64_t W = POWER_ATTENTION_LANES;
-  const int64_t nb = n / W * W;
+  constexpr int64_t W = POWER_ATTENTION_LANES, step = std::is_same_v<T, float> ? kVL<V> : W;
+  const int64_t nb = n / step * step;
   T acc[W] = {};
   auto one = [&](int64_t j, int64_t u) {
     const T s = scale * srow[j];
@@ -517,15 +584,15 @@ __attribute__((always_inline)) inline T row_backward(T* srow, T* drow, T* dz, co
     dz[j] = dzj;
     acc[u] += dzj;
   };
-  if constexpr (std::is_same_v<T, float> && W == 16) {
-    vf16 va{};
-    for (int64_t j0 = 0; j0 < nb; j0 += W) {
-      const vf16 s = scale * vload(srow + j0), g = vload(gd + j0);
-      const vf16 e = vexp(p * vlog(vabs(s)) + g - mr);
-      const vf16 w = kOdd ? (s < 0.0f ? -e : e) : e;
-      const vf16 dp = vload(drow + j0);
-      const vf16 dzj = dp * w;
-      const vf16 dpds = kLinear ? vexp(g - mr) : (s != 0.0f ? p * w / s : vf16{});
+  if constexpr (std::is_same_v<T, float>) {
+    V va{};
+    for (int64_t j0 = 0; j0 < nb; j0 += step) {
+      const V s = scale * vload<V>(srow + j0), g = vload<V>(gd + j0);
+      const V e = vexp(p * vlog(vabs(s)) + g - mr);
+      const V w = kOdd ? (s < 0.0f ? -e : e) : e;
+      const V dp = vload<V>(drow + j0);
+      const V dzj = dp * w;
+      const V dpds = kLinear ? vexp(g - mr) : (s != 0.0f ? p * w / s : V{});
       vstore(srow + j0, w);
       vstore(drow + j0, dp * dpds * scale);
       vstore(dz + j0, dzj);
@@ -542,7 +609,7 @@ __attribute__((always_inline)) inline T row_backward(T* srow, T* drow, T* dz, co
   return sum;
 }
 
-template <typename T>
+template <typename T, class V>
 POWER_ATTENTION_INLINE void tile_weights_backward_impl(const TileShape<T>& sh, T* S, T* dP, const T* m, T* dgq,
                                                        T* dgk) {
   const T p = static_cast<T>(sh.p);
@@ -550,7 +617,7 @@ POWER_ATTENTION_INLINE void tile_weights_backward_impl(const TileShape<T>& sh, T
   const bool gated = sh.gq != nullptr && sh.gk != nullptr;
   const std::vector<double> pmin = gated ? prefix_min(sh.gk, sh.C) : std::vector<double>();
   std::vector<T> gd(static_cast<size_t>(sh.C), T(0)), dz(static_cast<size_t>(sh.C));
-  constexpr bool kFloat = std::is_same_v<T, float> && POWER_ATTENTION_LANES == 16;
+  constexpr bool kFloat = std::is_same_v<T, float>;
   const bool lin_form = kFloat && !odd;
   KeyFactors kfs;
   if (lin_form && gated) kfs.build(sh.gk, sh.C);
@@ -561,10 +628,10 @@ POWER_ATTENTION_INLINE void tile_weights_backward_impl(const TileShape<T>& sh, T
     if constexpr (kFloat) {
       if (lin_form) {
         const bool done =
-            sh.p == 2 ? (gated ? row_backward_linear<true, true>(sh, kfs, pmin, rs, srow, drow, r, m[r], dgq, dgk)
-                               : row_backward_linear<false, true>(sh, kfs, pmin, rs, srow, drow, r, m[r], dgq, dgk))
-                      : (gated ? row_backward_linear<true, false>(sh, kfs, pmin, rs, srow, drow, r, m[r], dgq, dgk)
-                               : row_backward_linear<false, false>(sh, kfs, pmin, rs, srow, drow, r, m[r], dgq, dgk));
+            sh.p == 2 ? (gated ? row_backward_linear<V, true, true>(sh, kfs, pmin, rs, srow, drow, r, m[r], dgq, dgk)
+                               : row_backward_linear<V, false, true>(sh, kfs, pmin, rs, srow, drow, r, m[r], dgq, dgk))
+                      : (gated ? row_backward_linear<V, true, false>(sh, kfs, pmin, rs, srow, drow, r, m[r], dgq, dgk)
+                               : row_backward_linear<V, false, false>(sh, kfs, pmin, rs, srow, drow, r, m[r], dgq, dgk));
         if (done) continue;
       }
     }
@@ -576,11 +643,11 @@ POWER_ATTENTION_INLINE void tile_weights_backward_impl(const TileShape<T>& sh, T
     const T mr = m[r];
     T dzsum;
     if (linear) {
-      dzsum = row_backward<true, true>(srow, drow, dz.data(), gd.data(), n, mr, p, sh.scale);
+      dzsum = row_backward<V, true, true>(srow, drow, dz.data(), gd.data(), n, mr, p, sh.scale);
     } else if (odd) {
-      dzsum = row_backward<true, false>(srow, drow, dz.data(), gd.data(), n, mr, p, sh.scale);
+      dzsum = row_backward<V, true, false>(srow, drow, dz.data(), gd.data(), n, mr, p, sh.scale);
     } else {
-      dzsum = row_backward<false, false>(srow, drow, dz.data(), gd.data(), n, mr, p, sh.scale);
+      dzsum = row_backward<V, false, false>(srow, drow, dz.data(), gd.data(), n, mr, p, sh.scale);
     }
     if (dgk != nullptr)
       for (int64_t j = 0; j < n; ++j) dgk[j] -= dz[j];
@@ -592,7 +659,7 @@ POWER_ATTENTION_INLINE void tile_weights_backward_impl(const TileShape<T>& sh, T
   }
 }
 
-POWER_ATTENTION_SIMD_VARIANTS(void, tile_weights_backward, (const TileShape<T>& sh, T* S, T* dP, const T* m, T* dgq, T* dgk), (sh, S, dP, m, dgq, dgk))
+TILE_VARIANTS(void, tile_weights_backward, (const TileShape<T>& sh, T* S, T* dP, const T* m, T* dgq, T* dgk), (sh, S, dP, m, dgq, dgk))
 
 // ---------------------------------------------------------------------------------------------------------------
 // The quadratic form's products in fp32 (AVX-512): C [M, N] (+)= A B with A(i, k) = A[i ai + k ak] (a row-major
