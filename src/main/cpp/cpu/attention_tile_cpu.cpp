@@ -901,11 +901,11 @@ struct Buffer {
   ~Buffer() { std::free(p); }
 };
 struct QuadraticWork {
-  Buffer kt, vt, dkt, dvt, s, dp, dnum, dqt, rows;
+  Buffer kt, vt, dkt, dvt, s, dp, dnum, dqt, rows, qtile;
   std::vector<double> gp;
   std::vector<float> dl;
   size_t bytes() const {
-    return sizeof(float) * (kt.n + vt.n + dkt.n + dvt.n + s.n + dp.n + dnum.n + dqt.n + rows.n);
+    return sizeof(float) * (kt.n + vt.n + dkt.n + dvt.n + s.n + dp.n + dnum.n + dqt.n + rows.n + qtile.n);
   }
 };
 
@@ -974,6 +974,18 @@ const float* unit_stride_rows(const float* x, int64_t ldx, int64_t T, int64_t w,
   return out;
 }
 
+// The query rows of tokens [i0, i1) (R = (i1 - i0) g rows, rows d apart within a token, tokens q_stride apart) copied
+// into out [R][ld]: the products re-read a tile's queries once per 16 or 64 columns of keys, and at the caller's
+// token stride (h d floats: 2 KiB for 8 heads of 64) the tile's rows meet in a few L1 sets.
+const float* query_tile(const QuadraticHead& h, int64_t q_stride, int64_t i0, int64_t i1, int64_t ld, float* out) {
+  const int64_t g = h.g, d = h.d;
+  for (int64_t r = 0; r < (i1 - i0) * g; ++r) {
+    const float* src = h.q + (i0 + r / g) * q_stride + (r % g) * d;
+    std::copy(src, src + d, out + r * ld);
+  }
+  return out;
+}
+
 // G padded to ld entries with its last value (keys past T are never visible; their factors stay finite).
 const double* padded_gates(const QuadraticHead& h, int64_t ld, QuadraticWork& w) {
   if (h.G == nullptr) return nullptr;
@@ -986,14 +998,13 @@ const double* padded_gates(const QuadraticHead& h, int64_t ld, QuadraticWork& w)
 // are w apart, so rows are evenly spaced when g = 1 or the token stride is g w.
 struct Strides {
   int64_t q, k, v, y, dy;     // token strides
-  int64_t qr, yr, dyr;        // row strides of the query-row operands
+  int64_t yr, dyr;            // row strides of the query-row operands (the queries: query_tile)
   explicit Strides(const QuadraticHead& h)
       : q(h.ldq != 0 ? h.ldq : h.g * h.d),
         k(h.ldk != 0 ? h.ldk : h.d),
         v(h.ldv != 0 ? h.ldv : h.e),
         y(h.ldy != 0 ? h.ldy : h.g * h.e),
         dy(h.lddy != 0 ? h.lddy : h.g * h.e),
-        qr(h.g == 1 ? q : h.d),
         yr(h.g == 1 ? y : h.e),
         dyr(h.g == 1 ? dy : h.e) {}
 };
@@ -1018,12 +1029,14 @@ POWER_ATTENTION_INLINE void quadratic_forward_with(const QuadraticHead& h, float
   const Strides st(h);
   float* kt = w.kt.get(d * Tp);
   float* S = w.s.get(tile * g * Tp);
+  const int64_t ldqt = padded_ld(d);
+  float* qbuf = w.qtile.get(tile * g * ldqt);
   transpose_into(h.k, st.k, T, d, Tp, kt);
   const float* vr = unit_stride_rows(h.v, st.v, T, e, w.rows);
   const double* gp = padded_gates(h, Tp, w);
   for (int64_t i0 = 0; i0 < T; i0 += tile) {
     const int64_t i1 = std::min(T, i0 + tile), R = (i1 - i0) * g, C = padded_ld(i1);
-    kGemm(R, C, d, h.q + i0 * st.q, st.qr, 1, kt, Tp, S, C, false, nullptr);
+    kGemm(R, C, d, query_tile(h, st.q, i0, i1, ldqt, qbuf), ldqt, 1, kt, Tp, S, C, false, nullptr);
     tile_weights_forward<float>(quadratic_tile(h, i0, i1, C, gp), S, m + i0 * g, l + i0 * g);
     float* yt = y + i0 * st.y;
     kGemm(R, e, i1, S, C, 1, vr, e, yt, st.yr, false, nullptr);
@@ -1043,6 +1056,8 @@ POWER_ATTENTION_INLINE void quadratic_backward_with(const QuadraticHead& h, cons
   PooledWork pw;
   QuadraticWork& w = *pw.w;
   float* dqt = w.dqt.get(tile * g * d);
+  const int64_t ldqt = padded_ld(d);
+  float* qbuf = w.qtile.get(tile * g * ldqt);
   // kt, vt [w][Tp]: K^T and V^T; dkt, dvt [w][Tp]: the key and value gradients transposed (accumulated tile by
   // tile as dK^T += Q_t^T dS, dV^T += dnum^T P: P and dS stream by rows).
   float* kt = w.kt.get(d * Tp);
@@ -1074,8 +1089,8 @@ POWER_ATTENTION_INLINE void quadratic_backward_with(const QuadraticHead& h, cons
       }
       w.dl[r] = -static_cast<float>(dot) * inv;
     }
-    const float* qt = h.q + i0 * st.q;
-    kGemm(R, C, d, qt, st.qr, 1, kt, Tp, S, C, false, nullptr);
+    const float* qt = query_tile(h, st.q, i0, i1, ldqt, qbuf);
+    kGemm(R, C, d, qt, ldqt, 1, kt, Tp, S, C, false, nullptr);
     kGemm(R, C, e, dnum, e, 1, vt, Tp, dP, C, false, w.dl.data());  // dP = dnum V^T + dl
     tile_weights_backward<float>(quadratic_tile(h, i0, i1, C, gp), S, dP, m + i0 * g,
                                  dG != nullptr ? dG + i0 : nullptr, dG);
@@ -1087,7 +1102,7 @@ POWER_ATTENTION_INLINE void quadratic_backward_with(const QuadraticHead& h, cons
         std::copy(dqt + r * d, dqt + (r + 1) * d, dq + tok * gr.ldq + (r % g) * d);
       }
     }
-    if (dk != nullptr) kGemm(d, C, R, qt, 1, st.qr, dP, C, dkt, Tp, true, nullptr);
+    if (dk != nullptr) kGemm(d, C, R, qt, 1, ldqt, dP, C, dkt, Tp, true, nullptr);
   }
   if (dk != nullptr) transpose_out(dkt, Tp, T, d, dk, gr.ldk);
   if (dv != nullptr) transpose_out(dvt, Tp, T, e, dv, gr.ldv);
@@ -1123,6 +1138,8 @@ bool quadratic_kernels_available(int64_t p) {
   return false;
 #endif
 }
+
+int64_t quadratic_kernel_tile_tokens() { return simd_level() == 2 ? 64 : 32; }
 
 void quadratic_forward_f32(const QuadraticHead& h, float* y, float* m, float* l) {
 #ifdef POWER_ATTENTION_X86_DISPATCH
