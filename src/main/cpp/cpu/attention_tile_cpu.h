@@ -86,5 +86,12 @@ struct QuadraticGrads {
 void quadratic_backward_f32(const QuadraticHead& h, const float* y, const float* dy, const float* m, const float* l,
                             const QuadraticGrads& gr, float* dG);
 
+/// C [M, N] = A B on AVX2 machines (acc: C += A B; bias [M] given: C = A B + bias[i] on row i), A(i, k) = A[i ai +
+/// k ak] (a row-major matrix or its transpose), B [K, N] with row stride ldb, C with row stride ldc: the tile
+/// products' micro-kernels (6 x 16 accumulators), sums over k in index order. Also the state products' on AVX2
+/// machines (phi_products_cpu.cpp). Needs simd_level() >= 1.
+void gemm_f32_avx2(int64_t M, int64_t N, int64_t K, const float* A, int64_t ai, int64_t ak, const float* B,
+                   int64_t ldb, float* C, int64_t ldc, bool acc, const float* bias);
+
 }  // namespace cpu
 }  // namespace power_attention
