@@ -93,56 +93,86 @@ inline double exp_(double x) { return std::exp(x); }
 inline double log_(double x) { return x == 0 ? -std::numeric_limits<double>::infinity() : std::log(x); }
 
 
-// 16 floats at a time (GCC vector extensions: one zmm register in the AVX-512 clone, two ymm or four xmm
-// elsewhere); the same operations, constants and results as fast_exp / fast_log above.
+// V floats at a time (GCC vector extensions), V one register of the variant's instruction set: vf16 (zmm) in the
+// AVX-512 variant, vf8 (ymm) in the AVX2 one, vf4 (xmm) in the baseline (a vector wider than the machine's registers
+// lives on the stack: the AVX2 variant of 16-float vectors spent a third of the forward in spills); the same
+// operations, constants and results as fast_exp / fast_log above.
 typedef float vf16 __attribute__((vector_size(64)));
-typedef int32_t vi16 __attribute__((vector_size(64)));
-typedef double vd8 __attribute__((vector_size(64)));
 typedef float vf8 __attribute__((vector_size(32)));
+typedef float vf4 __attribute__((vector_size(16)));
+template <class V>
+struct VecTraits;
+template <>
+struct VecTraits<vf16> {
+  static constexpr int64_t lanes = 16;
+  typedef int32_t I __attribute__((vector_size(64)));
+};
+template <>
+struct VecTraits<vf8> {
+  static constexpr int64_t lanes = 8;
+  typedef int32_t I __attribute__((vector_size(32)));
+};
+template <>
+struct VecTraits<vf4> {
+  static constexpr int64_t lanes = 4;
+  typedef int32_t I __attribute__((vector_size(16)));
+};
+template <class V>
+using VInt = typename VecTraits<V>::I;
+template <class V>
+constexpr int64_t kVL = VecTraits<V>::lanes;
 
-__attribute__((always_inline)) inline vf16 vload(const float* p) {
-  vf16 v;
+template <class V>
+__attribute__((always_inline)) inline V vload(const float* p) {
+  V v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
-__attribute__((always_inline)) inline void vstore(float* p, vf16 v) { std::memcpy(p, &v, sizeof v); }
-__attribute__((always_inline)) inline vf16 vsplat(float x) { return vf16{} + x; }
-__attribute__((always_inline)) inline vf16 vabs(vf16 x) { return (vf16)((vi16)x & 0x7fffffff); }
-__attribute__((always_inline)) inline vf16 vmax(vf16 a, vf16 b) { return a > b ? a : b; }
+template <class V>
+__attribute__((always_inline)) inline void vstore(float* p, V v) { std::memcpy(p, &v, sizeof v); }
+template <class V>
+__attribute__((always_inline)) inline V vsplat(float x) { return V{} + x; }
+template <class V>
+__attribute__((always_inline)) inline V vabs(V x) { return (V)((VInt<V>)x & 0x7fffffff); }
+template <class V>
+__attribute__((always_inline)) inline V vmax(V a, V b) { return a > b ? a : b; }
 // floor for |x| < 2^22 (round to nearest by the 1.5 * 2^23 trick, then down where that went up)
-__attribute__((always_inline)) inline vf16 vfloor(vf16 x) {
-  const vf16 magic = vsplat(12582912.0f);
-  const vf16 t = (x + magic) - magic;
+template <class V>
+__attribute__((always_inline)) inline V vfloor(V x) {
+  const V magic = vsplat<V>(12582912.0f);
+  const V t = (x + magic) - magic;
   return t > x ? t - 1.0f : t;
 }
 
-__attribute__((always_inline)) inline vf16 vexp(vf16 x) {
-  const vf16 lo = vsplat(-87.3365447f), hi = vsplat(88.7228391f);
-  const vf16 xc = x < lo ? lo : (x > hi ? hi : x);
-  const vf16 n = vfloor(xc * 1.44269504088896341f + 0.5f);
-  vf16 r = xc - n * 0.693359375f;
+template <class V>
+__attribute__((always_inline)) inline V vexp(V x) {
+  const V lo = vsplat<V>(-87.3365447f), hi = vsplat<V>(88.7228391f);
+  const V xc = x < lo ? lo : (x > hi ? hi : x);
+  const V n = vfloor(xc * 1.44269504088896341f + 0.5f);
+  V r = xc - n * 0.693359375f;
   r = r + n * 2.12194440e-4f;
-  vf16 y = vsplat(1.9875691500e-4f);
+  V y = vsplat<V>(1.9875691500e-4f);
   y = y * r + 1.3981999507e-3f;
   y = y * r + 8.3334519073e-3f;
   y = y * r + 4.1665795894e-2f;
   y = y * r + 1.6666665459e-1f;
   y = y * r + 5.0000001201e-1f;
   y = y * r * r + r + 1.0f;
-  const vf16 scale = (vf16)((__builtin_convertvector(n, vi16) + 127) << 23);
-  const vf16 out = y * scale;
-  return x < lo ? vf16{} : out;
+  const V scale = (V)((__builtin_convertvector(n, VInt<V>) + 127) << 23);
+  const V out = y * scale;
+  return x < lo ? V{} : out;
 }
 
-__attribute__((always_inline)) inline vf16 vlog(vf16 a) {
-  const vi16 bits = (vi16)a;
-  vf16 e = __builtin_convertvector(((bits >> 23) & 0xff) - 126, vf16);
-  const vf16 mant = (vf16)((bits & 0x007fffff) | 0x3f000000);
+template <class V>
+__attribute__((always_inline)) inline V vlog(V a) {
+  const VInt<V> bits = (VInt<V>)a;
+  V e = __builtin_convertvector(((bits >> 23) & 0xff) - 126, V);
+  const V mant = (V)((bits & 0x007fffff) | 0x3f000000);
   const auto small = mant < 0.707106781186547524f;
   e = small ? e - 1.0f : e;
-  const vf16 x = small ? mant + mant - 1.0f : mant - 1.0f;
-  const vf16 z = x * x;
-  vf16 y = vsplat(7.0376836292e-2f);
+  const V x = small ? mant + mant - 1.0f : mant - 1.0f;
+  const V z = x * x;
+  V y = vsplat<V>(7.0376836292e-2f);
   y = y * x - 1.1514610310e-1f;
   y = y * x + 1.1676998740e-1f;
   y = y * x - 1.2420140846e-1f;
@@ -154,9 +184,9 @@ __attribute__((always_inline)) inline vf16 vlog(vf16 a) {
   y = y * x * z;
   y = y + e * -2.12194440e-4f;
   y = y - 0.5f * z;
-  vf16 out = x + y;
+  V out = x + y;
   out = out + e * 0.693359375f;
-  return a < 1.17549435e-38f ? vsplat(-std::numeric_limits<float>::infinity()) : out;
+  return a < 1.17549435e-38f ? vsplat<V>(-std::numeric_limits<float>::infinity()) : out;
 }
 
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
@@ -188,19 +218,49 @@ void tile_gate_reference(const TileShape<T>& sh, double* gref) {
   for (int64_t r = 0; r < sh.R; ++r) gref[r] = row_reference(sh, pmin, r);
 }
 
+// As POWER_ATTENTION_SIMD_VARIANTS (cpu_simd.h), with the vector type of each variant's registers passed to the loop.
+#ifdef POWER_ATTENTION_X86_DISPATCH
+#define TILE_VARIANTS(R, name, params, args)                                              \
+  template <typename T>                                                                  \
+  __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma"))) R name##_avx512 params { \
+    return name##_impl<T, vf16> args;                                                    \
+  }                                                                                      \
+  template <typename T>                                                                  \
+  __attribute__((target("avx2,fma"))) R name##_avx2 params {                            \
+    return name##_impl<T, vf8> args;                                                     \
+  }                                                                                      \
+  template <typename T>                                                                  \
+  R name params {                                                                        \
+    switch (::power_attention::simd_level()) {                                           \
+      case 2:                                                                            \
+        return name##_avx512<T> args;                                                    \
+      case 1:                                                                            \
+        return name##_avx2<T> args;                                                      \
+      default:                                                                           \
+        return name##_impl<T, vf4> args;                                                 \
+    }                                                                                    \
+  }
+#else
+#define TILE_VARIANTS(R, name, params, args) \
+  template <typename T>                      \
+  R name params {                            \
+    return name##_impl<T, vf4> args;         \
+  }
+#endif
+
 // P = exp(z - mr) (signed by s for odd p) over row[0, n), z in z[]; returns sum P. Blocked into lanes so that the
-// sum vectorises.
-template <bool kOdd, typename T>
+// sum vectorises (fp32: in vectors V).
+template <class V, bool kOdd, typename T>
 __attribute__((always_inline)) inline T row_weights(T* row, const T* z, int64_t n, T mr) {
-  constexpr int64_t W = POWER_ATTENTION_LANES;
-  const int64_t nb = n / W * W;
+  constexpr int64_t W = POWER_ATTENTION_LANES, step = std::is_same_v<T, float> ? kVL<V> : W;
+  const int64_t nb = n / step * step;
   T acc[W] = {};
-  if constexpr (std::is_same_v<T, float> && W == 16) {
-    vf16 va{};
-    for (int64_t j0 = 0; j0 < nb; j0 += W) {
-      const vf16 e = vexp(vload(z + j0) - mr);
-      const vf16 x = vload(row + j0);
-      const vf16 w = kOdd ? (x < 0.0f ? -e : e) : e;
+  if constexpr (std::is_same_v<T, float>) {
+    V va{};
+    for (int64_t j0 = 0; j0 < nb; j0 += step) {
+      const V e = vexp(vload<V>(z + j0) - mr);
+      const V x = vload<V>(row + j0);
+      const V w = kOdd ? (x < 0.0f ? -e : e) : e;
       vstore(row + j0, w);
       va += w;
     }
@@ -267,38 +327,50 @@ struct RowScratch {
         a(static_cast<size_t>(C + kLanes)) {}
 };
 
+// The largest lane of v.
+template <class V>
+__attribute__((always_inline)) inline float hmax(V v) {
+  float lanes[kVL<V>];
+  vstore(lanes, v);
+  float mx = lanes[0];
+  for (int64_t u = 1; u < kVL<V>; ++u) mx = std::max(mx, lanes[u]);
+  return mx;
+}
+// The sum of v's lanes in lane order.
+template <class V>
+__attribute__((always_inline)) inline float hsum(V v) {
+  float lanes[kVL<V>];
+  vstore(lanes, v);
+  float sum = 0.0f;
+  for (int64_t u = 0; u < kVL<V>; ++u) sum += lanes[u];
+  return sum;
+}
+
 // max |s_j| over [0, n).
+template <class V>
 __attribute__((always_inline)) inline float row_absmax(const float* s, int64_t n) {
-  const int64_t nb = n / kLanes * kLanes;
-  vf16 vm{};
-  for (int64_t j0 = 0; j0 < nb; j0 += kLanes) vm = vmax(vm, vabs(vload(s + j0)));
-  float lanes[kLanes];
-  vstore(lanes, vm);
-  float mx = 0.0f;
-  for (int64_t u = 0; u < kLanes; ++u) mx = std::max(mx, lanes[u]);
+  const int64_t nb = n / kVL<V> * kVL<V>;
+  V vm{};
+  for (int64_t j0 = 0; j0 < nb; j0 += kVL<V>) vm = vmax(vm, vabs(vload<V>(s + j0)));
+  float mx = hmax(vm);
   for (int64_t j = nb; j < n; ++j) mx = std::max(mx, std::abs(s[j]));
   return mx;
 }
 
 // The row's gate factors: rf[b] for its n / 16 whole blocks, et[u] for the keys of its partial block.
+template <class V>
 __attribute__((always_inline)) inline void row_gate_factors(const double* gk, const KeyFactors& kfs, double gmin,
                                                            int64_t n, RowScratch& rs) {
-  const int64_t nfull = n / kLanes, nv = (nfull + kLanes - 1) / kLanes, n8 = nfull / 8 * 8;
+  const int64_t nfull = n / kLanes, nv = (nfull + kLanes - 1) / kLanes;
   float* rf = rs.rf.data();
   const double* bmin = kfs.bmin.data();
-  for (int64_t b = 0; b < n8; b += 8) {  // 8 blocks at a time, the difference in fp64
-    vd8 x;
-    std::memcpy(&x, bmin + b, sizeof x);
-    const vf8 f = __builtin_convertvector((vd8{} + gmin) - x, vf8);
-    std::memcpy(rf + b, &f, sizeof f);
-  }
-  for (int64_t b = n8; b < nfull; ++b) rf[b] = static_cast<float>(gmin - bmin[b]);
+  for (int64_t b = 0; b < nfull; ++b) rf[b] = static_cast<float>(gmin - bmin[b]);  // the difference in fp64
   for (int64_t b = nfull; b < nv * kLanes; ++b) rf[b] = 0.0f;
-  for (int64_t i = 0; i < nv; ++i) vstore(rf + i * kLanes, vexp(vload(rf + i * kLanes)));
+  for (int64_t i = 0; i < nv * kLanes; i += kVL<V>) vstore(rf + i, vexp(vload<V>(rf + i)));
   float* et = rs.et.data();
   const int64_t nb = nfull * kLanes;
   for (int64_t u = 0; u < kLanes; ++u) et[u] = nb + u < n ? static_cast<float>(gmin - gk[nb + u]) : 0.0f;
-  vstore(et, vexp(vload(et)));
+  for (int64_t u = 0; u < kLanes; u += kVL<V>) vstore(et + u, vexp(vload<V>(et + u)));
 }
 
 // u^p and u^(p - 1) for even p = 2 half (kP2: p = 2, no loop).
@@ -322,7 +394,8 @@ __attribute__((always_inline)) inline V pow_odd(V u, int64_t half) {
 
 // x, with the magnitudes below FLT_MIN flushed to 0: subnormal operands slow the matrix products down several times
 // (a weight below 1e-38 of the row's largest is nothing to the sum).
-__attribute__((always_inline)) inline vf16 vflush(vf16 x) { return vabs(x) < 1.17549435e-38f ? vf16{} : x; }
+template <class V>
+__attribute__((always_inline)) inline V vflush(V x) { return vabs(x) < 1.17549435e-38f ? V{} : x; }
 __attribute__((always_inline)) inline float flush(float x) { return std::abs(x) < 1.17549435e-38f ? 0.0f : x; }
 
 inline bool linear_range(float a, float scale) {
@@ -331,29 +404,27 @@ inline bool linear_range(float a, float scale) {
 }
 
 // Forward of row r in the linear form (P into row, m, l); false, row untouched, where it needs the log-space form.
-template <bool kGated, bool kP2>
+template <class V, bool kGated, bool kP2>
 __attribute__((always_inline)) inline bool row_forward_linear(const TileShape<float>& sh, const KeyFactors& kfs,
                                                              const std::vector<double>& pmin, RowScratch& rs,
                                                              float* row, int64_t r, float& m, float& l) {
   const int64_t n = sh.visible(r), nfull = n / kLanes, nb = nfull * kLanes, half = sh.p / 2;
   if (n == 0) return false;
-  const float amax = row_absmax(row, n);
+  const float amax = row_absmax<V>(row, n);
   if (!linear_range(amax, sh.scale)) return false;
-  if constexpr (kGated) row_gate_factors(sh.gk, kfs, pmin[n - 1], n, rs);
-  const vf16 ia = vsplat(1.0f / amax);
+  if constexpr (kGated) row_gate_factors<V>(sh.gk, kfs, pmin[n - 1], n, rs);
+  const V ia = vsplat<V>(1.0f / amax);
   float* a = rs.a.data();
-  vf16 vm{};
+  V vm{};
   for (int64_t b = 0; b < nfull; ++b) {
-    const int64_t j0 = b * kLanes;
-    vf16 w = pow_even<kP2>(vload(row + j0) * ia, half);
-    if constexpr (kGated) w = w * (vload(kfs.kf.data() + j0) * rs.rf[b]);
-    vstore(a + j0, w);
-    vm = vmax(vm, w);
+    for (int64_t j0 = b * kLanes; j0 < (b + 1) * kLanes; j0 += kVL<V>) {
+      V w = pow_even<kP2>(vload<V>(row + j0) * ia, half);
+      if constexpr (kGated) w = w * (vload<V>(kfs.kf.data() + j0) * rs.rf[b]);
+      vstore(a + j0, w);
+      vm = vmax(vm, w);
+    }
   }
-  float lanes[kLanes];
-  vstore(lanes, vm);
-  float mx = 0.0f;
-  for (int64_t u = 0; u < kLanes; ++u) mx = std::max(mx, lanes[u]);
+  float mx = std::max(0.0f, hmax(vm));
   for (int64_t j = nb; j < n; ++j) {
     float w = pow_even<kP2>(row[j] * (1.0f / amax), half);
     if constexpr (kGated) w = w * rs.et[j - nb];
@@ -362,15 +433,13 @@ __attribute__((always_inline)) inline bool row_forward_linear(const TileShape<fl
   }
   if (!(mx >= 1e-10f)) return false;
   const float inv = 1.0f / mx;
-  vf16 va{};
-  for (int64_t j0 = 0; j0 < nb; j0 += kLanes) {
-    const vf16 w = vflush(vload(a + j0) * inv);
+  V va{};
+  for (int64_t j0 = 0; j0 < nb; j0 += kVL<V>) {
+    const V w = vflush(vload<V>(a + j0) * inv);
     vstore(row + j0, w);
     va += w;
   }
-  vstore(lanes, va);
-  float sum = 0.0f;
-  for (int64_t u = 0; u < kLanes; ++u) sum += lanes[u];
+  float sum = hsum(va);
   for (int64_t j = nb; j < n; ++j) sum += (row[j] = flush(a[j] * inv));
   for (int64_t j = n; j < sh.C; ++j) row[j] = 0;
   m = static_cast<float>(static_cast<double>(sh.p) * std::log(std::abs(static_cast<double>(sh.scale)) * amax) +
@@ -381,40 +450,38 @@ __attribute__((always_inline)) inline bool row_forward_linear(const TileShape<fl
 
 // Backward of row r in the linear form (see tile_weights_backward); false, rows untouched, where it needs the
 // log-space form.
-template <bool kGated, bool kP2>
+template <class V, bool kGated, bool kP2>
 __attribute__((always_inline)) inline bool row_backward_linear(const TileShape<float>& sh, const KeyFactors& kfs,
                                                               const std::vector<double>& pmin, RowScratch& rs,
                                                               float* srow, float* drow, int64_t r, float mr,
                                                               float* dgq, float* dgk) {
   const int64_t n = sh.visible(r), nfull = n / kLanes, nb = nfull * kLanes, half = sh.p / 2;
   if (n == 0) return false;
-  const float amax = row_absmax(srow, n);
+  const float amax = row_absmax<V>(srow, n);
   if (!linear_range(amax, sh.scale)) return false;
   const double F = std::exp(static_cast<double>(sh.p) * std::log(std::abs(static_cast<double>(sh.scale)) * amax) -
                             static_cast<double>(mr));
   if (!(F <= 1e20)) return false;
-  if constexpr (kGated) row_gate_factors(sh.gk, kfs, pmin[n - 1], n, rs);
+  if constexpr (kGated) row_gate_factors<V>(sh.gk, kfs, pmin[n - 1], n, rs);
   const float cf = static_cast<float>(F), ias = 1.0f / amax;
   const float dcoef = static_cast<float>(static_cast<double>(sh.p) / amax);
-  const vf16 ia = vsplat(ias);
-  vf16 vz{};
+  const V ia = vsplat<V>(ias);
+  V vz{};
   for (int64_t b = 0; b < nfull; ++b) {
-    const int64_t j0 = b * kLanes;
-    const vf16 u = vload(srow + j0) * ia;
-    const vf16 c = kGated ? vload(kfs.kf.data() + j0) * (rs.rf[b] * cf) : vsplat(cf);
-    const vf16 up = pow_odd<kP2>(u, half) * c;  // u^(p-1) c
-    const vf16 w = vflush(up * u);
-    const vf16 dp = vload(drow + j0);
-    const vf16 dz = dp * w;
-    vstore(srow + j0, w);
-    vstore(drow + j0, vflush(dp * (up * dcoef)));
-    vz += dz;
-    if (dgk != nullptr) vstore(dgk + j0, vload(dgk + j0) - dz);
+    for (int64_t j0 = b * kLanes; j0 < (b + 1) * kLanes; j0 += kVL<V>) {
+      const V u = vload<V>(srow + j0) * ia;
+      const V c = kGated ? vload<V>(kfs.kf.data() + j0) * (rs.rf[b] * cf) : vsplat<V>(cf);
+      const V up = pow_odd<kP2>(u, half) * c;  // u^(p-1) c
+      const V w = vflush(up * u);
+      const V dp = vload<V>(drow + j0);
+      const V dz = dp * w;
+      vstore(srow + j0, w);
+      vstore(drow + j0, vflush(dp * (up * dcoef)));
+      vz += dz;
+      if (dgk != nullptr) vstore(dgk + j0, vload<V>(dgk + j0) - dz);
+    }
   }
-  float lanes[kLanes];
-  vstore(lanes, vz);
-  float sum = 0.0f;
-  for (int64_t u = 0; u < kLanes; ++u) sum += lanes[u];
+  float sum = hsum(vz);
   for (int64_t j = nb; j < n; ++j) {
     const float u = srow[j] * ias;
     const float c = kGated ? rs.et[j - nb] * cf : cf;
@@ -433,7 +500,7 @@ __attribute__((always_inline)) inline bool row_backward_linear(const TileShape<f
   return true;
 }
 
-template <typename T>
+template <typename T, class V>
 POWER_ATTENTION_INLINE void tile_weights_forward_impl(const TileShape<T>& sh, T* S, T* m, T* l) {
   constexpr int64_t W = POWER_ATTENTION_LANES;
   const T p = static_cast<T>(sh.p);
@@ -442,7 +509,7 @@ POWER_ATTENTION_INLINE void tile_weights_forward_impl(const TileShape<T>& sh, T*
   const bool gated = sh.gq != nullptr && sh.gk != nullptr;
   const std::vector<double> pmin = gated ? prefix_min(sh.gk, sh.C) : std::vector<double>();
   const T neg_inf = static_cast<T>(kNegInf);
-  constexpr bool kFloat = std::is_same_v<T, float> && W == 16;
+  constexpr bool kFloat = std::is_same_v<T, float>;
   const bool linear = kFloat && !odd;
   KeyFactors kfs;
   if (linear && gated) kfs.build(sh.gk, sh.C);
@@ -451,14 +518,14 @@ POWER_ATTENTION_INLINE void tile_weights_forward_impl(const TileShape<T>& sh, T*
     T* row = S + r * sh.C;
     if constexpr (kFloat) {
       if (linear) {
-        const bool done = sh.p == 2 ? (gated ? row_forward_linear<true, true>(sh, kfs, pmin, rs, row, r, m[r], l[r])
-                                             : row_forward_linear<false, true>(sh, kfs, pmin, rs, row, r, m[r], l[r]))
-                                    : (gated ? row_forward_linear<true, false>(sh, kfs, pmin, rs, row, r, m[r], l[r])
-                                             : row_forward_linear<false, false>(sh, kfs, pmin, rs, row, r, m[r], l[r]));
+        const bool done = sh.p == 2 ? (gated ? row_forward_linear<V, true, true>(sh, kfs, pmin, rs, row, r, m[r], l[r])
+                                             : row_forward_linear<V, false, true>(sh, kfs, pmin, rs, row, r, m[r], l[r]))
+                                    : (gated ? row_forward_linear<V, true, false>(sh, kfs, pmin, rs, row, r, m[r], l[r])
+                                             : row_forward_linear<V, false, false>(sh, kfs, pmin, rs, row, r, m[r], l[r]));
         if (done) continue;
       }
     }
-    const int64_t n = sh.visible(r), nb = n / W * W;
+    const int64_t n = sh.visible(r), nb = n / (kFloat ? kVL<V> : W) * (kFloat ? kVL<V> : W);
     if (gated) {
       const double gi = sh.gq[r / sh.g] - row_reference(sh, pmin, r);
       for (int64_t j = 0; j < n; ++j) gd[j] = static_cast<T>(gi - sh.gk[j]);
@@ -466,9 +533,9 @@ POWER_ATTENTION_INLINE void tile_weights_forward_impl(const TileShape<T>& sh, T*
     T mx[W];
     for (int64_t u = 0; u < W; ++u) mx[u] = neg_inf;
     if constexpr (kFloat) {
-      vf16 vm = vsplat(neg_inf);
-      for (int64_t j0 = 0; j0 < nb; j0 += W) {
-        const vf16 zj = p * vlog(vabs(sh.scale * vload(row + j0))) + vload(gd.data() + j0);
+      V vm = vsplat<V>(neg_inf);
+      for (int64_t j0 = 0; j0 < nb; j0 += kVL<V>) {
+        const V zj = p * vlog(vabs(sh.scale * vload<V>(row + j0))) + vload<V>(gd.data() + j0);
         vstore(z.data() + j0, zj);
         vm = vmax(vm, zj);
       }
@@ -489,20 +556,20 @@ POWER_ATTENTION_INLINE void tile_weights_forward_impl(const TileShape<T>& sh, T*
     T mr = neg_inf;
     for (int64_t u = 0; u < W; ++u) mr = std::max(mr, mx[u]);
     if (mr == neg_inf) mr = 0;
-    l[r] = odd ? row_weights<true>(row, z.data(), n, mr) : row_weights<false>(row, z.data(), n, mr);
+    l[r] = odd ? row_weights<V, true>(row, z.data(), n, mr) : row_weights<V, false>(row, z.data(), n, mr);
     for (int64_t j = n; j < sh.C; ++j) row[j] = 0;
     m[r] = mr;
   }
 }
 
-POWER_ATTENTION_SIMD_VARIANTS(void, tile_weights_forward, (const TileShape<T>& sh, T* S, T* m, T* l), (sh, S, m, l))
+TILE_VARIANTS(void, tile_weights_forward, (const TileShape<T>& sh, T* S, T* m, T* l), (sh, S, m, l))
 
 // One row of tile_weights_backward over [0, n): srow becomes P, drow becomes dS (scale folded in), dz = dP * P into
 // dz[]; returns sum dz. kLinear: p = 1, where dP/ds = exp(G_i - G_j - m_i) (also at s = 0).
-template <bool kOdd, bool kLinear, typename T>
+template <class V, bool kOdd, bool kLinear, typename T>
 __attribute__((always_inline)) inline T row_backward(T* srow, T* drow, T* dz, const T* gd, int64_t n, T mr, T p, T scale) {
-  constexpr int64_t W = POWER_ATTENTION_LANES;
-  const int64_t nb = n / W * W;
+  constexpr int64_t W = POWER_ATTENTION_LANES, step = std::is_same_v<T, float> ? kVL<V> : W;
+  const int64_t nb = n / step * step;
   T acc[W] = {};
   auto one = [&](int64_t j, int64_t u) {
     const T s = scale * srow[j];
@@ -517,15 +584,15 @@ __attribute__((always_inline)) inline T row_backward(T* srow, T* drow, T* dz, co
     dz[j] = dzj;
     acc[u] += dzj;
   };
-  if constexpr (std::is_same_v<T, float> && W == 16) {
-    vf16 va{};
-    for (int64_t j0 = 0; j0 < nb; j0 += W) {
-      const vf16 s = scale * vload(srow + j0), g = vload(gd + j0);
-      const vf16 e = vexp(p * vlog(vabs(s)) + g - mr);
-      const vf16 w = kOdd ? (s < 0.0f ? -e : e) : e;
-      const vf16 dp = vload(drow + j0);
-      const vf16 dzj = dp * w;
-      const vf16 dpds = kLinear ? vexp(g - mr) : (s != 0.0f ? p * w / s : vf16{});
+  if constexpr (std::is_same_v<T, float>) {
+    V va{};
+    for (int64_t j0 = 0; j0 < nb; j0 += step) {
+      const V s = scale * vload<V>(srow + j0), g = vload<V>(gd + j0);
+      const V e = vexp(p * vlog(vabs(s)) + g - mr);
+      const V w = kOdd ? (s < 0.0f ? -e : e) : e;
+      const V dp = vload<V>(drow + j0);
+      const V dzj = dp * w;
+      const V dpds = kLinear ? vexp(g - mr) : (s != 0.0f ? p * w / s : V{});
       vstore(srow + j0, w);
       vstore(drow + j0, dp * dpds * scale);
       vstore(dz + j0, dzj);
@@ -542,7 +609,7 @@ __attribute__((always_inline)) inline T row_backward(T* srow, T* drow, T* dz, co
   return sum;
 }
 
-template <typename T>
+template <typename T, class V>
 POWER_ATTENTION_INLINE void tile_weights_backward_impl(const TileShape<T>& sh, T* S, T* dP, const T* m, T* dgq,
                                                        T* dgk) {
   const T p = static_cast<T>(sh.p);
@@ -550,7 +617,7 @@ POWER_ATTENTION_INLINE void tile_weights_backward_impl(const TileShape<T>& sh, T
   const bool gated = sh.gq != nullptr && sh.gk != nullptr;
   const std::vector<double> pmin = gated ? prefix_min(sh.gk, sh.C) : std::vector<double>();
   std::vector<T> gd(static_cast<size_t>(sh.C), T(0)), dz(static_cast<size_t>(sh.C));
-  constexpr bool kFloat = std::is_same_v<T, float> && POWER_ATTENTION_LANES == 16;
+  constexpr bool kFloat = std::is_same_v<T, float>;
   const bool lin_form = kFloat && !odd;
   KeyFactors kfs;
   if (lin_form && gated) kfs.build(sh.gk, sh.C);
@@ -561,10 +628,10 @@ POWER_ATTENTION_INLINE void tile_weights_backward_impl(const TileShape<T>& sh, T
     if constexpr (kFloat) {
       if (lin_form) {
         const bool done =
-            sh.p == 2 ? (gated ? row_backward_linear<true, true>(sh, kfs, pmin, rs, srow, drow, r, m[r], dgq, dgk)
-                               : row_backward_linear<false, true>(sh, kfs, pmin, rs, srow, drow, r, m[r], dgq, dgk))
-                      : (gated ? row_backward_linear<true, false>(sh, kfs, pmin, rs, srow, drow, r, m[r], dgq, dgk)
-                               : row_backward_linear<false, false>(sh, kfs, pmin, rs, srow, drow, r, m[r], dgq, dgk));
+            sh.p == 2 ? (gated ? row_backward_linear<V, true, true>(sh, kfs, pmin, rs, srow, drow, r, m[r], dgq, dgk)
+                               : row_backward_linear<V, false, true>(sh, kfs, pmin, rs, srow, drow, r, m[r], dgq, dgk))
+                      : (gated ? row_backward_linear<V, true, false>(sh, kfs, pmin, rs, srow, drow, r, m[r], dgq, dgk)
+                               : row_backward_linear<V, false, false>(sh, kfs, pmin, rs, srow, drow, r, m[r], dgq, dgk));
         if (done) continue;
       }
     }
@@ -576,11 +643,11 @@ POWER_ATTENTION_INLINE void tile_weights_backward_impl(const TileShape<T>& sh, T
     const T mr = m[r];
     T dzsum;
     if (linear) {
-      dzsum = row_backward<true, true>(srow, drow, dz.data(), gd.data(), n, mr, p, sh.scale);
+      dzsum = row_backward<V, true, true>(srow, drow, dz.data(), gd.data(), n, mr, p, sh.scale);
     } else if (odd) {
-      dzsum = row_backward<true, false>(srow, drow, dz.data(), gd.data(), n, mr, p, sh.scale);
+      dzsum = row_backward<V, true, false>(srow, drow, dz.data(), gd.data(), n, mr, p, sh.scale);
     } else {
-      dzsum = row_backward<false, false>(srow, drow, dz.data(), gd.data(), n, mr, p, sh.scale);
+      dzsum = row_backward<V, false, false>(srow, drow, dz.data(), gd.data(), n, mr, p, sh.scale);
     }
     if (dgk != nullptr)
       for (int64_t j = 0; j < n; ++j) dgk[j] -= dz[j];
@@ -592,7 +659,7 @@ POWER_ATTENTION_INLINE void tile_weights_backward_impl(const TileShape<T>& sh, T
   }
 }
 
-POWER_ATTENTION_SIMD_VARIANTS(void, tile_weights_backward, (const TileShape<T>& sh, T* S, T* dP, const T* m, T* dgq, T* dgk), (sh, S, dP, m, dgq, dgk))
+TILE_VARIANTS(void, tile_weights_backward, (const TileShape<T>& sh, T* S, T* dP, const T* m, T* dgq, T* dgk), (sh, S, dP, m, dgq, dgk))
 
 // ---------------------------------------------------------------------------------------------------------------
 // The quadratic form's products in fp32 (AVX-512): C [M, N] (+)= A B with A(i, k) = A[i ai + k ak] (a row-major
@@ -706,6 +773,113 @@ PA_AVX512 void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t ai,
     }
   }
 }
+
+// The same products for AVX2 machines (16 ymm registers): MR rows x 8 NV columns of accumulators (6 x 16 or 8 x 8),
+// one broadcast of A(i, k) against NV vector loads of B's row k, the last vector masked where the columns end
+// inside it (kMasked). K in blocks of 64 rows taken outermost, so that A's block (up to 64 x 64) stays in L1 while
+// the 16-column panels of B pass over it (a 6 x 64 block does not fit in 16 registers). Sums over k in index order.
+#define PA_AVX2 __attribute__((target("avx2,fma")))
+
+#define PA_YDECL(r) __m256 c##r##0, c##r##1;
+#define PA_YLOAD(v, p) (kMasked && NV == (v) + 1 ? _mm256_maskload_ps((p), last) : _mm256_loadu_ps(p))
+#define PA_YINIT(r)                                                                \
+  if constexpr (MR > r) {                                                          \
+    float* cr = C + r * ldc;                                                       \
+    const __m256 z = bias != nullptr ? _mm256_set1_ps(bias[r]) : _mm256_setzero_ps(); \
+    c##r##0 = acc ? PA_YLOAD(0, cr) : z;                                           \
+    if constexpr (NV > 1) c##r##1 = acc ? PA_YLOAD(1, cr + 8) : z;                 \
+  }
+#define PA_YFMA(r)                                                   \
+  if constexpr (MR > r) {                                            \
+    const __m256 x = _mm256_broadcast_ss(ak_ + r * ai);              \
+    c##r##0 = _mm256_fmadd_ps(x, b0, c##r##0);                       \
+    if constexpr (NV > 1) c##r##1 = _mm256_fmadd_ps(x, b1, c##r##1); \
+  }
+#define PA_YSTORE1(v, p, x)                                        \
+  if (kMasked && NV == (v) + 1) _mm256_maskstore_ps((p), last, (x)); \
+  else _mm256_storeu_ps((p), (x));
+#define PA_YSTORE(r)                                     \
+  if constexpr (MR > r) {                                \
+    float* cr = C + r * ldc;                             \
+    PA_YSTORE1(0, cr, c##r##0)                           \
+    if constexpr (NV > 1) { PA_YSTORE1(1, cr + 8, c##r##1) } \
+  }
+
+template <int MR, int NV, bool kMasked>
+PA_AVX2 void gemm_micro_avx2(int64_t K, const float* A, int64_t ai, int64_t ak, const float* B, int64_t ldb,
+                             float* C, int64_t ldc, __m256i last, bool acc, const float* bias) {
+  static_assert(MR >= 1 && MR <= 8 && NV >= 1 && NV <= 2, "register block");
+  PA_YDECL(0) PA_YDECL(1) PA_YDECL(2) PA_YDECL(3) PA_YDECL(4) PA_YDECL(5) PA_YDECL(6) PA_YDECL(7)
+  PA_YINIT(0) PA_YINIT(1) PA_YINIT(2) PA_YINIT(3) PA_YINIT(4) PA_YINIT(5) PA_YINIT(6) PA_YINIT(7)
+  for (int64_t k = 0; k < K; ++k) {
+    const float* bk = B + k * ldb;
+    const float* ak_ = A + k * ak;
+    const __m256 b0 = PA_YLOAD(0, bk);
+    __m256 b1;
+    if constexpr (NV > 1) b1 = PA_YLOAD(1, bk + 8);
+    PA_YFMA(0) PA_YFMA(1) PA_YFMA(2) PA_YFMA(3) PA_YFMA(4) PA_YFMA(5) PA_YFMA(6) PA_YFMA(7)
+  }
+  PA_YSTORE(0) PA_YSTORE(1) PA_YSTORE(2) PA_YSTORE(3) PA_YSTORE(4) PA_YSTORE(5) PA_YSTORE(6) PA_YSTORE(7)
+}
+
+#undef PA_YDECL
+#undef PA_YLOAD
+#undef PA_YINIT
+#undef PA_YFMA
+#undef PA_YSTORE1
+#undef PA_YSTORE
+
+// Rows [0, mr) of a register block of MR rows at most.
+template <int MR, int NV, bool kMasked>
+PA_AVX2 void gemm_rows_avx2(int64_t mr, int64_t K, const float* A, int64_t ai, int64_t ak, const float* B,
+                            int64_t ldb, float* C, int64_t ldc, __m256i last, bool acc, const float* bias) {
+  if (mr == MR) {
+    gemm_micro_avx2<MR, NV, kMasked>(K, A, ai, ak, B, ldb, C, ldc, last, acc, bias);
+  } else if constexpr (MR > 1) {
+    gemm_rows_avx2<MR - 1, NV, kMasked>(mr, K, A, ai, ak, B, ldb, C, ldc, last, acc, bias);
+  }
+}
+
+template <int NV, bool kMasked>
+PA_AVX2 void gemm_panel_avx2(int64_t M, int64_t K, const float* A, int64_t ai, int64_t ak, const float* B,
+                             int64_t ldb, float* C, int64_t ldc, __m256i last, bool acc, const float* bias) {
+  constexpr int MR = NV == 2 ? 6 : 8;
+  for (int64_t i0 = 0; i0 < M; i0 += MR)
+    gemm_rows_avx2<MR, NV, kMasked>(std::min<int64_t>(MR, M - i0), K, A + i0 * ai, ai, ak, B, ldb, C + i0 * ldc,
+                                    ldc, last, acc, bias != nullptr ? bias + i0 : nullptr);
+}
+
+// As gemm above, for AVX2.
+PA_AVX2 void gemm_avx2(int64_t M, int64_t N, int64_t K, const float* A, int64_t ai, int64_t ak, const float* B,
+                       int64_t ldb, float* C, int64_t ldc, bool acc, const float* bias) {
+  constexpr int64_t kBlockK = 64;
+  if (K == 0 && !acc) {
+    for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, bias != nullptr ? bias[i] : 0.0f);
+    return;
+  }
+  for (int64_t k0 = 0; k0 < K; k0 += kBlockK) {
+    const int64_t kn = std::min(kBlockK, K - k0);
+    const bool a = acc || k0 > 0;
+    const float* bs = k0 == 0 ? bias : nullptr;
+    const float* Ak = A + k0 * ak;
+    for (int64_t c0 = 0; c0 < N; c0 += 16) {
+      const int64_t nc = std::min<int64_t>(16, N - c0);
+      const int nv = static_cast<int>((nc + 7) / 8);
+      const int64_t rem = nc - 8 * (nv - 1);
+      const __m256i last = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(rem)),
+                                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+      const float* Bk = B + k0 * ldb + c0;
+      float* Cc = C + c0;
+      if (rem == 8) {
+        if (nv == 2) gemm_panel_avx2<2, false>(M, kn, Ak, ai, ak, Bk, ldb, Cc, ldc, last, a, bs);
+        else gemm_panel_avx2<1, false>(M, kn, Ak, ai, ak, Bk, ldb, Cc, ldc, last, a, bs);
+      } else {
+        if (nv == 2) gemm_panel_avx2<2, true>(M, kn, Ak, ai, ak, Bk, ldb, Cc, ldc, last, a, bs);
+        else gemm_panel_avx2<1, true>(M, kn, Ak, ai, ak, Bk, ldb, Cc, ldc, last, a, bs);
+      }
+    }
+  }
+}
 #endif
 
 // 64-byte aligned scratch of one thread, grown on demand.
@@ -727,11 +901,11 @@ struct Buffer {
   ~Buffer() { std::free(p); }
 };
 struct QuadraticWork {
-  Buffer kt, vt, dkt, dvt, s, dp, dnum, dqt, rows;
+  Buffer kt, vt, dkt, dvt, s, dp, dnum, dqt, rows, qtile;
   std::vector<double> gp;
   std::vector<float> dl;
   size_t bytes() const {
-    return sizeof(float) * (kt.n + vt.n + dkt.n + dvt.n + s.n + dp.n + dnum.n + dqt.n + rows.n);
+    return sizeof(float) * (kt.n + vt.n + dkt.n + dvt.n + s.n + dp.n + dnum.n + dqt.n + rows.n + qtile.n);
   }
 };
 
@@ -800,6 +974,18 @@ const float* unit_stride_rows(const float* x, int64_t ldx, int64_t T, int64_t w,
   return out;
 }
 
+// The query rows of tokens [i0, i1) (R = (i1 - i0) g rows, rows d apart within a token, tokens q_stride apart) copied
+// into out [R][ld]: the products re-read a tile's queries once per 16 or 64 columns of keys, and at the caller's
+// token stride (h d floats: 2 KiB for 8 heads of 64) the tile's rows meet in a few L1 sets.
+const float* query_tile(const QuadraticHead& h, int64_t q_stride, int64_t i0, int64_t i1, int64_t ld, float* out) {
+  const int64_t g = h.g, d = h.d;
+  for (int64_t r = 0; r < (i1 - i0) * g; ++r) {
+    const float* src = h.q + (i0 + r / g) * q_stride + (r % g) * d;
+    std::copy(src, src + d, out + r * ld);
+  }
+  return out;
+}
+
 // G padded to ld entries with its last value (keys past T are never visible; their factors stay finite).
 const double* padded_gates(const QuadraticHead& h, int64_t ld, QuadraticWork& w) {
   if (h.G == nullptr) return nullptr;
@@ -812,14 +998,13 @@ const double* padded_gates(const QuadraticHead& h, int64_t ld, QuadraticWork& w)
 // are w apart, so rows are evenly spaced when g = 1 or the token stride is g w.
 struct Strides {
   int64_t q, k, v, y, dy;     // token strides
-  int64_t qr, yr, dyr;        // row strides of the query-row operands
+  int64_t yr, dyr;            // row strides of the query-row operands (the queries: query_tile)
   explicit Strides(const QuadraticHead& h)
       : q(h.ldq != 0 ? h.ldq : h.g * h.d),
         k(h.ldk != 0 ? h.ldk : h.d),
         v(h.ldv != 0 ? h.ldv : h.e),
         y(h.ldy != 0 ? h.ldy : h.g * h.e),
         dy(h.lddy != 0 ? h.lddy : h.g * h.e),
-        qr(h.g == 1 ? q : h.d),
         yr(h.g == 1 ? y : h.e),
         dyr(h.g == 1 ? dy : h.e) {}
 };
@@ -833,22 +1018,28 @@ TileShape<float> quadratic_tile(const QuadraticHead& h, int64_t i0, int64_t i1, 
 }
 
 #ifdef POWER_ATTENTION_X86_DISPATCH
-PA_AVX512 void quadratic_forward_avx512(const QuadraticHead& h, float* y, float* m, float* l) {
+using GemmFn = void (*)(int64_t, int64_t, int64_t, const float*, int64_t, int64_t, const float*, int64_t, float*,
+                        int64_t, bool, const float*);
+
+template <GemmFn kGemm>
+POWER_ATTENTION_INLINE void quadratic_forward_with(const QuadraticHead& h, float* y, float* m, float* l) {
   const int64_t T = h.T, g = h.g, d = h.d, e = h.e, Tp = padded_ld(T), tile = std::max<int64_t>(1, h.tile);
   PooledWork pw;
   QuadraticWork& w = *pw.w;
   const Strides st(h);
   float* kt = w.kt.get(d * Tp);
   float* S = w.s.get(tile * g * Tp);
+  const int64_t ldqt = padded_ld(d);
+  float* qbuf = w.qtile.get(tile * g * ldqt);
   transpose_into(h.k, st.k, T, d, Tp, kt);
   const float* vr = unit_stride_rows(h.v, st.v, T, e, w.rows);
   const double* gp = padded_gates(h, Tp, w);
   for (int64_t i0 = 0; i0 < T; i0 += tile) {
     const int64_t i1 = std::min(T, i0 + tile), R = (i1 - i0) * g, C = padded_ld(i1);
-    gemm(R, C, d, h.q + i0 * st.q, st.qr, 1, kt, Tp, S, C, false);
+    kGemm(R, C, d, query_tile(h, st.q, i0, i1, ldqt, qbuf), ldqt, 1, kt, Tp, S, C, false, nullptr);
     tile_weights_forward<float>(quadratic_tile(h, i0, i1, C, gp), S, m + i0 * g, l + i0 * g);
     float* yt = y + i0 * st.y;
-    gemm(R, e, i1, S, C, 1, vr, e, yt, st.yr, false);
+    kGemm(R, e, i1, S, C, 1, vr, e, yt, st.yr, false, nullptr);
     for (int64_t r = 0; r < R; ++r) {
       const float lr = l[i0 * g + r], inv = lr != 0.0f ? 1.0f / lr : 0.0f;
       for (int64_t c = 0; c < e; ++c) yt[r * st.yr + c] *= inv;
@@ -856,13 +1047,17 @@ PA_AVX512 void quadratic_forward_avx512(const QuadraticHead& h, float* y, float*
   }
 }
 
-PA_AVX512 void quadratic_backward_avx512(const QuadraticHead& h, const float* y, const float* dy, const float* m,
-                                         const float* l, const QuadraticGrads& gr, float* dG) {
+template <GemmFn kGemm>
+POWER_ATTENTION_INLINE void quadratic_backward_with(const QuadraticHead& h, const float* y, const float* dy,
+                                                   const float* m, const float* l, const QuadraticGrads& gr,
+                                                   float* dG) {
   const int64_t T = h.T, g = h.g, d = h.d, e = h.e, Tp = padded_ld(T), tile = std::max<int64_t>(1, h.tile);
   float *dq = gr.dq, *dk = gr.dk, *dv = gr.dv;
   PooledWork pw;
   QuadraticWork& w = *pw.w;
   float* dqt = w.dqt.get(tile * g * d);
+  const int64_t ldqt = padded_ld(d);
+  float* qbuf = w.qtile.get(tile * g * ldqt);
   // kt, vt [w][Tp]: K^T and V^T; dkt, dvt [w][Tp]: the key and value gradients transposed (accumulated tile by
   // tile as dK^T += Q_t^T dS, dV^T += dnum^T P: P and dS stream by rows).
   float* kt = w.kt.get(d * Tp);
@@ -894,23 +1089,38 @@ PA_AVX512 void quadratic_backward_avx512(const QuadraticHead& h, const float* y,
       }
       w.dl[r] = -static_cast<float>(dot) * inv;
     }
-    const float* qt = h.q + i0 * st.q;
-    gemm(R, C, d, qt, st.qr, 1, kt, Tp, S, C, false);
-    gemm(R, C, e, dnum, e, 1, vt, Tp, dP, C, false, w.dl.data());  // dP = dnum V^T + dl
+    const float* qt = query_tile(h, st.q, i0, i1, ldqt, qbuf);
+    kGemm(R, C, d, qt, ldqt, 1, kt, Tp, S, C, false, nullptr);
+    kGemm(R, C, e, dnum, e, 1, vt, Tp, dP, C, false, w.dl.data());  // dP = dnum V^T + dl
     tile_weights_backward<float>(quadratic_tile(h, i0, i1, C, gp), S, dP, m + i0 * g,
                                  dG != nullptr ? dG + i0 : nullptr, dG);
-    if (dv != nullptr) gemm(e, C, R, dnum, 1, e, S, C, dvt, Tp, true);
+    if (dv != nullptr) kGemm(e, C, R, dnum, 1, e, S, C, dvt, Tp, true, nullptr);
     if (dq != nullptr) {
-      gemm(R, d, i1, dP, C, 1, kr, d, dqt, d, false);
+      kGemm(R, d, i1, dP, C, 1, kr, d, dqt, d, false, nullptr);
       for (int64_t r = 0; r < R; ++r) {
         const int64_t tok = i0 + r / g;
         std::copy(dqt + r * d, dqt + (r + 1) * d, dq + tok * gr.ldq + (r % g) * d);
       }
     }
-    if (dk != nullptr) gemm(d, C, R, qt, 1, st.qr, dP, C, dkt, Tp, true);
+    if (dk != nullptr) kGemm(d, C, R, qt, 1, ldqt, dP, C, dkt, Tp, true, nullptr);
   }
   if (dk != nullptr) transpose_out(dkt, Tp, T, d, dk, gr.ldk);
   if (dv != nullptr) transpose_out(dvt, Tp, T, e, dv, gr.ldv);
+}
+// The row loops around the products compiled for the products' instruction set.
+PA_AVX512 void quadratic_forward_avx512(const QuadraticHead& h, float* y, float* m, float* l) {
+  quadratic_forward_with<gemm>(h, y, m, l);
+}
+PA_AVX2 void quadratic_forward_avx2(const QuadraticHead& h, float* y, float* m, float* l) {
+  quadratic_forward_with<gemm_avx2>(h, y, m, l);
+}
+PA_AVX512 void quadratic_backward_avx512(const QuadraticHead& h, const float* y, const float* dy, const float* m,
+                                         const float* l, const QuadraticGrads& gr, float* dG) {
+  quadratic_backward_with<gemm>(h, y, dy, m, l, gr, dG);
+}
+PA_AVX2 void quadratic_backward_avx2(const QuadraticHead& h, const float* y, const float* dy, const float* m,
+                                     const float* l, const QuadraticGrads& gr, float* dG) {
+  quadratic_backward_with<gemm_avx2>(h, y, dy, m, l, gr, dG);
 }
 #endif
 
@@ -918,22 +1128,38 @@ PA_AVX512 void quadratic_backward_avx512(const QuadraticHead& h, const float* y,
 
 bool quadratic_kernels_available(int64_t p) {
 #ifdef POWER_ATTENTION_X86_DISPATCH
-  return p % 2 == 0 && phi_products_available();
+  // POWER_ATTENTION_CPU_FUSED=0 switches these off as it does the state products (phi_products_available)
+  static const bool on = [] {
+    const char* env = std::getenv("POWER_ATTENTION_CPU_FUSED");
+    return !(env != nullptr && std::strcmp(env, "0") == 0) && simd_level() >= 1;
+  }();
+  return p % 2 == 0 && on;
 #else
   return false;
 #endif
 }
 
+#ifdef POWER_ATTENTION_X86_DISPATCH
+void gemm_f32_avx2(int64_t M, int64_t N, int64_t K, const float* A, int64_t ai, int64_t ak, const float* B,
+                   int64_t ldb, float* C, int64_t ldc, bool acc, const float* bias) {
+  gemm_avx2(M, N, K, A, ai, ak, B, ldb, C, ldc, acc, bias);
+}
+#endif
+
+int64_t quadratic_kernel_tile_tokens() { return simd_level() == 2 ? 64 : 32; }
+
 void quadratic_forward_f32(const QuadraticHead& h, float* y, float* m, float* l) {
 #ifdef POWER_ATTENTION_X86_DISPATCH
-  quadratic_forward_avx512(h, y, m, l);
+  if (simd_level() == 2) quadratic_forward_avx512(h, y, m, l);
+  else quadratic_forward_avx2(h, y, m, l);
 #endif
 }
 
 void quadratic_backward_f32(const QuadraticHead& h, const float* y, const float* dy, const float* m, const float* l,
                             const QuadraticGrads& gr, float* dG) {
 #ifdef POWER_ATTENTION_X86_DISPATCH
-  quadratic_backward_avx512(h, y, dy, m, l, gr, dG);
+  if (simd_level() == 2) quadratic_backward_avx512(h, y, dy, m, l, gr, dG);
+  else quadratic_backward_avx2(h, y, dy, m, l, gr, dG);
 #endif
 }
 

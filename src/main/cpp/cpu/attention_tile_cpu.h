@@ -1,6 +1,6 @@
 // attention_tile_cpu.h: the in-chunk (or in-tile) attention of SPEC §3 on the CPU, the elementwise part fused
 // per row (tile_weights_*; the products around it are the caller's), and the quadratic form of one head in fp32 with
-// its products in AVX-512 micro-kernels (quadratic_*_f32).
+// its products in AVX-512 or AVX2 micro-kernels (quadratic_*_f32).
 //
 // A tile is one head's query rows r in [0, R) (token tq0 + r / g, g rows per token) against keys j in [0, C)
 // (token tk0 + j); row r sees the keys with tk0 + j <= tq0 + r / g (causal).
@@ -59,9 +59,14 @@ struct QuadraticHead {
   int64_t ldq = 0, ldk = 0, ldv = 0, ldy = 0, lddy = 0;
 };
 
-/// Whether quadratic_forward/backward_f32 run on this machine for degree p: AVX-512 (phi_products_available) and
-/// p even.
+/// Whether quadratic_forward/backward_f32 run on this machine for degree p: AVX-512 or AVX2 with FMA (simd_level()
+/// >= 1, not switched off with POWER_ATTENTION_CPU_FUSED=0) and p even.
 bool quadratic_kernels_available(int64_t p);
+
+/// Query tokens per tile for quadratic_forward/backward_f32 on this machine: 64 with AVX-512, 32 with AVX2 (the AVX2
+/// kernels read a tile's rows once per 16 key columns instead of 64, and a tile's weights [32, t] stay in a 512 KiB L2
+/// at t = 2048: 32 took 7% less CPU time than 64 there, fwd+bwd).
+int64_t quadratic_kernel_tile_tokens();
 
 /// The quadratic form of one head with the tile's products in register-blocked micro-kernels (no BLAS): y (rows at
 /// QuadraticHead's ldy), m and l [T g] as tile_weights_forward's (y = P V / l).
@@ -80,6 +85,13 @@ struct QuadraticGrads {
 /// the gradient of G to it.
 void quadratic_backward_f32(const QuadraticHead& h, const float* y, const float* dy, const float* m, const float* l,
                             const QuadraticGrads& gr, float* dG);
+
+/// C [M, N] = A B on AVX2 machines (acc: C += A B; bias [M] given: C = A B + bias[i] on row i), A(i, k) = A[i ai +
+/// k ak] (a row-major matrix or its transpose), B [K, N] with row stride ldb, C with row stride ldc: the tile
+/// products' micro-kernels (6 x 16 accumulators), sums over k in index order. Also the state products' on AVX2
+/// machines (phi_products_cpu.cpp). Needs simd_level() >= 1.
+void gemm_f32_avx2(int64_t M, int64_t N, int64_t K, const float* A, int64_t ai, int64_t ak, const float* B,
+                   int64_t ldb, float* C, int64_t ldc, bool acc, const float* bias);
 
 }  // namespace cpu
 }  // namespace power_attention

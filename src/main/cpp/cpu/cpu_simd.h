@@ -7,6 +7,9 @@
 // POWER_ATTENTION_SIMD_VARIANTS(R, name, (params), (args)) defines `template <typename T> R name(params)`.
 #pragma once
 
+#include <algorithm>
+#include <cstdlib>
+
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #include <cpuid.h>
 #define POWER_ATTENTION_X86_DISPATCH 1
@@ -24,28 +27,37 @@
 
 namespace power_attention {
 
-/// 2: AVX-512 (F, VL, BW, DQ) and FMA with the OS saving zmm state; 1: AVX2 and FMA with ymm state; 0: baseline.
-inline int simd_level() {
+/// What the machine and its OS support: 2: AVX-512 (F, VL, BW, DQ) and FMA with the OS saving zmm state; 1: AVX2 and
+/// FMA with ymm state; 0: baseline.
+inline int machine_simd_level() {
 #ifdef POWER_ATTENTION_X86_DISPATCH
-  static const int level = [] {
-    unsigned a = 0, b = 0, c = 0, d = 0;
-    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
-    const bool fma = c & (1u << 12), osxsave = c & (1u << 27), avx = c & (1u << 28);
-    if (!osxsave || !avx) return 0;
-    unsigned xlo = 0, xhi = 0;
-    __asm__ volatile("xgetbv" : "=a"(xlo), "=d"(xhi) : "c"(0));
-    const bool ymm = (xlo & 0x6) == 0x6, zmm = (xlo & 0xe6) == 0xe6;
-    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
-    const bool avx2 = b & (1u << 5), f = b & (1u << 16), dq = b & (1u << 17), bw = b & (1u << 30),
-               vl = b & (1u << 31);
-    if (zmm && fma && f && dq && bw && vl) return 2;
-    if (ymm && fma && avx2) return 1;
-    return 0;
-  }();
-  return level;
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+  const bool fma = c & (1u << 12), osxsave = c & (1u << 27), avx = c & (1u << 28);
+  if (!osxsave || !avx) return 0;
+  unsigned xlo = 0, xhi = 0;
+  __asm__ volatile("xgetbv" : "=a"(xlo), "=d"(xhi) : "c"(0));
+  const bool ymm = (xlo & 0x6) == 0x6, zmm = (xlo & 0xe6) == 0xe6;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+  const bool avx2 = b & (1u << 5), f = b & (1u << 16), dq = b & (1u << 17), bw = b & (1u << 30),
+             vl = b & (1u << 31);
+  if (zmm && fma && f && dq && bw && vl) return 2;
+  if (ymm && fma && avx2) return 1;
+  return 0;
 #else
   return 0;
 #endif
+}
+
+/// The variants the CPU loops run (checked once): machine_simd_level(), capped by POWER_ATTENTION_CPU_SIMD=0 or 1
+/// (to test the baseline or AVX2 variants on a machine with more).
+inline int simd_level() {
+  static const int level = [] {
+    const char* cap = std::getenv("POWER_ATTENTION_CPU_SIMD");
+    const bool capped = cap != nullptr && (cap[0] == '0' || cap[0] == '1') && cap[1] == '\0';
+    return std::min(capped ? cap[0] - '0' : 2, machine_simd_level());
+  }();
+  return level;
 }
 
 }  // namespace power_attention

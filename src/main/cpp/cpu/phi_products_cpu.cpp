@@ -7,9 +7,11 @@
 //   phi_apply: acc[6 rows][64 columns] += tile[f][i] * A[f, :], over the features f;
 // (8, 12, 16 instead of 6 for 48, 32, 16 columns). Called inside the per-head parallel region: no threading here.
 #include "cpu/phi_products_cpu.h"
+#include "cpu/attention_tile_cpu.h"
 #include "cpu/cpu_simd.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -25,7 +27,7 @@ bool phi_products_available() {
   static const bool on = [] {
     const char* env = std::getenv("POWER_ATTENTION_CPU_FUSED");
     if (env != nullptr && std::strcmp(env, "0") == 0) return false;
-    return simd_level() == 2;
+    return simd_level() >= 1;
   }();
   return on;
 }
@@ -400,13 +402,192 @@ PA_AVX512 void grad_avx512(const PhiRows& x, const float* M, int64_t ldm, const 
   }
 }
 
+
+// ---------------------------------------------------------------------------------------------------------------
+// The same three products on AVX2 machines: phi's tiles built as above, the products in the quadratic form's AVX2
+// micro-kernels (gemm_f32_avx2, 6 x 16 accumulators: 16 ymm registers hold no 6 x 64 block).
+// ---------------------------------------------------------------------------------------------------------------
+#define PA_AVX2 __attribute__((target("avx2,fma")))
+
+// build_tile's values (the same operations in the same order) in plain loops.
+PA_AVX2 void build_tile_avx2(const float* xt, const float* ut, int64_t ld, int64_t d, const float* coef, int64_t f0,
+                             int64_t nf, Feature ft, float* tile) {
+  for (int64_t r = 0; r < nf; ++r, ft.next(d)) {
+    const float c = coef[f0 + r];
+    const float* u = ut + ft.a * ld;
+    const float* xb = xt + ft.b * ld;
+    float* row = tile + r * ld;
+    for (int64_t i = 0; i < ld; ++i) row[i] = (c * u[i]) * xb[i];
+  }
+  if (nf < kFeat) std::memset(tile + nf * ld, 0, sizeof(float) * (kFeat - nf) * ld);
+}
+
+// sum_i row[i] w[i] over the ld (zero-padded) rows, in 16 lanes, then the lanes in a fixed order.
+PA_AVX2 float tile_dot_avx2(const float* row, const float* w, int64_t ld) {
+  float lanes[16] = {};
+  for (int64_t i = 0; i < ld; i += 16)
+    for (int u = 0; u < 16; ++u) lanes[u] += row[i + u] * w[i + u];
+  float sum = 0;
+  for (int u = 0; u < 16; ++u) sum += lanes[u];
+  return sum;
+}
+
+PA_AVX2 void outer_avx2(const PhiRows& x, const float* R, int64_t ldr, const float* r, int64_t ldr_norm, int64_t e,
+                        bool norm, float beta, float* A, int64_t lda, const float* A0) {
+  if (A0 == nullptr) A0 = A;
+  const int64_t d = x.d, D = d * (d + 1) / 2;
+  Work& w = work();
+  const int64_t ldmax = (std::min(x.n, kRows) + 15) / 16 * 16;
+  float* xt = w.xt.get(d * ldmax);
+  float* ut = w.ut.get(d * ldmax);
+  float* tile = w.tile.get(kFeat * ldmax + 64);
+  float* acc = w.out.get(kFeat * std::max<int64_t>(e, 1) + ldmax);
+  float* rw = acc + kFeat * std::max<int64_t>(e, 1);  // the normaliser's weights, zero-padded
+  if (x.n == 0) {
+    for (int64_t f = 0; f < D; ++f)
+      for (int64_t j = 0; j < e + (norm ? 1 : 0); ++j) A[f * lda + j] = beta == 0.0f ? 0.0f : beta * A0[f * lda + j];
+    return;
+  }
+  for (int64_t i0 = 0; i0 < x.n; i0 += kRows) {
+    const int64_t nb = std::min(kRows, x.n - i0), ld = (nb + 15) / 16 * 16;
+    const bool first = i0 == 0;
+    transpose_rows(x, i0, nb, ld, xt, ut);
+    if (norm) {
+      for (int64_t i = 0; i < ld; ++i) rw[i] = i < nb ? (r != nullptr ? r[(i0 + i) * ldr_norm] : 1.0f) : 0.0f;
+    }
+    const float* Rb = R + i0 * ldr;
+    Feature ft;
+    for (int64_t f0 = 0; f0 < D; f0 += kFeat) {
+      const int64_t nf = std::min(kFeat, D - f0);
+      build_tile_avx2(xt, ut, ld, d, x.coef, f0, nf, ft, tile);
+      if (e > 0) gemm_f32_avx2(nf, e, nb, tile, ld, 1, Rb, ldr, acc, e, false, nullptr);
+      for (int64_t rr = 0; rr < nf; ++rr) {
+        float* dst = A + (f0 + rr) * lda;
+        const float* prev = (first ? A0 : A) + (f0 + rr) * lda;  // what this block adds to
+        const float* src = acc + rr * e;
+        if (first && beta == 0.0f) {
+          for (int64_t j = 0; j < e; ++j) dst[j] = src[j];
+        } else if (first) {
+          for (int64_t j = 0; j < e; ++j) dst[j] = std::fma(beta, prev[j], src[j]);
+        } else {
+          for (int64_t j = 0; j < e; ++j) dst[j] = prev[j] + src[j];
+        }
+      }
+      if (norm) {
+        for (int64_t rr = 0; rr < nf; ++rr) {
+          const float s = tile_dot_avx2(tile + rr * ld, rw, ld);
+          float& h = A[(f0 + rr) * lda + e];
+          h = first ? (beta == 0.0f ? s : beta * A0[(f0 + rr) * lda + e] + s) : h + s;
+        }
+      }
+      for (int64_t rr = 0; rr < nf; ++rr) ft.next(d);
+    }
+  }
+}
+
+PA_AVX2 void apply_avx2(const PhiRows& x, const float* A, int64_t lda, int64_t e, bool norm, float* Out,
+                        int64_t ldo) {
+  const int64_t d = x.d, D = d * (d + 1) / 2;
+  Work& w = work();
+  const int64_t ldmax = (std::min(x.n, kRows) + 15) / 16 * 16;
+  float* xt = w.xt.get(d * ldmax);
+  float* ut = w.ut.get(d * ldmax);
+  float* tile = w.tile.get(kFeat * ldmax + 64);
+  float* nacc = w.out.get(ldmax);
+  for (int64_t i0 = 0; i0 < x.n; i0 += kRows) {
+    const int64_t nb = std::min(kRows, x.n - i0), ld = (nb + 15) / 16 * 16;
+    transpose_rows(x, i0, nb, ld, xt, ut);
+    std::memset(nacc, 0, sizeof(float) * ld);
+    float* out = Out + i0 * ldo;
+    if (D == 0)
+      for (int64_t i = 0; i < nb; ++i) std::fill(out + i * ldo, out + i * ldo + e, 0.0f);
+    Feature ft;
+    for (int64_t f0 = 0; f0 < D; f0 += kFeat) {
+      const int64_t nf = std::min(kFeat, D - f0);
+      build_tile_avx2(xt, ut, ld, d, x.coef, f0, nf, ft, tile);
+      const float* Af = A + f0 * lda;
+      // Out rows [i0, i0 + nb) (+)= tile^T A[f0 .. f0 + nf): the features in index order across the blocks
+      if (e > 0) gemm_f32_avx2(nb, e, nf, tile, 1, ld, Af, lda, out, ldo, f0 > 0, nullptr);
+      if (norm) {
+        for (int64_t rr = 0; rr < nf; ++rr) {
+          const float h = Af[rr * lda + e];
+          const float* row = tile + rr * ld;
+          for (int64_t i = 0; i < ld; ++i) nacc[i] = std::fma(h, row[i], nacc[i]);
+        }
+      }
+      for (int64_t rr = 0; rr < nf; ++rr) ft.next(d);
+    }
+    if (norm)
+      for (int64_t i = 0; i < nb; ++i) out[i * ldo + e] = nacc[i];
+  }
+}
+
+PA_AVX2 void grad_avx2(const PhiRows& x, const float* M, int64_t ldm, const float* R, int64_t ldr, const float* r,
+                       int64_t ldr_norm, int64_t e, float* dx, float* ds) {
+  const int64_t d = x.d, D = d * (d + 1) / 2, nc = e + 1;
+  Work& w = work();
+  const int64_t ldmax = (std::min(x.n, kGradRows) + 31) / 32 * 32;
+  float* xt = w.xt.get(d * ldmax);
+  float* dxt = w.ut.get(d * ldmax);
+  float* rt = w.tile.get(nc * ldmax);
+  float* gb = w.out.get(kGradFeat * ldmax);
+  for (int64_t i0 = 0; i0 < x.n; i0 += kGradRows) {
+    const int64_t nb = std::min(kGradRows, x.n - i0), ld = (nb + 31) / 32 * 32;
+    // x and [R | r] of the rows transposed (rows nb..ld zero), dx accumulated transposed
+    std::memset(xt, 0, sizeof(float) * d * ld);
+    std::memset(dxt, 0, sizeof(float) * d * ld);
+    std::memset(rt, 0, sizeof(float) * nc * ld);
+    for (int64_t i = 0; i < nb; ++i) {
+      const float* xi = x.x + (i0 + i) * x.ldx;
+      for (int64_t a = 0; a < d; ++a) xt[a * ld + i] = xi[a];
+      const float* ri = R + (i0 + i) * ldr;
+      for (int64_t j = 0; j < e; ++j) rt[j * ld + i] = ri[j];
+      rt[e * ld + i] = r != nullptr ? r[(i0 + i) * ldr_norm] : 1.0f;
+    }
+    Feature ft;
+    for (int64_t f0 = 0; f0 < D; f0 += kGradFeat) {
+      const int64_t nf = std::min(kGradFeat, D - f0);
+      // gb[rr][i] = sum_j M[f0 + rr, j] rt[j][i], j over the e + 1 columns in index order
+      gemm_f32_avx2(nf, ld, nc, M + f0 * ldm, ldm, 1, rt, ld, gb, ld, false, nullptr);
+      // dx_a += coef g x_b, dx_b += coef g x_a for each feature f = (a, b) of the block
+      Feature fr = ft;
+      for (int64_t rr = 0; rr < nf; ++rr, fr.next(d)) {
+        const float c = x.coef[f0 + rr];
+        float* da = dxt + fr.a * ld;
+        float* db = dxt + fr.b * ld;
+        const float* xa = xt + fr.a * ld;
+        const float* xb = xt + fr.b * ld;
+        const float* g = gb + rr * ld;
+        for (int64_t i = 0; i < ld; ++i) {
+          const float gv = c * g[i];
+          da[i] = std::fma(gv, xb[i], da[i]);
+          db[i] = std::fma(gv, xa[i], db[i]);
+        }
+      }
+      for (int64_t rr = 0; rr < nf; ++rr) ft.next(d);
+    }
+    // ds = g . phi(x) = x . (J^T g) / 2 (phi is homogeneous of degree 2); dx = scale J^T g
+    for (int64_t i = 0; i < nb; ++i) {
+      const float s = x.scale != nullptr ? x.scale[i0 + i] : 1.0f;
+      float dot = 0;
+      for (int64_t a = 0; a < d; ++a) {
+        const float ja = dxt[a * ld + i];
+        dot += xt[a * ld + i] * ja;
+        if (dx != nullptr) dx[(i0 + i) * d + a] = s * ja;
+      }
+      if (ds != nullptr) ds[i0 + i] = 0.5f * dot;
+    }
+  }
+}
+
 }  // namespace
 #endif
 
 void phi_grad(const PhiRows& x, const float* M, int64_t ldm, const float* R, int64_t ldr, const float* r,
               int64_t ldr_norm, int64_t e, float* dx, float* ds) {
 #ifdef POWER_ATTENTION_X86_DISPATCH
-  grad_avx512(x, M, ldm, R, ldr, r, ldr_norm, e, dx, ds);
+  if (simd_level() == 2) grad_avx512(x, M, ldm, R, ldr, r, ldr_norm, e, dx, ds);
+  else grad_avx2(x, M, ldm, R, ldr, r, ldr_norm, e, dx, ds);
 #else
   (void)x, (void)M, (void)ldm, (void)R, (void)ldr, (void)r, (void)ldr_norm, (void)e, (void)dx, (void)ds;
 #endif
@@ -415,7 +596,8 @@ void phi_grad(const PhiRows& x, const float* M, int64_t ldm, const float* R, int
 void phi_outer(const PhiRows& x, const float* R, int64_t ldr, const float* r, int64_t ldr_norm, int64_t e, bool norm,
                float beta, float* A, int64_t lda, const float* A0) {
 #ifdef POWER_ATTENTION_X86_DISPATCH
-  outer_avx512(x, R, ldr, r, ldr_norm, e, norm, beta, A, lda, A0);
+  if (simd_level() == 2) outer_avx512(x, R, ldr, r, ldr_norm, e, norm, beta, A, lda, A0);
+  else outer_avx2(x, R, ldr, r, ldr_norm, e, norm, beta, A, lda, A0);
 #else
   (void)x, (void)R, (void)ldr, (void)r, (void)ldr_norm, (void)e, (void)norm, (void)beta, (void)A, (void)lda, (void)A0;
 #endif
@@ -423,7 +605,8 @@ void phi_outer(const PhiRows& x, const float* R, int64_t ldr, const float* r, in
 
 void phi_apply(const PhiRows& x, const float* A, int64_t lda, int64_t e, bool norm, float* Out, int64_t ldo) {
 #ifdef POWER_ATTENTION_X86_DISPATCH
-  apply_avx512(x, A, lda, e, norm, Out, ldo);
+  if (simd_level() == 2) apply_avx512(x, A, lda, e, norm, Out, ldo);
+  else apply_avx2(x, A, lda, e, norm, Out, ldo);
 #else
   (void)x, (void)A, (void)lda, (void)e, (void)norm, (void)Out, (void)ldo;
 #endif

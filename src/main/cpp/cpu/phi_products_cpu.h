@@ -1,7 +1,7 @@
 // phi_products_cpu.h: the chunked form's state products of degree 2 in fp32 without phi in memory and without a
 // BLAS: phi of a block of 48 features for up to 128 rows is built in L1 (with sympow_forward's operations, so its
-// values are the same to the bit) and consumed at once by register-blocked AVX-512 micro-kernels (6 features or
-// rows x 64 columns of accumulators, the other operand's rows loaded as vectors). The state is augmented, A = [H | h]
+// values are the same to the bit) and consumed at once by register-blocked AVX-512 micro-kernels (6 features or rows
+// x 64 columns of accumulators, the other operand's rows loaded as vectors; AVX2: 6 x 16, gemm_f32_avx2). The state is augmented, A = [H | h]
 // [D, e + 1] (chunked_cpu.cpp): its first e columns run in the micro-kernels, the normaliser column h as dot products
 // over the rows. Sums run in a fixed order (rows, then features, in index order), independent of threads.
 #pragma once
@@ -11,8 +11,9 @@
 namespace power_attention {
 namespace cpu {
 
-/// Whether the kernels below run on this machine: AVX-512 (simd_level() == 2) and not switched off with
-/// POWER_ATTENTION_CPU_FUSED=0 (which keeps the materialised phi and ATen's matrix products, for comparison).
+/// Whether the kernels below run on this machine: AVX-512 or AVX2 with FMA (simd_level() >= 1; AVX2 runs the products
+/// in gemm_f32_avx2, attention_tile_cpu.h) and not switched off with POWER_ATTENTION_CPU_FUSED=0 (which keeps the
+/// materialised phi and ATen's matrix products, for comparison).
 bool phi_products_available();
 
 /// Rows of phi: phi_f(x_i) scaled by scale[i] (null: 1), x [n, d] with row stride ldx, coef the layout's

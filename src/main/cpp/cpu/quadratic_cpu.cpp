@@ -1,5 +1,5 @@
 // quadratic_cpu.cpp: the CPU path's quadratic form, one head: tiles of query tokens against the keys up to the
-// tile's end, the weights fused per row (attention_tile_cpu.h). fp32 at an even degree on AVX-512 machines runs
+// tile's end, the weights fused per row (attention_tile_cpu.h). fp32 at an even degree on AVX-512 or AVX2 machines runs
 // attention_tile_cpu.h's quadratic_forward/backward_f32 (the products in micro-kernels, 64-token tiles); otherwise
 // the products are ATen's.
 #include "compute_layout.h"
@@ -46,7 +46,8 @@ int64_t quadratic_tile_tokens(const Problem& pr) {
 QuadraticHead f32_head(const Problem& pr, const at::Tensor& qh, const at::Tensor& kh, const at::Tensor& vh,
                        const std::vector<double>& G) {
   QuadraticHead h;
-  h.T = pr.T, h.g = pr.g, h.d = pr.d, h.e = pr.e, h.p = pr.p, h.tile = std::min<int64_t>(64, quadratic_tile_tokens(pr));
+  h.T = pr.T, h.g = pr.g, h.d = pr.d, h.e = pr.e, h.p = pr.p;
+  h.tile = std::min(quadratic_kernel_tile_tokens(), quadratic_tile_tokens(pr));
   h.scale = static_cast<float>(pr.scale);
   h.q = qh.data_ptr<float>(), h.k = kh.data_ptr<float>(), h.v = vh.data_ptr<float>();
   h.G = G.empty() ? nullptr : G.data();
@@ -170,7 +171,8 @@ std::vector<double> caller_gate_cumsum(const at::Tensor& lgd, int64_t bi, int64_
 QuadraticHead caller_head(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t bi,
                           int64_t hi, const std::vector<double>& G) {
   QuadraticHead h;
-  h.T = pr.T, h.g = pr.g, h.d = pr.d, h.e = pr.e, h.p = pr.p, h.tile = std::min<int64_t>(64, quadratic_tile_tokens(pr));
+  h.T = pr.T, h.g = pr.g, h.d = pr.d, h.e = pr.e, h.p = pr.p;
+  h.tile = std::min(quadratic_kernel_tile_tokens(), quadratic_tile_tokens(pr));
   h.scale = static_cast<float>(pr.scale);
   h.q = q.data_ptr<float>() + bi * q.stride(0) + hi * q.stride(2), h.ldq = q.stride(1);
   h.k = k.data_ptr<float>() + bi * k.stride(0) + hi * k.stride(2), h.ldk = k.stride(1);

@@ -182,8 +182,12 @@ int main(int argc, char** argv) {
   }
   // The fp32 quadratic form's kernels (attention_tile_cpu.h) at their edges: t not a multiple of the 64-token tile
   // or of 16 keys, grouped queries, e and d not multiples of 16 and e over 64 columns, degree 4, no gates, strong
-  // decay (rows whose weights leave the float range take the log-space form) and gates above 1.
+  // decay (rows whose weights leave the float range take the log-space form) and gates above 1; d = 128 over the
+  // 64-row K blocks of the micro-kernels (S = Q K^T, dK^T) with e = 75 ending inside an AVX2 vector, and as a
+  // chunked form (D = 8256 features, e + 1 = 76 state columns).
   for (auto dt : {at::kFloat, at::kDouble}) {
+    cases.push_back({1, 150, 1, 1, 128, 75, 2, 0, true, dt});
+    cases.push_back({1, 100, 2, 1, 128, 75, 2, 32, true, dt});
     cases.push_back({1, 301, 3, 1, 20, 17, 2, 0, true, dt});
     cases.push_back({2, 150, 2, 2, 16, 130, 4, 0, true, dt});
     cases.push_back({1, 200, 1, 1, 64, 64, 2, 0, false, dt});
