@@ -68,13 +68,7 @@ __global__ void __launch_bounds__(kThreads) tile_fwd_kernel(Args a, const u16* _
     ub = mb == kNegInf ? 0.f : mb;
     la *= fa;
     lb *= fb;
-#pragma unroll
-    for (int f = 0; f < E / 8; ++f) {
-      o[f][0] *= fa;
-      o[f][1] *= fa;
-      o[f][2] *= fb;
-      o[f][3] *= fb;
-    }
+    scale_rows(o, fa, fb);
   };
 
   for (int jt = 0; jt < ntiles; ++jt) {
@@ -242,14 +236,7 @@ __global__ void __launch_bounds__(kThreads) tile_fwd_kernel(Args a, const u16* _
   la = quad_sum(la);
   lb = quad_sum(lb);
   if (normalize) {  // the quadratic form's output: num / l (0 where l is)
-    const float ia = la != 0.f ? 1.f / la : 0.f, ib = lb != 0.f ? 1.f / lb : 0.f;
-#pragma unroll
-    for (int f = 0; f < E / 8; ++f) {
-      o[f][0] *= ia;
-      o[f][1] *= ia;
-      o[f][2] *= ib;
-      o[f][3] *= ib;
-    }
+    scale_rows(o, la != 0.f ? 1.f / la : 0.f, lb != 0.f ? 1.f / lb : 0.f);
   }
   if (num) store_rows<E>(num + x * R * E, o, ra, R);
   if (yo) store_mapped<BF, E>(yo + a.my.base(x), a.my, o, ra, R);

@@ -78,8 +78,20 @@ __device__ __forceinline__ float raise_exp(int& e, float amax) {
   return f;
 }
 
-// The fp16 backward's ds tile of a warp (rows gr / gr + 8 in registers 0-1 / 2-3 of each n8 tile) brought to its
-// rows' exponents ea / eb, with acc (the rows' sums, W / 8 n8 tiles) rescaled where they rise.
+// A warp's [16 x 8 N] tile (rows gr / gr + 8 in registers 0-1 / 2-3 of each n8 tile) times fa / fb by rows.
+template <int N>
+__device__ __forceinline__ void scale_rows(float (&x)[N][4], float fa, float fb) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    x[i][0] *= fa;
+    x[i][1] *= fa;
+    x[i][2] *= fb;
+    x[i][3] *= fb;
+  }
+}
+
+// The fp16 backward's ds tile of a warp (NT n8 tiles) brought to its rows' exponents ea / eb, with acc (the rows'
+// sums, W / 8 n8 tiles) rescaled where they rise.
 template <int NT, int W>
 __device__ __forceinline__ void fit_half_range(float (&ds)[NT][4], float (&acc)[W / 8][4], int& ea, int& eb) {
   float xa = 0.f, xb = 0.f;
@@ -89,38 +101,13 @@ __device__ __forceinline__ void fit_half_range(float (&ds)[NT][4], float (&acc)[
     xb = fmaxf(xb, fmaxf(fabsf(ds[i][2]), fabsf(ds[i][3])));
   }
   const float fa = raise_exp(ea, mma::quad_max(xa)), fb = raise_exp(eb, mma::quad_max(xb));
-  if (fa != 1.f || fb != 1.f) {
-#pragma unroll
-    for (int f = 0; f < W / 8; ++f) {
-      acc[f][0] *= fa;
-      acc[f][1] *= fa;
-      acc[f][2] *= fb;
-      acc[f][3] *= fb;
-    }
-  }
-  if (ea != 0 || eb != 0) {
-    const float sa = pow2f(-ea), sb = pow2f(-eb);
-#pragma unroll
-    for (int i = 0; i < NT; ++i) {
-      ds[i][0] *= sa;
-      ds[i][1] *= sa;
-      ds[i][2] *= sb;
-      ds[i][3] *= sb;
-    }
-  }
+  if (fa != 1.f || fb != 1.f) scale_rows(acc, fa, fb);
+  if (ea != 0 || eb != 0) scale_rows(ds, pow2f(-ea), pow2f(-eb));
 }
 // acc times 2^ea / 2^eb (rows gr / gr + 8): the sums at their true scale.
 template <int W>
 __device__ __forceinline__ void restore_exp(float (&acc)[W / 8][4], int ea, int eb) {
-  if (ea == 0 && eb == 0) return;
-  const float fa = pow2f(ea), fb = pow2f(eb);
-#pragma unroll
-  for (int f = 0; f < W / 8; ++f) {
-    acc[f][0] *= fa;
-    acc[f][1] *= fa;
-    acc[f][2] *= fb;
-    acc[f][3] *= fb;
-  }
+  if (ea != 0 || eb != 0) scale_rows(acc, pow2f(ea), pow2f(eb));
 }
 
 // Stores a [16 x W] accumulator tile (rows ra / ra + 8 of the warp) to out [rows, W] (fp32).
