@@ -219,34 +219,9 @@ void tile_gate_reference(const TileShape<T>& sh, double* gref) {
 }
 
 // As POWER_ATTENTION_SIMD_VARIANTS (cpu_simd.h), with the vector type of each variant's registers passed to the loop.
-#ifdef POWER_ATTENTION_X86_DISPATCH
-#define TILE_VARIANTS(R, name, params, args)                                              \
-  template <typename T>                                                                  \
-  __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma"))) R name##_avx512 params { \
-    return name##_impl<T, vf16> args;                                                    \
-  }                                                                                      \
-  template <typename T>                                                                  \
-  __attribute__((target("avx2,fma"))) R name##_avx2 params {                            \
-    return name##_impl<T, vf8> args;                                                     \
-  }                                                                                      \
-  template <typename T>                                                                  \
-  R name params {                                                                        \
-    switch (::power_attention::simd_level()) {                                           \
-      case 2:                                                                            \
-        return name##_avx512<T> args;                                                    \
-      case 1:                                                                            \
-        return name##_avx2<T> args;                                                      \
-      default:                                                                           \
-        return name##_impl<T, vf4> args;                                                 \
-    }                                                                                    \
-  }
-#else
-#define TILE_VARIANTS(R, name, params, args) \
-  template <typename T>                      \
-  R name params {                            \
-    return name##_impl<T, vf4> args;         \
-  }
-#endif
+#define TILE_VARIANTS(R, name, params, args)                                                          \
+  POWER_ATTENTION_SIMD_VARIANTS_OF(R, name, params, args, POWER_ATTENTION_TARGS(vf16), POWER_ATTENTION_TARGS(vf8), \
+                                   POWER_ATTENTION_TARGS(vf4))
 
 // P = exp(z - mr) (signed by s for odd p) over row[0, n), z in z[]; returns sum P. Blocked into lanes so that the
 // sum vectorises (fp32: in vectors V).

@@ -62,15 +62,18 @@ inline int simd_level() {
 
 }  // namespace power_attention
 
+// POWER_ATTENTION_SIMD_VARIANTS_OF(R, name, params, args, X512, X2, X0): the same with extra template arguments for
+// each variant's name##_impl<T X> (X empty, or POWER_ATTENTION_TARGS(...): ", ..."), e.g. its vector type.
+#define POWER_ATTENTION_TARGS(...) , __VA_ARGS__
 #ifdef POWER_ATTENTION_X86_DISPATCH
-#define POWER_ATTENTION_SIMD_VARIANTS(R, name, params, args)                                              \
+#define POWER_ATTENTION_SIMD_VARIANTS_OF(R, name, params, args, X512, X2, X0)                             \
   template <typename T>                                                                                    \
   __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma"))) R name##_avx512 params {         \
-    return name##_impl<T> args;                                                                            \
+    return name##_impl<T X512> args;                                                                       \
   }                                                                                                        \
   template <typename T>                                                                                    \
   __attribute__((target("avx2,fma"))) R name##_avx2 params {                                              \
-    return name##_impl<T> args;                                                                            \
+    return name##_impl<T X2> args;                                                                         \
   }                                                                                                        \
   template <typename T>                                                                                    \
   R name params {                                                                                          \
@@ -80,13 +83,14 @@ inline int simd_level() {
       case 1:                                                                                              \
         return name##_avx2<T> args;                                                                        \
       default:                                                                                             \
-        return name##_impl<T> args;                                                                        \
+        return name##_impl<T X0> args;                                                                     \
     }                                                                                                      \
   }
 #else
-#define POWER_ATTENTION_SIMD_VARIANTS(R, name, params, args) \
-  template <typename T>                                      \
-  R name params {                                            \
-    return name##_impl<T> args;                              \
+#define POWER_ATTENTION_SIMD_VARIANTS_OF(R, name, params, args, X512, X2, X0) \
+  template <typename T>                                                       \
+  R name params {                                                             \
+    return name##_impl<T X0> args;                                            \
   }
 #endif
+#define POWER_ATTENTION_SIMD_VARIANTS(R, name, params, args) POWER_ATTENTION_SIMD_VARIANTS_OF(R, name, params, args, , , )
