@@ -4,6 +4,7 @@
 #include "path.h"
 
 #include <c10/core/GradMode.h>
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -14,6 +15,13 @@ namespace power_attention {
 at::Tensor pow2_factor(const at::Tensor& amax) {
   const at::Tensor e = at::floor(at::log2(at::where(amax > 0, amax, at::ones_like(amax))));
   return at::exp2(-e);
+}
+
+// 2^-e for a = m 2^e (m in [1, 2)) where e < 0 (a brought up to [1, 2)) or e > top (down to [2^top, 2^(top + 1))),
+// 1 for e in [0, top] and for a == 0.
+at::Tensor pow2_factor_beyond(const at::Tensor& amax, double top) {
+  const at::Tensor e = at::floor(at::log2(at::where(amax > 0, amax, at::ones_like(amax))));
+  return at::exp2(-at::where(e < 0, e, at::clamp_min(e - top, 0)));
 }
 
 // x * f with f a power of two per row or head: in x's dtype where that is exact (fp16 cannot hold every factor).
@@ -62,8 +70,20 @@ Scaled scale_to_safe_range(const at::Tensor& q, const at::Tensor& k, int64_t p, 
     if (safe) return sc;
   }
   at::NoGradGuard no_grad;
-  sc.qf = pow2_factor(qa);
-  sc.kf = pow2_factor(ka);
+  if (q.is_cuda() && q.scalar_type() == at::kHalf) {
+    // fp16: the kernels return the gradients of q f, k f in fp16, 1 / f times the true ones, so a factor under 1
+    // would take gradients in range past 65504 (max|k| = 4.3 halves a head's k twice: dk 28804 came back inf).
+    // Rows and heads whose extremes lie in [1, 2^(top + 1)) keep f = 1: with sqrt(d) |q| |k| < 2^(64 / p) and
+    // |q|, |k| < 2^(32 / p) there (top = floor(32 / p - 1 - log2(d) / 4)), the bounds above hold at the scale
+    // 1 / sqrt(d) without bringing them down; smaller extremes are brought up to [1, 2), larger ones down to
+    // [2^top, 2^(top + 1)).
+    const double top = std::max(0.0, std::floor(32.0 / static_cast<double>(p) - 1 - std::log2(d) / 4));
+    sc.qf = pow2_factor_beyond(qa, top);
+    sc.kf = pow2_factor_beyond(ka, top);
+  } else {
+    sc.qf = pow2_factor(qa);
+    sc.kf = pow2_factor(ka);
+  }
   sc.q = times_pow2(q, sc.qf);
   sc.k = times_pow2(k, sc.kf);
   sc.scale = 1.0 / std::sqrt(d);

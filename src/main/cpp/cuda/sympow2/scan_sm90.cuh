@@ -20,6 +20,7 @@
 // 76 KiB; d = 128 two warpgroups 4 x 34.3 + 3 = 140 KiB.
 #pragma once
 
+#include "cuda/common/bulk_sm90.cuh"
 #include "cuda/common/mma_sm80.cuh"
 #include "cuda/common/operand.h"
 #include "cuda/common/wgmma_sm90.cuh"
@@ -52,8 +53,14 @@ struct ScanTraits {
   static constexpr int TILES = D2 / 64;            // m64 tiles of a head's state
   static constexpr int PARTS = TILES / WG;         // CTAs a head
   static constexpr int XS = ROWS * SD, YS = ROWS * E;  // elements of a stage's x and y buffers
-  static constexpr size_t smem =
-      sizeof(uint16_t) * PIPE * (XS + YS) + sizeof(float) * (PIPE * ROWS + 4 * WG * ROWS);
+  static constexpr int WARPS = 4 * WG, OT = 16 * E;   // a warp's staging tile: its 16 feature rows of a state
+  // shared memory: the stage buffers, the warps' output tiles (and in the reverse scan their tiles of the forward's
+  // states), the row scalars, each warp's row scalars, a chunk's decay a buffer (8 floats), the warps' mbarriers
+  static constexpr size_t smem_for(bool rev) {
+    return sizeof(uint16_t) * (PIPE * (XS + YS) + (rev ? 2 : 1) * WARPS * OT) +
+           sizeof(float) * (PIPE * ROWS + WARPS * ROWS + 8) + (rev ? sizeof(uint64_t) * WARPS : 0);
+  }
+  static_assert(PIPE <= 8, "a chunk's decay a buffer: 8 floats");
   static_assert(TILES % WG == 0, "a head's m64 tiles split evenly over the CTAs");
   static_assert(E == 72 || E == 136, "wgmma shapes instantiated for E = 72, 136 (wgmma_sm90.cuh)");
 };
@@ -123,8 +130,12 @@ __global__ void __launch_bounds__(ScanTraits<D, WG>::THREADS, ScanTraits<D, WG>:
   extern __shared__ __align__(128) unsigned char smem[];
   u16* sX = reinterpret_cast<u16*>(smem);                      // [PIPE][64][SD]
   u16* sY = sX + PIPE * XS;                                    // [PIPE][NT][64][8]
-  float* sR = reinterpret_cast<float*>(sY + PIPE * YS);        // [PIPE][64]
+  u16* sO = sY + PIPE * YS;                                    // [WARPS][16][E]: the warps' tiles of out
+  u16* sH = sO + T::WARPS * T::OT;                             // REV: [WARPS][16][E], their tiles of Hs
+  float* sR = reinterpret_cast<float*>(sH + (REV ? T::WARPS * T::OT : 0));  // [PIPE][64]
   float* sU = sR + PIPE * ROWS + (threadIdx.x >> 5) * ROWS;    // this warp's row scalars of the stage it builds
+  float* sDec = sR + PIPE * ROWS + T::WARPS * ROWS;            // [8]: the decay of the chunk a buffer's stage starts
+  uint64_t* sBar = reinterpret_cast<uint64_t*>(sDec + 8);      // REV: [WARPS], the warps' Hs tiles landed
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, gr = lane >> 2, tg = lane & 3;
   const int64_t bh = blockIdx.x / T::PARTS;
   // this warp's 16-feature tile k (features 16 k ..): m64 tile WG p + warp / 4, its warp warp % 4. Tile k is tile
@@ -221,6 +232,7 @@ __global__ void __launch_bounds__(ScanTraits<D, WG>::THREADS, ScanTraits<D, WG>:
         sR[buf * ROWS + er] = ok ? 1.f : 0.f;
       }
     }
+    if (tid == 0 && ps == 0 && decay) cp4_at(smem_addr(sDec + buf), decay + bh * N + pn, true);  // the chunk's decay
     if (++ps == spc) {
       ps = 0;
       if (++pk < N) enter_chunk();
@@ -228,6 +240,15 @@ __global__ void __launch_bounds__(ScanTraits<D, WG>::THREADS, ScanTraits<D, WG>:
       px += ROWS * xm.ld, py += ROWS * ym.ld;
     }
   };
+  if constexpr (REV) {  // each warp's mbarrier, then Hs of the first chunk in walking order
+    if (lane == 0) {
+      bulk::mbar_init(smem_addr(sBar + warp), 1);
+      bulk::fence_init();
+      bulk::load(smem_addr(sH + warp * T::OT), Hs + (bh * N + (N - 1)) * (D2 * E) + static_cast<int64_t>(tile) * 16 * E,
+                 2 * T::OT, smem_addr(sBar + warp));
+    }
+    __syncwarp();
+  }
 #pragma unroll
   for (int i = 0; i < PIPE - 1; ++i) {  // stages 0 .. PIPE - 2: one commit group each
     if (i < stages) load(i);
@@ -242,24 +263,62 @@ __global__ void __launch_bounds__(ScanTraits<D, WG>::THREADS, ScanTraits<D, WG>:
   };
   // the stage the tensor cores take next: stage cs of the ck-th chunk in walking order, in buffer cb
   int ck = 0, cs = 0, cb = 0, pb = PIPE - 1;
-  // chunk start (stage cur, s = 0, no wgmma running): hand out H, then decay it
+  // chunk start (stage cur, s = 0, no wgmma running): hand out H, then decay it. out[n] = H (bf16) goes through the
+  // warp's tile sO (stmatrix of the accumulators) and one bulk copy of its 16 contiguous feature rows; in the reverse
+  // scan the warp's 16 rows of Hs[n] were brought to sH by a bulk load issued at the last chunk start.
+  const u32 sOw = smem_addr(sO + warp * T::OT), sHw = smem_addr(sH + warp * T::OT);
+  const u32 mat = (((lane & 7) + 8 * ((lane >> 3) & 1)) * E + 8 * (lane >> 4)) * 2;  // this lane's stmatrix row
+  [[maybe_unused]] const u32 bar = smem_addr(sBar + warp);
+  const int64_t wrow = static_cast<int64_t>(tile) * 16 * E;  // the warp's rows in a state
+  auto hs_prefetch = [&](int k) {  // REV, lane 0: Hs of the k-th chunk in walking order into sH
+    if constexpr (REV) bulk::load(sHw, Hs + (bh * N + (N - 1 - k)) * (D2 * E) + wrow, 2 * T::OT, bar);
+  };
   auto chunk_start = [&]() {
-    const int64_t n = REV ? N - 1 - ck : ck, e0 = (bh * N + n) * (D2 * E) + f0 * E + 2 * tg;  // this lane's first
-    u16* o = out + e0;
-    [[maybe_unused]] float dot = 0.f;
+    const int64_t n = REV ? N - 1 - ck : ck;
+    if (lane == 0) bulk::wait_read<0>();  // the last chunk's copy has read sO
+    __syncwarp();
+    static_for<NT / 2>([&](auto P) {
+      constexpr int nt = 2 * decltype(P)::value;
+      bulk::stsm4_at<nt * 16>(sOw + mat, pack2<true>(acc[4 * nt], acc[4 * nt + 1]),
+                              pack2<true>(acc[4 * nt + 2], acc[4 * nt + 3]),
+                              pack2<true>(acc[4 * nt + 4], acc[4 * nt + 5]),
+                              pack2<true>(acc[4 * nt + 6], acc[4 * nt + 7]));
+    });
+    if constexpr (NT % 2 == 1) {
+      constexpr int nt = NT - 1;
+      bulk::stsm2_at<nt * 16>(sOw + mat, pack2<true>(acc[4 * nt], acc[4 * nt + 1]),
+                              pack2<true>(acc[4 * nt + 2], acc[4 * nt + 3]));
+    }
+    wgmma::fence_proxy_async();
+    __syncwarp();
+    if (lane == 0) {
+      bulk::store(out + (bh * N + n) * (D2 * E) + wrow, sOw, 2 * T::OT);
+      bulk::commit();
+    }
+    const float dec = decay ? sDec[cb] : 1.f;
+    if constexpr (REV) {
+      bulk::mbar_wait(bar, static_cast<u32>(ck & 1));
+      float dot = 0.f;
+      static_for<NT / 2>([&](auto P) {
+        constexpr int nt = 2 * decltype(P)::value;
+        u32 h[4];
+        bulk::ldsm4_at<nt * 16>(h, sHw + mat);
 #pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-      *reinterpret_cast<u32*>(o + nt * 8) = pack2<true>(acc[4 * nt], acc[4 * nt + 1]);
-      *reinterpret_cast<u32*>(o + 8 * E + nt * 8) = pack2<true>(acc[4 * nt + 2], acc[4 * nt + 3]);
-      if constexpr (REV) {
-        const u16* hs = Hs + e0;
-        const float2 u = unpack2<true>(*reinterpret_cast<const u32*>(hs + nt * 8));
-        const float2 v = unpack2<true>(*reinterpret_cast<const u32*>(hs + 8 * E + nt * 8));
+        for (int i = 0; i < 2; ++i) {
+          const float2 u = unpack2<true>(h[2 * i]), v = unpack2<true>(h[2 * i + 1]);
+          const int a0 = 4 * (nt + i);
+          dot += u.x * acc[a0] + u.y * acc[a0 + 1] + v.x * acc[a0 + 2] + v.y * acc[a0 + 3];
+        }
+      });
+      if constexpr (NT % 2 == 1) {
+        constexpr int nt = NT - 1;
+        u32 h[2];
+        bulk::ldsm2_at<nt * 16>(h, sHw + mat);
+        const float2 u = unpack2<true>(h[0]), v = unpack2<true>(h[1]);
         dot += u.x * acc[4 * nt] + u.y * acc[4 * nt + 1] + v.x * acc[4 * nt + 2] + v.y * acc[4 * nt + 3];
       }
-    }
-    const float dec = decay ? decay[bh * N + n] : 1.f;
-    if constexpr (REV) {
+      __syncwarp();  // every lane's reads of sH done
+      if (lane == 0 && ck + 1 < N) hs_prefetch(ck + 1);
       if (dL) {
 #pragma unroll
         for (int o2 = 16; o2 > 0; o2 >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o2);
@@ -338,6 +397,7 @@ __global__ void __launch_bounds__(ScanTraits<D, WG>::THREADS, ScanTraits<D, WG>:
     if (q + 1 < stages) step(std::integral_constant<int, 1>{}, q + 1);
   }
   wgmma::Wgmma<E>::fence_operand(acc);
+  if (lane == 0) bulk::wait_all<0>();  // the last chunk's copy of out has landed (and read sO)
   if (last) {
     float* l = last + bh * D2 * E + static_cast<int64_t>(f0) * E + 2 * tg;
 #pragma unroll
@@ -362,9 +422,9 @@ cudaError_t scan_launch_shape(const mma::u16* x, const RowMap& xm, const float* 
   if (blocks <= 0) return cudaSuccess;
   if (blocks >= (int64_t(1) << 31)) return cudaErrorInvalidConfiguration;
   const cudaError_t attr =
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(T::smem));
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(T::smem_for(REV)));
   if (attr != cudaSuccess) return attr;
-  kernel<<<static_cast<unsigned>(blocks), T::THREADS, T::smem, stream>>>(x, xm, rs, y, ym, decay, Hin, Hs, out, last,
+  kernel<<<static_cast<unsigned>(blocks), T::THREADS, T::smem_for(REV), stream>>>(x, xm, rs, y, ym, decay, Hin, Hs, out, last,
                                                                          dL, N, c);
   return cudaGetLastError();
 }
