@@ -43,6 +43,24 @@ __device__ __forceinline__ void query_epilogue(const float (&acc)[MT][E / 8][4],
   if (cmb.y) {
     constexpr int e = E - 8;  // B[:, e] is the normaliser's column: element 0 of lane tg = 0 in tile e / 8
     const int lane = threadIdx.x & 31;
+    // every load of this lane's rows first: the stores to y below may alias numA for the compiler, which then issues
+    // no load after a store until the store is done (one load latency an 8-column step)
+    float2 na[MT][2][e / 8];
+    float lv[MT][2], mv[MT][2], gv[MT][2];
+    const double mu = cmb.mu[bx];
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int64_t r = r0 + row[i][h], rw = bx * n + r;
+        const bool in = r < n;
+        mv[i][h] = in ? cmb.m[rw] : 0.f;
+        gv[i][h] = in && cmb.gc ? cmb.gc[bx * (n / cmb.g) + r / cmb.g] : 0.f;
+        lv[i][h] = in ? cmb.l[rw] : 0.f;
+#pragma unroll
+        for (int nt = 0; nt < e / 8; ++nt)
+          na[i][h][nt] = in ? *reinterpret_cast<const float2*>(cmb.numA + rw * e + nt * 8 + 2 * tg) : make_float2(0.f, 0.f);
+      }
 #pragma unroll
     for (int i = 0; i < MT; ++i)
 #pragma unroll
@@ -52,14 +70,14 @@ __device__ __forceinline__ void query_epilogue(const float (&acc)[MT][E / 8][4],
         if (r >= n) continue;
         const int64_t rw = bx * n + r;
         float wa, ws;
-        state_row_weights<float>(cmb.m[rw], cmb.gc ? cmb.gc[bx * (n / cmb.g) + r / cmb.g] : 0.f, cmb.mu[bx], wa, ws);
-        const float dn = cmb.l[rw] * wa + be * ws;
+        state_row_weights<float>(mv[i][h], gv[i][h], mu, wa, ws);
+        const float dn = lv[i][h] * wa + be * ws;
         mma::u16* yo = cmb.yo && r < cmb.map.rows(bx, n) ? cmb.yo + cmb.map.base(bx) + cmb.map.row(r) : nullptr;
 #pragma unroll
         for (int nt = 0; nt < e / 8; ++nt) {
           const int64_t at = rw * e + nt * 8 + 2 * tg;
-          const float2 na = *reinterpret_cast<const float2*>(cmb.numA + at);
-          const float y0 = na.x * wa + acc[i][nt][2 * h] * ws, y1 = na.y * wa + acc[i][nt][2 * h + 1] * ws;
+          const float2 a = na[i][h][nt];
+          const float y0 = a.x * wa + acc[i][nt][2 * h] * ws, y1 = a.y * wa + acc[i][nt][2 * h + 1] * ws;
           const float2 yv = dn != 0.f ? make_float2(y0 / dn, y1 / dn) : make_float2(0.f, 0.f);
           *reinterpret_cast<float2*>(cmb.y + at) = yv;
           if (yo) *reinterpret_cast<mma::u32*>(yo + nt * 8 + 2 * tg) = mma::pack2<BFX>(yv.x, yv.y);
