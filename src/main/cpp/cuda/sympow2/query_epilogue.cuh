@@ -59,7 +59,8 @@ __device__ __forceinline__ void query_epilogue(const float (&acc)[MT][E / 8][4],
         lv[i][h] = in ? cmb.l[rw] : 0.f;
 #pragma unroll
         for (int nt = 0; nt < e / 8; ++nt)
-          na[i][h][nt] = in ? *reinterpret_cast<const float2*>(cmb.numA + rw * e + nt * 8 + 2 * tg) : make_float2(0.f, 0.f);
+          na[i][h][nt] =
+              in ? *reinterpret_cast<const float2*>(cmb.numA + rw * e + nt * 8 + 2 * tg) : make_float2(0.f, 0.f);
       }
 #pragma unroll
     for (int i = 0; i < MT; ++i)

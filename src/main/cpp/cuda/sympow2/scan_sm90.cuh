@@ -16,8 +16,9 @@
 // q + 2 .. q + PIPE - 1 are in flight (ScanTraits::PIPE buffers).
 //
 // Shared memory a CTA: PIPE x (sX [64][D + 8] (ldmatrix-friendly stride) + sY [E / 8][64][8] bf16 + sR [64] fp32),
-// plus sU [4 WG][64] fp32 (each warp's row scalars): d = 64 four warpgroups 6 x 18.3 + 4 = 114 KiB, two 4 x 18.3 + 3 =
-// 76 KiB; d = 128 two warpgroups 4 x 34.3 + 3 = 140 KiB.
+// each warp's staging tile of out [16][E] bf16 (the reverse scan: also one of Hs, and an mbarrier), sU [4 WG][64]
+// fp32 (each warp's row scalars), a chunk's decay a buffer: d = 64 four warpgroups 150 KiB (reverse 186), two 93
+// (111); d = 128 two warpgroups 173 (207).
 #pragma once
 
 #include "cuda/common/bulk_sm90.cuh"
@@ -244,8 +245,8 @@ __global__ void __launch_bounds__(ScanTraits<D, WG>::THREADS, ScanTraits<D, WG>:
     if (lane == 0) {
       bulk::mbar_init(smem_addr(sBar + warp), 1);
       bulk::fence_init();
-      bulk::load(smem_addr(sH + warp * T::OT), Hs + (bh * N + (N - 1)) * (D2 * E) + static_cast<int64_t>(tile) * 16 * E,
-                 2 * T::OT, smem_addr(sBar + warp));
+      const int64_t first = (bh * N + (N - 1)) * (D2 * E) + static_cast<int64_t>(tile) * 16 * E;
+      bulk::load(smem_addr(sH + warp * T::OT), Hs + first, 2 * T::OT, smem_addr(sBar + warp));
     }
     __syncwarp();
   }
@@ -422,10 +423,11 @@ cudaError_t scan_launch_shape(const mma::u16* x, const RowMap& xm, const float* 
   if (blocks <= 0) return cudaSuccess;
   if (blocks >= (int64_t(1) << 31)) return cudaErrorInvalidConfiguration;
   const cudaError_t attr =
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(T::smem_for(REV)));
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(T::smem_for(REV)));
   if (attr != cudaSuccess) return attr;
-  kernel<<<static_cast<unsigned>(blocks), T::THREADS, T::smem_for(REV), stream>>>(x, xm, rs, y, ym, decay, Hin, Hs, out, last,
-                                                                         dL, N, c);
+  kernel<<<static_cast<unsigned>(blocks), T::THREADS, T::smem_for(REV), stream>>>(x, xm, rs, y, ym, decay, Hin, Hs,
+                                                                                  out, last, dL, N, c);
   return cudaGetLastError();
 }
 
