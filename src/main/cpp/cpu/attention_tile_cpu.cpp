@@ -1127,7 +1127,9 @@ void gemm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t ai, int64
 }
 #endif
 
-int64_t quadratic_kernel_tile_tokens() { return simd_level() == 2 ? 64 : 32; }
+int64_t quadratic_kernel_tile_tokens() {
+  if (const char* e = std::getenv("PA_TILE_EXP")) return std::atol(e);
+  return simd_level() == 2 ? 64 : 32; }
 
 void quadratic_forward_f32(const QuadraticHead& h, float* y, float* m, float* l) {
 #ifdef POWER_ATTENTION_X86_DISPATCH

@@ -288,7 +288,7 @@ void chunked_forward_head(const Problem& pr, const at::Tensor& q, const at::Tens
   const int64_t D = sympow_dim(d, pr.p);
   const double sp = std::pow(pr.scale, static_cast<double>(pr.p));
   const auto o = q.options();
-  const at::Tensor qr = q[bh].view({T_ * g, d}), kh = k[bh], vh = v[bh];
+  const at::Tensor qr = head_of(q, bh, 4).view({T_ * g, d}), kh = head_of(k, bh, 3), vh = head_of(v, bh, 3);
   const double* lp = lg.defined() ? lg[bh].data_ptr<double>() : nullptr;
   const at::Tensor yh = f.y[bh].view({T_ * g, e});
   // The state entering the chunk is exp(mu) * A, A = [H | h]; mu = -inf: empty.
@@ -385,9 +385,9 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
   const bool key_side = needs.k || needs.v || gates;  // anything downstream of the states
   const bool carry = key_side || needs.state;         // the state gradient travels backwards
   const bool seeded = d_final.S.defined();            // the final state is used downstream
-  const at::Tensor qr = q[bh].view({T_ * g, d}), kh = k[bh], vh = v[bh];
+  const at::Tensor qr = head_of(q, bh, 4).view({T_ * g, d}), kh = head_of(k, bh, 3), vh = head_of(v, bh, 3);
   const double* lp = lg.defined() ? lg[bh].data_ptr<double>() : nullptr;
-  const at::Tensor yh = f.y[bh].view({T_ * g, e}), dyh = dy[bh].view({T_ * g, e});
+  const at::Tensor yh = f.y[bh].view({T_ * g, e}), dyh = head_of(dy, bh, 4).view({T_ * g, e});
   const at::Tensor mus = f.logscale[bh].contiguous();
   const double* mup = mus.data_ptr<double>();
   // gradients of one chunk, then stored into the head's rows (API layout: the rows before t only)
@@ -604,6 +604,19 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
     gr.initial.s[bh].copy_(dA.select(1, e));
   }
 }
+
+bool chunked_from_caller_layout(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  return pr.chunk > 0 && pr.b > 0 && pr.t > 0 && pr.T == pr.t && (pr.g == 1 || pr.h == 1) &&
+         pr.precision.compute == at::kFloat && q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat &&
+         v.scalar_type() == at::kFloat && fused_products<float>(pr) && q.is_contiguous() && k.is_contiguous() &&
+         v.is_contiguous();
+}
+
+at::Tensor caller_query_heads(const at::Tensor& x, const Problem& pr) {
+  return x.view({pr.b, pr.t, pr.h, pr.g, x.size(3)}).permute({0, 2, 1, 3, 4});
+}
+
+at::Tensor caller_kv_heads(const at::Tensor& x) { return x.permute({0, 2, 1, 3}); }
 
 int64_t state_interval(const Problem& pr) {
   if (pr.chunk <= 0) return 1;
