@@ -165,6 +165,15 @@ void transpose_to(const float* x, int64_t ldx, int64_t n, int64_t w, int64_t ld,
   }
 }
 
+// x's rows with unit row stride: x itself when contiguous, else copied into buf (the caller's layout puts a head's
+// rows h w floats apart, 2 KiB for 8 heads of 64, and the products re-read a chunk's rows: at that stride they meet
+// in a few L1 sets).
+inline at::Tensor unit_rows(const at::Tensor& x, at::Tensor& buf) {
+  if (x.is_contiguous()) return x;
+  if (!buf.defined()) buf = at::empty(x.sizes(), x.options());
+  return buf.copy_(x);
+}
+
 // S [cg, c] (row stride c) = Q K^T on the causal blocks (bias: S + bias[r] on row r), Q [cg, w] (row stride ldq),
 // Kt = K^T [w][ldkt].
 void causal_scores(int64_t cg, int64_t c, int64_t g, int64_t w, const float* Q, int64_t ldq, const float* Kt,
@@ -315,6 +324,7 @@ void chunked_forward_head(const Problem& pr, const at::Tensor& q, const at::Tens
   const at::Tensor saved = save ? augmented_states(f)[bh] : at::Tensor();
   const int64_t ldt = transposed_ld(c);
   std::vector<float> kt(fused ? d * ldt : 0);  // K^T of the chunk
+  at::Tensor qbuf, kbuf, vbuf;  // a chunk's rows when the inputs' rows are strided (unit_rows)
   for (int64_t n = 0; n < N; ++n) {
     const int64_t t0 = n * c;
     const ChunkGates gt = chunk_gates(pr, lp, t0);
@@ -322,7 +332,8 @@ void chunked_forward_head(const Problem& pr, const at::Tensor& q, const at::Tens
       if (n % interval == 0) saved[n / interval].copy_(A);  // a checkpoint: the backward recomputes the rest
       lsp[n] = mu;
     }
-    const at::Tensor qc = qr.narrow(0, t0 * g, cg), kc = kh.narrow(0, t0, c), vc = vh.narrow(0, t0, c);
+    const at::Tensor qc = unit_rows(qr.narrow(0, t0 * g, cg), qbuf), kc = unit_rows(kh.narrow(0, t0, c), kbuf),
+                     vc = unit_rows(vh.narrow(0, t0, c), vbuf);
 
     // in-chunk attention
     if (fused) {
@@ -422,6 +433,7 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
   const at::Tensor coef = fused ? sympow_coefficient_tensor(d, pr.p, at::kFloat) : at::Tensor();
   const int64_t ldt = transposed_ld(c);
   std::vector<float> kt(fused ? d * ldt : 0), vt(fused ? e * ldt : 0), ddv(fused ? cg : 0);  // K^T, V^T, dden
+  at::Tensor qbuf, kbuf, vbuf;  // a chunk's rows when the inputs' rows are strided (unit_rows)
   for (int64_t n = N - 1; n >= 0; --n) {
     const int64_t t0 = n * c;
     const ChunkGates gt = chunk_gates(pr, lp, t0);
@@ -436,7 +448,8 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
       }
     }
     const at::Tensor An = interval > 1 && n > n0 ? seg[n - n0] : saved[n0 / interval];  // [D, e + 1], contiguous
-    const at::Tensor qc = qr.narrow(0, t0 * g, cg), kc = kh.narrow(0, t0, c), vc = vh.narrow(0, t0, c);
+    const at::Tensor qc = unit_rows(qr.narrow(0, t0 * g, cg), qbuf), kc = unit_rows(kh.narrow(0, t0, c), kbuf),
+                     vc = unit_rows(vh.narrow(0, t0, c), vbuf);
     const double* G = lp == nullptr ? nullptr : gt.Gc.data();
     const auto sh = tile_shape<T>(pr, cg, c, 0, 0, G, G);
     tile_gate_reference<T>(sh, gref.data());
