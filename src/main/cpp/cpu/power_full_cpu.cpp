@@ -5,8 +5,9 @@
 // products run single-threaded on their own head. The elementwise log-space work of the in-chunk attention is fused
 // into one pass per row (attention_tile_cpu.cpp); phi and its backward are sympow_cpu.cpp's loops. Nothing t x t is
 // formed in the chunked form; backward recomputes phi instead of storing it. The caller's tensors are laid out in
-// the compute layout (compute_layout.h) on the way in and back on the way out; gradients in the inputs' dtype go
-// to the caller's layout directly.
+// the compute layout (compute_layout.h) on the way in and back on the way out, except fp32 q, k, v (and dy) that
+// either form reads in place (quadratic_from_caller_layout, chunked_from_caller_layout); gradients in the inputs'
+// dtype go to the caller's layout directly.
 #include "cpu/power_full_cpu.h"
 
 #include "compute_layout.h"
