@@ -92,6 +92,10 @@ void quadratic_backward_f32(const QuadraticHead& h, const float* y, const float*
 /// machines (phi_products_cpu.cpp). Needs simd_level() >= 1.
 void gemm_f32_avx2(int64_t M, int64_t N, int64_t K, const float* A, int64_t ai, int64_t ak, const float* B,
                    int64_t ldb, float* C, int64_t ldc, bool acc, const float* bias);
+/// The same product in the machine's micro-kernels: AVX-512 (6 x 64 accumulators) where simd_level() == 2, else
+/// AVX2 (needs simd_level() >= 1). The chunked form's in-chunk products (chunked_cpu.cpp).
+void gemm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t ai, int64_t ak, const float* B, int64_t ldb,
+              float* C, int64_t ldc, bool acc, const float* bias);
 
 }  // namespace cpu
 }  // namespace power_attention

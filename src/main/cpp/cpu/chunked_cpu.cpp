@@ -24,8 +24,10 @@ namespace cpu {
 namespace {
 
 // State checkpointing in the chunked backward (state_interval): the kept states and the recomputation buffers may
-// take this share of the bytes of q, k, v and y together, and at least kStateBudgetFloor.
-constexpr double kStateBudgetShare = 0.5;
+// take this share of the bytes of q, k, v and y together, and at least kStateBudgetFloor. 1.25: at d = e = 64
+// (D = 2080) and 8 heads every second state is kept (interval 2: a recomputation for half the chunks; at 0.5 it was
+// interval 5, four in five), the peak at t = 16384 about 2.3x LibTorch's SDPA's.
+constexpr double kStateBudgetShare = 1.25;
 constexpr double kStateBudgetFloor = 32.0 * (1 << 20);
 
 
@@ -141,6 +143,68 @@ POWER_ATTENTION_INLINE double dot_fp64_impl(const T* a, const T* b, int64_t n) {
 
 POWER_ATTENTION_SIMD_VARIANTS(double, dot_fp64, (const T* a, const T* b, int64_t n), (a, b, n))
 
+// The fused fp32 path's in-chunk products in the tile kernels (gemm_f32), the blocks above the causal diagonal
+// skipped. Row r (token r / g) sees keys [0, r / g]; the weights (tile_weights_*) read a row's visible keys only and
+// zero the rest of it, so S and dP are computed in blocks of kCausalBlock rows against the keys up to the block's
+// last token, and the products with P and dS take a row block's visible keys (P V, dS K) or a key block's rows from
+// its first token on (P^T dnum, dS^T Q).
+constexpr int64_t kCausalBlock = 64;
+
+// keys visible to some row of [0, r1): tokens [0, (r1 - 1) / g]
+inline int64_t visible_keys(int64_t r1, int64_t g) { return (r1 - 1) / g + 1; }
+
+// A row stride for the transposed operands: a multiple of 16 floats, odd (64-byte units), so that a panel's rows
+// spread over the L1 sets.
+inline int64_t transposed_ld(int64_t n) { return ((n + 15) / 16 * 16) | 16; }
+
+// xt [w][ld] = x [n, w] (row stride ldx) transposed.
+void transpose_to(const float* x, int64_t ldx, int64_t n, int64_t w, int64_t ld, float* xt) {
+  constexpr int64_t kB = 16;
+  for (int64_t j0 = 0; j0 < n; j0 += kB) {
+    const int64_t j1 = std::min(n, j0 + kB);
+    for (int64_t a = 0; a < w; ++a)
+      for (int64_t j = j0; j < j1; ++j) xt[a * ld + j] = x[j * ldx + a];
+  }
+}
+
+// x's rows with unit row stride: x itself when contiguous, else copied into buf (the caller's layout puts a head's
+// rows h w floats apart, 2 KiB for 8 heads of 64, and the products re-read a chunk's rows: at that stride they meet
+// in a few L1 sets).
+inline at::Tensor unit_rows(const at::Tensor& x, at::Tensor& buf) {
+  if (x.is_contiguous()) return x;
+  if (!buf.defined()) buf = at::empty(x.sizes(), x.options());
+  return buf.copy_(x);
+}
+
+// S [cg, c] (row stride c) = Q K^T on the causal blocks (bias: S + bias[r] on row r), Q [cg, w] (row stride ldq),
+// Kt = K^T [w][ldkt].
+void causal_scores(int64_t cg, int64_t c, int64_t g, int64_t w, const float* Q, int64_t ldq, const float* Kt,
+                   int64_t ldkt, float* S, const float* bias) {
+  for (int64_t r0 = 0; r0 < cg; r0 += kCausalBlock) {
+    const int64_t r1 = std::min(cg, r0 + kCausalBlock);
+    gemm_f32(r1 - r0, visible_keys(r1, g), w, Q + r0 * ldq, ldq, 1, Kt, ldkt, S + r0 * c, c, false,
+             bias != nullptr ? bias + r0 : nullptr);
+  }
+}
+
+// Out [cg, w] (+)= P X with P [cg, c] causal (zero above the diagonal), X [c, w] (row stride ldx).
+void causal_rows(int64_t cg, int64_t c, int64_t g, int64_t w, const float* P, const float* X, int64_t ldx, float* Out,
+                 int64_t ldo, bool acc) {
+  for (int64_t r0 = 0; r0 < cg; r0 += kCausalBlock) {
+    const int64_t r1 = std::min(cg, r0 + kCausalBlock);
+    gemm_f32(r1 - r0, w, visible_keys(r1, g), P + r0 * c, c, 1, X, ldx, Out + r0 * ldo, ldo, acc, nullptr);
+  }
+}
+
+// Out [c, w] (+)= P^T X with P [cg, c] causal, X [cg, w] (row stride ldx): key block [j0, j1) from row j0 g on.
+void causal_keys(int64_t cg, int64_t c, int64_t g, int64_t w, const float* P, const float* X, int64_t ldx, float* Out,
+                 int64_t ldo, bool acc) {
+  for (int64_t j0 = 0; j0 < c; j0 += kCausalBlock) {
+    const int64_t j1 = std::min(c, j0 + kCausalBlock), i0 = j0 * g;
+    gemm_f32(j1 - j0, w, cg - i0, P + i0 * c + j0, 1, c, X + i0 * ldx, ldx, Out + j0 * ldo, ldo, acc, nullptr);
+  }
+}
+
 // The augmented states of Forward::states / norms (views of one [BH, kept, D, e + 1] buffer).
 at::Tensor augmented_states(const Forward& f) {
   const at::Tensor& S = f.states;
@@ -235,7 +299,7 @@ void chunked_forward_head(const Problem& pr, const at::Tensor& q, const at::Tens
   const int64_t D = sympow_dim(d, pr.p);
   const double sp = std::pow(pr.scale, static_cast<double>(pr.p));
   const auto o = q.options();
-  const at::Tensor qr = q[bh].view({T_ * g, d}), kh = k[bh], vh = v[bh];
+  const at::Tensor qr = head_of(q, bh, 4).view({T_ * g, d}), kh = head_of(k, bh, 3), vh = head_of(v, bh, 3);
   const double* lp = lg.defined() ? lg[bh].data_ptr<double>() : nullptr;
   const at::Tensor yh = f.y[bh].view({T_ * g, e});
   // The state entering the chunk is exp(mu) * A, A = [H | h]; mu = -inf: empty.
@@ -260,6 +324,9 @@ void chunked_forward_head(const Problem& pr, const at::Tensor& q, const at::Tens
   const at::Tensor coef = fused ? sympow_coefficient_tensor(d, pr.p, at::kFloat) : at::Tensor();
   const int64_t interval = save ? checkpoint_interval(N, f.states.size(1)) : 1;
   const at::Tensor saved = save ? augmented_states(f)[bh] : at::Tensor();
+  const int64_t ldt = transposed_ld(c);
+  std::vector<float> kt(fused ? d * ldt : 0);  // K^T of the chunk
+  at::Tensor qbuf, kbuf, vbuf;  // a chunk's rows when the inputs' rows are strided (unit_rows)
   for (int64_t n = 0; n < N; ++n) {
     const int64_t t0 = n * c;
     const ChunkGates gt = chunk_gates(pr, lp, t0);
@@ -267,15 +334,26 @@ void chunked_forward_head(const Problem& pr, const at::Tensor& q, const at::Tens
       if (n % interval == 0) saved[n / interval].copy_(A);  // a checkpoint: the backward recomputes the rest
       lsp[n] = mu;
     }
-    const at::Tensor qc = qr.narrow(0, t0 * g, cg), kc = kh.narrow(0, t0, c), vc = vh.narrow(0, t0, c);
+    const at::Tensor qc = unit_rows(qr.narrow(0, t0 * g, cg), qbuf), kc = unit_rows(kh.narrow(0, t0, c), kbuf),
+                     vc = unit_rows(vh.narrow(0, t0, c), vbuf);
 
     // in-chunk attention
-    at::mm_out(S, qc, kc.t());
+    if (fused) {
+      transpose_to(kc.data_ptr<float>(), kc.stride(0), c, d, ldt, kt.data());
+      causal_scores(cg, c, g, d, qc.data_ptr<float>(), qc.stride(0), kt.data(), ldt, S.data_ptr<float>(), nullptr);
+    } else {
+      at::mm_out(S, qc, kc.t());
+    }
     const double* G = lp == nullptr ? nullptr : gt.Gc.data();
     const auto sh = tile_shape<T>(pr, cg, c, 0, 0, G, G);
     tile_weights_forward<T>(sh, S.data_ptr<T>(), m.data_ptr<T>(), l.data_ptr<T>());
     tile_gate_reference<T>(sh, gref.data());
-    at::mm_out(num, S, vc);
+    if (fused) {
+      causal_rows(cg, c, g, e, S.data_ptr<float>(), vc.data_ptr<float>(), vc.stride(0), num.data_ptr<float>(), e,
+                  false);
+    } else {
+      at::mm_out(num, S, vc);
+    }
 
     // queries against the scaled state entering the chunk: [B | b] = sp phi(Q) A
     const bool stateful = mu != kNegInf;
@@ -320,9 +398,9 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
   const bool key_side = needs.k || needs.v || gates;  // anything downstream of the states
   const bool carry = key_side || needs.state;         // the state gradient travels backwards
   const bool seeded = d_final.S.defined();            // the final state is used downstream
-  const at::Tensor qr = q[bh].view({T_ * g, d}), kh = k[bh], vh = v[bh];
+  const at::Tensor qr = head_of(q, bh, 4).view({T_ * g, d}), kh = head_of(k, bh, 3), vh = head_of(v, bh, 3);
   const double* lp = lg.defined() ? lg[bh].data_ptr<double>() : nullptr;
-  const at::Tensor yh = f.y[bh].view({T_ * g, e}), dyh = dy[bh].view({T_ * g, e});
+  const at::Tensor yh = f.y[bh].view({T_ * g, e}), dyh = head_of(dy, bh, 4).view({T_ * g, e});
   const at::Tensor mus = f.logscale[bh].contiguous();
   const double* mup = mus.data_ptr<double>();
   // gradients of one chunk, then stored into the head's rows (API layout: the rows before t only)
@@ -355,6 +433,9 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
   at::Tensor dsq = gates ? at::empty({cg}, o) : at::Tensor(), dsk = gates ? at::empty({c}, o) : at::Tensor();
   const bool fused = fused_products<T>(pr);
   const at::Tensor coef = fused ? sympow_coefficient_tensor(d, pr.p, at::kFloat) : at::Tensor();
+  const int64_t ldt = transposed_ld(c);
+  std::vector<float> kt(fused ? d * ldt : 0), vt(fused ? e * ldt : 0), ddv(fused ? cg : 0);  // K^T, V^T, dden
+  at::Tensor qbuf, kbuf, vbuf;  // a chunk's rows when the inputs' rows are strided (unit_rows)
   for (int64_t n = N - 1; n >= 0; --n) {
     const int64_t t0 = n * c;
     const ChunkGates gt = chunk_gates(pr, lp, t0);
@@ -369,7 +450,8 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
       }
     }
     const at::Tensor An = interval > 1 && n > n0 ? seg[n - n0] : saved[n0 / interval];  // [D, e + 1], contiguous
-    const at::Tensor qc = qr.narrow(0, t0 * g, cg), kc = kh.narrow(0, t0, c), vc = vh.narrow(0, t0, c);
+    const at::Tensor qc = unit_rows(qr.narrow(0, t0 * g, cg), qbuf), kc = unit_rows(kh.narrow(0, t0, c), kbuf),
+                     vc = unit_rows(vh.narrow(0, t0, c), vbuf);
     const double* G = lp == nullptr ? nullptr : gt.Gc.data();
     const auto sh = tile_shape<T>(pr, cg, c, 0, 0, G, G);
     tile_gate_reference<T>(sh, gref.data());
@@ -473,18 +555,34 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
     }
 
     // --- in-chunk attention, its weights exp(z - M) taken at the saved row scale
-    at::mm_out(S, qc, kc.t());
-    at::mm_out(dP, dnum, vc.t()).add_(dden.unsqueeze(1));
+    if (fused) {
+      const float* r = dyc1.data_ptr<float>();
+      for (int64_t i = 0; i < cg; ++i) ddv[i] = r[i * (e + 1) + e];
+      transpose_to(kc.data_ptr<float>(), kc.stride(0), c, d, ldt, kt.data());
+      transpose_to(vc.data_ptr<float>(), vc.stride(0), c, e, ldt, vt.data());
+      causal_scores(cg, c, g, d, qc.data_ptr<float>(), qc.stride(0), kt.data(), ldt, S.data_ptr<float>(), nullptr);
+      causal_scores(cg, c, g, e, r, e + 1, vt.data(), ldt, dP.data_ptr<float>(), ddv.data());  // dnum V^T + dden
+    } else {
+      at::mm_out(S, qc, kc.t());
+      at::mm_out(dP, dnum, vc.t()).add_(dden.unsqueeze(1));
+    }
     tile_weights_backward<T>(sh, S.data_ptr<T>(), dP.data_ptr<T>(), delta.data_ptr<T>(),
                              gates ? dGq.data() : nullptr, gates ? dGk.data() : nullptr);
-    if (needs.v) {
+    if (fused) {  // P^T dnum, dS K, dS^T Q on the causal blocks
+      const float* r = dyc1.data_ptr<float>();
+      const float *Pp = S.data_ptr<float>(), *dSp = dP.data_ptr<float>();
+      if (needs.v) causal_keys(cg, c, g, e, Pp, r, e + 1, dvs.data_ptr<float>(), e, dv_set);
+      if (needs.q) causal_rows(cg, c, g, d, dSp, kc.data_ptr<float>(), kc.stride(0), dqbuf.data_ptr<float>(), d, dq_set);
+      if (needs.k) causal_keys(cg, c, g, d, dSp, qc.data_ptr<float>(), qc.stride(0), dkbuf.data_ptr<float>(), d, dk_set);
+    }
+    if (needs.v && !fused) {
       if (dv_set) {
         dvs.addmm_(S.t(), dnum);
       } else {
         at::mm_out(dvs, S.t(), dnum);
       }
     }
-    if (needs.q) {
+    if (needs.q && !fused) {
       at::Tensor dqs = dqbuf;
       if (dxq.defined()) dqs.copy_(dxq), dq_set = true;
       if (dq_set) {
@@ -493,7 +591,7 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
         at::mm_out(dqs, dP, kc);
       }
     }
-    if (needs.k) {
+    if (needs.k && !fused) {
       at::Tensor dks = dkbuf;
       if (dxk.defined()) dks.copy_(dxk), dk_set = true;
       if (dk_set) {
@@ -521,6 +619,19 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
     gr.initial.s[bh].copy_(dA.select(1, e));
   }
 }
+
+bool chunked_from_caller_layout(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  return pr.chunk > 0 && pr.b > 0 && pr.t > 0 && pr.T == pr.t && (pr.g == 1 || pr.h == 1) &&
+         pr.precision.compute == at::kFloat && q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat &&
+         v.scalar_type() == at::kFloat && fused_products<float>(pr) && q.is_contiguous() && k.is_contiguous() &&
+         v.is_contiguous();
+}
+
+at::Tensor caller_query_heads(const at::Tensor& x, const Problem& pr) {
+  return x.view({pr.b, pr.t, pr.h, pr.g, x.size(3)}).permute({0, 2, 1, 3, 4});
+}
+
+at::Tensor caller_kv_heads(const at::Tensor& x) { return x.permute({0, 2, 1, 3}); }
 
 int64_t state_interval(const Problem& pr) {
   if (pr.chunk <= 0) return 1;

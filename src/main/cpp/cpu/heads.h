@@ -48,6 +48,22 @@ inline at::Tensor kv_grad_rows(const Problem& pr, const HeadGrads& gr, const at:
   return x[bh / H].select(1, bh % H);
 }
 
+/// Head bh of an input in the compute layout ([BH, T, ...], `dims` dimensions) or of the caller's tensor seen as
+/// [b, h, t, ...] (dims + 1 dimensions: chunked_from_caller_layout).
+inline at::Tensor head_of(const at::Tensor& x, int64_t bh, int64_t dims) {
+  if (x.dim() == dims) return x[bh];
+  return x[bh / x.size(1)][bh % x.size(1)];
+}
+
+/// Whether the chunked form reads q, k, v (and a contiguous dy) in the caller's layout, as strided views (no copies
+/// into the compute layout on the way into the forward and again into the backward): fp32 inputs and compute, t a
+/// multiple of the chunk (no padding), a head's query rows evenly spaced (g = 1 or h = 1), the fused state products
+/// (phi_products_cpu.h: rows of any stride), contiguous inputs.
+bool chunked_from_caller_layout(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
+/// q [b, t, h g, d] as [b, h, t, g, d]; k or v [b, t, h, w] as [b, h, t, w] (views).
+at::Tensor caller_query_heads(const at::Tensor& x, const Problem& pr);
+at::Tensor caller_kv_heads(const at::Tensor& x);
+
 /// The quadratic form of head bh: y, den (the row sums l), rowmax.
 template <typename T>
 void quadratic_forward_head(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,

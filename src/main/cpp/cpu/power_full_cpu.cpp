@@ -5,8 +5,9 @@
 // products run single-threaded on their own head. The elementwise log-space work of the in-chunk attention is fused
 // into one pass per row (attention_tile_cpu.cpp); phi and its backward are sympow_cpu.cpp's loops. Nothing t x t is
 // formed in the chunked form; backward recomputes phi instead of storing it. The caller's tensors are laid out in
-// the compute layout (compute_layout.h) on the way in and back on the way out; gradients in the inputs' dtype go
-// to the caller's layout directly.
+// the compute layout (compute_layout.h) on the way in and back on the way out, except fp32 q, k, v (and dy) that
+// either form reads in place (quadratic_from_caller_layout, chunked_from_caller_layout); gradients in the inputs'
+// dtype go to the caller's layout directly.
 #include "cpu/power_full_cpu.h"
 
 #include "compute_layout.h"
@@ -123,13 +124,21 @@ HeadGrads backward_laid_out(const Problem& pr, const at::Tensor& q, const at::Te
   return gr;
 }
 
+// q, k, v in the compute layout, or as views of the caller's tensors where the chunked form reads them in place
+// (chunked_from_caller_layout); the log gates always in the compute layout (fp64).
+layout::Inputs inputs(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                      const at::Tensor& log_g) {
+  if (!chunked_from_caller_layout(pr, q, k, v)) return layout::lay_out(pr, q, k, v, log_g);
+  return {caller_query_heads(q, pr), caller_kv_heads(k), caller_kv_heads(v), layout::gate_layout(log_g, pr)};
+}
+
 }  // namespace
 
 Forward forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                 const at::Tensor& log_g, bool save, const State& initial, bool want_final) {
   TORCH_CHECK(pr.chunk > 0 || (!initial.S.defined() && !want_final), "power_full: internal: states need the chunked path");
   if (quadratic_from_caller_layout(pr, q, k, v)) return quadratic_forward_caller(pr, q, k, v, log_g);
-  const layout::Inputs x = layout::lay_out(pr, q, k, v, log_g);
+  const layout::Inputs x = inputs(pr, q, k, v, log_g);
   Forward f = forward_laid_out(pr, x.q, x.k, x.v, x.g, save, initial, want_final);
   f.out = layout::query_unlayout(f.y, pr, q.scalar_type());
   return f;
@@ -140,9 +149,11 @@ Grads backward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, cons
                const State& d_final) {
   if (quadratic_from_caller_layout(pr, q, k, v) && !needs.state)
     return quadratic_backward_caller(pr, q, k, v, log_g, saved, dy, needs);
-  const layout::Inputs x = layout::lay_out(pr, q, k, v, log_g);
+  const layout::Inputs x = inputs(pr, q, k, v, log_g);
   const bool direct = q.scalar_type() == pr.precision.compute && pr.b > 0 && pr.t > 0;
-  const HeadGrads gr = backward_laid_out(pr, x.q, x.k, x.v, x.g, saved, layout::dy_layout(dy, pr, q.options()),
+  const bool dy_in_place = dy.defined() && dy.is_contiguous() && dy.scalar_type() == at::kFloat && x.q.dim() == 5;
+  const HeadGrads gr = backward_laid_out(pr, x.q, x.k, x.v, x.g, saved,
+                                         dy_in_place ? caller_query_heads(dy, pr) : layout::dy_layout(dy, pr, q.options()),
                                          needs, d_final, direct);
   if (!direct) return layout::grads_unlayout(gr, pr, needs, q, k, v, log_g);
   Grads out = gr;

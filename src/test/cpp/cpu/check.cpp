@@ -194,6 +194,15 @@ int main(int argc, char** argv) {
     cases.push_back({1, 257, 2, 2, 32, 48, 2, 0, true, dt, at::kCPU, 40});
     cases.push_back({1, 160, 2, 1, 16, 32, 2, 0, true, dt, at::kCPU, -15});
   }
+  // The chunked form reading the caller's tensors in place (t a multiple of the chunk; fp32): b > 1 with g = 1,
+  // h = 1 with grouped queries, an ungated case; g = 2 with h = 2 (laid out as before); and the benchmarks' shape.
+  for (auto dt : {at::kFloat, at::kDouble}) {
+    cases.push_back({2, 192, 2, 2, 16, 32, 2, 64, true, dt});
+    cases.push_back({2, 128, 2, 1, 16, 16, 2, 32, true, dt});
+    cases.push_back({1, 160, 3, 3, 13, 40, 2, 32, false, dt});
+    cases.push_back({1, 128, 4, 2, 16, 16, 2, 32, true, dt});
+    cases.push_back({1, 512, 8, 8, 64, 64, 2, 128, true, dt});
+  }
   int failed = 0, passed = 0;
   for (const Case& c : cases) {
     const Result r = run_case(c);
