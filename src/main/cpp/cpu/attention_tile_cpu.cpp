@@ -8,6 +8,7 @@
 #include "cpu/attention_tile_cpu.h"
 #include "cpu/cpu_simd.h"
 #include "cpu/phi_products_cpu.h"
+#include <c10/util/Exception.h>
 
 // The vector helpers pass 64-byte vectors by value between inlined functions: no ABI is crossed.
 #pragma GCC diagnostic ignored "-Wpsabi"
@@ -1120,16 +1121,24 @@ void gemm_f32_avx2(int64_t M, int64_t N, int64_t K, const float* A, int64_t ai, 
   gemm_avx2(M, N, K, A, ai, ak, B, ldb, C, ldc, acc, bias);
 }
 
-void gemm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t ai, int64_t ak, const float* B, int64_t ldb,
-              float* C, int64_t ldc, bool acc, const float* bias) {
-  if (simd_level() == 2) gemm(M, N, K, A, ai, ak, B, ldb, C, ldc, acc, bias);
-  else gemm_avx2(M, N, K, A, ai, ak, B, ldb, C, ldc, acc, bias);
-}
 #endif
 
-int64_t quadratic_kernel_tile_tokens() {
-  if (const char* e = std::getenv("PA_TILE_EXP")) return std::atol(e);
-  return simd_level() == 2 ? 64 : 32; }
+void gemm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t ai, int64_t ak, const float* B, int64_t ldb,
+              float* C, int64_t ldc, bool acc, const float* bias) {
+#ifdef POWER_ATTENTION_X86_DISPATCH
+  if (simd_level() == 2) {
+    gemm(M, N, K, A, ai, ak, B, ldb, C, ldc, acc, bias);
+    return;
+  }
+  if (simd_level() == 1) {
+    gemm_avx2(M, N, K, A, ai, ak, B, ldb, C, ldc, acc, bias);
+    return;
+  }
+#endif
+  TORCH_CHECK(false, "power_full: internal: the CPU tile products need AVX2 or AVX-512 (phi_products_available)");
+}
+
+int64_t quadratic_kernel_tile_tokens() { return simd_level() == 2 ? 64 : 32; }
 
 void quadratic_forward_f32(const QuadraticHead& h, float* y, float* m, float* l) {
 #ifdef POWER_ATTENTION_X86_DISPATCH

@@ -152,9 +152,8 @@ Grads backward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, cons
   const layout::Inputs x = inputs(pr, q, k, v, log_g);
   const bool direct = q.scalar_type() == pr.precision.compute && pr.b > 0 && pr.t > 0;
   const bool dy_in_place = dy.defined() && dy.is_contiguous() && dy.scalar_type() == at::kFloat && x.q.dim() == 5;
-  const HeadGrads gr = backward_laid_out(pr, x.q, x.k, x.v, x.g, saved,
-                                         dy_in_place ? caller_query_heads(dy, pr) : layout::dy_layout(dy, pr, q.options()),
-                                         needs, d_final, direct);
+  const at::Tensor dyx = dy_in_place ? caller_query_heads(dy, pr) : layout::dy_layout(dy, pr, q.options());
+  const HeadGrads gr = backward_laid_out(pr, x.q, x.k, x.v, x.g, saved, dyx, needs, d_final, direct);
   if (!direct) return layout::grads_unlayout(gr, pr, needs, q, k, v, log_g);
   Grads out = gr;
   out.lg = needs.g && log_g.defined() ? layout::gate_unlayout(gr.lg, pr, log_g.scalar_type()) : at::Tensor();
