@@ -62,6 +62,16 @@ __device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
       : "memory");
 }
 
+// This thread's arrival on bar (count one of the phase's arrivals).
+__device__ __forceinline__ void mbar_arrive(u32 bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+// This thread's arrival on bar once all of its earlier cp.async copies have landed (one of the phase's expected
+// arrivals: the count is not raised first).
+__device__ __forceinline__ void cp_async_arrive(u32 bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+
 // stmatrix / ldmatrix (not transposed) of four / two 8 x 8 b16 matrices at shared address addr + OFF bytes: lanes
 // 8 m .. 8 m + 7 give the row addresses of matrix m; register m of every thread is its pair of matrix m.
 template <int OFF>

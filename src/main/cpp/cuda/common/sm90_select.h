@@ -6,8 +6,9 @@
 //                                           same, whatever POWER_ATTENTION_CUDA_KERNELS says)
 //   POWER_ATTENTION_CUDA_KERNELS=sm90a      the sm_90a kernels wherever the device runs them (at d = 64 the degree-2
 //                                           query kernel and gradient through phi in their two-warpgroup shapes)
-//   POWER_ATTENTION_CUDA_KERNELS=sm90a-wg4  the same, both at d = 64 in their four-warpgroup shapes (256 rows a
-//                                           CTA; cuda/sympow2/query_sm90.cuh, grad_sm90.cuh)
+//   POWER_ATTENTION_CUDA_KERNELS=sm90a-wg4  the same, both at d = 64 in their 256-row shapes (the gradient four
+//                                           warpgroups, the query two of two tiles; cuda/sympow2/query_sm90.cuh,
+//                                           grad_sm90.cuh)
 //   POWER_ATTENTION_CUDA_KERNELS=sm90a-scan sm90a-wg4 and the degree-2 fused scans on wgmma too
 //                                           (cuda/sympow2/scan_sm90.cuh); the other sets run the sm_80 scans
 //   unset (or auto)                         the measured default (sm90_select.cu: kDefault)

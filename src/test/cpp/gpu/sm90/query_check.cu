@@ -99,10 +99,10 @@ void library(bool bfx, int64_t d, const uint16_t* x, const pc::RowMap& xm, const
              float* out, int64_t X, int64_t n, int cols, const ps::Combine& cmb) {
   ps::sm90::query_launch(bfx, d, WIDE, x, xm, rs, H, out, X, n, cols, cmb, nullptr);
 }
-template <int WG, int MT, bool PACKED>
+template <int WG, int MT, bool PACKED, int SYNC = 0, bool XREG = false>
 void variant(bool bfx, int64_t d, const uint16_t* x, const pc::RowMap& xm, const float* rs, const uint16_t* H,
              float* out, int64_t X, int64_t n, int cols, const ps::Combine& cmb) {
-  using S = ps::sm90::QueryShape<WG, MT, PACKED>;
+  using S = ps::sm90::QueryShape<WG, MT, PACKED, SYNC, XREG>;
   const cudaError_t err =
       d != 64 ? cudaErrorInvalidValue
       : bfx   ? ps::sm90::query_launch_shape<true, 64, S>(x, xm, rs, H, out, X, n, cols, cmb, nullptr)
@@ -122,6 +122,13 @@ const Variant kVariants[] = {{"library", library<false>, true},
                              {"wg1-mt2", variant<1, 2, false>},
                              {"wg2-mt1", variant<2, 1, false>},
                              {"wg4-mt1", variant<4, 1, false>},
+                             {"wg4-mt1-mbar", variant<4, 1, false, 1>},
+                             {"wg4-mt1-xreg", variant<4, 1, false, 0, true>},
+                             {"wg4-mt1-xreg-mbar2", variant<4, 1, false, 2, true>},
+                             {"wg2-mt2-xreg", variant<2, 2, false, 0, true>},
+                             {"wg2-mt1-xreg", variant<2, 1, false, 0, true>},
+                             {"wg4-mt1-mbar2", variant<4, 1, false, 2>},
+                             {"wg2-mt1-mbar2", variant<2, 1, false, 2>},
                              {"wg2-mt2", variant<2, 2, false>},
                              {"wg2-mt1-packed", variant<2, 1, true>},
                              {"wg1-mt2-packed", variant<1, 2, true>}};
