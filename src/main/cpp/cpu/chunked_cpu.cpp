@@ -445,8 +445,8 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
       for (int64_t j = n0; j < n; ++j) {
         at::Tensor Aj = seg[j - n0 + 1];
         const StateStep sj = state_step(chunk_gates(pr, lp, j * c), mup[j], o);
-        advance_state<T>(pr, kh.narrow(0, j * c, c), vh.narrow(0, j * c, c), sj, Aj,
-                         j == n0 ? saved[n0 / interval] : seg[j - n0]);
+        advance_state<T>(pr, unit_rows(kh.narrow(0, j * c, c), kbuf), unit_rows(vh.narrow(0, j * c, c), vbuf), sj,
+                         Aj, j == n0 ? saved[n0 / interval] : seg[j - n0]);
       }
     }
     const at::Tensor An = interval > 1 && n > n0 ? seg[n - n0] : saved[n0 / interval];  // [D, e + 1], contiguous

@@ -526,38 +526,39 @@ PA_AVX2 void grad_avx2(const PhiRows& x, const float* M, int64_t ldm, const floa
                        int64_t ldr_norm, int64_t e, float* dx, float* ds) {
   const int64_t d = x.d, D = d * (d + 1) / 2, nc = e + 1;
   Work& w = work();
-  const int64_t ldmax = (std::min(x.n, kGradRows) + 31) / 32 * 32;
+  const int64_t ldmax = (std::min(x.n, kGradRows) + 31) / 32 * 32 + 16;
   float* xt = w.xt.get(d * ldmax);
   float* dxt = w.ut.get(d * ldmax);
   float* rt = w.tile.get(nc * ldmax);
   float* gb = w.out.get(kGradFeat * ldmax);
   for (int64_t i0 = 0; i0 < x.n; i0 += kGradRows) {
-    const int64_t nb = std::min(kGradRows, x.n - i0), ld = (nb + 31) / 32 * 32;
+    // ls: the row stride of the transposed rows, an odd multiple of 16 floats (their rows spread over the L1 sets)
+    const int64_t nb = std::min(kGradRows, x.n - i0), ld = (nb + 31) / 32 * 32, ls = ld + 16;
     // x and [R | r] of the rows transposed (rows nb..ld zero), dx accumulated transposed
-    std::memset(xt, 0, sizeof(float) * d * ld);
-    std::memset(dxt, 0, sizeof(float) * d * ld);
-    std::memset(rt, 0, sizeof(float) * nc * ld);
+    std::memset(xt, 0, sizeof(float) * d * ls);
+    std::memset(dxt, 0, sizeof(float) * d * ls);
+    std::memset(rt, 0, sizeof(float) * nc * ls);
     for (int64_t i = 0; i < nb; ++i) {
       const float* xi = x.x + (i0 + i) * x.ldx;
-      for (int64_t a = 0; a < d; ++a) xt[a * ld + i] = xi[a];
+      for (int64_t a = 0; a < d; ++a) xt[a * ls + i] = xi[a];
       const float* ri = R + (i0 + i) * ldr;
-      for (int64_t j = 0; j < e; ++j) rt[j * ld + i] = ri[j];
-      rt[e * ld + i] = r != nullptr ? r[(i0 + i) * ldr_norm] : 1.0f;
+      for (int64_t j = 0; j < e; ++j) rt[j * ls + i] = ri[j];
+      rt[e * ls + i] = r != nullptr ? r[(i0 + i) * ldr_norm] : 1.0f;
     }
     Feature ft;
     for (int64_t f0 = 0; f0 < D; f0 += kGradFeat) {
       const int64_t nf = std::min(kGradFeat, D - f0);
       // gb[rr][i] = sum_j M[f0 + rr, j] rt[j][i], j over the e + 1 columns in index order
-      gemm_f32_avx2(nf, ld, nc, M + f0 * ldm, ldm, 1, rt, ld, gb, ld, false, nullptr);
+      gemm_f32_avx2(nf, ld, nc, M + f0 * ldm, ldm, 1, rt, ls, gb, ls, false, nullptr);
       // dx_a += coef g x_b, dx_b += coef g x_a for each feature f = (a, b) of the block
       Feature fr = ft;
       for (int64_t rr = 0; rr < nf; ++rr, fr.next(d)) {
         const float c = x.coef[f0 + rr];
-        float* da = dxt + fr.a * ld;
-        float* db = dxt + fr.b * ld;
-        const float* xa = xt + fr.a * ld;
-        const float* xb = xt + fr.b * ld;
-        const float* g = gb + rr * ld;
+        float* da = dxt + fr.a * ls;
+        float* db = dxt + fr.b * ls;
+        const float* xa = xt + fr.a * ls;
+        const float* xb = xt + fr.b * ls;
+        const float* g = gb + rr * ls;
         for (int64_t i = 0; i < ld; ++i) {
           const float gv = c * g[i];
           da[i] = std::fma(gv, xb[i], da[i]);
@@ -571,8 +572,8 @@ PA_AVX2 void grad_avx2(const PhiRows& x, const float* M, int64_t ldm, const floa
       const float s = x.scale != nullptr ? x.scale[i0 + i] : 1.0f;
       float dot = 0;
       for (int64_t a = 0; a < d; ++a) {
-        const float ja = dxt[a * ld + i];
-        dot += xt[a * ld + i] * ja;
+        const float ja = dxt[a * ls + i];
+        dot += xt[a * ls + i] * ja;
         if (dx != nullptr) dx[(i0 + i) * d + a] = s * ja;
       }
       if (ds != nullptr) ds[i0 + i] = 0.5f * dot;
