@@ -327,11 +327,14 @@ void chunked_forward_head(const Problem& pr, const at::Tensor& q, const at::Tens
   const int64_t ldt = transposed_ld(c);
   std::vector<float> kt(fused ? d * ldt : 0);  // K^T of the chunk
   at::Tensor qbuf, kbuf, vbuf;  // a chunk's rows when the inputs' rows are strided (unit_rows)
+  // The state entering chunk n: A, or the checkpoint (every interval-th state; the backward recomputes the rest)
+  // that the state step wrote it into.
+  at::Tensor cur = A;
   for (int64_t n = 0; n < N; ++n) {
     const int64_t t0 = n * c;
     const ChunkGates gt = chunk_gates(pr, lp, t0);
     if (save) {
-      if (n % interval == 0) saved[n / interval].copy_(A);  // a checkpoint: the backward recomputes the rest
+      if (n == 0) saved[0].copy_(A);
       lsp[n] = mu;
     }
     const at::Tensor qc = unit_rows(qr.narrow(0, t0 * g, cg), qbuf), kc = unit_rows(kh.narrow(0, t0, c), kbuf),
@@ -359,9 +362,9 @@ void chunked_forward_head(const Problem& pr, const at::Tensor& q, const at::Tens
     const bool stateful = mu != kNegInf;
     if (stateful) {
       if (fused) {
-        phi_apply(phi_rows(qc, qscale, coef), A.data_ptr<float>(), e + 1, e, true, Bb.data_ptr<float>(), e + 1);
+        phi_apply(phi_rows(qc, qscale, coef), cur.data_ptr<float>(), e + 1, e, true, Bb.data_ptr<float>(), e + 1);
       } else {
-        at::mm_out(Bb, sympow_forward(qc, qscale, pr.p), A);  // [cg, e + 1]
+        at::mm_out(Bb, sympow_forward(qc, qscale, pr.p), cur);  // [cg, e + 1]
       }
     }
     const T* Bp = stateful ? Bb.data_ptr<T>() : nullptr;
@@ -375,13 +378,22 @@ void chunked_forward_head(const Problem& pr, const at::Tensor& q, const at::Tens
     // the state leaving the chunk
     if (n + 1 < N || want_final) {
       const StateStep st = state_step(gt, mu, o);
-      advance_state<T>(pr, kc, vc, st, A);
+      if (save && n + 1 < N && (n + 1) % interval == 0) {
+        at::Tensor next = saved[(n + 1) / interval];
+        advance_state<T>(pr, kc, vc, st, next, cur);
+        cur = next;
+      } else if (!cur.is_same(A)) {
+        advance_state<T>(pr, kc, vc, st, A, cur);
+        cur = A;
+      } else {
+        advance_state<T>(pr, kc, vc, st, A);
+      }
       mu = st.mu_next;
     }
   }
   if (want_final) {
-    f.final_state[bh].copy_(A.narrow(1, 0, e));
-    f.final_norm[bh].copy_(A.select(1, e));
+    f.final_state[bh].copy_(cur.narrow(1, 0, e));
+    f.final_norm[bh].copy_(cur.select(1, e));
     f.final_logscale[bh].fill_(mu);
   }
 }
