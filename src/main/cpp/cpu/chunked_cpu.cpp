@@ -26,9 +26,11 @@ namespace {
 // State checkpointing in the chunked backward (state_interval): the kept states and the recomputation buffers may
 // take this share of the bytes of q, k, v and y together, and at least kStateBudgetFloor. 1.25: at d = e = 64
 // (D = 2080) and 8 heads every second state is kept (interval 2: a recomputation for half the chunks; at 0.5 it was
-// interval 5, four in five), the peak at t = 16384 about 2.3x LibTorch's SDPA's.
+// interval 5, four in five), the peak at t = 16384 about 2.3x LibTorch's SDPA's. The floor, 160 MiB counted at 8
+// bytes an element (80 MiB of fp32 states): at t = 4096 chunk 256 (8 heads of D = 2080) every state is kept, at
+// chunk 128 every second one.
 constexpr double kStateBudgetShare = 1.25;
-constexpr double kStateBudgetFloor = 32.0 * (1 << 20);
+constexpr double kStateBudgetFloor = 160.0 * (1 << 20);
 
 
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
