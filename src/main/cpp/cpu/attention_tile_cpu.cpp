@@ -752,7 +752,8 @@ PA_AVX512 void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t ai,
 
 // The same products for AVX2 machines (16 ymm registers): MR rows x 8 NV columns of accumulators (6 x 16 or 8 x 8),
 // one broadcast of A(i, k) against NV vector loads of B's row k, the last vector masked where the columns end
-// inside it (kMasked). K in blocks of 64 rows taken outermost, so that A's block (up to 64 x 64) stays in L1 while
+// inside it (kMasked). K in blocks of 64 rows taken outermost (the last up to 80: a block of a few rows would
+// store and reload C for little work), so that A's block (up to 80 x 64) stays in L1 while
 // the 16-column panels of B pass over it (a 6 x 64 block does not fit in 16 registers). Sums over k in index order.
 #define PA_AVX2 __attribute__((target("avx2,fma")))
 
@@ -833,8 +834,8 @@ PA_AVX2 void gemm_avx2(int64_t M, int64_t N, int64_t K, const float* A, int64_t 
     for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, bias != nullptr ? bias[i] : 0.0f);
     return;
   }
-  for (int64_t k0 = 0; k0 < K; k0 += kBlockK) {
-    const int64_t kn = std::min(kBlockK, K - k0);
+  for (int64_t k0 = 0, kn = 0; k0 < K; k0 += kn) {
+    kn = K - k0 <= kBlockK + kBlockK / 4 ? K - k0 : kBlockK;  // no short last block
     const bool a = acc || k0 > 0;
     const float* bs = k0 == 0 ? bias : nullptr;
     const float* Ak = A + k0 * ak;

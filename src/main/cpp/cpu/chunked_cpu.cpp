@@ -26,9 +26,11 @@ namespace {
 // State checkpointing in the chunked backward (state_interval): the kept states and the recomputation buffers may
 // take this share of the bytes of q, k, v and y together, and at least kStateBudgetFloor. 1.25: at d = e = 64
 // (D = 2080) and 8 heads every second state is kept (interval 2: a recomputation for half the chunks; at 0.5 it was
-// interval 5, four in five), the peak at t = 16384 about 2.3x LibTorch's SDPA's.
+// interval 5, four in five), the peak at t = 16384 about 2.3x LibTorch's SDPA's. The floor, 160 MiB counted at 8
+// bytes an element (80 MiB of fp32 states): at t = 4096 chunk 256 (8 heads of D = 2080) every state is kept, at
+// chunk 128 every second one.
 constexpr double kStateBudgetShare = 1.25;
-constexpr double kStateBudgetFloor = 32.0 * (1 << 20);
+constexpr double kStateBudgetFloor = 160.0 * (1 << 20);
 
 
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
@@ -327,11 +329,14 @@ void chunked_forward_head(const Problem& pr, const at::Tensor& q, const at::Tens
   const int64_t ldt = transposed_ld(c);
   std::vector<float> kt(fused ? d * ldt : 0);  // K^T of the chunk
   at::Tensor qbuf, kbuf, vbuf;  // a chunk's rows when the inputs' rows are strided (unit_rows)
+  // The state entering chunk n: A, or the checkpoint (every interval-th state; the backward recomputes the rest)
+  // that the state step wrote it into.
+  at::Tensor cur = A;
   for (int64_t n = 0; n < N; ++n) {
     const int64_t t0 = n * c;
     const ChunkGates gt = chunk_gates(pr, lp, t0);
     if (save) {
-      if (n % interval == 0) saved[n / interval].copy_(A);  // a checkpoint: the backward recomputes the rest
+      if (n == 0) saved[0].copy_(A);
       lsp[n] = mu;
     }
     const at::Tensor qc = unit_rows(qr.narrow(0, t0 * g, cg), qbuf), kc = unit_rows(kh.narrow(0, t0, c), kbuf),
@@ -359,9 +364,9 @@ void chunked_forward_head(const Problem& pr, const at::Tensor& q, const at::Tens
     const bool stateful = mu != kNegInf;
     if (stateful) {
       if (fused) {
-        phi_apply(phi_rows(qc, qscale, coef), A.data_ptr<float>(), e + 1, e, true, Bb.data_ptr<float>(), e + 1);
+        phi_apply(phi_rows(qc, qscale, coef), cur.data_ptr<float>(), e + 1, e, true, Bb.data_ptr<float>(), e + 1);
       } else {
-        at::mm_out(Bb, sympow_forward(qc, qscale, pr.p), A);  // [cg, e + 1]
+        at::mm_out(Bb, sympow_forward(qc, qscale, pr.p), cur);  // [cg, e + 1]
       }
     }
     const T* Bp = stateful ? Bb.data_ptr<T>() : nullptr;
@@ -375,13 +380,22 @@ void chunked_forward_head(const Problem& pr, const at::Tensor& q, const at::Tens
     // the state leaving the chunk
     if (n + 1 < N || want_final) {
       const StateStep st = state_step(gt, mu, o);
-      advance_state<T>(pr, kc, vc, st, A);
+      if (save && n + 1 < N && (n + 1) % interval == 0) {
+        at::Tensor next = saved[(n + 1) / interval];
+        advance_state<T>(pr, kc, vc, st, next, cur);
+        cur = next;
+      } else if (!cur.is_same(A)) {
+        advance_state<T>(pr, kc, vc, st, A, cur);
+        cur = A;
+      } else {
+        advance_state<T>(pr, kc, vc, st, A);
+      }
       mu = st.mu_next;
     }
   }
   if (want_final) {
-    f.final_state[bh].copy_(A.narrow(1, 0, e));
-    f.final_norm[bh].copy_(A.select(1, e));
+    f.final_state[bh].copy_(cur.narrow(1, 0, e));
+    f.final_norm[bh].copy_(cur.select(1, e));
     f.final_logscale[bh].fill_(mu);
   }
 }
@@ -445,8 +459,8 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
       for (int64_t j = n0; j < n; ++j) {
         at::Tensor Aj = seg[j - n0 + 1];
         const StateStep sj = state_step(chunk_gates(pr, lp, j * c), mup[j], o);
-        advance_state<T>(pr, kh.narrow(0, j * c, c), vh.narrow(0, j * c, c), sj, Aj,
-                         j == n0 ? saved[n0 / interval] : seg[j - n0]);
+        advance_state<T>(pr, unit_rows(kh.narrow(0, j * c, c), kbuf), unit_rows(vh.narrow(0, j * c, c), vbuf), sj,
+                         Aj, j == n0 ? saved[n0 / interval] : seg[j - n0]);
       }
     }
     const at::Tensor An = interval > 1 && n > n0 ? seg[n - n0] : saved[n0 / interval];  // [D, e + 1], contiguous

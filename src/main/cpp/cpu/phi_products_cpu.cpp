@@ -432,6 +432,58 @@ PA_AVX2 float tile_dot_avx2(const float* row, const float* w, int64_t ld) {
   return sum;
 }
 
+// dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols: 8 x 8 blocks in registers, the edges one by one.
+PA_AVX2 void transpose_avx2(const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst, int64_t ldd) {
+  const int64_t r8 = rows / 8 * 8, c8 = cols / 8 * 8;
+  for (int64_t r0 = 0; r0 < r8; r0 += 8) {
+    const float* s0 = src + r0 * lds;
+    for (int64_t c0 = 0; c0 < c8; c0 += 8) {
+      const __m256 a0 = _mm256_loadu_ps(s0 + c0), a1 = _mm256_loadu_ps(s0 + lds + c0),
+                   a2 = _mm256_loadu_ps(s0 + 2 * lds + c0), a3 = _mm256_loadu_ps(s0 + 3 * lds + c0),
+                   a4 = _mm256_loadu_ps(s0 + 4 * lds + c0), a5 = _mm256_loadu_ps(s0 + 5 * lds + c0),
+                   a6 = _mm256_loadu_ps(s0 + 6 * lds + c0), a7 = _mm256_loadu_ps(s0 + 7 * lds + c0);
+      const __m256 t0 = _mm256_unpacklo_ps(a0, a1), t1 = _mm256_unpackhi_ps(a0, a1), t2 = _mm256_unpacklo_ps(a2, a3),
+                   t3 = _mm256_unpackhi_ps(a2, a3), t4 = _mm256_unpacklo_ps(a4, a5), t5 = _mm256_unpackhi_ps(a4, a5),
+                   t6 = _mm256_unpacklo_ps(a6, a7), t7 = _mm256_unpackhi_ps(a6, a7);
+      const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xee),
+                   u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xee),
+                   u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xee),
+                   u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xee);
+      float* d0 = dst + c0 * ldd + r0;
+      _mm256_storeu_ps(d0, _mm256_permute2f128_ps(u0, u4, 0x20));
+      _mm256_storeu_ps(d0 + ldd, _mm256_permute2f128_ps(u1, u5, 0x20));
+      _mm256_storeu_ps(d0 + 2 * ldd, _mm256_permute2f128_ps(u2, u6, 0x20));
+      _mm256_storeu_ps(d0 + 3 * ldd, _mm256_permute2f128_ps(u3, u7, 0x20));
+      _mm256_storeu_ps(d0 + 4 * ldd, _mm256_permute2f128_ps(u0, u4, 0x31));
+      _mm256_storeu_ps(d0 + 5 * ldd, _mm256_permute2f128_ps(u1, u5, 0x31));
+      _mm256_storeu_ps(d0 + 6 * ldd, _mm256_permute2f128_ps(u2, u6, 0x31));
+      _mm256_storeu_ps(d0 + 7 * ldd, _mm256_permute2f128_ps(u3, u7, 0x31));
+    }
+    for (int64_t r = r0; r < r0 + 8; ++r)
+      for (int64_t c = c8; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
+  }
+  for (int64_t r = r8; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
+}
+
+// transpose_rows's values: xt [d][ld] by transpose_avx2, ut = the row scale times xt, rows nb..ld zero.
+PA_AVX2 void transpose_rows_avx2(const PhiRows& x, int64_t i0, int64_t nb, int64_t ld, float* xt, float* ut) {
+  const int64_t d = x.d;
+  transpose_avx2(x.x + i0 * x.ldx, x.ldx, nb, d, xt, ld);
+  for (int64_t a = 0; a < d; ++a) {
+    float* xa = xt + a * ld;
+    float* ua = ut + a * ld;
+    std::fill(xa + nb, xa + ld, 0.0f);
+    if (x.scale == nullptr) {
+      std::copy(xa, xa + ld, ua);
+    } else {
+      const float* s = x.scale + i0;
+      for (int64_t i = 0; i < nb; ++i) ua[i] = s[i] * xa[i];
+      std::fill(ua + nb, ua + ld, 0.0f);
+    }
+  }
+}
+
 PA_AVX2 void outer_avx2(const PhiRows& x, const float* R, int64_t ldr, const float* r, int64_t ldr_norm, int64_t e,
                         bool norm, float beta, float* A, int64_t lda, const float* A0) {
   if (A0 == nullptr) A0 = A;
@@ -451,7 +503,7 @@ PA_AVX2 void outer_avx2(const PhiRows& x, const float* R, int64_t ldr, const flo
   for (int64_t i0 = 0; i0 < x.n; i0 += kRows) {
     const int64_t nb = std::min(kRows, x.n - i0), ld = (nb + 15) / 16 * 16;
     const bool first = i0 == 0;
-    transpose_rows(x, i0, nb, ld, xt, ut);
+    transpose_rows_avx2(x, i0, nb, ld, xt, ut);
     if (norm) {
       for (int64_t i = 0; i < ld; ++i) rw[i] = i < nb ? (r != nullptr ? r[(i0 + i) * ldr_norm] : 1.0f) : 0.0f;
     }
@@ -496,7 +548,7 @@ PA_AVX2 void apply_avx2(const PhiRows& x, const float* A, int64_t lda, int64_t e
   float* nacc = w.out.get(ldmax);
   for (int64_t i0 = 0; i0 < x.n; i0 += kRows) {
     const int64_t nb = std::min(kRows, x.n - i0), ld = (nb + 15) / 16 * 16;
-    transpose_rows(x, i0, nb, ld, xt, ut);
+    transpose_rows_avx2(x, i0, nb, ld, xt, ut);
     std::memset(nacc, 0, sizeof(float) * ld);
     float* out = Out + i0 * ldo;
     if (D == 0)
@@ -526,38 +578,35 @@ PA_AVX2 void grad_avx2(const PhiRows& x, const float* M, int64_t ldm, const floa
                        int64_t ldr_norm, int64_t e, float* dx, float* ds) {
   const int64_t d = x.d, D = d * (d + 1) / 2, nc = e + 1;
   Work& w = work();
-  const int64_t ldmax = (std::min(x.n, kGradRows) + 31) / 32 * 32;
+  const int64_t ldmax = (std::min(x.n, kGradRows) + 31) / 32 * 32 + 16;
   float* xt = w.xt.get(d * ldmax);
   float* dxt = w.ut.get(d * ldmax);
   float* rt = w.tile.get(nc * ldmax);
   float* gb = w.out.get(kGradFeat * ldmax);
   for (int64_t i0 = 0; i0 < x.n; i0 += kGradRows) {
-    const int64_t nb = std::min(kGradRows, x.n - i0), ld = (nb + 31) / 32 * 32;
+    // ls: the row stride of the transposed rows, an odd multiple of 16 floats (their rows spread over the L1 sets)
+    const int64_t nb = std::min(kGradRows, x.n - i0), ld = (nb + 31) / 32 * 32, ls = ld + 16;
     // x and [R | r] of the rows transposed (rows nb..ld zero), dx accumulated transposed
-    std::memset(xt, 0, sizeof(float) * d * ld);
-    std::memset(dxt, 0, sizeof(float) * d * ld);
-    std::memset(rt, 0, sizeof(float) * nc * ld);
-    for (int64_t i = 0; i < nb; ++i) {
-      const float* xi = x.x + (i0 + i) * x.ldx;
-      for (int64_t a = 0; a < d; ++a) xt[a * ld + i] = xi[a];
-      const float* ri = R + (i0 + i) * ldr;
-      for (int64_t j = 0; j < e; ++j) rt[j * ld + i] = ri[j];
-      rt[e * ld + i] = r != nullptr ? r[(i0 + i) * ldr_norm] : 1.0f;
-    }
+    std::memset(dxt, 0, sizeof(float) * d * ls);
+    transpose_avx2(x.x + i0 * x.ldx, x.ldx, nb, d, xt, ls);
+    transpose_avx2(R + i0 * ldr, ldr, nb, e, rt, ls);
+    for (int64_t i = 0; i < nb; ++i) rt[e * ls + i] = r != nullptr ? r[(i0 + i) * ldr_norm] : 1.0f;
+    for (int64_t a = 0; a < d; ++a) std::fill(xt + a * ls + nb, xt + a * ls + ld, 0.0f);
+    for (int64_t j = 0; j <= e; ++j) std::fill(rt + j * ls + nb, rt + j * ls + ld, 0.0f);
     Feature ft;
     for (int64_t f0 = 0; f0 < D; f0 += kGradFeat) {
       const int64_t nf = std::min(kGradFeat, D - f0);
       // gb[rr][i] = sum_j M[f0 + rr, j] rt[j][i], j over the e + 1 columns in index order
-      gemm_f32_avx2(nf, ld, nc, M + f0 * ldm, ldm, 1, rt, ld, gb, ld, false, nullptr);
+      gemm_f32_avx2(nf, ld, nc, M + f0 * ldm, ldm, 1, rt, ls, gb, ls, false, nullptr);
       // dx_a += coef g x_b, dx_b += coef g x_a for each feature f = (a, b) of the block
       Feature fr = ft;
       for (int64_t rr = 0; rr < nf; ++rr, fr.next(d)) {
         const float c = x.coef[f0 + rr];
-        float* da = dxt + fr.a * ld;
-        float* db = dxt + fr.b * ld;
-        const float* xa = xt + fr.a * ld;
-        const float* xb = xt + fr.b * ld;
-        const float* g = gb + rr * ld;
+        float* da = dxt + fr.a * ls;
+        float* db = dxt + fr.b * ls;
+        const float* xa = xt + fr.a * ls;
+        const float* xb = xt + fr.b * ls;
+        const float* g = gb + rr * ls;
         for (int64_t i = 0; i < ld; ++i) {
           const float gv = c * g[i];
           da[i] = std::fma(gv, xb[i], da[i]);
@@ -571,8 +620,8 @@ PA_AVX2 void grad_avx2(const PhiRows& x, const float* M, int64_t ldm, const floa
       const float s = x.scale != nullptr ? x.scale[i0 + i] : 1.0f;
       float dot = 0;
       for (int64_t a = 0; a < d; ++a) {
-        const float ja = dxt[a * ld + i];
-        dot += xt[a * ld + i] * ja;
+        const float ja = dxt[a * ls + i];
+        dot += xt[a * ls + i] * ja;
         if (dx != nullptr) dx[(i0 + i) * d + a] = s * ja;
       }
       if (ds != nullptr) ds[i0 + i] = 0.5f * dot;

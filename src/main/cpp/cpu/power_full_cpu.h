@@ -30,7 +30,7 @@ MemoryLimit memory_limit();
 /// chunk (chunks 0, k, 2k, ...; Forward::states [BH, ceil(N / k), D, e]) and the log-scales of all N; the backward
 /// recomputes the states inside a segment of k chunks from its checkpoint (one extra phi(K)^T V product for each
 /// chunk that is not a checkpoint). k is the smallest interval whose kept states plus the recomputation buffers (k
-/// states per worker thread) fit in max(32 MiB, 1.25 times the bytes of q, k, v and y), both counted at 8 bytes an
+/// states per worker thread) fit in max(160 MiB, 1.25 times the bytes of q, k, v and y), both counted at 8 bytes an
 /// element; where none fits, the interval with the least memory. So short sequences keep every state (no
 /// recomputation) and long ones keep about 1.25 times the bytes of their inputs and output in states.
 /// POWER_ATTENTION_CPU_STATE_INTERVAL=k (>= 1) sets k instead (1: every state kept).

@@ -45,7 +45,7 @@ class ChunkedFormTest {
         cases.add(new Case(97, 7, 4, 1, 1, 16, 32, false));
         cases.add(new Case(200, 64, 2, 8, 1, 64, 64, true));
         // 128 chunks of D = 2080: more states than the CPU backward keeps (cpu/power_full_cpu.h, state_interval), so it
-        // recomputes most of them from checkpoints
+        // recomputes every second one from a checkpoint
         cases.add(new Case(2048, 16, 2, 1, 1, 64, 64, true));
         return cases.stream();
     }
