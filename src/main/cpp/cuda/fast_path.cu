@@ -17,6 +17,7 @@
 #include "cuda/attention/attention_tile.h"
 #include "cuda/common/ext_state.h"
 #include "cuda/common/operand.h"
+#include "cuda/common/side_stream.h"
 #include "cuda/common/traits.h"
 #include "cuda/rows/rows.h"
 #include "cuda/sympow2/sympow2.h"
@@ -131,15 +132,17 @@ void chunked_forward(const Problem& pr, const Inputs& in, const at::Tensor& lg, 
   const auto ao = q.options().dtype(at::kFloat);
   const ChunkGates gt = chunk_gates(pr, lg, ao, initial_scale(initial, BH));
 
-  // in-chunk attention
+  // chunk states and the gated prefix in one pass, no per-chunk fp32 states (on the side stream), and at the same
+  // time the in-chunk attention (on the current one)
   at::Tensor l = at::empty({X * R}, ao), numA = at::empty({X, R, e}, ao);
-  tile_forward(tile_problem(pr, X, c), in.q, in.k, in.v, gt.Gc, numA, f.rowmax, l);
-
-  // chunk states and the gated prefix in one pass, no per-chunk fp32 states
   at::Tensor Hs = at::empty({BH, N, D, E}, q.options().dtype(at::kBFloat16));
   const at::Tensor H0 = to_internal(state_ext(initial, E, at::kFloat), d);
   at::Tensor fin = want_final ? at::empty({BH, D, E}, ao) : at::Tensor();
-  sympow2_scan_forward(in.k, gt.kf, per_head(values(pr, in.v), BH), gt.alpha, H0, N, Hs, fin);
+  const Operand vals = per_head(values(pr, in.v), BH);
+  SideStream side;
+  side.run([&] { sympow2_scan_forward(in.k, gt.kf, vals, gt.alpha, H0, N, Hs, fin); });
+  tile_forward(tile_problem(pr, X, c), in.q, in.k, in.v, gt.Gc, numA, f.rowmax, l);
+  side.join();
 
   // queries against the state entering their chunk, the combination in the query kernel's epilogue, y in the
   // caller's layout
@@ -192,22 +195,28 @@ Grads chunked_backward(const Problem& pr, const Inputs& in, const at::Tensor& lg
   at::Tensor uq_g, uk_g, rowdz, coldz;
   at::Tensor dq, dk, dv;  // the state side's parts, fp32 in the compute layout
 
-  // queries against the state: B = phi(Q') H_n
+  // the gated prefix, backwards (on the side stream): A_n = d loss / d (state leaving chunk n), the queries' direct
+  // term phi(Q')^T dB folded into the reverse pass
+  // (its inputs made on the current stream before the side stream is ordered after it)
+  at::Tensor dH0, An, dfin;
+  if (carry) {
+    An = at::empty({BH, N, D, E}, q.options().dtype(at::kBFloat16));
+    dfin = to_internal(state_ext(d_final, E, at::kFloat), d);
+    if (needs.state) dH0 = at::empty({BH, D, E}, ao);
+  }
+  const at::Tensor dBh = dB.view({BH, N * R, E});
+  SideStream side;
+  if (carry) side.run([&] { sympow2_scan_backward(in.q, gt.qf, dBh, gt.alpha, f.states, dfin, N, An, dLs, dH0); });
+
+  // at the same time, the queries against the state: B = phi(Q') H_n
   if (needs.q || gates) {
     auto [dxq, uq] = sympow2_grad(in.q, gt.qf, dB, Hs);
     if (needs.q) dq = dxq;
     if (gates) uq_g = uq;
   }
+  side.join();
 
-  // the gated prefix, backwards: A_n = d loss / d (state leaving chunk n), the queries' direct term
-  // phi(Q')^T dB folded into the reverse pass
-  at::Tensor dH0;
   if (carry) {
-    at::Tensor An = at::empty({BH, N, D, E}, q.options().dtype(at::kBFloat16));
-    const at::Tensor dfin = to_internal(state_ext(d_final, E, at::kFloat), d);
-    if (needs.state) dH0 = at::empty({BH, D, E}, ao);
-    sympow2_scan_backward(in.q, gt.qf, dB.view({BH, N * R, E}), gt.alpha, f.states, dfin, N, An, dLs, dH0);
-
     // the states' inputs: S_ext = phi(K')^T [V | 1 | 0]
     if (key_side) {
       const at::Tensor A3 = An.view({X, D, E});

@@ -17,7 +17,7 @@ namespace {
 
 // dq goes to dqT in the input dtype through a.oq, plus dq_add (fp32, the compute layout [X, R, D]) when given.
 template <bool BF, int D, int E>
-__global__ void __launch_bounds__(kThreads) tile_bwd_dq_kernel(Args a, const u16* __restrict__ q,
+__global__ void __launch_bounds__(kThreads, dq_min_ctas<D, E>()) tile_bwd_dq_kernel(Args a, const u16* __restrict__ q,
                                                                const u16* __restrict__ k, const u16* __restrict__ v,
                                                                const float* __restrict__ G, const u16* __restrict__ dy,
                                                                const float* __restrict__ m,
