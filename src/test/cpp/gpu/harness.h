@@ -116,6 +116,10 @@ Outcome run_case(const Case& c, std::mt19937_64& rng);
 /// Every correctness case (the degree-2 kernel checks first); 0 when all pass.
 int run_tests();
 
+/// The chunked form with its scans on the side stream against one stream, bitwise, n draws of a few cases; 0 when
+/// all are equal.
+int run_stream_check(int n);
+
 // ---------------------------------------------------------------------------------------------------------------
 // kernel_checks.cpp, scan_checks.cpp, bench.cpp
 // ---------------------------------------------------------------------------------------------------------------

@@ -15,6 +15,8 @@
 //                                       kernel's)
 //   power_attention_gpu scans           the fused scans alone at the benchmark's long shapes: the sm_80 kernel and
 //                                       each sm_90a shape, checked against it, then timed
+//   power_attention_gpu streams [n]     the chunked form with its scans on a side stream against one stream:
+//                                       outputs and gradients bitwise equal, n draws of a few cases
 //   power_attention_gpu profile c t     one fwd+bwd at chunk c (0: quadratic) and length t, for ncu
 // The kernel sets (cuda/common/sm90_select.h: sm80, sm90a, sm90a-wg4, sm90a-scan): the default is what the library runs here
 // (POWER_ATTENTION_CUDA_KERNELS, when set, decides it); on Hopper every other set follows it, or those
@@ -37,6 +39,7 @@ int main(int argc, char** argv) {
     if (mode == "test") return run_tests();
     if (mode == "bench") return run_bench(argc > 2 ? argv[2] : nullptr);
     if (mode == "decode") return run_decode_bench();
+    if (mode == "streams") return run_stream_check(argc > 2 ? std::atoi(argv[2]) : 5);
     if (mode == "repeat") {
       const int n = argc > 2 ? std::atoi(argv[2]) : 10;
       std::mt19937_64 rng(std::random_device{}());

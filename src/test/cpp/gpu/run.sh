@@ -36,6 +36,7 @@ status=0
 if [ "$mode" = test ] || [ "$mode" = all ]; then
   t1=$(date +%s)
   "$build/power_attention_gpu" test > "$out/test.log" 2>&1 || status=1
+  "$build/power_attention_gpu" streams 3 > "$out/streams.log" 2>&1 || status=1
   echo "test: $(( $(date +%s) - t1 )) s, rc $status" | tee -a "$out/test.log"
 fi
 if [ "${SM90_CHECK:-0}" = 1 ]; then
@@ -86,6 +87,7 @@ fi
 if [ -s "$out/test.log" ]; then
   echo "== tests =="
   grep -E "^(FAIL|== kernel sets|pass |== [0-9]+ failure)" "$out/test.log" | head -60 || true
+  [ -s "$out/streams.log" ] && echo "streams: $(grep -c '^ok' "$out/streams.log") bitwise equal, $(grep -c '^FAIL' "$out/streams.log") not" || true
 fi
 if [ -s "$out/decode.log" ]; then echo; cat "$out/decode.log"; fi
 if [ -s "$out/bench.log" ]; then sed -n '/^== summary/,$p' "$out/bench.log"; fi

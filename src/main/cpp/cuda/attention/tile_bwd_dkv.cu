@@ -18,7 +18,7 @@ namespace {
 // dk, dv go to dkT, dvT in the input dtype through a.ok, a.ov, plus dk_add, dv_add (fp32, the compute layout
 // [X, C, .]) when given.
 template <bool BF, int D, int E>
-__global__ void __launch_bounds__(kThreads) tile_bwd_dkv_kernel(Args a, const u16* __restrict__ q,
+__global__ void __launch_bounds__(kThreads, dkv_min_ctas<D, E>()) tile_bwd_dkv_kernel(Args a, const u16* __restrict__ q,
                                                                 const u16* __restrict__ k, const u16* __restrict__ v,
                                                                 const float* __restrict__ G,
                                                                 const u16* __restrict__ dy,
