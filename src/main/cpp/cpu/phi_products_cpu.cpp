@@ -343,13 +343,15 @@ PA_AVX512 void grad_avx512(const PhiRows& x, const float* M, int64_t ldm, const 
                            int64_t ldr_norm, int64_t e, float* dx, float* ds) {
   const int64_t d = x.d, D = d * (d + 1) / 2, nc = e + 1;
   Work& w = work();
-  const int64_t ldmax = (std::min(x.n, kGradRows) + 31) / 32 * 32;
+  const int64_t ldmax = (std::min(x.n, kGradRows) + 31) / 32 * 32 + 16;
   float* xt = w.xt.get(d * ldmax);
   float* dxt = w.ut.get(d * ldmax);
   float* rt = w.tile.get(nc * ldmax);
   float* gb = w.out.get(kGradFeat * 32);
   for (int64_t i0 = 0; i0 < x.n; i0 += kGradRows) {
-    const int64_t nb = std::min(kGradRows, x.n - i0), ld = (nb + 31) / 32 * 32;
+    // nc32 rows in 32-row panels; the transposed rows ld floats apart, an odd multiple of 16 (at 256 rows, 1 KiB
+    // apart, a panel's 65 rows of [R | r] fell in 4 of L1's 64 sets)
+    const int64_t nb = std::min(kGradRows, x.n - i0), nc32 = (nb + 31) / 32 * 32, ld = nc32 + 16;
     // x and [R | r] of the rows transposed (rows nb..ld zero), dx accumulated transposed
     std::memset(xt, 0, sizeof(float) * d * ld);
     std::memset(dxt, 0, sizeof(float) * d * ld);
@@ -365,7 +367,7 @@ PA_AVX512 void grad_avx512(const PhiRows& x, const float* M, int64_t ldm, const 
     for (int64_t f0 = 0; f0 < D; f0 += kGradFeat) {
       const int64_t nf = std::min(kGradFeat, D - f0);
       const float* Mf = M + f0 * ldm;
-      for (int64_t c0 = 0; c0 < ld; c0 += 32) {
+      for (int64_t c0 = 0; c0 < nc32; c0 += 32) {
         if (nf == kGradFeat) {
           grad_kernel<kGradFeat>(Mf, ldm, nc, rt + c0, ld, gb);
         } else {
