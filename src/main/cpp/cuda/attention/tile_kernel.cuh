@@ -187,6 +187,7 @@ constexpr int dkv_min_ctas() {
 }
 template <int D, int E>
 constexpr size_t dkv_smem() {
+  constexpr int BM = dkv_rows<D, E>();
   return sizeof(u16) * (kRows * (D + 8) + kRows * (E + 8) + 2 * BM * (D + 8) + 2 * BM * (E + 8)) +
          sizeof(float) * 2 * 5 * BM;
 }
