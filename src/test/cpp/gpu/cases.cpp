@@ -491,7 +491,7 @@ int run_tests() {
 namespace harness {
 
 // The chunked form with its scans on the side stream (the default) against everything on one stream
-// (POWER_ATTENTION_CUDA_SIDE_STREAM=0): y and every gradient bitwise equal, n draws of each case (the same inputs for
+// (POWER_ATTENTION_CUDA_SIDE_STREAM=0): y and the gradients of q, k, v bitwise equal, the gates' within atomics' order, n draws of each case (the same inputs for
 // both, a fresh draw each time). The order of the stages' kernels changes, not their arithmetic, so any difference
 // is a missing dependency between the streams. Reported like cases (the "errors" are the largest absolute
 // differences); 0 when all are equal.
@@ -528,8 +528,10 @@ int run_stream_check(int n) {
       bool same = true;
       for (int j = 0; j < 5; ++j) {
         const at::Tensor a = one[j].to(at::kCPU, at::kDouble), b = two[j].to(at::kCPU, at::kDouble);
-        same = same && at::equal(one[j], two[j]);
         *slot[j] = (a - b).abs().max().item<double>();
+        // the gate gradient sums the reverse scan's chunk terms with atomics (their order differs from run to run
+        // on one stream too): within 1e-5 of its largest element; everything else to the bit
+        same = same && (j < 4 ? at::equal(one[j], two[j]) : *slot[j] <= 1e-5 * b.abs().max().item<double>());
       }
       o.ok = o.within = same;
       report(name(c) + " [side stream vs one stream, bitwise]", o, Tol{0, 0});
