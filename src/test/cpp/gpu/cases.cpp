@@ -160,11 +160,13 @@ Outcome run_states(const Case& c, std::mt19937_64& rng) {
   return o;
 }
 
-// Whether a case reaches a stage with an sm_90a kernel (the degree-2 query product: the chunked form, 16-bit, d == e
-// in {64, 128}); where the plan sends such a case elsewhere, its second pass only repeats the first.
+// Whether a case reaches a stage with an sm_90a kernel: the degree-2 query product (the chunked form, 16-bit, d == e
+// in {64, 128}) or the tile kernels (16-bit, d = e = 64, either form, any degree); where the plan sends such a case
+// elsewhere, its second pass only repeats the first.
 bool reaches_sm90(const Case& c) {
-  return c.p == 2 && c.chunk > 0 && c.chunk < c.t && (c.dtype == at::kBFloat16 || c.dtype == at::kHalf) &&
-         c.d == c.e && (c.d == 64 || c.d == 128);
+  const bool half = c.dtype == at::kBFloat16 || c.dtype == at::kHalf;
+  const bool query = c.p == 2 && c.chunk > 0 && c.chunk < c.t && c.d == c.e && (c.d == 64 || c.d == 128);
+  return half && (query || (c.d == 64 && c.e == 64));
 }
 
 // Runs a kernel check; a check that throws (a CUDA error, say) is reported as a failure and the run goes on.

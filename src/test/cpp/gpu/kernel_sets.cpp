@@ -47,7 +47,7 @@ std::vector<std::string> other_kernel_sets() {
       if (!s.empty() && s != def) sets.push_back(s);
     return sets;
   }
-  for (const char* s : {"sm80", "sm90a", "sm90a-wg4", "sm90a-scan"})
+  for (const char* s : {"sm80", "sm90a", "sm90a-wg4", "sm90a-scan", "sm90a-tiles"})
     if (s != def) sets.push_back(s);
   return sets;
 }

@@ -3,11 +3,14 @@
 // unscaled score), dq = ds k, dk = ds^T q, dv = (P rf)^T dy.
 #include "cuda/attention/tile_kernel.cuh"
 #include "cuda/common/launch.cuh"
+#include "cuda/common/sm90_select.h"
 #include "cuda/common/static_switch.h"
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 #include <type_traits>
 
 namespace power_attention {
@@ -212,6 +215,12 @@ __global__ void __launch_bounds__(kThreads, dkv_min_ctas<D, E>()) tile_bwd_dkv_k
 void launch_bwd_dkv(const Args& a, bool bf, int64_t d, const u16* q, const u16* k, const u16* v, const float* G,
                     const u16* dy, const float* m, const float* rf, const float* dd, const float* dk_add,
                     const float* dv_add, float* coldz, u16* dk, u16* dv) {
+  if (dkv_sm90_supported(d) && sm90a_tiles(kernel_set(c10::cuda::current_device()))) {
+    const char* rows = std::getenv("POWER_ATTENTION_TILE_DKV_ROWS");
+    launch_bwd_dkv_sm90(a, bf, rows && std::string(rows) == "32" ? 32 : 64, q, k, v, G, dy, m, rf, dd, dk_add,
+                        dv_add, coldz, dk, dv);
+    return;
+  }
   switch_half_dim(bf, d, "tile kernel", [&](auto bf_, auto d_) {
     constexpr bool BF = decltype(bf_)::value;
     constexpr int D = decltype(d_)::value, E = D;

@@ -3,6 +3,7 @@
 // unscaled score), dq = ds k, dk = ds^T q, dv = (P rf)^T dy.
 #include "cuda/attention/tile_kernel.cuh"
 #include "cuda/common/launch.cuh"
+#include "cuda/common/sm90_select.h"
 #include "cuda/common/static_switch.h"
 
 #include <algorithm>
@@ -184,6 +185,10 @@ __global__ void __launch_bounds__(kThreads, dq_min_ctas<D, E>()) tile_bwd_dq_ker
 void launch_bwd_dq(const Args& a, bool bf, int64_t d, const u16* q, const u16* k, const u16* v, const float* G,
                    const u16* dy, const float* m, const float* rf, const float* dd, const float* dq_add,
                    float* rowdz, u16* dq) {
+  if (dq_sm90_supported(d) && sm90a_tiles(kernel_set(c10::cuda::current_device()))) {
+    launch_bwd_dq_sm90(a, bf, q, k, v, G, dy, m, rf, dd, dq_add, rowdz, dq);
+    return;
+  }
   switch_half_dim(bf, d, "tile kernel", [&](auto bf_, auto d_) {
     constexpr bool BF = decltype(bf_)::value;
     constexpr int D = decltype(d_)::value, E = D;

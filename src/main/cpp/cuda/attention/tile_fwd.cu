@@ -1,6 +1,7 @@
 // tile_fwd.cu: the forward tile kernel of attention_tile.h (tile_kernel.cuh) and its launcher.
 #include "cuda/attention/tile_kernel.cuh"
 #include "cuda/common/launch.cuh"
+#include "cuda/common/sm90_select.h"
 #include "cuda/common/static_switch.h"
 
 #include <algorithm>
@@ -256,6 +257,10 @@ __global__ void __launch_bounds__(kThreads) tile_fwd_kernel(Args a, const u16* _
 
 void launch_fwd(const Args& a, bool bf, int64_t d, const u16* q, const u16* k, const u16* v, const float* G,
                 float* num, float* m, float* l, bool normalize, u16* y) {
+  if (fwd_sm90_supported(d) && sm90a_tiles(kernel_set(c10::cuda::current_device()))) {
+    launch_fwd_sm90(a, bf, q, k, v, G, num, m, l, normalize, y);
+    return;
+  }
   switch_half_dim(bf, d, "tile kernel", [&](auto bf_, auto d_) {
     constexpr bool BF = decltype(bf_)::value;
     constexpr int D = decltype(d_)::value, E = D;

@@ -209,6 +209,21 @@ void launch_bwd_dq(const Args& a, bool bf, int64_t d, const u16* q, const u16* k
 void launch_bwd_dkv(const Args& a, bool bf, int64_t d, const u16* q, const u16* k, const u16* v, const float* G,
                     const u16* dy, const float* m, const float* rf, const float* dd, const float* dk_add,
                     const float* dv_add, float* coldz, u16* dk, u16* dv);
+// The dkv kernel on wgmma (tile_bwd_dkv_sm90.cu): d = e = 64 (dkv_sm90_supported), steps of `rows` (32 or 64) query
+// rows; launch_bwd_dkv runs it where the device runs the sm_90a kernels (cuda/common/sm90_select.h).
+bool dkv_sm90_supported(int64_t d);
+// The forward kernel on wgmma (tile_fwd_sm90.cu): d = e = 64 (fwd_sm90_supported), tiles of 64 keys.
+bool fwd_sm90_supported(int64_t d);
+void launch_fwd_sm90(const Args& a, bool bf, const u16* q, const u16* k, const u16* v, const float* G, float* num,
+                     float* m, float* l, bool normalize, u16* y);
+// The dq kernel on wgmma (tile_bwd_dq_sm90.cu): d = e = 64 (dq_sm90_supported), steps of 64 keys.
+bool dq_sm90_supported(int64_t d);
+void launch_bwd_dq_sm90(const Args& a, bool bf, const u16* q, const u16* k, const u16* v, const float* G,
+                        const u16* dy, const float* m, const float* rf, const float* dd, const float* dq_add,
+                        float* rowdz, u16* dq);
+void launch_bwd_dkv_sm90(const Args& a, bool bf, int rows, const u16* q, const u16* k, const u16* v, const float* G,
+                         const u16* dy, const float* m, const float* rf, const float* dd, const float* dk_add,
+                         const float* dv_add, float* coldz, u16* dk, u16* dv);
 
 }  // namespace tile
 }  // namespace cuda

@@ -65,6 +65,8 @@ const char* kernel_set_name(KernelSet s) {
       return "sm90a-wg4";
     case KernelSet::sm90a_scan:
       return "sm90a-scan";
+    case KernelSet::sm90a_tiles:
+      return "sm90a-tiles";
   }
   return "?";
 }
@@ -84,7 +86,8 @@ KernelSet kernel_set(int device) {
   const char* k = std::getenv("POWER_ATTENTION_CUDA_KERNELS");
   KernelSet want = kDefault;
   if (k) {
-    for (KernelSet s : {KernelSet::sm80, KernelSet::sm90a, KernelSet::sm90a_wg4, KernelSet::sm90a_scan})
+    for (KernelSet s :
+         {KernelSet::sm80, KernelSet::sm90a, KernelSet::sm90a_wg4, KernelSet::sm90a_scan, KernelSet::sm90a_tiles})
       if (std::strcmp(k, kernel_set_name(s)) == 0) want = s;
   }
   return want != KernelSet::sm80 && sm90a_present(device) ? want : KernelSet::sm80;

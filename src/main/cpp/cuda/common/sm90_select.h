@@ -11,6 +11,13 @@
 //                                           grad_sm90.cuh)
 //   POWER_ATTENTION_CUDA_KERNELS=sm90a-scan sm90a-wg4 and the degree-2 fused scans on wgmma too
 //                                           (cuda/sympow2/scan_sm90.cuh); the other sets run the sm_80 scans
+//   POWER_ATTENTION_CUDA_KERNELS=sm90a-tiles sm90a-scan and the in-chunk / quadratic attention's three tile
+//                                           kernels on wgmma at d = e = 64 (cuda/attention/*_sm90.cu); the other
+//                                           sets run the sm_80 tile kernels
+//                                           (POWER_ATTENTION_TILE_SM90_CTAS=3: its forward and dq kernels
+//                                           compiled for three CTAs a SM, else two; POWER_ATTENTION_TILE_DKV_ROWS=32:
+//                                           its dkv kernel in steps of 32 query rows, else 64). Slower than
+//                                           sm90a-scan end to end on an H200 (NOTES-KERNELS.md v33): not the default
 //   unset (or auto)                         the measured default (sm90_select.cu: kDefault)
 // Any other value is the default too. On a device without the sm_90a kernels every request runs the sm_80 ones.
 #pragma once
@@ -19,7 +26,7 @@ namespace power_attention {
 namespace cuda {
 
 /// The kernel sets of the CUDA stages (above).
-enum class KernelSet { sm80, sm90a, sm90a_wg4, sm90a_scan };
+enum class KernelSet { sm80, sm90a, sm90a_wg4, sm90a_scan, sm90a_tiles };
 
 /// Its name as POWER_ATTENTION_CUDA_KERNELS spells it.
 const char* kernel_set_name(KernelSet s);
@@ -32,10 +39,15 @@ bool sm90a_present(int device);
 KernelSet kernel_set(int device);
 
 /// Whether set s runs the degree-2 query kernel and gradient through phi at d = 64 in their four-warpgroup shapes.
-inline bool four_warpgroups(KernelSet s) { return s == KernelSet::sm90a_wg4 || s == KernelSet::sm90a_scan; }
+inline bool four_warpgroups(KernelSet s) {
+  return s == KernelSet::sm90a_wg4 || s == KernelSet::sm90a_scan || s == KernelSet::sm90a_tiles;
+}
 
 /// Whether set s runs the degree-2 fused scans on their sm_90a kernel.
-inline bool sm90a_scans(KernelSet s) { return s == KernelSet::sm90a_scan; }
+inline bool sm90a_scans(KernelSet s) { return s == KernelSet::sm90a_scan || s == KernelSet::sm90a_tiles; }
+
+/// Whether set s runs the tile kernels (cuda/attention) on their sm_90a kernels where they have one.
+inline bool sm90a_tiles(KernelSet s) { return s == KernelSet::sm90a_tiles; }
 
 /// Whether the stages with an sm_90a kernel run it on `device` now.
 inline bool use_sm90a(int device) { return kernel_set(device) != KernelSet::sm80; }
