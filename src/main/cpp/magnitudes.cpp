@@ -4,6 +4,7 @@
 #include "path.h"
 
 #include <c10/core/GradMode.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -30,33 +31,53 @@ at::Tensor times_pow2(const at::Tensor& x, const at::Tensor& f) {
   return x * f.to(x.scalar_type());
 }
 
-Scaled scale_to_safe_range(const at::Tensor& q, const at::Tensor& k, int64_t p, double scale,
-                           const at::Tensor& log_g) {
-  Scaled sc;
-  sc.q = q, sc.k = k, sc.scale = scale;
-  const double d = static_cast<double>(q.size(3));
-  at::Tensor qa, ka;
-  {
-    at::NoGradGuard no_grad;
-    qa = path::row_max_abs(q);   // [b, t, hq, 1]
-    ka = path::head_max_abs(k);  // [b, 1, h, 1]
-  }
+MagnitudeRead read_magnitudes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& log_g) {
+  at::NoGradGuard no_grad;
+  MagnitudeRead rd;
+  rd.qa = path::row_max_abs(q);   // [b, t, hq, 1]
+  rd.ka = path::head_max_abs(k);  // [b, 1, h, 1]
   // fp16 on CUDA: always brought into range (its tile products run in fp16, whose range is narrow), with no read
   // back. Everywhere else the factors are applied only where needed, decided from one read of the extremes (a device
   // sync on CUDA, which also reads the largest log gate for amplifying_gates: the sync a gated call makes anyway).
-  if (!(q.is_cuda() && q.scalar_type() == at::kHalf)) {
-    double qmax, qmin, kmax, kmin;
-    {
-      at::NoGradGuard no_grad;
-      const at::Tensor inf = at::full({}, std::numeric_limits<double>::infinity(), qa.options());
-      std::vector<at::Tensor> parts = {qa.max(), at::where(qa > 0, qa, inf).min(), ka.max(),
-                                       at::where(ka > 0, ka, inf).min()};
-      if (log_g.defined()) parts.push_back(log_g.max().to(qa.scalar_type()).to(qa.device()));
-      const at::Tensor stats = at::stack(parts).to(at::kDouble).cpu();
-      const double* st = stats.data_ptr<double>();
-      qmax = st[0], qmin = st[1], kmax = st[2], kmin = st[3];
-      if (log_g.defined()) sc.gate_max = st[4], sc.gate_max_read = true;
-    }
+  if (q.is_cuda() && q.scalar_type() == at::kHalf) return rd;
+  const at::Tensor& qa = rd.qa;
+  const at::Tensor& ka = rd.ka;
+  const at::Tensor inf = at::full({}, std::numeric_limits<double>::infinity(), qa.options());
+  std::vector<at::Tensor> parts = {qa.max(), at::where(qa > 0, qa, inf).min(), ka.max(),
+                                   at::where(ka > 0, ka, inf).min()};
+  if (log_g.defined()) parts.push_back(log_g.max().to(qa.scalar_type()).to(qa.device()));
+  const at::Tensor stats = at::stack(parts).to(at::kDouble);
+  rd.read = true;
+  rd.gate = log_g.defined();
+  if (stats.is_cpu()) {
+    rd.host = stats;
+    return rd;
+  }
+  rd.host = at::empty(stats.sizes(), stats.options().device(at::kCPU).pinned_memory(true));
+  rd.host.copy_(stats, /*non_blocking=*/true);
+  const c10::impl::VirtualGuardImpl impl(stats.device().type());
+  rd.copied.emplace(stats.device().type());
+  rd.copied->record(impl.getStream(stats.device()));
+  return rd;
+}
+
+Scaled scale_to_safe_range(const at::Tensor& q, const at::Tensor& k, int64_t p, double scale,
+                           const at::Tensor& log_g) {
+  return scale_to_safe_range(read_magnitudes(q, k, log_g), q, k, p, scale);
+}
+
+Scaled scale_to_safe_range(const MagnitudeRead& rd, const at::Tensor& q, const at::Tensor& k, int64_t p,
+                           double scale) {
+  Scaled sc;
+  sc.q = q, sc.k = k, sc.scale = scale;
+  const double d = static_cast<double>(q.size(3));
+  const at::Tensor& qa = rd.qa;
+  const at::Tensor& ka = rd.ka;
+  if (rd.read) {
+    if (rd.copied) rd.copied->synchronize();
+    const double* st = rd.host.data_ptr<double>();
+    const double qmax = st[0], qmin = st[1], kmax = st[2], kmin = st[3];
+    if (rd.gate) sc.gate_max = st[4], sc.gate_max_read = true;
     if (qmax == 0 || kmax == 0) return sc;  // all weights are zero: nothing to bring into range
     // The largest score scale d |q| |k| and the smallest relevant one |q| |k| (per row and head) must stay well
     // inside the range where their p-th powers, summed over the sequence, are finite and normal in fp32; and so

@@ -7,8 +7,10 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/core/Event.h>
 
 #include <cstdint>
+#include <optional>
 
 namespace power_attention {
 
@@ -23,6 +25,22 @@ struct Scaled {
   bool applied() const { return qf.defined(); }
 };
 
+/// The extremes of q and k (and the largest log gate) on their way to the host: read_magnitudes queues their
+/// reductions and, on CUDA, an asynchronous copy into pinned memory, and returns at once; scale_to_safe_range waits
+/// for the copy (the op's one device sync on CUDA), so that work queued between the two overlaps the read.
+struct MagnitudeRead {
+  at::Tensor qa, ka;                 // [b, t, hq, 1] row and [b, 1, h, 1] head max-abs, on the inputs' device
+  at::Tensor host;                   // fp64 on the host: max qa, min positive qa, max ka, min positive ka[, max log_g]
+  std::optional<c10::Event> copied;  // CUDA: recorded after the copy into `host`
+  bool gate = false;                 // host holds the largest log gate
+  bool read = false;                 // false: fp16 on CUDA, which is always brought into range and reads nothing
+  /// Whether the extremes are still on their way (CUDA): the caller can queue work before deciding.
+  bool pending() const { return copied.has_value(); }
+};
+
+/// Starts the read of the extremes of q, k and (when defined) log_g; no device sync.
+MagnitudeRead read_magnitudes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& log_g = at::Tensor());
+
 /// 2^-floor(log2(a)) for a > 0, 1 for a == 0.
 at::Tensor pow2_factor(const at::Tensor& amax);
 
@@ -34,6 +52,9 @@ at::Tensor times_pow2(const at::Tensor& x, const at::Tensor& f);
 /// largest of log_g (when defined) is read with them, for amplifying_gates.
 Scaled scale_to_safe_range(const at::Tensor& q, const at::Tensor& k, int64_t p, double scale,
                            const at::Tensor& log_g = at::Tensor());
+/// The same from a read started by read_magnitudes (it waits for that read's copy).
+Scaled scale_to_safe_range(const MagnitudeRead& read, const at::Tensor& q, const at::Tensor& k, int64_t p,
+                           double scale);
 
 /// Whether every element of x is finite, as a bool scalar tensor on x's device (no read back): fp32 / 16-bit x by its
 /// sum in fp64 (an inf or a NaN anywhere makes it inf or NaN, and such values cannot add up to fp64's range: one

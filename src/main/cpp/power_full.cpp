@@ -17,6 +17,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
+#include <exception>
 #include <utility>
 #include <vector>
 
@@ -97,18 +98,36 @@ class PowerFullFunction : public torch::autograd::Function<PowerFullFunction> {
                                                 const at::Tensor& gates, const at::Tensor& S0,
                                                 const at::Tensor& s0, const Plan& call) {
     const at::Tensor log_g = or_none(gates);
-    // the magnitudes and whether a log gate is positive, read once (a device sync on CUDA)
-    const Scaled sc = scale_to_safe_range(q, k, call.problem.p, call.problem.scale, log_g);
+    // The magnitudes and whether a log gate is positive, read once (a device sync on CUDA). On CUDA the read travels
+    // while the forward on the inputs as given is queued behind it, so that the GPU does not idle through the sync;
+    // that forward is the answer unless the read asks for factors or a wider dtype (then it is dropped and the
+    // forward runs again on what the read decided).
+    const MagnitudeRead read = read_magnitudes(q, k, log_g);
+    Forward f;
+    bool ahead = false;  // f is the forward on the inputs as given, under the call's plan
+    if (read.pending()) {
+      try {
+        const State initial = S0.numel() > 0 ? state_in(S0, s0, call.problem) : State();
+        f = path::forward(call.problem, q, k, v, log_g, call.grad, initial, call.stateful);
+        ahead = true;
+      } catch (const std::exception&) {
+        // whatever stopped it is decided below, on the plan the read gives: the same plan raises it again
+      }
+    }
+    const Scaled sc = scale_to_safe_range(read, q, k, call.problem.p, call.problem.scale);
     Plan plan = call;
     plan.problem.scale = sc.scale;
     if (amplifying_gates(log_g, plan.problem.chunk, sc)) amplify(plan, q);
     const Problem& pr = plan.problem;
-    State initial;
-    if (S0.numel() > 0) {
-      initial = state_in(S0, s0, pr);
-      initial.logscale = sc.state_logscale;
+    if (!ahead || sc.applied() || plan.amplifying) {
+      f = Forward();
+      State initial;
+      if (S0.numel() > 0) {
+        initial = state_in(S0, s0, pr);
+        initial.logscale = sc.state_logscale;
+      }
+      f = path::forward(pr, sc.q, sc.k, v, log_g, plan.grad, initial, plan.stateful);
     }
-    const Forward f = path::forward(pr, sc.q, sc.k, v, log_g, plan.grad, initial, plan.stateful);
     at::Tensor factor;
     if (plan.stateful) factor = state_factor(f.final_logscale, sc, pr.BH).to(f.final_state.device());
     if (plan.grad) {

@@ -14,6 +14,8 @@
 #include <torch/csrc/autograd/generated/variable_factories.h>
 
 #include <algorithm>
+#include <array>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <exception>
@@ -323,6 +325,57 @@ int run_decode_bench() {
 
 // One fwd+bwd of the benchmark's shape at length t (b = 65536 / t, h = 8, d = 64, bf16, gated; chunk 0: the
 // quadratic form) between cudaProfilerStart/Stop, for `ncu --profile-from-start off` (per-kernel times).
+// Where a fwd+bwd's wall time goes, from an idle GPU: per call, host stamps before the forward, after it returns,
+// after the backward returns and after the GPU is done, with CUDA events recorded at the first three; the medians
+// of 15 calls after 3. A host that returns from the backward only when the GPU is done points at a sync inside it.
+int run_timeline(int64_t chunk, int64_t t) {
+  const auto o = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
+  const int64_t h = 8, d = 64, b = std::max<int64_t>(1, 65536 / t);
+  at::Tensor q = at::randn({b, t, h, d}, o).requires_grad_(true), k = at::randn({b, t, h, d}, o).requires_grad_(true);
+  at::Tensor v = at::randn({b, t, h, d}, o).requires_grad_(true);
+  at::Tensor lg = at::log_sigmoid(at::randn({b, t, h}, o.dtype(at::kFloat)) + 3.0).requires_grad_(true);
+  at::Tensor dy = at::randn({b, t, h, d}, o);
+  pa::PowerFullOptions opt;
+  if (chunk > 0) opt.chunk_size = chunk;
+  using clk = std::chrono::steady_clock;
+  const auto us = [](clk::time_point a, clk::time_point b) {
+    return std::chrono::duration<double, std::micro>(b - a).count();
+  };
+  std::vector<std::array<double, 7>> rows;
+  cudaEvent_t ev[3];
+  for (auto& e : ev) cudaEventCreate(&e);
+  for (int i = 0; i < 18; ++i) {
+    cudaDeviceSynchronize();
+    const auto stream = c10::cuda::getCurrentCUDAStream().stream();
+    const auto h0 = clk::now();
+    cudaEventRecord(ev[0], stream);
+    at::Tensor y = pa::power_full(q, k, v, lg, opt);
+    const auto h1 = clk::now();
+    cudaEventRecord(ev[1], stream);
+    torch::autograd::grad({y}, {q, k, v, lg}, {dy});
+    const auto h2 = clk::now();
+    cudaEventRecord(ev[2], stream);
+    cudaEventSynchronize(ev[2]);
+    const auto h3 = clk::now();
+    float g01 = 0, g02 = 0;
+    cudaEventElapsedTime(&g01, ev[0], ev[1]);
+    cudaEventElapsedTime(&g02, ev[0], ev[2]);
+    if (i >= 3) rows.push_back({us(h0, h1), us(h1, h2), us(h2, h3), us(h0, h3), 1e3 * g01, 1e3 * (g02 - g01), 1e3 * g02});
+  }
+  for (auto& e : ev) cudaEventDestroy(e);
+  const char* names[7] = {"host: forward call", "host: backward call", "host: then waiting for the GPU",
+                          "host: whole", "gpu: forward done (from its start)", "gpu: then backward done",
+                          "gpu: whole"};
+  std::printf("== timeline: chunk %ld, t %ld, b %ld (us, median of %zu) ==\n", chunk, t, b, rows.size());
+  for (int c = 0; c < 7; ++c) {
+    std::vector<double> x;
+    for (const auto& r : rows) x.push_back(r[c]);
+    std::sort(x.begin(), x.end());
+    std::printf("%-36s %9.1f\n", names[c], x[x.size() / 2]);
+  }
+  return 0;
+}
+
 int run_profile(int64_t chunk, int64_t t) {
   const auto o = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
   const int64_t h = 8, d = 64, b = std::max<int64_t>(1, 65536 / t);

@@ -160,4 +160,7 @@ int run_decode_bench();
 /// One fwd+bwd of the benchmark's shape at length t (chunk 0: the quadratic form) between cudaProfilerStart/Stop.
 int run_profile(int64_t chunk, int64_t t);
 
+/// Host and GPU time stamps of a fwd+bwd (from an idle GPU) at chunk c (0: quadratic) and length t.
+int run_timeline(int64_t chunk, int64_t t);
+
 }  // namespace harness

@@ -18,6 +18,7 @@
 //   power_attention_gpu streams [n]     the chunked form with its scans on a side stream against one stream:
 //                                       outputs and gradients bitwise equal, n draws of a few cases
 //   power_attention_gpu profile c t     one fwd+bwd at chunk c (0: quadratic) and length t, for ncu
+//   power_attention_gpu timeline c t    host and GPU time stamps of a fwd+bwd there (where the wall time goes)
 // The kernel sets (cuda/common/sm90_select.h: sm80, sm90a, sm90a-wg4, sm90a-scan): the default is what the library runs here
 // (POWER_ATTENTION_CUDA_KERNELS, when set, decides it); on Hopper every other set follows it, or those
 // POWER_ATTENTION_HARNESS_SETS lists (comma-separated; empty: none).
@@ -69,12 +70,14 @@ int main(int argc, char** argv) {
       return failures() > 0 ? 1 : 0;
     }
     if (mode == "scans") return hopper() ? run_scan_bench() : 0;
+    if (mode == "timeline")
+      return run_timeline(argc > 2 ? std::atoll(argv[2]) : 0, argc > 3 ? std::atoll(argv[3]) : 1024);
     if (mode == "profile")
       return run_profile(argc > 2 ? std::atoll(argv[2]) : 256, argc > 3 ? std::atoll(argv[3]) : 65536);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 2;
   }
-  std::fprintf(stderr, "usage: %s test | bench [json] | decode | repeat [n] | kernels [n] | scans | profile chunk t\n", argv[0]);
+  std::fprintf(stderr, "usage: %s test | bench [json] | decode | repeat [n] | kernels [n] | scans | profile chunk t | timeline chunk t\n", argv[0]);
   return 2;
 }
