@@ -374,6 +374,14 @@ template <class V>
 __attribute__((always_inline)) inline V vflush(V x) { return vabs(x) < 1.17549435e-38f ? V{} : x; }
 __attribute__((always_inline)) inline float flush(float x) { return std::abs(x) < 1.17549435e-38f ? 0.0f : x; }
 
+// x[0, n) with the magnitudes below FLT_MIN flushed to 0.
+template <class V>
+__attribute__((always_inline)) inline void flush_below_min(float* x, int64_t n) {
+  const int64_t nb = n / kVL<V> * kVL<V>;
+  for (int64_t j = 0; j < nb; j += kVL<V>) vstore(x + j, vflush(vload<V>(x + j)));
+  for (int64_t j = nb; j < n; ++j) x[j] = flush(x[j]);
+}
+
 inline bool linear_range(float a, float scale) {
   const double as = std::abs(static_cast<double>(scale)) * a;
   return a >= 1e-30f && a <= 1e30f && as >= 1e-30 && as <= 1e30;
@@ -442,7 +450,7 @@ __attribute__((always_inline)) inline bool row_backward_linear(const TileShape<f
   const float cf = static_cast<float>(F), ias = 1.0f / amax;
   const float dcoef = static_cast<float>(static_cast<double>(sh.p) / amax);
   const V ia = vsplat<V>(ias);
-  V vz{};
+  V vz{}, vd{};
   for (int64_t b = 0; b < nfull; ++b) {
     for (int64_t j0 = b * kLanes; j0 < (b + 1) * kLanes; j0 += kVL<V>) {
       const V u = vload<V>(srow + j0) * ia;
@@ -451,23 +459,29 @@ __attribute__((always_inline)) inline bool row_backward_linear(const TileShape<f
       const V w = vflush(up * u);
       const V dp = vload<V>(drow + j0);
       const V dz = dp * w;
+      const V ds = dp * (up * dcoef);
       vstore(srow + j0, w);
-      vstore(drow + j0, vflush(dp * (up * dcoef)));
+      vstore(drow + j0, ds);
+      vd = vmax(vd, vabs(ds));
       vz += dz;
       if (dgk != nullptr) vstore(dgk + j0, vload<V>(dgk + j0) - dz);
     }
   }
-  float sum = hsum(vz);
+  float sum = hsum(vz), dmax = hmax(vd);
   for (int64_t j = nb; j < n; ++j) {
     const float u = srow[j] * ias;
     const float c = kGated ? rs.et[j - nb] * cf : cf;
     const float up = pow_odd<kP2>(u, half) * c;
     const float w = flush(up * u), dp = drow[j], dz = dp * w;
     srow[j] = w;
-    drow[j] = flush(dp * (up * dcoef));
+    drow[j] = dp * (up * dcoef);
+    dmax = std::max(dmax, std::abs(drow[j]));
     sum += dz;
     if (dgk != nullptr) dgk[j] -= dz;
   }
+  // dS below FLT_MIN flushed to 0 (subnormal operands slow the products down) only where the row's dS reach 2^-60:
+  // what is flushed is then below 2^-66 of the row's largest. dS scales with dy and v, which may be tiny themselves.
+  if (dmax >= 0x1p-60f) flush_below_min<V>(drow, n);
   for (int64_t j = n; j < sh.C; ++j) {
     srow[j] = 0;
     drow[j] = 0;

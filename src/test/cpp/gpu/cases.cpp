@@ -33,7 +33,7 @@ Inputs make_inputs(const Case& c, std::mt19937_64& rng) {
   Inputs in;
   in.q = (at::randn({c.b, c.t, c.hq, c.d}, o) * c.qk).to(c.dtype).to(at::kDouble);
   in.k = (at::randn({c.b, c.t, c.h, c.d}, o) * c.qk).to(c.dtype).to(at::kDouble);
-  in.v = at::randn({c.b, c.t, c.h, c.e}, o).to(c.dtype).to(at::kDouble);
+  in.v = (at::randn({c.b, c.t, c.h, c.e}, o) * c.vs).to(c.dtype).to(at::kDouble);
   // gates in fp32 (fp64 for fp64 cases), as a user would pass them
   if (c.gate) {
     const at::ScalarType gt = c.dtype == at::kDouble ? at::kDouble : at::kFloat;
@@ -205,6 +205,12 @@ std::string name(const Case& c) {
   if (c.qk != 1) n += "-qk" + std::to_string(c.qk);
   if (c.shift != 3) n += "-shift" + std::to_string(c.shift);
   if (c.want != 15) n += "-grads" + std::to_string(c.want);
+  for (const auto& [tag, f] : {std::pair<const char*, double>{"-v", c.vs}, {"-dy", c.dys}}) {
+    if (f == 1) continue;
+    char x[32];
+    std::snprintf(x, sizeof x, "%s%g", tag, f);
+    n += x;
+  }
   if (!std::isnan(c.gate_mean)) {
     char g[64];
     std::snprintf(g, sizeof g, "-lg%+g~%g", c.gate_mean, c.gate_std);
@@ -234,7 +240,8 @@ Outcome run_case(const Case& c, std::mt19937_64& rng) {
              v0 = in.v.clone().requires_grad_(true);
   at::Tensor g0 = c.gate ? in.lg.clone().requires_grad_(true) : at::Tensor();
   at::Tensor y0 = oracle(q0, k0, v0, g0, c.p, scale);
-  const at::Tensor dy = at::randn(y0.sizes(), at::TensorOptions().dtype(at::kDouble)).to(c.dtype).to(at::kDouble);
+  const at::Tensor dy =
+      (at::randn(y0.sizes(), at::TensorOptions().dtype(at::kDouble)) * c.dys).to(c.dtype).to(at::kDouble);
   std::vector<at::Tensor> ins0 = {q0, k0, v0};
   if (c.gate) ins0.push_back(g0);
   const auto ref = torch::autograd::grad({y0}, ins0, {dy});
@@ -265,7 +272,8 @@ Outcome run_case(const Case& c, std::mt19937_64& rng) {
   Outcome o{};
   // At t = 1 the gradients of q and k are zero by symmetry; what comes out is rounding noise (dy.v_0 - dy.y_0,
   // summed in two orders, divided by s_00), so there the error is measured against 10 |dy|.
-  const double floor = (c.t == 1 ? 10.0 : 1e-6) * dy.norm().item<double>();
+  // (dq, dk and the gate gradient scale with dy and v, dv with dy alone)
+  const double floor = (c.t == 1 ? 10.0 : 1e-6) * dy.norm().item<double>(), floor_qk = floor * c.vs;
   o.y = rel(y, y0.detach());
   // fp16 holds nothing past 65504: where the exact gradient is beyond that, an inf of its sign is the right answer
   // (README, limitations), and so it is where the exact value is within the gradient tolerance of 65504 (a value
@@ -286,10 +294,10 @@ Outcome run_case(const Case& c, std::mt19937_64& rng) {
     return at::where(past | near, rr, a);
   };
   for (int i = 0; i < 3; ++i) got[i] = representable(got[i], ref[i]);
-  o.dq = got[0].defined() ? rel(got[0], ref[0], floor) : 0.0;
-  o.dk = got[1].defined() ? rel(got[1], ref[1], floor) : 0.0;
+  o.dq = got[0].defined() ? rel(got[0], ref[0], floor_qk) : 0.0;
+  o.dk = got[1].defined() ? rel(got[1], ref[1], floor_qk) : 0.0;
   o.dv = got[2].defined() ? rel(got[2], ref[2], floor) : 0.0;
-  o.dg = got[3].defined() ? rel(got[3], ref[3], floor) : 0.0;
+  o.dg = got[3].defined() ? rel(got[3], ref[3], floor_qk) : 0.0;
   o.within = o.y <= tol.fwd && o.dq <= tol.grad && o.dk <= tol.grad && o.dv <= tol.grad && o.dg <= tol.grad;
   const bool finite = std::isfinite(o.y) && std::isfinite(o.dq) && std::isfinite(o.dk) && std::isfinite(o.dv) &&
                       std::isfinite(o.dg);
@@ -361,6 +369,17 @@ int run_tests() {
     cases.push_back({1, 200, 4, 2, 32, 32, 2, chunk, true, hf, 1, -1});
   }
   cases.push_back({1, 513, 2, 2, 128, 128, 2, 256, true, bf});
+  // values or cotangents at the bottom of fp32's normal range (bf16 has its exponents) or near its top: y is linear in
+  // v, every gradient in dy, so all of them must come out at that scale (not flushed to zero, not overflowed). 1e-38
+  // in fp32 (partly subnormal), 1e-36 in bf16 (whose subnormals hold a few bits: its products' small terms are)
+  for (auto dt : {bf, f32})
+    for (int64_t chunk : {0, 64})
+      for (double f : {dt == bf ? 1e-36 : 1e-38, 1e34})
+        for (bool on_v : {true, false}) {
+          Case c{1, 200, 2, 1, 64, 64, 2, chunk, true, dt};
+          (on_v ? c.vs : c.dys) = f;
+          cases.push_back(c);
+        }
   // some gradients only (the kernels make dk and dv together; the chunked form adds the state side's parts)
   for (int64_t chunk : {0, 64})
     for (int want : {1, 2, 4, 8, 3, 12}) {

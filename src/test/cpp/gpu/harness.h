@@ -81,6 +81,7 @@ struct Case {
   // (q . k)^2 as phi(q) . phi(k), to the rounding of |q|^2 |k|^2) and for the gate gradient. Such a case must be
   // finite; its errors are reported ("over" when above the tolerances), not failed.
   bool concentrated = false;
+  double vs = 1, dys = 1;  // v and the cotangent dy drawn times these (tiny or huge: y and the gradients scale)
 };
 
 /// A case with log gates mean + std N(0, 1) a token; `concentrated`: see Case.

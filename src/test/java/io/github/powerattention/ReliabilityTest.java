@@ -186,6 +186,69 @@ class ReliabilityTest {
         }
     }
 
+    static Stream<Object[]> extremeCases() {
+        List<Object[]> cases = new ArrayList<>();
+        for (ScalarType dt : new ScalarType[] {ScalarType.Float, ScalarType.Double}) {
+            for (long chunk : new long[] {0, 64}) {
+                for (String which : new String[] {"tiny-v", "tiny-dy", "huge-v", "huge-dy"}) {
+                    String name = String.format("%s-%s-%s", Fixtures.dtypeName(dt),
+                            chunk == 0 ? "quadratic" : "c" + chunk, which);
+                    cases.add(new Object[] {name, dt, chunk, which});
+                }
+            }
+        }
+        return cases.stream();
+    }
+
+    /**
+     * Values or cotangents in the dtype's subnormal range (1e-39 in fp32, 1e-310 in fp64) or near its top (1e34,
+     * 1e300) are legal: Y is linear in V and every gradient in dy, so Y and the gradients must come out at that scale,
+     * right to SPEC §7 against the fp64 oracle (not flushed to zero, not overflowed). Gated (standard gates), t = 300,
+     * both forms. The error is measured on both sides divided by the reference's largest magnitude (a norm of
+     * subnormal fp64 values underflows); the tolerance is SPEC §7's, widened to 16 times the problem's conditioning
+     * and to 100 times the dtype's resolution at the inputs' size (a subnormal holds fewer digits).
+     */
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("extremeCases")
+    void extremeValuesAndCotangents(String name, ScalarType dtype, long chunk, String which) {
+        try (PointerScope scope = new PointerScope()) {
+            manual_seed(name.hashCode());
+            ScalarType gateType = dtype == ScalarType.Double ? ScalarType.Double : ScalarType.Float;
+            Inputs in = Inputs.draw(300, 2, 1, 16, 1, Gates.STANDARD, dtype, gateType);
+            boolean f64 = dtype == ScalarType.Double;
+            double scaleBy = which.startsWith("tiny") ? (f64 ? 1e-310 : 1e-39) : (f64 ? 1e300 : 1e34);
+            Scalar factor = new Scalar(scaleBy);
+            // the dtype's own resolution at that size: a subnormal holds fewer digits than the dtype's epsilon
+            double resolution = f64 ? Math.ulp(scaleBy) / scaleBy : Math.ulp((float) scaleBy) / (float) scaleBy;
+            Tensor q = in.q(), k = in.k(), logG = in.logG();
+            Tensor v = which.endsWith("-v") ? in.v().mul(factor).to(dtype).to(ScalarType.Double) : in.v();
+            Tensor dy = which.endsWith("-dy") ? in.dy().mul(factor).to(dtype).to(ScalarType.Double) : in.dy();
+            double eps = dtype == ScalarType.Double ? 0x1p-53 : 0x1p-24;
+            Tensor[] ref = Oracle.logSpaceWithGradients(q, k, v, logG, dy, 2, 0.25, 0);
+            Tensor[] moved = Oracle.logSpaceWithGradients(q, k, v, logG, dy, 2, 0.25, eps);
+
+            Tensor xq = Fixtures.leaf(q, dtype), xk = Fixtures.leaf(k, dtype), xv = Fixtures.leaf(v, dtype);
+            Tensor xg = Fixtures.leaf(logG, gateType);
+            PowerAttentionOptions.Builder o = PowerAttentionOptions.builder().degree(2).scale(0.25);
+            if (chunk > 0) {
+                o.chunkSize(chunk);
+            }
+            Tensor y = PowerAttention.powerFull(xq, xk, xv, xg, o.build());
+            y.to(ScalarType.Double).mul(dy).sum().backward();
+            Tensor[] got = {y, xq.grad(), xk.grad(), xv.grad(), xg.grad()};
+            String[] names = {"Y", "dQ", "dK", "dV", "dlogG"};
+            for (int i = 0; i < got.length; ++i) {
+                Tensor top = ref[i].abs().max();
+                assertTrue(top.item_double() > 0, name + " " + names[i] + ": the oracle's is zero");
+                Tensor g = got[i].to(ScalarType.Double).div(top), r = ref[i].div(top);
+                double spec = i > 0 ? Fixtures.gradientTolerance(dtype) : Fixtures.forwardTolerance(dtype);
+                double conditioning = Fixtures.relativeError(moved[i].div(top), r);
+                assertClose(g, r, Math.max(spec, Math.max(16 * conditioning, 100 * resolution)),
+                        String.format("%s %s (conditioning %.1e)", name, names[i], conditioning));
+            }
+        }
+    }
+
     /**
      * The log-space oracle's Y and gradients {dQ, dK, dV, dlogG} (the cotangent dy), on the inputs multiplied by
      * (1 + eps N(0, 1)) elementwise (eps = 0: the inputs themselves).
