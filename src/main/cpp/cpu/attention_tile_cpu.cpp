@@ -202,7 +202,7 @@ std::vector<double> prefix_min(const double* gk, int64_t C) {
 
 // gref_r (see tile_gate_reference) from the prefix minimum; 0 for a row that sees no key.
 template <typename T>
-double row_reference(const TileShape<T>& sh, const std::vector<double>& pmin, int64_t r) {
+double row_reference(const TileShape<T>& sh, const double* pmin, int64_t r) {
   const int64_t n = sh.visible(r);
   return n > 0 ? sh.gq[r / sh.g] - pmin[n - 1] : 0.0;
 }
@@ -216,7 +216,7 @@ void tile_gate_reference(const TileShape<T>& sh, double* gref) {
     return;
   }
   const std::vector<double> pmin = prefix_min(sh.gk, sh.C);
-  for (int64_t r = 0; r < sh.R; ++r) gref[r] = row_reference(sh, pmin, r);
+  for (int64_t r = 0; r < sh.R; ++r) gref[r] = row_reference(sh, pmin.data(), r);
 }
 
 // As POWER_ATTENTION_SIMD_VARIANTS (cpu_simd.h), with the vector type of each variant's registers passed to the loop.
@@ -294,6 +294,12 @@ struct KeyFactors {
   }
 };
 
+// The gate factors a tile's rows read: a KeyFactors' or precomputed ones (TileShape::kf, kbmin).
+struct KeyView {
+  const float* kf = nullptr;
+  const double* bmin = nullptr;
+};
+
 // A row's scratch: rf [blocks, rounded up to 16], et [16] (E of the partial block), a [C + 16] (forward's u^p E).
 struct RowScratch {
   std::vector<float> rf, et, a;
@@ -335,11 +341,11 @@ __attribute__((always_inline)) inline float row_absmax(const float* s, int64_t n
 
 // The row's gate factors: rf[b] for its n / 16 whole blocks, et[u] for the keys of its partial block.
 template <class V>
-__attribute__((always_inline)) inline void row_gate_factors(const double* gk, const KeyFactors& kfs, double gmin,
+__attribute__((always_inline)) inline void row_gate_factors(const double* gk, const KeyView& kfs, double gmin,
                                                            int64_t n, RowScratch& rs) {
   const int64_t nfull = n / kLanes, nv = (nfull + kLanes - 1) / kLanes;
   float* rf = rs.rf.data();
-  const double* bmin = kfs.bmin.data();
+  const double* bmin = kfs.bmin;
   for (int64_t b = 0; b < nfull; ++b) rf[b] = static_cast<float>(gmin - bmin[b]);  // the difference in fp64
   for (int64_t b = nfull; b < nv * kLanes; ++b) rf[b] = 0.0f;
   for (int64_t i = 0; i < nv * kLanes; i += kVL<V>) vstore(rf + i, vexp(vload<V>(rf + i)));
@@ -381,8 +387,8 @@ inline bool linear_range(float a, float scale) {
 
 // Forward of row r in the linear form (P into row, m, l); false, row untouched, where it needs the log-space form.
 template <class V, bool kGated, bool kP2>
-__attribute__((always_inline)) inline bool row_forward_linear(const TileShape<float>& sh, const KeyFactors& kfs,
-                                                             const std::vector<double>& pmin, RowScratch& rs,
+__attribute__((always_inline)) inline bool row_forward_linear(const TileShape<float>& sh, const KeyView& kfs,
+                                                             const double* pmin, RowScratch& rs,
                                                              float* row, int64_t r, float& m, float& l) {
   const int64_t n = sh.visible(r), nfull = n / kLanes, nb = nfull * kLanes, half = sh.p / 2;
   if (n == 0) return false;
@@ -395,7 +401,7 @@ __attribute__((always_inline)) inline bool row_forward_linear(const TileShape<fl
   for (int64_t b = 0; b < nfull; ++b) {
     for (int64_t j0 = b * kLanes; j0 < (b + 1) * kLanes; j0 += kVL<V>) {
       V w = pow_even<kP2>(vload<V>(row + j0) * ia, half);
-      if constexpr (kGated) w = w * (vload<V>(kfs.kf.data() + j0) * rs.rf[b]);
+      if constexpr (kGated) w = w * (vload<V>(kfs.kf + j0) * rs.rf[b]);
       vstore(a + j0, w);
       vm = vmax(vm, w);
     }
@@ -427,8 +433,8 @@ __attribute__((always_inline)) inline bool row_forward_linear(const TileShape<fl
 // Backward of row r in the linear form (see tile_weights_backward); false, rows untouched, where it needs the
 // log-space form.
 template <class V, bool kGated, bool kP2>
-__attribute__((always_inline)) inline bool row_backward_linear(const TileShape<float>& sh, const KeyFactors& kfs,
-                                                              const std::vector<double>& pmin, RowScratch& rs,
+__attribute__((always_inline)) inline bool row_backward_linear(const TileShape<float>& sh, const KeyView& kfs,
+                                                              const double* pmin, RowScratch& rs,
                                                               float* srow, float* drow, int64_t r, float mr,
                                                               float* dgq, float* dgk) {
   const int64_t n = sh.visible(r), nfull = n / kLanes, nb = nfull * kLanes, half = sh.p / 2;
@@ -446,7 +452,7 @@ __attribute__((always_inline)) inline bool row_backward_linear(const TileShape<f
   for (int64_t b = 0; b < nfull; ++b) {
     for (int64_t j0 = b * kLanes; j0 < (b + 1) * kLanes; j0 += kVL<V>) {
       const V u = vload<V>(srow + j0) * ia;
-      const V c = kGated ? vload<V>(kfs.kf.data() + j0) * (rs.rf[b] * cf) : vsplat<V>(cf);
+      const V c = kGated ? vload<V>(kfs.kf + j0) * (rs.rf[b] * cf) : vsplat<V>(cf);
       const V up = pow_odd<kP2>(u, half) * c;  // u^(p-1) c
       const V w = vflush(up * u);
       const V dp = vload<V>(drow + j0);
@@ -483,12 +489,14 @@ POWER_ATTENTION_INLINE void tile_weights_forward_impl(const TileShape<T>& sh, T*
   const bool odd = sh.p % 2 == 1;
   std::vector<T> z(static_cast<size_t>(sh.C)), gd(static_cast<size_t>(sh.C), T(0));
   const bool gated = sh.gq != nullptr && sh.gk != nullptr;
-  const std::vector<double> pmin = gated ? prefix_min(sh.gk, sh.C) : std::vector<double>();
+  const std::vector<double> pmin_own = gated && sh.kpmin == nullptr ? prefix_min(sh.gk, sh.C) : std::vector<double>();
+  const double* pmin = sh.kpmin != nullptr ? sh.kpmin : pmin_own.data();
   const T neg_inf = static_cast<T>(kNegInf);
   constexpr bool kFloat = std::is_same_v<T, float>;
   const bool linear = kFloat && !odd;
-  KeyFactors kfs;
-  if (linear && gated) kfs.build(sh.gk, sh.C);
+  KeyFactors kf_own;
+  if (linear && gated && sh.kf == nullptr) kf_own.build(sh.gk, sh.C);
+  const KeyView kfs = sh.kf != nullptr ? KeyView{sh.kf, sh.kbmin} : KeyView{kf_own.kf.data(), kf_own.bmin.data()};
   RowScratch rs(linear ? sh.C : 0);
   for (int64_t r = 0; r < sh.R; ++r) {
     T* row = S + r * sh.C;
@@ -591,12 +599,14 @@ POWER_ATTENTION_INLINE void tile_weights_backward_impl(const TileShape<T>& sh, T
   const T p = static_cast<T>(sh.p);
   const bool odd = sh.p % 2 == 1, linear = sh.p == 1;
   const bool gated = sh.gq != nullptr && sh.gk != nullptr;
-  const std::vector<double> pmin = gated ? prefix_min(sh.gk, sh.C) : std::vector<double>();
+  const std::vector<double> pmin_own = gated && sh.kpmin == nullptr ? prefix_min(sh.gk, sh.C) : std::vector<double>();
+  const double* pmin = sh.kpmin != nullptr ? sh.kpmin : pmin_own.data();
   std::vector<T> gd(static_cast<size_t>(sh.C), T(0)), dz(static_cast<size_t>(sh.C));
   constexpr bool kFloat = std::is_same_v<T, float>;
   const bool lin_form = kFloat && !odd;
-  KeyFactors kfs;
-  if (lin_form && gated) kfs.build(sh.gk, sh.C);
+  KeyFactors kf_own;
+  if (lin_form && gated && sh.kf == nullptr) kf_own.build(sh.gk, sh.C);
+  const KeyView kfs = sh.kf != nullptr ? KeyView{sh.kf, sh.kbmin} : KeyView{kf_own.kf.data(), kf_own.bmin.data()};
   RowScratch rs(lin_form ? sh.C : 0);
   for (int64_t r = 0; r < sh.R; ++r) {
     T* srow = S + r * sh.C;
@@ -880,6 +890,7 @@ struct Buffer {
 struct QuadraticWork {
   Buffer kt, vt, dkt, dvt, s, dp, dnum, dqt, rows, qtile;
   std::vector<double> gp, pmin, bmin;
+  KeyFactors keys;  // the forward's gate factors of all keys
   std::vector<float> dl, rowc, kroot, dz;
   std::vector<unsigned char> rowlin;
   size_t bytes() const {
@@ -996,11 +1007,15 @@ struct Strides {
         dyr(h.g == 1 ? dy : h.e) {}
 };
 
-TileShape<float> quadratic_tile(const QuadraticHead& h, int64_t i0, int64_t i1, int64_t C, const double* gp) {
+// The tile of query tokens [i0, i1) against keys [0, C); with w given, its keys' gate factors and prefix minimum
+// from w.keys and w.pmin (made once for all keys: the tiles' keys all start at 0).
+TileShape<float> quadratic_tile(const QuadraticHead& h, int64_t i0, int64_t i1, int64_t C, const double* gp,
+                                const QuadraticWork* w = nullptr) {
   TileShape<float> sh;
   sh.R = (i1 - i0) * h.g, sh.C = C, sh.g = h.g, sh.tq0 = i0, sh.tk0 = 0, sh.p = h.p, sh.scale = h.scale;
   sh.gq = h.G != nullptr ? h.G + i0 : nullptr;
   sh.gk = gp;
+  if (w != nullptr && gp != nullptr) sh.kf = w->keys.kf.data(), sh.kbmin = w->keys.bmin.data(), sh.kpmin = w->pmin.data();
   return sh;
 }
 
@@ -1022,12 +1037,16 @@ POWER_ATTENTION_INLINE void quadratic_forward_with(const QuadraticHead& h, float
   pack_key_blocks(h.k, st.k, T, d, B, ldb, kt);
   const float* vr = unit_stride_rows(h.v, st.v, T, e, w.rows);
   const double* gp = padded_gates(h, Tp, w);
+  if (gp != nullptr) {
+    w.keys.build(gp, Tp);
+    w.pmin = prefix_min(gp, Tp);
+  }
   for (int64_t i0 = 0; i0 < T; i0 += tile) {
     const int64_t i1 = std::min(T, i0 + tile), R = (i1 - i0) * g, C = padded_ld(i1);
     const float* qt = query_tile(h, st.q, i0, i1, ldqt, qbuf);
     for (int64_t j0 = 0; j0 < i1; j0 += B)  // S [R, i1]; the weights read no column past the row's last key
       kGemm(R, std::min(B, i1 - j0), d, qt, ldqt, 1, kt + (j0 / B) * d * ldb, ldb, S + j0, C, false, nullptr);
-    tile_weights_forward<float>(quadratic_tile(h, i0, i1, C, gp), S, m + i0 * g, l + i0 * g);
+    tile_weights_forward<float>(quadratic_tile(h, i0, i1, C, gp, &w), S, m + i0 * g, l + i0 * g);
     float* yt = y + i0 * st.y;
     kGemm(R, e, i1, S, C, 1, vr, e, yt, st.yr, false, nullptr);
     for (int64_t r = 0; r < R; ++r) {
