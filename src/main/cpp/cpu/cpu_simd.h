@@ -72,7 +72,7 @@ class FlushSubnormals {
   FlushSubnormals() : saved_(__builtin_ia32_stmxcsr()) { __builtin_ia32_ldmxcsr(saved_ | kFtzDaz); }
   ~FlushSubnormals() { __builtin_ia32_ldmxcsr(saved_); }
 #else
-  FlushSubnormals() = default;
+  FlushSubnormals() {}  // user-provided: `const FlushSubnormals f;` needs one on every compiler
 #endif
   FlushSubnormals(const FlushSubnormals&) = delete;
   FlushSubnormals& operator=(const FlushSubnormals&) = delete;
