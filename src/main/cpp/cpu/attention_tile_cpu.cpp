@@ -202,7 +202,7 @@ std::vector<double> prefix_min(const double* gk, int64_t C) {
 
 // gref_r (see tile_gate_reference) from the prefix minimum; 0 for a row that sees no key.
 template <typename T>
-double row_reference(const TileShape<T>& sh, const std::vector<double>& pmin, int64_t r) {
+double row_reference(const TileShape<T>& sh, const double* pmin, int64_t r) {
   const int64_t n = sh.visible(r);
   return n > 0 ? sh.gq[r / sh.g] - pmin[n - 1] : 0.0;
 }
@@ -216,7 +216,7 @@ void tile_gate_reference(const TileShape<T>& sh, double* gref) {
     return;
   }
   const std::vector<double> pmin = prefix_min(sh.gk, sh.C);
-  for (int64_t r = 0; r < sh.R; ++r) gref[r] = row_reference(sh, pmin, r);
+  for (int64_t r = 0; r < sh.R; ++r) gref[r] = row_reference(sh, pmin.data(), r);
 }
 
 // As POWER_ATTENTION_SIMD_VARIANTS (cpu_simd.h), with the vector type of each variant's registers passed to the loop.
@@ -294,6 +294,12 @@ struct KeyFactors {
   }
 };
 
+// The gate factors a tile's rows read: a KeyFactors' or precomputed ones (TileShape::kf, kbmin).
+struct KeyView {
+  const float* kf = nullptr;
+  const double* bmin = nullptr;
+};
+
 // A row's scratch: rf [blocks, rounded up to 16], et [16] (E of the partial block), a [C + 16] (forward's u^p E).
 struct RowScratch {
   std::vector<float> rf, et, a;
@@ -335,11 +341,11 @@ __attribute__((always_inline)) inline float row_absmax(const float* s, int64_t n
 
 // The row's gate factors: rf[b] for its n / 16 whole blocks, et[u] for the keys of its partial block.
 template <class V>
-__attribute__((always_inline)) inline void row_gate_factors(const double* gk, const KeyFactors& kfs, double gmin,
+__attribute__((always_inline)) inline void row_gate_factors(const double* gk, const KeyView& kfs, double gmin,
                                                            int64_t n, RowScratch& rs) {
   const int64_t nfull = n / kLanes, nv = (nfull + kLanes - 1) / kLanes;
   float* rf = rs.rf.data();
-  const double* bmin = kfs.bmin.data();
+  const double* bmin = kfs.bmin;
   for (int64_t b = 0; b < nfull; ++b) rf[b] = static_cast<float>(gmin - bmin[b]);  // the difference in fp64
   for (int64_t b = nfull; b < nv * kLanes; ++b) rf[b] = 0.0f;
   for (int64_t i = 0; i < nv * kLanes; i += kVL<V>) vstore(rf + i, vexp(vload<V>(rf + i)));
@@ -389,8 +395,8 @@ inline bool linear_range(float a, float scale) {
 
 // Forward of row r in the linear form (P into row, m, l); false, row untouched, where it needs the log-space form.
 template <class V, bool kGated, bool kP2>
-__attribute__((always_inline)) inline bool row_forward_linear(const TileShape<float>& sh, const KeyFactors& kfs,
-                                                             const std::vector<double>& pmin, RowScratch& rs,
+__attribute__((always_inline)) inline bool row_forward_linear(const TileShape<float>& sh, const KeyView& kfs,
+                                                             const double* pmin, RowScratch& rs,
                                                              float* row, int64_t r, float& m, float& l) {
   const int64_t n = sh.visible(r), nfull = n / kLanes, nb = nfull * kLanes, half = sh.p / 2;
   if (n == 0) return false;
@@ -403,7 +409,7 @@ __attribute__((always_inline)) inline bool row_forward_linear(const TileShape<fl
   for (int64_t b = 0; b < nfull; ++b) {
     for (int64_t j0 = b * kLanes; j0 < (b + 1) * kLanes; j0 += kVL<V>) {
       V w = pow_even<kP2>(vload<V>(row + j0) * ia, half);
-      if constexpr (kGated) w = w * (vload<V>(kfs.kf.data() + j0) * rs.rf[b]);
+      if constexpr (kGated) w = w * (vload<V>(kfs.kf + j0) * rs.rf[b]);
       vstore(a + j0, w);
       vm = vmax(vm, w);
     }
@@ -435,8 +441,8 @@ __attribute__((always_inline)) inline bool row_forward_linear(const TileShape<fl
 // Backward of row r in the linear form (see tile_weights_backward); false, rows untouched, where it needs the
 // log-space form.
 template <class V, bool kGated, bool kP2>
-__attribute__((always_inline)) inline bool row_backward_linear(const TileShape<float>& sh, const KeyFactors& kfs,
-                                                              const std::vector<double>& pmin, RowScratch& rs,
+__attribute__((always_inline)) inline bool row_backward_linear(const TileShape<float>& sh, const KeyView& kfs,
+                                                              const double* pmin, RowScratch& rs,
                                                               float* srow, float* drow, int64_t r, float mr,
                                                               float* dgq, float* dgk) {
   const int64_t n = sh.visible(r), nfull = n / kLanes, nb = nfull * kLanes, half = sh.p / 2;
@@ -454,7 +460,7 @@ __attribute__((always_inline)) inline bool row_backward_linear(const TileShape<f
   for (int64_t b = 0; b < nfull; ++b) {
     for (int64_t j0 = b * kLanes; j0 < (b + 1) * kLanes; j0 += kVL<V>) {
       const V u = vload<V>(srow + j0) * ia;
-      const V c = kGated ? vload<V>(kfs.kf.data() + j0) * (rs.rf[b] * cf) : vsplat<V>(cf);
+      const V c = kGated ? vload<V>(kfs.kf + j0) * (rs.rf[b] * cf) : vsplat<V>(cf);
       const V up = pow_odd<kP2>(u, half) * c;  // u^(p-1) c
       const V w = vflush(up * u);
       const V dp = vload<V>(drow + j0);
@@ -497,12 +503,14 @@ POWER_ATTENTION_INLINE void tile_weights_forward_impl(const TileShape<T>& sh, T*
   const bool odd = sh.p % 2 == 1;
   std::vector<T> z(static_cast<size_t>(sh.C)), gd(static_cast<size_t>(sh.C), T(0));
   const bool gated = sh.gq != nullptr && sh.gk != nullptr;
-  const std::vector<double> pmin = gated ? prefix_min(sh.gk, sh.C) : std::vector<double>();
+  const std::vector<double> pmin_own = gated && sh.kpmin == nullptr ? prefix_min(sh.gk, sh.C) : std::vector<double>();
+  const double* pmin = sh.kpmin != nullptr ? sh.kpmin : pmin_own.data();
   const T neg_inf = static_cast<T>(kNegInf);
   constexpr bool kFloat = std::is_same_v<T, float>;
   const bool linear = kFloat && !odd;
-  KeyFactors kfs;
-  if (linear && gated) kfs.build(sh.gk, sh.C);
+  KeyFactors kf_own;
+  if (linear && gated && sh.kf == nullptr) kf_own.build(sh.gk, sh.C);
+  const KeyView kfs = sh.kf != nullptr ? KeyView{sh.kf, sh.kbmin} : KeyView{kf_own.kf.data(), kf_own.bmin.data()};
   RowScratch rs(linear ? sh.C : 0);
   for (int64_t r = 0; r < sh.R; ++r) {
     T* row = S + r * sh.C;
@@ -605,12 +613,14 @@ POWER_ATTENTION_INLINE void tile_weights_backward_impl(const TileShape<T>& sh, T
   const T p = static_cast<T>(sh.p);
   const bool odd = sh.p % 2 == 1, linear = sh.p == 1;
   const bool gated = sh.gq != nullptr && sh.gk != nullptr;
-  const std::vector<double> pmin = gated ? prefix_min(sh.gk, sh.C) : std::vector<double>();
+  const std::vector<double> pmin_own = gated && sh.kpmin == nullptr ? prefix_min(sh.gk, sh.C) : std::vector<double>();
+  const double* pmin = sh.kpmin != nullptr ? sh.kpmin : pmin_own.data();
   std::vector<T> gd(static_cast<size_t>(sh.C), T(0)), dz(static_cast<size_t>(sh.C));
   constexpr bool kFloat = std::is_same_v<T, float>;
   const bool lin_form = kFloat && !odd;
-  KeyFactors kfs;
-  if (lin_form && gated) kfs.build(sh.gk, sh.C);
+  KeyFactors kf_own;
+  if (lin_form && gated && sh.kf == nullptr) kf_own.build(sh.gk, sh.C);
+  const KeyView kfs = sh.kf != nullptr ? KeyView{sh.kf, sh.kbmin} : KeyView{kf_own.kf.data(), kf_own.bmin.data()};
   RowScratch rs(lin_form ? sh.C : 0);
   for (int64_t r = 0; r < sh.R; ++r) {
     T* srow = S + r * sh.C;
@@ -893,8 +903,10 @@ struct Buffer {
 };
 struct QuadraticWork {
   Buffer kt, vt, dkt, dvt, s, dp, dnum, dqt, rows, qtile;
-  std::vector<double> gp;
-  std::vector<float> dl;
+  std::vector<double> gp, pmin, bmin;
+  KeyFactors keys;  // the forward's gate factors of all keys
+  std::vector<float> dl, rowc, kroot, dz;
+  std::vector<unsigned char> rowlin;
   size_t bytes() const {
     return sizeof(float) * (kt.n + vt.n + dkt.n + dvt.n + s.n + dp.n + dnum.n + dqt.n + rows.n + qtile.n);
   }
@@ -935,17 +947,6 @@ struct PooledWork {
 // spread over the L1 sets instead of meeting in one (a stride of 8 KiB maps every row to the same set).
 int64_t padded_ld(int64_t n) { return ((n + 15) / 16 * 16) | 16; }
 
-// xt [w][ld] = x [T, w] (row stride ldx) transposed, columns T..ld zero.
-void transpose_into(const float* x, int64_t ldx, int64_t T, int64_t w, int64_t ld, float* xt) {
-  for (int64_t a = 0; a < w; ++a) std::fill(xt + a * ld + T, xt + (a + 1) * ld, 0.0f);
-  constexpr int64_t kB = 16;
-  for (int64_t j0 = 0; j0 < T; j0 += kB) {
-    const int64_t j1 = std::min(T, j0 + kB);
-    for (int64_t a = 0; a < w; ++a)
-      for (int64_t j = j0; j < j1; ++j) xt[a * ld + j] = x[j * ldx + a];
-  }
-}
-
 // x [j][a] (row stride ldx) = xt [a][j] (row stride ld) for j < T, a < w; 16 tokens at a time.
 void transpose_out(const float* xt, int64_t ld, int64_t T, int64_t w, float* x, int64_t ldx) {
   constexpr int64_t kB = 16;
@@ -955,6 +956,26 @@ void transpose_out(const float* xt, int64_t ld, int64_t T, int64_t w, float* x, 
       for (int64_t j = j0; j < j1; ++j) x[j * ldx + a] = xt[a * ld + j];
   }
 }
+
+// The key blocks of x [T, w] (row stride ldx) transposed, one after the other: block b (tokens [b B, b B + B)) at
+// out + b w ldb as [w][ldb], columns past the block's tokens zero. A product's B operand then spans a few pages: a
+// panel of w rows of K^T at the token stride (8 KiB at t = 2048) touched w pages per pass, more than the L1 TLB
+// holds with the other operands.
+void pack_key_blocks(const float* x, int64_t ldx, int64_t T, int64_t w, int64_t B, int64_t ldb, float* out) {
+  for (int64_t j0 = 0; j0 < T; j0 += B) {
+    const int64_t nk = std::min(B, T - j0);
+    float* ob = out + (j0 / B) * w * ldb;
+    for (int64_t a = 0; a < w; ++a) std::fill(ob + a * ldb + nk, ob + (a + 1) * ldb, 0.0f);
+    for (int64_t j = 0; j < nk; ++j) {
+      const float* xr = x + (j0 + j) * ldx;
+      for (int64_t a = 0; a < w; ++a) ob[a * ldb + j] = xr[a];
+    }
+  }
+}
+
+// The key block size of the quadratic form's products for a tile of `tile` query tokens: a multiple of 16 (the gate
+// factors' key blocks), at most 256 (a row's whole 16-key blocks in one vector of block_weights_backward).
+int64_t key_block(int64_t tile) { return std::clamp<int64_t>(tile / 16 * 16, 16, 256); }
 
 // x [T, w] with row stride ldx as the B operand of a product: x itself when its rows are contiguous, else copied
 // into buf (a stride of a few KiB puts a panel's rows in a few L1 sets).
@@ -1000,11 +1021,15 @@ struct Strides {
         dyr(h.g == 1 ? dy : h.e) {}
 };
 
-TileShape<float> quadratic_tile(const QuadraticHead& h, int64_t i0, int64_t i1, int64_t C, const double* gp) {
+// The tile of query tokens [i0, i1) against keys [0, C); with w given, its keys' gate factors and prefix minimum
+// from w.keys and w.pmin (made once for all keys: the tiles' keys all start at 0).
+TileShape<float> quadratic_tile(const QuadraticHead& h, int64_t i0, int64_t i1, int64_t C, const double* gp,
+                                const QuadraticWork* w = nullptr) {
   TileShape<float> sh;
   sh.R = (i1 - i0) * h.g, sh.C = C, sh.g = h.g, sh.tq0 = i0, sh.tk0 = 0, sh.p = h.p, sh.scale = h.scale;
   sh.gq = h.G != nullptr ? h.G + i0 : nullptr;
   sh.gk = gp;
+  if (w != nullptr && gp != nullptr) sh.kf = w->keys.kf.data(), sh.kbmin = w->keys.bmin.data(), sh.kpmin = w->pmin.data();
   return sh;
 }
 
@@ -1018,17 +1043,24 @@ POWER_ATTENTION_INLINE void quadratic_forward_with(const QuadraticHead& h, float
   PooledWork pw;
   QuadraticWork& w = *pw.w;
   const Strides st(h);
-  float* kt = w.kt.get(d * Tp);
+  const int64_t B = key_block(tile), ldb = padded_ld(B), nblk = (T + B - 1) / B;
+  float* kt = w.kt.get(nblk * d * ldb);  // K^T by key blocks (pack_key_blocks)
   float* S = w.s.get(tile * g * Tp);
   const int64_t ldqt = padded_ld(d);
   float* qbuf = w.qtile.get(tile * g * ldqt);
-  transpose_into(h.k, st.k, T, d, Tp, kt);
+  pack_key_blocks(h.k, st.k, T, d, B, ldb, kt);
   const float* vr = unit_stride_rows(h.v, st.v, T, e, w.rows);
   const double* gp = padded_gates(h, Tp, w);
+  if (gp != nullptr) {
+    w.keys.build(gp, Tp);
+    w.pmin = prefix_min(gp, Tp);
+  }
   for (int64_t i0 = 0; i0 < T; i0 += tile) {
     const int64_t i1 = std::min(T, i0 + tile), R = (i1 - i0) * g, C = padded_ld(i1);
-    kGemm(R, C, d, query_tile(h, st.q, i0, i1, ldqt, qbuf), ldqt, 1, kt, Tp, S, C, false, nullptr);
-    tile_weights_forward<float>(quadratic_tile(h, i0, i1, C, gp), S, m + i0 * g, l + i0 * g);
+    const float* qt = query_tile(h, st.q, i0, i1, ldqt, qbuf);
+    for (int64_t j0 = 0; j0 < i1; j0 += B)  // S [R, i1]; the weights read no column past the row's last key
+      kGemm(R, std::min(B, i1 - j0), d, qt, ldqt, 1, kt + (j0 / B) * d * ldb, ldb, S + j0, C, false, nullptr);
+    tile_weights_forward<float>(quadratic_tile(h, i0, i1, C, gp, &w), S, m + i0 * g, l + i0 * g);
     float* yt = y + i0 * st.y;
     kGemm(R, e, i1, S, C, 1, vr, e, yt, st.yr, false, nullptr);
     for (int64_t r = 0; r < R; ++r) {
@@ -1038,65 +1070,201 @@ POWER_ATTENTION_INLINE void quadratic_forward_with(const QuadraticHead& h, float
   }
 }
 
-template <GemmFn kGemm>
+// The backward in key blocks of B tokens (B = the tile, a multiple of 16), each block against the query tiles that
+// see it: the block's K^T, V^T and the key and value gradients (4 B w floats) stay in L1 while the query tiles'
+// rows, dnum and the query gradient stream past, and the weights of a (query tile, key block) pair ([B g, B]) never
+// leave L1 (a whole row of weights [B g, t] per tile, with K^T, V^T and their gradients [w, t] each, did not fit
+// in L2 from t = 2048 on: the products ran at half their in-cache speed there).
+//
+// The weights need no pass over a whole row: with c_i = |scale| exp(-m_i / p) and the gate factor's p-th root
+// e_ij = exp((gmin_i - G_j) / p) <= 1 (gmin_i = G_i - gref_i, the row's smallest visible key cumsum),
+//   P_ij = exp(z_ij - m_i) = y^p, y = s_ij c_i e_ij, |y| <= 1 (m_i is the row's largest z),
+//   dS_ij = dP_ij p y^(p-1) c_i e_ij, dz_ij = dP_ij P_ij.
+// Against a key block b that the row sees whole, e_ij = kroot_j rroot_ib with kroot_j = exp((bmin_b - G_j) / p) and
+// rroot_ib = exp((gmin_i - bmin_b) / p) (bmin_b the block's smallest G), both <= 1, so that the product underflows
+// only where e does: one exp per row and block. The block on the diagonal takes exp((gmin_i - G_j) / p) itself. A
+// row whose c_i is outside [1e-30, 1e30] takes the log-space form (row_backward).
+
+// The per-row and per-key factors of the blocked backward (see above).
+struct BackwardFactors {
+  const float* m;               // [T g] the forward's row maxima
+  const float* rowc;            // [T g] c_i
+  const unsigned char* rowlin;  // [T g] 1: the linear form
+  const double* pmin;           // [T] gmin of each token; null without gates
+  const double* bmin;           // [key blocks] bmin_b
+  const float* kroot;           // [T] kroot_j
+  const double* G;              // [T] the gate cumsum
+  int64_t g, p, B;              // rows per token, degree, key block tokens
+  float scale;
+};
+
+// The weights of rows [0, R) (tokens i0 + r / g, global rows i0 g + r) against key block [j0, j0 + nk) in place:
+// S (ld) becomes P, dP becomes dS; adds sum_j dz_ij into dG[token] and -sum_i dz_ij into dG[j] (dG given).
+// scratch: 2 R + 2 nk + 64 floats.
+template <class V, bool kP2>
+__attribute__((always_inline)) inline void block_weights_backward(const BackwardFactors& bf, int64_t i0, int64_t R,
+                                                                 int64_t j0, int64_t nk, float* S, float* dP,
+                                                                 int64_t ld, float* dG, float* scratch) {
+  const int64_t half = bf.p / 2, g = bf.g;
+  const bool gated = bf.pmin != nullptr, diag = j0 + nk > i0;  // diag: some row sees part of the block
+  const float pf = static_cast<float>(bf.p);
+  const double ip = 1.0 / static_cast<double>(bf.p);
+  float* rowf = scratch;                           // [R + 16] c_i rroot_ib (c_i without gates)
+  float* ev = scratch + (R + kLanes) / kLanes * kLanes + kLanes;  // [nk + 16] c_i e_ij on the diagonal; dz, gd
+  float* gd = ev + (nk + kLanes) / kLanes * kLanes + kLanes;
+  const int64_t rv = (R + kVL<V> - 1) / kVL<V> * kVL<V>;
+  if (gated && !diag) {
+    const double bm = bf.bmin[j0 / bf.B];
+    for (int64_t r = 0; r < rv; ++r) rowf[r] = r < R ? static_cast<float>((bf.pmin[i0 + r / g] - bm) * ip) : 0.0f;
+    for (int64_t r = 0; r < rv; r += kVL<V>) vstore(rowf + r, vexp(vload<V>(rowf + r)) * vload<V>(bf.rowc + i0 * g + r));
+  }
+  const int64_t nkv = nk / kVL<V> * kVL<V>;
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t tok = i0 + r / g, row = i0 * g + r;
+    const int64_t n = std::min(nk, tok - j0 + 1);  // >= 1: j0 <= i0
+    float* srow = S + r * ld;
+    float* drow = dP + r * ld;
+    float rowsum = 0.0f;
+    if (bf.rowlin[row]) {
+      const float c = bf.rowc[row];
+      const int64_t nv = diag ? n / kVL<V> * kVL<V> : nkv;
+      if (diag && gated) {  // c e_ij over the row's visible keys
+        const double gmin = bf.pmin[tok];
+        const int64_t n16 = (n + kVL<V> - 1) / kVL<V> * kVL<V>;
+        for (int64_t j = 0; j < n16; ++j) ev[j] = j < n ? static_cast<float>((gmin - bf.G[j0 + j]) * ip) : 0.0f;
+        for (int64_t j = 0; j < n16; j += kVL<V>) vstore(ev + j, vexp(vload<V>(ev + j)) * c);
+      }
+      const float rf = gated && !diag ? rowf[r] : c;
+      V vz{};
+      for (int64_t j = 0; j < nv; j += kVL<V>) {
+        const V ce = !gated ? vsplat<V>(c) : diag ? vload<V>(ev + j) : vload<V>(bf.kroot + j0 + j) * rf;
+        const V y = vload<V>(srow + j) * ce;
+        const V yp = pow_odd<kP2>(y, half);
+        const V w = vflush(yp * y);
+        const V dp = vload<V>(drow + j);
+        const V dz = dp * w;
+        vstore(srow + j, w);
+        vstore(drow + j, vflush(dp * (yp * ce) * pf));
+        vz += dz;
+        if (dG != nullptr) vstore(dG + j0 + j, vload<V>(dG + j0 + j) - dz);
+      }
+      rowsum = hsum(vz);
+      for (int64_t j = nv; j < n; ++j) {
+        const float ce = !gated ? c : diag ? ev[j] : bf.kroot[j0 + j] * rf;
+        const float y = srow[j] * ce;
+        const float yp = pow_odd<kP2>(y, half);
+        const float w = flush(yp * y), dp = drow[j], dz = dp * w;
+        srow[j] = w;
+        drow[j] = flush(dp * (yp * ce) * pf);
+        rowsum += dz;
+        if (dG != nullptr) dG[j0 + j] -= dz;
+      }
+    } else {
+      const double gi = gated ? bf.pmin[tok] : 0.0;
+      for (int64_t j = 0; j < n; ++j) gd[j] = gated ? static_cast<float>(gi - bf.G[j0 + j]) : 0.0f;
+      rowsum = row_backward<V, false, false>(srow, drow, ev, gd, n, bf.m[row], pf, bf.scale);
+      if (dG != nullptr)
+        for (int64_t j = 0; j < n; ++j) dG[j0 + j] -= ev[j];
+    }
+    for (int64_t j = n; j < nk; ++j) {
+      srow[j] = 0;
+      drow[j] = 0;
+    }
+    if (dG != nullptr) dG[tok] += rowsum;
+  }
+}
+
+template <GemmFn kGemm, class V>
 POWER_ATTENTION_INLINE void quadratic_backward_with(const QuadraticHead& h, const float* y, const float* dy,
                                                    const float* m, const float* l, const QuadraticGrads& gr,
                                                    float* dG) {
-  const int64_t T = h.T, g = h.g, d = h.d, e = h.e, Tp = padded_ld(T), tile = std::max<int64_t>(1, h.tile);
+  const int64_t T = h.T, g = h.g, d = h.d, e = h.e, TG = T * g;
+  // key blocks and query tiles of B tokens
+  const int64_t B = key_block(std::max<int64_t>(1, h.tile)), ldb = padded_ld(B), nblk = (T + B - 1) / B;
   float *dq = gr.dq, *dk = gr.dk, *dv = gr.dv;
   PooledWork pw;
   QuadraticWork& w = *pw.w;
-  float* dqt = w.dqt.get(tile * g * d);
-  const int64_t ldqt = padded_ld(d);
-  float* qbuf = w.qtile.get(tile * g * ldqt);
-  // kt, vt [w][Tp]: K^T and V^T; dkt, dvt [w][Tp]: the key and value gradients transposed (accumulated tile by
-  // tile as dK^T += Q_t^T dS, dV^T += dnum^T P: P and dS stream by rows).
-  float* kt = w.kt.get(d * Tp);
-  float* vt = w.vt.get(e * Tp);
-  float* dkt = w.dkt.get(d * Tp);
-  float* dvt = w.dvt.get(e * Tp);
-  float* S = w.s.get(tile * g * Tp);
-  float* dP = w.dp.get(tile * g * Tp);
-  float* dnum = w.dnum.get(tile * g * e);
-  w.dl.resize(static_cast<size_t>(tile * g));
   const Strides st(h);
-  transpose_into(h.k, st.k, T, d, Tp, kt);
-  transpose_into(h.v, st.v, T, e, Tp, vt);
+  const int64_t ldqt = padded_ld(d);
+  // kt, vt: K^T and V^T by key blocks (pack_key_blocks); dkt, dvt [w][ldb]: one key block's key and value gradients
+  // transposed (dK^T += Q_t^T dS, dV^T += dnum_t^T P over the query tiles); qr [T g][ldqt]: the query rows;
+  // dnum [T g][e], dl [T g]: y = num / l gives dnum = dy / l, dl = -(dy . y) / l; dqr [T g][d]: the query
+  // gradient's rows.
+  float* kt = w.kt.get(nblk * d * ldb);
+  float* vt = w.vt.get(nblk * e * ldb);
+  float* dkt = w.dkt.get(d * ldb);
+  float* dvt = w.dvt.get(e * ldb);
+  float* S = w.s.get(B * g * ldb);
+  float* dP = w.dp.get(B * g * ldb);
+  float* dnum = w.dnum.get(TG * e);
+  float* dqr = w.dqt.get(TG * d);
+  const float* qr = query_tile(h, st.q, 0, T, ldqt, w.qtile.get(TG * ldqt));
+  w.dl.resize(static_cast<size_t>(TG));
+  pack_key_blocks(h.k, st.k, T, d, B, ldb, kt);
+  pack_key_blocks(h.v, st.v, T, e, B, ldb, vt);
   const float* kr = dq != nullptr ? unit_stride_rows(h.k, st.k, T, d, w.rows) : h.k;
-  const double* gp = padded_gates(h, Tp, w);
-  if (dk != nullptr) std::fill(dkt, dkt + d * Tp, 0.0f);
-  if (dv != nullptr) std::fill(dvt, dvt + e * Tp, 0.0f);
-  for (int64_t i0 = 0; i0 < T; i0 += tile) {
-    const int64_t i1 = std::min(T, i0 + tile), R = (i1 - i0) * g, C = padded_ld(i1);
-    for (int64_t r = 0; r < R; ++r) {  // y = num / l: dnum = dy / l, dl = -(dy . y) / l
-      const int64_t row = i0 * g + r;
-      const float lr = l[row], inv = lr != 0.0f ? 1.0f / lr : 0.0f;
-      const float* dyr = dy + i0 * st.dy + r * st.dyr;
-      const float* yr = y + i0 * st.y + r * st.yr;
-      double dot = 0;
-      for (int64_t c = 0; c < e; ++c) {
-        dnum[r * e + c] = dyr[c] * inv;
-        dot += static_cast<double>(dyr[c]) * yr[c];
-      }
-      w.dl[r] = -static_cast<float>(dot) * inv;
+  for (int64_t row = 0; row < TG; ++row) {
+    const int64_t tok = row / g, r = row % g;
+    const float lr = l[row], inv = lr != 0.0f ? 1.0f / lr : 0.0f;
+    const float* dyr = dy + tok * st.dy + r * e;
+    const float* yr = y + tok * st.y + r * e;
+    double dot = 0;
+    for (int64_t c = 0; c < e; ++c) {
+      dnum[row * e + c] = dyr[c] * inv;
+      dot += static_cast<double>(dyr[c]) * yr[c];
     }
-    const float* qt = query_tile(h, st.q, i0, i1, ldqt, qbuf);
-    kGemm(R, C, d, qt, ldqt, 1, kt, Tp, S, C, false, nullptr);
-    kGemm(R, C, e, dnum, e, 1, vt, Tp, dP, C, false, w.dl.data());  // dP = dnum V^T + dl
-    tile_weights_backward<float>(quadratic_tile(h, i0, i1, C, gp), S, dP, m + i0 * g,
-                                 dG != nullptr ? dG + i0 : nullptr, dG);
-    if (dv != nullptr) kGemm(e, C, R, dnum, 1, e, S, C, dvt, Tp, true, nullptr);
-    if (dq != nullptr) {
-      kGemm(R, d, i1, dP, C, 1, kr, d, dqt, d, false, nullptr);
-      for (int64_t r = 0; r < R; ++r) {
-        const int64_t tok = i0 + r / g;
-        std::copy(dqt + r * d, dqt + (r + 1) * d, dq + tok * gr.ldq + (r % g) * d);
-      }
-    }
-    if (dk != nullptr) kGemm(d, C, R, qt, 1, ldqt, dP, C, dkt, Tp, true, nullptr);
+    w.dl[row] = -static_cast<float>(dot) * inv;
   }
-  if (dk != nullptr) transpose_out(dkt, Tp, T, d, dk, gr.ldk);
-  if (dv != nullptr) transpose_out(dvt, Tp, T, e, dv, gr.ldv);
+  // the factors of the weights (BackwardFactors)
+  w.rowc.assign(static_cast<size_t>(TG + kLanes), 0.0f);  // + 16: block_weights_backward reads whole vectors
+  w.rowlin.resize(static_cast<size_t>(TG));
+  const double as = std::abs(static_cast<double>(h.scale)), ip = 1.0 / static_cast<double>(h.p);
+  for (int64_t row = 0; row < TG; ++row) {
+    const double c = as * std::exp(-static_cast<double>(m[row]) * ip);
+    w.rowlin[row] = c >= 1e-30 && c <= 1e30;
+    w.rowc[row] = w.rowlin[row] ? static_cast<float>(c) : 0.0f;
+  }
+  BackwardFactors bf{m, w.rowc.data(), w.rowlin.data(), nullptr, nullptr, nullptr, h.G, g, h.p, B, h.scale};
+  if (h.G != nullptr) {
+    w.pmin.resize(static_cast<size_t>(T));
+    w.bmin.resize(static_cast<size_t>(nblk));
+    w.kroot.assign(static_cast<size_t>(nblk * B), 0.0f);
+    double acc = std::numeric_limits<double>::infinity();
+    for (int64_t j = 0; j < T; ++j) w.pmin[j] = acc = std::min(acc, h.G[j]);
+    for (int64_t b = 0; b < nblk; ++b) {
+      const int64_t j0 = b * B, j1 = std::min(T, j0 + B);
+      double mn = h.G[j0];
+      for (int64_t j = j0 + 1; j < j1; ++j) mn = std::min(mn, h.G[j]);
+      w.bmin[b] = mn;
+      for (int64_t j = j0; j < j1; ++j) w.kroot[j] = static_cast<float>(std::exp((mn - h.G[j]) * ip));
+    }
+    bf.pmin = w.pmin.data(), bf.bmin = w.bmin.data(), bf.kroot = w.kroot.data();
+  }
+  w.dz.resize(static_cast<size_t>(2 * B * g + 2 * B + 4 * kLanes));
+  for (int64_t j0 = 0; j0 < T; j0 += B) {
+    const int64_t nk = std::min(B, T - j0);
+    const float* ktb = kt + (j0 / B) * d * ldb;
+    const float* vtb = vt + (j0 / B) * e * ldb;
+    if (dk != nullptr) std::fill(dkt, dkt + d * ldb, 0.0f);
+    if (dv != nullptr) std::fill(dvt, dvt + e * ldb, 0.0f);
+    for (int64_t i0 = j0; i0 < T; i0 += B) {
+      const int64_t R = (std::min(T, i0 + B) - i0) * g;
+      const float* qt = qr + i0 * g * ldqt;
+      const float* dn = dnum + i0 * g * e;
+      kGemm(R, nk, d, qt, ldqt, 1, ktb, ldb, S, ldb, false, nullptr);
+      kGemm(R, nk, e, dn, e, 1, vtb, ldb, dP, ldb, false, w.dl.data() + i0 * g);  // dP = dnum V^T + dl
+      if (h.p == 2) block_weights_backward<V, true>(bf, i0, R, j0, nk, S, dP, ldb, dG, w.dz.data());
+      else block_weights_backward<V, false>(bf, i0, R, j0, nk, S, dP, ldb, dG, w.dz.data());
+      if (dv != nullptr) kGemm(e, nk, R, dn, 1, e, S, ldb, dvt, ldb, true, nullptr);
+      if (dk != nullptr) kGemm(d, nk, R, qt, 1, ldqt, dP, ldb, dkt, ldb, true, nullptr);
+      if (dq != nullptr) kGemm(R, d, nk, dP, ldb, 1, kr + j0 * d, d, dqr + i0 * g * d, d, j0 > 0, nullptr);
+    }
+    if (dk != nullptr) transpose_out(dkt, ldb, nk, d, dk + j0 * gr.ldk, gr.ldk);
+    if (dv != nullptr) transpose_out(dvt, ldb, nk, e, dv + j0 * gr.ldv, gr.ldv);
+  }
+  if (dq != nullptr)
+    for (int64_t row = 0; row < TG; ++row)
+      std::copy(dqr + row * d, dqr + (row + 1) * d, dq + (row / g) * gr.ldq + (row % g) * d);
 }
 // The row loops around the products compiled for the products' instruction set.
 PA_AVX512 void quadratic_forward_avx512(const QuadraticHead& h, float* y, float* m, float* l) {
@@ -1107,11 +1275,11 @@ PA_AVX2 void quadratic_forward_avx2(const QuadraticHead& h, float* y, float* m, 
 }
 PA_AVX512 void quadratic_backward_avx512(const QuadraticHead& h, const float* y, const float* dy, const float* m,
                                          const float* l, const QuadraticGrads& gr, float* dG) {
-  quadratic_backward_with<gemm>(h, y, dy, m, l, gr, dG);
+  quadratic_backward_with<gemm, vf16>(h, y, dy, m, l, gr, dG);
 }
 PA_AVX2 void quadratic_backward_avx2(const QuadraticHead& h, const float* y, const float* dy, const float* m,
                                      const float* l, const QuadraticGrads& gr, float* dG) {
-  quadratic_backward_with<gemm_avx2>(h, y, dy, m, l, gr, dG);
+  quadratic_backward_with<gemm_avx2, vf8>(h, y, dy, m, l, gr, dG);
 }
 #endif
 
@@ -1157,6 +1325,7 @@ int64_t quadratic_kernel_tile_tokens() { return simd_level() == 2 ? 64 : 32; }
 
 void quadratic_forward_f32(const QuadraticHead& h, float* y, float* m, float* l) {
 #ifdef POWER_ATTENTION_X86_DISPATCH
+  const FlushSubnormals ftz;
   if (simd_level() == 2) quadratic_forward_avx512(h, y, m, l);
   else quadratic_forward_avx2(h, y, m, l);
 #endif
@@ -1165,6 +1334,7 @@ void quadratic_forward_f32(const QuadraticHead& h, float* y, float* m, float* l)
 void quadratic_backward_f32(const QuadraticHead& h, const float* y, const float* dy, const float* m, const float* l,
                             const QuadraticGrads& gr, float* dG) {
 #ifdef POWER_ATTENTION_X86_DISPATCH
+  const FlushSubnormals ftz;
   if (simd_level() == 2) quadratic_backward_avx512(h, y, dy, m, l, gr, dG);
   else quadratic_backward_avx2(h, y, dy, m, l, gr, dG);
 #endif

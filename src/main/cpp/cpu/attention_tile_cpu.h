@@ -19,6 +19,12 @@ struct TileShape {
   T scale = 1;                   // s = scale * (Q K^T)
   const double* gq = nullptr;    // [R / g] gate cumsum at each query token, or null (no gating)
   const double* gk = nullptr;    // [C] gate cumsum at each key, or null
+  // Optional (fp32 at even degrees, gated), for tiles whose keys start at G's first: gk's factors of the linear form
+  // (kf [C rounded up to 16] = exp(kbmin_b - gk_j), kbmin [C / 16] the minimum of each 16 keys) and its prefix
+  // minimum kpmin [C]; null: computed per call.
+  const float* kf = nullptr;
+  const double* kbmin = nullptr;
+  const double* kpmin = nullptr;
 
   int64_t visible(int64_t r) const {  // keys [0, visible(r)) are causal for row r
     const int64_t v = tq0 + r / g - tk0 + 1;
