@@ -15,6 +15,7 @@
 
 #include <cmath>
 #include <algorithm>
+#include <optional>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -1135,7 +1136,7 @@ __attribute__((always_inline)) inline void block_weights_backward(const Backward
         for (int64_t j = 0; j < n16; j += kVL<V>) vstore(ev + j, vexp(vload<V>(ev + j)) * c);
       }
       const float rf = gated && !diag ? rowf[r] : c;
-      V vz{};
+      V vz{}, vd{};
       for (int64_t j = 0; j < nv; j += kVL<V>) {
         const V ce = !gated ? vsplat<V>(c) : diag ? vload<V>(ev + j) : vload<V>(bf.kroot + j0 + j) * rf;
         const V y = vload<V>(srow + j) * ce;
@@ -1143,22 +1144,28 @@ __attribute__((always_inline)) inline void block_weights_backward(const Backward
         const V w = vflush(yp * y);
         const V dp = vload<V>(drow + j);
         const V dz = dp * w;
+        const V ds = dp * (yp * ce) * pf;
         vstore(srow + j, w);
-        vstore(drow + j, vflush(dp * (yp * ce) * pf));
+        vstore(drow + j, ds);
+        vd = vmax(vd, vabs(ds));
         vz += dz;
         if (dG != nullptr) vstore(dG + j0 + j, vload<V>(dG + j0 + j) - dz);
       }
       rowsum = hsum(vz);
+      float dmax = hmax(vd);
       for (int64_t j = nv; j < n; ++j) {
         const float ce = !gated ? c : diag ? ev[j] : bf.kroot[j0 + j] * rf;
         const float y = srow[j] * ce;
         const float yp = pow_odd<kP2>(y, half);
         const float w = flush(yp * y), dp = drow[j], dz = dp * w;
         srow[j] = w;
-        drow[j] = flush(dp * (yp * ce) * pf);
+        drow[j] = dp * (yp * ce) * pf;
+        dmax = std::max(dmax, std::abs(drow[j]));
         rowsum += dz;
         if (dG != nullptr) dG[j0 + j] -= dz;
       }
+      // dS below FLT_MIN to 0 only where the row's reach 2^-60 (row_backward_linear says why)
+      if (dmax >= 0x1p-60f) flush_below_min<V>(drow, n);
     } else {
       const double gi = gated ? bf.pmin[tok] : 0.0;
       for (int64_t j = 0; j < n; ++j) gd[j] = gated ? static_cast<float>(gi - bf.G[j0 + j]) : 0.0f;
@@ -1323,9 +1330,27 @@ void gemm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t ai, int64
 
 int64_t quadratic_kernel_tile_tokens() { return simd_level() == 2 ? 64 : 32; }
 
+// The largest |x| over rows [0, n) of w floats at stride ld (a NaN gives NaN).
+float rows_absmax(const float* x, int64_t n, int64_t w, int64_t ld) {
+  float mx = 0.0f;
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < w; ++j) {
+      const float a = std::abs(x[i * ld + j]);
+      mx = a > mx || a != a ? a : mx;
+    }
+  return mx;
+}
+
+// Whether FlushSubnormals is harmless for a head whose results are made of products at `scale` (its values' largest
+// magnitude; in the backward also its cotangents' and their product): what it flushes is below 2^-126, under 2^-66
+// of that scale when the scale reaches 2^-60. Values or cotangents smaller than that (legal: y is linear in v, the
+// gradients in dy) run with subnormals kept, slower but exact to the dtype.
+bool subnormals_negligible(double scale) { return scale >= 0x1p-60; }
+
 void quadratic_forward_f32(const QuadraticHead& h, float* y, float* m, float* l) {
 #ifdef POWER_ATTENTION_X86_DISPATCH
-  const FlushSubnormals ftz;
+  std::optional<FlushSubnormals> ftz;
+  if (subnormals_negligible(rows_absmax(h.v, h.T, h.e, h.ldv))) ftz.emplace();
   if (simd_level() == 2) quadratic_forward_avx512(h, y, m, l);
   else quadratic_forward_avx2(h, y, m, l);
 #endif
@@ -1334,7 +1359,10 @@ void quadratic_forward_f32(const QuadraticHead& h, float* y, float* m, float* l)
 void quadratic_backward_f32(const QuadraticHead& h, const float* y, const float* dy, const float* m, const float* l,
                             const QuadraticGrads& gr, float* dG) {
 #ifdef POWER_ATTENTION_X86_DISPATCH
-  const FlushSubnormals ftz;
+  const double vmax = rows_absmax(h.v, h.T, h.e, h.ldv), dymax = rows_absmax(dy, h.T, h.g * h.e, h.lddy);
+  std::optional<FlushSubnormals> ftz;
+  if (subnormals_negligible(vmax) && subnormals_negligible(dymax) && subnormals_negligible(vmax * dymax))
+    ftz.emplace();
   if (simd_level() == 2) quadratic_backward_avx512(h, y, dy, m, l, gr, dG);
   else quadratic_backward_avx2(h, y, dy, m, l, gr, dG);
 #endif
