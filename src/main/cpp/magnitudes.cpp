@@ -34,19 +34,27 @@ at::Tensor times_pow2(const at::Tensor& x, const at::Tensor& f) {
 MagnitudeRead read_magnitudes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& log_g) {
   at::NoGradGuard no_grad;
   MagnitudeRead rd;
-  rd.qa = path::row_max_abs(q);   // [b, t, hq, 1]
-  rd.ka = path::head_max_abs(k);  // [b, 1, h, 1]
   // fp16 on CUDA: always brought into range (its tile products run in fp16, whose range is narrow), with no read
   // back. Everywhere else the factors are applied only where needed, decided from one read of the extremes (a device
   // sync on CUDA, which also reads the largest log gate for amplifying_gates: the sync a gated call makes anyway).
-  if (q.is_cuda() && q.scalar_type() == at::kHalf) return rd;
-  const at::Tensor& qa = rd.qa;
-  const at::Tensor& ka = rd.ka;
-  const at::Tensor inf = at::full({}, std::numeric_limits<double>::infinity(), qa.options());
-  std::vector<at::Tensor> parts = {qa.max(), at::where(qa > 0, qa, inf).min(), ka.max(),
-                                   at::where(ka > 0, ka, inf).min()};
-  if (log_g.defined()) parts.push_back(log_g.max().to(qa.scalar_type()).to(qa.device()));
-  const at::Tensor stats = at::stack(parts).to(at::kDouble);
+  if (q.is_cuda() && q.scalar_type() == at::kHalf) {
+    rd.qa = path::row_max_abs(q);   // [b, t, hq, 1]
+    rd.ka = path::head_max_abs(k);  // [b, 1, h, 1]
+    return rd;
+  }
+  const path::Extremes ex = path::extremes(q, k, log_g);
+  rd.qa = ex.qa;
+  rd.ka = ex.ka;
+  at::Tensor stats = ex.stats;
+  if (!stats.defined()) {
+    const at::Tensor& qa = rd.qa;
+    const at::Tensor& ka = rd.ka;
+    const at::Tensor inf = at::full({}, std::numeric_limits<double>::infinity(), qa.options());
+    std::vector<at::Tensor> parts = {qa.max(), at::where(qa > 0, qa, inf).min(), ka.max(),
+                                     at::where(ka > 0, ka, inf).min()};
+    if (log_g.defined()) parts.push_back(log_g.max().to(qa.scalar_type()).to(qa.device()));
+    stats = at::stack(parts).to(at::kDouble);
+  }
   rd.read = true;
   rd.gate = log_g.defined();
   if (stats.is_cpu()) {

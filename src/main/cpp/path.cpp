@@ -90,6 +90,16 @@ at::Tensor head_max_abs(const at::Tensor& x) {
   return at::linalg_vector_norm(x, std::numeric_limits<double>::infinity(), {1, 3}, true, wide);
 }
 
+Extremes extremes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& log_g) {
+#ifdef POWER_ATTENTION_WITH_CUDA
+  if (on_cuda(q.device()) && cuda::extremes_supported(q, k, log_g)) {
+    const std::vector<at::Tensor> x = cuda::extremes(q, k, log_g);
+    return {x[0], x[1], x[2]};
+  }
+#endif
+  return {row_max_abs(q), head_max_abs(k), at::Tensor()};
+}
+
 std::vector<at::Tensor> decode_step(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                     const at::Tensor& lg, const at::Tensor& S, const at::Tensor& s, int64_t p) {
 #ifdef POWER_ATTENTION_WITH_CUDA

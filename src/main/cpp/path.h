@@ -121,6 +121,15 @@ Grads backward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, cons
 at::Tensor row_max_abs(const at::Tensor& x);
 at::Tensor head_max_abs(const at::Tensor& x);
 
+/// row_max_abs(q), head_max_abs(k) and, where the device gathers them in the same passes (CUDA), `stats` [4, or 5
+/// with log_g] fp64 on the device: the largest and the smallest positive of qa, the same of ka (inf where none is
+/// positive; NaN propagates to the largest), and the largest log gate. Undefined stats: the caller reduces qa, ka and
+/// log_g itself.
+struct Extremes {
+  at::Tensor qa, ka, stats;
+};
+Extremes extremes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& log_g);
+
 /// One recurrent step without autograd (SPEC §6): q [BH, g, d] of any magnitude (each query row is brought to
 /// max-abs [1, 2) by a power of two: y does not depend on a row's scale), k [BH, d], v [BH, e], lg [BH] or
 /// undefined, S [BH, D, e], s [BH, D], contiguous, one dtype (fp32 or fp64) -> {y [BH, g, e], S', s', finite}

@@ -52,6 +52,11 @@ bool max_abs_supported(const at::Tensor& x);
 at::Tensor row_max_abs(const at::Tensor& x);
 at::Tensor head_max_abs(const at::Tensor& x);
 
+/// Whether extremes takes q, k and log_g (both max_abs_supported; log_g undefined or fp32 [b, t, h] of k's sizes).
+bool extremes_supported(const at::Tensor& q, const at::Tensor& k, const at::Tensor& log_g);
+/// path::extremes for them: {qa, ka, stats}, four launches (a zero fill, the two passes, one CTA to finish).
+std::vector<at::Tensor> extremes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& log_g);
+
 /// path::decode_step for CUDA tensors (decode_supported problems).
 std::vector<at::Tensor> decode_step(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                     const at::Tensor& lg, const at::Tensor& S, const at::Tensor& s, int64_t p);

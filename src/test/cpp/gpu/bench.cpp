@@ -1,6 +1,10 @@
 // bench.cpp: the harness's benchmarks: the forward and fwd+bwd table of every kernel set against SDPA's flash and
 // cuDNN backends, the decode step, and one profiled step for ncu.
 #include "harness.h"
+#include "checks.h"
+#include "magnitudes.h"
+#include "path.h"
+#include "plan.h"
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
@@ -363,6 +367,29 @@ int run_timeline(int64_t chunk, int64_t t) {
     if (i >= 3) rows.push_back({us(h0, h1), us(h1, h2), us(h2, h3), us(h0, h3), 1e3 * g01, 1e3 * (g02 - g01), 1e3 * g02});
   }
   for (auto& e : ev) cudaEventDestroy(e);
+  // The host's own cost of the call's parts, each with the GPU kept busy (launches never wait): the checks and the
+  // plan, the magnitudes' read (queued, not waited for), the path's forward and its backward.
+  std::vector<std::array<double, 4>> parts;
+  {
+    at::NoGradGuard no_grad;
+    const at::Tensor qd = q.detach(), kd = k.detach(), vd = v.detach(), lgd = lg.detach();
+    for (int i = 0; i < 18; ++i) {
+      cudaDeviceSynchronize();
+      at::cuda::sleep(20000000);
+      const auto h0 = clk::now();
+      const pa::Checked ck = pa::check_inputs(qd, kd, vd, lgd, opt);
+      const pa::Plan plan = pa::make_plan(qd, kd, vd, ck.p, ck.scale, ck.chunk, false, true);
+      const auto h1 = clk::now();
+      const pa::MagnitudeRead rd = pa::read_magnitudes(qd, kd, lgd);
+      const auto h2 = clk::now();
+      const pa::Forward f = pa::path::forward(plan.problem, qd, kd, vd, lgd, true);
+      const auto h3 = clk::now();
+      const pa::Grads g = pa::path::backward(plan.problem, qd, kd, vd, lgd, f, dy, pa::Needs{});
+      const auto h4 = clk::now();
+      if (i >= 3) parts.push_back({us(h0, h1), us(h1, h2), us(h2, h3), us(h3, h4)});
+    }
+    cudaDeviceSynchronize();
+  }
   const char* names[7] = {"host: forward call", "host: backward call", "host: then waiting for the GPU",
                           "host: whole", "gpu: forward done (from its start)", "gpu: then backward done",
                           "gpu: whole"};
@@ -372,6 +399,14 @@ int run_timeline(int64_t chunk, int64_t t) {
     for (const auto& r : rows) x.push_back(r[c]);
     std::sort(x.begin(), x.end());
     std::printf("%-36s %9.1f\n", names[c], x[x.size() / 2]);
+  }
+  const char* part_names[4] = {"host alone: checks + plan", "host alone: magnitudes' read",
+                               "host alone: path forward", "host alone: path backward"};
+  for (int c = 0; c < 4; ++c) {
+    std::vector<double> x;
+    for (const auto& r : parts) x.push_back(r[c]);
+    std::sort(x.begin(), x.end());
+    std::printf("%-36s %9.1f\n", part_names[c], x[x.size() / 2]);
   }
   return 0;
 }

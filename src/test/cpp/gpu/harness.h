@@ -108,6 +108,9 @@ struct Outcome {
 
 /// Prints a case's line and counts failures (and concentrated cases over the tolerances).
 void report(const std::string& id, const Outcome& o, const Tol& tol);
+/// Every case's inputs drawn from this LibTorch seed (0: each from the run's random sequence, as by default); a
+/// case over its tolerances names its seed, so that `repeat 1 <name> <seed>` draws it again.
+void force_seed(uint64_t seed);
 int failures();
 int overs();
 
@@ -127,6 +130,7 @@ int run_stream_check(int n);
 
 /// The magnitudes' max-abs kernel against ATen, bitwise; reported like cases.
 void check_max_abs();
+void check_extremes();
 
 /// The degree-2 state kernels (cuda/sympow2/sympow2.h) against phi made in ATen; reported like cases.
 void check_sympow2_kernels();

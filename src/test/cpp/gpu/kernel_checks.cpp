@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -292,6 +293,52 @@ void check_max_abs() {
         Outcome oc{ok, ok ? 0.0 : 1.0, 0, 0, 0, 0};
         report(std::string("max-abs ") + (dt == at::kFloat ? "fp32" : dt == at::kHalf ? "fp16" : "bf16") + " w" +
                    std::to_string(w) + (strided ? " strided" : ""),
+               oc, Tol{0, 0});
+      }
+}
+
+// The extremes gathered by the max-abs passes (power_attention::cuda::extremes) against ATen's reductions of the same
+// qa, ka and log gates, bitwise: q and k of one dtype, rows of 16-byte vectors and odd widths, the caller's strides,
+// zero rows and an all-zero q (the smallest positive then inf), a NaN in q, gates of both signs at a transposed
+// stride, a NaN gate.
+void check_extremes() {
+  const auto o = at::TensorOptions().device(at::kCUDA);
+  for (auto dt : {at::kBFloat16, at::kHalf, at::kFloat})
+    for (int64_t w : {64, 40})
+      for (int kind = 0; kind < 4; ++kind) {
+        const int64_t b = 2, t = 157, h = 3, g = 2;
+        at::Tensor q = at::randn({b, t, h * g, w}, o.dtype(dt)) * 3;
+        at::Tensor k = at::randn({b, h, t, w}, o.dtype(dt)).transpose(1, 2) * 0.01;
+        at::Tensor lg = at::log_sigmoid(at::randn({b, h, t}, o.dtype(at::kFloat))).transpose(1, 2);  // [b, t, h]
+        if (kind == 1) {
+          q.select(1, 3).zero_();
+          k.select(2, 1).zero_();  // one head of zeros
+          lg.select(1, 50).fill_(2.5);
+        }
+        if (kind == 2) {
+          q.zero_();
+          q.select(1, 100).select(1, 1).select(1, w / 2).fill_(std::nan(""));
+          lg = lg.contiguous();
+        }
+        if (kind == 3) lg.select(1, 7).select(1, 2).fill_(std::nan(""));
+        const bool gated = !(kind == 2 && w == 40);
+        const at::Tensor lgx = gated ? lg : at::Tensor();
+        const std::vector<at::Tensor> x = power_attention::cuda::extremes(q, k, lgx);
+        const at::Tensor qa = q.abs().to(at::kFloat).amax({3}, true), ka = k.abs().to(at::kFloat).amax({1, 3}, true);
+        const at::Tensor inf = at::full({}, std::numeric_limits<double>::infinity(), qa.options());
+        std::vector<at::Tensor> parts = {qa.max(), at::where(qa > 0, qa, inf).min(), ka.max(),
+                                         at::where(ka > 0, ka, inf).min()};
+        if (gated) parts.push_back(lg.max());
+        const at::Tensor ref = at::stack(parts).to(at::kDouble).cpu(), got = x[2].cpu();
+        const auto same = [](const at::Tensor& a, const at::Tensor& r) {
+          return a.sizes() == r.sizes() && at::isnan(a).equal(at::isnan(r)) &&
+                 at::where(at::isnan(r), at::zeros_like(r), a).equal(at::where(at::isnan(r), at::zeros_like(r), r));
+        };
+        const bool ok = same(got, ref) && same(x[0], qa) && same(x[1], ka);
+        if (!ok) std::printf("extremes: got %s\nwanted %s\n", c10::str(got).c_str(), c10::str(ref).c_str());
+        Outcome oc{ok, ok ? 0.0 : 1.0, 0, 0, 0, 0};
+        report(std::string("extremes ") + (dt == at::kFloat ? "fp32" : dt == at::kHalf ? "fp16" : "bf16") + " w" +
+                   std::to_string(w) + " kind" + std::to_string(kind) + (gated ? " gated" : ""),
                oc, Tol{0, 0});
       }
 }

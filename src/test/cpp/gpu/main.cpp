@@ -8,7 +8,8 @@
 //                                       kernel set, against at::scaled_dot_product_attention's flash and cuDNN
 //                                       backends in the same run; a summary table last
 //   power_attention_gpu decode          the decode step against recomputing and against SDPA over a KV cache
-//   power_attention_gpu repeat [n]      a few cases drawn n times (fresh inputs each time), to see their spread
+//   power_attention_gpu repeat [n] [s] [seed]  a few cases (those whose name holds s) drawn n times (fresh inputs
+//                                       each time, or those of one seed), to see their spread
 //                                       (among them strong decay: log_sigmoid(N - 1), (N - 2), and -20 a token)
 //   power_attention_gpu kernels [n]     the degree-2 kernel checks alone, n times (and, on Hopper, each sm_90a
 //                                       kernel set's query products and gradients through phi against the sm_80
@@ -52,9 +53,14 @@ int main(int argc, char** argv) {
                                     {1, 200, 2, 1, 64, 64, 2, 64, true, at::kBFloat16, 1, -2},
                                     {1, 200, 2, 1, 64, 64, 2, 0, true, at::kBFloat16, 1, -2},
                                     gated({1, 600, 4, 2, 64, 64, 2, 0, true, at::kHalf}, -20, 0, true),
-                                    gated({1, 600, 4, 2, 64, 64, 2, 64, true, at::kHalf}, -20, 0, true)};
+                                    gated({1, 600, 4, 2, 64, 64, 2, 64, true, at::kHalf}, -20, 0, true),
+                                    {1, 97, 2, 1, 16, 16, 4, 0, true, at::kFloat},
+                                    {1, 97, 2, 1, 16, 16, 4, 16, true, at::kFloat}};
+      const std::string only = argc > 3 ? argv[3] : "";  // cases whose name holds this
+      if (argc > 4) force_seed(std::strtoull(argv[4], nullptr, 10));
       for (const Case& c : cs)
-        for (int i = 0; i < n; ++i) report(name(c), run_case(c, rng), tolerance(c.dtype));
+        if (name(c).find(only) != std::string::npos)
+          for (int i = 0; i < n; ++i) report(name(c), run_case(c, rng), tolerance(c.dtype));
       return failures() > 0 ? 1 : 0;
     }
     if (mode == "kernels") {
@@ -78,6 +84,6 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 2;
   }
-  std::fprintf(stderr, "usage: %s test | bench [json] | decode | repeat [n] | kernels [n] | scans | profile chunk t | timeline chunk t\n", argv[0]);
+  std::fprintf(stderr, "usage: %s test | bench [json] | decode | repeat [n] [name part] [seed] | kernels [n] | scans | profile chunk t | timeline chunk t\n", argv[0]);
   return 2;
 }
