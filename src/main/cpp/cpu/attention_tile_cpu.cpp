@@ -906,7 +906,7 @@ struct QuadraticWork {
   Buffer kt, vt, dkt, dvt, s, dp, dnum, dqt, rows, qtile;
   std::vector<double> gp, pmin, bmin;
   KeyFactors keys;  // the forward's gate factors of all keys
-  std::vector<float> dl, rowc, kroot, dz;
+  std::vector<float> dl, dt, rowc, kroot, dz;
   std::vector<unsigned char> rowlin;
   size_t bytes() const {
     return sizeof(float) * (kt.n + vt.n + dkt.n + dvt.n + s.n + dp.n + dnum.n + dqt.n + rows.n + qtile.n);
@@ -1207,6 +1207,7 @@ POWER_ATTENTION_INLINE void quadratic_backward_with(const QuadraticHead& h, cons
   float* dqr = w.dqt.get(TG * d);
   const float* qr = query_tile(h, st.q, 0, T, ldqt, w.qtile.get(TG * ldqt));
   w.dl.resize(static_cast<size_t>(TG));
+  w.dt.resize(static_cast<size_t>(TG));
   pack_key_blocks(h.k, st.k, T, d, B, ldb, kt);
   pack_key_blocks(h.v, st.v, T, e, B, ldb, vt);
   const float* kr = dq != nullptr ? unit_stride_rows(h.k, st.k, T, d, w.rows) : h.k;
@@ -1215,12 +1216,15 @@ POWER_ATTENTION_INLINE void quadratic_backward_with(const QuadraticHead& h, cons
     const float lr = l[row], inv = lr != 0.0f ? 1.0f / lr : 0.0f;
     const float* dyr = dy + tok * st.dy + r * e;
     const float* yr = y + tok * st.y + r * e;
-    double dot = 0;
+    const float* vr = h.v + tok * st.v;
+    double dot = 0, own = 0;
     for (int64_t c = 0; c < e; ++c) {
       dnum[row * e + c] = dyr[c] * inv;
       dot += static_cast<double>(dyr[c]) * yr[c];
+      own += static_cast<double>(dyr[c]) * (static_cast<double>(vr[c]) - yr[c]);
     }
     w.dl[row] = -static_cast<float>(dot) * inv;
+    w.dt[row] = static_cast<float>(own) * inv;  // dP at the row's own key (own_key_term)
   }
   // the factors of the weights (BackwardFactors)
   w.rowc.assign(static_cast<size_t>(TG + kLanes), 0.0f);  // + 16: block_weights_backward reads whole vectors
@@ -1260,6 +1264,7 @@ POWER_ATTENTION_INLINE void quadratic_backward_with(const QuadraticHead& h, cons
       const float* dn = dnum + i0 * g * e;
       kGemm(R, nk, d, qt, ldqt, 1, ktb, ldb, S, ldb, false, nullptr);
       kGemm(R, nk, e, dn, e, 1, vtb, ldb, dP, ldb, false, w.dl.data() + i0 * g);  // dP = dnum V^T + dl
+      if (i0 == j0) own_key_term(dP, ldb, R, g, w.dt.data() + i0 * g);
       if (h.p == 2) block_weights_backward<V, true>(bf, i0, R, j0, nk, S, dP, ldb, dG, w.dz.data());
       else block_weights_backward<V, false>(bf, i0, R, j0, nk, S, dP, ldb, dG, w.dz.data());
       if (dv != nullptr) kGemm(e, nk, R, dn, 1, e, S, ldb, dvt, ldb, true, nullptr);

@@ -92,6 +92,19 @@ struct QuadraticGrads {
 void quadratic_backward_f32(const QuadraticHead& h, const float* y, const float* dy, const float* m, const float* l,
                             const QuadraticGrads& gr, float* dG);
 
+/// The score gradients' factor at each row's own key. A row's factor at key j is t_ij = dy_i . (v_j - y_i) / l_i; the
+/// backwards make it as dP_ij = (dy_i . v_j) / l_i - (dy_i . y_i) / l_i (one product over the tile), whose two terms
+/// leave rounding noise where they cancel: where one key carries a row's whole weight, y_i = v_j exactly (the first
+/// token, whose only key is itself; rows whose earlier keys' gates vanish), and that noise, times the score
+/// gradient's p / s_ij, would reach dq and dk unbounded as s_ij nears zero. For the row's own key, which is the one
+/// key in both cases, own_key_term writes own[r] = dy . (v - y) / l (the difference taken first: exact there) over
+/// dP's entry. dP [rows][ld] holds the query rows r (g a token, token-major) of a tile against the keys of the same
+/// tokens (row r's own key is column r / g).
+template <typename T>
+inline void own_key_term(T* dP, int64_t ld, int64_t rows, int64_t g, const T* own) {
+  for (int64_t r = 0; r < rows; ++r) dP[r * ld + r / g] = own[r];
+}
+
 /// C [M, N] = A B on AVX2 machines (acc: C += A B; bias [M] given: C = A B + bias[i] on row i), A(i, k) = A[i ai +
 /// k ak] (a row-major matrix or its transpose), B [K, N] with row stride ldb, C with row stride ldc: the tile
 /// products' micro-kernels (6 x 16 accumulators), sums over k in index order. Also the state products' on AVX2

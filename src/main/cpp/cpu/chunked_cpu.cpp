@@ -449,6 +449,7 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
   const at::Tensor coef = fused ? sympow_coefficient_tensor(d, pr.p, at::kFloat) : at::Tensor();
   const int64_t ldt = transposed_ld(c);
   std::vector<float> kt(fused ? d * ldt : 0), vt(fused ? e * ldt : 0), ddv(fused ? cg : 0);  // K^T, V^T, dden
+  std::vector<T> own(cg);  // the rows' own-key terms (own_key_term)
   at::Tensor qbuf, kbuf, vbuf;  // a chunk's rows when the inputs' rows are strided (unit_rows)
   for (int64_t n = N - 1; n >= 0; --n) {
     const int64_t t0 = n * c;
@@ -579,6 +580,18 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
     } else {
       at::mm_out(S, qc, kc.t());
       at::mm_out(dP, dnum, vc.t()).add_(dden.unsqueeze(1));
+    }
+    {  // the rows' own keys: dy . (v - y) / den, the difference first (own_key_term)
+      const T *dyp = dyc.data_ptr<T>(), *yp = yc.data_ptr<T>(), *dp = den.data_ptr<T>(), *vp = vc.data_ptr<T>();
+      const int64_t lv = vc.stride(0);
+      for (int64_t i = 0; i < cg; ++i) {
+        const T inv = dp[i] == T(0) ? T(0) : T(1) / dp[i];
+        const T *dyi = dyp + i * e, *yi = yp + i * e, *vi = vp + (i / g) * lv;
+        double acc = 0;
+        for (int64_t j = 0; j < e; ++j) acc += static_cast<double>(dyi[j]) * (static_cast<double>(vi[j]) - yi[j]);
+        own[i] = static_cast<T>(acc) * inv;
+      }
+      own_key_term(dP.data_ptr<T>(), c, cg, g, own.data());
     }
     tile_weights_backward<T>(sh, S.data_ptr<T>(), dP.data_ptr<T>(), delta.data_ptr<T>(),
                              gates ? dGq.data() : nullptr, gates ? dGk.data() : nullptr);

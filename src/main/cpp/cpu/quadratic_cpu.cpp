@@ -133,6 +133,11 @@ void quadratic_backward_head(const Problem& pr, const at::Tensor& q, const at::T
     const at::Tensor qt = qr.narrow(0, i0 * g, R), kt = kh.narrow(0, 0, i1), vt = vh.narrow(0, 0, i1);
     at::Tensor S = at::mm(qt, kt.t()).contiguous();
     at::Tensor dP = at::mm(dnum, vt.t()).add_(dl.unsqueeze(1)).contiguous();
+    {  // the rows' own keys: dy . (v - y) / l, the difference first (own_key_term)
+      const at::Tensor own =
+          (dyt * (vh.narrow(0, i0, i1 - i0).repeat_interleave(g, 0) - yt)).sum(1).mul_(inv).contiguous();
+      own_key_term(dP.data_ptr<T>() + i0, i1, R, g, own.data_ptr<T>());
+    }
     const at::Tensor m = f.rowmax[bh].narrow(0, i0 * g, R).contiguous();
     const auto sh = tile_shape<T>(pr, R, i1, i0, 0, G.empty() ? nullptr : G.data() + i0, G.empty() ? nullptr : G.data());
     tile_weights_backward<T>(sh, S.data_ptr<T>(), dP.data_ptr<T>(), m.data_ptr<T>(), gates ? dG.data() + i0 : nullptr,

@@ -249,6 +249,62 @@ class ReliabilityTest {
         }
     }
 
+    static Stream<Object[]> ownKeyCases() {
+        List<Object[]> cases = new ArrayList<>();
+        for (ScalarType dt : new ScalarType[] {ScalarType.Float, ScalarType.Double}) {
+            for (int deg : new int[] {2, 4}) {
+                for (long chunk : new long[] {0, 16}) {
+                    String name = String.format("%s-deg%d-%s", Fixtures.dtypeName(dt), deg,
+                            chunk == 0 ? "quadratic" : "c" + chunk);
+                    cases.add(new Object[] {name, dt, deg, chunk});
+                }
+            }
+        }
+        return cases.stream();
+    }
+
+    /**
+     * A row whose weight sits on its own key: the first token (its only key is itself) with q_0 . k_0 at 1e-6 of its
+     * size in one of two query heads (standard gates, t = 37). There y_0 = v_0 for any q_0, so the score gradient's
+     * factor dy . (v_0 - y_0) is zero, while its p / s multiplier is 1e6: a backward that forms the factor as
+     * dy . v_0 - dy . y_0 passes its rounding noise on to dQ and dK (about 0.5 relative in fp32). Against the fp64
+     * oracle at SPEC §7, widened to 16 times the problem's conditioning; both forms, degrees 2 and 4.
+     */
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("ownKeyCases")
+    void firstTokenWithItsScoreNearZero(String name, ScalarType dtype, int deg, long chunk) {
+        try (PointerScope scope = new PointerScope()) {
+            manual_seed(name.hashCode());
+            ScalarType gateType = dtype == ScalarType.Double ? ScalarType.Double : ScalarType.Float;
+            Inputs in = Inputs.draw(37, 2, 1, 16, 1, Gates.STANDARD, dtype, gateType);
+            Tensor q = in.q(), k = in.k();
+            // k_0 = e_0, q_0 (head 0) = (1e-6, ...): s_00 = 1e-6 scale
+            Tensor k0 = k.select(1, 0).select(1, 0);
+            k0.zero_();
+            k0.select(0, 0).fill_(new Scalar(1.0));
+            q.select(1, 0).select(1, 0).select(0, 0).fill_(new Scalar((double) (float) 1e-6));
+            Tensor logG = in.logG();
+            double eps = dtype == ScalarType.Double ? 0x1p-53 : 0x1p-24;
+            Tensor[] ref = Oracle.logSpaceWithGradients(q, k, in.v(), logG, in.dy(), deg, 0.25, 0);
+            Tensor[] moved = Oracle.logSpaceWithGradients(q, k, in.v(), logG, in.dy(), deg, 0.25, eps);
+
+            Tensor xq = Fixtures.leaf(q, dtype), xk = Fixtures.leaf(k, dtype), xv = Fixtures.leaf(in.v(), dtype);
+            Tensor xg = Fixtures.leaf(logG, gateType);
+            PowerAttentionOptions.Builder o = PowerAttentionOptions.builder().degree(deg).scale(0.25);
+            if (chunk > 0) {
+                o.chunkSize(chunk);
+            }
+            Tensor y = PowerAttention.powerFull(xq, xk, xv, xg, o.build());
+            y.to(ScalarType.Double).mul(in.dy()).sum().backward();
+            Tensor[] got = {y, xq.grad(), xk.grad(), xv.grad(), xg.grad()};
+            String[] names = {"Y", "dQ", "dK", "dV", "dlogG"};
+            for (int i = 0; i < got.length; ++i) {
+                assertWithinConditioning(got[i].to(ScalarType.Double), ref[i], moved[i], dtype, i > 0,
+                        name + " " + names[i]);
+            }
+        }
+    }
+
     /**
      * The log-space oracle's Y and gradients {dQ, dK, dV, dlogG} (the cotangent dy), on the inputs multiplied by
      * (1 + eps N(0, 1)) elementwise (eps = 0: the inputs themselves).
