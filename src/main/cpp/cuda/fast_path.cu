@@ -96,11 +96,12 @@ Grads quadratic_backward(const Problem& pr, const Inputs& in, const at::Tensor& 
   const at::Tensor G = lg.defined() ? at::cumsum(lg, 1).contiguous() : at::Tensor();
   // the row terms: the combination's backward without states (rf = 1 / l, dd = -(dy . y) / l), dy through the
   // quadratic form's map (blocks are heads of R rows)
-  at::Tensor rf = at::empty({BH * R}, ao), dd = at::empty({BH * R}, ao);
+  at::Tensor rf = at::empty({BH * R}, ao), dd = at::empty({BH * R}, ao), own = at::empty({BH * R}, ao);
   const Operand dyr = Operand::caller(dy, pr.h, g);
   AT_DISPATCH_REDUCED_FLOATING_TYPES(q.scalar_type(), "power_full_row_terms", [&] {
     combine_bwd<scalar_t, float>(dyr, saved.y, saved.den.data_ptr<float>(), nullptr, false, StateRows{}, at::Tensor(),
-                                 at::Tensor(), rf.data_ptr<float>(), dd.data_ptr<float>(), BH * R, pr.e, 0, R);
+                                 at::Tensor(), rf.data_ptr<float>(), dd.data_ptr<float>(), BH * R, pr.e, 0, R, in.v, g,
+                                 own.data_ptr<float>());
   });
   Grads gr;
   if (needs.q) gr.q = at::empty_like(q);
@@ -109,7 +110,7 @@ Grads quadratic_backward(const Problem& pr, const Inputs& in, const at::Tensor& 
   at::Tensor rowdz = gates ? at::empty({BH * R}, ao) : at::Tensor();
   at::Tensor coldz = gates ? at::empty({BH * T_}, ao) : at::Tensor();
   const auto out = [&](const at::Tensor& x, int64_t gg) { return x.defined() ? Operand::caller(x, pr.h, gg) : Operand(); };
-  tile_backward(tile_problem(pr, BH, T_), in.q, in.k, in.v, G, dyr, saved.rowmax, rf, dd, out(gr.q, g), out(dk, 1),
+  tile_backward(tile_problem(pr, BH, T_), in.q, in.k, in.v, G, dyr, saved.rowmax, rf, dd, own, out(gr.q, g), out(dk, 1),
                 out(dv, 1), at::Tensor(), at::Tensor(), at::Tensor(), rowdz, coldz);
   if (needs.k) gr.k = dk;
   if (needs.v) gr.v = dv;
@@ -187,9 +188,9 @@ Grads chunked_backward(const Problem& pr, const Inputs& in, const at::Tensor& lg
 
   // y = num / den (the tile kernels take dy and rf, not dnum)
   at::Tensor dB = at::empty({X, R, E}, q.options().dtype(at::kBFloat16));
-  at::Tensor ddenA = at::empty({X * R}, ao), rf = at::empty({X * R}, ao);
+  at::Tensor ddenA = at::empty({X * R}, ao), rf = at::empty({X * R}, ao), own = at::empty({X * R}, ao);
   combine_bwd<T, A>(dyr, f.y, f.den.data_ptr<A>(), f.rowmax.data_ptr<A>(), true, state_rows(pr, gt), dB,
-                    at::Tensor(), rf.data_ptr<A>(), ddenA.data_ptr<A>(), X * R, e, E);
+                    at::Tensor(), rf.data_ptr<A>(), ddenA.data_ptr<A>(), X * R, e, E, R, in.v, g, own.data_ptr<A>());
   // the gate gradient's parts (chunk_gate_grad): the state side's uq, uk, dLs; the tiles' rowdz, coldz
   at::Tensor dLs = gates ? at::zeros({X}, ao) : at::Tensor();
   at::Tensor uq_g, uk_g, rowdz, coldz;
@@ -240,8 +241,8 @@ Grads chunked_backward(const Problem& pr, const Inputs& in, const at::Tensor& lg
   const auto out = [&](const at::Tensor& x, int64_t gg) {
     return x.defined() ? Operand::caller(x, pr.h, gg, c) : Operand();
   };
-  tile_backward(tile_problem(pr, X, c), in.q, in.k, in.v, gt.Gc, dyr, f.rowmax, rf, ddenA, out(gr.q, g), out(ok, 1),
-                out(ov, 1), dq, dk, dv, rowdz, coldz);
+  tile_backward(tile_problem(pr, X, c), in.q, in.k, in.v, gt.Gc, dyr, f.rowmax, rf, ddenA, own, out(gr.q, g),
+                out(ok, 1), out(ov, 1), dq, dk, dv, rowdz, coldz);
   if (needs.k) gr.k = ok;
   if (needs.v) gr.v = ov;
   if (gates) gr.lg = chunk_gate_grad(pr, uq_g, uk_g, rowdz, coldz, at::Tensor(), dLs, ao).to(lg.scalar_type());

@@ -85,16 +85,18 @@ void quadratic_backward(const Problem& pr, const at::Tensor& q, const at::Tensor
     const at::Tensor qt = qr.narrow(1, i0 * g, R), kt = k.narrow(1, 0, i1), vt = v.narrow(1, 0, i1);
     const at::Tensor den = f.den.narrow(1, i0 * g, R).contiguous(), m = f.rowmax.narrow(1, i0 * g, R).contiguous();
     at::Tensor dnumA = at::empty({BH, R, e}, q.options()), ddenA = at::empty({BH, R}, ao), rf = at::empty({BH, R}, ao);
+    at::Tensor own = at::empty({BH, R}, ao);
     const at::Tensor dyt = dyr.narrow(1, i0 * g, R).contiguous();
     combine_bwd<T, A>(dyt, yr.narrow(1, i0 * g, R).contiguous(), den.data_ptr<A>(), m.data_ptr<A>(), false, StateRows{},
-                      at::Tensor(), dnumA, rf.data_ptr<A>(), ddenA.data_ptr<A>(), BH * R, e, 0);
+                      at::Tensor(), dnumA, rf.data_ptr<A>(), ddenA.data_ptr<A>(), BH * R, e, 0, 0,
+                      v.narrow(1, i0, i1 - i0).contiguous(), g, own.data_ptr<A>());
     const at::Tensor S = mm_acc(qt, kt.transpose(1, 2), acc);
     const at::Tensor dP = mm_acc(dyt, vt.transpose(1, 2), acc);
     double* gp = mut_ptr_or_null<double>(dG);
     const A* Gp = ptr_or_null<A>(G);
     const auto t = tile_args<A>(pr, BH, R, i1, i0, Gp ? Gp + i0 : nullptr, T_, Gp, T_);
-    auto [P, dS] = weights_backward<T, A>(t, S, dP, rf.data_ptr<A>(), ddenA.data_ptr<A>(), m.data_ptr<A>(),
-                                          gp ? gp + i0 : nullptr, gp);
+    auto [P, dS] = weights_backward<T, A>(t, S, dP, rf.data_ptr<A>(), ddenA.data_ptr<A>(), own.data_ptr<A>(),
+                                          m.data_ptr<A>(), gp ? gp + i0 : nullptr, gp);
     if (needs.v) dv.narrow(1, 0, i1).add_(mm_acc(P.transpose(1, 2), dnumA, acc));
     if (needs.q) dq.narrow(1, i0 * g, R).copy_(mm_acc(dS, kt, acc));
     if (needs.k) dk.narrow(1, 0, i1).add_(mm_acc(dS.transpose(1, 2), qt, acc));
@@ -220,9 +222,9 @@ void chunked_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& 
   // y = num / den
   at::Tensor dB = at::empty({X, R, E}, q.options().dtype(side.phi_dt));
   at::Tensor dnumA = at::empty({X, R, e}, q.options());
-  at::Tensor ddenA = at::empty({X * R}, ao), rf = at::empty({X * R}, ao);
+  at::Tensor ddenA = at::empty({X * R}, ao), rf = at::empty({X * R}, ao), own = at::empty({X * R}, ao);
   combine_bwd<T, A>(dyr, f.y, f.den.data_ptr<A>(), f.rowmax.data_ptr<A>(), true, state_rows(pr, gt), dB, dnumA,
-                    rf.data_ptr<A>(), ddenA.data_ptr<A>(), X * R, e, E);
+                    rf.data_ptr<A>(), ddenA.data_ptr<A>(), X * R, e, E, 0, v3, g, own.data_ptr<A>());
   // the gate gradient's parts (chunk_gate_grad): the state side's uq, uk, dLs; the weights' dGc
   at::Tensor dLs = gates ? at::zeros({X}, ao) : at::Tensor();
   at::Tensor uq_g, uk_g, dGc;
@@ -263,8 +265,8 @@ void chunked_backward(const Problem& pr, const at::Tensor& q, const at::Tensor& 
   const A* Gc = ptr_or_null<A>(gt.Gc);
   double* dg = mut_ptr_or_null<double>(dGc);
   const auto t = tile_args<A>(pr, X, R, c, 0, Gc, c, Gc, c);
-  auto [P, dS] = weights_backward<T, A>(t, S, dP, rf.data_ptr<A>(), ddenA.data_ptr<A>(), f.rowmax.data_ptr<A>(), dg,
-                                        dg);
+  auto [P, dS] = weights_backward<T, A>(t, S, dP, rf.data_ptr<A>(), ddenA.data_ptr<A>(), own.data_ptr<A>(),
+                                        f.rowmax.data_ptr<A>(), dg, dg);
   if (needs.v) {
     const at::Tensor part = mm_acc(P.transpose(1, 2), dnumA, acc);
     dv = dv.defined() ? dv + part : part;

@@ -38,6 +38,13 @@ Inputs make_inputs(const Case& c, std::mt19937_64& rng) {
   in.q = (at::randn({c.b, c.t, c.hq, c.d}, o) * c.qk).to(c.dtype).to(at::kDouble);
   in.k = (at::randn({c.b, c.t, c.h, c.d}, o) * c.qk).to(c.dtype).to(at::kDouble);
   in.v = (at::randn({c.b, c.t, c.h, c.e}, o) * c.vs).to(c.dtype).to(at::kDouble);
+  if (!std::isnan(c.first)) {
+    const double scale = 1.0 / std::sqrt(static_cast<double>(c.d));
+    at::Tensor k0 = in.k.select(1, 0).select(1, 0), q0 = in.q.select(1, 0).select(1, 0);  // [b, d]
+    k0.zero_();
+    k0.select(1, 0).fill_(1.0);
+    q0.select(1, 0).fill_(at::scalar_tensor(c.first / scale, o).to(c.dtype).item<double>());
+  }
   // gates in fp32 (fp64 for fp64 cases), as a user would pass them
   if (c.gate) {
     const at::ScalarType gt = c.dtype == at::kDouble ? at::kDouble : at::kFloat;
@@ -214,6 +221,11 @@ std::string name(const Case& c) {
     char x[32];
     std::snprintf(x, sizeof x, "%s%g", tag, f);
     n += x;
+  }
+  if (!std::isnan(c.first)) {
+    char f[32];
+    std::snprintf(f, sizeof f, "-first%g", c.first);
+    n += f;
   }
   if (!std::isnan(c.gate_mean)) {
     char g[64];
@@ -498,6 +510,23 @@ int run_tests() {
             std::mt19937_64 r(xr());
             report(name(c), count(guarded([&] { return run_case(c, r); })), tolerance(dt));
           }
+  }
+  // the first token's score near zero (Case::first): its gradients through q_0 and k_0 are exactly zero, and a
+  // backward that forms the score gradient's factor dy . (v - y) as two products' difference returns their rounding
+  // times p / s there (README, limitations). Both forms, both paths (bf16 d 64: the fused kernels; fp32: cuBLAS),
+  // degrees 2 and 4. Seeds of their own.
+  {
+    std::mt19937_64 xr(20261204);
+    for (auto dt : {bf, f32})
+      for (int64_t p : {2, 4})
+        for (int64_t chunk : {0, 16}) {
+          if (dt == bf && p == 4 && chunk > 0) continue;  // degree 4's bf16 chunked form runs in fp32 (the fp32 case)
+          const int64_t d = dt == bf ? 64 : 16;
+          Case c{1, 37, 2, 1, d, d, p, chunk, true, dt};
+          c.first = 1e-6;
+          std::mt19937_64 r(xr());
+          report(name(c), count(guarded([&] { return run_case(c, r); })), tolerance(dt));
+        }
   }
   for (const Long& lr : longs) report(long_name(lr), count(run_long_case(lr)), tolerance(lr.dtype));
   for (auto dt : {bf, f32}) {

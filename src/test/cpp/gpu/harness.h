@@ -82,6 +82,9 @@ struct Case {
   // finite; its errors are reported ("over" when above the tolerances), not failed.
   bool concentrated = false;
   double vs = 1, dys = 1;  // v and the cotangent dy drawn times these (tiny or huge: y and the gradients scale)
+  // when set: the first token's score in query head 0 of every batch, q_0 . k_0 scale, set to this (k_0 = e_0,
+  // q_0[0] = first / scale): its only key is itself, so y_0 = v_0 and its gradients through q_0 and k_0 are zero
+  double first = NAN;
 };
 
 /// A case with log gates mean + std N(0, 1) a token; `concentrated`: see Case.

@@ -104,7 +104,7 @@ void tile_forward(const TileProblem& tp, const Operand& q, const Operand& k, con
 
 void tile_backward(const TileProblem& tp, const Operand& q, const Operand& k, const Operand& v, const at::Tensor& G,
                    const Operand& dy, const at::Tensor& m, const at::Tensor& rf, const at::Tensor& dd,
-                   const Operand& dq, const Operand& dk, const Operand& dv, const at::Tensor& dq_add,
+                   const at::Tensor& own, const Operand& dq, const Operand& dk, const Operand& dv, const at::Tensor& dq_add,
                    const at::Tensor& dk_add, const at::Tensor& dv_add, at::Tensor& rowdz, at::Tensor& coldz) {
   check_inputs(tp, q, k, v, G);
   const int64_t d = q.data.size(-1), e = v.data.size(-1);
@@ -117,6 +117,7 @@ void tile_backward(const TileProblem& tp, const Operand& q, const Operand& k, co
   check_f32(m, q.data, tp.X * tp.R, "m", false);
   check_f32(rf, q.data, tp.X * tp.R, "rf", false);
   check_f32(dd, q.data, tp.X * tp.R, "dd", false);
+  check_f32(own, q.data, tp.X * tp.R, "own", false);
   check_f32(dq_add, q.data, tp.X * tp.R * d, "dq addend");
   check_f32(dk_add, q.data, tp.X * tp.C * d, "dk addend");
   check_f32(dv_add, q.data, tp.X * tp.C * e, "dv addend");
@@ -125,7 +126,8 @@ void tile_backward(const TileProblem& tp, const Operand& q, const Operand& k, co
   if (tp.X == 0 || tp.R == 0) return;
   const c10::cuda::CUDAGuard guard(q.data.device());
   const at::Tensor gmin = G.defined() ? G.view({tp.X, tp.C}).amin(1).contiguous() : at::Tensor();
-  const tile::Args a = make_args(tp, q, k, v, dy, dq, dk, dv, fptr(gmin));
+  tile::Args a = make_args(tp, q, k, v, dy, dq, dk, dv, fptr(gmin));
+  a.own = fptr(own);
   const bool bf = q.data.scalar_type() == at::kBFloat16;
   if (dq.defined() || rowdz.defined()) {
     tile::launch_bwd_dq(a, bf, d, bits(q), bits(k), bits(v), fptr(G), bits(dy), fptr(m), fptr(rf), fptr(dd),

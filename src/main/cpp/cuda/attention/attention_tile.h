@@ -46,12 +46,15 @@ bool tile_kernels_support(at::ScalarType dtype, int64_t d, int64_t e);
 void tile_forward(const TileProblem& tp, const Operand& q, const Operand& k, const Operand& v, const at::Tensor& G,
                   at::Tensor& num, at::Tensor& m, at::Tensor& l, bool normalize = false, const Operand& y = {});
 
-/// dy like q; m, rf, dd [X * R] fp32. Writes dq (like q), dk, dv (like k, v) in the input dtype, each plus its fp32
+/// dy like q; m, rf, dd, own [X * R] fp32: a weight's gradient is dz = t P with t = (dy . v) rf + dd, and at a
+/// row's own key t = own, the row's dy . (v - y) rf made with the difference first: where one key carries a row's
+/// weight (the first token; earlier keys' gates vanishing) y = v there, and the two terms of the general form leave
+/// only their rounding, which the score gradient's p / s would carry into dq and dk. Writes dq (like q), dk, dv (like k, v) in the input dtype, each plus its fp32
 /// addend [X, R, d] / [X, C, d] / [X, C, e] when that is defined; an undefined output is skipped (dk and dv are made
 /// together). rowdz [X * R] and coldz [X * C] fp32, or undefined (no gate gradient).
 void tile_backward(const TileProblem& tp, const Operand& q, const Operand& k, const Operand& v, const at::Tensor& G,
                    const Operand& dy, const at::Tensor& m, const at::Tensor& rf, const at::Tensor& dd,
-                   const Operand& dq, const Operand& dk, const Operand& dv, const at::Tensor& dq_add,
+                   const at::Tensor& own, const Operand& dq, const Operand& dk, const Operand& dv, const at::Tensor& dq_add,
                    const at::Tensor& dk_add, const at::Tensor& dv_add, at::Tensor& rowdz, at::Tensor& coldz);
 
 }  // namespace cuda

@@ -38,7 +38,7 @@ __global__ void __launch_bounds__(kThreads, dkv_min_ctas<D, E>()) tile_bwd_dkv_k
   u16* sV = sK + kRows * SD;
   u16* sQ = sV + kRows * SE;   // [2][BM][SD]
   u16* sY = sQ + 2 * BM * SD;  // [2][BM][SE]
-  float* sRow = reinterpret_cast<float*>(sY + 2 * BM * SE);  // [2][5][BM]: m, rf, dd, gq, token (as int)
+  float* sRow = reinterpret_cast<float*>(sY + 2 * BM * SE);  // [2][6][BM]: m, rf, dd, gq, token (as int), own
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gr = lane >> 2, tg = lane & 3;
   const int64_t x = blockIdx.x % a.X, kt = blockIdx.x / a.X;  // the keys seen by the most rows first
   const int64_t j0 = kt * kRows, R = a.R, C = a.C;
@@ -52,7 +52,7 @@ __global__ void __launch_bounds__(kThreads, dkv_min_ctas<D, E>()) tile_bwd_dkv_k
     const int64_t i0 = rstart + static_cast<int64_t>(st) * BM;
     load_rows_mapped<D, BM, kThreads, D + 8>(sQ + buf * BM * SD, qx, a.mq, i0, nq);
     load_rows_mapped<E, BM, kThreads, E + 8>(sY + buf * BM * SE, yx, a.my, i0, nq);
-    float* rw = sRow + buf * 5 * BM;
+    float* rw = sRow + buf * 6 * BM;
     for (int i = threadIdx.x; i < BM; i += kThreads) {
       const int64_t r = i0 + i;
       const bool ok = r < R;
@@ -62,6 +62,7 @@ __global__ void __launch_bounds__(kThreads, dkv_min_ctas<D, E>()) tile_bwd_dkv_k
       cp_async4(rw + 2 * BM + i, dd + at, ok);
       if (Gx) cp_async4(rw + 3 * BM + i, Gx + (ok ? r / a.g : 0), ok);
       reinterpret_cast<int*>(rw + 4 * BM)[i] = ok ? static_cast<int>(r / a.g) : -1;
+      cp_async4(rw + 5 * BM + i, a.own + at, ok);
     }
   };
   load_rows_mapped<D, kRows, kThreads, D + 8>(sK, k + a.mk.base(x), a.mk, j0, nk);
@@ -89,7 +90,7 @@ __global__ void __launch_bounds__(kThreads, dkv_min_ctas<D, E>()) tile_bwd_dkv_k
     __syncthreads();
     const u16* cQ = sQ + (st & 1) * BM * SD;
     const u16* cY = sY + (st & 1) * BM * SE;
-    const float* rw = sRow + (st & 1) * 5 * BM;
+    const float* rw = sRow + (st & 1) * 6 * BM;
     const int* tok = reinterpret_cast<const int*>(rw + 4 * BM);
     float s[BM / 8][4], dp[BM / 8][4];
     zero(s);
@@ -137,14 +138,15 @@ __global__ void __launch_bounds__(kThreads, dkv_min_ctas<D, E>()) tile_bwd_dkv_k
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const int il = nf * 8 + tg * 2 + h;
-          const float rfi = rw[BM + il], ddi = rw[2 * BM + il];
+          const float rfi = rw[BM + il], ddi = rw[2 * BM + il], owni = rw[5 * BM + il];
           const float ci = a.lp2 + ((Gx ? rw[3 * BM + il] : 0.f) - rw[il]) * kLog2e;
           const int ti = tok[il];
 #pragma unroll
           for (int half = 0; half < 2; ++half) {
             const float sv = s[nf][2 * half + h];
             const int jk = half ? tkb : tka;
-            const float t = dp[nf][2 * half + h] * rfi + ddi;
+            float t = dp[nf][2 * half + h] * rfi + ddi;
+            if constexpr (kMasked) t = jk == ti ? owni : t;  // the row's own key
             float w, ds;
             if constexpr (P2) {
               float f = ex2(ci - (half ? gkb : gka));

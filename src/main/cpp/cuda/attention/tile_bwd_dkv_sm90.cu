@@ -31,7 +31,7 @@ constexpr int dkv90_min_ctas() {
 }
 template <int BM>
 constexpr size_t dkv90_smem() {
-  return sizeof(u16) * (2 * kRows * kD + 2 * 2 * BM * kD) + sizeof(float) * 2 * 5 * BM;
+  return sizeof(u16) * (2 * kRows * kD + 2 * 2 * BM * kD) + sizeof(float) * 2 * 6 * BM;
 }
 
 template <bool BF, int BM>
@@ -49,7 +49,7 @@ __global__ void __launch_bounds__(kThreads, dkv90_min_ctas<BM>())
   u16* sV = sK + kRows * D;                // [E / 8][64][8]
   u16* sQ = sV + kRows * E;                // [2][D / 8][BM][8]
   u16* sY = sQ + 2 * BM * D;               // [2][E / 8][BM][8]
-  float* sRow = reinterpret_cast<float*>(sY + 2 * BM * E);  // [2][5][BM]: m, rf, dd, gq, token (as int)
+  float* sRow = reinterpret_cast<float*>(sY + 2 * BM * E);  // [2][6][BM]: m, rf, dd, gq, token (as int), own
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gr = lane >> 2, tg = lane & 3;
   const int64_t x = blockIdx.x % a.X, kt = blockIdx.x / a.X;  // the keys seen by the most rows first
   const int64_t j0 = kt * kRows, R = a.R, C = a.C;
@@ -63,7 +63,7 @@ __global__ void __launch_bounds__(kThreads, dkv90_min_ctas<BM>())
     const int64_t i0 = rstart + static_cast<int64_t>(st) * BM;
     load_rows_cm<D, BM, kThreads>(sQ + buf * BM * D, qx, a.mq, i0, nq);
     load_rows_cm<E, BM, kThreads>(sY + buf * BM * E, yx, a.my, i0, nq);
-    float* rw = sRow + buf * 5 * BM;
+    float* rw = sRow + buf * 6 * BM;
     for (int i = threadIdx.x; i < BM; i += kThreads) {
       const int64_t r = i0 + i;
       const bool ok = r < R;
@@ -73,6 +73,7 @@ __global__ void __launch_bounds__(kThreads, dkv90_min_ctas<BM>())
       cp_async4(rw + 2 * BM + i, dd + at, ok);
       if (Gx) cp_async4(rw + 3 * BM + i, Gx + (ok ? r / a.g : 0), ok);
       reinterpret_cast<int*>(rw + 4 * BM)[i] = ok ? static_cast<int>(r / a.g) : -1;
+      cp_async4(rw + 5 * BM + i, a.own + at, ok);
     }
   };
   load_rows_cm<D, kRows, kThreads>(sK, k + a.mk.base(x), a.mk, j0, nk);
@@ -102,7 +103,7 @@ __global__ void __launch_bounds__(kThreads, dkv90_min_ctas<BM>())
     __syncthreads();
     const u16* cQ = sQ + (st & 1) * BM * D;
     const u16* cY = sY + (st & 1) * BM * E;
-    const float* rw = sRow + (st & 1) * 5 * BM;
+    const float* rw = sRow + (st & 1) * 6 * BM;
     const int* tok = reinterpret_cast<const int*>(rw + 4 * BM);
     float s[BM / 8][4], dp[BM / 8][4];
     {
@@ -142,14 +143,15 @@ __global__ void __launch_bounds__(kThreads, dkv90_min_ctas<BM>())
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const int il = nf * 8 + tg * 2 + h;
-          const float rfi = rw[BM + il], ddi = rw[2 * BM + il];
+          const float rfi = rw[BM + il], ddi = rw[2 * BM + il], owni = rw[5 * BM + il];
           const float ci = a.lp2 + ((Gx ? rw[3 * BM + il] : 0.f) - rw[il]) * kLog2e;
           const int ti = tok[il];
 #pragma unroll
           for (int half = 0; half < 2; ++half) {
             const float sv = s[nf][2 * half + h];
             const int jk = half ? tkb : tka;
-            const float t = dp[nf][2 * half + h] * rfi + ddi;
+            float t = dp[nf][2 * half + h] * rfi + ddi;
+            if constexpr (kMasked) t = jk == ti ? owni : t;  // the row's own key
             float w, ds;
             if constexpr (P2) {
               float f = ex2(ci - (half ? gkb : gka));

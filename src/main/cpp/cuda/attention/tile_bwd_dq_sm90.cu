@@ -71,6 +71,7 @@ __global__ void __launch_bounds__(kThreads, MIN_CTAS)
   const float cb = okb ? a.lp2 + ((Gx ? Gx[rb / a.g] : 0.f) - m[x * R + rb]) * kLog2e : 0.f;
   const float rfa = oka ? rf[x * R + ra] : 0.f, rfb = okb ? rf[x * R + rb] : 0.f;
   const float dda = oka ? dd[x * R + ra] : 0.f, ddb = okb ? dd[x * R + rb] : 0.f;
+  const float owna = oka ? a.own[x * R + ra] : 0.f, ownb = okb ? a.own[x * R + rb] : 0.f;  // t at the own key
   const float pf_ = static_cast<float>(a.p);
   const float room = kRoom + (a.gmin ? a.gmin[x] * kLog2e : 0.f);
   const bool p2 = __all_sync(0xffffffffu, a.p == 2 && ca < room && cb < room);  // warp-uniform
@@ -124,7 +125,8 @@ __global__ void __launch_bounds__(kThreads, MIN_CTAS)
 #pragma unroll
           for (int half = 0; half < 2; ++half) {
             const float sv = s[nf][2 * half + h];
-            const float t = dp[nf][2 * half + h] * (half ? rfb : rfa) + (half ? ddb : dda);
+            float t = dp[nf][2 * half + h] * (half ? rfb : rfa) + (half ? ddb : dda);
+            if constexpr (kMasked) t = jl == (half ? diagb : diaga) ? (half ? ownb : owna) : t;
             float dz, ds;
             if constexpr (P2) {
               float f = ex2((half ? cb : ca) - gk);

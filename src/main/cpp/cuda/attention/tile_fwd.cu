@@ -163,8 +163,6 @@ __global__ void __launch_bounds__(kThreads) tile_fwd_kernel(Args a, const u16* _
                 const float pa = s[nf][h] * qa, pb = s[nf][2 + h] * qb;
                 s[nf][h] = pa;
                 s[nf][2 + h] = pb;
-                la += pa;
-                lb += pb;
               }
           } else {
             scores();
@@ -205,8 +203,6 @@ __global__ void __launch_bounds__(kThreads) tile_fwd_kernel(Args a, const u16* _
             }
             s[nf][h] = pa;
             s[nf][2 + h] = pb;
-            la += pa;
-            lb += pb;
           }
         }
       }
@@ -221,6 +217,7 @@ __global__ void __launch_bounds__(kThreads) tile_fwd_kernel(Args a, const u16* _
       const u32 pf2[4] = {pack2<BF>(s[2 * kk][0], s[2 * kk][1]), pack2<BF>(s[2 * kk][2], s[2 * kk][3]),
                           pack2<BF>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
                           pack2<BF>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+      add_weights<BF>(pf2, la, lb);
 #pragma unroll
       for (int en = 0; en < E / 16; ++en) {
         u32 b[4];

@@ -186,8 +186,6 @@ __global__ void __launch_bounds__(kThreads, MIN_CTAS)
                 const float pa = s[nf][h] * qa, pb = s[nf][2 + h] * qb;
                 s[nf][h] = pa;
                 s[nf][2 + h] = pb;
-                la += pa;
-                lb += pb;
               }
           } else {
             scores();
@@ -228,8 +226,6 @@ __global__ void __launch_bounds__(kThreads, MIN_CTAS)
             }
             s[nf][h] = pa;
             s[nf][2 + h] = pb;
-            la += pa;
-            lb += pb;
           }
         }
       }
@@ -246,6 +242,7 @@ __global__ void __launch_bounds__(kThreads, MIN_CTAS)
         pf2[kk][1] = pack2<BF>(s[2 * kk][2], s[2 * kk][3]);
         pf2[kk][2] = pack2<BF>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
         pf2[kk][3] = pack2<BF>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+        add_weights<BF>(pf2[kk], la, lb);
       }
       const uint64_t dv = desc_rows_k<BN>(cV);
       wgmma::fence();

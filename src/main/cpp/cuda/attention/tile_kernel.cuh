@@ -38,6 +38,7 @@ struct Args {
   int g, p;
   float lp2;          // p log2(scale)
   const float* gmin;  // [X]: min over the block's keys of G, or null (no gates)
+  const float* own;   // [X R]: each query row's t at its own key (the backward; cuda/attention/attention_tile.h)
   RowMap mq, mk, mv, my;  // loads: q, k, v, dy (the forward: its output y)
   RowMap oq, ok, ov;      // outputs in the input dtype: dq, dk, dv
 };
@@ -76,6 +77,18 @@ __device__ __forceinline__ float raise_exp(int& e, float amax) {
   const float f = pow2f(e - (top - 15));
   e = top - 15;
   return f;
+}
+
+// The forward's row sums l: of the weights as rounded for the P V product (a k16 step's A fragment of them: rows gr
+// / gr + 8 in registers 0, 2 / 1, 3), so that y = num / l is a weighted average in exactly the weights that weigh v.
+// A row whose weight sits on one key then gives y = v of that key exactly, which the backward's own-key term
+// (attention_tile.h, tile_backward) needs: an fp32 weight of 1 - 1e-7 rounded to 1 in the product but not in l
+// left y - v at the fp32 rounding, which that term's p / s carried into dq and dk.
+template <bool BF>
+__device__ __forceinline__ void add_weights(const u32 (&pf)[4], float& la, float& lb) {
+  const float2 a0 = unpack2<BF>(pf[0]), b0 = unpack2<BF>(pf[1]), a1 = unpack2<BF>(pf[2]), b1 = unpack2<BF>(pf[3]);
+  la += (a0.x + a0.y) + (a1.x + a1.y);
+  lb += (b0.x + b0.y) + (b1.x + b1.y);
 }
 
 // A warp's [16 x 8 N] tile (rows gr / gr + 8 in registers 0-1 / 2-3 of each n8 tile) times fa / fb by rows.
@@ -189,7 +202,7 @@ template <int D, int E>
 constexpr size_t dkv_smem() {
   constexpr int BM = dkv_rows<D, E>();
   return sizeof(u16) * (kRows * (D + 8) + kRows * (E + 8) + 2 * BM * (D + 8) + 2 * BM * (E + 8)) +
-         sizeof(float) * 2 * 5 * BM;
+         sizeof(float) * 2 * 6 * BM;
 }
 
 // One CTA a tile of each block.

@@ -47,10 +47,11 @@ template <typename T, typename A>
 at::Tensor weights_forward(const TileArgs<A>& t, const at::Tensor& S, A* m, A* l);
 
 /// Backward of the weights on a tile: {P, dS} [X, R, C] in T (see attention_weights_backward); dgq, dgk: fp64 gate
-/// gradient sums to add to, or null.
+/// gradient sums to add to, or null; own [X R]: each row's factor at its own key (attention_tile.h, tile_backward).
 template <typename T, typename A>
 std::pair<at::Tensor, at::Tensor> weights_backward(const TileArgs<A>& t, const at::Tensor& S, const at::Tensor& dP,
-                                                   const A* rf, const A* dden, const A* m, double* dgq, double* dgk);
+                                                   const A* rf, const A* dden, const A* own, const A* m, double* dgq,
+                                                   double* dgk);
 
 /// phi(x) * rs per row: x [n, d] in T, rs [n] in A or undefined -> [n, D] in dtype `out`.
 template <typename T, typename A>

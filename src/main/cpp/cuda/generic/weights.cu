@@ -77,7 +77,7 @@ constexpr int kBwdRows = 16, kBwdCols = 128;
 template <typename T, typename A>
 __global__ void attention_weights_backward(TileArgs<A> t, const A* __restrict__ S, const A* __restrict__ dP,
                                            const A* __restrict__ rf, const A* __restrict__ dden,
-                                           const A* __restrict__ m, T* __restrict__ P,
+                                           const A* __restrict__ own, const A* __restrict__ m, T* __restrict__ P,
                                            T* __restrict__ dS, double* __restrict__ dgq, double* __restrict__ dgk) {
   // Gate gradients accumulate in fp64: sum_j dz_ij and sum_i dz_ij cancel almost exactly in the reverse cumsum
   // (the diagonal terms enter both), and fp32 partial sums would leave their rounding behind.
@@ -93,7 +93,7 @@ __global__ void attention_weights_backward(TileArgs<A> t, const A* __restrict__ 
     const int64_t row = x * t.R + r;
     const int vis = visible_keys(t, r);
     const A gi = t.gq ? t.gq[x * t.gq_stride + r / t.g] : A(0);
-    const A mr = m[row], dd = dden[row], f = rf[row];
+    const A mr = m[row], dd = dden[row], f = rf[row], ow = own[row];
     double rowsum = 0;
 #pragma unroll
     for (int cc = 0; cc < 4; ++cc) {
@@ -105,7 +105,7 @@ __global__ void attention_weights_backward(TileArgs<A> t, const A* __restrict__ 
       if (j < vis && sj != A(0)) {
         w = dev_exp(log_weight(sj, t.scale, t.p, gi, gk ? gk[j] : A(0)) - mr);
         if ((t.p & 1) && sj < A(0)) w = -w;
-        const A dz = (dP[at] * f + dd) * w;
+        const A dz = (j == vis - 1 ? ow : dP[at] * f + dd) * w;  // the own key: own_key_term (attention_tile.h)
         ds = dz * A(t.p) / sj;
         rowsum += dz;
         colsum[cc] += dz;
@@ -162,11 +162,12 @@ at::Tensor weights_forward(const TileArgs<A>& t, const at::Tensor& S, A* m, A* l
 
 template <typename T, typename A>
 std::pair<at::Tensor, at::Tensor> weights_backward(const TileArgs<A>& t, const at::Tensor& S, const at::Tensor& dP,
-                                                   const A* rf, const A* dden, const A* m, double* dgq, double* dgk) {
+                                                   const A* rf, const A* dden, const A* own, const A* m, double* dgq,
+                                                   double* dgk) {
   const auto dt = S.options().dtype(c10::CppTypeToScalarType<T>::value);
   at::Tensor P = at::empty(S.sizes(), dt), dS = at::empty(S.sizes(), dt);
   const dim3 grid(blocks_for(t.C, kBwdCols), blocks_for(t.R, kBwdRows), static_cast<unsigned>(t.X));
-  attention_weights_backward<T, A><<<grid, 128, 0, stream()>>>(t, S.data_ptr<A>(), dP.data_ptr<A>(), rf, dden, m,
+  attention_weights_backward<T, A><<<grid, 128, 0, stream()>>>(t, S.data_ptr<A>(), dP.data_ptr<A>(), rf, dden, own, m,
                                                                 P.data_ptr<T>(), dS.data_ptr<T>(), dgq, dgk);
   check_launch();
   return {P, dS};
@@ -184,7 +185,7 @@ template TileArgs<double> tile_args<double>(const Problem&, int64_t, int64_t, in
   template at::Tensor weights_forward<T, A>(const TileArgs<A>&, const at::Tensor&, A*, A*);                   \
   template std::pair<at::Tensor, at::Tensor> weights_backward<T, A>(const TileArgs<A>&, const at::Tensor&,    \
                                                                     const at::Tensor&, const A*, const A*,    \
-                                                                    const A*, double*, double*);
+                                                                    const A*, const A*, double*, double*);
 POWER_ATTENTION_FOR_EACH_COMPUTE_TYPE(POWER_ATTENTION_INSTANTIATE)
 #undef POWER_ATTENTION_INSTANTIATE
 

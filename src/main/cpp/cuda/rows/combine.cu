@@ -70,7 +70,9 @@ __global__ void __launch_bounds__(256) combine_backward(const T* __restrict__ dy
                                                         const A* __restrict__ m, bool state, StateRows st,
                                                         TS* __restrict__ dB,
                                                         T* __restrict__ dnumA, A* __restrict__ rf,
-                                                        A* __restrict__ ddenA, int e, int E) {
+                                                        A* __restrict__ ddenA, int e, int E,
+                                                        const T* __restrict__ v, RowMap vm, int g,
+                                                        A* __restrict__ own) {
   // a block covers kCombineRows rows of one block x of dy: the map's arithmetic (64-bit divisions) once a thread
   const int64_t parts = (R + kCombineRows - 1) / kCombineRows;
   const int64_t x = blockIdx.x / parts, r0 = (blockIdx.x - x * parts) * kCombineRows;
@@ -84,10 +86,15 @@ __global__ void __launch_bounds__(256) combine_backward(const T* __restrict__ dy
     const A* yr = y + row * e;
     const A dn = den[row];
     const A inv = dn != A(0) ? A(1) / dn : A(0);
-    A dot = 0;
+    A dot = 0, dvy = 0;
+    const T* vr = own && dr ? v + vm.base(x) + vm.row(r / g) : nullptr;
     if (dr)
-      for (int c = lane; c < e; c += 32) dot += static_cast<A>(dr[c]) * yr[c];
+      for (int c = lane; c < e; c += 32) {
+        dot += static_cast<A>(dr[c]) * yr[c];
+        if (vr) dvy += static_cast<A>(dr[c]) * (static_cast<A>(vr[c]) - yr[c]);
+      }
     dot = warp_sum(dot);
+    if (own) dvy = warp_sum(dvy);
     const A dden = -dot * inv;
     A wa = 1, ws = 1;
     if (state) chunk_row_weights<A>(st, m[row], row, wa, ws);
@@ -101,6 +108,7 @@ __global__ void __launch_bounds__(256) combine_backward(const T* __restrict__ dy
     if (lane == 0) {
       ddenA[row] = dden * wa;
       rf[row] = inv * wa;
+      if (own) own[row] = dvy * inv * wa;
     }
   }
 }
@@ -114,7 +122,9 @@ __global__ void __launch_bounds__(256) combine_backward16(const mma::u16* __rest
                                                           const float* __restrict__ m, bool state,
                                                           StateRows st, mma::u16* __restrict__ dB,
                                                           float* __restrict__ rf,
-                                                          float* __restrict__ ddenA, int e) {
+                                                          float* __restrict__ ddenA, int e,
+                                                          const mma::u16* __restrict__ v, RowMap vm, int g,
+                                                          float* __restrict__ own) {
   using mma::u32;
   const int L = e >> 3, per = 32 / L, E = e + 8;  // lanes a row, rows a warp at once
   const int64_t parts = (R + kCombineRows - 1) / kCombineRows;
@@ -142,10 +152,26 @@ __global__ void __launch_bounds__(256) combine_backward16(const mma::u16* __rest
       const float4 b = *reinterpret_cast<const float4*>(y + row * e + 8 * sub + 4);
       yv[0] = a.x, yv[1] = a.y, yv[2] = a.z, yv[3] = a.w, yv[4] = b.x, yv[5] = b.y, yv[6] = b.z, yv[7] = b.w;
     }
-    float dot = 0.f;
+    float vv[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    if (own && live && r < have) {
+      const uint4 w = *reinterpret_cast<const uint4*>(v + vm.base(x) + vm.row(r / g) + 8 * sub);
+      const u32 ws4[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
-    for (int j = 0; j < 8; ++j) dot += d[j] * yv[j];
-    for (int o = L >> 1; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+      for (int j = 0; j < 4; ++j) {
+        const float2 f = mma::unpack2<BF>(ws4[j]);
+        vv[2 * j] = f.x, vv[2 * j + 1] = f.y;
+      }
+    }
+    float dot = 0.f, dvy = 0.f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      dot += d[j] * yv[j];
+      dvy += d[j] * (vv[j] - yv[j]);
+    }
+    for (int o = L >> 1; o > 0; o >>= 1) {
+      dot += __shfl_xor_sync(0xffffffffu, dot, o);
+      dvy += __shfl_xor_sync(0xffffffffu, dvy, o);
+    }
     if (!live) continue;
     const float dn = den[row], inv = dn != 0.f ? 1.f / dn : 0.f, dden = -dot * inv;
     float wa = 1.f, ws = 1.f;
@@ -161,6 +187,7 @@ __global__ void __launch_bounds__(256) combine_backward16(const mma::u16* __rest
     if (sub == 0) {
       ddenA[row] = dden * wa;
       rf[row] = inv * wa;
+      if (own) own[row] = dvy * inv * wa;
     }
   }
 }
@@ -191,30 +218,37 @@ void combine_fwd(const at::Tensor& numA, const A* l, const A* m, const at::Tenso
 
 template <typename T, typename A>
 void combine_bwd(const Operand& dy, const at::Tensor& y, const A* den, const A* m, bool state, const StateRows& st,
-                 at::Tensor dB, at::Tensor dnumA, A* rf, A* ddenA, int64_t rows, int64_t e, int64_t E, int64_t R) {
+                 at::Tensor dB, at::Tensor dnumA, A* rf, A* ddenA, int64_t rows, int64_t e, int64_t E, int64_t R,
+                 const Operand& v, int64_t g, A* own) {
   using TS = typename PhiType<T>::type;
   const RowMap map = dy.mapped() ? dy.map : RowMap::dense(rows, e);
   if (R == 0) R = dy.mapped() ? dy.map.c * dy.map.g : rows;
+  TORCH_CHECK(!own || (v.defined() && v.data.scalar_type() == dy.data.scalar_type() && g >= 1 && R % g == 0),
+              "power_full: internal: the own-key terms need v in dy's dtype");
+  const RowMap vm = own ? v.rows_map(R / g, e) : RowMap();
+  const T* vp = own ? static_cast<const T*>(v.data.data_ptr()) : nullptr;
   if (rows == 0) return;
   TORCH_CHECK(R > 0 && rows % R == 0, "power_full: internal: combination rows");
   const unsigned grid = blocks_for(rows / R * ((R + kCombineRows - 1) / kCombineRows), 1);
   constexpr bool k16 = sizeof(T) == 2 && std::is_same<TS, at::BFloat16>::value && std::is_same<A, float>::value;
   if constexpr (k16) {
     const bool fits = (e == 16 || e == 32 || e == 64 || e == 128) && (!dB.defined() || E == e + 8) &&
-                      !dnumA.defined() && reinterpret_cast<uintptr_t>(dy.data.data_ptr()) % 16 == 0;
+                      !dnumA.defined() && reinterpret_cast<uintptr_t>(dy.data.data_ptr()) % 16 == 0 &&
+                      (!own || reinterpret_cast<uintptr_t>(vp) % 16 == 0);
     if (fits) {
       auto kernel = combine_backward16<std::is_same<T, at::BFloat16>::value>;
       kernel<<<grid, 256, 0, stream()>>>(static_cast<const mma::u16*>(dy.data.data_ptr()), map, R, y.data_ptr<A>(),
                                          den, m, state, st,
                                          static_cast<mma::u16*>(dB.defined() ? dB.data_ptr() : nullptr),
-                                         rf, ddenA, static_cast<int>(e));
+                                         rf, ddenA, static_cast<int>(e), reinterpret_cast<const mma::u16*>(vp), vm,
+                                         static_cast<int>(g), own);
       check_launch();
       return;
     }
   }
   combine_backward<T, TS, A><<<grid, 256, 0, stream()>>>(
       dy.data.data_ptr<T>(), map, R, y.data_ptr<A>(), den, m, state, st, mut_ptr_or_null<TS>(dB),
-      mut_ptr_or_null<T>(dnumA), rf, ddenA, static_cast<int>(e), static_cast<int>(E));
+      mut_ptr_or_null<T>(dnumA), rf, ddenA, static_cast<int>(e), static_cast<int>(E), vp, vm, static_cast<int>(g), own);
   check_launch();
 }
 
@@ -224,7 +258,8 @@ template void combine_fwd<double>(const at::Tensor&, const double*, const double
                                   const StateRows&, at::Tensor, double*);
 #define POWER_ATTENTION_INSTANTIATE(T, A)                                                                      \
   template void combine_bwd<T, A>(const Operand&, const at::Tensor&, const A*, const A*, bool, const StateRows&, \
-                                  at::Tensor, at::Tensor, A*, A*, int64_t, int64_t, int64_t, int64_t);
+                                  at::Tensor, at::Tensor, A*, A*, int64_t, int64_t, int64_t, int64_t, const Operand&, \
+                                  int64_t, A*);
 POWER_ATTENTION_FOR_EACH_COMPUTE_TYPE(POWER_ATTENTION_INSTANTIATE)
 #undef POWER_ATTENTION_INSTANTIATE
 

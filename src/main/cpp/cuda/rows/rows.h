@@ -64,10 +64,13 @@ void combine_fwd(const at::Tensor& numA, const A* l, const A* m, const at::Tenso
 
 /// The combination's backward (combine_backward): dy [rows, e] in the compute layout, or an operand through its map
 /// in blocks of R rows (rows = blocks x R; R = 0: the chunk map's c g); y [rows, e] in A; writes dB [rows, E] (when
-/// defined), dnumA [rows, e] in T (when defined), rf, ddenA [rows].
+/// defined), dnumA [rows, e] in T (when defined), rf, ddenA [rows]; and, with own given, own [rows]: each row's
+/// dy . (v - y) rf at its own key (attention_tile.h, tile_backward), v [blocks of R / g tokens, e] an operand in dy's
+/// dtype (g query rows a token).
 template <typename T, typename A>
 void combine_bwd(const Operand& dy, const at::Tensor& y, const A* den, const A* m, bool state, const StateRows& st,
-                 at::Tensor dB, at::Tensor dnumA, A* rf, A* ddenA, int64_t rows, int64_t e, int64_t E, int64_t R = 0);
+                 at::Tensor dB, at::Tensor dnumA, A* rf, A* ddenA, int64_t rows, int64_t e, int64_t E, int64_t R = 0,
+                 const Operand& v = {}, int64_t g = 1, A* own = nullptr);
 
 }  // namespace cuda
 }  // namespace power_attention
