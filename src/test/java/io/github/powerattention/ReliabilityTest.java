@@ -249,6 +249,40 @@ class ReliabilityTest {
         }
     }
 
+    /**
+     * At t = 1 the only key is the token itself, so y = v whatever q and k are: the gradients of Q and K are exactly
+     * zero, and so they must come out (not rounding noise divided by the score), in every dtype, degrees 1-4, both
+     * forms; dV is dy.
+     */
+    @Test
+    void singleTokenGradientsAreZero() {
+        try (PointerScope scope = new PointerScope()) {
+            for (ScalarType dt : new ScalarType[] {ScalarType.Float, ScalarType.Double, ScalarType.BFloat16}) {
+                for (int deg = 1; deg <= 4; ++deg) {
+                    for (long chunk : new long[] {0, 16}) {
+                        String what = String.format("%s deg %d chunk %d", Fixtures.dtypeName(dt), deg, chunk);
+                        manual_seed(what.hashCode());
+                        Tensor q = Fixtures.leaf(Fixtures.normal(dt, 2, 1, 2, 16), dt);
+                        Tensor k = Fixtures.leaf(Fixtures.normal(dt, 2, 1, 1, 16), dt);
+                        Tensor v = Fixtures.leaf(Fixtures.normal(dt, 2, 1, 1, 16), dt);
+                        PowerAttentionOptions.Builder o = PowerAttentionOptions.builder().degree(deg);
+                        if (chunk > 0) {
+                            o.chunkSize(chunk);
+                        }
+                        Tensor y = PowerAttention.powerFull(q, k, v, null, o.build());
+                        Tensor dy = Fixtures.normal(dt, 2, 1, 2, 16);
+                        y.to(ScalarType.Double).mul(dy).sum().backward();
+                        assertEquals(0.0, q.grad().abs().max().item_double(), what + ": dQ");
+                        assertEquals(0.0, k.grad().abs().max().item_double(), what + ": dK");
+                        assertClose(v.grad().to(ScalarType.Double),
+                                dy.sum(new long[] {2}, true, new org.bytedeco.pytorch.ScalarTypeOptional()),
+                                Fixtures.gradientTolerance(dt), what + ": dV");
+                    }
+                }
+            }
+        }
+    }
+
     static Stream<Object[]> ownKeyCases() {
         List<Object[]> cases = new ArrayList<>();
         for (ScalarType dt : new ScalarType[] {ScalarType.Float, ScalarType.Double}) {
