@@ -71,6 +71,12 @@ class ReliabilityTest {
             return draw(t, hq, h, d, magnitude, magnitude, gates, dtype, gateType);
         }
 
+        /** Seeded by {@code name}: t tokens, hq 2, h 1, d 16, magnitude 1, standard gates in gateType(dtype). */
+        static Inputs standard(String name, long t, ScalarType dtype) {
+            manual_seed(name.hashCode());
+            return draw(t, 2, 1, 16, 1, Gates.STANDARD, dtype, gateType(dtype));
+        }
+
         /** The same with q of magnitude {@code qMagnitude} and k of {@code kMagnitude}. */
         static Inputs draw(long t, long hq, long h, long d, double qMagnitude, double kMagnitude, Gates gates,
                 ScalarType dtype, ScalarType gateType) {
@@ -212,9 +218,8 @@ class ReliabilityTest {
     @MethodSource("extremeCases")
     void extremeValuesAndCotangents(String name, ScalarType dtype, long chunk, String which) {
         try (PointerScope scope = new PointerScope()) {
-            manual_seed(name.hashCode());
-            ScalarType gateType = dtype == ScalarType.Double ? ScalarType.Double : ScalarType.Float;
-            Inputs in = Inputs.draw(300, 2, 1, 16, 1, Gates.STANDARD, dtype, gateType);
+            ScalarType gateType = gateType(dtype);
+            Inputs in = Inputs.standard(name, 300, dtype);
             boolean f64 = dtype == ScalarType.Double;
             double scaleBy = which.startsWith("tiny") ? (f64 ? 1e-310 : 1e-39) : (f64 ? 1e300 : 1e34);
             Scalar factor = new Scalar(scaleBy);
@@ -227,16 +232,8 @@ class ReliabilityTest {
             Tensor[] ref = Oracle.logSpaceWithGradients(q, k, v, logG, dy, 2, 0.25, 0);
             Tensor[] moved = Oracle.logSpaceWithGradients(q, k, v, logG, dy, 2, 0.25, eps);
 
-            Tensor xq = Fixtures.leaf(q, dtype), xk = Fixtures.leaf(k, dtype), xv = Fixtures.leaf(v, dtype);
-            Tensor xg = Fixtures.leaf(logG, gateType);
-            PowerAttentionOptions.Builder o = PowerAttentionOptions.builder().degree(2).scale(0.25);
-            if (chunk > 0) {
-                o.chunkSize(chunk);
-            }
-            Tensor y = PowerAttention.powerFull(xq, xk, xv, xg, o.build());
-            y.to(ScalarType.Double).mul(dy).sum().backward();
-            Tensor[] got = {y, xq.grad(), xk.grad(), xv.grad(), xg.grad()};
-            String[] names = {"Y", "dQ", "dK", "dV", "dlogG"};
+            Tensor[] got = opWithGradients(q, k, v, logG, dy, dtype, gateType, 2, 0.25, chunk);
+            String[] names = NAMES;
             for (int i = 0; i < got.length; ++i) {
                 Tensor top = ref[i].abs().max();
                 assertTrue(top.item_double() > 0, name + " " + names[i] + ": the oracle's is zero");
@@ -284,17 +281,9 @@ class ReliabilityTest {
     }
 
     static Stream<Object[]> ownKeyCases() {
-        List<Object[]> cases = new ArrayList<>();
-        for (ScalarType dt : new ScalarType[] {ScalarType.Float, ScalarType.Double}) {
-            for (int deg : new int[] {2, 4}) {
-                for (long chunk : new long[] {0, 16}) {
-                    String name = String.format("%s-deg%d-%s", Fixtures.dtypeName(dt), deg,
-                            chunk == 0 ? "quadratic" : "c" + chunk);
-                    cases.add(new Object[] {name, dt, deg, chunk});
-                }
-            }
-        }
-        return cases.stream();
+        return Stream.of(ScalarType.Float, ScalarType.Double).flatMap(dt -> Stream.of(2, 4).flatMap(deg -> Stream
+                .of(0L, 16L).map(chunk -> new Object[] {String.format("%s-deg%d-%s", Fixtures.dtypeName(dt), deg,
+                        chunk == 0 ? "quadratic" : "c" + chunk), dt, deg, chunk})));
     }
 
     /**
@@ -308,9 +297,8 @@ class ReliabilityTest {
     @MethodSource("ownKeyCases")
     void firstTokenWithItsScoreNearZero(String name, ScalarType dtype, int deg, long chunk) {
         try (PointerScope scope = new PointerScope()) {
-            manual_seed(name.hashCode());
-            ScalarType gateType = dtype == ScalarType.Double ? ScalarType.Double : ScalarType.Float;
-            Inputs in = Inputs.draw(37, 2, 1, 16, 1, Gates.STANDARD, dtype, gateType);
+            Inputs in = Inputs.standard(name, 37, dtype);
+            ScalarType gateType = gateType(dtype);
             Tensor q = in.q(), k = in.k();
             // k_0 = e_0, q_0 (head 0) = (1e-6, ...): s_00 = 1e-6 scale
             Tensor k0 = k.select(1, 0).select(1, 0);
@@ -322,19 +310,10 @@ class ReliabilityTest {
             Tensor[] ref = Oracle.logSpaceWithGradients(q, k, in.v(), logG, in.dy(), deg, 0.25, 0);
             Tensor[] moved = Oracle.logSpaceWithGradients(q, k, in.v(), logG, in.dy(), deg, 0.25, eps);
 
-            Tensor xq = Fixtures.leaf(q, dtype), xk = Fixtures.leaf(k, dtype), xv = Fixtures.leaf(in.v(), dtype);
-            Tensor xg = Fixtures.leaf(logG, gateType);
-            PowerAttentionOptions.Builder o = PowerAttentionOptions.builder().degree(deg).scale(0.25);
-            if (chunk > 0) {
-                o.chunkSize(chunk);
-            }
-            Tensor y = PowerAttention.powerFull(xq, xk, xv, xg, o.build());
-            y.to(ScalarType.Double).mul(in.dy()).sum().backward();
-            Tensor[] got = {y, xq.grad(), xk.grad(), xv.grad(), xg.grad()};
-            String[] names = {"Y", "dQ", "dK", "dV", "dlogG"};
+            Tensor[] got = opWithGradients(q, k, in.v(), logG, in.dy(), dtype, gateType, deg, 0.25, chunk);
             for (int i = 0; i < got.length; ++i) {
                 assertWithinConditioning(got[i].to(ScalarType.Double), ref[i], moved[i], dtype, i > 0,
-                        name + " " + names[i]);
+                        name + " " + NAMES[i]);
             }
         }
     }
@@ -343,6 +322,30 @@ class ReliabilityTest {
      * The log-space oracle's Y and gradients {dQ, dK, dV, dlogG} (the cotangent dy), on the inputs multiplied by
      * (1 + eps N(0, 1)) elementwise (eps = 0: the inputs themselves).
      */
+    /** The gates' dtype for inputs of dtype: fp64 with fp64, else fp32. */
+    static ScalarType gateType(ScalarType dtype) {
+        return dtype == ScalarType.Double ? ScalarType.Double : ScalarType.Float;
+    }
+
+    static final String[] NAMES = {"Y", "dQ", "dK", "dV", "dlogG"};
+
+    /**
+     * The op on q, k, v, logG (fp64 tensors holding values of the dtypes) as leaves in dtype (gates in gateType):
+     * {Y, dQ, dK, dV, dlogG} of sum(Y * dy), named as in NAMES.
+     */
+    static Tensor[] opWithGradients(Tensor q, Tensor k, Tensor v, Tensor logG, Tensor dy, ScalarType dtype,
+            ScalarType gateType, int deg, double scale, long chunk) {
+        Tensor xq = Fixtures.leaf(q, dtype), xk = Fixtures.leaf(k, dtype), xv = Fixtures.leaf(v, dtype);
+        Tensor xg = Fixtures.leaf(logG, gateType);
+        PowerAttentionOptions.Builder o = PowerAttentionOptions.builder().degree(deg).scale(scale);
+        if (chunk > 0) {
+            o.chunkSize(chunk);
+        }
+        Tensor y = PowerAttention.powerFull(xq, xk, xv, xg, o.build());
+        y.to(ScalarType.Double).mul(dy).sum().backward();
+        return new Tensor[] {y, xq.grad(), xk.grad(), xv.grad(), xg.grad()};
+    }
+
     /**
      * got against the oracle's ref at SPEC §7's tolerance for dtype (forward or gradient), widened to 16 times the
      * problem's conditioning: ref's relative change when every input moves by one rounding (moved).
