@@ -274,20 +274,26 @@ void combine_rows(int64_t cg, int64_t e, const T* num, const T* Bb, const T* l, 
 }
 
 // The backward of y = num / den for the chunk's rows: dnum_i = dy_i / den_i and dden_i = -(dy_i . y_i) / den_i
-// (both 0 where den_i = 0), into R [cg, e + 1] = [dnum | dden]. dy, y [cg, e] and den [cg] contiguous.
+// (both 0 where den_i = 0), into R [cg, e + 1] = [dnum | dden]; and own_i = dy_i . (v - y_i) / den_i at the row's own
+// key (own_key_term), v the row's token's values (g rows a token, rows lv apart). dy, y [cg, e] and den [cg]
+// contiguous.
 template <typename T>
-void output_grad_rows(int64_t cg, int64_t e, const T* dy, const T* y, const T* den, T* R) {
+void output_grad_rows(int64_t cg, int64_t e, int64_t g, const T* dy, const T* y, const T* den, const T* v,
+                      int64_t lv, T* R, T* own) {
   for (int64_t i = 0; i < cg; ++i) {
     const T inv = den[i] == T(0) ? T(0) : T(1) / den[i];
     const T* dyi = dy + i * e;
     const T* yi = y + i * e;
+    const T* vi = v + (i / g) * lv;
     T* ri = R + i * (e + 1);
-    double dot = 0;
+    double dot = 0, dvy = 0;
     for (int64_t j = 0; j < e; ++j) {
       ri[j] = dyi[j] * inv;
       dot += static_cast<double>(dyi[j]) * static_cast<double>(yi[j]);
+      dvy += static_cast<double>(dyi[j]) * (static_cast<double>(vi[j]) - static_cast<double>(yi[j]));
     }
     ri[e] = -(static_cast<T>(dot) * inv);
+    own[i] = static_cast<T>(dvy) * inv;
   }
 }
 
@@ -476,7 +482,8 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
     const at::Tensor delta = f.rowmax[bh].narrow(0, t0 * g, cg).contiguous();
     const at::Tensor dyc = dyh.narrow(0, t0 * g, cg).contiguous(), yc = yh.narrow(0, t0 * g, cg).contiguous();
     const at::Tensor dnum = dyc1.narrow(1, 0, e), dden = dyc1.select(1, e);
-    output_grad_rows<T>(cg, e, dyc.data_ptr<T>(), yc.data_ptr<T>(), den.data_ptr<T>(), dyc1.data_ptr<T>());
+    output_grad_rows<T>(cg, e, g, dyc.data_ptr<T>(), yc.data_ptr<T>(), den.data_ptr<T>(), vc.data_ptr<T>(),
+                        vc.stride(0), dyc1.data_ptr<T>(), own.data());
     double dL = 0;  // d loss / d L_n (the chunk-end cumsum)
     if (gates) {
       std::fill(dGq.begin(), dGq.end(), T(0));
@@ -581,18 +588,7 @@ void chunked_backward_head(const Problem& pr, const at::Tensor& q, const at::Ten
       at::mm_out(S, qc, kc.t());
       at::mm_out(dP, dnum, vc.t()).add_(dden.unsqueeze(1));
     }
-    {  // the rows' own keys: dy . (v - y) / den, the difference first (own_key_term)
-      const T *dyp = dyc.data_ptr<T>(), *yp = yc.data_ptr<T>(), *dp = den.data_ptr<T>(), *vp = vc.data_ptr<T>();
-      const int64_t lv = vc.stride(0);
-      for (int64_t i = 0; i < cg; ++i) {
-        const T inv = dp[i] == T(0) ? T(0) : T(1) / dp[i];
-        const T *dyi = dyp + i * e, *yi = yp + i * e, *vi = vp + (i / g) * lv;
-        double acc = 0;
-        for (int64_t j = 0; j < e; ++j) acc += static_cast<double>(dyi[j]) * (static_cast<double>(vi[j]) - yi[j]);
-        own[i] = static_cast<T>(acc) * inv;
-      }
-      own_key_term(dP.data_ptr<T>(), c, cg, g, own.data());
-    }
+    own_key_term(dP.data_ptr<T>(), c, cg, g, own.data());  // the rows' own keys (output_grad_rows made them)
     tile_weights_backward<T>(sh, S.data_ptr<T>(), dP.data_ptr<T>(), delta.data_ptr<T>(),
                              gates ? dGq.data() : nullptr, gates ? dGk.data() : nullptr);
     if (fused) {  // P^T dnum, dS K, dS^T Q on the causal blocks
