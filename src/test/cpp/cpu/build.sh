@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds a native CPU tool against the core library of a Maven build and Bytedeco's LibTorch from the JavaCPP cache
-# (run `mvn install -DskipTests` once first): build.sh [bench | check | checkpoint_check] -> target/cpu-bench/<name>.
+# (run `mvn install -DskipTests` once first): build.sh [bench | check | checkpoint_check | products] -> target/cpu-bench/<name>.
 #   bench             the CPU benchmark (run_bench.sh runs it)
 #   check             the CPU path against the references, states in pieces, decode steps (exit status 0: all pass)
 #   checkpoint_check  state checkpointing: every interval gives the same result to the bit
+#   products          the chunked form's state products alone (phi_products_cpu.h), one thread, GFLOP/s
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../../../.." && pwd)"
 lib="${JAVACPP_CACHE:-$HOME/.javacpp/cache}/pytorch-2.13.0-1.5.14-linux-x86_64.jar/org/bytedeco/pytorch/linux-x86_64"
