@@ -97,6 +97,10 @@ Extremes extremes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& lo
     return {x[0], x[1], x[2]};
   }
 #endif
+  if (q.is_cpu() && k.is_cpu()) {
+    const std::vector<at::Tensor> x = cpu::extremes(q, k, log_g);
+    if (!x.empty()) return {x[0], x[1], x[2]};
+  }
   return {row_max_abs(q), head_max_abs(k), at::Tensor()};
 }
 

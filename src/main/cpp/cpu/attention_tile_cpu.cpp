@@ -7,6 +7,7 @@
 // threading here.
 #include "cpu/attention_tile_cpu.h"
 #include "cpu/cpu_simd.h"
+#include "cpu/max_abs_cpu.h"
 #include "cpu/phi_products_cpu.h"
 #include <c10/util/Exception.h>
 
@@ -782,6 +783,41 @@ PA_AVX512 void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t ai,
 // the 16-column panels of B pass over it (a 6 x 64 block does not fit in 16 registers). Sums over k in index order.
 #define PA_AVX2 __attribute__((target("avx2,fma")))
 
+// dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols: 8 x 8 blocks in registers, the edges one by one.
+PA_AVX2 void transpose_avx2(const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst, int64_t ldd) {
+  const int64_t r8 = rows / 8 * 8, c8 = cols / 8 * 8;
+  for (int64_t r0 = 0; r0 < r8; r0 += 8) {
+    const float* s0 = src + r0 * lds;
+    for (int64_t c0 = 0; c0 < c8; c0 += 8) {
+      const __m256 a0 = _mm256_loadu_ps(s0 + c0), a1 = _mm256_loadu_ps(s0 + lds + c0),
+                   a2 = _mm256_loadu_ps(s0 + 2 * lds + c0), a3 = _mm256_loadu_ps(s0 + 3 * lds + c0),
+                   a4 = _mm256_loadu_ps(s0 + 4 * lds + c0), a5 = _mm256_loadu_ps(s0 + 5 * lds + c0),
+                   a6 = _mm256_loadu_ps(s0 + 6 * lds + c0), a7 = _mm256_loadu_ps(s0 + 7 * lds + c0);
+      const __m256 t0 = _mm256_unpacklo_ps(a0, a1), t1 = _mm256_unpackhi_ps(a0, a1), t2 = _mm256_unpacklo_ps(a2, a3),
+                   t3 = _mm256_unpackhi_ps(a2, a3), t4 = _mm256_unpacklo_ps(a4, a5), t5 = _mm256_unpackhi_ps(a4, a5),
+                   t6 = _mm256_unpacklo_ps(a6, a7), t7 = _mm256_unpackhi_ps(a6, a7);
+      const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xee),
+                   u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xee),
+                   u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xee),
+                   u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xee);
+      float* d0 = dst + c0 * ldd + r0;
+      _mm256_storeu_ps(d0, _mm256_permute2f128_ps(u0, u4, 0x20));
+      _mm256_storeu_ps(d0 + ldd, _mm256_permute2f128_ps(u1, u5, 0x20));
+      _mm256_storeu_ps(d0 + 2 * ldd, _mm256_permute2f128_ps(u2, u6, 0x20));
+      _mm256_storeu_ps(d0 + 3 * ldd, _mm256_permute2f128_ps(u3, u7, 0x20));
+      _mm256_storeu_ps(d0 + 4 * ldd, _mm256_permute2f128_ps(u0, u4, 0x31));
+      _mm256_storeu_ps(d0 + 5 * ldd, _mm256_permute2f128_ps(u1, u5, 0x31));
+      _mm256_storeu_ps(d0 + 6 * ldd, _mm256_permute2f128_ps(u2, u6, 0x31));
+      _mm256_storeu_ps(d0 + 7 * ldd, _mm256_permute2f128_ps(u3, u7, 0x31));
+    }
+    for (int64_t r = r0; r < r0 + 8; ++r)
+      for (int64_t c = c8; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
+  }
+  for (int64_t r = r8; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
+}
+
+
 #define PA_YDECL(r) __m256 c##r##0, c##r##1;
 #define PA_YLOAD(v, p) (kMasked && NV == (v) + 1 ? _mm256_maskload_ps((p), last) : _mm256_loadu_ps(p))
 #define PA_YINIT(r)                                                                \
@@ -948,14 +984,9 @@ struct PooledWork {
 // spread over the L1 sets instead of meeting in one (a stride of 8 KiB maps every row to the same set).
 int64_t padded_ld(int64_t n) { return ((n + 15) / 16 * 16) | 16; }
 
-// x [j][a] (row stride ldx) = xt [a][j] (row stride ld) for j < T, a < w; 16 tokens at a time.
+// x [j][a] (row stride ldx) = xt [a][j] (row stride ld) for j < T, a < w.
 void transpose_out(const float* xt, int64_t ld, int64_t T, int64_t w, float* x, int64_t ldx) {
-  constexpr int64_t kB = 16;
-  for (int64_t j0 = 0; j0 < T; j0 += kB) {
-    const int64_t j1 = std::min(T, j0 + kB);
-    for (int64_t a = 0; a < w; ++a)
-      for (int64_t j = j0; j < j1; ++j) x[j * ldx + a] = xt[a * ld + j];
-  }
+  transpose_f32(xt, ld, w, T, x, ldx);
 }
 
 // The key blocks of x [T, w] (row stride ldx) transposed, one after the other: block b (tokens [b B, b B + B)) at
@@ -966,11 +997,8 @@ void pack_key_blocks(const float* x, int64_t ldx, int64_t T, int64_t w, int64_t 
   for (int64_t j0 = 0; j0 < T; j0 += B) {
     const int64_t nk = std::min(B, T - j0);
     float* ob = out + (j0 / B) * w * ldb;
+    transpose_f32(x + j0 * ldx, ldx, nk, w, ob, ldb);
     for (int64_t a = 0; a < w; ++a) std::fill(ob + a * ldb + nk, ob + (a + 1) * ldb, 0.0f);
-    for (int64_t j = 0; j < nk; ++j) {
-      const float* xr = x + (j0 + j) * ldx;
-      for (int64_t a = 0; a < w; ++a) ob[a * ldb + j] = xr[a];
-    }
   }
 }
 
@@ -1318,6 +1346,14 @@ void gemm_f32_avx2(int64_t M, int64_t N, int64_t K, const float* A, int64_t ai, 
 
 #endif
 
+void transpose_f32(const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst, int64_t ldd) {
+#ifdef POWER_ATTENTION_X86_DISPATCH
+  if (simd_level() >= 1) return transpose_avx2(src, lds, rows, cols, dst, ldd);
+#endif
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
+}
+
 void gemm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t ai, int64_t ak, const float* B, int64_t ldb,
               float* C, int64_t ldc, bool acc, const float* bias) {
 #ifdef POWER_ATTENTION_X86_DISPATCH
@@ -1335,17 +1371,6 @@ void gemm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t ai, int64
 
 int64_t quadratic_kernel_tile_tokens() { return simd_level() == 2 ? 64 : 32; }
 
-// The largest |x| over rows [0, n) of w floats at stride ld (a NaN gives NaN).
-float rows_absmax(const float* x, int64_t n, int64_t w, int64_t ld) {
-  float mx = 0.0f;
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j < w; ++j) {
-      const float a = std::abs(x[i * ld + j]);
-      mx = a > mx || a != a ? a : mx;
-    }
-  return mx;
-}
-
 // Whether FlushSubnormals is harmless for a head whose results are made of products at `scale` (its values' largest
 // magnitude; in the backward also its cotangents' and their product): what it flushes is below 2^-126, under 2^-66
 // of that scale when the scale reaches 2^-60. Values or cotangents smaller than that (legal: y is linear in v, the
@@ -1355,7 +1380,7 @@ bool subnormals_negligible(double scale) { return scale >= 0x1p-60; }
 void quadratic_forward_f32(const QuadraticHead& h, float* y, float* m, float* l) {
 #ifdef POWER_ATTENTION_X86_DISPATCH
   std::optional<FlushSubnormals> ftz;
-  if (subnormals_negligible(rows_absmax(h.v, h.T, h.e, h.ldv))) ftz.emplace();
+  if (subnormals_negligible(rows_max_abs(h.v, h.T, h.e, h.ldv))) ftz.emplace();
   if (simd_level() == 2) quadratic_forward_avx512(h, y, m, l);
   else quadratic_forward_avx2(h, y, m, l);
 #endif
@@ -1364,7 +1389,7 @@ void quadratic_forward_f32(const QuadraticHead& h, float* y, float* m, float* l)
 void quadratic_backward_f32(const QuadraticHead& h, const float* y, const float* dy, const float* m, const float* l,
                             const QuadraticGrads& gr, float* dG) {
 #ifdef POWER_ATTENTION_X86_DISPATCH
-  const double vmax = rows_absmax(h.v, h.T, h.e, h.ldv), dymax = rows_absmax(dy, h.T, h.g * h.e, h.lddy);
+  const double vmax = rows_max_abs(h.v, h.T, h.e, h.ldv), dymax = rows_max_abs(dy, h.T, h.g * h.e, h.lddy);
   std::optional<FlushSubnormals> ftz;
   if (subnormals_negligible(vmax) && subnormals_negligible(dymax) && subnormals_negligible(vmax * dymax))
     ftz.emplace();

@@ -115,6 +115,9 @@ void gemm_f32_avx2(int64_t M, int64_t N, int64_t K, const float* A, int64_t ai, 
 /// AVX2 (needs simd_level() >= 1). The chunked form's in-chunk products (chunked_cpu.cpp).
 void gemm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t ai, int64_t ak, const float* B, int64_t ldb,
               float* C, int64_t ldc, bool acc, const float* bias);
+/// dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols (8 x 8 blocks in AVX2 registers where the machine has
+/// them, the edges one by one).
+void transpose_f32(const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst, int64_t ldd);
 
 }  // namespace cpu
 }  // namespace power_attention

@@ -70,14 +70,17 @@ Work& work() {
 // nb..ld zero (their phi is 0).
 void transpose_rows(const PhiRows& x, int64_t i0, int64_t nb, int64_t ld, float* xt, float* ut) {
   const int64_t d = x.d;
-  std::memset(xt, 0, sizeof(float) * d * ld);
-  std::memset(ut, 0, sizeof(float) * d * ld);
-  for (int64_t i = 0; i < nb; ++i) {
-    const float* xi = x.x + (i0 + i) * x.ldx;
-    const float s = x.scale != nullptr ? x.scale[i0 + i] : 1.0f;
-    for (int64_t a = 0; a < d; ++a) {
-      xt[a * ld + i] = xi[a];
-      ut[a * ld + i] = s * xi[a];
+  transpose_f32(x.x + i0 * x.ldx, x.ldx, nb, d, xt, ld);
+  for (int64_t a = 0; a < d; ++a) {
+    float* xa = xt + a * ld;
+    float* ua = ut + a * ld;
+    std::fill(xa + nb, xa + ld, 0.0f);
+    if (x.scale == nullptr) {
+      std::copy(xa, xa + ld, ua);
+    } else {
+      const float* s = x.scale + i0;
+      for (int64_t i = 0; i < nb; ++i) ua[i] = s[i] * xa[i];
+      std::fill(ua + nb, ua + ld, 0.0f);
     }
   }
 }
@@ -361,13 +364,9 @@ PA_AVX512 void grad_avx512(const PhiRows& x, const float* M, int64_t ldm, const 
     std::memset(xt, 0, sizeof(float) * d * ld);
     std::memset(dxt, 0, sizeof(float) * d * ld);
     std::memset(rt, 0, sizeof(float) * nc * ld);
-    for (int64_t i = 0; i < nb; ++i) {
-      const float* xi = x.x + (i0 + i) * x.ldx;
-      for (int64_t a = 0; a < d; ++a) xt[a * ld + i] = xi[a];
-      const float* ri = R + (i0 + i) * ldr;
-      for (int64_t j = 0; j < e; ++j) rt[j * ld + i] = ri[j];
-      rt[e * ld + i] = r != nullptr ? r[(i0 + i) * ldr_norm] : 1.0f;
-    }
+    transpose_f32(x.x + i0 * x.ldx, x.ldx, nb, d, xt, ld);
+    transpose_f32(R + i0 * ldr, ldr, nb, e, rt, ld);
+    for (int64_t i = 0; i < nb; ++i) rt[e * ld + i] = r != nullptr ? r[(i0 + i) * ldr_norm] : 1.0f;
     Feature ft;
     for (int64_t f0 = 0; f0 < D; f0 += kGradFeat) {
       const int64_t nf = std::min(kGradFeat, D - f0);
@@ -439,44 +438,10 @@ PA_AVX2 float tile_dot_avx2(const float* row, const float* w, int64_t ld) {
   return sum;
 }
 
-// dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols: 8 x 8 blocks in registers, the edges one by one.
-PA_AVX2 void transpose_avx2(const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst, int64_t ldd) {
-  const int64_t r8 = rows / 8 * 8, c8 = cols / 8 * 8;
-  for (int64_t r0 = 0; r0 < r8; r0 += 8) {
-    const float* s0 = src + r0 * lds;
-    for (int64_t c0 = 0; c0 < c8; c0 += 8) {
-      const __m256 a0 = _mm256_loadu_ps(s0 + c0), a1 = _mm256_loadu_ps(s0 + lds + c0),
-                   a2 = _mm256_loadu_ps(s0 + 2 * lds + c0), a3 = _mm256_loadu_ps(s0 + 3 * lds + c0),
-                   a4 = _mm256_loadu_ps(s0 + 4 * lds + c0), a5 = _mm256_loadu_ps(s0 + 5 * lds + c0),
-                   a6 = _mm256_loadu_ps(s0 + 6 * lds + c0), a7 = _mm256_loadu_ps(s0 + 7 * lds + c0);
-      const __m256 t0 = _mm256_unpacklo_ps(a0, a1), t1 = _mm256_unpackhi_ps(a0, a1), t2 = _mm256_unpacklo_ps(a2, a3),
-                   t3 = _mm256_unpackhi_ps(a2, a3), t4 = _mm256_unpacklo_ps(a4, a5), t5 = _mm256_unpackhi_ps(a4, a5),
-                   t6 = _mm256_unpacklo_ps(a6, a7), t7 = _mm256_unpackhi_ps(a6, a7);
-      const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xee),
-                   u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xee),
-                   u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xee),
-                   u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xee);
-      float* d0 = dst + c0 * ldd + r0;
-      _mm256_storeu_ps(d0, _mm256_permute2f128_ps(u0, u4, 0x20));
-      _mm256_storeu_ps(d0 + ldd, _mm256_permute2f128_ps(u1, u5, 0x20));
-      _mm256_storeu_ps(d0 + 2 * ldd, _mm256_permute2f128_ps(u2, u6, 0x20));
-      _mm256_storeu_ps(d0 + 3 * ldd, _mm256_permute2f128_ps(u3, u7, 0x20));
-      _mm256_storeu_ps(d0 + 4 * ldd, _mm256_permute2f128_ps(u0, u4, 0x31));
-      _mm256_storeu_ps(d0 + 5 * ldd, _mm256_permute2f128_ps(u1, u5, 0x31));
-      _mm256_storeu_ps(d0 + 6 * ldd, _mm256_permute2f128_ps(u2, u6, 0x31));
-      _mm256_storeu_ps(d0 + 7 * ldd, _mm256_permute2f128_ps(u3, u7, 0x31));
-    }
-    for (int64_t r = r0; r < r0 + 8; ++r)
-      for (int64_t c = c8; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
-  }
-  for (int64_t r = r8; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
-}
-
-// transpose_rows's values: xt [d][ld] by transpose_avx2, ut = the row scale times xt, rows nb..ld zero.
+// transpose_rows's values: xt [d][ld] by transpose_f32, ut = the row scale times xt, rows nb..ld zero.
 PA_AVX2 void transpose_rows_avx2(const PhiRows& x, int64_t i0, int64_t nb, int64_t ld, float* xt, float* ut) {
   const int64_t d = x.d;
-  transpose_avx2(x.x + i0 * x.ldx, x.ldx, nb, d, xt, ld);
+  transpose_f32(x.x + i0 * x.ldx, x.ldx, nb, d, xt, ld);
   for (int64_t a = 0; a < d; ++a) {
     float* xa = xt + a * ld;
     float* ua = ut + a * ld;
@@ -595,8 +560,8 @@ PA_AVX2 void grad_avx2(const PhiRows& x, const float* M, int64_t ldm, const floa
     const int64_t nb = std::min(kGradRows, x.n - i0), ld = (nb + 31) / 32 * 32, ls = ld + 16;
     // x and [R | r] of the rows transposed (rows nb..ld zero), dx accumulated transposed
     std::memset(dxt, 0, sizeof(float) * d * ls);
-    transpose_avx2(x.x + i0 * x.ldx, x.ldx, nb, d, xt, ls);
-    transpose_avx2(R + i0 * ldr, ldr, nb, e, rt, ls);
+    transpose_f32(x.x + i0 * x.ldx, x.ldx, nb, d, xt, ls);
+    transpose_f32(R + i0 * ldr, ldr, nb, e, rt, ls);
     for (int64_t i = 0; i < nb; ++i) rt[e * ls + i] = r != nullptr ? r[(i0 + i) * ldr_norm] : 1.0f;
     for (int64_t a = 0; a < d; ++a) std::fill(xt + a * ls + nb, xt + a * ls + ld, 0.0f);
     for (int64_t j = 0; j <= e; ++j) std::fill(rt + j * ls + nb, rt + j * ls + ld, 0.0f);

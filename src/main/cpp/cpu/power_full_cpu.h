@@ -36,6 +36,13 @@ MemoryLimit memory_limit();
 /// POWER_ATTENTION_CPU_STATE_INTERVAL=k (>= 1) sets k instead (1: every state kept).
 int64_t state_interval(const Problem& pr);
 
+/// path::extremes for CPU tensors, for fp32 or fp64 q [b, t, hq, d] and k [b, t, h, d] with unit element stride and
+/// at least one element each: {qa [b, t, hq, 1] (each row's max-abs), ka [b, 1, h, 1] (each head's), stats} in q's
+/// dtype, stats fp64: the largest qa, the smallest positive qa (inf if none), the same two of ka, and with log_g its
+/// largest element in q's dtype (NaN propagates through every largest; a NaN row counts as no positive one), from
+/// one pass over q and k. Empty for any other q, k: the caller takes ATen's reductions.
+std::vector<at::Tensor> extremes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& log_g);
+
 /// path::forward for CPU tensors.
 Forward forward(const Problem& pr, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                 const at::Tensor& log_g, bool save, const State& initial = {}, bool want_final = false);
