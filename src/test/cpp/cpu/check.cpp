@@ -2,13 +2,16 @@
 // quadratic reference evaluated in fp64, forward and all four gradients, fresh random inputs per case, relative L2
 // error against SPEC §7 bounds; and SPEC §6: a sequence in two pieces carrying the state, and decode steps from it,
 // against the whole.
+#include "cpu/power_full_cpu.h"
 #include "power_attention.h"
 
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/generated/variable_factories.h>
 
+#include <cmath>
 #include <cstdio>
+#include <limits>
 #include <tuple>
 #include <string>
 #include <vector>
@@ -116,6 +119,46 @@ static bool check_strided() {
   return ok;
 }
 
+// The CPU path's extremes (power_full_cpu.h) against ATen's reductions, bitwise: fp32 and fp64, rows not a multiple
+// of 16 long, heads of a transposed layout, a zero row, an all-zero k head, inf and NaN (a NaN row is no positive
+// one; NaN propagates to the largest), log gates with and without a NaN.
+static bool check_extremes() {
+  bool ok = true;
+  const double inf = std::numeric_limits<double>::infinity();
+  int n = 0;
+  for (auto dt : {at::kFloat, at::kDouble})
+    for (int64_t d : {13, 64})
+      for (int variant = 0; variant < 5; ++variant) {
+        const int64_t b = 2, t = 37, hq = 4, h = 2;
+        at::Tensor q = at::randn({b, hq, t, d}, dt).transpose(1, 2);  // [b, t, hq, d], not contiguous
+        at::Tensor k = at::randn({b, t, h, d}, dt) * 3;
+        at::Tensor lg = at::log_sigmoid(at::randn({b, t, h}) + 3);
+        q.select(1, 5).select(1, 2).zero_();
+        if (variant == 1) q.index_put_({1, 7, 3, d - 1}, inf), k.select(0, 1).select(2, 0).zero_();
+        if (variant == 2) q.index_put_({0, 2, 1, 3}, std::nan("")), k.index_put_({1, 9, 1, d / 2}, std::nan(""));
+        if (variant == 3) lg.index_put_({0, 4, 1}, std::nan(""));
+        if (variant == 4) q.zero_();
+        const std::vector<at::Tensor> got = pa::cpu::extremes(q, k, variant == 0 ? at::Tensor() : lg);
+        const at::Tensor qa = at::linalg_vector_norm(q, inf, {-1}, true, dt);
+        const at::Tensor ka = at::linalg_vector_norm(k, inf, {1, 3}, true, dt);
+        const at::Tensor big = at::full({}, inf, qa.options());
+        std::vector<at::Tensor> parts = {qa.max(), at::where(qa > 0, qa, big).min(), ka.max(),
+                                         at::where(ka > 0, ka, big).min()};
+        if (variant != 0) parts.push_back(lg.max().to(dt));
+        const at::Tensor stats = at::stack(parts).to(at::kDouble);
+        auto same = [](const at::Tensor& x, const at::Tensor& y) {  // bitwise but NaN = NaN
+          return x.sizes() == y.sizes() && x.scalar_type() == y.scalar_type() && at::allclose(x, y, 0.0, 0.0, true);
+        };
+        const bool good = got.size() == 3 && same(got[0], qa) && same(got[1], ka) && same(got[2], stats);
+        if (!good) std::printf("FAIL extremes %s d %ld variant %d\n", dt == at::kFloat ? "fp32" : "fp64",
+                               static_cast<long>(d), variant);
+        ok = ok && good;
+        ++n;
+      }
+  if (ok) std::printf("ok   extremes: %d layouts and value sets bitwise equal to ATen's reductions\n", n);
+  return ok;
+}
+
 // SPEC §6: a sequence in two pieces, carrying the state, equals the whole; gradients too (fp64).
 static bool check_pieces(int64_t t, int64_t split, int64_t chunk, int64_t p, bool gate) {
   const int64_t b = 2, hq = 4, h = 2, d = 8, e = 8;
@@ -214,6 +257,7 @@ int main(int argc, char** argv) {
     (ok ? passed : failed)++;
   }
   (check_strided() ? passed : failed)++;
+  (check_extremes() ? passed : failed)++;
   for (auto [t, split, chunk, p, gate] : std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t, bool>>{
            {97, 40, 16, 2, true}, {97, 1, 16, 2, true}, {50, 33, 0, 2, true}, {61, 30, 7, 3, false},
            {40, 20, 8, 4, true}, {33, 10, 5, 1, true}}) {
