@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstdio>
 #include <functional>
 #include <string>
@@ -194,7 +195,7 @@ int run_scan_bench() {
   struct Shape {
     int64_t t, c;
   };
-  for (const Shape sh : {Shape{16384, 256}, Shape{65536, 512}}) {
+  for (const Shape sh : {Shape{4096, 256}, Shape{16384, 256}, Shape{65536, 512}}) {
     const int64_t b = 65536 / sh.t, h = 8;
     const ScanInputs s = scan_inputs(b, sh.t, h, 1, sh.c, 64, at::kBFloat16);
     ScanOutputs ref;
@@ -248,8 +249,8 @@ int run_scan_bench() {
           });
     }
   }
-  // one fwd+bwd of power_full (the benchmark's case: h = 8, d = 64, bf16, degree 2, gated) on the sets that differ
-  // only in their scans
+  // one fwd+bwd of power_full (the benchmark's case: h = 8, d = 64, bf16, degree 2, gated) with the library's scan
+  // shapes and with POWER_ATTENTION_SCAN_WG's where set
   for (const Shape sh : {Shape{1024, 256}, Shape{4096, 256}, Shape{16384, 256}, Shape{65536, 512}}) {
     const auto o = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
     const int64_t h = 8, d = 64, b = 65536 / sh.t;
@@ -260,17 +261,25 @@ int run_scan_bench() {
     const at::Tensor dy = at::randn({b, sh.t, h, d}, o);
     pa::PowerFullOptions opt;
     opt.chunk_size = sh.c;
-    for (const char* set : {"sm90a-wg4", "sm90a-scan", "sm90a-wg4", "sm90a-scan"}) {
-      const ForceKernels force(set);
+    // the default set with the library's scan shapes, then with POWER_ATTENTION_SCAN_WG's (scan_sm90.h), in turn
+    const char* before = std::getenv("POWER_ATTENTION_SCAN_WG");
+    const std::string wgs = before != nullptr ? before : "";
+    for (int round = 0; round < 4; ++round) {
+      const bool env = round % 2 == 1;
+      if (env && wgs.empty()) continue;
+      if (env) setenv("POWER_ATTENTION_SCAN_WG", wgs.c_str(), 1);
+      else unsetenv("POWER_ATTENTION_SCAN_WG");
+      const std::string set = env ? "wg=" + wgs : std::string("default");
       const double ms = median_ms(
           [&] {
             const at::Tensor y = pa::power_full(q, k, v, lg, opt);
             torch::autograd::grad({y}, {q, k, v, lg}, {dy});
           },
           7);
-      std::printf("fwdbwd-time %-10s t %6ld c %4ld: %.3f ms\n", set, static_cast<long>(sh.t),
+      std::printf("fwdbwd-time %-10s t %6ld c %4ld: %.3f ms\n", set.c_str(), static_cast<long>(sh.t),
                   static_cast<long>(sh.c), ms);
     }
+    if (!wgs.empty()) setenv("POWER_ATTENTION_SCAN_WG", wgs.c_str(), 1);
   }
   return failures() > 0 ? 1 : 0;
 }

@@ -3,6 +3,8 @@
 
 #include "cuda/sympow2/scan_sm90.cuh"
 
+#include <cstdlib>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 
@@ -64,11 +66,21 @@ int scan_default_wg(int64_t d, int64_t BH, int sms) {
 
 unsigned scan_shapes(int64_t d) { return d == 64 ? 0b111u : d == 128 ? 0b011u : 0u; }
 
+int scan_env_wg(int64_t d, bool rev) {
+  const char* env = std::getenv("POWER_ATTENTION_SCAN_WG");
+  if (env == nullptr || env[0] == '\0') return 0;
+  const char* comma = std::strchr(env, ',');
+  const int wg = std::atoi(rev && comma != nullptr ? comma + 1 : env);
+  const bool built = wg > 0 && (wg & (wg - 1)) == 0 && wg <= 4 && (scan_shapes(d) & static_cast<unsigned>(wg));
+  return built ? wg : 0;
+}
+
 void scan_launch(bool bf16_x, int64_t d, bool rev, bool ones, const uint16_t* x, const RowMap& xm, const float* rs,
                  const uint16_t* y, const RowMap& ym, const float* decay, const float* Hin, const uint16_t* Hs,
                  uint16_t* out, float* last, float* dL, int64_t BH, int64_t N, int64_t c, int wg,
                  cudaStream_t stream) {
   if (BH == 0 || N == 0) return;
+  if (wg == 0) wg = scan_env_wg(d, rev);
   if (wg == 0) {
     int dev = 0, sms = 132;
     if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);

@@ -23,6 +23,10 @@ int scan_default_wg(int64_t d, int64_t BH, int sms);
 /// The warpgroup counts built for dimension d (scan_launch's wg), as a bit set: bit k set for wg = 2^k.
 unsigned scan_shapes(int64_t d);
 
+/// POWER_ATTENTION_SCAN_WG="F" or "F,R": warpgroups a CTA of the forward (F) and reverse (R, default F) scans in
+/// place of scan_default_wg (read at every launch; 0 where unset or not built for d).
+int scan_env_wg(int64_t d, bool rev);
+
 /// The fused scan (sympow2.h: sympow2_scan_forward when !rev, sympow2_scan_backward when rev) of BH heads of N
 /// chunks of c rows: x through xm (bf16 when bf16_x, else fp16), rs [BH N c] or null, y through ym (bf16; e = E - 8
 /// columns when ones, the kernel then makes [y | 1 | 0]), decay [BH N] or null, Hin [BH, D2, E] fp32 or null, Hs
