@@ -489,7 +489,8 @@ __attribute__((always_inline)) inline bool row_backward_linear(const TileShape<f
   }
   // dS below FLT_MIN flushed to 0 (subnormal operands slow the products down) only where the row's dS reach 2^-60:
   // what is flushed is then below 2^-66 of the row's largest. dS scales with dy and v, which may be tiny themselves.
-  if (dmax >= 0x1p-60f) flush_below_min<V>(drow, n);
+  // (With FlushSubnormals on, dS came out flushed already.)
+  if (dmax >= 0x1p-60f && !flushing_subnormals()) flush_below_min<V>(drow, n);
   for (int64_t j = n; j < sh.C; ++j) {
     srow[j] = 0;
     drow[j] = 0;
@@ -1148,6 +1149,7 @@ __attribute__((always_inline)) inline void block_weights_backward(const Backward
     for (int64_t r = 0; r < rv; r += kVL<V>) vstore(rowf + r, vexp(vload<V>(rowf + r)) * vload<V>(bf.rowc + i0 * g + r));
   }
   const int64_t nkv = nk / kVL<V> * kVL<V>;
+  const bool ftz = flushing_subnormals();
   for (int64_t r = 0; r < R; ++r) {
     const int64_t tok = i0 + r / g, row = i0 * g + r;
     const int64_t n = std::min(nk, tok - j0 + 1);  // >= 1: j0 <= i0
@@ -1193,7 +1195,7 @@ __attribute__((always_inline)) inline void block_weights_backward(const Backward
         if (dG != nullptr) dG[j0 + j] -= dz;
       }
       // dS below FLT_MIN to 0 only where the row's reach 2^-60 (row_backward_linear says why)
-      if (dmax >= 0x1p-60f) flush_below_min<V>(drow, n);
+      if (dmax >= 0x1p-60f && !ftz) flush_below_min<V>(drow, n);  // (with FlushSubnormals on: flushed already)
     } else {
       const double gi = gated ? bf.pmin[tok] : 0.0;
       for (int64_t j = 0; j < n; ++j) gd[j] = gated ? static_cast<float>(gi - bf.G[j0 + j]) : 0.0f;

@@ -66,6 +66,16 @@ inline int simd_level() {
 /// without it a gated row's far keys (weights e^-100 at t = 2048 with log gates of -0.05 a token) made subnormal
 /// products and intermediates, each a microcode assist of about a hundred cycles, and the quadratic form took up to
 /// twice its time. Elsewhere (other compilers, other architectures): nothing.
+/// Whether this thread's SSE/AVX arithmetic flushes subnormal results to zero and reads subnormal operands as zero
+/// (both MXCSR bits set, as FlushSubnormals sets them): results then never come out subnormal. Elsewhere false.
+inline bool flushing_subnormals() {
+#ifdef POWER_ATTENTION_X86_DISPATCH
+  return (__builtin_ia32_stmxcsr() & 0x8040u) == 0x8040u;
+#else
+  return false;
+#endif
+}
+
 class FlushSubnormals {
  public:
 #ifdef POWER_ATTENTION_X86_DISPATCH
